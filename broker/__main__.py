@@ -1,0 +1,119 @@
+"""`hopper run`: argv, environment and TOML file -> Config -> run the app; nothing else."""
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tomllib
+from typing import Any
+
+import msgspec
+import trio
+
+from broker import __version__
+from broker.app import App
+from broker.config import Config
+from broker.tls import server_context
+
+ENV_ALIASES = {
+    "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
+    "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
+}
+FIELDS = msgspec.structs.fields(Config)
+log = logging.getLogger("broker")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="hopper", description="Hopper job broker")
+    top.add_argument("--version", action="version", version=f"hopper {__version__}")
+    commands = top.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the broker",
+        description="Run the broker. Each setting is also read from the environment variable "
+        "HOPPER_<NAME> and from the TOML file given by --config; flags win over the "
+        "environment, which wins over the file.",
+    )
+    run.add_argument("--config", metavar="FILE", help="TOML settings file (env HOPPER_CONFIG)")
+    for field in FIELDS:
+        flag = "--" + field.name.replace("_", "-")
+        if field.type is bool:
+            run.add_argument(flag, action="store_const", const=True, default=None)
+        else:
+            run.add_argument(flag, metavar=field.name.upper(), default=None, help=_help(field))
+    return top
+
+
+def _help(field: msgspec.structs.FieldInfo) -> str:
+    return f"default: {field.default!r}"
+
+
+def load_config(args: argparse.Namespace, env: dict[str, str]) -> Config:
+    """Flags, then environment, then the TOML file, then defaults."""
+    values: dict[str, Any] = {}
+    path = args.config or env.get("HOPPER_CONFIG")
+    if path:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+        values.update(document.get("hopper", document))
+    for field in FIELDS:
+        for name in ENV_ALIASES.get(field.name, (f"HOPPER_{field.name.upper()}",)):
+            if env.get(name):
+                values[field.name] = env[name]
+                break
+        flag = getattr(args, field.name, None)
+        if flag is not None:
+            values[field.name] = flag
+    password = str(values.get("password", ""))
+    if password.startswith("/"):
+        with open(password) as f:
+            values["password"] = f.read().strip()
+    config = msgspec.convert(values, Config, strict=False)
+    config.check()
+    return config
+
+
+async def serve(args: argparse.Namespace, config: Config) -> None:
+    app = App(config, ssl_context=server_context(config))
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def run_app() -> None:
+                try:
+                    await app.run()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run_app)
+
+            async def watch() -> None:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        try:
+                            app.reload(load_config(args, dict(os.environ)))
+                            log.info("configuration reloaded")
+                        except (OSError, ValueError, msgspec.ValidationError) as exc:
+                            log.error("configuration not reloaded: %s", exc)
+                    else:
+                        app.stop()
+                        return
+
+            nursery.start_soon(watch)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        config = load_config(args, dict(os.environ))
+    except (OSError, ValueError, msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
+        sys.exit(f"hopper: {exc}")
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    trio.run(serve, args, config)
+
+
+if __name__ == "__main__":
+    main()

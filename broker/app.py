@@ -1,0 +1,102 @@
+"""Composition root: Redis (embedded or external), store, manager, server and loops, all in
+one root nursery."""
+
+import logging
+import ssl
+import time
+
+import trio
+
+from broker.config import Config
+from broker.doorbell import Doorbell
+from broker.manager import Manager
+from broker.middleware import Chains
+from broker.reapers import run_reapers
+from broker.redis_server import EmbeddedRedis
+from broker.server import Server
+from broker.stats import Stats
+from broker.store.connection import Address, Pipeline, Subscriber
+from broker.store.keys import PUSHED_CHANNEL
+from broker.store.redis import Store
+
+log = logging.getLogger(__name__)
+
+RESUBSCRIBE_DELAY = 1.0  # seconds before re-opening the push-notification subscription
+
+
+class App:
+    """One broker process. `await app.run()` serves until `app.stop()` (or cancellation)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        chains: Chains | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.chains = chains or Chains()
+        self.ssl_context = ssl_context
+        self.redis_url = config.redis_url
+        self.port = 0
+        self.manager: Manager | None = None
+        self.server: Server | None = None
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self, config: Config) -> None:
+        """Take the settings that can change while running (password, limits, timeouts)."""
+        self.config = config
+        if self.manager is not None:
+            self.manager.config = config
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as root:
+            if not self.redis_url:
+                embedded = EmbeddedRedis(
+                    self.config.data_dir, self.config.redis_server, self.config.appendfsync
+                )
+                self.redis_url = await root.start(embedded.run)
+            address = Address(self.redis_url)
+            redis = Pipeline(address)
+            await root.start(redis.run)
+            doorbell = Doorbell()
+            self.manager = manager = Manager(
+                Store(redis),
+                self.config,
+                chains=self.chains,
+                stats=Stats(),
+                doorbell=doorbell,
+                clock=time.time,
+            )
+            self.server = server = Server(manager, lambda: self.config, self.ssl_context)
+            root.start_soon(_relay_pushes, address, doorbell)
+            root.start_soon(run_reapers, manager, self.config, server.close_worker)
+            async with trio.open_nursery() as serving:
+                self.port = await serving.start(server.run)
+                log.info(
+                    "Hopper listening on %s:%d%s, redis %s",
+                    self.config.host,
+                    self.port,
+                    " (TLS)" if self.ssl_context else "",
+                    self.redis_url,
+                )
+                task_status.started(self.port)
+                await self._stop.wait()
+                log.info("shutting down")
+                server.begin_shutdown()
+            root.cancel_scope.cancel()
+
+
+async def _relay_pushes(address: Address, doorbell: Doorbell) -> None:
+    """Ring the doorbell for pushes made through other broker processes."""
+    while True:
+        try:
+            async with Subscriber(address, PUSHED_CHANNEL).open() as messages:
+                async for queue in messages:
+                    doorbell.ring(queue.decode())
+        except OSError as exc:
+            log.warning("push notifications lost (%s); resubscribing", exc)
+        await trio.sleep(RESUBSCRIBE_DELAY)

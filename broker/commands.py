@@ -1,0 +1,153 @@
+"""The verb table: decode each command's argument, make one manager call, encode the reply.
+
+Handlers hold no lifecycle rules. A handler returns the reply bytes, or CLOSE for END.
+"""
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from broker import protocol
+from broker.errors import CommandError
+from broker.jobs import (
+    ack_decoder,
+    beat_decoder,
+    encode,
+    fail_decoder,
+    job_decoder,
+    jobs_decoder,
+    mutation_decoder,
+)
+from broker.manager import Manager
+from broker.protocol import Command
+from broker.session import Session
+
+CLOSE = b""  # END: close the connection without a reply
+
+Handler = Callable[["Commands", Session, bytes], Awaitable[bytes]]
+BEAT_REPLIES = {
+    "quiet": protocol.bulk(b'{"state":"quiet"}'),
+    "terminate": protocol.bulk(b'{"state":"terminate"}'),
+}
+ENTERPRISE = {
+    "BATCH": "batch subsystem is only available in Faktory Enterprise",
+    "TRACK": "tracking subsystem is only available in Faktory Enterprise",
+}
+
+
+class Commands:
+    """Dispatches commands of identified connections to the manager."""
+
+    def __init__(self, manager: Manager) -> None:
+        self.manager = manager
+        self.clock = manager.clock
+
+    async def dispatch(self, session: Session, command: Command) -> bytes:
+        handler = TABLE.get(command.verb)
+        if handler is None:
+            if command.verb in ENTERPRISE:
+                raise CommandError(ENTERPRISE[command.verb])
+            raise CommandError(f"unknown command {command.verb}")
+        return await handler(self, session, command.arg)
+
+    async def end(self, session: Session, arg: bytes) -> bytes:
+        return CLOSE
+
+    async def push(self, session: Session, arg: bytes) -> bytes:
+        try:
+            job = job_decoder.decode(arg)
+        except msgspec.DecodeError as exc:
+            raise CommandError(f"invalid JSON: {exc}") from None
+        await self.manager.push(job, self.clock())
+        return protocol.OK
+
+    async def pushb(self, session: Session, arg: bytes) -> bytes:
+        try:
+            jobs = jobs_decoder.decode(arg)
+        except msgspec.DecodeError as exc:
+            raise CommandError(f"invalid JSON: {exc}") from None
+        errors = await self.manager.push_bulk(jobs, self.clock())
+        return protocol.bulk(encode(errors))
+
+    async def fetch(self, session: Session, arg: bytes) -> bytes:
+        queues = arg.decode("utf-8", "replace").split()
+        fetched = await self.manager.fetch(queues, session.wid, self.clock())
+        if fetched is None:
+            return protocol.NULL
+        session.remember(fetched.jid, fetched.queue)
+        return protocol.bulk(fetched.payload)
+
+    async def ack(self, session: Session, arg: bytes) -> bytes:
+        try:
+            jid = ack_decoder.decode(arg).get("jid", "")
+        except msgspec.DecodeError:
+            raise CommandError(f"invalid ACK {_text(arg)}") from None
+        await self.manager.ack(jid, session.recall(jid), self.clock(), session.wid)
+        return protocol.OK
+
+    async def fail(self, session: Session, arg: bytes) -> bytes:
+        try:
+            report = fail_decoder.decode(arg)
+        except msgspec.DecodeError:
+            raise CommandError(f"invalid FAIL {_text(arg)}") from None
+        await self.manager.fail(report, session.recall(report.jid), self.clock(), session.wid)
+        return protocol.OK
+
+    async def beat(self, session: Session, arg: bytes) -> bytes:
+        try:
+            beat = beat_decoder.decode(arg)
+        except msgspec.DecodeError:
+            raise CommandError(f"invalid BEAT {_text(arg)}") from None
+        state = await self.manager.beat(beat.wid, beat.current_state, beat.rss_kb, self.clock())
+        return BEAT_REPLIES.get(state, protocol.OK)
+
+    async def info(self, session: Session, arg: bytes) -> bytes:
+        return protocol.bulk(encode(await self.manager.info(self.clock())))
+
+    async def flush(self, session: Session, arg: bytes) -> bytes:
+        await self.manager.flush()
+        return protocol.OK
+
+    async def queue(self, session: Session, arg: bytes) -> bytes:
+        words = arg.decode("utf-8", "replace").split()
+        if not words:
+            raise CommandError("QUEUE needs a subcommand: PAUSE, RESUME, REMOVE or LATENCY")
+        sub, names = words[0].upper(), words[1:]
+        if not names:
+            raise CommandError(f"QUEUE {sub} needs at least one queue name")
+        if sub in ("PAUSE", "RESUME"):
+            await self.manager.pause(names, sub == "PAUSE")
+        elif sub == "REMOVE":
+            await self.manager.remove_queues(names)
+        elif sub == "LATENCY":
+            return protocol.bulk(encode(await self.manager.latency(names, self.clock())))
+        else:
+            raise CommandError(f"no such QUEUE subcommand: {sub}")
+        return protocol.OK
+
+    async def mutate(self, session: Session, arg: bytes) -> bytes:
+        try:
+            mutation = mutation_decoder.decode(arg)
+        except msgspec.DecodeError as exc:
+            raise CommandError(str(exc)) from None
+        await self.manager.mutate(mutation, self.clock())
+        return protocol.OK
+
+
+def _text(arg: bytes) -> str:
+    return arg.decode("utf-8", "replace")
+
+
+TABLE: dict[str, Handler] = {
+    "END": Commands.end,
+    "PUSH": Commands.push,
+    "PUSHB": Commands.pushb,
+    "FETCH": Commands.fetch,
+    "ACK": Commands.ack,
+    "FAIL": Commands.fail,
+    "BEAT": Commands.beat,
+    "INFO": Commands.info,
+    "FLUSH": Commands.flush,
+    "QUEUE": Commands.queue,
+    "MUTATE": Commands.mutate,
+}

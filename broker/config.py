@@ -1,0 +1,112 @@
+"""Frozen settings of one broker process, each limit a named default with its reason.
+
+Settings come from command-line flags, then environment variables, then an optional TOML file,
+then these defaults; the first that says something wins (see __main__.py).
+"""
+
+import ipaddress
+
+import msgspec
+
+DEFAULT_PORT = 7419  # the Faktory protocol's port
+DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
+DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working directory
+
+MAX_LINE_BYTES = 16 * 1024 * 1024  # one command line (a PUSHB batch can be large)
+MAX_CONNECTIONS = 10_000  # above the reference's 2,000 so 2,000 idle clients leave room
+IDLE_TIMEOUT = 3600.0  # seconds without a complete command before a connection is closed
+HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
+FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
+SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
+
+DEFAULT_RESERVATION = 1800  # seconds a fetched job is reserved when it does not say
+MIN_RESERVATION = 60  # reference floor; tests lower it to see expiry quickly
+MAX_RESERVATION = 86_400  # one day, the reference ceiling
+DEAD_TTL = 180 * 86_400.0  # seconds a dead job is kept (reference: 180 days)
+
+SCHEDULER_INTERVAL = 1.0  # seconds between moves of due scheduled and retry jobs
+REAPER_INTERVAL = 15.0  # seconds between checks for expired reservations (reference)
+DEAD_PURGE_INTERVAL = 60.0  # seconds between purges of expired dead jobs (reference)
+WORKER_TTL = 60.0  # seconds without a BEAT before a worker is forgotten (reference)
+WORKER_REAPER_INTERVAL = 15.0  # seconds between checks for silent workers (reference)
+REAPER_BATCH = 100  # jobs moved per script call by the periodic loops
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a broker process is told; see README's configuration table."""
+
+    bind: str = DEFAULT_BIND
+    password: str = ""
+    redis_url: str = ""  # empty: start an embedded redis-server in data_dir
+    data_dir: str = DEFAULT_DATA_DIR
+    redis_server: str = "redis-server"
+    appendfsync: str = "everysec"
+    tls_cert: str = ""  # PEM certificate chain; with tls_key, the port speaks TLS only
+    tls_key: str = ""
+    allow_open_bind: bool = False  # allow a non-loopback bind without a password
+    log_level: str = "INFO"
+
+    max_line_bytes: int = MAX_LINE_BYTES
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    fetch_timeout: float = FETCH_TIMEOUT
+    shutdown_grace: float = SHUTDOWN_GRACE
+
+    default_reservation: int = DEFAULT_RESERVATION
+    min_reservation: int = MIN_RESERVATION
+    max_reservation: int = MAX_RESERVATION
+    dead_ttl: float = DEAD_TTL
+
+    scheduler_interval: float = SCHEDULER_INTERVAL
+    reaper_interval: float = REAPER_INTERVAL
+    dead_purge_interval: float = DEAD_PURGE_INTERVAL
+    worker_ttl: float = WORKER_TTL
+    worker_reaper_interval: float = WORKER_REAPER_INTERVAL
+    reaper_batch: int = REAPER_BATCH
+
+    @property
+    def host(self) -> str:
+        return split_bind(self.bind)[0]
+
+    @property
+    def port(self) -> int:
+        return split_bind(self.bind)[1]
+
+    @property
+    def reservation(self) -> tuple[int, int, int]:
+        """(default, minimum, maximum) reservation seconds, as the fetch script takes them."""
+        return self.default_reservation, self.min_reservation, self.max_reservation
+
+    def check(self) -> None:
+        """Raise ValueError for settings that cannot work together."""
+        host, _ = split_bind(self.bind)
+        if not self.password and not self.allow_open_bind and not is_loopback(host):
+            raise ValueError(
+                f"refusing to listen on {host} without a password; set a password or "
+                "allow_open_bind (--allow-open-bind) to accept connections from anywhere"
+            )
+        if self.min_reservation < 1 or self.min_reservation > self.max_reservation:
+            raise ValueError("min_reservation must be between 1 and max_reservation")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.appendfsync not in ("always", "everysec", "no"):
+            raise ValueError("appendfsync must be always, everysec or no")
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`, `:port` or `host` into (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or "]" in port:
+        host, port = bind, str(DEFAULT_PORT)
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,185 @@
+"""The job and message schemas of the protocol, as msgspec Structs; pure, no I/O.
+
+Field order matters for `Job`: `reserve_for` comes first so that the stored payload starts with
+`{"reserve_for":N` whenever the job asks for a reservation of its own, which lets the fetch
+script read it without decoding JSON (see store/scripts/fetch.lua).
+"""
+
+import re
+import time
+from calendar import timegm
+from typing import Any
+
+import msgspec
+
+from broker.errors import CommandError
+
+DEFAULT_RETRY = 25
+DEFAULT_QUEUE = "default"
+MIN_JID_LENGTH = 8
+MAX_RESERVE_FOR = 86_400  # seconds: the reference rejects reservations longer than a day
+QUEUE_NAME = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+class Failure(msgspec.Struct, omit_defaults=True):
+    """What the broker recorded about a job's failures (read-only for clients)."""
+
+    retry_count: int
+    remaining: int
+    failed_at: str
+    message: str
+    errtype: str
+    next_at: str = ""
+    backtrace: list[str] = msgspec.field(default_factory=list)
+
+
+class Job(msgspec.Struct, omit_defaults=True):
+    """One unit of work as pushed by a client and stored by the broker.
+
+    Every field has a default so that validation can produce the reference's own error texts;
+    `validate_new` turns a decoded push into a storable job. Unknown top-level fields are dropped.
+    """
+
+    reserve_for: int = 0
+    retry: int | None = None
+    failure: Failure | None = None
+    custom: dict[str, Any] | None = None
+    jid: str = ""
+    queue: str = ""
+    jobtype: str = ""
+    created_at: str = ""
+    enqueued_at: str = ""
+    at: str = ""
+    args: list[Any] | None = None
+    backtrace: int = 0
+
+
+class FailPayload(msgspec.Struct):
+    """The argument of FAIL."""
+
+    jid: str = ""
+    errtype: str = ""
+    message: str = ""
+    backtrace: list[str] | None = None
+
+
+class Hello(msgspec.Struct):
+    """The argument of HELLO; `wid` makes the connection a consumer."""
+
+    v: int = 0
+    hostname: str = ""
+    wid: str = ""
+    pid: int = 0
+    labels: list[str] = msgspec.field(default_factory=list)
+    pwdhash: str = ""
+    username: str = ""
+
+
+class Beat(msgspec.Struct):
+    """The argument of BEAT."""
+
+    wid: str = ""
+    current_state: str = ""
+    rss_kb: int = 0
+
+
+class MutateFilter(msgspec.Struct):
+    """Which entries of a set a MUTATE touches; `jids` wins over `regexp` and `jobtype`."""
+
+    regexp: str = ""
+    jobtype: str = ""
+    jids: list[str] = msgspec.field(default_factory=list)
+
+
+class Mutation(msgspec.Struct):
+    """The argument of MUTATE."""
+
+    cmd: str = ""
+    target: str = ""
+    filter: MutateFilter | None = None
+
+
+job_decoder = msgspec.json.Decoder(Job)
+jobs_decoder = msgspec.json.Decoder(list[Job])
+fail_decoder = msgspec.json.Decoder(FailPayload)
+ack_decoder = msgspec.json.Decoder(dict[str, str])
+hello_decoder = msgspec.json.Decoder(Hello)
+beat_decoder = msgspec.json.Decoder(Beat)
+mutation_decoder = msgspec.json.Decoder(Mutation)
+encoder = msgspec.json.Encoder()
+encode = encoder.encode
+
+
+def decode_error(exc: msgspec.DecodeError) -> str:
+    """The decoder's message, as the reference puts it after `invalid JSON: `."""
+    return str(exc)
+
+
+def validate_new(job: Job, now: float) -> Job:
+    """Check a pushed job with the reference's rules and texts, and fill the server's defaults.
+
+    Returns the job with `created_at`, `queue` and `retry` filled in. `at` is parsed later by
+    the manager, which decides between enqueueing now and scheduling.
+    """
+    if len(job.jid) < MIN_JID_LENGTH:
+        raise CommandError("jobs must have a reasonable jid parameter")
+    if not job.jobtype:
+        raise CommandError("jobs must have a jobtype parameter")
+    if job.args is None:
+        raise CommandError("jobs must have an args parameter")
+    if job.reserve_for > MAX_RESERVE_FOR:
+        raise CommandError("jobs cannot be reserved for more than one day")
+    if not job.queue:
+        job.queue = DEFAULT_QUEUE
+    if job.retry is None:
+        job.retry = DEFAULT_RETRY
+    if not job.created_at:
+        job.created_at = format_time(now)
+    return job
+
+
+def check_queue_name(name: str) -> None:
+    """Raise the reference's error unless `name` is a valid queue name."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise CommandError(
+            f'cannot get "{name}" queue: queue names must match \\A[a-zA-Z0-9._-]+\\z'
+        )
+
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def parse_time(text: str) -> float:
+    """Parse an RFC3339 timestamp (fraction optional, `Z` or ±hh:mm) into unix seconds."""
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError("not an RFC3339 timestamp")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+        raise ValueError("timestamp field out of range")
+    seconds = timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    fraction = float(match.group(7) or 0)
+    zone = match.group(8)
+    if zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds + fraction
+
+
+def format_time(now: float) -> str:
+    """Unix seconds as RFC3339 in UTC with microseconds, trailing zeros trimmed (like Go)."""
+    whole = int(now)
+    micros = round((now - whole) * 1_000_000)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    if micros:
+        text += f".{micros:06d}".rstrip("0")
+    return text + "Z"
+
+
+def format_day(now: float) -> str:
+    """The UTC date used for daily counters, `YYYY-MM-DD`."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

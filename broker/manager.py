@@ -1,0 +1,432 @@
+"""The job lifecycle: the only place that decides where a job goes next.
+
+queue -> working (FETCH) -> gone (ACK) | retries / dead / gone (FAIL, reservation expiry);
+scheduled and retries -> queue when due; dead -> gone after its TTL; MUTATE moves between sets.
+Every move is one store call backed by one Lua script; middleware runs at the seams where the
+job exists. Operations take `now` (unix seconds) so that time is a parameter.
+"""
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import trio
+
+from broker import retry
+from broker.config import Config
+from broker.doorbell import Doorbell
+from broker.errors import CommandError, Discard
+from broker.filters import matches
+from broker.jobs import (
+    QUEUE_NAME,
+    FailPayload,
+    Job,
+    Mutation,
+    check_queue_name,
+    encode,
+    format_day,
+    format_time,
+    job_decoder,
+    parse_time,
+    validate_new,
+)
+from broker.middleware import Chains, Context
+from broker.stats import Stats, render_info
+from broker.store.redis import Store
+
+log = logging.getLogger(__name__)
+
+EXPIRED_ERRTYPE = "ReservationExpired"
+EXPIRED_MESSAGE = "Faktory job reservation expired"
+MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
+MAX_BATCHES = 100  # batches one periodic run may move per queue and set
+PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
+SCAN_COUNT = 500  # ZSCAN step for MUTATE
+MAX_SCAN_STEPS = 100_000  # bound on ZSCAN steps of one MUTATE per queue
+STATES = ("running", "quiet", "terminate")
+MUTATE_TARGETS = ("retries", "scheduled", "dead")
+MUTATE_COMMANDS = ("clear", "kill", "discard", "requeue")
+
+
+class Fetched(msgspec.Struct, frozen=True):
+    """A job handed to a worker: its queue, jid and stored payload."""
+
+    queue: str
+    jid: str
+    payload: bytes
+
+
+class Manager:
+    """Moves jobs between queue, working, retries, scheduled and dead sets in Redis."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        *,
+        chains: Chains | None = None,
+        stats: Stats | None = None,
+        doorbell: Doorbell | None = None,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.chains = chains or Chains()
+        self.stats = stats or Stats()
+        self.doorbell = doorbell or Doorbell()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.worker_states: dict[str, str] = {}  # wid -> state, as last seen by this process
+        self._known_queues: set[str] = set()  # a cache: Redis's queue set is the truth
+        self.closing = False
+
+    # -- push ---------------------------------------------------------------------------------
+
+    async def push(self, job: Job, now: float) -> None:
+        """Validate, run the push chain and store one job (enqueued now or scheduled)."""
+        entry = await self._prepare(job, now)
+        ok = await self._store_jobs(job.queue, [entry])
+        if not ok[0]:
+            raise CommandError(f"jid {job.jid} is already in use")
+
+    async def push_bulk(self, jobs: Sequence[Job], now: float) -> dict[str, str]:
+        """Push each job independently; returns {jid: error text} for those that failed."""
+        errors: dict[str, str] = {}
+        by_queue: dict[str, list[tuple[str, bytes, str]]] = defaultdict(list)
+        for job in jobs:
+            try:
+                by_queue[job.queue or "default"].append(await self._prepare(job, now))
+            except CommandError as exc:
+                errors[job.jid] = exc.message
+        for queue, entries in by_queue.items():
+            for start in range(0, len(entries), PUSH_BATCH):
+                chunk = entries[start : start + PUSH_BATCH]
+                for (jid, _, _), ok in zip(
+                    chunk, await self._store_jobs(queue, chunk), strict=True
+                ):
+                    if not ok:
+                        errors[jid] = f"jid {jid} is already in use"
+        return errors
+
+    async def _prepare(self, job: Job, now: float) -> tuple[str, bytes, str]:
+        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '')."""
+        validate_new(job, now)
+        check_queue_name(job.queue)
+        at = ""
+        if job.at:
+            try:
+                when = parse_time(job.at)
+            except ValueError as exc:
+                raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
+            if when > now:
+                at = repr(when)
+        if not at:
+            job.enqueued_at = format_time(now)
+        if self.chains.push:
+            await self.chains.push.run(Context(job, now))
+        return job.jid, encode(job), at
+
+    async def _store_jobs(self, queue: str, entries: list[tuple[str, bytes, str]]) -> list[bool]:
+        new_queue = queue not in self._known_queues
+        results = await self.store.push(queue, entries, new_queue=new_queue)
+        self._known_queues.add(queue)
+        enqueued = sum(1 for (_, _, at), ok in zip(entries, results, strict=True) if ok and not at)
+        if enqueued:
+            self.doorbell.ring(queue, enqueued)
+        return results
+
+    # -- fetch --------------------------------------------------------------------------------
+
+    async def fetch(self, queues: Sequence[str], wid: str, now: float) -> Fetched | None:
+        """Reserve the first job of the first non-empty queue, waiting up to fetch_timeout.
+
+        A quiet or terminating worker gets nothing (after the wait, as the reference does).
+        """
+        if not queues:
+            raise CommandError("must call fetch with at least one queue")
+        for queue in queues:
+            check_queue_name(queue)
+        deadline = trio.current_time() + self.config.fetch_timeout
+        if self.worker_states.get(wid, "running") != "running":
+            await self._sleep_until(deadline)
+            return None
+        waited = False
+        while not self.closing:
+            with self.doorbell.listen(queues) as ticket:
+                found = await self._fetch_once(queues, wid, now)
+                if found is not None:
+                    if waited:
+                        self.doorbell.ring(found.queue)  # pass the wake-up on: more may follow
+                    return found
+                with trio.move_on_at(deadline):
+                    await ticket.wait()
+                if trio.current_time() >= deadline:
+                    return None
+            waited = True
+            now = self.clock()
+        return None
+
+    async def _sleep_until(self, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            while not self.closing:
+                await trio.sleep(0.1)
+
+    async def _fetch_once(self, queues: Sequence[str], wid: str, now: float) -> Fetched | None:
+        discards = 0
+        reservation = self.config.reservation
+        for queue in queues:
+            while (got := await self.store.fetch(queue, now, wid, reservation)) is not None:
+                fetched = Fetched(queue, *got)
+                if not self.chains.fetch:
+                    return fetched
+                try:
+                    await self.chains.fetch.run(
+                        Context(job_decoder.decode(fetched.payload), now, wid)
+                    )
+                    return fetched
+                except Discard:
+                    await self.store.fail(queue, fetched.jid, format_day(now), b"", retry.DROP, 0)
+                    discards += 1
+                    if discards >= MAX_DISCARDS:
+                        return None
+                except BaseException:
+                    await self._release(fetched)
+                    raise
+        return None
+
+    async def _release(self, fetched: Fetched) -> None:
+        """Give a job that middleware refused to hand out straight back to its queue."""
+        await self.store.requeue_reserved(fetched.queue, fetched.jid)
+        self.doorbell.ring(fetched.queue)
+
+    # -- ack / fail ---------------------------------------------------------------------------
+
+    async def ack(self, jid: str, queue: str | None, now: float, wid: str = "") -> None:
+        """Finish a reserved job. An unknown or expired jid changes nothing (reference)."""
+        queue = queue or await self.store.queue_of(jid)
+        if queue is None:
+            return
+        if self.chains.ack:
+            payload = await self.store.job(queue, jid)
+            if payload is None:
+                return
+            await self.chains.ack.run(Context(job_decoder.decode(payload), now, wid))
+        await self.store.ack(queue, jid, format_day(now))
+
+    async def fail(self, report: FailPayload, queue: str | None, now: float, wid: str = "") -> None:
+        """Record a failure and send the job to retries, dead, or away (retry 0)."""
+        jid = report.jid
+        if not jid:
+            raise CommandError("missing JID")
+        queue = queue or await self.store.queue_of(jid)
+        payload = None if queue is None else await self.store.job(queue, jid)
+        if queue is None or payload is None:
+            raise CommandError(f"Job not found {jid}")
+        if not await self._fail(queue, jid, payload, report, now, wid, None):
+            raise CommandError(f"Job not found {jid}")
+
+    async def _fail(
+        self,
+        queue: str,
+        jid: str,
+        payload: bytes,
+        report: FailPayload,
+        now: float,
+        wid: str,
+        latest_expiry: float | None,
+    ) -> bool:
+        job = job_decoder.decode(payload)
+        retry.record_failure(job, report, now)
+        target, score = retry.next_step(job, now, self.rng, self.config.dead_ttl)
+        if self.chains.fail:
+            await self.chains.fail.run(Context(job, now, wid))
+        day = format_day(now)
+        return await self.store.fail(queue, jid, day, encode(job), target, score, latest_expiry)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def worker_join(self, wid: str, now: float, info: bytes) -> None:
+        self.worker_states[wid] = await self.store.worker_join(wid, now, info)
+
+    async def worker_leave(self, wid: str) -> None:
+        if await self.store.worker_leave(wid):
+            self.worker_states.pop(wid, None)
+
+    async def beat(self, wid: str, state: str, rss_kb: int, now: float) -> str:
+        """Record a heartbeat; returns the worker's state. States only move forward."""
+        current = await self.store.beat(wid, now, rss_kb, state if state in STATES else "")
+        if current is None:
+            raise CommandError(f"unknown worker {wid}")
+        self.worker_states[wid] = current
+        return current
+
+    async def reap_workers(self, now: float) -> list[str]:
+        """Forget workers whose last beat is older than worker_ttl; returns their wids."""
+        cutoff = now - self.config.worker_ttl
+        gone = []
+        for wid in await self.store.stale_workers(cutoff, self.config.reaper_batch):
+            if await self.store.worker_leave(wid, cutoff):
+                self.worker_states.pop(wid, None)
+                gone.append(wid)
+        return gone
+
+    # -- periodic moves -----------------------------------------------------------------------
+
+    async def queues(self) -> list[str]:
+        """The known queues, as Redis has them; refreshes this process's cache."""
+        names = await self.store.known_queues()
+        self._known_queues = set(names)
+        return names
+
+    async def enqueue_due(self, zset: str, now: float) -> int:
+        """Move due jobs of `zset` (scheduled or retries) onto their queues."""
+        moved = 0
+        for queue in await self.queues():
+            for _ in range(MAX_BATCHES):
+                due = await self.store.due(queue, zset, now, self.config.reaper_batch)
+                if not due:
+                    break
+                stamp = format_time(now)
+                pairs = [(jid, _stamp(p, stamp)) for jid, p in due if p is not None]
+                orphans = [jid for jid, p in due if p is None]
+                count = await self.store.enqueue(queue, zset, pairs)
+                await self.store.remove(queue, zset, orphans)
+                if count:
+                    self.doorbell.ring(queue, count)
+                moved += count
+                if len(due) < self.config.reaper_batch:
+                    break
+        return moved
+
+    async def reap_expired(self, now: float) -> int:
+        """Fail reservations that expired, as the reference does (errtype ReservationExpired)."""
+        report = FailPayload(errtype=EXPIRED_ERRTYPE, message=EXPIRED_MESSAGE)
+        reaped = 0
+        for queue in await self.queues():
+            for _ in range(MAX_BATCHES):
+                due = await self.store.due(queue, "working", now, self.config.reaper_batch)
+                for jid, payload in due:
+                    if payload is None:
+                        await self.store.fail(queue, jid, format_day(now), b"", retry.DROP, 0, now)
+                    elif await self._fail(queue, jid, payload, report, now, "", now):
+                        reaped += 1
+                if len(due) < self.config.reaper_batch:
+                    break
+        return reaped
+
+    async def purge_dead(self, now: float) -> int:
+        """Delete dead jobs whose time is up."""
+        purged = 0
+        for queue in await self.queues():
+            for _ in range(MAX_BATCHES):
+                due = await self.store.due(queue, "dead", now, self.config.reaper_batch)
+                purged += await self.store.remove(queue, "dead", [jid for jid, _ in due])
+                if len(due) < self.config.reaper_batch:
+                    break
+        return purged
+
+    # -- queues, mutate, info -----------------------------------------------------------------
+
+    async def _select(self, names: Sequence[str]) -> list[str]:
+        known = await self.queues()
+        if "*" in names:
+            return known
+        return [n for n in names if n in self._known_queues]
+
+    async def pause(self, names: Sequence[str], paused: bool) -> None:
+        for queue in await self._select(names):
+            await self.store.pause(queue, paused)
+            if not paused:
+                self.doorbell.ring(queue, 1_000_000)
+
+    async def remove_queues(self, names: Sequence[str]) -> None:
+        for queue in await self._select(names):
+            await self.store.drop_queue(queue, self.config.reaper_batch)
+            self._known_queues.discard(queue)
+
+    async def latency(self, names: Sequence[str], now: float) -> dict[str, float]:
+        """Seconds the oldest job of each queue has waited (0 for empty or unknown)."""
+        if "*" in names:
+            raise CommandError("QUEUE LATENCY does not support wildcards")
+        result = {}
+        for name in names:
+            payload = await self.store.oldest(name) if QUEUE_NAME.fullmatch(name) else None
+            seconds = 0.0
+            if payload is not None:
+                job = job_decoder.decode(payload)
+                if job.enqueued_at:
+                    seconds = max(0.0, now - parse_time(job.enqueued_at))
+            result[name] = seconds
+        return result
+
+    async def mutate(self, mutation: Mutation, now: float) -> None:
+        """Apply clear/kill/discard/requeue to the matching jobs of a set, across queues."""
+        if mutation.target not in MUTATE_TARGETS:
+            raise CommandError("invalid target for mutation command")
+        if mutation.cmd not in MUTATE_COMMANDS:
+            raise CommandError("unknown mutate operation")
+        flt = mutation.filter
+        for queue in await self.queues():
+            if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(mutation)):
+                await self.store.clear(queue, mutation.target)
+                continue
+            if flt is not None and flt.jids:
+                await self._apply(
+                    mutation, queue, await self.store.members(queue, mutation.target, flt.jids), now
+                )
+                continue
+            cursor = 0
+            for _ in range(MAX_SCAN_STEPS):
+                cursor, batch = await self.store.scan(queue, mutation.target, cursor, SCAN_COUNT)
+                selected = [jid for jid, p in batch if p is not None and _selected(mutation, p)]
+                await self._apply(mutation, queue, selected, now)
+                if cursor == 0:
+                    break
+
+    async def _apply(self, mutation: Mutation, queue: str, jids: list[str], now: float) -> None:
+        if not jids:
+            return
+        if mutation.cmd == "discard":
+            await self.store.remove(queue, mutation.target, jids)
+        elif mutation.cmd == "kill":
+            await self.store.move(queue, mutation.target, "dead", now + self.config.dead_ttl, jids)
+        else:
+            moved = await self.store.enqueue(queue, mutation.target, [(j, b"") for j in jids])
+            self.doorbell.ring(queue, moved)
+
+    async def flush(self) -> None:
+        await self.store.flush()
+        self._known_queues.clear()
+        self.worker_states.clear()
+
+    async def info(self, now: float) -> dict[str, Any]:
+        queues = await self.queues()
+        day = format_day(now)
+        counts = await self.store.counts(queues, day)
+        memory = await self.store.used_memory()
+        workers = await self.store.worker_count()
+        return render_info(self.stats, counts, day, now, memory, workers)
+
+
+def _matches_all(mutation: Mutation) -> bool:
+    flt = mutation.filter
+    return flt is None or not (flt.jids or flt.regexp or flt.jobtype)
+
+
+def _selected(mutation: Mutation, payload: bytes) -> bool:
+    flt = mutation.filter
+    if flt is None:
+        return True
+    jobtype = job_decoder.decode(payload).jobtype if flt.jobtype else ""
+    return matches(flt, payload.decode(), jobtype)
+
+
+def _stamp(payload: bytes, enqueued_at: str) -> bytes:
+    """The payload with `enqueued_at` refreshed, as every enqueue does."""
+    job = job_decoder.decode(payload)
+    job.enqueued_at = enqueued_at
+    return encode(job)

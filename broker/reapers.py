@@ -1,0 +1,57 @@
+"""Periodic loops: each one calls the manager with `now`, records its figures and sleeps.
+
+Every loop survives errors (Redis restarting, say): it logs and tries again next period.
+Several broker processes may run these loops on one Redis; the scripts move each job once.
+"""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from broker.config import Config
+from broker.errors import BrokerError
+from broker.manager import Manager
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[float], Awaitable[int]]
+
+
+async def every(interval: float, name: str, step: Step, manager: Manager) -> None:
+    """Run `step(now)` every `interval` seconds, for ever."""
+    while True:
+        started = time.perf_counter()
+        try:
+            moved = await step(manager.clock())
+        except BrokerError as exc:
+            log.warning("%s loop: %s", name, exc)
+        else:
+            manager.stats.record_task(name, moved, time.perf_counter() - started)
+        await trio.sleep(interval)
+
+
+async def run_reapers(
+    manager: Manager, config: Config, close_worker: Callable[[str], None]
+) -> None:
+    """All the periodic loops of one broker process."""
+
+    async def scheduled(now: float) -> int:
+        return await manager.enqueue_due("scheduled", now)
+
+    async def retries(now: float) -> int:
+        return await manager.enqueue_due("retries", now)
+
+    async def workers(now: float) -> int:
+        gone = await manager.reap_workers(now)
+        for wid in gone:
+            close_worker(wid)
+        return len(gone)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(every, config.scheduler_interval, "Scheduled", scheduled, manager)
+        nursery.start_soon(every, config.scheduler_interval, "Retries", retries, manager)
+        nursery.start_soon(every, config.reaper_interval, "Busy", manager.reap_expired, manager)
+        nursery.start_soon(every, config.dead_purge_interval, "Dead", manager.purge_dead, manager)
+        nursery.start_soon(every, config.worker_reaper_interval, "Workers", workers, manager)

@@ -1,0 +1,119 @@
+"""Start, watch and stop the embedded redis-server child (unix socket, AOF on)."""
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+from pathlib import Path
+
+import trio
+
+from broker.store.connection import Address
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
+STOP_TIMEOUT = 10.0  # seconds for redis-server to write its AOF and exit on SIGTERM
+RESTART_DELAY = 1.0  # seconds before restarting a redis-server that died
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the broker dies, even by SIGKILL (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    """A redis-server owned by this broker, kept running until the broker stops."""
+
+    def __init__(self, data_dir: str, binary: str = "redis-server", appendfsync: str = "everysec"):
+        self.dir = Path(data_dir).resolve()
+        self.binary = binary
+        self.appendfsync = appendfsync
+        self.socket = self.dir / "redis.sock"
+        self.pidfile = self.dir / "redis.pid"
+        self.url = f"unix://{self.socket}"
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(self.dir),
+            "--pidfile", str(self.pidfile),
+            "--logfile", str(self.dir / "redis.log"),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--maxmemory-policy", "noeviction",
+            "--daemonize", "no",
+        ]  # fmt: skip
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run redis-server, restarting it if it dies; reports the URL once it answers."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        await self._stop_leftover()
+        started = False
+        while True:
+            process = await trio.lowlevel.open_process(
+                self.command(), preexec_fn=_die_with_parent, stdin=None
+            )
+            try:
+                await self._wait_ready(process)
+                if not started:
+                    log.info("embedded redis-server pid %d at %s", process.pid, self.socket)
+                    task_status.started(self.url)
+                    started = True
+                code = await process.wait()
+                log.error("embedded redis-server exited with %s; restarting", code)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _stop(process)
+            await trio.sleep(RESTART_DELAY)
+
+    async def _wait_ready(self, process: trio.Process) -> None:
+        with trio.fail_after(START_TIMEOUT):
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited at start; see {self.dir / 'redis.log'}"
+                    )
+                try:
+                    stream = await Address(self.url).open()
+                except OSError:
+                    await trio.sleep(0.02)
+                    continue
+                await stream.aclose()
+                return
+
+    async def _stop_leftover(self) -> None:
+        """Stop a redis-server left running on this data dir by a broker that was killed."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return
+        if b"redis-server" not in cmdline or str(self.socket).encode() not in cmdline:
+            return
+        log.warning("stopping leftover redis-server pid %d", pid)
+        os.kill(pid, signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT):
+            while Path(f"/proc/{pid}").exists():
+                await trio.sleep(0.05)
+
+
+async def _stop(process: trio.Process) -> None:
+    if process.returncode is not None:
+        return
+    process.terminate()
+    with trio.move_on_after(STOP_TIMEOUT):
+        await process.wait()
+        return
+    process.kill()
+    await process.wait()

@@ -1,0 +1,54 @@
+"""Pure retry policy: failure cleansing, backoff and the retry-or-dead decision."""
+
+import random
+
+from broker.jobs import DEFAULT_RETRY, FailPayload, Failure, Job, format_time
+
+MAX_ERRTYPE = 100  # characters kept of a failure's errtype (reference limit)
+MAX_MESSAGE = 1000  # characters kept of a failure's message (reference limit)
+MAX_BACKTRACE = 50  # lines kept of a failure's backtrace (reference limit)
+
+RETRY = "retries"
+DEAD = "dead"
+DROP = ""
+
+
+def backoff(count: int, rng: random.Random) -> int:
+    """Seconds until the next attempt after failure number `count` (0-based), as Sidekiq does."""
+    return count**4 + 15 + rng.randrange(30) * (count + 1)
+
+
+def record_failure(job: Job, report: FailPayload, now: float) -> Failure:
+    """Update `job.failure` with a cleansed report; `failed_at` keeps the first failure's time."""
+    errtype = report.errtype.strip()[:MAX_ERRTYPE] or "unknown"
+    message = report.message.strip()[:MAX_MESSAGE] or "unknown"
+    backtrace = (report.backtrace or [])[:MAX_BACKTRACE]
+    previous = job.failure
+    retry = DEFAULT_RETRY if job.retry is None else job.retry
+    if previous is None:
+        failure = Failure(0, retry, format_time(now), message, errtype, "", backtrace)
+    else:
+        failure = Failure(
+            previous.retry_count + 1,
+            max(previous.remaining - 1, 0),
+            previous.failed_at,
+            message,
+            errtype,
+            "",
+            backtrace,
+        )
+    job.failure = failure
+    return failure
+
+
+def next_step(job: Job, now: float, rng: random.Random, dead_ttl: float) -> tuple[str, float]:
+    """Where a just-failed job goes, and its score there: (RETRY | DEAD | DROP, unix seconds)."""
+    assert job.failure is not None
+    retry = DEFAULT_RETRY if job.retry is None else job.retry
+    if retry == 0:
+        return DROP, 0.0
+    if job.failure.retry_count < retry:
+        at = now + backoff(job.failure.retry_count, rng)
+        job.failure.next_at = format_time(at)
+        return RETRY, at
+    return DEAD, now + dead_ttl

@@ -1,0 +1,200 @@
+"""The only module with client sockets: listeners, one task per connection, deadlines.
+
+recv -> protocol.LineReader -> Commands.dispatch -> send. Coded errors become `-CODE message`;
+anything unexpected is logged and answered `-ERR internal error` with the connection kept;
+framing violations close it.
+"""
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from broker import protocol
+from broker.commands import Commands
+from broker.config import Config
+from broker.errors import BrokerError, ProtocolError
+from broker.manager import Manager
+from broker.protocol import LineReader
+from broker.session import Session
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+SHUTDOWN_REPLY = protocol.error("ERR shutdown in progress")
+
+
+class Connection:
+    """What the server tracks of an open client connection."""
+
+    __slots__ = ("reading", "scope", "wid")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()  # the whole connection
+        self.reading: trio.CancelScope | None = None  # the wait for the next command
+        self.wid = ""
+
+
+class Server:
+    """Accepts Faktory-protocol connections and runs their commands."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        config: Callable[[], Config],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.manager = manager
+        self.commands = Commands(manager)
+        self.stats = manager.stats
+        self.config = config
+        self.ssl_context = ssl_context
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self._accepting = trio.CancelScope()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until begin_shutdown(); then give open connections the grace period to finish.
+
+        Reports the bound port once listening.
+        """
+        config = self.config()
+        tcp = await trio.open_tcp_listeners(config.port, host=config.host)
+        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
+        if self.ssl_context is not None:
+            listeners = [trio.SSLListener(t, self.ssl_context) for t in tcp]
+        async with trio.open_nursery() as connections:
+            task_status.started(tcp[0].socket.getsockname()[1])
+            with self._accepting:
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+            for listener in listeners:
+                await listener.aclose()
+            connections.cancel_scope.deadline = trio.current_time() + self.config().shutdown_grace
+
+    def close_worker(self, wid: str) -> None:
+        """Close every connection of a worker (it stopped beating)."""
+        for conn in list(self.connections):
+            if conn.wid == wid:
+                conn.scope.cancel()
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        conn = Connection()
+        session = Session(self.config().password)
+        reader = LineReader(self.config().max_line_bytes)
+        joined = False
+        try:
+            with conn.scope:
+                await stream.send_all(session.greeting())
+                if not await self._handshake(stream, reader, session):
+                    return
+                config = self.config()
+                if len(self.connections) >= config.max_connections:
+                    await stream.send_all(
+                        protocol.error(f"ERR too many connections: {len(self.connections)}")
+                    )
+                    return
+                self.connections.add(conn)
+                self.stats.connections += 1
+                if session.wid:
+                    conn.wid = session.wid
+                    info = msgspec.json.encode(session.hello)
+                    await self.manager.worker_join(session.wid, self.manager.clock(), info)
+                    joined = True
+                await stream.send_all(protocol.OK)
+                await self._serve(stream, reader, session, conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        except ProtocolError as exc:
+            log.info("closing connection: %s", exc)
+            if exc.reply:
+                with trio.move_on_after(1):
+                    await _send_quietly(stream, protocol.error(exc.reply))
+        finally:
+            if conn in self.connections:
+                self.connections.discard(conn)
+                self.stats.connections -= 1
+            with trio.CancelScope(shield=True):
+                if joined:
+                    with trio.move_on_after(2):
+                        try:
+                            await self.manager.worker_leave(session.wid)
+                        except BrokerError as exc:
+                            log.warning("could not unregister worker %s: %s", session.wid, exc)
+                await trio.aclose_forcefully(stream)
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, reader: LineReader, session: Session
+    ) -> bool:
+        """Read and check HELLO within the deadline; False means close without a word."""
+        with trio.move_on_after(self.config().handshake_timeout):
+            while (command := reader.next_command()) is None:
+                data = await stream.receive_some(READ_SIZE)
+                if not data:
+                    return False
+                reader.feed(data)
+            try:
+                session.handshake(command)
+            except ProtocolError as exc:
+                log.debug("handshake refused: %s", exc)
+                return False
+            except BrokerError as exc:
+                await stream.send_all(protocol.error(exc.render()))
+                return False
+            return True
+        return False
+
+    async def _serve(
+        self, stream: trio.abc.Stream, reader: LineReader, session: Session, conn: Connection
+    ) -> None:
+        replies: list[bytes] = []
+        while True:
+            command = reader.next_command()
+            if command is None:
+                if replies:
+                    await stream.send_all(b"".join(replies))
+                    replies.clear()
+                if self.closing:
+                    return
+                data: bytes | bytearray = b""
+                with trio.move_on_after(self.config().idle_timeout) as conn.reading:
+                    data = await stream.receive_some(READ_SIZE)
+                conn.reading = None
+                if not data:
+                    return  # closed by the client, idle too long, or shutting down
+                reader.feed(data)
+                continue
+            self.stats.commands += 1
+            if self.closing:
+                replies.append(SHUTDOWN_REPLY)
+                await stream.send_all(b"".join(replies))
+                return
+            try:
+                reply = await self.commands.dispatch(session, command)
+            except BrokerError as exc:
+                reply = protocol.error(exc.render())
+            except Exception:
+                log.exception("command %s failed", command.verb)
+                reply = protocol.error("ERR internal error")
+            if not reply:  # END
+                if replies:
+                    await stream.send_all(b"".join(replies))
+                return
+            replies.append(reply)
+
+    def begin_shutdown(self) -> None:
+        """Answer every further command with an error, and close connections between commands."""
+        self.closing = True
+        self._accepting.cancel()
+        self.manager.closing = True
+        self.manager.doorbell.ring_all()
+        for conn in self.connections:
+            if conn.reading is not None:
+                conn.reading.cancel()
+
+
+async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.send_all(data)
