@@ -38,17 +38,19 @@ class LineReader:
         end = buffer.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(buffer)
-            if len(buffer) > self.max_line:
-                raise ProtocolError(
-                    "line too long", f"ERR line too long (max {self.max_line} bytes)"
-                )
+            if len(buffer) > self.max_line + 1:  # + 1: room for the CR of a line at the limit
+                raise self._too_long()
             return None
-        if end > self.max_line:
-            raise ProtocolError("line too long", f"ERR line too long (max {self.max_line} bytes)")
-        line = bytes(buffer[: end - 1 if end and buffer[end - 1] == 13 else end])
+        length = end - 1 if end and buffer[end - 1] == 13 else end
+        if length > self.max_line:
+            raise self._too_long()
+        line = bytes(buffer[:length])
         del buffer[: end + 1]
         self._scanned = 0
         return parse_line(line)
+
+    def _too_long(self) -> ProtocolError:
+        return ProtocolError("line too long", f"ERR line too long (max {self.max_line} bytes)")
 
 
 def parse_line(line: bytes) -> Command:

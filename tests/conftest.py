@@ -1,0 +1,211 @@
+"""Test doctrine: real parts only.
+
+- One real redis-server per test session (a unix socket in a temporary directory), flushed
+  before each test that uses it. No fakeredis, no mocked Redis, no mocked sockets.
+- Brokers listen on 127.0.0.1 port 0: in-process (`broker` fixture, an App in the test's
+  nursery) or as a real process (`broker_process`, for crash tests and blocking clients).
+- Every test runs under a cap (pytest-timeout, set in pyproject.toml); tests wait for events
+  or for a state to appear with `eventually`, which is bounded, never a bare sleep.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from broker.app import App
+from broker.config import Config
+from broker.middleware import Chains
+
+
+def _redis_ready(path: str) -> bool:
+    try:
+        return bool(redis.Redis(unix_socket_path=path).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real redis-server for the whole session; yields its unix:// URL."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (run `make install`)"
+    directory = tempfile.mkdtemp(prefix="hopper-test-redis-")
+    sock = os.path.join(directory, "redis.sock")
+    process = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", sock, "--dir", directory, "--save", "",
+         "--appendonly", "no", "--logfile", os.path.join(directory, "redis.log")],
+    )  # fmt: skip
+    try:
+        for _ in range(500):
+            if _redis_ready(sock):
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError("redis-server did not start")
+        yield f"unix://{sock}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, flushed for this test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test Redis, for asserting stored state."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_config(redis_url: str, **overrides: Any) -> Config:
+    """Settings for a broker under test: port 0, quick loops, the test Redis."""
+    values: dict[str, Any] = {
+        "bind": "127.0.0.1:0",
+        "redis_url": redis_url,
+        "fetch_timeout": 0.5,
+        "scheduler_interval": 0.05,
+        "reaper_interval": 0.05,
+        "dead_purge_interval": 0.05,
+        "worker_reaper_interval": 0.05,
+        "shutdown_grace": 1.0,
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+class StartBroker:
+    """Starts in-process brokers in the test's nursery: `await start(**config overrides)`."""
+
+    def __init__(self, nursery: trio.Nursery, redis_url: str) -> None:
+        self.nursery = nursery
+        self.redis_url = redis_url
+
+    async def __call__(self, chains: Chains | None = None, **overrides: Any) -> App:
+        app = App(test_config(self.redis_url, **overrides), chains=chains)
+        await self.nursery.start(app.run)
+        return app
+
+
+@pytest.fixture
+async def start_broker(nursery: trio.Nursery, redis_url: str) -> StartBroker:
+    return StartBroker(nursery, redis_url)
+
+
+@pytest.fixture
+async def broker(start_broker: StartBroker) -> App:
+    """One in-process broker on the test Redis."""
+    return await start_broker()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> Any:
+    """Wait until `check()` returns something truthy (awaiting it if needed); bounded."""
+    with trio.fail_after(timeout):
+        while True:
+            result = check()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return result
+            await trio.sleep(step)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class BrokerProcess:
+    """`hopper run` as a real child process (python -m broker), restartable and killable."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.args = ["--bind", f"127.0.0.1:{self.port}", *args]
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="hopper-broker-", suffix=".log")[1])
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "broker", "run", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"broker did not listen: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def broker_process(redis_url: str) -> Iterator[Callable[..., BrokerProcess]]:
+    """Factory of broker processes on the test Redis (or embedded, with --data-dir)."""
+    started: list[BrokerProcess] = []
+
+    def make(*args: str, embedded: bool = False, **env: str) -> BrokerProcess:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))
+        }
+        environment.pop("REDIS_URL", None)
+        environment.update(env)
+        base = [] if embedded else ["--redis-url", redis_url]
+        broker = BrokerProcess(
+            [*base, "--scheduler-interval", "0.1", "--reaper-interval", "0.1", *args],
+            environment,
+        )
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        if broker.process is not None and broker.process.poll() is None:
+            broker.kill()
