@@ -77,3 +77,33 @@ def pwdhash(password: str, salt: str, iterations: int) -> str:
 
 def job(jid: str, jobtype: str = "work", **fields: Any) -> dict[str, Any]:
     return {"jid": jid, "jobtype": jobtype, "args": fields.pop("args", []), **fields}
+
+
+class SyncWire:
+    """The same raw client, blocking, for tests that drive broker processes from threads."""
+
+    def __init__(self, port: int, *, hello: dict[str, Any] | None = None, timeout: float = 10):
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.reader = hiredis.Reader()
+        assert self.reply().startswith(b"HI ")
+        assert self.call("HELLO", {"v": 2, **(hello or {})}) == b"OK"
+
+    def reply(self) -> Any:
+        while (reply := self.reader.gets()) is False:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.reader.feed(data)
+        if isinstance(reply, hiredis.ReplyError):
+            raise WireError(str(reply))
+        return reply
+
+    def call(self, verb: str, arg: Any = None) -> Any:
+        line = verb if arg is None else f"{verb} {arg if isinstance(arg, str) else json.dumps(arg)}"
+        self.sock.sendall(line.encode() + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
