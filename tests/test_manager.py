@@ -10,7 +10,7 @@ import trio
 
 from broker.config import Config
 from broker.errors import CommandError, Discard, Halt
-from broker.jobs import FailPayload, Job, Mutation, MutateFilter, job_decoder
+from broker.jobs import FailPayload, Job, MutateFilter, Mutation, job_decoder
 from broker.manager import Manager
 from broker.middleware import Chains, Context, Next
 from broker.store.connection import Address, Pipeline

@@ -233,9 +233,9 @@ async def test_unexpected_error_is_internal_and_connection_survives(
     chains.push.add(broken)
     app = await start_broker(chains=chains)
     w = await Wire.open(app.port, hello={})
-    with pytest.raises(WireError, match="^ERR internal error$"):
+    with pytest.raises(WireError, match=r"^ERR internal error$"):
         await w.call("PUSH", job("jid-0001", jobtype="crash"))
-    with pytest.raises(WireError, match="^DENIED no thanks$"):
+    with pytest.raises(WireError, match=r"^DENIED no thanks$"):
         await w.call("PUSH", job("jid-0002", jobtype="deny"))
     assert await w.call("PUSH", job("jid-0003")) == b"OK"
 
