@@ -1,7 +1,5 @@
 """Start, watch and stop the embedded redis-server child (unix socket, AOF on)."""
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -16,17 +14,14 @@ log = logging.getLogger(__name__)
 START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for redis-server to write its AOF and exit on SIGTERM
 RESTART_DELAY = 1.0  # seconds before restarting a redis-server that died
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the broker dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
-    """A redis-server owned by this broker, kept running until the broker stops."""
+    """A redis-server owned by this broker, kept running until the broker stops.
+
+    If the broker is killed (SIGKILL) its redis-server lives on with all the data; the next
+    start on the same data dir stops it gently (SIGTERM: the AOF is flushed) and starts anew.
+    """
 
     def __init__(self, data_dir: str, binary: str = "redis-server", appendfsync: str = "everysec"):
         self.dir = Path(data_dir).resolve()
@@ -58,9 +53,7 @@ class EmbeddedRedis:
         await self._stop_leftover()
         started = False
         while True:
-            process = await trio.lowlevel.open_process(
-                self.command(), preexec_fn=_die_with_parent, stdin=None
-            )
+            process = await trio.lowlevel.open_process(self.command(), stdin=None)
             try:
                 await self._wait_ready(process)
                 if not started:
