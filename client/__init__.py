@@ -1,0 +1,26 @@
+"""Hopper's Python client: push jobs and run workers against any Faktory-protocol broker.
+
+from client import Client, Worker
+
+with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or localhost
+    client.push("send_email", ["ada@example.com"])
+"""
+
+from broker.jobs import Failure, Job
+from client.aio import AsyncClient
+from client.client import Client
+from client.errors import AuthenticationError, ClientError, ConnectionLost, ServerError
+from client.jobs import make_job, new_jid
+
+__all__ = [
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ClientError",
+    "ConnectionLost",
+    "Failure",
+    "Job",
+    "ServerError",
+    "make_job",
+    "new_jid",
+]

@@ -1,0 +1,192 @@
+"""`AsyncClient`: the client for asyncio and trio programs, with the surface of `Client`."""
+
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from broker.jobs import DEFAULT_QUEUE, Job
+from client import commands
+from client.backoff import Backoff
+from client.base import ClientBase
+from client.commands import Call, MutateCommand, MutateTarget, WorkerState
+from client.errors import ConnectionLost
+from client.jobs import At, make_job
+from client.transports import Stream, open_stream, sleep
+from client.url import Endpoint
+from client.wire import Identity, Reply, ReplyReader, check_welcome, hello_line
+
+T = TypeVar("T")
+
+
+class AsyncConnection:
+    """A connected, identified stream: `await request(line)` sends a command, reads its reply."""
+
+    def __init__(self, stream: Stream, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self._replies = ReplyReader()
+
+    @classmethod
+    async def open(
+        cls, client: "AsyncClient", endpoint: Endpoint, identity: Identity
+    ) -> "AsyncConnection":
+        """Connect, say HELLO and wait for OK."""
+        stream = await open_stream(
+            endpoint.host, endpoint.port, client.ssl_context, client.connect_timeout
+        )
+        conn = cls(stream, client.connect_timeout)
+        try:
+            greeting = await conn.read()
+            check_welcome(await conn.request(hello_line(greeting, endpoint, identity)))
+        except BaseException:
+            conn.close()
+            raise
+        conn._timeout = client.timeout
+        return conn
+
+    async def request(self, line: bytes) -> Reply:
+        await self._stream.send(line)
+        return await self.read()
+
+    async def read(self) -> Reply:
+        while (reply := self._replies.next_reply()) is False:
+            received = await self._stream.receive(self._timeout)
+            if not received:
+                raise ConnectionLost("the broker closed the connection")
+            self._replies.feed(received)
+        return reply
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class AsyncClient(ClientBase[AsyncConnection]):
+    """`Client` for async code: the same methods, awaited; works under asyncio and trio.
+
+    One instance belongs to one event loop; its connections are pooled so concurrent tasks can
+    share it. Cancelling a command closes its connection (its outcome is then unknown).
+    """
+
+    async def _call(self, call: Call[T]) -> T:
+        backoff = Backoff(self.retry_for)
+        while True:
+            conn = None
+            try:
+                conn = self._take_idle() or await AsyncConnection.open(
+                    self, self.endpoint, self.identity
+                )
+                reply = await conn.request(call.line)
+            except ConnectionLost as exc:
+                if conn is not None:
+                    conn.close()
+                self._drop_idle()
+                await sleep(backoff.delay(exc))
+                continue
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            self._give(conn)
+            return call.parse(reply, backoff.attempts > 0)
+
+    async def push(
+        self,
+        jobtype: str,
+        args: Iterable[Any] = (),
+        *,
+        queue: str = DEFAULT_QUEUE,
+        at: At = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        custom: dict[str, Any] | None = None,
+        jid: str | None = None,
+    ) -> str:
+        """Push one job and return its jid (see `Client.push`)."""
+        job = make_job(
+            jobtype,
+            args,
+            queue=queue,
+            at=at,
+            retry=retry,
+            reserve_for=reserve_for,
+            custom=custom,
+            jid=jid,
+        )
+        return await self._call(commands.push(job))
+
+    async def push_job(self, job: Job) -> str:
+        """Push a job built with `make_job`; returns its jid."""
+        return await self._call(commands.push(job))
+
+    async def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """Push jobs in one PUSHB; returns {jid: error} of the refused."""
+        return await self._call(commands.push_bulk(list(jobs)))
+
+    async def fetch(self, *queues: str) -> Job | None:
+        """Reserve the next job of the first non-empty queue; None after the broker's wait."""
+        return await self._call(commands.fetch(queues or (DEFAULT_QUEUE,)))
+
+    async def ack(self, jid: str) -> None:
+        """Report a fetched job done."""
+        await self._call(commands.ack(jid))
+
+    async def fail(
+        self, jid: str, errtype: str = "", message: str = "", backtrace: Iterable[str] = ()
+    ) -> None:
+        """Report a fetched job failed."""
+        await self._call(commands.fail(jid, errtype, message, backtrace))
+
+    async def beat(self, current_state: str = "", rss_kb: int = 0) -> WorkerState:
+        """Heartbeat of this client's `wid`; returns the state the broker wants it in."""
+        return await self._call(commands.beat(self.wid, current_state, rss_kb))
+
+    async def info(self) -> dict[str, Any]:
+        """The broker's INFO document."""
+        return await self._call(commands.info())
+
+    async def flush(self) -> None:
+        """Delete every job and counter."""
+        await self._call(commands.flush())
+
+    async def pause(self, *queues: str) -> None:
+        """Stop handing out jobs of these queues."""
+        await self._call(commands.queue("PAUSE", queues))
+
+    async def resume(self, *queues: str) -> None:
+        """Hand out jobs of paused queues again."""
+        await self._call(commands.queue("RESUME", queues))
+
+    async def remove_queues(self, *queues: str) -> None:
+        """Delete these queues and their waiting jobs."""
+        await self._call(commands.queue("REMOVE", queues))
+
+    async def latency(self, *queues: str) -> dict[str, float]:
+        """Seconds the oldest waiting job of each queue has waited."""
+        return await self._call(commands.latency(queues))
+
+    async def mutate(
+        self,
+        cmd: MutateCommand,
+        target: MutateTarget,
+        *,
+        jids: Sequence[str] = (),
+        jobtype: str = "",
+        regexp: str = "",
+    ) -> None:
+        """Clear, kill, discard or requeue the jobs of a set that match the filter."""
+        await self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    async def aclose(self) -> None:
+        """Close the idle connections."""
+        self._drop_idle()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

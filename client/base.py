@@ -1,0 +1,88 @@
+"""What the sync and async clients share: settings, identity and the pool of idle connections."""
+
+import os
+import ssl
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
+
+from client.url import Endpoint, parse_url
+from client.wire import Identity
+
+DEFAULT_TIMEOUT = 10.0  # seconds to wait for a reply; must exceed the broker's FETCH wait (2 s)
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection and finish the handshake
+RETRY_FOR = 10.0  # seconds a command keeps reconnecting after losing its connection
+MAX_IDLE = 16  # idle connections kept open per client
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+_clients: "weakref.WeakSet[ClientBase[Closable]]" = weakref.WeakSet()
+
+
+class ClientBase(Generic[C]):
+    """Settings and pooled connections; subclasses open connections and run commands."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        password: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        retry_for: float = RETRY_FOR,
+        wid: str = "",
+        labels: Iterable[str] = ("python",),
+        ssl_context: ssl.SSLContext | None = None,
+        max_idle: int = MAX_IDLE,
+    ) -> None:
+        self.endpoint: Endpoint = parse_url(url, password)
+        self.identity = Identity(wid=wid, labels=tuple(labels))
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.max_idle = max_idle
+        if ssl_context is None and self.endpoint.tls:
+            ssl_context = ssl.create_default_context()
+        self.ssl_context = ssl_context
+        self._idle: deque[C] = deque()
+        _clients.add(self)  # type: ignore[arg-type]
+
+    @property
+    def wid(self) -> str:
+        return self.identity.wid
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.endpoint!r}, wid={self.wid!r})"
+
+    def _take_idle(self) -> C | None:
+        """An idle connection, most recently used first (deque ops are atomic: thread-safe)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return None
+
+    def _give(self, conn: C) -> None:
+        """Return a healthy connection to the pool, or close it when the pool is full."""
+        if len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def _drop_idle(self) -> None:
+        """Close every idle connection (after one broke, the others are likely dead too)."""
+        while (conn := self._take_idle()) is not None:
+            conn.close()
+
+
+def _forget_inherited() -> None:
+    """In a forked child, drop the parent's sockets unused: they belong to the parent."""
+    for client in list(_clients):
+        client._idle = deque()
+
+
+os.register_at_fork(after_in_child=_forget_inherited)

@@ -1,0 +1,160 @@
+"""`Client`: the blocking client, thread-safe through a small pool of connections."""
+
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from broker.jobs import DEFAULT_QUEUE, Job
+from client import commands
+from client.backoff import Backoff
+from client.base import ClientBase
+from client.commands import Call, MutateCommand, MutateTarget, WorkerState
+from client.connection import Connection
+from client.errors import ConnectionLost
+from client.jobs import At, make_job
+
+T = TypeVar("T")
+
+
+class Client(ClientBase[Connection]):
+    """Push jobs and talk to a Faktory-protocol broker from blocking code.
+
+    `url` is `tcp://[:password@]host:port` (`tcp+tls://` for TLS); None reads HOPPER_URL or
+    FAKTORY_URL. Safe to share between threads: each command borrows a pooled connection.
+    A command whose connection breaks is sent again on a new one, with backoff, for up to
+    `retry_for` seconds; then ConnectionLost is raised. `-CODE message` replies raise
+    ServerError. `close()` closes idle connections; the client reconnects if used again.
+    """
+
+    def _call(self, call: Call[T]) -> T:
+        backoff = Backoff(self.retry_for)
+        while True:
+            conn = None
+            try:
+                conn = self._take_idle() or self._open()
+                reply = conn.request(call.line)
+            except ConnectionLost as exc:
+                if conn is not None:
+                    conn.close()
+                self._drop_idle()
+                time.sleep(backoff.delay(exc))
+                continue
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            self._give(conn)
+            return call.parse(reply, backoff.attempts > 0)
+
+    def _open(self) -> Connection:
+        return Connection.open(
+            self.endpoint,
+            self.identity,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            ssl_context=self.ssl_context,
+        )
+
+    def push(
+        self,
+        jobtype: str,
+        args: Iterable[Any] = (),
+        *,
+        queue: str = DEFAULT_QUEUE,
+        at: At = None,
+        retry: int | None = None,
+        reserve_for: int | None = None,
+        custom: dict[str, Any] | None = None,
+        jid: str | None = None,
+    ) -> str:
+        """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text."""
+        job = make_job(
+            jobtype,
+            args,
+            queue=queue,
+            at=at,
+            retry=retry,
+            reserve_for=reserve_for,
+            custom=custom,
+            jid=jid,
+        )
+        return self._call(commands.push(job))
+
+    def push_job(self, job: Job) -> str:
+        """Push a job built with `make_job`; returns its jid."""
+        return self._call(commands.push(job))
+
+    def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """Push jobs built with `make_job` in one PUSHB; returns {jid: error} of the refused."""
+        return self._call(commands.push_bulk(list(jobs)))
+
+    def fetch(self, *queues: str) -> Job | None:
+        """Reserve the next job of the first non-empty queue; None after the broker's wait."""
+        return self._call(commands.fetch(queues or (DEFAULT_QUEUE,)))
+
+    def ack(self, jid: str) -> None:
+        """Report a fetched job done."""
+        self._call(commands.ack(jid))
+
+    def fail(
+        self, jid: str, errtype: str = "", message: str = "", backtrace: Iterable[str] = ()
+    ) -> None:
+        """Report a fetched job failed; the broker retries it or moves it to the dead set."""
+        self._call(commands.fail(jid, errtype, message, backtrace))
+
+    def beat(self, current_state: str = "", rss_kb: int = 0) -> WorkerState:
+        """Heartbeat of this client's `wid`; returns the state the broker wants it in."""
+        return self._call(commands.beat(self.wid, current_state, rss_kb))
+
+    def info(self) -> dict[str, Any]:
+        """The broker's INFO document."""
+        return self._call(commands.info())
+
+    def flush(self) -> None:
+        """Delete every job and counter (for tests and development)."""
+        self._call(commands.flush())
+
+    def pause(self, *queues: str) -> None:
+        """Stop handing out jobs of these queues (`*` for all)."""
+        self._call(commands.queue("PAUSE", queues))
+
+    def resume(self, *queues: str) -> None:
+        """Hand out jobs of paused queues again (`*` for all)."""
+        self._call(commands.queue("RESUME", queues))
+
+    def remove_queues(self, *queues: str) -> None:
+        """Delete these queues and their waiting jobs (`*` for all)."""
+        self._call(commands.queue("REMOVE", queues))
+
+    def latency(self, *queues: str) -> dict[str, float]:
+        """Seconds the oldest waiting job of each queue has waited."""
+        return self._call(commands.latency(queues))
+
+    def mutate(
+        self,
+        cmd: MutateCommand,
+        target: MutateTarget,
+        *,
+        jids: Sequence[str] = (),
+        jobtype: str = "",
+        regexp: str = "",
+    ) -> None:
+        """Clear, kill, discard or requeue the jobs of a set that match the filter."""
+        self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        while (conn := self._take_idle()) is not None:
+            conn.close(polite=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,164 @@
+"""Sans-IO commands: each builder returns the request line and how to read its reply.
+
+Both clients (sync and async) run the same `Call`s, so the protocol lives here once. `parse`
+receives the reply and whether the line was sent again after a lost connection: a resent
+PUSH that finds its jid taken, or a resent FAIL that finds no job, already succeeded.
+"""
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
+
+import msgspec
+
+from broker.jobs import (
+    Beat,
+    FailPayload,
+    Job,
+    MutateFilter,
+    Mutation,
+    encode,
+    job_decoder,
+)
+from client.errors import ClientError, ServerError
+from client.wire import CRLF, Reply
+
+T = TypeVar("T")
+
+MutateCommand = Literal["clear", "kill", "discard", "requeue"]
+MutateTarget = Literal["retries", "scheduled", "dead"]
+WorkerState = Literal["running", "quiet", "terminate"]
+
+
+class Call(NamedTuple, Generic[T]):
+    """One request line and the reader of its reply: `parse(reply, resent)`."""
+
+    line: bytes
+    parse: Callable[[Reply, bool], T]
+
+
+_errors_decoder = msgspec.json.Decoder(dict[str, str])
+_info_decoder = msgspec.json.Decoder(dict[str, Any])
+_latency_decoder = msgspec.json.Decoder(dict[str, float])
+
+
+def value(reply: Reply) -> bytes | None:
+    """The reply's data; raises it when it is an error."""
+    if isinstance(reply, ServerError):
+        raise reply
+    return reply
+
+
+def data(reply: Reply) -> bytes:
+    """The reply's data, which must be present."""
+    result = value(reply)
+    if result is None:
+        raise ClientError("the broker answered nothing where data was expected")
+    return result
+
+
+def _ok(reply: Reply, resent: bool) -> None:
+    value(reply)
+
+
+def _in_use(jid: str) -> str:
+    return f"jid {jid} is already in use"
+
+
+def push(job: Job) -> Call[str]:
+    jid = job.jid
+
+    def parse(reply: Reply, resent: bool) -> str:
+        if not (resent and isinstance(reply, ServerError) and reply.message == _in_use(jid)):
+            value(reply)
+        return jid
+
+    return Call(b"PUSH " + encode(job) + CRLF, parse)
+
+
+def push_bulk(jobs: Sequence[Job]) -> Call[dict[str, str]]:
+    def parse(reply: Reply, resent: bool) -> dict[str, str]:
+        errors = _errors_decoder.decode(data(reply))
+        if resent:  # a jid taken by our own first attempt was pushed
+            return {jid: text for jid, text in errors.items() if text != _in_use(jid)}
+        return errors
+
+    return Call(b"PUSHB " + encode(jobs) + CRLF, parse)
+
+
+def fetch(queues: Sequence[str]) -> Call[Job | None]:
+    if not queues:
+        raise ValueError("fetch needs at least one queue")
+
+    def parse(reply: Reply, resent: bool) -> Job | None:
+        payload = value(reply)
+        return None if payload is None else job_decoder.decode(payload)
+
+    return Call(b"FETCH " + " ".join(queues).encode() + CRLF, parse)
+
+
+def ack(jid: str) -> Call[None]:
+    return Call(b"ACK " + encode({"jid": jid}) + CRLF, _ok)
+
+
+def fail(jid: str, errtype: str, message: str, backtrace: Iterable[str]) -> Call[None]:
+    report = FailPayload(jid=jid, errtype=errtype, message=message, backtrace=list(backtrace))
+    not_found = f"Job not found {jid}"
+
+    def parse(reply: Reply, resent: bool) -> None:
+        if not (resent and isinstance(reply, ServerError) and reply.message == not_found):
+            value(reply)
+
+    return Call(b"FAIL " + encode(report) + CRLF, parse)
+
+
+def beat(wid: str, current_state: str = "", rss_kb: int = 0) -> Call[WorkerState]:
+    if not wid:
+        raise ValueError("only a client with a wid (a worker) can BEAT")
+    line = b"BEAT " + encode(Beat(wid=wid, current_state=current_state, rss_kb=rss_kb)) + CRLF
+
+    def parse(reply: Reply, resent: bool) -> WorkerState:
+        text = data(reply)
+        if text == b"OK":
+            return "running"
+        state = _errors_decoder.decode(text).get("state")
+        return "terminate" if state == "terminate" else "quiet"
+
+    return Call(line, parse)
+
+
+def info() -> Call[dict[str, Any]]:
+    return Call(b"INFO" + CRLF, lambda reply, resent: _info_decoder.decode(data(reply)))
+
+
+def flush() -> Call[None]:
+    return Call(b"FLUSH" + CRLF, _ok)
+
+
+def queue(subcommand: Literal["PAUSE", "RESUME", "REMOVE"], names: Sequence[str]) -> Call[None]:
+    return Call(_queue_line(subcommand, names), _ok)
+
+
+def latency(names: Sequence[str]) -> Call[dict[str, float]]:
+    return Call(
+        _queue_line("LATENCY", names),
+        lambda reply, resent: _latency_decoder.decode(data(reply)),
+    )
+
+
+def _queue_line(subcommand: str, names: Sequence[str]) -> bytes:
+    if not names:
+        raise ValueError(f"QUEUE {subcommand} needs at least one queue name")
+    return f"QUEUE {subcommand} {' '.join(names)}".encode() + CRLF
+
+
+def mutate(
+    cmd: MutateCommand,
+    target: MutateTarget,
+    *,
+    jids: Sequence[str] = (),
+    jobtype: str = "",
+    regexp: str = "",
+) -> Call[None]:
+    selection = MutateFilter(regexp=regexp, jobtype=jobtype, jids=list(jids))
+    chosen = selection if (jids or jobtype or regexp) else None
+    return Call(b"MUTATE " + encode(Mutation(cmd=cmd, target=target, filter=chosen)) + CRLF, _ok)

@@ -1,0 +1,54 @@
+"""Building jobs to push: jids, schedule times and options, as the broker's `Job` Struct."""
+
+import secrets
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from broker.jobs import DEFAULT_QUEUE, Job, format_time
+
+JID_BYTES = 12  # 16 URL-safe characters, like the Go client's jids
+
+At = datetime | timedelta | str | None
+"""When to run a job: a datetime (naive means local time), a delay, or an RFC3339 string."""
+
+
+def new_jid() -> str:
+    """A random, URL-safe job id of 16 characters."""
+    return secrets.token_urlsafe(JID_BYTES)
+
+
+def format_at(at: At, now: float | None = None) -> str:
+    """`at` as the RFC3339 text the protocol carries; "" means now."""
+    if at is None or isinstance(at, str):
+        return at or ""
+    if isinstance(at, timedelta):
+        return format_time((time.time() if now is None else now) + at.total_seconds())
+    return format_time(at.timestamp())
+
+
+def make_job(
+    jobtype: str,
+    args: Iterable[Any] = (),
+    *,
+    queue: str = DEFAULT_QUEUE,
+    at: At = None,
+    retry: int | None = None,
+    reserve_for: int | None = None,
+    custom: dict[str, Any] | None = None,
+    jid: str | None = None,
+) -> Job:
+    """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults."""
+    if isinstance(args, str | bytes):
+        raise TypeError("args must be a sequence of arguments, not a string")
+    return Job(
+        jid=jid or new_jid(),
+        jobtype=jobtype,
+        args=list(args),
+        queue=queue,
+        at=format_at(at),
+        retry=retry,
+        reserve_for=reserve_for or 0,
+        custom=custom,
+    )
