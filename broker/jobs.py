@@ -8,6 +8,7 @@ script read it without decoding JSON (see store/scripts/fetch.lua).
 import re
 import time
 from calendar import timegm
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -168,13 +169,18 @@ def parse_time(text: str) -> float:
     return seconds + fraction
 
 
+@lru_cache(maxsize=4)
+def _whole_second(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def format_time(now: float) -> str:
     """Unix seconds as RFC3339 in UTC with microseconds, trailing zeros trimmed (like Go)."""
     whole = int(now)
     micros = round((now - whole) * 1_000_000)
     if micros == 1_000_000:
         whole, micros = whole + 1, 0
-    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    text = _whole_second(whole)
     if micros:
         text += f".{micros:06d}".rstrip("0")
     return text + "Z"

@@ -399,9 +399,9 @@ class Manager:
             self.doorbell.ring(queue, moved)
 
     async def flush(self) -> None:
+        """Delete every job, queue and counter; connected workers stay registered."""
         await self.store.flush()
         self._known_queues.clear()
-        self.worker_states.clear()
 
     async def info(self, now: float) -> dict[str, Any]:
         queues = await self.queues()

@@ -7,6 +7,7 @@ framing violations close it.
 
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -20,6 +21,7 @@ from broker.errors import BrokerError, ProtocolError
 from broker.manager import Manager
 from broker.protocol import LineReader
 from broker.session import Session
+from broker.sockets import RawStream, accept_forever, listen
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +64,21 @@ class Server:
         Reports the bound port once listening.
         """
         config = self.config()
-        tcp = await trio.open_tcp_listeners(config.port, host=config.host)
-        listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(tcp)
-        if self.ssl_context is not None:
-            listeners = [trio.SSLListener(t, self.ssl_context) for t in tcp]
-        async with trio.open_nursery() as connections:
-            task_status.started(tcp[0].socket.getsockname()[1])
-            with self._accepting:
-                await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+        listeners = listen(config.host, config.port)
+        try:
+            async with trio.open_nursery() as connections:
+                task_status.started(listeners[0].getsockname()[1])
+                with self._accepting:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(
+                                accept_forever, listener, self._handle, connections
+                            )
+                deadline = trio.current_time() + self.config().shutdown_grace
+                connections.cancel_scope.deadline = deadline
+        finally:
             for listener in listeners:
-                await listener.aclose()
-            connections.cancel_scope.deadline = trio.current_time() + self.config().shutdown_grace
+                listener.close()
 
     def close_worker(self, wid: str) -> None:
         """Close every connection of a worker (it stopped beating)."""
@@ -80,7 +86,14 @@ class Server:
             if conn.wid == wid:
                 conn.scope.cancel()
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    def _stream(self, sock: socket.socket) -> trio.abc.Stream:
+        if self.ssl_context is None:
+            return RawStream(sock)
+        plain = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        return trio.SSLStream(plain, self.ssl_context, server_side=True)
+
+    async def _handle(self, sock: socket.socket) -> None:
+        stream = self._stream(sock)
         conn = Connection()
         session = Session(self.config().password)
         reader = LineReader(self.config().max_line_bytes)
@@ -106,7 +119,7 @@ class Server:
                 await stream.send_all(protocol.OK)
                 await self._serve(stream, reader, session, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            pass  # the client went away
         except ProtocolError as exc:
             log.info("closing connection: %s", exc)
             if exc.reply:

@@ -263,11 +263,17 @@ async def test_mutate_accepts_spaces(broker: App) -> None:
     assert json.loads(await w.call("INFO"))["faktory"]["sets"]["dead"] == 1
 
 
-async def test_flush(broker: App) -> None:
-    w = await Wire.open(broker.port, hello={})
+async def test_flush_keeps_workers_and_foreign_keys(broker: App, rdb: redis.Redis) -> None:
+    rdb.set("someone-else", "1")
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("jid-0001"))
+    await w.call("PUSH", job("jid-0002", at="2099-01-01T00:00:00Z"))
     assert await w.call("FLUSH") == b"OK"
-    assert json.loads(await w.call("INFO"))["faktory"]["total_enqueued"] == 0
+    info = json.loads(await w.call("INFO"))["faktory"]
+    assert info["total_enqueued"] == 0 and info["queues"] == {} and info["sets"]["scheduled"] == 0
+    assert await w.call("BEAT", {"wid": "w1"}) == b"OK"
+    assert rdb.get("someone-else") == "1"
+    assert set(rdb.keys("hopper:*")) == {"hopper:{workers}", "hopper:{workers}:w1"}
 
 
 async def test_shutdown_answers_and_closes(broker: App) -> None:

@@ -22,6 +22,7 @@ import trio
 from redis.connection import parse_url
 
 from broker.errors import BrokerError, RedisUnavailable
+from broker.sockets import RawStream
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,12 @@ class Address:
         self.username: str | None = options.get("username")
         self.password: str | None = options.get("password")
 
-    async def open(self) -> trio.SocketStream:
+    async def open(self) -> RawStream:
         """Open a stream to Redis and log in; raises OSError or ReplyError."""
         if self.path:
-            stream = await trio.open_unix_socket(self.path)
+            stream = RawStream.from_trio(await trio.open_unix_socket(self.path))
         else:
-            stream = await trio.open_tcp_stream(self.host, self.port)
+            stream = RawStream.from_trio(await trio.open_tcp_stream(self.host, self.port))
         try:
             hello: list[tuple[Any, ...]] = []
             if self.password:
@@ -77,7 +78,7 @@ class Address:
         return stream
 
 
-async def _read_reply(stream: trio.SocketStream, reader: Any) -> Any:
+async def _read_reply(stream: RawStream, reader: Any) -> Any:
     while (reply := reader.gets()) is False:
         data = await stream.receive_some(READ_SIZE)
         if not data:
@@ -102,7 +103,7 @@ class Pipeline:
 
     def __init__(self, address: Address) -> None:
         self.address = address
-        self._stream: trio.SocketStream | None = None
+        self._stream: RawStream | None = None
         self._out: list[bytes] = []
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -134,6 +135,19 @@ class Pipeline:
 
         replies: list[Any] = await trio.lowlevel.wait_task_rescheduled(abort)
         return replies
+
+    def post(self, *args: Any) -> None:
+        """Send a command without waiting for its reply (idempotent clean-ups only).
+
+        Its reply is dropped (an error reply is logged); if Redis is not connected, the command
+        is not sent at all.
+        """
+        if self._stream is None:
+            log.warning("redis not connected; dropped %s", args[0])
+            return
+        self._out.append(hiredis.pack_command(args))
+        self._waiters.append(_Waiter(None, 1))
+        self._writer_lot.unpark()
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -206,6 +220,8 @@ class Pipeline:
                     waiter = waiters[0]
                     if isinstance(reply, hiredis.ReplyError):
                         reply = ReplyError(str(reply))
+                        if waiter.task is None:
+                            log.warning("redis error for a posted command: %s", reply.reply)
                     waiter.replies.append(reply)
                     if len(waiter.replies) == waiter.count:
                         waiters.popleft()
@@ -244,7 +260,7 @@ class Subscriber:
                 await stream.aclose()
 
     @staticmethod
-    async def _messages(stream: trio.SocketStream, reader: Any) -> AsyncIterator[bytes]:
+    async def _messages(stream: RawStream, reader: Any) -> AsyncIterator[bytes]:
         while True:
             reply = await _read_reply(stream, reader)
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":

@@ -13,6 +13,9 @@ from broker.store import keys
 from broker.store.connection import Pipeline, ReplyError
 from broker.store.keys import QueueKeys
 
+FLUSH_BATCH = 1000  # keys per SCAN step of FLUSH
+WORKER_KEYS = keys.WORKERS.encode()
+
 
 class Script:
     """A Lua script from scripts/, called by its SHA1 and loaded on NOSCRIPT."""
@@ -122,7 +125,7 @@ class Store:
         k = self.keys(queue)
         done = bool(await self._run(ACK, (k.jobs, k.working, k.owners, k.stats), (jid, day)))
         if done:
-            await self.execute("HDEL", keys.INDEX, jid)
+            self.redis.post("HDEL", keys.INDEX, jid)
         return done
 
     async def fail(
@@ -146,7 +149,7 @@ class Store:
             )
         )
         if done and not target:
-            await self.execute("HDEL", keys.INDEX, jid)
+            self.redis.post("HDEL", keys.INDEX, jid)
         return done
 
     async def requeue_reserved(self, queue: str, jid: str) -> bool:
@@ -283,7 +286,21 @@ class Store:
         return result
 
     async def flush(self) -> None:
-        await self.execute("FLUSHDB")
+        """Delete every Hopper key except the worker registry (connected workers stay known).
+
+        Other keys in the same Redis database are left alone.
+        """
+        cursor = 0
+        while True:
+            cursor_text, found = await self.execute(
+                "SCAN", cursor, "MATCH", f"{keys.PREFIX}:*", "COUNT", FLUSH_BATCH
+            )
+            doomed = [k for k in found if not k.startswith(WORKER_KEYS)]
+            if doomed:
+                await self.execute("UNLINK", *doomed)
+            cursor = int(cursor_text)
+            if cursor == 0:
+                return
 
     async def used_memory(self) -> int:
         text = _text(await self.execute("INFO", "memory"))
