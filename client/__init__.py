@@ -10,7 +10,9 @@ from broker.jobs import Failure, Job
 from client.aio import AsyncClient
 from client.client import Client
 from client.errors import AuthenticationError, ClientError, ConnectionLost, ServerError
+from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
 from client.jobs import make_job, new_jid
+from client.worker import Worker
 
 __all__ = [
     "AsyncClient",
@@ -19,8 +21,13 @@ __all__ = [
     "ClientError",
     "ConnectionLost",
     "Failure",
+    "Interrupted",
     "Job",
+    "Middleware",
     "ServerError",
+    "UnknownJobtype",
+    "Worker",
+    "current_job",
     "make_job",
     "new_jid",
 ]

@@ -5,8 +5,6 @@ import random
 import time
 from collections.abc import Callable
 
-from client.errors import ConnectionLost
-
 FIRST_DELAY = 0.05  # seconds before the second attempt (the first retry is immediate)
 MAX_DELAY = 2.0  # seconds between attempts at most
 
@@ -26,7 +24,7 @@ class Backoff:
         self.attempts = 0
         self._deadline = 0.0
 
-    def delay(self, error: ConnectionLost) -> float:
+    def delay(self, error: Exception) -> float:
         """Seconds to wait before the next attempt; raises `error` when out of budget."""
         now = self.clock()
         self.attempts += 1

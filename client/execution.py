@@ -1,0 +1,102 @@
+"""How one job runs: its registered function, in a thread if it is sync, inside middleware."""
+
+import functools
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, NamedTuple
+
+import trio
+
+from broker.jobs import Job
+
+MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
+
+Next = Callable[[], Awaitable[None]]
+Middleware = Callable[[Job, Next], Awaitable[None]]
+"""`async def middleware(job, call_next)`: runs around every job; must await `call_next()`."""
+
+_current_job: ContextVar[Job] = ContextVar("current_job")
+
+
+def current_job() -> Job:
+    """The job being run by this task or thread; LookupError outside a job."""
+    return _current_job.get()
+
+
+class UnknownJobtype(Exception):
+    """No function is registered for the fetched job's jobtype."""
+
+
+class Interrupted(Exception):
+    """The worker stopped before the job finished; the job is failed back to be retried."""
+
+
+class JobFunction(NamedTuple):
+    fn: Callable[..., Any]
+    is_async: bool
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> "JobFunction":
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        call = getattr(fn, "__call__", None)  # noqa: B004 -- an object with an async __call__
+        return cls(fn, inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call))
+
+
+class Runner:
+    """Runs jobs: sync functions in threads (at most `limiter`'s), async ones in the task."""
+
+    def __init__(
+        self,
+        functions: Mapping[str, JobFunction],
+        middleware: Sequence[Middleware],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        self.functions = functions
+        self.middleware = middleware
+        self.limiter = limiter
+
+    async def run(self, job: Job) -> None:
+        """Run the job's function; its exception propagates. Sets `current_job()`."""
+        token = _current_job.set(job)
+        try:
+            call: Next = functools.partial(self._call, job)
+            for middleware in reversed(self.middleware):
+                call = functools.partial(middleware, job, call)
+            await call()
+        finally:
+            _current_job.reset(token)
+
+    async def _call(self, job: Job) -> None:
+        entry = self.functions.get(job.jobtype)
+        if entry is None:
+            raise UnknownJobtype(f"no function is registered for jobtype {job.jobtype!r}")
+        args = job.args or ()
+        if entry.is_async:
+            await entry.fn(*args)
+        else:
+            await trio.to_thread.run_sync(
+                entry.fn, *args, abandon_on_cancel=True, limiter=self.limiter
+            )
+
+
+def describe(error: BaseException) -> tuple[str, str, list[str]]:
+    """errtype, message and backtrace lines (the last MAX_BACKTRACE) of a job's exception."""
+    lines = "".join(traceback.format_exception(error)).splitlines()
+    return type(error).__name__, str(error) or repr(error), lines[-MAX_BACKTRACE:]
+
+
+def rss_kb() -> int:
+    """This process's resident memory in KiB (peak memory where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak

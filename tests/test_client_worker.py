@@ -1,0 +1,190 @@
+"""The Worker in-process against a real broker: jobs, failures, middleware, quiet/terminate."""
+
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import redis
+import trio
+
+from broker.app import App
+from client import AsyncClient, Client, Job, Worker, current_job
+from tests.conftest import eventually
+
+JOBS = "hopper:{default}:jobs"
+RETRIES = "hopper:{default}:retries"
+
+
+def url(broker: App) -> str:
+    return f"tcp://127.0.0.1:{broker.port}"
+
+
+def stored(rdb: redis.Redis, jid: str) -> Job:
+    payload = rdb.hget(JOBS, jid)
+    assert payload is not None, f"{jid} is not stored"
+    return msgspec.json.decode(payload, type=Job)
+
+
+@pytest.fixture
+async def producer(broker: App) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(url(broker)) as client:
+        yield client
+
+
+def make_worker(broker: App, **options: Any) -> Worker:
+    options.setdefault("heartbeat", 0.05)
+    return Worker(url(broker), concurrency=options.pop("concurrency", 4), **options)
+
+
+async def test_sync_and_async_jobs_run_and_are_acked(
+    broker: App, producer: AsyncClient, rdb: redis.Redis, nursery: trio.Nursery
+) -> None:
+    done: list[tuple[str, Any, str]] = []
+    worker = make_worker(broker)
+
+    @worker.job()
+    def add(a: int, b: int) -> None:
+        done.append(("add", a + b, current_job().jid))
+
+    @worker.job("shout")
+    async def shout(text: str) -> None:
+        await trio.sleep(0)
+        done.append(("shout", text.upper(), current_job().jid))
+
+    await nursery.start(worker.arun)
+    jids = [await producer.push("add", [n, n]) for n in range(20)]
+    jids += [await producer.push("shout", ["héllo ✓"]) for _ in range(5)]
+    await eventually(lambda: len(done) == 25)
+    assert sorted(jid for *_, jid in done) == sorted(jids)
+    assert {value for kind, value, _ in done if kind == "shout"} == {"HÉLLO ✓"}
+    await eventually(lambda: rdb.hlen(JOBS) == 0)
+    worker.terminate()
+
+
+async def test_failure_lands_in_retries_with_the_backtrace(
+    broker: App, producer: AsyncClient, rdb: redis.Redis, nursery: trio.Nursery
+) -> None:
+    worker = make_worker(broker)
+
+    def explode(value: int) -> None:
+        raise ValueError(f"bad value {value}")
+
+    worker.register("explode", lambda value: explode(value))
+    await nursery.start(worker.arun)
+    jid = await producer.push("explode", [7], retry=3)
+    unknown = await producer.push("nobody-knows", [])
+    await eventually(lambda: rdb.zscore(RETRIES, jid) and rdb.zscore(RETRIES, unknown))
+    failure = stored(rdb, jid).failure
+    assert failure is not None
+    assert (failure.errtype, failure.message, failure.remaining) == (
+        "ValueError",
+        "bad value 7",
+        3,
+    )
+    assert any("in explode" in line for line in failure.backtrace)
+    assert failure.backtrace[-1] == "ValueError: bad value 7"
+    other = stored(rdb, unknown).failure
+    assert other is not None and other.errtype == "UnknownJobtype"
+    worker.terminate()
+
+
+async def test_middleware_wraps_every_job_in_order(
+    broker: App, producer: AsyncClient, nursery: trio.Nursery
+) -> None:
+    seen: list[str] = []
+    finished = trio.Event()
+    worker = make_worker(broker, concurrency=1)
+
+    @worker.use
+    async def outer(job: Job, call_next: Any) -> None:
+        seen.append(f"outer>{job.jobtype}")
+        await call_next()
+        seen.append("outer<")
+
+    @worker.use
+    async def inner(job: Job, call_next: Any) -> None:
+        seen.append("inner>")
+        try:
+            await call_next()
+        finally:
+            seen.append("inner<")
+            if job.args == ["last"]:
+                finished.set()
+
+    worker.register("step", lambda name: seen.append(name))
+    await nursery.start(worker.arun)
+    await producer.push("step", ["first"])
+    await producer.push("step", ["last"])
+    await finished.wait()
+    assert seen[:6] == ["outer>step", "inner>", "first", "inner<", "outer<", "outer>step"]
+    worker.terminate()
+
+
+async def test_broker_quiet_then_terminate_through_beat(
+    broker: App, producer: AsyncClient, rdb: redis.Redis
+) -> None:
+    worker = make_worker(broker)
+    worker.register("work", lambda: None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.arun)
+        async with AsyncClient(url(broker), wid=worker.wid) as admin:
+            assert await admin.beat(current_state="quiet") == "quiet"
+            await eventually(lambda: worker.state == "quiet" and worker.slots == 0)
+            jid = await producer.push("work")
+            assert await admin.beat(current_state="terminate") == "terminate"
+    # run() returned: the worker obeyed terminate, and it fetched nothing while quiet
+    assert worker.state == "terminate"
+    assert rdb.lrange("hopper:{default}:queue", 0, -1) == [jid]
+
+
+async def test_terminate_waits_for_running_jobs_then_fails_the_rest(
+    broker: App, producer: AsyncClient, rdb: redis.Redis
+) -> None:
+    started: list[str] = []
+    release = threading.Event()
+    worker = make_worker(broker, grace=0.5)
+
+    @worker.job()
+    def quick() -> None:
+        started.append("quick")
+
+    @worker.job()
+    def stuck_thread() -> None:
+        started.append("thread")
+        release.wait(30)
+
+    @worker.job()
+    async def stuck_task() -> None:
+        started.append("task")
+        await trio.sleep_forever()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(worker.arun)
+            thread_jid = await producer.push("stuck_thread")
+            task_jid = await producer.push("stuck_task")
+            await eventually(lambda: {"thread", "task"} <= set(started))
+            quick_jid = await producer.push("quick")
+            await eventually(lambda: "quick" in started)
+            worker.terminate()
+    finally:
+        release.set()
+    assert not rdb.hexists(JOBS, quick_jid)
+    for jid in (thread_jid, task_jid):
+        assert rdb.zscore(RETRIES, jid) is not None
+        failure = stored(rdb, jid).failure
+        assert failure is not None and failure.errtype == "Interrupted"
+
+
+async def test_sync_client_can_beat_as_the_worker(broker: App, nursery: trio.Nursery) -> None:
+    worker = make_worker(broker)
+    await nursery.start(worker.arun)
+
+    def beat() -> str:
+        with Client(url(broker), wid=worker.wid) as admin:
+            return admin.beat()
+
+    assert await trio.to_thread.run_sync(beat) == "running"
+    worker.terminate()
