@@ -1,13 +1,18 @@
 """`hopper run`: settings from flags, environment and TOML file; start-up and clean stop."""
 
 import argparse
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker.__main__ import load_config, parser
+from tests.conftest import BrokerProcess
+from tests.wire import SyncWire, WireError
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -68,3 +73,45 @@ def test_bad_setting_exits_cleanly() -> None:
         text=True,
     )
     assert done.returncode != 0 and "hopper:" in done.stderr and "Traceback" not in done.stderr
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def can_log_in(port: int, password: str) -> bool:
+    try:
+        SyncWire(port, password=password).close()
+        return True
+    except WireError:
+        return False
+
+
+def test_sighup_reloads_the_password(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    toml = tmp_path / "hopper.toml"
+    toml.write_text('password = "one"\n')
+    broker = broker_process("--config", str(toml))
+    assert can_log_in(broker.port, "one") and not can_log_in(broker.port, "two")
+    toml.write_text('password = "two"\n')
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: can_log_in(broker.port, "two"))
+    assert not can_log_in(broker.port, "one")
+
+
+def test_sigterm_stops_the_embedded_redis(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    broker = broker_process("--data-dir", str(data), embedded=True)
+    pid = int((data / "redis.pid").read_text())
+    assert Path(f"/proc/{pid}").exists()
+    assert broker.stop() == 0
+    wait_until(lambda: not Path(f"/proc/{pid}").exists())
+    assert (data / "appendonlydir").is_dir()
+    assert "listening on 127.0.0.1:" in broker.log.read_text()

@@ -82,13 +82,29 @@ def job(jid: str, jobtype: str = "work", **fields: Any) -> dict[str, Any]:
 class SyncWire:
     """The same raw client, blocking, for tests that drive broker processes from threads."""
 
-    def __init__(self, port: int, *, hello: dict[str, Any] | None = None, timeout: float = 10):
+    def __init__(
+        self,
+        port: int,
+        *,
+        hello: dict[str, Any] | None = None,
+        password: str = "",
+        timeout: float = 10,
+    ):
         import socket
 
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.reader = hiredis.Reader()
-        assert self.reply().startswith(b"HI ")
-        assert self.call("HELLO", {"v": 2, **(hello or {})}) == b"OK"
+        greeting = self.reply()
+        assert greeting.startswith(b"HI ")
+        payload = {"v": 2, **(hello or {})}
+        challenge = json.loads(greeting[3:])
+        if "s" in challenge:
+            payload["pwdhash"] = pwdhash(password, challenge["s"], challenge["i"])
+        try:
+            assert self.call("HELLO", payload) == b"OK"
+        except BaseException:
+            self.sock.close()
+            raise
 
     def reply(self) -> Any:
         while (reply := self.reader.gets()) is False:
