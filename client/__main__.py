@@ -1,0 +1,7 @@
+"""`python -m client MODULE[:NAME]`: the worker CLI (see client/cli.py)."""
+
+import sys
+
+from client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""`hopper-worker MODULE[:NAME]`: run the Worker a module defines, until a signal stops it.
+
+Exit codes: 0 after a clean shutdown, 1 when the broker refused the worker, 2 for usage
+errors (bad arguments, a module that cannot be imported or holds no Worker).
+"""
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from client.errors import ClientError
+from client.url import parse_url
+from client.worker import Worker
+
+log = logging.getLogger("client.cli")
+
+
+class UsageError(Exception):
+    """The command line does not name a usable worker."""
+
+
+def parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(
+        prog="hopper-worker",
+        description="Run the jobs registered on a Worker defined in a Python module. "
+        "TERM/INT stop it gracefully (twice: at once), TSTP quiets it.",
+    )
+    cli.add_argument("target", help="module[:name] of a Worker, e.g. myapp.jobs:worker")
+    cli.add_argument("-q", "--queues", help="comma-separated queues, highest priority first")
+    cli.add_argument("-c", "--concurrency", type=int, help="jobs run at the same time")
+    cli.add_argument("--url", help="broker URL (default: $HOPPER_URL, $FAKTORY_URL, localhost)")
+    cli.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
+    cli.add_argument("--log-level", default="INFO", help="default: INFO")
+    return cli
+
+
+def load(target: str) -> Worker:
+    """The Worker named by `module[:name]`; without a name, the module's only Worker."""
+    module_name, _, name = target.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    if name:
+        found = getattr(module, name, None)
+        if not isinstance(found, Worker):
+            raise UsageError(f"{target!r} is not a Worker")
+        return found
+    workers = {id(value): value for value in vars(module).values() if isinstance(value, Worker)}
+    if len(workers) != 1:
+        raise UsageError(f"{module_name!r} holds {len(workers)} Workers: name one, {target}:NAME")
+    return next(iter(workers.values()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        worker = load(args.target)
+    except UsageError as exc:
+        print(f"hopper-worker: {exc}", file=sys.stderr)
+        return 2
+    if args.queues:
+        worker.queues = tuple(q for q in args.queues.split(",") if q)
+    if args.concurrency:
+        worker.concurrency = args.concurrency
+    if args.url:
+        worker.url = args.url
+    if args.grace is not None:
+        worker.grace = args.grace
+    try:
+        parse_url(worker.url, worker.password)
+    except ValueError as exc:
+        print(f"hopper-worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        worker.run()
+    except ClientError as exc:
+        log.error("worker stopped: %s", exc)
+        return 1
+    return 0
