@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,7 @@ class Worker:
         heartbeat: float = HEARTBEAT,
         labels: Iterable[str] = ("python",),
         middleware: Iterable[Middleware] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
         self.password = password
@@ -69,6 +71,7 @@ class Worker:
         self.heartbeat = heartbeat
         self.labels = tuple(labels)
         self.middleware = list(middleware)
+        self.ssl_context = ssl_context
         self.wid = new_jid()
         self.state: WorkerState = "running"
         self.slots = 0  # slots fetching or running a job; 0 once quiet and drained
@@ -148,7 +151,12 @@ class Worker:
         self._beat_now = trio.Event()
         self._jobs: dict[str, trio.CancelScope] = {}
         self.client = AsyncClient(
-            self.url, self.password, wid=self.wid, labels=self.labels, retry_for=0
+            self.url,
+            self.password,
+            wid=self.wid,
+            labels=self.labels,
+            retry_for=0,
+            ssl_context=self.ssl_context,
         )
         self._runner = Runner(
             self.functions, self.middleware, trio.CapacityLimiter(self.concurrency)
