@@ -16,6 +16,8 @@ from broker.app import App
 from client import AsyncClient, Job
 from tests.conftest import StartBroker, eventually
 
+pytestmark = pytest.mark.slow
+
 JOBS_MODULE = """
 import os
 import time

@@ -140,6 +140,7 @@ async def test_worker_acks_over_a_new_connection_after_a_drop(
     worker.terminate()
 
 
+@pytest.mark.slow
 async def test_worker_survives_a_broker_restart_without_losing_jobs(
     broker_process: Callable[..., BrokerProcess], rdb: redis.Redis, nursery: trio.Nursery
 ) -> None:
