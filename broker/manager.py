@@ -82,7 +82,7 @@ class Manager:
         self.rng = rng or random.Random()
         self.worker_states: dict[str, str] = {}  # wid -> state, as last seen by this process
         self._known_queues: set[str] = set()  # a cache: Redis's queue set is the truth
-        self.closing = False
+        self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------
 
@@ -150,30 +150,31 @@ class Manager:
             raise CommandError("must call fetch with at least one queue")
         for queue in queues:
             check_queue_name(queue)
-        deadline = trio.current_time() + self.config.fetch_timeout
         if self.worker_states.get(wid, "running") != "running":
-            await self._sleep_until(deadline)
+            with trio.move_on_after(self.config.fetch_timeout):
+                await self._closed.wait()
             return None
-        waited = False
-        while not self.closing:
+        found = await self._fetch_once(queues, wid, now)
+        if found is not None:
+            return found
+        deadline = trio.current_time() + self.config.fetch_timeout
+        while not self._closed.is_set():
             with self.doorbell.listen(queues) as ticket:
-                found = await self._fetch_once(queues, wid, now)
+                # Look again now that we listen: a push landing from here on wakes us.
+                found = await self._fetch_once(queues, wid, self.clock())
                 if found is not None:
-                    if waited:
-                        self.doorbell.ring(found.queue)  # pass the wake-up on: more may follow
+                    self.doorbell.ring(found.queue)  # pass the wake-up on: more may follow
                     return found
                 with trio.move_on_at(deadline):
                     await ticket.wait()
                 if trio.current_time() >= deadline:
                     return None
-            waited = True
-            now = self.clock()
         return None
 
-    async def _sleep_until(self, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            while not self.closing:
-                await trio.sleep(0.1)
+    def close(self) -> None:
+        """Shutting down: waiting FETCHes answer at once with nothing."""
+        self._closed.set()
+        self.doorbell.ring_all()
 
     async def _fetch_once(self, queues: Sequence[str], wid: str, now: float) -> Fetched | None:
         discards = 0

@@ -32,12 +32,22 @@ SHUTDOWN_REPLY = protocol.error("ERR shutdown in progress")
 class Connection:
     """What the server tracks of an open client connection."""
 
-    __slots__ = ("reading", "scope", "wid")
+    __slots__ = ("busy", "last_active", "scope", "sock", "wid")
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.scope = trio.CancelScope()  # the whole connection
-        self.reading: trio.CancelScope | None = None  # the wait for the next command
+        self.busy = True  # False only while waiting for the next command
+        self.last_active = trio.current_time()
         self.wid = ""
+
+    def stop_reading(self) -> None:
+        """End the connection between commands: its next read sees end-of-file.
+
+        A command already received still runs and gets its reply; nothing is cancelled.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
 
 
 class Server:
@@ -70,6 +80,7 @@ class Server:
                 task_status.started(listeners[0].getsockname()[1])
                 with self._accepting:
                     async with trio.open_nursery() as accepting:
+                        accepting.start_soon(self._close_idle)
                         for listener in listeners:
                             accepting.start_soon(
                                 accept_forever, listener, self._handle, connections
@@ -94,7 +105,7 @@ class Server:
 
     async def _handle(self, sock: socket.socket) -> None:
         stream = self._stream(sock)
-        conn = Connection()
+        conn = Connection(sock)
         session = Session(self.config().password)
         reader = LineReader(self.config().max_line_bytes)
         joined = False
@@ -171,12 +182,12 @@ class Server:
                     replies.clear()
                 if self.closing:
                     return
-                data: bytes | bytearray = b""
-                with trio.move_on_after(self.config().idle_timeout) as conn.reading:
-                    data = await stream.receive_some(READ_SIZE)
-                conn.reading = None
+                conn.busy = False
+                data = await stream.receive_some(READ_SIZE)
+                conn.busy = True
                 if not data:
                     return  # closed by the client, idle too long, or shutting down
+                conn.last_active = trio.current_time()
                 reader.feed(data)
                 continue
             self.stats.commands += 1
@@ -201,11 +212,20 @@ class Server:
         """Answer every further command with an error, and close connections between commands."""
         self.closing = True
         self._accepting.cancel()
-        self.manager.closing = True
-        self.manager.doorbell.ring_all()
+        self.manager.close()
         for conn in self.connections:
-            if conn.reading is not None:
-                conn.reading.cancel()
+            conn.stop_reading()
+
+    async def _close_idle(self) -> None:
+        """Close connections that sent no command for idle_timeout, every so often."""
+        while True:
+            limit = self.config().idle_timeout
+            await trio.sleep(min(max(limit / 4, 0.01), 1.0))
+            oldest = trio.current_time() - limit
+            for conn in list(self.connections):
+                if not conn.busy and conn.last_active < oldest:
+                    log.info("closing a connection idle for %.0fs", limit)
+                    conn.stop_reading()
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
