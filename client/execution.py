@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import trio
 
 from broker.jobs import Job
+from client.bridge import AsyncioThread
 
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
 
@@ -48,17 +49,20 @@ class JobFunction(NamedTuple):
 
 
 class Runner:
-    """Runs jobs: sync functions in threads (at most `limiter`'s), async ones in the task."""
+    """Runs jobs: sync functions in threads (at most `limiter`'s), async ones in the task (or
+    on the asyncio loop of `asyncio_thread`)."""
 
     def __init__(
         self,
         functions: Mapping[str, JobFunction],
         middleware: Sequence[Middleware],
         limiter: trio.CapacityLimiter,
+        asyncio_thread: AsyncioThread | None = None,
     ) -> None:
         self.functions = functions
         self.middleware = middleware
         self.limiter = limiter
+        self.asyncio_thread = asyncio_thread
 
     async def run(self, job: Job) -> None:
         """Run the job's function; its exception propagates. Sets `current_job()`."""
@@ -76,12 +80,14 @@ class Runner:
         if entry is None:
             raise UnknownJobtype(f"no function is registered for jobtype {job.jobtype!r}")
         args = job.args or ()
-        if entry.is_async:
-            await entry.fn(*args)
-        else:
+        if not entry.is_async:
             await trio.to_thread.run_sync(
                 entry.fn, *args, abandon_on_cancel=True, limiter=self.limiter
             )
+        elif self.asyncio_thread is not None:
+            await self.asyncio_thread.run(entry.fn, *args)
+        else:
+            await entry.fn(*args)
 
 
 def describe(error: BaseException) -> tuple[str, str, list[str]]:

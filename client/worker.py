@@ -14,13 +14,14 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 
 from broker.jobs import Job
 from client.aio import AsyncClient
 from client.backoff import Backoff
+from client.bridge import AsyncioThread
 from client.commands import WorkerState
 from client.errors import AuthenticationError, ClientError, ConnectionLost, ServerError
 from client.execution import (
@@ -45,7 +46,8 @@ RANK: dict[WorkerState, int] = {"running": 0, "quiet": 1, "terminate": 2}
 class Worker:
     """Runs the functions registered for job types, `concurrency` jobs at a time.
 
-    Sync functions run in threads, async functions (trio) as tasks. Queues are fetched in
+    Sync functions run in threads, async functions as trio tasks (or, with
+    `async_backend="asyncio"`, on one asyncio loop in its own thread). Queues are fetched in
     priority order. ACKs and FAILs whose connection broke are sent again on a new one, so a
     broker restart or a network drop loses no job.
     """
@@ -62,6 +64,7 @@ class Worker:
         labels: Iterable[str] = ("python",),
         middleware: Iterable[Middleware] = (),
         ssl_context: ssl.SSLContext | None = None,
+        async_backend: Literal["trio", "asyncio"] = "trio",
     ) -> None:
         self.url = url
         self.password = password
@@ -72,6 +75,7 @@ class Worker:
         self.labels = tuple(labels)
         self.middleware = list(middleware)
         self.ssl_context = ssl_context
+        self.async_backend = async_backend
         self.wid = new_jid()
         self.state: WorkerState = "running"
         self.slots = 0  # slots fetching or running a job; 0 once quiet and drained
@@ -158,8 +162,9 @@ class Worker:
             retry_for=0,
             ssl_context=self.ssl_context,
         )
+        asyncio_thread = AsyncioThread() if self.async_backend == "asyncio" else None
         self._runner = Runner(
-            self.functions, self.middleware, trio.CapacityLimiter(self.concurrency)
+            self.functions, self.middleware, trio.CapacityLimiter(self.concurrency), asyncio_thread
         )
         try:
             async with trio.open_nursery() as outer:
@@ -183,6 +188,8 @@ class Worker:
                 outer.cancel_scope.cancel()
         finally:
             await self.client.aclose()
+            if asyncio_thread is not None:
+                asyncio_thread.close()
             self._token = None
         log.info("worker %s: stopped", self.wid)
 

@@ -1,11 +1,14 @@
 """The blocking Client against a real broker: every command, round trips, errors, pool."""
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import redis
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.app import App
 from client import Client, Job, ServerError, make_job
@@ -140,3 +143,56 @@ async def test_mutate_moves_retries_without_listing_them(broker: App, rdb: redis
     assert rdb.zcard("hopper:{default}:dead") == 1
     assert rdb.zcard("hopper:{default}:retries") == 0
     assert rdb.llen("hopper:{default}:queue") == 2
+
+
+async def test_one_client_shared_by_threads(broker: App, rdb: redis.Redis) -> None:
+    client = Client(url(broker))
+    jids: list[str] = []
+
+    def producer() -> None:
+        jids.extend(client.push("work", [n]) for n in range(25))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(in_thread, producer)
+    client.close()
+    assert len(set(jids)) == 200 and rdb.llen("hopper:{default}:queue") == 200
+
+
+def test_forked_child_does_not_share_pooled_sockets(broker_process: Any) -> None:
+    hopper = broker_process()
+    client = Client(hopper.url)
+    client.push("work")
+    assert len(client._idle) == 1
+    pid = os.fork()
+    if pid == 0:  # the child: its inherited pool must be empty, then it works on its own
+        try:
+            os._exit(0 if not client._idle and client.push("work") else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.info()["faktory"]["queues"]["default"] == 2  # the parent's socket still works
+    client.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=20,
+)  # fmt: skip
+
+
+def test_any_json_args_round_trip(broker_process: Any) -> None:
+    with Client(broker_process().url) as client:
+
+        @settings(max_examples=60, deadline=None)
+        @given(args=st.lists(json_values, max_size=5))
+        def round_trip(args: list[Any]) -> None:
+            jid = client.push("work", args, queue="prop")
+            job = client.fetch("prop")
+            assert job is not None and job.jid == jid and job.args == args
+            client.ack(jid)
+
+        round_trip()

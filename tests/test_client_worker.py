@@ -1,5 +1,7 @@
 """The Worker in-process against a real broker: jobs, failures, middleware, quiet/terminate."""
 
+import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -187,4 +189,47 @@ async def test_sync_client_can_beat_as_the_worker(broker: App, nursery: trio.Nur
             return admin.beat()
 
     assert await trio.to_thread.run_sync(beat) == "running"
+    worker.terminate()
+
+
+async def test_asyncio_job_functions_run_on_an_asyncio_loop(
+    broker: App, producer: AsyncClient, nursery: trio.Nursery
+) -> None:
+    loops: list[str] = []
+    worker = make_worker(broker, async_backend="asyncio")
+
+    @worker.job()
+    async def on_asyncio(tag: str) -> None:
+        await asyncio.sleep(0)
+        loops.append(f"{tag}:{type(asyncio.get_running_loop()).__name__}")
+        async with AsyncClient(url(broker)) as inner:  # push from inside an asyncio job
+            await inner.push("sync_job", [tag])
+
+    worker.register("sync_job", lambda tag: loops.append(f"{tag}:thread"))
+    await nursery.start(worker.arun)
+    await producer.push("on_asyncio", ["a"])
+    await eventually(lambda: len(loops) == 2)
+    assert loops[0].startswith("a:") and "EventLoop" in loops[0] and loops[1] == "a:thread"
+    worker.terminate()
+
+
+async def test_each_job_is_logged_with_its_fields(
+    broker: App, producer: AsyncClient, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="client.worker")
+    worker = make_worker(broker)
+    worker.register("ok", lambda: None)
+    worker.register("bad", lambda: 1 / 0)
+    await nursery.start(worker.arun)
+    good, bad = await producer.push("ok"), await producer.push("bad")
+
+    def outcomes() -> dict[str, str]:
+        records = [r for r in caplog.records if hasattr(r, "outcome")]
+        return {r.jid: r.outcome for r in records}  # type: ignore[attr-defined]
+
+    await eventually(lambda: len(outcomes()) == 2)
+    assert outcomes() == {good: "done", bad: "failed"}
+    record = next(r for r in caplog.records if getattr(r, "jid", None) == bad)
+    assert record.jobtype == "bad" and record.duration >= 0  # type: ignore[attr-defined]
+    assert "ZeroDivisionError" in record.getMessage()
     worker.terminate()
