@@ -1,14 +1,17 @@
 """The verb table: decode each command's argument, make one manager call, encode the reply.
 
-Handlers hold no lifecycle rules. A handler returns the reply bytes, or CLOSE for END.
+Handlers hold no lifecycle rules. Coded errors become `-CODE message`; anything unexpected is
+logged and answered `-ERR internal error`. A run of consecutive PUSH commands received together
+(a pipelining producer) is stored with one manager call, each PUSH still getting its own reply.
 """
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
 from broker import protocol
-from broker.errors import CommandError
+from broker.errors import BrokerError, CommandError
 from broker.jobs import (
     ack_decoder,
     beat_decoder,
@@ -22,7 +25,9 @@ from broker.manager import Manager
 from broker.protocol import Command
 from broker.session import Session
 
-CLOSE = b""  # END: close the connection without a reply
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = protocol.error("ERR internal error")
 
 Handler = Callable[["Commands", Session, bytes], Awaitable[bytes]]
 BEAT_REPLIES = {
@@ -42,6 +47,54 @@ class Commands:
         self.manager = manager
         self.clock = manager.clock
 
+    async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], bool]:
+        """Run commands in order: (their replies, whether END asked to close)."""
+        replies: list[bytes] = []
+        i = 0
+        while i < len(batch):
+            verb = batch[i].verb
+            if verb == "PUSH":
+                end = i + 1
+                while end < len(batch) and batch[end].verb == "PUSH":
+                    end += 1
+                replies += await self._push_run(batch[i:end])
+                i = end
+                continue
+            if verb == "END":
+                return replies, True
+            replies.append(await self._reply(session, batch[i]))
+            i += 1
+        return replies, False
+
+    async def _reply(self, session: Session, command: Command) -> bytes:
+        try:
+            return await self.dispatch(session, command)
+        except BrokerError as exc:
+            return protocol.error(exc.render())
+        except Exception:
+            log.exception("command %s failed", command.verb)
+            return INTERNAL_ERROR
+
+    async def _push_run(self, pushes: list[Command]) -> list[bytes]:
+        """Consecutive PUSHes: decode each, store them together, reply to each."""
+        replies: list[bytes] = [protocol.OK] * len(pushes)
+        jobs, positions = [], []
+        for i, command in enumerate(pushes):
+            try:
+                jobs.append(job_decoder.decode(command.arg))
+                positions.append(i)
+            except msgspec.DecodeError as exc:
+                replies[i] = protocol.error(f"ERR invalid JSON: {exc}")
+        try:
+            outcomes = await self.manager.push_many(jobs, self.clock())
+        except Exception:
+            log.exception("PUSH failed")
+            return [INTERNAL_ERROR] * len(pushes)
+        for i, error in zip(positions, outcomes, strict=True):
+            if error is not None:
+                replies[i] = protocol.error(error.render())
+        return replies
+
     async def dispatch(self, session: Session, command: Command) -> bytes:
         handler = TABLE.get(command.verb)
         if handler is None:
@@ -50,23 +103,17 @@ class Commands:
             raise CommandError(f"unknown command {command.verb}")
         return await handler(self, session, command.arg)
 
-    async def end(self, session: Session, arg: bytes) -> bytes:
-        return CLOSE
-
-    async def push(self, session: Session, arg: bytes) -> bytes:
-        try:
-            job = job_decoder.decode(arg)
-        except msgspec.DecodeError as exc:
-            raise CommandError(f"invalid JSON: {exc}") from None
-        await self.manager.push(job, self.clock())
-        return protocol.OK
-
     async def pushb(self, session: Session, arg: bytes) -> bytes:
         try:
             jobs = jobs_decoder.decode(arg)
         except msgspec.DecodeError as exc:
             raise CommandError(f"invalid JSON: {exc}") from None
-        errors = await self.manager.push_bulk(jobs, self.clock())
+        outcomes = await self.manager.push_many(jobs, self.clock())
+        errors = {
+            job.jid: error.message if error.code == "ERR" else error.render()
+            for job, error in zip(jobs, outcomes, strict=True)
+            if error is not None
+        }
         return protocol.bulk(encode(errors))
 
     async def fetch(self, session: Session, arg: bytes) -> bytes:
@@ -139,8 +186,6 @@ def _text(arg: bytes) -> str:
 
 
 TABLE: dict[str, Handler] = {
-    "END": Commands.end,
-    "PUSH": Commands.push,
     "PUSHB": Commands.pushb,
     "FETCH": Commands.fetch,
     "ACK": Commands.ack,

@@ -18,7 +18,7 @@ import trio
 from broker import retry
 from broker.config import Config
 from broker.doorbell import Doorbell
-from broker.errors import CommandError, Discard
+from broker.errors import BrokerError, CommandError, Discard
 from broker.filters import matches
 from broker.jobs import (
     QUEUE_NAME,
@@ -88,29 +88,32 @@ class Manager:
 
     async def push(self, job: Job, now: float) -> None:
         """Validate, run the push chain and store one job (enqueued now or scheduled)."""
-        entry = await self._prepare(job, now)
-        ok = await self._store_jobs(job.queue, [entry])
-        if not ok[0]:
-            raise CommandError(f"jid {job.jid} is already in use")
+        error = (await self.push_many([job], now))[0]
+        if error is not None:
+            raise error
 
-    async def push_bulk(self, jobs: Sequence[Job], now: float) -> dict[str, str]:
-        """Push each job independently; returns {jid: error text} for those that failed."""
-        errors: dict[str, str] = {}
-        by_queue: dict[str, list[tuple[str, bytes, str]]] = defaultdict(list)
-        for job in jobs:
+    async def push_many(self, jobs: Sequence[Job], now: float) -> list[BrokerError | None]:
+        """Push each job independently, in order; returns each job's error, or None.
+
+        Jobs of one queue are stored with one script call per PUSH_BATCH jobs.
+        """
+        outcomes: list[BrokerError | None] = [None] * len(jobs)
+        by_queue: dict[str, list[tuple[int, tuple[str, bytes, str]]]] = defaultdict(list)
+        for i, job in enumerate(jobs):
             try:
-                by_queue[job.queue or "default"].append(await self._prepare(job, now))
-            except CommandError as exc:
-                errors[job.jid] = exc.message
-        for queue, entries in by_queue.items():
-            for start in range(0, len(entries), PUSH_BATCH):
-                chunk = entries[start : start + PUSH_BATCH]
-                for (jid, _, _), ok in zip(
-                    chunk, await self._store_jobs(queue, chunk), strict=True
-                ):
+                entry = await self._prepare(job, now)
+            except BrokerError as exc:
+                outcomes[i] = exc
+            else:
+                by_queue[job.queue].append((i, entry))
+        for queue, items in by_queue.items():
+            for start in range(0, len(items), PUSH_BATCH):
+                chunk = items[start : start + PUSH_BATCH]
+                stored = await self._store_jobs(queue, [entry for _, entry in chunk])
+                for (i, (jid, _, _)), ok in zip(chunk, stored, strict=True):
                     if not ok:
-                        errors[jid] = f"jid {jid} is already in use"
-        return errors
+                        outcomes[i] = CommandError(f"jid {jid} is already in use")
+        return outcomes
 
     async def _prepare(self, job: Job, now: float) -> tuple[str, bytes, str]:
         """Validate a pushed job and encode it: (jid, payload, score in scheduled or '')."""

@@ -49,6 +49,13 @@ class LineReader:
         self._scanned = 0
         return parse_line(line)
 
+    def commands(self) -> list[Command]:
+        """Every whole command received so far (possibly none)."""
+        found = []
+        while (command := self.next_command()) is not None:
+            found.append(command)
+        return found
+
     def _too_long(self) -> ProtocolError:
         return ProtocolError("line too long", f"ERR line too long (max {self.max_line} bytes)")
 

@@ -1,8 +1,7 @@
 """The only module with client sockets: listeners, one task per connection, deadlines.
 
-recv -> protocol.LineReader -> Commands.dispatch -> send. Coded errors become `-CODE message`;
-anything unexpected is logged and answered `-ERR internal error` with the connection kept;
-framing violations close it.
+recv -> protocol.LineReader -> Commands.run -> send: every command received together is run in
+order and their replies go out in one write. Framing violations close the connection.
 """
 
 import contextlib
@@ -175,38 +174,31 @@ class Server:
     ) -> None:
         replies: list[bytes] = []
         while True:
-            command = reader.next_command()
-            if command is None:
-                if replies:
-                    await stream.send_all(b"".join(replies))
-                    replies.clear()
+            batch = reader.commands()
+            if batch:
+                self.stats.commands += len(batch)
                 if self.closing:
+                    await stream.send_all(b"".join([*replies, SHUTDOWN_REPLY]))
                     return
-                conn.busy = False
-                data = await stream.receive_some(READ_SIZE)
-                conn.busy = True
-                if not data:
-                    return  # closed by the client, idle too long, or shutting down
-                conn.last_active = trio.current_time()
-                reader.feed(data)
+                more, ended = await self.commands.run(session, batch)
+                replies += more
+                if ended:
+                    if replies:
+                        await stream.send_all(b"".join(replies))
+                    return
                 continue
-            self.stats.commands += 1
-            if self.closing:
-                replies.append(SHUTDOWN_REPLY)
+            if replies:
                 await stream.send_all(b"".join(replies))
+                replies.clear()
+            if self.closing:
                 return
-            try:
-                reply = await self.commands.dispatch(session, command)
-            except BrokerError as exc:
-                reply = protocol.error(exc.render())
-            except Exception:
-                log.exception("command %s failed", command.verb)
-                reply = protocol.error("ERR internal error")
-            if not reply:  # END
-                if replies:
-                    await stream.send_all(b"".join(replies))
-                return
-            replies.append(reply)
+            conn.busy = False
+            data = await stream.receive_some(READ_SIZE)
+            conn.busy = True
+            if not data:
+                return  # closed by the client, idle too long, or shutting down
+            conn.last_active = trio.current_time()
+            reader.feed(data)
 
     def begin_shutdown(self) -> None:
         """Answer every further command with an error, and close connections between commands."""

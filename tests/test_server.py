@@ -295,3 +295,42 @@ async def test_expired_reservation_comes_back(start_broker: StartBroker) -> None
     await eventually(in_retries)
     with pytest.raises(WireError, match="Job not found"):
         await w.call("FAIL", {"jid": "jid-0001"})
+
+
+async def test_pipelined_pushes_each_get_their_own_reply(start_broker: StartBroker) -> None:
+    chains = Chains()
+
+    async def deny(ctx: Context, next_: Next) -> None:
+        if ctx.job.jobtype == "deny":
+            raise Halt("DENIED", "no")
+        await next_()
+
+    chains.push.add(deny)
+    app = await start_broker(chains=chains)
+    w = await Wire.open(app.port, hello={})
+    lines = [
+        job("jid-0001"),
+        "{bad",
+        job("jid-0001"),  # duplicate of the first, in the same run
+        job("jid-0002", jobtype="deny"),
+        job("jid-0003", queue="other"),
+        job("short"),
+    ]
+    await w.send(
+        b"".join(
+            b"PUSH " + (x if isinstance(x, str) else json.dumps(x)).encode() + b"\r\n"
+            for x in lines
+        )
+        + b"END\r\n"
+    )
+    assert await w.reply() == b"OK"
+    for expected in ("ERR invalid JSON", "ERR jid jid-0001 is already in use", "DENIED no"):
+        with pytest.raises(WireError) as caught:
+            await w.reply()
+        assert str(caught.value).startswith(expected)
+    assert await w.reply() == b"OK"
+    with pytest.raises(WireError, match="reasonable jid"):
+        await w.reply()
+    assert await w.closed()
+    probe = await Wire.open(app.port, hello={})
+    assert json.loads(await probe.call("INFO"))["faktory"]["queues"] == {"default": 1, "other": 1}
