@@ -188,4 +188,9 @@ def format_time(now: float) -> str:
 
 def format_day(now: float) -> str:
     """The UTC date used for daily counters, `YYYY-MM-DD`."""
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    return _day(int(now // 86_400))
+
+
+@lru_cache(maxsize=4)
+def _day(days: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(days * 86_400))

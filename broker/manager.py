@@ -152,7 +152,8 @@ class Manager:
         if not queues:
             raise CommandError("must call fetch with at least one queue")
         for queue in queues:
-            check_queue_name(queue)
+            if queue not in self._known_queues:
+                check_queue_name(queue)
         if self.worker_states.get(wid, "running") != "running":
             with trio.move_on_after(self.config.fetch_timeout):
                 await self._closed.wait()
