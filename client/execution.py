@@ -91,9 +91,30 @@ class Runner:
 
 
 def describe(error: BaseException) -> tuple[str, str, list[str]]:
-    """errtype, message and backtrace lines (the last MAX_BACKTRACE) of a job's exception."""
-    lines = "".join(traceback.format_exception(error)).splitlines()
+    """errtype, message and backtrace lines (the last MAX_BACKTRACE) of a job's exception.
+
+    The backtrace starts at the job's own code: the frames of the worker's machinery (this
+    package, trio's threads, futures) that lead to it are left out.
+    """
+    report = traceback.TracebackException.from_exception(error)
+    frames = list(report.stack)
+    skip = 0
+    while skip < len(frames) - 1 and frames[skip].filename.startswith(_machinery()):
+        skip += 1
+    report.stack = traceback.StackSummary.from_list(frames[skip:])
+    lines = "".join(report.format()).splitlines()
     return type(error).__name__, str(error) or repr(error), lines[-MAX_BACKTRACE:]
+
+
+@functools.cache
+def _machinery() -> tuple[str, ...]:
+    """Directories of the code between the worker and a job function."""
+    modules = ("client", "trio", "outcome", "concurrent.futures")
+    return tuple(
+        os.path.dirname(module.__file__) + os.sep
+        for name in modules
+        if (module := sys.modules.get(name)) is not None and module.__file__
+    )
 
 
 def rss_kb() -> int:

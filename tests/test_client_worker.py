@@ -86,6 +86,7 @@ async def test_failure_lands_in_retries_with_the_backtrace(
         3,
     )
     assert any("in explode" in line for line in failure.backtrace)
+    assert not any("trio" in line for line in failure.backtrace)  # starts at the job's code
     assert failure.backtrace[-1] == "ValueError: bad value 7"
     other = stored(rdb, unknown).failure
     assert other is not None and other.errtype == "UnknownJobtype"
@@ -133,7 +134,7 @@ async def test_broker_quiet_then_terminate_through_beat(
         await nursery.start(worker.arun)
         async with AsyncClient(url(broker), wid=worker.wid) as admin:
             assert await admin.beat(current_state="quiet") == "quiet"
-            await eventually(lambda: worker.state == "quiet" and worker.slots == 0)
+            await eventually(lambda: worker.state == "quiet" and worker.active_slots == 0)
             jid = await producer.push("work")
             assert await admin.beat(current_state="terminate") == "terminate"
     # run() returned: the worker obeyed terminate, and it fetched nothing while quiet
