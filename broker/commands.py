@@ -15,10 +15,10 @@ from broker.errors import BrokerError, CommandError
 from broker.jobs import (
     ack_decoder,
     beat_decoder,
+    decode_pushed,
+    decode_pushed_many,
     encode,
     fail_decoder,
-    job_decoder,
-    jobs_decoder,
     mutation_decoder,
 )
 from broker.manager import Manager
@@ -81,7 +81,7 @@ class Commands:
         jobs, positions = [], []
         for i, command in enumerate(pushes):
             try:
-                jobs.append(job_decoder.decode(command.arg))
+                jobs.append(decode_pushed(command.arg))
                 positions.append(i)
             except msgspec.DecodeError as exc:
                 replies[i] = protocol.error(f"ERR invalid JSON: {exc}")
@@ -105,7 +105,7 @@ class Commands:
 
     async def pushb(self, session: Session, arg: bytes) -> bytes:
         try:
-            jobs = jobs_decoder.decode(arg)
+            jobs = decode_pushed_many(arg)
         except msgspec.DecodeError as exc:
             raise CommandError(f"invalid JSON: {exc}") from None
         outcomes = await self.manager.push_many(jobs, self.clock())

@@ -111,9 +111,33 @@ encoder = msgspec.json.Encoder()
 encode = encoder.encode
 
 
-def decode_error(exc: msgspec.DecodeError) -> str:
-    """The decoder's message, as the reference puts it after `invalid JSON: `."""
-    return str(exc)
+def decode_pushed(data: bytes) -> Job:
+    """Decode one pushed job; a top-level `null` means "not given", as in the reference.
+
+    Raises msgspec.DecodeError (of which ValidationError is a kind) for anything else amiss.
+    """
+    try:
+        return job_decoder.decode(data)
+    except msgspec.ValidationError:
+        value = msgspec.json.decode(data)
+        if not isinstance(value, dict):
+            raise
+        return msgspec.convert(_without_nulls(value), Job)
+
+
+def decode_pushed_many(data: bytes) -> list[Job]:
+    """Decode the array of PUSHB, with the same treatment of `null` as decode_pushed."""
+    try:
+        return jobs_decoder.decode(data)
+    except msgspec.ValidationError:
+        value = msgspec.json.decode(data)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise
+        return msgspec.convert([_without_nulls(v) for v in value], list[Job])
+
+
+def _without_nulls(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def validate_new(job: Job, now: float) -> Job:

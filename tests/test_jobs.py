@@ -7,6 +7,8 @@ from broker.errors import CommandError
 from broker.jobs import (
     Job,
     check_queue_name,
+    decode_pushed,
+    decode_pushed_many,
     encode,
     format_time,
     job_decoder,
@@ -131,3 +133,27 @@ def test_format_time_trims_like_go() -> None:
     assert format_time(1_764_000_000.5) == "2025-11-24T16:00:00.5Z"
     assert format_time(1_764_000_000.123456) == "2025-11-24T16:00:00.123456Z"
     assert parse_time(format_time(NOW)) == NOW
+
+
+def test_top_level_nulls_mean_not_given() -> None:
+    text = (
+        b'{"jid":"12345678","jobtype":"a","args":[null],"queue":null,"retry":null,'
+        b'"reserve_for":null,"at":null,"custom":null,"backtrace":null}'
+    )
+    job = validate_new(decode_pushed(text), NOW)
+    assert (job.queue, job.retry, job.reserve_for, job.at, job.args) == (
+        "default",
+        25,
+        0,
+        "",
+        [None],
+    )
+    with pytest.raises(CommandError, match="args parameter"):
+        validate_new(decode_pushed(b'{"jid":"12345678","jobtype":"a","args":null}'), NOW)
+    assert [j.jid for j in decode_pushed_many(b'[{"jid":"12345678","at":null}]')] == ["12345678"]
+
+
+@pytest.mark.parametrize("text", [b'{"jid":5}', b'{"args":{}}', b"[1]", b"{", b'"x"'])
+def test_decode_pushed_still_refuses_wrong_types(text: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode_pushed(text)
