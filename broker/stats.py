@@ -16,7 +16,6 @@ class TaskStats(msgspec.Struct):
 
     enqueued: int = 0
     cycles: int = 0
-    size: int = 0
     wall_time_sec: float = 0.0
     reaped: int = 0
 

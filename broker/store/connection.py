@@ -108,7 +108,6 @@ class Pipeline:
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
-        self._connected = trio.Event()
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; raises ReplyError or RedisUnavailable."""
@@ -149,9 +148,6 @@ class Pipeline:
         self._waiters.append(_Waiter(None, 1))
         self._writer_lot.unpark()
 
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection open until cancelled; reports started after the first connect."""
         attempt = 0
@@ -168,7 +164,6 @@ class Pipeline:
                 await trio.sleep(delay)
                 continue
             attempt = 0
-            self._connected.set()
             if not started:
                 task_status.started()
                 started = True
@@ -178,7 +173,6 @@ class Pipeline:
                     nursery.start_soon(self._read_loop, nursery.cancel_scope)
             finally:
                 stream, self._stream = self._stream, None
-                self._connected = trio.Event()
                 self._fail_all(RedisUnavailable(f"connection to {self.address.url} lost"))
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
