@@ -7,6 +7,7 @@ logged and answered `-ERR internal error`. A run of consecutive PUSH commands re
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 
@@ -26,6 +27,7 @@ from broker.protocol import Command
 from broker.session import Session
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INTERNAL_ERROR = protocol.error("ERR internal error")
 
@@ -125,26 +127,17 @@ class Commands:
         return protocol.bulk(fetched.payload)
 
     async def ack(self, session: Session, arg: bytes) -> bytes:
-        try:
-            jid = ack_decoder.decode(arg).get("jid", "")
-        except msgspec.DecodeError:
-            raise CommandError(f"invalid ACK {_text(arg)}") from None
+        jid = _decode(ack_decoder, arg, "ACK").get("jid", "")
         await self.manager.ack(jid, session.recall(jid), self.clock(), session.wid)
         return protocol.OK
 
     async def fail(self, session: Session, arg: bytes) -> bytes:
-        try:
-            report = fail_decoder.decode(arg)
-        except msgspec.DecodeError:
-            raise CommandError(f"invalid FAIL {_text(arg)}") from None
+        report = _decode(fail_decoder, arg, "FAIL")
         await self.manager.fail(report, session.recall(report.jid), self.clock(), session.wid)
         return protocol.OK
 
     async def beat(self, session: Session, arg: bytes) -> bytes:
-        try:
-            beat = beat_decoder.decode(arg)
-        except msgspec.DecodeError:
-            raise CommandError(f"invalid BEAT {_text(arg)}") from None
+        beat = _decode(beat_decoder, arg, "BEAT")
         state = await self.manager.beat(beat.wid, beat.current_state, beat.rss_kb, self.clock())
         return BEAT_REPLIES.get(state, protocol.OK)
 
@@ -181,8 +174,12 @@ class Commands:
         return protocol.OK
 
 
-def _text(arg: bytes) -> str:
-    return arg.decode("utf-8", "replace")
+def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
+    """The argument decoded, or the reference's `invalid <VERB> <payload>` error."""
+    try:
+        return decoder.decode(arg)
+    except msgspec.DecodeError:
+        raise CommandError(f"invalid {verb} {arg.decode('utf-8', 'replace')}") from None
 
 
 TABLE: dict[str, Handler] = {
