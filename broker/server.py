@@ -1,7 +1,8 @@
 """The only module with client sockets: listeners, one task per connection, deadlines.
 
 recv -> protocol.LineReader -> Commands.run -> send: every command received together is run in
-order and their replies go out in one write. Framing violations close the connection.
+order and their replies go out in one write. Framing violations close the connection; an
+unexpected error closes only its own connection.
 """
 
 import contextlib
@@ -110,7 +111,6 @@ class Server:
         joined = False
         try:
             with conn.scope:
-                await stream.send_all(session.greeting())
                 if not await self._handshake(stream, reader, session):
                     return
                 config = self.config()
@@ -135,6 +135,12 @@ class Server:
             if exc.reply:
                 with trio.move_on_after(1):
                     await _send_quietly(stream, protocol.error(exc.reply))
+        except BrokerError as exc:  # the worker could not be registered (Redis away)
+            log.warning("closing connection: %s", exc)
+            with trio.move_on_after(1):
+                await _send_quietly(stream, protocol.error(exc.render()))
+        except Exception:  # a bug: this connection closes, the others carry on
+            log.exception("closing connection after an unexpected error")
         finally:
             if conn in self.connections:
                 self.connections.discard(conn)
@@ -151,8 +157,10 @@ class Server:
     async def _handshake(
         self, stream: trio.abc.Stream, reader: LineReader, session: Session
     ) -> bool:
-        """Read and check HELLO within the deadline; False means close without a word."""
+        """Greet, then read and check HELLO within the deadline (a TLS handshake included);
+        False means close without a word."""
         with trio.move_on_after(self.config().handshake_timeout):
+            await stream.send_all(session.greeting())
             while (command := reader.next_command()) is None:
                 data = await stream.receive_some(READ_SIZE)
                 if not data:
