@@ -54,18 +54,23 @@ class Commands:
         replies: list[bytes] = []
         i = 0
         while i < len(batch):
-            verb = batch[i].verb
-            if verb == "PUSH":
-                end = i + 1
-                while end < len(batch) and batch[end].verb == "PUSH":
-                    end += 1
-                replies += await self._push_run(batch[i:end])
-                i = end
-                continue
-            if verb == "END":
+            command = batch[i]
+            if command.verb == "END":
                 return replies, True
-            replies.append(await self._reply(session, batch[i]))
-            i += 1
+            runner = RUNS.get(command.verb)
+            if runner is None:
+                replies.append(await self._reply(session, command))
+                i += 1
+                continue
+            end = i + 1
+            while end < len(batch) and _same_run(batch[end], command):
+                end += 1
+            try:
+                replies += await runner(self, session, batch[i:end])
+            except Exception:
+                log.exception("command %s failed", command.verb)
+                replies += [INTERNAL_ERROR] * (end - i)
+            i = end
         return replies, False
 
     async def _reply(self, session: Session, command: Command) -> bytes:
@@ -77,7 +82,7 @@ class Commands:
             log.exception("command %s failed", command.verb)
             return INTERNAL_ERROR
 
-    async def _push_run(self, pushes: list[Command]) -> list[bytes]:
+    async def push_run(self, session: Session, pushes: list[Command]) -> list[bytes]:
         """Consecutive PUSHes: decode each, store them together, reply to each."""
         replies: list[bytes] = [protocol.OK] * len(pushes)
         jobs, positions = [], []
@@ -87,14 +92,44 @@ class Commands:
                 positions.append(i)
             except msgspec.DecodeError as exc:
                 replies[i] = protocol.error(f"ERR invalid JSON: {exc}")
-        try:
-            outcomes = await self.manager.push_many(jobs, self.clock())
-        except Exception:
-            log.exception("PUSH failed")
-            return [INTERNAL_ERROR] * len(pushes)
-        for i, error in zip(positions, outcomes, strict=True):
-            if error is not None:
-                replies[i] = protocol.error(error.render())
+        outcomes = await self.manager.push_many(jobs, self.clock())
+        _fill_errors(replies, positions, outcomes)
+        return replies
+
+    async def ack_run(self, session: Session, acks: list[Command]) -> list[bytes]:
+        """Consecutive ACKs: finished together, one reply each."""
+        replies: list[bytes] = [protocol.OK] * len(acks)
+        items: list[tuple[str, str | None]] = []
+        positions = []
+        for i, command in enumerate(acks):
+            try:
+                jid = _decode(ack_decoder, command.arg, "ACK").get("jid", "")
+            except CommandError as exc:
+                replies[i] = protocol.error(exc.render())
+                continue
+            items.append((jid, session.recall(jid)))
+            positions.append(i)
+        outcomes = await self.manager.ack_many(items, self.clock(), session.wid)
+        _fill_errors(replies, positions, outcomes)
+        return replies
+
+    async def fetch_run(self, session: Session, fetches: list[Command]) -> list[bytes]:
+        """Consecutive FETCHes of the same queues: reserved together while jobs are there;
+        each FETCH that finds nothing waits as a lone FETCH would."""
+        queues = fetches[0].arg.decode("utf-8", "replace").split()
+        replies: list[bytes] = []
+        while len(replies) < len(fetches):
+            wanted = len(fetches) - len(replies)
+            try:
+                found = await self.manager.fetch_many(queues, session.wid, self.clock(), wanted)
+            except BrokerError as exc:
+                replies.append(protocol.error(exc.render()))
+                continue
+            if not found:
+                replies.append(protocol.NULL)
+            for fetched in found:
+                session.remember(fetched.jid, fetched.queue)
+                replies.append(protocol.bulk(fetched.payload))
         return replies
 
     async def dispatch(self, session: Session, command: Command) -> bytes:
@@ -117,19 +152,6 @@ class Commands:
             if error is not None
         }
         return protocol.bulk(encode(errors))
-
-    async def fetch(self, session: Session, arg: bytes) -> bytes:
-        queues = arg.decode("utf-8", "replace").split()
-        fetched = await self.manager.fetch(queues, session.wid, self.clock())
-        if fetched is None:
-            return protocol.NULL
-        session.remember(fetched.jid, fetched.queue)
-        return protocol.bulk(fetched.payload)
-
-    async def ack(self, session: Session, arg: bytes) -> bytes:
-        jid = _decode(ack_decoder, arg, "ACK").get("jid", "")
-        await self.manager.ack(jid, session.recall(jid), self.clock(), session.wid)
-        return protocol.OK
 
     async def fail(self, session: Session, arg: bytes) -> bytes:
         report = _decode(fail_decoder, arg, "FAIL")
@@ -174,6 +196,19 @@ class Commands:
         return protocol.OK
 
 
+def _same_run(command: Command, first: Command) -> bool:
+    """Whether `command` joins the run that `first` started (FETCH: same queues too)."""
+    return command.verb == first.verb and (command.verb != "FETCH" or command.arg == first.arg)
+
+
+def _fill_errors(
+    replies: list[bytes], positions: list[int], outcomes: list[BrokerError | None]
+) -> None:
+    for i, error in zip(positions, outcomes, strict=True):
+        if error is not None:
+            replies[i] = protocol.error(error.render())
+
+
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
     """The argument decoded, or the reference's `invalid <VERB> <payload>` error."""
     try:
@@ -184,12 +219,17 @@ def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
 
 TABLE: dict[str, Handler] = {
     "PUSHB": Commands.pushb,
-    "FETCH": Commands.fetch,
-    "ACK": Commands.ack,
     "FAIL": Commands.fail,
     "BEAT": Commands.beat,
     "INFO": Commands.info,
     "FLUSH": Commands.flush,
     "QUEUE": Commands.queue,
     "MUTATE": Commands.mutate,
+}
+
+Run = Callable[[Commands, Session, list[Command]], Awaitable[list[bytes]]]
+RUNS: dict[str, Run] = {
+    "PUSH": Commands.push_run,
+    "ACK": Commands.ack_run,
+    "FETCH": Commands.fetch_run,
 }

@@ -145,9 +145,16 @@ class Manager:
     # -- fetch --------------------------------------------------------------------------------
 
     async def fetch(self, queues: Sequence[str], wid: str, now: float) -> Fetched | None:
-        """Reserve the first job of the first non-empty queue, waiting up to fetch_timeout.
+        """Reserve the first job of the first non-empty queue, waiting up to fetch_timeout."""
+        found = await self.fetch_many(queues, wid, now, 1)
+        return found[0] if found else None
 
-        A quiet or terminating worker gets nothing (after the wait, as the reference does).
+    async def fetch_many(
+        self, queues: Sequence[str], wid: str, now: float, count: int
+    ) -> list[Fetched]:
+        """Reserve up to `count` jobs, queues in priority order; waits (up to fetch_timeout)
+        only while there is none. A quiet or terminating worker gets nothing, after the wait,
+        as the reference does.
         """
         if not queues:
             raise CommandError("must call fetch with at least one queue")
@@ -157,51 +164,63 @@ class Manager:
         if self.worker_states.get(wid, "running") != "running":
             with trio.move_on_after(self.config.fetch_timeout):
                 await self._closed.wait()
-            return None
-        found = await self._fetch_once(queues, wid, now)
-        if found is not None:
+            return []
+        found = await self._take(queues, wid, now, count)
+        if found:
             return found
         deadline = trio.current_time() + self.config.fetch_timeout
         while not self._closed.is_set():
             with self.doorbell.listen(queues) as ticket:
                 # Look again now that we listen: a push landing from here on wakes us.
-                found = await self._fetch_once(queues, wid, self.clock())
-                if found is not None:
-                    self.doorbell.ring(found.queue)  # pass the wake-up on: more may follow
+                found = await self._take(queues, wid, self.clock(), count)
+                if found:
+                    self.doorbell.ring(found[-1].queue)  # pass the wake-up on: more may follow
                     return found
                 with trio.move_on_at(deadline):
                     await ticket.wait()
                 if trio.current_time() >= deadline:
-                    return None
-        return None
+                    return []
+        return []
 
     def close(self) -> None:
         """Shutting down: waiting FETCHes answer at once with nothing."""
         self._closed.set()
         self.doorbell.ring_all()
 
-    async def _fetch_once(self, queues: Sequence[str], wid: str, now: float) -> Fetched | None:
+    async def _take(self, queues: Sequence[str], wid: str, now: float, count: int) -> list[Fetched]:
+        """Reserve up to `count` jobs that are there now, running the fetch chain on each."""
+        found: list[Fetched] = []
         discards = 0
         reservation = self.config.reservation
         for queue in queues:
-            while (got := await self.store.fetch(queue, now, wid, reservation)) is not None:
-                fetched = Fetched(queue, *got)
-                if not self.chains.fetch:
-                    return fetched
-                try:
-                    await self.chains.fetch.run(
-                        Context(job_decoder.decode(fetched.payload), now, wid)
-                    )
-                    return fetched
-                except Discard:
-                    await self.store.fail(queue, fetched.jid, format_day(now), b"", retry.DROP, 0)
-                    discards += 1
-                    if discards >= MAX_DISCARDS:
-                        return None
-                except BaseException:
-                    await self._release(fetched)
-                    raise
-        return None
+            while len(found) < count:
+                wanted = 1 if self.chains.fetch else count - len(found)
+                got = await self.store.fetch(queue, now, wid, reservation, wanted)
+                for jid, payload in got:
+                    fetched = Fetched(queue, jid, payload)
+                    try:
+                        passed = not self.chains.fetch or await self._passes(fetched, now, wid)
+                    except Exception:
+                        for reserved in [*found, fetched]:
+                            await self._release(reserved)
+                        raise
+                    if passed:
+                        found.append(fetched)
+                    else:
+                        discards += 1
+                if len(got) < wanted or discards >= MAX_DISCARDS:
+                    break
+        return found
+
+    async def _passes(self, fetched: Fetched, now: float, wid: str) -> bool:
+        """Run the fetch chain on a reserved job; False if it was discarded (and dropped)."""
+        try:
+            await self.chains.fetch.run(Context(job_decoder.decode(fetched.payload), now, wid))
+            return True
+        except Discard:
+            day = format_day(now)
+            await self.store.fail(fetched.queue, fetched.jid, day, b"", retry.DROP, 0)
+            return False
 
     async def _release(self, fetched: Fetched) -> None:
         """Give a job that middleware refused to hand out straight back to its queue."""
@@ -212,15 +231,44 @@ class Manager:
 
     async def ack(self, jid: str, queue: str | None, now: float, wid: str = "") -> None:
         """Finish a reserved job. An unknown or expired jid changes nothing (reference)."""
-        queue = queue or await self.store.queue_of(jid)
-        if queue is None:
-            return
-        if self.chains.ack:
-            payload = await self.store.job(queue, jid)
-            if payload is None:
-                return
+        error = (await self.ack_many([(jid, queue)], now, wid))[0]
+        if error is not None:
+            raise error
+
+    async def ack_many(
+        self, acks: Sequence[tuple[str, str | None]], now: float, wid: str = ""
+    ) -> list[BrokerError | None]:
+        """Finish reserved jobs given as (jid, queue if known); returns each one's error.
+
+        Jobs of one queue are finished with one script call.
+        """
+        outcomes: list[BrokerError | None] = [None] * len(acks)
+        queues = [queue for _, queue in acks]
+        unknown = [i for i, queue in enumerate(queues) if queue is None]
+        if unknown:
+            found = await self.store.queues_of([acks[i][0] for i in unknown])
+            for i, queue in zip(unknown, found, strict=True):
+                queues[i] = queue
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for i, ((jid, _), queue) in enumerate(zip(acks, queues, strict=True)):
+            if queue is None:
+                continue
+            if self.chains.ack:
+                try:
+                    await self._run_ack_chain(queue, jid, now, wid)
+                except BrokerError as exc:
+                    outcomes[i] = exc
+                    continue
+            by_queue[queue].append(jid)
+        day = format_day(now)
+        for queue, jids in by_queue.items():
+            await self.store.ack(queue, jids, day)
+        return outcomes
+
+    async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
+        payload = await self.store.job(queue, jid)
+        if payload is not None:
             await self.chains.ack.run(Context(job_decoder.decode(payload), now, wid))
-        await self.store.ack(queue, jid, format_day(now))
 
     async def fail(self, report: FailPayload, queue: str | None, now: float, wid: str = "") -> None:
         """Record a failure and send the job to retries, dead, or away (retry 0)."""

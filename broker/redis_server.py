@@ -5,6 +5,7 @@ import os
 import signal
 from pathlib import Path
 
+import hiredis
 import trio
 
 from broker.store.connection import Address
@@ -48,7 +49,8 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run redis-server, restarting it if it dies; reports the URL once it answers."""
+        """Run redis-server, restarting it if it dies; reports the URL once it serves commands
+        (its AOF loaded)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         await self._stop_leftover()
         started = False
@@ -74,13 +76,9 @@ class EmbeddedRedis:
                     raise RuntimeError(
                         f"redis-server exited at start; see {self.dir / 'redis.log'}"
                     )
-                try:
-                    stream = await Address(self.url).open()
-                except OSError:
-                    await trio.sleep(0.02)
-                    continue
-                await stream.aclose()
-                return
+                if await _answers_ping(self.url):
+                    return
+                await trio.sleep(0.02)
 
     async def _stop_leftover(self) -> None:
         """Stop a redis-server left running on this data dir by a broker that was killed."""
@@ -99,6 +97,27 @@ class EmbeddedRedis:
         with trio.move_on_after(STOP_TIMEOUT):
             while Path(f"/proc/{pid}").exists():
                 await trio.sleep(0.05)
+
+
+async def _answers_ping(url: str) -> bool:
+    """Whether Redis accepts commands: it answers PING with PONG, not with LOADING."""
+    try:
+        stream = await Address(url).open()
+    except OSError:
+        return False
+    try:
+        await stream.send_all(hiredis.pack_command(("PING",)))
+        reader = hiredis.Reader()
+        while (reply := reader.gets()) is False:
+            data = await stream.receive_some()
+            if not data:
+                return False
+            reader.feed(data)
+        return bool(reply == b"PONG")
+    except trio.BrokenResourceError:
+        return False
+    finally:
+        await stream.aclose()
 
 
 async def _stop(process: trio.Process) -> None:

@@ -334,3 +334,26 @@ async def test_pipelined_pushes_each_get_their_own_reply(start_broker: StartBrok
     assert await w.closed()
     probe = await Wire.open(app.port, hello={})
     assert json.loads(await probe.call("INFO"))["faktory"]["queues"] == {"default": 1, "other": 1}
+
+
+async def test_pipelined_fetches_and_acks(broker: App, rdb: redis.Redis) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    other = await Wire.open(broker.port, hello={"wid": "w1"})
+    for i in range(3):
+        await w.call("PUSH", job(f"jid-{i:04d}", queue="a" if i < 2 else "b"))
+    await w.send(b"FETCH a b\r\nFETCH a b\r\nFETCH a\r\nFETCH a b\r\nFETCH a b\r\n")
+    got = [json.loads(await w.reply())["jid"] for _ in range(2)]
+    assert got == ["jid-0000", "jid-0001"]
+    assert await w.reply() is None  # FETCH a: queue a is empty now (after the wait)
+    assert json.loads(await w.reply())["jid"] == "jid-0002"
+    assert await w.reply() is None
+    await w.send(
+        b'ACK {"jid":"jid-0000"}\r\nACK nope\r\nACK {"jid":"unknown1"}\r\nACK {"jid":"jid-0002"}\r\n'
+    )
+    assert await w.reply() == b"OK"
+    with pytest.raises(WireError, match="invalid ACK nope"):
+        await w.reply()
+    assert await w.reply() == b"OK" and await w.reply() == b"OK"
+    assert await other.call("ACK", {"jid": "jid-0001"}) == b"OK"  # found through the index
+    info = json.loads(await w.call("INFO"))["faktory"]
+    assert info["total_processed"] == 3 and info["sets"]["working"] == 0

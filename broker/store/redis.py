@@ -110,23 +110,25 @@ class Store:
         return [bool(r) for r in results]
 
     async def fetch(
-        self, queue: str, now: float, wid: str, reserve: tuple[int, int, int]
-    ) -> tuple[str, bytes] | None:
-        """Reserve the oldest job of `queue`: (jid, payload), or None if paused or empty."""
-        k = self.keys(queue)
-        reply = await self._run(
-            FETCH, (k.jobs, k.queue, k.working, k.owners, k.paused), (now, *reserve, wid)
-        )
-        if reply is None:
-            return None
-        return _text(reply[0]), reply[1]
+        self, queue: str, now: float, wid: str, reserve: tuple[int, int, int], count: int = 1
+    ) -> list[tuple[str, bytes]]:
+        """Reserve up to `count` of the oldest jobs of `queue`: [(jid, payload)], oldest first.
 
-    async def ack(self, queue: str, jid: str, day: str) -> bool:
+        Empty when the queue is paused or empty.
+        """
         k = self.keys(queue)
-        done = bool(await self._run(ACK, (k.jobs, k.working, k.owners, k.stats), (jid, day)))
+        flat = await self._run(
+            FETCH, (k.jobs, k.queue, k.working, k.owners, k.paused), (now, *reserve, wid, count)
+        )
+        return [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def ack(self, queue: str, jids: Sequence[str], day: str) -> list[str]:
+        """Finish reserved jobs of one queue; returns the jids whose reservation existed."""
+        k = self.keys(queue)
+        done = await self._run(ACK, (k.jobs, k.working, k.owners, k.stats), (day, *jids))
         if done:
-            self.redis.post("HDEL", keys.INDEX, jid)
-        return done
+            self.redis.post("HDEL", keys.INDEX, *done)
+        return [_text(jid) for jid in done]
 
     async def fail(
         self,
@@ -162,8 +164,12 @@ class Store:
         return payload
 
     async def queue_of(self, jid: str) -> str | None:
-        name = await self.execute("HGET", keys.INDEX, jid)
-        return None if name is None else _text(name)
+        return (await self.queues_of([jid]))[0]
+
+    async def queues_of(self, jids: Sequence[str]) -> list[str | None]:
+        """The queue of each jid, from the jid index (None for unknown jids)."""
+        names = await self.execute("HMGET", keys.INDEX, *jids)
+        return [None if name is None else _text(name) for name in names]
 
     async def due(
         self, queue: str, zset: str, now: float, limit: int
