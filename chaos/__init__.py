@@ -1,0 +1,1 @@
+"""Long fault runs (`make chaos`): load generators that ride out failures, and the figures."""
