@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest clean
+.PHONY: install run test lint typecheck pytest chaos clean
 
 install: $(STAMP)
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -31,6 +31,10 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The reliability suite with its long fault, fuzz and load runs (< 15 min); fails on any loss.
+chaos: install
+	$(BIN)/python -m chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,70 @@
+"""`python -m chaos` (`make chaos`): the whole reliability suite, long runs included, then totals.
+
+Runs the fault, fuzz, limit, security and TLS tests with HOPPER_CHAOS=1 and sums the figures the
+runs recorded. Exits non-zero if a test failed, the time budget ran out, or a job was lost.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from typing import Any
+
+from chaos.figures import FIGURES_VARIABLE
+
+SUITE = ("test_fault", "test_fuzz", "test_limits", "test_security", "test_tls")
+BUDGET = 14 * 60.0  # seconds for the whole run (the brief: under 15 minutes)
+STOP_GRACE = 60.0  # seconds pytest gets to clean up after an interrupt
+TOTALS = ("pushed", "jobs_moved", "kills", "frames", "connections", "duplicates", "lost")
+
+
+def run_suite(figures: str) -> int:
+    files = sorted(f for name in SUITE for f in glob.glob(f"tests/{name}*.py"))
+    env = {**os.environ, "HOPPER_CHAOS": "1", FIGURES_VARIABLE: figures}
+    pytest = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], env=env
+    )
+    try:
+        return pytest.wait(BUDGET)
+    except subprocess.TimeoutExpired:
+        print(f"chaos: over the budget of {BUDGET:.0f}s; interrupting")
+        pytest.send_signal(signal.SIGINT)  # pytest tears its fixtures down: no process left
+        try:
+            pytest.wait(STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            pytest.kill()
+        return 1
+
+
+def summary(runs: list[dict[str, Any]]) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    for run in runs:
+        for key in TOTALS:
+            totals[key] += int(run.get(key, 0))
+    return totals
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="hopper-chaos-") as tmp:
+        figures = os.path.join(tmp, "figures.jsonl")
+        code = run_suite(figures)
+        runs = []
+        if os.path.exists(figures):
+            with open(figures) as f:
+                runs = [json.loads(line) for line in f]
+    print(f"\n{len(runs)} recorded runs:")
+    for run in runs:
+        print("  " + " ".join(f"{k}={v}" for k, v in run.items()))
+    totals = summary(runs)
+    print(" ".join(f"{key}={totals[key]}" for key in TOTALS))
+    if code != 0:
+        print(f"chaos: the suite failed (pytest exit {code})")
+    return 1 if code != 0 or totals["lost"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
