@@ -1,0 +1,164 @@
+"""`python -m bench [--quick]`: every workload on every system, then tables, JSON, chart, summary.
+
+The last line printed is the machine-readable summary. A full run (no --quick, no filter)
+also rewrites docs/benchmarks.md and docs/benchmarks.png.
+"""
+
+import argparse
+import json
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from bench import chart, docs, report, scale, workloads
+from bench.machine import describe
+from bench.results import Result
+from bench.servers import ROOT
+from bench.systems import SYSTEMS, System
+
+WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections")
+LATENCY_RATE = 1000.0  # jobs/s of the latency probe
+
+
+@dataclass(frozen=True)
+class Size:
+    """Job counts and time limits of one kind of run."""
+
+    enqueue_jobs: int
+    enqueue_seconds: float  # a producer stops after this long
+    end_to_end_jobs: int
+    concurrencies: tuple[int, ...]
+    latency_seconds: float
+    timeout: float  # for one end-to-end or latency run to finish
+    raw_jobs: int
+    depth_jobs: int
+    idle_connections: int
+
+
+FULL = Size(50_000, 3.0, 20_000, (1, 10, 50), 5.0, 60.0, 100_000, 1_000_000, 2_000)
+QUICK = Size(5_000, 1.0, 2_000, (10,), 1.0, 20.0, 10_000, 50_000, 200)
+
+
+class Bench:
+    """Runs the plan, one run at a time, printing progress to stderr."""
+
+    def __init__(self, size: Size, systems: list[System], workloads: list[str]) -> None:
+        self.size = size
+        self.systems = systems
+        self.workloads = workloads
+        self.results: list[Result] = []
+        self.start = time.monotonic()
+
+    def attempt(self, template: Result, run: Callable[..., Result], *args: Any) -> None:
+        """Run one measurement, `run(*args)`; a failure is recorded, not raised."""
+        try:
+            result = run(*args)
+        except Exception as exc:
+            template.status, template.error = "failed", f"{type(exc).__name__}: {exc}"[:400]
+            result = template
+        self.results.append(result)
+        figures = f"{result.jobs_per_s:,.0f} jobs/s"
+        if result.p99_ms is not None:
+            figures += f", p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+        where = f"{result.label()} c={result.concurrency} batch={result.batch}"
+        elapsed = time.monotonic() - self.start
+        line = f"[{elapsed:5.0f}s] {result.workload:<11} {where}: {figures} {result.status}"
+        print(line + (f" ({result.error})" if result.error else ""), file=sys.stderr, flush=True)
+
+    def run(self) -> None:
+        size = self.size
+        if "enqueue" in self.workloads:
+            for s in self.systems:
+                for batch in (1, workloads.BATCH) if s.batch else (1,):
+                    self.attempt(
+                        Result("enqueue", s.name, batch=batch),
+                        workloads.enqueue,
+                        *(s, batch, size.enqueue_jobs, size.enqueue_seconds),
+                    )
+        if "end_to_end" in self.workloads:
+            for s in self.systems:
+                for mode in s.modes:
+                    for c in (c for c in size.concurrencies if c in mode.concurrencies):
+                        self.attempt(
+                            Result("end_to_end", s.name, mode.name, c),
+                            workloads.end_to_end,
+                            *(s, mode, c, size.end_to_end_jobs, size.timeout),
+                        )
+        if "latency" in self.workloads:
+            for s in self.systems:
+                self.attempt(
+                    Result("latency", s.name, s.fast),
+                    workloads.latency,
+                    *(s, LATENCY_RATE, size.latency_seconds, size.timeout),
+                )
+        if "raw" in self.workloads:
+            for kind in report.REFERENCE:
+                self.attempt(Result("raw", "hopper", kind), scale.raw, kind, size.raw_jobs)
+        if "depth" in self.workloads:
+            self.attempt(Result("depth", "hopper"), scale.depth, size.depth_jobs)
+        if "connections" in self.workloads:
+            self.attempt(Result("connections", "hopper"), scale.connections, size.idle_connections)
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every `finally`: servers are stopped
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    cli.add_argument("--quick", action="store_true", help="small job counts, c=10 only (~2 min)")
+    cli.add_argument(
+        "--systems", help="comma-separated subset: " + ",".join(s.name for s in SYSTEMS)
+    )
+    cli.add_argument("--workloads", help="comma-separated subset: " + ",".join(WORKLOADS))
+    args = cli.parse_args()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 client sockets and more
+
+    names = args.systems.split(",") if args.systems else [s.name for s in SYSTEMS]
+    chosen = args.workloads.split(",") if args.workloads else list(WORKLOADS)
+    size = QUICK if args.quick else FULL
+    bench = Bench(size, [s for s in SYSTEMS if s.name in names], chosen)
+    started = datetime.now(UTC)
+    bench.run()
+    duration = time.monotonic() - bench.start
+
+    results = bench.results
+    figures = report.summary(results)
+    complete = not (args.quick or args.systems or args.workloads)
+    out = ROOT / "bench" / "results" / ("latest.json" if complete else "partial.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(["python -m bench", *sys.argv[1:]]),
+                "started": started.isoformat(timespec="seconds"),
+                "duration_s": round(duration, 1),
+                "machine": describe(),
+                "size": asdict(size),
+                "versions": {s.name: s.version for s in SYSTEMS},
+                "summary": figures,
+                "results": [asdict(r) for r in results],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    tables = report.tables(results, size.concurrencies)
+    if complete:
+        chart.draw(results, size.concurrencies, ROOT / "docs" / "benchmarks.png")
+        docs.write(ROOT / "docs" / "benchmarks.md", tables, duration, started)
+    print(tables)
+    print(f"\nresults: {out.relative_to(ROOT)}; {duration:.0f} s")
+    print(report.summary_line(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""docs/benchmarks.md: how the figures are measured, the machine, the command, the tables."""
+
+from datetime import datetime
+from pathlib import Path
+
+from bench.machine import describe
+from bench.systems import SYSTEMS
+
+METHOD = """\
+## How it is measured
+
+- **Servers.** Every run gets fresh servers on this machine: for a peer, a `redis-server`
+  started with exactly the command line of Hopper's embedded one (`broker/redis_server.py`:
+  unix socket, `appendonly yes`, `appendfsync everysec`, no RDB saves, `noeviction`); for
+  Hopper, `hopper run --bind 127.0.0.1:PORT --data-dir DIR` (the broker from the project's
+  `.venv`, with that same embedded Redis). All clients talk to Redis over its unix socket and
+  to Hopper over loopback TCP.
+- **Jobs.** A no-op job with one argument, `sent` (the producer's clock just before the push).
+  Its only work is the completion signal, the same for every system: one `write()` of 16 bytes
+  (`sent`, start time) to a shared file opened `O_APPEND` (`bench/probe.py`), which threads,
+  processes and forked children can all do without locks or losses. The harness counts the
+  records and reads them for the end time and the latencies.
+- **Workers** run as their own documented CLI or entry point, in a separate process, in
+  each system's default execution mode and in its fastest documented one, with logging at
+  WARNING (per-job INFO lines would measure the logger). A warm-up job proves the worker up
+  before the clock starts. `c` is the number of jobs the worker process runs at once
+  (threads, tasks or pool size; for dramatiq's "2 processes" mode, 2 × c/2 threads).
+- **Producers** are separate processes using the system's documented enqueue call
+  (`bench/peers/*.py`, `bench/hopper_client.py`, `bench/hopper_faktory.py`).
+- **1. Enqueue**: one producer, no worker, as many jobs as it can push in a few seconds;
+  single calls, and the documented bulk call in batches of 100 where the library has one.
+- **2. End to end**: the worker is up and idle; one producer pushes N jobs (with the bulk
+  call where there is one, else one by one) while the worker drains them; the rate is N over
+  the time from the first push to the start of the last job. `*` marks a run cut by the time
+  limit (rate of the jobs done by then); rq's forking Worker and the faktory process pool get
+  fewer jobs.
+- **3. Latency**: single pushes at a steady 1,000 jobs/s (open loop) to an idle worker in its
+  fastest mode at c=10 (rq: c=1); latency = job start − `sent`, p50 and p99.
+- **4. Depth** (Hopper): 1,000,000 jobs pushed by PUSHB over 4 raw connections; then broker
+  RSS (`VmRSS`), Redis `used_memory` and RSS, and the FETCH+ACK round trip of one worker
+  connection with the queue that deep.
+- **5. Connections** (Hopper): 2,000 connections that said HELLO and nothing else, and one
+  working connection timing PUSH+FETCH+ACK cycles; broker RSS with them.
+- **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
+  shape of the client the reference Faktory figures were taken with), and the server CPU
+  (broker + Redis) per job from `/proc`. The reference column is the Go server measured
+  separately on this same machine (issue 6); the harness cannot run it.
+- **Ratios** are Hopper ÷ the best peer figure of any mode and concurrency (for latency,
+  lower is better). Peers: huey, dramatiq, rq, saq, arq; "faktory-py" is the PyPI `faktory`
+  client against Hopper, not a peer.
+"""
+
+
+def write(path: Path, tables: str, duration: float, started: datetime) -> None:
+    machine = describe()
+    versions = ", ".join(f"{s.name} {s.version}" for s in SYSTEMS)
+    path.write_text(
+        f"""# Benchmarks
+
+Hopper side by side with the job systems a Python team would pick instead, on one box.
+Produced by `make bench` (the harness in `bench/`); raw results in `bench/results/latest.json`.
+
+![throughput and latency per system](benchmarks.png)
+
+- **Command**: `make bench` (`.venv-bench/bin/python -m bench`; `--quick` for a short run)
+- **Run**: {started:%Y-%m-%d %H:%M} UTC, {duration / 60:.1f} minutes
+- **Machine**: {machine["cpu"]}, {machine["cores"]} cores, {machine["memory"]}, Linux
+  {machine["kernel"]}, Python {machine["python"]}, redis-server {machine["redis_server"]}
+- **Versions**: {versions} (pinned in `bench/requirements.txt`)
+
+{tables}
+
+{METHOD}"""
+    )

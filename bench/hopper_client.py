@@ -1,0 +1,36 @@
+"""Hopper through the bundled client: `Client.push`, `push_bulk`, and two Workers.
+
+`sync_worker` runs the job as a plain function (in a thread: the client's default),
+`async_worker` as a trio task (its fastest documented mode). Both read HOPPER_URL.
+"""
+
+from bench.probe import record
+from client import Client, Worker, make_job
+
+sync_worker = Worker()
+async_worker = Worker()
+
+
+@sync_worker.job("noop")
+def noop(sent: float) -> None:
+    record(sent)
+
+
+@async_worker.job("noop")
+async def anoop(sent: float) -> None:
+    record(sent)
+
+
+class Pusher:
+    def __init__(self) -> None:
+        self.client = Client()
+
+    def push(self, sent: float) -> None:
+        self.client.push("noop", [sent])
+
+    def push_batch(self, sent: float, count: int) -> None:
+        self.client.push_bulk([make_job("noop", [sent]) for _ in range(count)])
+
+
+def pusher() -> Pusher:
+    return Pusher()

@@ -1,0 +1,265 @@
+"""Tables (Markdown, also printed), Hopper's ratios to the best peer, and the summary line."""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.results import Result
+from bench.systems import SYSTEMS, System
+
+# The reference Faktory server (Go) on this machine, 10-connection raw client (issue 6).
+REFERENCE = {"PUSH": 41_000, "PUSHB": 30_000, "FETCH+ACK": 10_900, "mixed": 8_800}
+REFERENCE_CPU_US = {"mixed": 160}
+
+
+def select(results: Iterable[Result], workload: str, **fields: object) -> list[Result]:
+    """The runs of a workload whose attributes equal `fields`."""
+    return [
+        r
+        for r in results
+        if r.workload == workload and all(getattr(r, k) == v for k, v in fields.items())
+    ]
+
+
+def one(results: Iterable[Result], workload: str, **fields: object) -> Result | None:
+    found = select(results, workload, **fields)
+    return found[0] if found else None
+
+
+def measured(results: Iterable[Result]) -> list[Result]:
+    """Runs that produced figures (complete, or cut by a timeout)."""
+    return [r for r in results if r.status != "failed"]
+
+
+def peers(results: Iterable[Result]) -> list[Result]:
+    names = {s.name for s in SYSTEMS if s.peer}
+    return [r for r in measured(results) if r.system in names]
+
+
+def fastest(results: Iterable[Result]) -> Result | None:
+    return max(results, key=lambda r: r.jobs_per_s, default=None)
+
+
+def quickest(results: Iterable[Result]) -> Result | None:
+    """The run with the lowest p99 latency."""
+    return min(
+        (r for r in results if r.p99_ms is not None), key=lambda r: r.p99_ms or 0, default=None
+    )
+
+
+# -- cells ------------------------------------------------------------------------------------
+
+
+def jobs_cell(result: Result | None) -> str:
+    if result is None:
+        return "–"
+    if result.status == "failed":
+        return "failed"
+    return f"{result.jobs_per_s:,.0f}" + ("*" if result.status == "timeout" else "")
+
+
+def ms_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def pair(p50: float | None, p99: float | None) -> str:
+    return f"{ms_cell(p50)} / {ms_cell(p99)}"
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def name(system: System) -> str:
+    return f"{system.name} {system.version}"
+
+
+# -- the tables -------------------------------------------------------------------------------
+
+
+def enqueue_table(results: Sequence[Result]) -> str:
+    rows = [
+        [
+            name(s) + ("" if s.peer else " → Hopper"),
+            jobs_cell(one(results, "enqueue", system=s.name, batch=1)),
+            jobs_cell(one(results, "enqueue", system=s.name, batch=100)) if s.batch else "no API",
+        ]
+        for s in SYSTEMS
+        if select(results, "enqueue", system=s.name)
+    ]
+    return table(["system", "single jobs/s", "batches of 100, jobs/s"], rows)
+
+
+def end_to_end_table(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
+    rows = []
+    for s in SYSTEMS:
+        for mode in s.modes:
+            runs = select(results, "end_to_end", system=s.name, mode=mode.name)
+            if runs:
+                cells = [jobs_cell(one(runs, "end_to_end", concurrency=c)) for c in concurrencies]
+                rows.append([name(s), mode.name, *cells])
+    return table(["system", "worker mode", *(f"c={c}" for c in concurrencies)], rows)
+
+
+def latency_table(results: Sequence[Result]) -> str:
+    rows = [
+        [name(s), r.mode, str(r.concurrency), ms_cell(r.p50_ms), ms_cell(r.p99_ms), status(r)]
+        for s in SYSTEMS
+        for r in select(results, "latency", system=s.name)
+    ]
+    return table(["system", "worker mode", "c", "p50 ms", "p99 ms", "status"], rows)
+
+
+def status(result: Result) -> str:
+    return result.status if not result.error else f"{result.status}: {result.error[:80]}"
+
+
+def raw_table(results: Sequence[Result]) -> str:
+    rows = []
+    for kind, reference in REFERENCE.items():
+        r = one(results, "raw", mode=kind)
+        cpu = r.extra.get("server_cpu_us_per_job") if r else None
+        rows.append(
+            [
+                kind,
+                jobs_cell(r),
+                number(cpu),
+                f"{reference:,}",
+                number(REFERENCE_CPU_US.get(kind), 0),
+            ]
+        )
+    header = ["raw protocol, 10 connections", "Hopper jobs/s", "Hopper server CPU µs/job"]
+    return table([*header, "reference (Go) jobs/s", "reference CPU µs/job"], rows)
+
+
+def scale_table(results: Sequence[Result]) -> str:
+    rows = []
+    if (d := one(results, "depth")) is not None:
+        rows += [
+            [f"{d.jobs:,} queued: push by PUSHB (4 connections)", f"{d.seconds:.1f} s", "s"],
+            ["… push rate", number(d.jobs_per_s, 0), "jobs/s"],
+            ["… broker RSS", number(d.extra.get("broker_rss_mb")), "MB"],
+            ["… Redis used_memory", number(d.extra.get("redis_used_mb")), "MB"],
+            ["… Redis RSS", number(d.extra.get("redis_rss_mb")), "MB"],
+            ["… FETCH+ACK at depth p50 / p99", pair(d.p50_ms, d.p99_ms), "ms"],
+        ]
+    if (c := one(results, "connections")) is not None:
+        rss, alone = c.extra.get("broker_rss_mb"), c.extra.get("broker_rss_alone_mb")
+        rows += [
+            [f"{c.concurrency:,} idle connections: broker RSS", number(rss), "MB"],
+            ["… broker RSS before they connected", number(alone), "MB"],
+            ["… working connection PUSH+FETCH+ACK p50 / p99", pair(c.p50_ms, c.p99_ms), "ms"],
+            ["… the same p99 before they connected", ms_cell(c.extra.get("p99_ms_alone")), "ms"],
+        ]
+    for r in select(results, "depth") + select(results, "connections"):
+        if r.status == "failed":
+            rows.append([f"{r.workload}: failed", r.error[:80], ""])
+    return table(["Hopper at scale", "value", "unit"], rows)
+
+
+# -- Hopper against the best peer -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    figure: str
+    hopper: Result | None
+    peer: Result | None
+    value: str  # "jobs_per_s" or "p50_ms"/"p99_ms"
+
+    def get(self, result: Result | None) -> float | None:
+        return None if result is None else getattr(result, self.value)
+
+    @property
+    def ratio(self) -> float | None:
+        hopper, peer = self.get(self.hopper), self.get(self.peer)
+        return round(hopper / peer, 2) if hopper is not None and peer else None
+
+
+def comparisons(results: Sequence[Result]) -> dict[str, Comparison]:
+    ok, best = measured(results), peers(results)
+    latency = one(ok, "latency", system="hopper")
+    peer_latency = quickest(select(best, "latency"))
+    return {
+        "end_to_end": Comparison(
+            "end to end, Hopper client async c=10 vs best peer run",
+            one(ok, "end_to_end", system="hopper", mode="async", concurrency=10),
+            fastest(select(best, "end_to_end")),
+            "jobs_per_s",
+        ),
+        "enqueue": Comparison(
+            "enqueue, single jobs, one producer",
+            one(ok, "enqueue", system="hopper", batch=1),
+            fastest(select(best, "enqueue", batch=1)),
+            "jobs_per_s",
+        ),
+        "enqueue_batch": Comparison(
+            "enqueue, batches of 100, one producer",
+            one(ok, "enqueue", system="hopper", batch=100),
+            fastest(select(best, "enqueue", batch=100)),
+            "jobs_per_s",
+        ),
+        "p50": Comparison(
+            "push → start p50 ms at 1,000 jobs/s (lower is better)",
+            latency,
+            peer_latency,
+            "p50_ms",
+        ),
+        "p99": Comparison(
+            "push → start p99 ms at 1,000 jobs/s (lower is better)",
+            latency,
+            peer_latency,
+            "p99_ms",
+        ),
+    }
+
+
+def comparison_table(results: Sequence[Result]) -> str:
+    rows = []
+    for c in comparisons(results).values():
+        hopper, peer = c.get(c.hopper), c.get(c.peer)
+        digits = 0 if c.value == "jobs_per_s" else 2
+        best = f"{number(peer, digits)} ({c.peer.label()})" if c.peer and peer is not None else "–"
+        rows.append([c.figure, number(hopper, digits), best, number(c.ratio, 2)])
+    return table(["figure", "Hopper", "best peer", "Hopper ÷ best peer"], rows)
+
+
+def summary(results: Sequence[Result]) -> dict[str, float | None]:
+    """The figures of the summary line (ratios are Hopper ÷ best peer)."""
+    compared = comparisons(results)
+    ok = measured(results)
+    depth, crowd = one(ok, "depth"), one(ok, "connections")
+    pushb = compared["enqueue_batch"].hopper
+    return {
+        "end_to_end_ratio": compared["end_to_end"].ratio,
+        "enqueue_ratio": compared["enqueue"].ratio,
+        "pushb_jobs_s": round(pushb.jobs_per_s) if pushb else None,
+        "p99_ms": compared["p99"].get(compared["p99"].hopper),
+        "rss_1m_mb": depth.extra.get("broker_rss_mb") if depth else None,
+        "rss_2k_conn_mb": crowd.extra.get("broker_rss_mb") if crowd else None,
+    }
+
+
+def summary_line(figures: dict[str, float | None]) -> str:
+    return "summary: " + " ".join(f"{k}={'NA' if v is None else v}" for k, v in figures.items())
+
+
+def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
+    """Every table, with its heading, as Markdown."""
+    sections = [
+        ("Hopper ÷ best peer", comparison_table(results)),
+        ("1. Enqueue rate, one producer process, no worker", enqueue_table(results)),
+        (
+            "2. End to end, jobs/s: pushed while one worker process drains them",
+            end_to_end_table(results, concurrencies),
+        ),
+        ("3. Push → start latency, single pushes at 1,000 jobs/s", latency_table(results)),
+        ("4-5. Hopper at scale", scale_table(results)),
+        ("Raw protocol, against the reference Faktory server", raw_table(results)),
+    ]
+    return "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)

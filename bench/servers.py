@@ -1,0 +1,182 @@
+"""Processes the harness owns: fresh redis-servers, Hopper brokers, workers; /proc readers.
+
+Every process is started in its own session (so its whole process group can be signalled)
+and stopped in a `finally`: SIGTERM, a wait, then SIGKILL to the group.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from broker.redis_server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+HOPPER = ROOT / ".venv" / "bin" / "hopper"  # the broker as `make run` installs it
+START_TIMEOUT = 15.0  # seconds for a server to accept connections
+STOP_TIMEOUT = 10.0  # seconds for a process group to exit after SIGTERM
+
+
+def spawn(
+    argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session, stdout and stderr to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the process, wait, then SIGKILL its whole process group (children included)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@contextmanager
+def running(
+    argv: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = STOP_TIMEOUT,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A process that is stopped (with its group) on leaving the block."""
+    process = spawn(argv, log, env)
+    try:
+        yield process
+    finally:
+        stop(process, timeout)
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str) -> None:
+    """Poll `ready()` until true; fail if the process exits or START_TIMEOUT passes."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} at start")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start in {START_TIMEOUT} s")
+        time.sleep(0.02)
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, OSError):
+        return False
+
+
+def hopper_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            return sock.recv(64).startswith(b"+HI")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """A fresh redis-server with the embedded one's settings (unix socket, AOF everysec)."""
+
+    url: str
+    pid: int
+    client: redis.Redis
+
+    def memory_mb(self) -> float:
+        """`used_memory` from INFO memory, in MB."""
+        return int(self.client.info("memory")["used_memory"]) / 1e6
+
+
+@dataclass
+class HopperServer:
+    """A Hopper broker on 127.0.0.1 with its embedded redis-server."""
+
+    port: int
+    pid: int
+    redis: RedisServer
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    """Start a redis-server in `workdir` exactly as Hopper's embedded one is started."""
+    embedded = EmbeddedRedis(str(workdir))
+    workdir.mkdir(parents=True, exist_ok=True)
+    with running(embedded.command(), workdir / "redis.stdout") as process:
+        client = redis.Redis(unix_socket_path=str(embedded.socket))
+        try:
+            wait_until(lambda: redis_answers(client), process, "redis-server")
+            yield RedisServer(embedded.url, process.pid, client)
+        finally:
+            client.close()
+
+
+@contextmanager
+def hopper_server(workdir: Path) -> Iterator[HopperServer]:
+    """Start `hopper run` on a free loopback port with its embedded Redis in `workdir`."""
+    port = free_port()
+    argv = [str(HOPPER), "run", "--bind", f"127.0.0.1:{port}", "--data-dir", str(workdir)]
+    argv += ["--log-level", "WARNING"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    with running(argv, workdir / "hopper.log", timeout=STOP_TIMEOUT + 5) as process:
+        wait_until(lambda: hopper_answers(port), process, "hopper")
+        redis_pid = int((workdir / "redis.pid").read_text())
+        client = redis.Redis(unix_socket_path=str(workdir / "redis.sock"))
+        try:
+            url = f"unix://{workdir / 'redis.sock'}"
+            yield HopperServer(port, process.pid, RedisServer(url, redis_pid, client))
+        finally:
+            client.close()
+
+
+@contextmanager
+def scratch_dir(root: Path | None = None) -> Iterator[Path]:
+    """A temporary directory for one server's data, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="hopper-bench-", dir=root) as path:
+        yield Path(path)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of the processes, in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
