@@ -16,6 +16,7 @@ SIGKILL knows what was in flight.
 import argparse
 import json
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -42,12 +43,20 @@ class Hang(Lost):
 
 
 class Conn:
-    """One blocking protocol connection, handshake done."""
+    """One blocking protocol connection (over TLS with a client context), handshake done."""
 
-    def __init__(self, port: int, hello: dict[str, Any], password: str = "") -> None:
+    def __init__(
+        self,
+        port: int,
+        hello: dict[str, Any],
+        password: str = "",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         try:
             self.sock = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT)
-        except OSError as exc:
+            if tls is not None:
+                self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
+        except OSError as exc:  # ssl.SSLError included
             raise Lost(str(exc)) from exc
         self.reader = hiredis.Reader()
         try:
