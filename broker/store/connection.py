@@ -2,10 +2,7 @@
 
 `Pipeline` is one auto-pipelining connection: every caller's commands are queued, a writer
 task sends whatever has accumulated in one write, and a reader task hands the replies back in
-order. Concurrent callers therefore share round trips without knowing about each other. Only
-one write is in flight at a time: what callers queue meanwhile goes out together as soon as
-its replies are in. On this kind of machine a write that wakes Redis costs far more than the
-commands in it, so fewer, fuller writes save CPU on both sides. If the
+order. Concurrent callers therefore share round trips without knowing about each other. If the
 connection drops, every waiting caller gets `RedisUnavailable` and the connection is re-opened
 in the background; nothing is ever re-sent silently, because a command already written may or
 may not have run (the store only sends idempotent scripts and reconciles in reapers).
@@ -108,8 +105,6 @@ class Pipeline:
         self.address = address
         self._stream: RawStream | None = None
         self._out: list[bytes] = []
-        self._queued = 0  # commands in _out
-        self._in_flight = 0  # commands written whose replies have not all arrived
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
@@ -130,10 +125,8 @@ class Pipeline:
             raise RedisUnavailable(f"not connected to {self.address.url}")
         waiter = _Waiter(trio.lowlevel.current_task(), len(commands))
         self._out.extend(hiredis.pack_command(c) for c in commands)
-        self._queued += len(commands)
         self._waiters.append(waiter)
-        if not self._in_flight:
-            self._writer_lot.unpark()
+        self._writer_lot.unpark()
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             waiter.task = None  # the replies will still come; they are dropped
@@ -152,10 +145,8 @@ class Pipeline:
             log.warning("redis not connected; dropped %s", args[0])
             return
         self._out.append(hiredis.pack_command(args))
-        self._queued += 1
         self._waiters.append(_Waiter(None, 1))
-        if not self._in_flight:
-            self._writer_lot.unpark()
+        self._writer_lot.unpark()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection open until cancelled; reports started after the first connect."""
@@ -189,7 +180,6 @@ class Pipeline:
 
     def _fail_all(self, error: Exception) -> None:
         self._out.clear()
-        self._queued = self._in_flight = 0
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if waiter.task is not None:
@@ -200,12 +190,11 @@ class Pipeline:
         assert self._stream is not None
         try:
             while True:
-                if not self._out or self._in_flight:
+                if not self._out:
                     await self._writer_lot.park()
                     continue
                 data = b"".join(self._out)
                 self._out.clear()
-                self._in_flight, self._queued = self._queued, 0
                 await self._stream.send_all(data)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.warning("redis write failed: %s", exc)
@@ -222,7 +211,6 @@ class Pipeline:
                     raise OSError("redis closed the connection")
                 reader.feed(data)
                 while (reply := reader.gets()) is not False:
-                    self._in_flight -= 1
                     waiter = waiters[0]
                     if isinstance(reply, hiredis.ReplyError):
                         reply = ReplyError(str(reply))
@@ -233,8 +221,6 @@ class Pipeline:
                         waiters.popleft()
                         if waiter.task is not None:
                             trio.lowlevel.reschedule(waiter.task, outcome.Value(waiter.replies))
-                if not self._in_flight and self._out:
-                    self._writer_lot.unpark()
                 if self._room_lot:
                     self._room_lot.unpark_all()
         except (
