@@ -81,7 +81,7 @@ class App:
                     self.config.host,
                     self.port,
                     " (TLS)" if self.ssl_context else "",
-                    self.redis_url,
+                    address.display,
                 )
                 task_status.started(self.port)
                 await self._stop.wait()

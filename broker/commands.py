@@ -160,7 +160,9 @@ class Commands:
 
     async def beat(self, session: Session, arg: bytes) -> bytes:
         beat = _decode(beat_decoder, arg, "BEAT")
-        state = await self.manager.beat(beat.wid, beat.current_state, beat.rss_kb, self.clock())
+        state = await self.manager.workers.beat(
+            beat.wid, beat.current_state, beat.rss_kb, self.clock()
+        )
         return BEAT_REPLIES.get(state, protocol.OK)
 
     async def info(self, session: Session, arg: bytes) -> bytes:

@@ -1,9 +1,10 @@
 """The job lifecycle: the only place that decides where a job goes next.
 
 queue -> working (FETCH) -> gone (ACK) | retries / dead / gone (FAIL, reservation expiry);
-scheduled and retries -> queue when due; dead -> gone after its TTL; MUTATE moves between sets.
-Every move is one store call backed by one Lua script; middleware runs at the seams where the
-job exists. Operations take `now` (unix seconds) so that time is a parameter.
+scheduled and retries -> queue when due; dead -> gone after its TTL; MUTATE moves between sets
+(mutate.py). Every move is one store call backed by one Lua script; middleware runs at the seams
+where the job exists. Operations take `now` (unix seconds) so that time is a parameter. Worker
+heartbeats and states are kept by workers.py.
 """
 
 import logging
@@ -19,7 +20,6 @@ from broker import retry
 from broker.config import Config
 from broker.doorbell import Doorbell
 from broker.errors import BrokerError, CommandError, Discard
-from broker.filters import matches
 from broker.jobs import (
     QUEUE_NAME,
     FailPayload,
@@ -34,8 +34,10 @@ from broker.jobs import (
     validate_new,
 )
 from broker.middleware import Chains, Context
+from broker.mutate import Mutator
 from broker.stats import Stats, render_info
 from broker.store.redis import Store
+from broker.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,6 @@ EXPIRED_MESSAGE = "Faktory job reservation expired"
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
 MAX_BATCHES = 100  # batches one periodic run may move per queue and set
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
-SCAN_COUNT = 500  # ZSCAN step for MUTATE
-MAX_SCAN_STEPS = 100_000  # bound on ZSCAN steps of one MUTATE per queue
-STATES = ("running", "quiet", "terminate")
-MUTATE_TARGETS = ("retries", "scheduled", "dead")
-MUTATE_COMMANDS = ("clear", "kill", "discard", "requeue")
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -80,7 +77,8 @@ class Manager:
         self.doorbell = doorbell or Doorbell()
         self.clock = clock
         self.rng = rng or random.Random()
-        self.worker_states: dict[str, str] = {}  # wid -> state, as last seen by this process
+        self.workers = Workers(store, config)
+        self.mutator = Mutator(store, self.doorbell, config.dead_ttl)
         self._known_queues: set[str] = set()  # a cache: Redis's queue set is the truth
         self._closed = trio.Event()
 
@@ -161,7 +159,7 @@ class Manager:
         for queue in queues:
             if queue not in self._known_queues:
                 check_queue_name(queue)
-        if self.worker_states.get(wid, "running") != "running":
+        if not self.workers.may_fetch(wid):
             with trio.move_on_after(self.config.fetch_timeout):
                 await self._closed.wait()
             return []
@@ -300,33 +298,6 @@ class Manager:
         day = format_day(now)
         return await self.store.fail(queue, jid, day, encode(job), target, score, latest_expiry)
 
-    # -- workers ------------------------------------------------------------------------------
-
-    async def worker_join(self, wid: str, now: float, info: bytes) -> None:
-        self.worker_states[wid] = await self.store.worker_join(wid, now, info)
-
-    async def worker_leave(self, wid: str) -> None:
-        if await self.store.worker_leave(wid):
-            self.worker_states.pop(wid, None)
-
-    async def beat(self, wid: str, state: str, rss_kb: int, now: float) -> str:
-        """Record a heartbeat; returns the worker's state. States only move forward."""
-        current = await self.store.beat(wid, now, rss_kb, state if state in STATES else "")
-        if current is None:
-            raise CommandError(f"unknown worker {wid}")
-        self.worker_states[wid] = current
-        return current
-
-    async def reap_workers(self, now: float) -> list[str]:
-        """Forget workers whose last beat is older than worker_ttl; returns their wids."""
-        cutoff = now - self.config.worker_ttl
-        gone = []
-        for wid in await self.store.stale_workers(cutoff, self.config.reaper_batch):
-            if await self.store.worker_leave(wid, cutoff):
-                self.worker_states.pop(wid, None)
-                gone.append(wid)
-        return gone
-
     # -- periodic moves -----------------------------------------------------------------------
 
     async def queues(self) -> list[str]:
@@ -418,38 +389,7 @@ class Manager:
 
     async def mutate(self, mutation: Mutation, now: float) -> None:
         """Apply clear/kill/discard/requeue to the matching jobs of a set, across queues."""
-        if mutation.target not in MUTATE_TARGETS:
-            raise CommandError("invalid target for mutation command")
-        if mutation.cmd not in MUTATE_COMMANDS:
-            raise CommandError("unknown mutate operation")
-        flt = mutation.filter
-        for queue in await self.queues():
-            if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(mutation)):
-                await self.store.clear(queue, mutation.target)
-                continue
-            if flt is not None and flt.jids:
-                await self._apply(
-                    mutation, queue, await self.store.members(queue, mutation.target, flt.jids), now
-                )
-                continue
-            cursor = 0
-            for _ in range(MAX_SCAN_STEPS):
-                cursor, batch = await self.store.scan(queue, mutation.target, cursor, SCAN_COUNT)
-                selected = [jid for jid, p in batch if p is not None and _selected(mutation, p)]
-                await self._apply(mutation, queue, selected, now)
-                if cursor == 0:
-                    break
-
-    async def _apply(self, mutation: Mutation, queue: str, jids: list[str], now: float) -> None:
-        if not jids:
-            return
-        if mutation.cmd == "discard":
-            await self.store.remove(queue, mutation.target, jids)
-        elif mutation.cmd == "kill":
-            await self.store.move(queue, mutation.target, "dead", now + self.config.dead_ttl, jids)
-        else:
-            moved = await self.store.enqueue(queue, mutation.target, [(j, b"") for j in jids])
-            self.doorbell.ring(queue, moved)
+        await self.mutator.run(mutation, await self.queues(), now)
 
     async def flush(self) -> None:
         """Delete every job, queue and counter; connected workers stay registered."""
@@ -463,19 +403,6 @@ class Manager:
         memory = await self.store.used_memory()
         workers = await self.store.worker_count()
         return render_info(self.stats, counts, day, now, memory, workers)
-
-
-def _matches_all(mutation: Mutation) -> bool:
-    flt = mutation.filter
-    return flt is None or not (flt.jids or flt.regexp or flt.jobtype)
-
-
-def _selected(mutation: Mutation, payload: bytes) -> bool:
-    flt = mutation.filter
-    if flt is None:
-        return True
-    jobtype = job_decoder.decode(payload).jobtype if flt.jobtype else ""
-    return matches(flt, payload.decode(), jobtype)
 
 
 def _stamp(payload: bytes, enqueued_at: str) -> bytes:

@@ -44,7 +44,7 @@ async def run_reapers(
         return await manager.enqueue_due("retries", now)
 
     async def workers(now: float) -> int:
-        gone = await manager.reap_workers(now)
+        gone = await manager.workers.reap(now)
         for wid in gone:
             close_worker(wid)
         return len(gone)

@@ -16,7 +16,7 @@ import trio
 
 from broker import protocol
 from broker.commands import Commands
-from broker.config import Config
+from broker.config import MAX_HELLO_BYTES, Config
 from broker.errors import BrokerError, ProtocolError
 from broker.manager import Manager
 from broker.protocol import LineReader
@@ -32,13 +32,15 @@ SHUTDOWN_REPLY = protocol.error("ERR shutdown in progress")
 class Connection:
     """What the server tracks of an open client connection."""
 
-    __slots__ = ("busy", "last_active", "scope", "sock", "wid")
+    __slots__ = ("busy", "last_active", "line_started", "scope", "send_started", "sock", "wid")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.scope = trio.CancelScope()  # the whole connection
         self.busy = True  # False only while waiting for the next command
         self.last_active = trio.current_time()
+        self.line_started: float | None = None  # when the unfinished line received began
+        self.send_started: float | None = None  # when the reply being sent began
         self.wid = ""
 
     def stop_reading(self) -> None:
@@ -107,13 +109,14 @@ class Server:
         stream = self._stream(sock)
         conn = Connection(sock)
         session = Session(self.config().password)
-        reader = LineReader(self.config().max_line_bytes)
+        reader = LineReader(MAX_HELLO_BYTES)
         joined = False
         try:
             with conn.scope:
                 if not await self._handshake(stream, reader, session):
                     return
                 config = self.config()
+                reader.max_line = config.max_line_bytes
                 if len(self.connections) >= config.max_connections:
                     await stream.send_all(
                         protocol.error(f"ERR too many connections: {len(self.connections)}")
@@ -124,7 +127,7 @@ class Server:
                 if session.wid:
                     conn.wid = session.wid
                     info = msgspec.json.encode(session.hello)
-                    await self.manager.worker_join(session.wid, self.manager.clock(), info)
+                    await self.manager.workers.join(session.wid, self.manager.clock(), info)
                     joined = True
                 await stream.send_all(protocol.OK)
                 await self._serve(stream, reader, session, conn)
@@ -149,7 +152,7 @@ class Server:
                 if joined:
                     with trio.move_on_after(2):
                         try:
-                            await self.manager.worker_leave(session.wid)
+                            await self.manager.workers.leave(session.wid)
                         except BrokerError as exc:
                             log.warning("could not unregister worker %s: %s", session.wid, exc)
                 await trio.aclose_forcefully(stream)
@@ -184,27 +187,37 @@ class Server:
         while True:
             batch = reader.commands()
             if batch:
+                conn.line_started = None
                 self.stats.commands += len(batch)
                 if self.closing:
-                    await stream.send_all(b"".join([*replies, SHUTDOWN_REPLY]))
+                    await _send(stream, conn, b"".join([*replies, SHUTDOWN_REPLY]))
                     return
                 more, ended = await self.commands.run(session, batch)
                 replies += more
                 if ended:
                     if replies:
-                        await stream.send_all(b"".join(replies))
+                        await _send(stream, conn, b"".join(replies))
                     return
                 continue
             if replies:
-                await stream.send_all(b"".join(replies))
+                await _send(stream, conn, b"".join(replies))
                 replies.clear()
             if self.closing:
                 return
+            if reader.pending and conn.line_started is None:
+                conn.line_started = trio.current_time()
             conn.busy = False
             data = await stream.receive_some(READ_SIZE)
             conn.busy = True
-            if not data:
-                return  # closed by the client, idle too long, or shutting down
+            if not data:  # closed by the client, idle too long, stalled, or shutting down
+                limit = self.config().line_timeout
+                if (
+                    conn.line_started is not None
+                    and trio.current_time() - conn.line_started >= limit
+                ):
+                    reply = f"ERR line not completed within {limit:g}s"
+                    raise ProtocolError("line not completed in time", reply)
+                return
             conn.last_active = trio.current_time()
             reader.feed(data)
 
@@ -217,15 +230,34 @@ class Server:
             conn.stop_reading()
 
     async def _close_idle(self) -> None:
-        """Close connections that sent no command for idle_timeout, every so often."""
+        """Every so often, close connections idle for idle_timeout, and those stuck for
+        line_timeout in the middle of a command line (slowloris) or of a reply (not read)."""
         while True:
-            limit = self.config().idle_timeout
+            config = self.config()
+            limit = min(config.idle_timeout, config.line_timeout)
             await trio.sleep(min(max(limit / 4, 0.01), 1.0))
-            oldest = trio.current_time() - limit
+            now = trio.current_time()
+            idle, stuck = now - config.idle_timeout, now - config.line_timeout
             for conn in list(self.connections):
-                if not conn.busy and conn.last_active < oldest:
-                    log.info("closing a connection idle for %.0fs", limit)
+                if conn.busy:
+                    if conn.send_started is not None and conn.send_started < stuck:
+                        log.info(
+                            "closing a connection that took no reply for %gs", config.line_timeout
+                        )
+                        conn.scope.cancel()
+                elif conn.line_started is not None and conn.line_started < stuck:
+                    log.info("closing a connection stuck in a line for %gs", config.line_timeout)
                     conn.stop_reading()
+                elif conn.last_active < idle:
+                    log.info("closing a connection idle for %.0fs", config.idle_timeout)
+                    conn.stop_reading()
+
+
+async def _send(stream: trio.abc.Stream, conn: Connection, data: bytes) -> None:
+    """Send a reply, noting when it began so a client that reads nothing can be found."""
+    conn.send_started = trio.current_time()
+    await stream.send_all(data)
+    conn.send_started = None
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:

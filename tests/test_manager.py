@@ -346,27 +346,27 @@ async def test_info_counts(manager: Manager) -> None:
 
 async def test_worker_states_move_forward_only(manager: Manager) -> None:
     with pytest.raises(CommandError, match="unknown worker w1"):
-        await manager.beat("w1", "", 0, NOW)
-    await manager.worker_join("w1", NOW, b"{}")
-    assert await manager.beat("w1", "", 10, NOW) == "running"
-    assert await manager.beat("w1", "quiet", 10, NOW) == "quiet"
-    assert await manager.beat("w1", "running", 10, NOW) == "quiet"
-    assert await manager.beat("w1", "terminate", 10, NOW) == "terminate"
-    assert await manager.beat("w1", "bogus", 10, NOW) == "terminate"
+        await manager.workers.beat("w1", "", 0, NOW)
+    await manager.workers.join("w1", NOW, b"{}")
+    assert await manager.workers.beat("w1", "", 10, NOW) == "running"
+    assert await manager.workers.beat("w1", "quiet", 10, NOW) == "quiet"
+    assert await manager.workers.beat("w1", "running", 10, NOW) == "quiet"
+    assert await manager.workers.beat("w1", "terminate", 10, NOW) == "terminate"
+    assert await manager.workers.beat("w1", "bogus", 10, NOW) == "terminate"
 
 
 async def test_silent_workers_are_reaped(manager: Manager) -> None:
-    await manager.worker_join("w1", NOW, b"{}")
-    await manager.worker_join("w2", NOW + 50, b"{}")
-    assert await manager.reap_workers(NOW + 61) == ["w1"]
+    await manager.workers.join("w1", NOW, b"{}")
+    await manager.workers.join("w2", NOW + 50, b"{}")
+    assert await manager.workers.reap(NOW + 61) == ["w1"]
     with pytest.raises(CommandError):
-        await manager.beat("w1", "", 0, NOW)
+        await manager.workers.beat("w1", "", 0, NOW)
 
 
 async def test_quiet_worker_gets_nothing(manager: Manager) -> None:
     await manager.push(new("jid-0001"), NOW)
-    await manager.worker_join("w1", NOW, b"{}")
-    await manager.beat("w1", "quiet", 0, NOW)
+    await manager.workers.join("w1", NOW, b"{}")
+    await manager.workers.beat("w1", "quiet", 0, NOW)
     assert await manager.fetch(["default"], "w1", NOW) is None
     assert await manager.fetch(["default"], "w2", NOW) is not None
 

@@ -100,12 +100,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="broker/app.py logs the Redis URL with its password at INFO, and "
-    "broker/store/connection.py in its warnings (see docs/reliability.md)",
-)
 def test_no_redis_password_in_logs(
     broker_process: Callable[..., BrokerProcess], guarded_redis: str
 ) -> None:

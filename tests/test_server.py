@@ -347,9 +347,8 @@ async def test_pipelined_fetches_and_acks(broker: App, rdb: redis.Redis) -> None
     assert await w.reply() is None  # FETCH a: queue a is empty now (after the wait)
     assert json.loads(await w.reply())["jid"] == "jid-0002"
     assert await w.reply() is None
-    await w.send(
-        b'ACK {"jid":"jid-0000"}\r\nACK nope\r\nACK {"jid":"unknown1"}\r\nACK {"jid":"jid-0002"}\r\n'
-    )
+    acks = ['{"jid":"jid-0000"}', "nope", '{"jid":"unknown1"}', '{"jid":"jid-0002"}']
+    await w.send("".join(f"ACK {a}\r\n" for a in acks).encode())
     assert await w.reply() == b"OK"
     with pytest.raises(WireError, match="invalid ACK nope"):
         await w.reply()

@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import outcome
@@ -45,6 +46,7 @@ class Address:
     def __init__(self, url: str) -> None:
         options = parse_url(url)  # type: ignore[no-untyped-call]
         self.url = url
+        self.display = _redacted(url)
         self.path: str | None = options.get("path")
         self.host: str = options.get("host", "localhost")
         self.port: int = int(options.get("port", 6379))
@@ -76,6 +78,15 @@ class Address:
             await stream.aclose()
             raise
         return stream
+
+
+def _redacted(url: str) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def _read_reply(stream: RawStream, reader: Any) -> Any:
@@ -122,7 +133,7 @@ class Pipeline:
         while len(self._waiters) >= MAX_IN_FLIGHT:
             await self._room_lot.park()
         if self._stream is None:
-            raise RedisUnavailable(f"not connected to {self.address.url}")
+            raise RedisUnavailable(f"not connected to {self.address.display}")
         waiter = _Waiter(trio.lowlevel.current_task(), len(commands))
         self._out.extend(hiredis.pack_command(c) for c in commands)
         self._waiters.append(waiter)
@@ -158,7 +169,7 @@ class Pipeline:
             except (OSError, ReplyError) as exc:
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 log.warning(
-                    "redis %s unreachable (%s); retrying in %.2fs", self.address.url, exc, delay
+                    "redis %s unreachable (%s); retrying in %.2fs", self.address.display, exc, delay
                 )
                 attempt += 1
                 await trio.sleep(delay)
@@ -173,10 +184,10 @@ class Pipeline:
                     nursery.start_soon(self._read_loop, nursery.cancel_scope)
             finally:
                 stream, self._stream = self._stream, None
-                self._fail_all(RedisUnavailable(f"connection to {self.address.url} lost"))
+                self._fail_all(RedisUnavailable(f"connection to {self.address.display} lost"))
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
-            log.warning("redis connection %s lost; reconnecting", self.address.url)
+            log.warning("redis connection %s lost; reconnecting", self.address.display)
 
     def _fail_all(self, error: Exception) -> None:
         self._out.clear()

@@ -1,9 +1,9 @@
-"""Redis glob semantics for MUTATE filters."""
+"""MUTATE filters: Redis glob semantics (the moves themselves are in test_manager.py)."""
 
 import pytest
 
-from broker.filters import glob_regex, matches
 from broker.jobs import MutateFilter
+from broker.mutate import glob_regex, matches
 
 
 @pytest.mark.parametrize(
