@@ -14,7 +14,9 @@ DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working dir
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one command line (a PUSHB batch can be large)
 MAX_CONNECTIONS = 10_000  # above the reference's 2,000 so 2,000 idle clients leave room
+MAX_HELLO_BYTES = 64 * 1024  # the HELLO line: all a client that has not logged in may send
 IDLE_TIMEOUT = 3600.0  # seconds without a complete command before a connection is closed
+LINE_TIMEOUT = 60.0  # seconds for a started command line to arrive, or a reply to be taken
 HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
 FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
 SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
@@ -49,6 +51,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_line_bytes: int = MAX_LINE_BYTES
     max_connections: int = MAX_CONNECTIONS
     idle_timeout: float = IDLE_TIMEOUT
+    line_timeout: float = LINE_TIMEOUT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     fetch_timeout: float = FETCH_TIMEOUT
     shutdown_grace: float = SHUTDOWN_GRACE
