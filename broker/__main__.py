@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import tomllib
@@ -13,7 +14,7 @@ import trio
 
 from broker import __version__
 from broker.app import App
-from broker.config import Config
+from broker.config import FD_RESERVE, Config
 from broker.tls import server_context
 
 ENV_ALIASES = {
@@ -112,7 +113,18 @@ def main(argv: list[str] | None = None) -> None:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raise_fd_limit(config.max_connections + FD_RESERVE)
     trio.run(serve, args, config)
+
+
+def raise_fd_limit(wanted: int) -> None:
+    """Raise the soft limit on open files to `wanted`, as far as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        log.warning("the open-file limit %d is below max_connections + %d", hard, FD_RESERVE)
+        wanted = hard
+    if wanted > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working dir
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one command line (a PUSHB batch can be large)
 MAX_CONNECTIONS = 10_000  # above the reference's 2,000 so 2,000 idle clients leave room
+FD_RESERVE = 1024  # open files beyond max_connections: handshakes under way, Redis, logs
 MAX_HELLO_BYTES = 64 * 1024  # the HELLO line: all a client that has not logged in may send
 IDLE_TIMEOUT = 3600.0  # seconds without a complete command before a connection is closed
 LINE_TIMEOUT = 60.0  # seconds for a started command line to arrive, or a reply to be taken

@@ -21,14 +21,10 @@ import redis
 
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
+from chaos.marks import CHAOS
 from tests.conftest import BrokerProcess
 from tests.wire import WireError
 
-CHAOS = [
-    pytest.mark.chaos,
-    pytest.mark.skipif(not os.environ.get("HOPPER_CHAOS"), reason="long run: make chaos"),
-    pytest.mark.timeout(600),
-]
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "chaos"
 FAST_ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5")
