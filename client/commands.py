@@ -36,7 +36,7 @@ class Call(NamedTuple, Generic[T]):
     parse: Callable[[Reply, bool], T]
 
 
-_errors_decoder = msgspec.json.Decoder(dict[str, str])
+_strings_decoder = msgspec.json.Decoder(dict[str, str])
 _info_decoder = msgspec.json.Decoder(dict[str, Any])
 _latency_decoder = msgspec.json.Decoder(dict[str, float])
 
@@ -77,7 +77,7 @@ def push(job: Job) -> Call[str]:
 
 def push_bulk(jobs: Sequence[Job]) -> Call[dict[str, str]]:
     def parse(reply: Reply, resent: bool) -> dict[str, str]:
-        errors = _errors_decoder.decode(data(reply))
+        errors = _strings_decoder.decode(data(reply))
         if resent:  # a jid taken by our own first attempt was pushed
             return {jid: text for jid, text in errors.items() if text != _in_use(jid)}
         return errors
@@ -120,7 +120,7 @@ def beat(wid: str, current_state: str = "", rss_kb: int = 0) -> Call[WorkerState
         text = data(reply)
         if text == b"OK":
             return "running"
-        state = _errors_decoder.decode(text).get("state")
+        state = _strings_decoder.decode(text).get("state")
         return "terminate" if state == "terminate" else "quiet"
 
     return Call(line, parse)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.app import App
+from broker.store.keys import QueueKeys
 from client import Client, Job, ServerError, make_job
 
 UNICODE = 'héllo wörld ✓ 🚀 日本語 \u0000 \n "quoted" \\ back'
@@ -23,6 +24,8 @@ ARGS = [
     [NESTED, [NESTED, NESTED]],
     [LARGE],
 ]
+
+DEFAULT = QueueKeys("default")
 
 
 def url(broker: App) -> str:
@@ -70,8 +73,8 @@ async def test_scheduled_job_waits_in_the_scheduled_set(broker: App, rdb: redis.
             return first, second
 
     first, second = await in_thread(work)
-    assert rdb.zscore("hopper:{default}:scheduled", first) == pytest.approx(when.timestamp())
-    assert rdb.zscore("hopper:{default}:scheduled", second) is not None
+    assert rdb.zscore(DEFAULT.scheduled, first) == pytest.approx(when.timestamp())
+    assert rdb.zscore(DEFAULT.scheduled, second) is not None
 
 
 async def test_push_bulk_reports_refused_jids(broker: App) -> None:
@@ -140,9 +143,9 @@ async def test_mutate_moves_retries_without_listing_them(broker: App, rdb: redis
             client.mutate("requeue", "retries", jobtype="work")
 
     await in_thread(work)
-    assert rdb.zcard("hopper:{default}:dead") == 1
-    assert rdb.zcard("hopper:{default}:retries") == 0
-    assert rdb.llen("hopper:{default}:queue") == 2
+    assert rdb.zcard(DEFAULT.dead) == 1
+    assert rdb.zcard(DEFAULT.retries) == 0
+    assert rdb.llen(DEFAULT.queue) == 2
 
 
 async def test_one_client_shared_by_threads(broker: App, rdb: redis.Redis) -> None:
@@ -156,7 +159,7 @@ async def test_one_client_shared_by_threads(broker: App, rdb: redis.Redis) -> No
         for _ in range(8):
             nursery.start_soon(in_thread, producer)
     client.close()
-    assert len(set(jids)) == 200 and rdb.llen("hopper:{default}:queue") == 200
+    assert len(set(jids)) == 200 and rdb.llen(DEFAULT.queue) == 200
 
 
 def test_forked_child_does_not_share_pooled_sockets(broker_process: Any) -> None:

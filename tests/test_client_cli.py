@@ -13,10 +13,13 @@ import pytest
 import redis
 
 from broker.app import App
+from broker.store import keys
+from broker.store.keys import QueueKeys
 from client import AsyncClient, Job
 from tests.conftest import StartBroker, eventually
 
 pytestmark = pytest.mark.slow
+DEFAULT = QueueKeys("default")
 
 JOBS_MODULE = """
 import os
@@ -99,12 +102,12 @@ async def test_sigterm_finishes_short_jobs_and_fails_long_ones_back(
     assert all(worker.marked(jid, "finished") for jid in short)
     assert not any(worker.marked(jid, "finished") for jid in long)
     # no job lost: the short ones are acknowledged, the long ones wait for a retry
-    assert sorted(rdb.hkeys("hopper:{default}:jobs")) == sorted([*long, waiting])
-    assert rdb.lrange("hopper:{default}:queue", 0, -1) == [waiting]
-    assert rdb.zcard("hopper:{default}:working") == 0
+    assert sorted(rdb.hkeys(DEFAULT.jobs)) == sorted([*long, waiting])
+    assert rdb.lrange(DEFAULT.queue, 0, -1) == [waiting]
+    assert rdb.zcard(DEFAULT.working) == 0
     for jid in long:
-        assert rdb.zscore("hopper:{default}:retries", jid) is not None
-        job = msgspec.json.decode(rdb.hget("hopper:{default}:jobs", jid), type=Job)
+        assert rdb.zscore(DEFAULT.retries, jid) is not None
+        job = msgspec.json.decode(rdb.hget(DEFAULT.jobs, jid), type=Job)
         assert job.failure is not None and job.failure.errtype == "Interrupted"
 
 
@@ -113,9 +116,9 @@ async def test_tstp_quiets_and_the_broker_hears_it(
 ) -> None:
     worker = WorkerProcess(module_dir, "jobs", env={"HOPPER_URL": url(broker)})
     processes.append(worker)
-    wids = await eventually(lambda: rdb.zrange("hopper:{workers}", 0, -1))
+    wids = await eventually(lambda: rdb.zrange(keys.WORKERS, 0, -1))
     worker.process.send_signal(signal.SIGTSTP)
-    await eventually(lambda: rdb.hget(f"hopper:{{workers}}:{wids[0]}", "state") == "quiet")
+    await eventually(lambda: rdb.hget(keys.worker(wids[0]), "state") == "quiet")
     assert not worker.exited()
     worker.process.send_signal(signal.SIGINT)
     await eventually(worker.exited, timeout=20)

@@ -16,11 +16,12 @@ import redis
 import trio
 
 from broker.app import App
+from broker.store.keys import QueueKeys
 from client import Client, Job, Worker
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.slow
-RETRIES = "hopper:{default}:retries"
+DEFAULT = QueueKeys("default")
 
 ARGS: list[list[Any]] = [
     [1, 2],
@@ -65,7 +66,7 @@ async def test_faktory_client_pushes_hopper_worker_runs(
             return [client.queue("record", args=args, queue="default") for args in ARGS]
 
     assert await trio.to_thread.run_sync(push) == [True] * len(ARGS)
-    await eventually(lambda: len(seen) == len(ARGS) and rdb.hlen("hopper:{default}:jobs") == 0)
+    await eventually(lambda: len(seen) == len(ARGS) and rdb.hlen(DEFAULT.jobs) == 0)
     assert sorted(seen, key=json.dumps) == sorted(ARGS, key=json.dumps)
     worker.terminate()
 
@@ -88,12 +89,13 @@ async def test_hopper_client_pushes_faktory_worker_runs(
                 return client.push("explode", ["x"], retry=2)
 
         failed = await trio.to_thread.run_sync(push)
-        jobs = "hopper:{default}:jobs"
         await eventually(lambda: out.exists() and len(out.read_text().splitlines()) == len(ARGS))
-        await eventually(lambda: rdb.hkeys(jobs) == [failed] and rdb.zscore(RETRIES, failed))
+        await eventually(
+            lambda: rdb.hkeys(DEFAULT.jobs) == [failed] and rdb.zscore(DEFAULT.retries, failed)
+        )
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted(lines, key=json.dumps) == sorted(ARGS, key=json.dumps)
-        failure = msgspec.json.decode(rdb.hget(jobs, failed), type=Job).failure
+        failure = msgspec.json.decode(rdb.hget(DEFAULT.jobs, failed), type=Job).failure
         assert failure is not None
         assert (failure.errtype, failure.message) == ("RuntimeError", "faktory worker says no")
     finally:

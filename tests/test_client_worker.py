@@ -12,11 +12,11 @@ import redis
 import trio
 
 from broker.app import App
+from broker.store.keys import QueueKeys
 from client import AsyncClient, Client, Job, Worker, current_job
 from tests.conftest import eventually
 
-JOBS = "hopper:{default}:jobs"
-RETRIES = "hopper:{default}:retries"
+DEFAULT = QueueKeys("default")
 
 
 def url(broker: App) -> str:
@@ -24,7 +24,7 @@ def url(broker: App) -> str:
 
 
 def stored(rdb: redis.Redis, jid: str) -> Job:
-    payload = rdb.hget(JOBS, jid)
+    payload = rdb.hget(DEFAULT.jobs, jid)
     assert payload is not None, f"{jid} is not stored"
     return msgspec.json.decode(payload, type=Job)
 
@@ -61,7 +61,7 @@ async def test_sync_and_async_jobs_run_and_are_acked(
     await eventually(lambda: len(done) == 25)
     assert sorted(jid for *_, jid in done) == sorted(jids)
     assert {value for kind, value, _ in done if kind == "shout"} == {"HÉLLO ✓"}
-    await eventually(lambda: rdb.hlen(JOBS) == 0)
+    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
     worker.terminate()
 
 
@@ -77,7 +77,9 @@ async def test_failure_lands_in_retries_with_the_backtrace(
     await nursery.start(worker.arun)
     jid = await producer.push("explode", [7], retry=3)
     unknown = await producer.push("nobody-knows", [])
-    await eventually(lambda: rdb.zscore(RETRIES, jid) and rdb.zscore(RETRIES, unknown))
+    await eventually(
+        lambda: rdb.zscore(DEFAULT.retries, jid) and rdb.zscore(DEFAULT.retries, unknown)
+    )
     failure = stored(rdb, jid).failure
     assert failure is not None
     assert (failure.errtype, failure.message, failure.remaining) == (
@@ -139,7 +141,7 @@ async def test_broker_quiet_then_terminate_through_beat(
             assert await admin.beat(current_state="terminate") == "terminate"
     # run() returned: the worker obeyed terminate, and it fetched nothing while quiet
     assert worker.state == "terminate"
-    assert rdb.lrange("hopper:{default}:queue", 0, -1) == [jid]
+    assert rdb.lrange(DEFAULT.queue, 0, -1) == [jid]
 
 
 async def test_terminate_waits_for_running_jobs_then_fails_the_rest(
@@ -174,9 +176,9 @@ async def test_terminate_waits_for_running_jobs_then_fails_the_rest(
             worker.terminate()
     finally:
         release.set()
-    assert not rdb.hexists(JOBS, quick_jid)
+    assert not rdb.hexists(DEFAULT.jobs, quick_jid)
     for jid in (thread_jid, task_jid):
-        assert rdb.zscore(RETRIES, jid) is not None
+        assert rdb.zscore(DEFAULT.retries, jid) is not None
         failure = stored(rdb, jid).failure
         assert failure is not None and failure.errtype == "Interrupted"
 
