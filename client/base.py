@@ -5,7 +5,7 @@ import ssl
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from client.url import Endpoint, parse_url
 from client.wire import Identity
@@ -21,7 +21,7 @@ class Closable(Protocol):
 
 
 C = TypeVar("C", bound=Closable)
-_clients: "weakref.WeakSet[ClientBase[Closable]]" = weakref.WeakSet()
+_clients: "weakref.WeakSet[ClientBase[Any]]" = weakref.WeakSet()
 
 
 class ClientBase(Generic[C]):
@@ -50,7 +50,7 @@ class ClientBase(Generic[C]):
             ssl_context = ssl.create_default_context()
         self.ssl_context = ssl_context
         self._idle: deque[C] = deque()
-        _clients.add(self)  # type: ignore[arg-type]
+        _clients.add(self)
 
     @property
     def wid(self) -> str:

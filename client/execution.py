@@ -37,6 +37,8 @@ class Interrupted(Exception):
 
 
 class JobFunction(NamedTuple):
+    """A registered function, and whether it is awaited (async) or run in a thread."""
+
     fn: Callable[..., Any]
     is_async: bool
 
