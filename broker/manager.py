@@ -193,7 +193,7 @@ class Manager:
         for queue in queues:
             while len(found) < count:
                 wanted = 1 if self.chains.fetch else count - len(found)
-                got = await self.store.fetch(queue, now, wid, reservation, wanted)
+                got = await self.store.fetch(queue, now, reservation, wanted)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:

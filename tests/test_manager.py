@@ -86,7 +86,7 @@ async def test_bad_at_and_bad_queue(manager: Manager) -> None:
         await manager.push(new("jid-0001", queue="a b"), NOW)
 
 
-async def test_fetch_reserves_with_expiry_and_owner(manager: Manager, rdb: redis.Redis) -> None:
+async def test_fetch_reserves_with_expiry(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.push(new("jid-0002", reserve_for=600), NOW)
     await manager.push(new("jid-0003", reserve_for=5), NOW)
@@ -94,7 +94,6 @@ async def test_fetch_reserves_with_expiry_and_owner(manager: Manager, rdb: redis
     assert first is not None and first.jid == "jid-0001" and first.queue == "default"
     assert job_decoder.decode(first.payload).jid == "jid-0001"
     assert rdb.zscore(f"{Q}:working", "jid-0001") == NOW + 1800
-    assert rdb.hget(f"{Q}:owners", "jid-0001") == "w1"
     await manager.fetch(["default"], "w1", NOW)
     assert rdb.zscore(f"{Q}:working", "jid-0002") == NOW + 600
     await manager.fetch(["default"], "w1", NOW)
@@ -143,7 +142,7 @@ async def test_ack_removes_everything(manager: Manager, rdb: redis.Redis) -> Non
     await manager.ack("jid-0001", None, NOW)  # no hint: found through the index
     await manager.store.execute("PING")  # the index clean-up is posted: it lands before this
     assert rdb.hlen(f"{Q}:jobs") == 0 and rdb.zcard(f"{Q}:working") == 0
-    assert rdb.hget("hopper:index", "jid-0001") is None and rdb.hlen(f"{Q}:owners") == 0
+    assert rdb.hget("hopper:index", "jid-0001") is None
     assert rdb.hget(f"{Q}:stats", "processed") == "1"
     assert rdb.hget(f"{Q}:stats", "processed:2025-11-24") == "1"
 

@@ -7,7 +7,6 @@ Per queue (hash tag `{q}`):
   hopper:{q}:jobs       hash   jid -> job JSON: the record of every live job of the queue
   hopper:{q}:queue      list   jids waiting; LPUSH to enqueue, RPOP to fetch (FIFO)
   hopper:{q}:working    zset   jid -> reservation expiry (unix seconds)
-  hopper:{q}:owners     hash   jid -> wid of the worker holding the reservation
   hopper:{q}:scheduled  zset   jid -> time to enqueue
   hopper:{q}:retries    zset   jid -> time of the next attempt
   hopper:{q}:dead       zset   jid -> time to purge
@@ -38,7 +37,6 @@ class QueueKeys:
         "dead",
         "jobs",
         "name",
-        "owners",
         "paused",
         "queue",
         "retries",
@@ -53,7 +51,6 @@ class QueueKeys:
         self.jobs = f"{base}:jobs"
         self.queue = f"{base}:queue"
         self.working = f"{base}:working"
-        self.owners = f"{base}:owners"
         self.scheduled = f"{base}:scheduled"
         self.retries = f"{base}:retries"
         self.dead = f"{base}:dead"

@@ -110,7 +110,7 @@ class Store:
         return [bool(r) for r in results]
 
     async def fetch(
-        self, queue: str, now: float, wid: str, reserve: tuple[int, int, int], count: int = 1
+        self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1
     ) -> list[tuple[str, bytes]]:
         """Reserve up to `count` of the oldest jobs of `queue`: [(jid, payload)], oldest first.
 
@@ -118,14 +118,14 @@ class Store:
         """
         k = self.keys(queue)
         flat = await self._run(
-            FETCH, (k.jobs, k.queue, k.working, k.owners, k.paused), (now, *reserve, wid, count)
+            FETCH, (k.jobs, k.queue, k.working, k.paused), (now, *reserve, count)
         )
         return [(_text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def ack(self, queue: str, jids: Sequence[str], day: str) -> list[str]:
         """Finish reserved jobs of one queue; returns the jids whose reservation existed."""
         k = self.keys(queue)
-        done = await self._run(ACK, (k.jobs, k.working, k.owners, k.stats), (day, *jids))
+        done = await self._run(ACK, (k.jobs, k.working, k.stats), (day, *jids))
         if done:
             self.redis.post("HDEL", keys.INDEX, *done)
         return [_text(jid) for jid in done]
@@ -146,7 +146,7 @@ class Store:
         done = bool(
             await self._run(
                 FAIL,
-                (k.jobs, k.working, k.owners, k.stats, k.retries, k.dead),
+                (k.jobs, k.working, k.stats, k.retries, k.dead),
                 (jid, day, payload, target, score, expiry),
             )
         )
@@ -157,7 +157,7 @@ class Store:
     async def requeue_reserved(self, queue: str, jid: str) -> bool:
         """Put a reserved job back at the head of its queue."""
         k = self.keys(queue)
-        return bool(await self._run(RELEASE, (k.working, k.owners, k.queue), (jid,)))
+        return bool(await self._run(RELEASE, (k.working, k.queue), (jid,)))
 
     async def job(self, queue: str, jid: str) -> bytes | None:
         payload: bytes | None = await self.execute("HGET", self.keys(queue).jobs, jid)

@@ -1,16 +1,16 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
--- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 owners hash, 5 paused flag
--- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 wid, 6 N
+-- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 paused flag
+-- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N
 -- Returns {jid1, payload1, jid2, payload2, ...}, empty when the queue is paused or empty.
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (clamped to [min, max]; 0 means the default). The stored payload starts
 -- with {"reserve_for":N when the job has its own reservation (see broker/jobs.py), so no JSON
 -- is decoded here. A queued jid without a record (never written by Hopper itself) is skipped.
 local found = {}
-if redis.call('EXISTS', KEYS[5]) == 1 then return found end
+if redis.call('EXISTS', KEYS[4]) == 1 then return found end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
-local wanted = tonumber(ARGV[6])
+local wanted = tonumber(ARGV[5])
 for _ = 1, wanted + 100 do
   if #found >= 2 * wanted then break end
   local jid = redis.call('RPOP', KEYS[2])
@@ -21,7 +21,6 @@ for _ = 1, wanted + 100 do
     if seconds <= 0 then seconds = default end
     seconds = math.min(math.max(seconds, lowest), highest)
     redis.call('ZADD', KEYS[3], now + seconds, jid)
-    redis.call('HSET', KEYS[4], jid, ARGV[5])
     found[#found + 1] = jid
     found[#found + 1] = payload
   end
