@@ -2,6 +2,7 @@
 
 import logging
 import signal
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("client.worker")
 
 REPORT_TIMEOUT = 5.0  # seconds after the grace to deliver the last ACKs and FAILs
+REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
+NOT_FOUND = "Job not found"  # FAIL of a job whose reservation is gone
 RANK: dict[WorkerState, int] = {"running": 0, "quiet": 1, "terminate": 2}
 
 
@@ -32,19 +35,25 @@ class Shift:
         self.wid = worker.wid
         self.state: WorkerState = "running"
         self.active_slots = 0
-        self.client = AsyncClient(
-            worker.url,
-            worker.password,
-            wid=worker.wid,
-            labels=worker.labels,
-            retry_for=0,  # the loops below retry at their own pace
-            ssl_context=worker.ssl_context,
-        )
+        self.client = self._connect(worker.ssl_context)  # HELLO and BEAT
         self._stopping = trio.Event()  # quiet or terminate: fetch no more
         self._terminating = trio.Event()
         self._forced = trio.Event()  # no more grace
         self._beat_now = trio.Event()
         self._jobs: dict[str, trio.CancelScope] = {}
+
+    def _connect(self, ssl_context: ssl.SSLContext | None) -> AsyncClient:
+        """A client of this worker's own, with one connection (the loops retry at their pace)."""
+        worker = self.worker
+        return AsyncClient(
+            worker.url,
+            worker.password,
+            wid=worker.wid,
+            labels=worker.labels,
+            retry_for=0,
+            ssl_context=ssl_context,
+            max_idle=1,
+        )
 
     def move(self, state: WorkerState) -> None:
         """Move the state forward (never back) and tell the broker at once."""
@@ -101,31 +110,35 @@ class Shift:
             try:
                 self.move(await self.client.beat(rss_kb=rss_kb()))
                 return
-            except ConnectionLost as exc:
+            except AuthenticationError:
+                raise
+            except ClientError as exc:
                 if backoff.attempts == 1:
                     log.warning("worker %s: waiting for the broker: %s", self.wid, exc)
                 await _pause(backoff.delay(exc), self._terminating)
 
     async def _slot(self) -> None:
+        """Fetch and run jobs one at a time; a job's ACK goes over the connection that
+        fetched it, where the broker remembers the job."""
         self.active_slots += 1
+        client = self._connect(self.client.ssl_context)
         backoff = Backoff()
         try:
             while not self._stopping.is_set():
                 try:
-                    job = await self.client.fetch(*self.worker.queues)
-                except AuthenticationError:
-                    raise
+                    job = await client.fetch(*self.worker.queues)
                 except ClientError as exc:
                     log.warning("worker %s: fetch failed: %s", self.wid, exc)
                     await _pause(backoff.delay(exc), self._stopping)
                     continue
                 backoff.reset()
                 if job is not None:
-                    await self._perform(job)
+                    await self._perform(client, job)
         finally:
             self.active_slots -= 1
+            await client.aclose()
 
-    async def _perform(self, job: Job) -> None:
+    async def _perform(self, client: AsyncClient, job: Job) -> None:
         scope = self._jobs[job.jid] = trio.CancelScope()
         started = time.perf_counter()
         error: BaseException | None = None
@@ -138,7 +151,7 @@ class Shift:
             del self._jobs[job.jid]
         if scope.cancelled_caught:
             error = Interrupted(f"the worker stopped before the job finished ({self.wid})")
-        await self._report(job, error)
+        await self._report(client, job, error)
         duration = time.perf_counter() - started
         fields = {
             "jid": job.jid,
@@ -160,23 +173,29 @@ class Shift:
                 extra=fields,
             )
 
-    async def _report(self, job: Job, error: BaseException | None) -> None:
-        """ACK or FAIL the job, on new connections as long as it takes (or until forced out)."""
-        backoff = Backoff()
+    async def _report(self, client: AsyncClient, job: Job, error: BaseException | None) -> None:
+        """ACK or FAIL the job: through lost connections as long as it takes (or until forced
+        out), through error replies for REFUSED_FOR seconds."""
+        lost, refused = Backoff(), Backoff(REFUSED_FOR)
         while True:
             try:
                 if error is None:
-                    await self.client.ack(job.jid)
+                    await client.ack(job.jid)
                 else:
-                    await self.client.fail(job.jid, *describe(error))
+                    await client.fail(job.jid, *describe(error))
                 return
             except ConnectionLost as exc:
-                if backoff.attempts == 1:
+                if lost.attempts == 1:
                     log.warning("worker %s: cannot report %s yet: %s", self.wid, job.jid, exc)
-                await trio.sleep(backoff.delay(exc))
+                await trio.sleep(lost.delay(exc))
             except ServerError as exc:
                 log.warning("worker %s: broker refused report of %s: %s", self.wid, job.jid, exc)
-                return
+                if exc.message.startswith(NOT_FOUND):
+                    return  # its reservation expired: the broker has failed it already
+                try:
+                    await trio.sleep(refused.delay(exc))
+                except ServerError:
+                    return
 
     async def _enforce_grace(self, slots: trio.CancelScope) -> None:
         """Once terminating: after the grace, interrupt running jobs; later, abandon reports."""
@@ -198,6 +217,7 @@ class Shift:
                 self.move(await self.client.beat(current, rss_kb()))
             except ClientError as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.wid, exc)
+                await self.client.aclose()  # a new connection's HELLO registers the worker again
 
     async def _watch_signals(self, task_status: trio.TaskStatus[None]) -> None:
         wanted = (signal.SIGTSTP, signal.SIGTERM, signal.SIGINT)
