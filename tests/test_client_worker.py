@@ -12,6 +12,7 @@ import redis
 import trio
 
 from broker.app import App
+from broker.store import keys
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Client, Job, Worker, current_job
 from tests.conftest import eventually
@@ -235,4 +236,18 @@ async def test_each_job_is_logged_with_its_fields(
     record = next(r for r in caplog.records if getattr(r, "jid", None) == bad)
     assert record.jobtype == "bad" and record.duration >= 0  # type: ignore[attr-defined]
     assert "ZeroDivisionError" in record.getMessage()
+    worker.terminate()
+
+
+async def test_worker_registers_again_when_the_broker_forgot_it(
+    broker: App, rdb: redis.Redis, nursery: trio.Nursery
+) -> None:
+    worker = make_worker(broker)
+    await nursery.start(worker.arun)
+    connected = lambda: rdb.hget(keys.worker(worker.wid), "connections") == "5"  # noqa: E731
+    await eventually(connected)  # the heartbeat's connection and one per slot
+    rdb.delete(keys.worker(worker.wid))
+    rdb.zrem(keys.WORKERS, worker.wid)  # as the broker's reaper does with a silent worker
+    await eventually(lambda: rdb.zscore(keys.WORKERS, worker.wid) is not None, timeout=5)
+    assert worker.state == "running"
     worker.terminate()
