@@ -239,13 +239,14 @@ async def test_each_job_is_logged_with_its_fields(
     worker.terminate()
 
 
-async def test_worker_registers_again_when_the_broker_forgot_it(
+async def test_worker_beats_and_registers_again_when_the_broker_forgot_it(
     broker: App, rdb: redis.Redis, nursery: trio.Nursery
 ) -> None:
     worker = make_worker(broker)
     await nursery.start(worker.arun)
     connected = lambda: rdb.hget(keys.worker(worker.wid), "connections") == "5"  # noqa: E731
     await eventually(connected)  # the heartbeat's connection and one per slot
+    assert int(rdb.hget(keys.worker(worker.wid), "rss_kb") or 0) > 1000  # beats carry memory
     rdb.delete(keys.worker(worker.wid))
     rdb.zrem(keys.WORKERS, worker.wid)  # as the broker's reaper does with a silent worker
     await eventually(lambda: rdb.zscore(keys.WORKERS, worker.wid) is not None, timeout=5)
