@@ -13,19 +13,25 @@ from bench.report import measured, one, select
 from bench.results import Result
 from bench.systems import SYSTEMS, find
 
-HOPPER = ("#d1495b", "#edae49", "#00798c")  # Hopper rows (bundled client, PyPI client)
-PEER = ("#8d8d8d", "#b5b5b5", "#d9d9d9")
+HOPPER = ("#d1495b", "#edae49", "#00798c")  # Hopper's bars, one colour per series
+PEER = ("#8d8d8d", "#b5b5b5", "#d9d9d9")  # the peers' bars
 
 
 def bars(
-    ax: Axes, labels: list[str], series: dict[str, list[float]], ours: list[bool], title: str
+    ax: Axes,
+    labels: list[str],
+    series: dict[str, list[float]],
+    ours: list[bool],
+    title: str,
+    fmt: str = "{:,.0f}",
 ) -> None:
-    """Grouped horizontal bars: one group per label, one bar per series."""
+    """Grouped horizontal bars, each with its value: one group per label, one bar per series."""
     height = 0.8 / max(1, len(series))
     for i, (legend, values) in enumerate(series.items()):
         ys = [row + i * height for row in range(len(labels))]
         colours = [HOPPER[i % 3] if mine else PEER[i % 3] for mine in ours]
-        ax.barh(ys, values, height, color=colours, label=legend)
+        bar = ax.barh(ys, values, height, color=colours, label=legend)
+        ax.bar_label(bar, [fmt.format(v) if v else "" for v in values], fontsize=6, padding=2)
     ax.set_yticks([row + height * (len(series) - 1) / 2 for row in range(len(labels))], labels)
     ax.invert_yaxis()
     ax.set_title(title, fontsize=10)
@@ -81,6 +87,7 @@ def draw(results: Sequence[Result], concurrencies: Sequence[int], path: Path) ->
         {"p50": [r.p50_ms or 0 for r in runs], "p99": [r.p99_ms or 0 for r in runs]},
         [not find(r.system).peer for r in runs],
         "Push → start latency at 1,000 jobs/s (ms, log scale)",
+        "{:.2f}",
     )
     latency.set_xscale("log")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def describe() -> dict[str, str]:
-    """CPU, cores, memory, kernel, Python and redis-server versions."""
+    """CPU, cores, memory, kernel, Python and redis-server versions, load average now."""
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -32,4 +32,5 @@ def describe() -> dict[str, str]:
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "redis_server": next((w.split("=")[1] for w in redis if w.startswith("v=")), "unknown"),
+        "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg()),
     }

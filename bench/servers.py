@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -67,15 +68,20 @@ def running(
         stop(process, timeout)
 
 
-def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str) -> None:
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
     """Poll `ready()` until true; fail if the process exits or START_TIMEOUT passes."""
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode} at start")
+            raise RuntimeError(f"{log.stem} exited with {process.returncode}: {tail(log)}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not start in {START_TIMEOUT} s")
+            raise RuntimeError(f"{log.stem} did not start in {START_TIMEOUT} s: {tail(log)}")
         time.sleep(0.02)
+
+
+def tail(log: Path, lines: int = 5) -> str:
+    """The last lines of a log, on one line."""
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def redis_answers(client: redis.Redis) -> bool:
@@ -103,7 +109,8 @@ class RedisServer:
 
     def memory_mb(self) -> float:
         """`used_memory` from INFO memory, in MB."""
-        return int(self.client.info("memory")["used_memory"]) / 1e6
+        memory = cast(dict[str, Any], self.client.info("memory"))
+        return int(memory["used_memory"]) / 1e6
 
 
 @dataclass
@@ -127,7 +134,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     with running(embedded.command(), workdir / "redis.stdout") as process:
         client = redis.Redis(unix_socket_path=str(embedded.socket))
         try:
-            wait_until(lambda: redis_answers(client), process, "redis-server")
+            wait_until(lambda: redis_answers(client), process, workdir / "redis.stdout")
             yield RedisServer(embedded.url, process.pid, client)
         finally:
             client.close()
@@ -141,7 +148,7 @@ def hopper_server(workdir: Path) -> Iterator[HopperServer]:
     argv += ["--log-level", "WARNING"]
     workdir.mkdir(parents=True, exist_ok=True)
     with running(argv, workdir / "hopper.log", timeout=STOP_TIMEOUT + 5) as process:
-        wait_until(lambda: hopper_answers(port), process, "hopper")
+        wait_until(lambda: hopper_answers(port), process, workdir / "hopper.log")
         redis_pid = int((workdir / "redis.pid").read_text())
         client = redis.Redis(unix_socket_path=str(workdir / "redis.sock"))
         try:

@@ -14,11 +14,21 @@ from pathlib import Path
 from bench.probe import Probe
 from bench.produce import Timing
 from bench.results import Result, latency_ms, rate
-from bench.servers import ROOT, START_TIMEOUT, hopper_server, redis_server, running, scratch_dir
+from bench.servers import (
+    ROOT,
+    START_TIMEOUT,
+    hopper_server,
+    redis_server,
+    running,
+    scratch_dir,
+    tail,
+)
 from bench.systems import LATENCY_CONCURRENCY, Mode, System
 
 BATCH = 100  # jobs per batch call
-WORKER_STOP = 5.0  # seconds a worker gets to exit after SIGTERM
+WORKER_STOP = (
+    1.0  # seconds a worker gets to exit after SIGTERM before SIGKILL (its server goes too)
+)
 
 
 @dataclass(frozen=True)
@@ -55,10 +65,6 @@ def produce(system: System, where: Stage, *args: str, timeout: float) -> Timing:
             raise RuntimeError(f"producer exited with {process.returncode}: {tail(log)}")
     line = next(ln for ln in reversed(log.read_text().splitlines()) if ln.startswith("{"))
     return Timing(**json.loads(line))
-
-
-def tail(log: Path, lines: int = 5) -> str:
-    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def enqueue(system: System, batch: int, jobs: int, max_seconds: float) -> Result:

@@ -7,7 +7,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from bench.probe import record
 
-dramatiq.set_broker(RedisBroker(url=os.environ.get("BENCH_REDIS_URL")))
+dramatiq.set_broker(RedisBroker(url=os.environ.get("BENCH_REDIS_URL")))  # type: ignore[no-untyped-call]
 
 
 @dramatiq.actor

@@ -2,14 +2,14 @@
 
 import os
 
-from huey import RedisHuey
+from huey import RedisHuey  # type: ignore[import-untyped]
 
 from bench.probe import record
 
 huey = RedisHuey("bench", url=os.environ.get("BENCH_REDIS_URL"))
 
 
-@huey.task()
+@huey.task()  # type: ignore[untyped-decorator]
 def noop(sent: float) -> None:
     record(sent)
 
