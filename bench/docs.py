@@ -65,7 +65,9 @@ Produced by `make bench` (the harness in `bench/`); raw results in `bench/result
 - **Command**: `make bench` (`.venv-bench/bin/python -m bench`; `--quick` for a short run)
 - **Run**: {started:%Y-%m-%d %H:%M} UTC, {duration / 60:.1f} minutes
 - **Machine**: {machine["cpu"]}, {machine["cores"]} cores, {machine["memory"]}, Linux
-  {machine["kernel"]}, Python {machine["python"]}, redis-server {machine["redis_server"]}
+  {machine["kernel"]}, Python {machine["python"]}, redis-server {machine["redis_server"]}; load
+  average {machine["load_average"]} when the tables were written (other work on the box
+  shows here)
 - **Versions**: {versions} (pinned in `bench/requirements.txt`)
 
 {tables}

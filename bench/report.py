@@ -181,8 +181,19 @@ class Comparison:
 
 
 def comparisons(results: Sequence[Result]) -> dict[str, Comparison]:
+    """Hopper against the best peer, per figure; "end_to_end" is the headline (c=10 against
+    the best peer run at any concurrency), "end_to_end_cN" the same concurrency on both sides."""
     ok, best = measured(results), peers(results)
     latency = one(ok, "latency", system="hopper")
+    per_concurrency = {
+        f"end_to_end_c{c}": Comparison(
+            f"end to end c={c}, Hopper client async vs best peer at c={c}",
+            one(ok, "end_to_end", system="hopper", mode="async", concurrency=c),
+            fastest(select(best, "end_to_end", concurrency=c)),
+            "jobs_per_s",
+        )
+        for c in sorted({r.concurrency for r in select(ok, "end_to_end")})
+    }
     return {
         "end_to_end": Comparison(
             "end to end, Hopper client async c=10 vs best peer run",
@@ -190,6 +201,7 @@ def comparisons(results: Sequence[Result]) -> dict[str, Comparison]:
             fastest(select(best, "end_to_end")),
             "jobs_per_s",
         ),
+        **per_concurrency,
         "enqueue": Comparison(
             "enqueue, single jobs, one producer",
             one(ok, "enqueue", system="hopper", batch=1),
