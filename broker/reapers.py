@@ -1,6 +1,7 @@
 """Periodic loops: each one calls the manager with `now`, records its figures and sleeps.
 
-Every loop survives errors (Redis restarting, say): it logs and tries again next period.
+Every loop survives errors (Redis restarting, say, or a bug): it logs and tries again next
+period.
 Several broker processes may run these loops on one Redis; the scripts move each job once.
 """
 
@@ -27,6 +28,8 @@ async def every(interval: float, name: str, step: Step, manager: Manager) -> Non
             moved = await step(manager.clock())
         except BrokerError as exc:
             log.warning("%s loop: %s", name, exc)
+        except Exception:  # a bug must not stop the broker: log it and try again next period
+            log.exception("%s loop failed", name)
         else:
             manager.stats.record_task(name, moved, time.perf_counter() - started)
         await trio.sleep(interval)

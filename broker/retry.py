@@ -8,14 +8,19 @@ MAX_ERRTYPE = 100  # characters kept of a failure's errtype (reference limit)
 MAX_MESSAGE = 1000  # characters kept of a failure's message (reference limit)
 MAX_BACKTRACE = 50  # lines kept of a failure's backtrace (reference limit)
 
+MAX_DELAY = 180 * 86_400  # seconds: no retry is scheduled further out (a client may send any count)
+MAX_COUNT = 1_000  # failure counts above this all get MAX_DELAY (1000**4 s is far beyond it)
+
 RETRY = "retries"
 DEAD = "dead"
 DROP = ""
 
 
 def backoff(count: int, rng: random.Random) -> int:
-    """Seconds until the next attempt after failure number `count` (0-based), as Sidekiq does."""
-    return count**4 + 15 + rng.randrange(30) * (count + 1)
+    """Seconds until the next attempt after failure number `count` (0-based), as Sidekiq does,
+    never more than MAX_DELAY."""
+    count = min(max(count, 0), MAX_COUNT)
+    return min(count**4 + 15 + rng.randrange(30) * (count + 1), MAX_DELAY)
 
 
 def record_failure(job: Job, report: FailPayload, now: float) -> Failure:
