@@ -1,5 +1,10 @@
 """Coded errors: every error a client can see is a BrokerError rendered as `-CODE message`."""
 
+# Texts clients may act on (the bundled client does); keep them stable.
+SHUTTING_DOWN = "shutdown in progress"
+JID_IN_USE = "jid {} is already in use"
+JOB_NOT_FOUND = "Job not found {}"
+
 
 class BrokerError(Exception):
     """An error with a protocol code; rendered on the wire as `-CODE message`."""

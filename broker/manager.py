@@ -19,7 +19,7 @@ import trio
 from broker import retry
 from broker.config import Config
 from broker.doorbell import Doorbell
-from broker.errors import BrokerError, CommandError, Discard
+from broker.errors import JID_IN_USE, JOB_NOT_FOUND, BrokerError, CommandError, Discard
 from broker.jobs import (
     QUEUE_NAME,
     FailPayload,
@@ -110,7 +110,7 @@ class Manager:
                 stored = await self._store_jobs(queue, [entry for _, entry in chunk])
                 for (i, (jid, _, _)), ok in zip(chunk, stored, strict=True):
                     if not ok:
-                        outcomes[i] = CommandError(f"jid {jid} is already in use")
+                        outcomes[i] = CommandError(JID_IN_USE.format(jid))
         return outcomes
 
     async def _prepare(self, job: Job, now: float) -> tuple[str, bytes, str]:
@@ -276,9 +276,9 @@ class Manager:
         queue = queue or await self.store.queue_of(jid)
         payload = None if queue is None else await self.store.job(queue, jid)
         if queue is None or payload is None:
-            raise CommandError(f"Job not found {jid}")
+            raise CommandError(JOB_NOT_FOUND.format(jid))
         if not await self._fail(queue, jid, payload, report, now, wid, None):
-            raise CommandError(f"Job not found {jid}")
+            raise CommandError(JOB_NOT_FOUND.format(jid))
 
     async def _fail(
         self,

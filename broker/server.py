@@ -17,7 +17,7 @@ import trio
 from broker import protocol
 from broker.commands import Commands
 from broker.config import MAX_HELLO_BYTES, Config
-from broker.errors import BrokerError, ProtocolError
+from broker.errors import SHUTTING_DOWN, BrokerError, ProtocolError
 from broker.manager import Manager
 from broker.protocol import LineReader
 from broker.session import Session
@@ -26,7 +26,7 @@ from broker.sockets import RawStream, accept_forever, listen
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
-SHUTDOWN_REPLY = protocol.error("ERR shutdown in progress")
+SHUTDOWN_REPLY = protocol.error(f"ERR {SHUTTING_DOWN}")
 
 
 class Connection:

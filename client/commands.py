@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from broker.errors import JID_IN_USE, JOB_NOT_FOUND
 from broker.jobs import (
     Beat,
     FailPayload,
@@ -61,7 +62,7 @@ def _ok(reply: Reply, resent: bool) -> None:
 
 
 def _in_use(jid: str) -> str:
-    return f"jid {jid} is already in use"
+    return JID_IN_USE.format(jid)
 
 
 def push(job: Job) -> Call[str]:
@@ -102,7 +103,7 @@ def ack(jid: str) -> Call[None]:
 
 def fail(jid: str, errtype: str, message: str, backtrace: Iterable[str]) -> Call[None]:
     report = FailPayload(jid=jid, errtype=errtype, message=message, backtrace=list(backtrace))
-    not_found = f"Job not found {jid}"
+    not_found = JOB_NOT_FOUND.format(jid)
 
     def parse(reply: Reply, resent: bool) -> None:
         if not (resent and isinstance(reply, ServerError) and reply.message == not_found):

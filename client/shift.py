@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from broker.errors import JOB_NOT_FOUND
 from broker.jobs import Job
 from client.aio import AsyncClient
 from client.backoff import Backoff
@@ -23,7 +24,6 @@ log = logging.getLogger("client.worker")
 
 REPORT_TIMEOUT = 5.0  # seconds after the grace to deliver the last ACKs and FAILs
 REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
-NOT_FOUND = "Job not found"  # FAIL of a job whose reservation is gone
 RANK: dict[WorkerState, int] = {"running": 0, "quiet": 1, "terminate": 2}
 
 
@@ -190,7 +190,7 @@ class Shift:
                 await trio.sleep(lost.delay(exc))
             except ServerError as exc:
                 log.warning("worker %s: broker refused report of %s: %s", self.wid, job.jid, exc)
-                if exc.message.startswith(NOT_FOUND):
+                if exc.message.startswith(JOB_NOT_FOUND.format("")):
                     return  # its reservation expired: the broker has failed it already
                 try:
                     await trio.sleep(refused.delay(exc))

@@ -11,6 +11,7 @@ from typing import Literal
 import hiredis
 import msgspec
 
+from broker.errors import SHUTTING_DOWN
 from broker.jobs import Hello, encode
 from broker.session import password_hash
 from client.errors import AuthenticationError, ConnectionLost, ServerError
@@ -19,7 +20,6 @@ from client.url import Endpoint
 PROTOCOL_VERSION = 2
 READ_SIZE = 64 * 1024
 CRLF = b"\r\n"
-SHUTTING_DOWN = "shutdown in progress"  # the broker closes the connection after this reply
 
 Reply = bytes | None | ServerError
 """A simple or bulk string, the null bulk string, or an error reply (as a value)."""
