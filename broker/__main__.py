@@ -15,7 +15,6 @@ import trio
 from broker import __version__
 from broker.app import App
 from broker.config import FD_RESERVE, Config
-from broker.tls import server_context
 
 ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
@@ -76,7 +75,7 @@ def load_config(args: argparse.Namespace, env: dict[str, str]) -> Config:
 
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
-    app = App(config, ssl_context=server_context(config))
+    app = App(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -2,7 +2,6 @@
 one root nursery."""
 
 import logging
-import ssl
 import time
 
 import trio
@@ -18,6 +17,7 @@ from broker.stats import Stats
 from broker.store.connection import Address, Pipeline, Subscriber
 from broker.store.keys import PUSHED_CHANNEL
 from broker.store.redis import Store
+from broker.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,10 @@ class App:
         config: Config,
         *,
         chains: Chains | None = None,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.chains = chains or Chains()
-        self.ssl_context = ssl_context
+        self.ssl_context = server_context(config)
         self.redis_url = config.redis_url
         self.port = 0
         self.manager: Manager | None = None

@@ -9,7 +9,6 @@ import pytest
 import trio
 
 from broker.app import App
-from broker.tls import server_context
 from client import AsyncClient, AuthenticationError, Client, Worker
 from tests.conftest import StartBroker, test_config
 
@@ -61,7 +60,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 async def tls_broker(redis_url: str, certificate: tuple[Path, Path], nursery: trio.Nursery) -> App:
     config = test_config(redis_url, tls_cert=str(certificate[0]), tls_key=str(certificate[1]))
-    app = App(config, ssl_context=server_context(config))
+    app = App(config)
     await nursery.start(app.run)
     return app
 
