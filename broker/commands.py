@@ -49,14 +49,18 @@ class Commands:
         self.manager = manager
         self.clock = manager.clock
 
-    async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], bool]:
-        """Run commands in order: (their replies, whether END asked to close)."""
+    async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], int, bool]:
+        """Run commands in order: (their replies, how many ran, whether END asked to close).
+
+        Stops early rather than let a FETCH wait while replies are held back: the caller sends
+        them and calls again with the commands left.
+        """
         replies: list[bytes] = []
         i = 0
         while i < len(batch):
             command = batch[i]
             if command.verb == "END":
-                return replies, True
+                return replies, i, True
             runner = RUNS.get(command.verb)
             if runner is None:
                 replies.append(await self._reply(session, command))
@@ -66,12 +70,15 @@ class Commands:
             while end < len(batch) and _same_run(batch[end], command):
                 end += 1
             try:
-                replies += await runner(self, session, batch[i:end])
+                done = await runner(self, session, batch[i:end], not replies)
             except Exception:
                 log.exception("command %s failed", command.verb)
-                replies += [INTERNAL_ERROR] * (end - i)
-            i = end
-        return replies, False
+                done = [INTERNAL_ERROR] * (end - i)
+            replies += done
+            i += len(done)
+            if i < end:
+                break
+        return replies, i, False
 
     async def _reply(self, session: Session, command: Command) -> bytes:
         try:
@@ -82,7 +89,9 @@ class Commands:
             log.exception("command %s failed", command.verb)
             return INTERNAL_ERROR
 
-    async def push_run(self, session: Session, pushes: list[Command]) -> list[bytes]:
+    async def push_run(
+        self, session: Session, pushes: list[Command], may_wait: bool
+    ) -> list[bytes]:
         """Consecutive PUSHes: decode each, store them together, reply to each."""
         replies: list[bytes] = [protocol.OK] * len(pushes)
         jobs, positions = [], []
@@ -96,7 +105,7 @@ class Commands:
         _fill_errors(replies, positions, outcomes)
         return replies
 
-    async def ack_run(self, session: Session, acks: list[Command]) -> list[bytes]:
+    async def ack_run(self, session: Session, acks: list[Command], may_wait: bool) -> list[bytes]:
         """Consecutive ACKs: finished together, one reply each."""
         replies: list[bytes] = [protocol.OK] * len(acks)
         items: list[tuple[str, str | None]] = []
@@ -113,24 +122,25 @@ class Commands:
         _fill_errors(replies, positions, outcomes)
         return replies
 
-    async def fetch_run(self, session: Session, fetches: list[Command]) -> list[bytes]:
-        """Consecutive FETCHes of the same queues: reserved together while jobs are there;
-        each FETCH that finds nothing waits as a lone FETCH would."""
+    async def fetch_run(
+        self, session: Session, fetches: list[Command], may_wait: bool
+    ) -> list[bytes]:
+        """Consecutive FETCHes of the same queues: as many as there are jobs for now, served
+        together. The replies are for the first FETCHes only when jobs ran short; with
+        `may_wait` the first FETCH waits for a job as a lone FETCH does, otherwise there may
+        be no reply at all."""
         queues = fetches[0].arg.decode("utf-8", "replace").split()
-        replies: list[bytes] = []
-        while len(replies) < len(fetches):
-            wanted = len(fetches) - len(replies)
-            try:
-                found = await self.manager.fetch_many(queues, session.wid, self.clock(), wanted)
-            except BrokerError as exc:
-                replies.append(protocol.error(exc.render()))
-                continue
-            if not found:
-                replies.append(protocol.NULL)
-            for fetched in found:
-                session.remember(fetched.jid, fetched.queue)
-                replies.append(protocol.bulk(fetched.payload))
-        return replies
+        try:
+            found = await self.manager.fetch_many(
+                queues, session.wid, self.clock(), len(fetches), wait=may_wait
+            )
+        except BrokerError as exc:
+            return [protocol.error(exc.render())]
+        if not found:
+            return [protocol.NULL] if may_wait else []
+        for fetched in found:
+            session.remember(fetched.jid, fetched.queue)
+        return [protocol.bulk(fetched.payload) for fetched in found]
 
     async def dispatch(self, session: Session, command: Command) -> bytes:
         handler = TABLE.get(command.verb)
@@ -229,7 +239,7 @@ TABLE: dict[str, Handler] = {
     "MUTATE": Commands.mutate,
 }
 
-Run = Callable[[Commands, Session, list[Command]], Awaitable[list[bytes]]]
+Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]
 RUNS: dict[str, Run] = {
     "PUSH": Commands.push_run,
     "ACK": Commands.ack_run,

@@ -148,11 +148,11 @@ class Manager:
         return found[0] if found else None
 
     async def fetch_many(
-        self, queues: Sequence[str], wid: str, now: float, count: int
+        self, queues: Sequence[str], wid: str, now: float, count: int, *, wait: bool = True
     ) -> list[Fetched]:
-        """Reserve up to `count` jobs, queues in priority order; waits (up to fetch_timeout)
-        only while there is none. A quiet or terminating worker gets nothing, after the wait,
-        as the reference does.
+        """Reserve up to `count` jobs, queues in priority order; waits (up to fetch_timeout,
+        unless `wait` is False) only while there is none. A quiet or terminating worker gets
+        nothing, after the wait, as the reference does.
         """
         if not queues:
             raise CommandError("must call fetch with at least one queue")
@@ -160,11 +160,11 @@ class Manager:
             if queue not in self._known_queues:
                 check_queue_name(queue)
         if not self.workers.may_fetch(wid):
-            with trio.move_on_after(self.config.fetch_timeout):
+            with trio.move_on_after(self.config.fetch_timeout if wait else 0):
                 await self._closed.wait()
             return []
         found = await self._take(queues, wid, now, count)
-        if found:
+        if found or not wait:
             return found
         deadline = trio.current_time() + self.config.fetch_timeout
         while not self._closed.is_set():

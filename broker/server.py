@@ -19,7 +19,7 @@ from broker.commands import Commands
 from broker.config import MAX_HELLO_BYTES, Config
 from broker.errors import SHUTTING_DOWN, BrokerError, ProtocolError
 from broker.manager import Manager
-from broker.protocol import LineReader
+from broker.protocol import Command, LineReader
 from broker.session import Session
 from broker.sockets import RawStream, accept_forever, listen
 
@@ -184,20 +184,26 @@ class Server:
         self, stream: trio.abc.Stream, reader: LineReader, session: Session, conn: Connection
     ) -> None:
         replies: list[bytes] = []
+        batch: list[Command] = []
         while True:
-            batch = reader.commands()
+            if not batch:
+                batch = reader.commands()
+                self.stats.commands += len(batch)
             if batch:
                 conn.line_started = None
-                self.stats.commands += len(batch)
                 if self.closing:
                     await _send(stream, conn, b"".join([*replies, SHUTDOWN_REPLY]))
                     return
-                more, ended = await self.commands.run(session, batch)
+                more, done, ended = await self.commands.run(session, batch)
                 replies += more
+                batch = batch[done:]
                 if ended:
                     if replies:
                         await _send(stream, conn, b"".join(replies))
                     return
+                if batch and replies:  # what is left would wait: answer what is done first
+                    await _send(stream, conn, b"".join(replies))
+                    replies.clear()
                 continue
             if replies:
                 await _send(stream, conn, b"".join(replies))

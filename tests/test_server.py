@@ -356,3 +356,18 @@ async def test_pipelined_fetches_and_acks(broker: App, rdb: redis.Redis) -> None
     assert await other.call("ACK", {"jid": "jid-0001"}) == b"OK"  # found through the index
     info = json.loads(await w.call("INFO"))["faktory"]
     assert info["total_processed"] == 3 and info["sets"]["working"] == 0
+
+
+async def test_replies_are_not_held_behind_a_waiting_fetch(start_broker: StartBroker) -> None:
+    app = await start_broker(fetch_timeout=30)
+    w = await Wire.open(app.port, hello={"wid": "w1"})
+    pusher = await Wire.open(app.port, hello={})
+    await pusher.call("PUSH", job("jid-0001"))
+    await w.send(b"INFO\r\nFETCH default\r\nFETCH default\r\nFETCH default\r\n")
+    with trio.fail_after(5):
+        assert json.loads(await w.reply())["faktory"]["total_enqueued"] == 1
+        assert json.loads(await w.reply())["jid"] == "jid-0001"  # not held behind the waits
+        await pusher.call("PUSH", job("jid-0002"))
+        assert json.loads(await w.reply())["jid"] == "jid-0002"
+        await pusher.call("PUSH", job("jid-0003"))
+        assert json.loads(await w.reply())["jid"] == "jid-0003"
