@@ -80,24 +80,35 @@ async def test_huge_json_is_served(broker: App) -> None:
     assert json.loads(await w.call("INFO"))["faktory"]["queues"]["default"] == 20_000
 
 
+DEEP_PUSH = pytest.mark.xfail(
+    strict=True,
+    reason="commands.py answers a RecursionError from the job decoder with -ERR internal error "
+    "(and a logged traceback), not an invalid JSON error",
+)
+
+
 @pytest.mark.parametrize(
     ("verb", "template"),
     [
-        ("PUSH", '{"jid":"deep-0001","jobtype":"x","args":%s}'),
-        ("PUSH", '{"jid":"deep-0002","jobtype":"x","args":[],"custom":{"a":%s}}'),
-        ("PUSHB", '[{"jid":"deep-0003","jobtype":"x","args":%s}]'),
+        pytest.param("PUSH", '{"jid":"deep-0001","jobtype":"x","args":%s}', marks=DEEP_PUSH),
+        pytest.param(
+            "PUSH", '{"jid":"deep-0002","jobtype":"x","args":[],"custom":{"a":%s}}', marks=DEEP_PUSH
+        ),
+        pytest.param("PUSHB", '[{"jid":"deep-0003","jobtype":"x","args":%s}]', marks=DEEP_PUSH),
         ("ACK", '{"jid":%s}'),
         ("FAIL", '{"jid":"deep-0004","backtrace":%s}'),
         ("BEAT", '{"wid":%s}'),
         ("MUTATE", '{"cmd":"kill","target":"dead","filter":{"jids":%s}}'),
     ],
+    ids=["push-args", "push-custom", "pushb", "ack", "fail", "beat", "mutate"],
 )
 async def test_deeply_nested_json_gets_an_error(broker: App, verb: str, template: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     deep = "[" * 100_000 + "]" * 100_000
-    with pytest.raises(WireError, match=r"^ERR "):
+    with pytest.raises(WireError, match=r"^ERR ") as refused:
         await w.call(verb, template % deep)
     assert await w.call("PUSH", job("after-0001")) == b"OK"  # the connection carries on
+    assert "internal error" not in str(refused.value)  # a clear answer
 
 
 # -- slow clients -------------------------------------------------------------------------------
