@@ -69,6 +69,7 @@ class Server:
         self.connections: set[Connection] = set()
         self.closing = False
         self._accepting = trio.CancelScope()
+        self._hashing = trio.CapacityLimiter(1)  # password checks: one thread, the loop free
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen until begin_shutdown(); then give open connections the grace period to finish.
@@ -170,7 +171,10 @@ class Server:
                     return False
                 reader.feed(data)
             try:
-                session.handshake(command)
+                if session.password:  # thousands of hash rounds: keep them off the event loop
+                    await trio.to_thread.run_sync(session.handshake, command, limiter=self._hashing)
+                else:
+                    session.handshake(command)
             except ProtocolError as exc:
                 log.debug("handshake refused: %s", exc)
                 return False

@@ -9,7 +9,7 @@ import resource
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
@@ -18,7 +18,7 @@ from broker.app import App
 from chaos.figures import record
 from chaos.load import wait_for
 from chaos.marks import CHAOS
-from tests.conftest import StartBroker, eventually, free_port
+from tests.conftest import BrokerProcess, StartBroker, eventually, free_port
 from tests.wire import Wire, WireError, job
 
 MiB = 1024 * 1024
@@ -175,6 +175,36 @@ async def test_a_client_that_reads_nothing_is_dropped(start_broker: StartBroker)
 
 async def no_connections(port: int) -> bool:
     return await connections(port) == 0
+
+
+async def test_a_flood_of_bad_passwords_does_not_stall_others(
+    broker_process: Callable[..., BrokerProcess],
+) -> None:
+    """Each HELLO costs thousands of hash rounds; they run beside the event loop, not on it."""
+    broker = broker_process("--password", "pw")
+    good = await Wire.open(broker.port, hello={}, password="pw")
+    slowest = 0.0
+
+    async def bad_hellos(done: trio.Event) -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError, trio.BrokenResourceError, EOFError, WireError):
+                w = await Wire.open(broker.port)
+                try:
+                    await w.call("HELLO", {"v": 2, "pwdhash": "0" * 64})
+                finally:
+                    await w.aclose()
+
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for _ in range(400):
+            nursery.start_soon(bad_hellos, done)
+        for _ in range(40):
+            started = trio.current_time()
+            assert await good.call("INFO")
+            slowest = max(slowest, trio.current_time() - started)
+            await trio.sleep(0.05)
+        done.set()
+    assert slowest < 0.3, slowest
 
 
 # -- many connections ---------------------------------------------------------------------------
