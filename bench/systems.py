@@ -121,8 +121,13 @@ SYSTEMS = (
         "redis",
         batch=True,
         modes=(
-            Mode("Worker (fork)", RQ, concurrencies=(1,), jobs_scale=0.1),
-            Mode("SimpleWorker", RQ + " -w rq.worker.SimpleWorker", concurrencies=(1,)),
+            Mode("Worker (fork)", RQ, concurrencies=(1,), jobs_scale=0.05),
+            Mode(
+                "SimpleWorker",
+                RQ + " -w rq.worker.SimpleWorker",
+                concurrencies=(1,),
+                jobs_scale=0.5,
+            ),
         ),
         fast="SimpleWorker",
     ),
