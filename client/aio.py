@@ -11,6 +11,7 @@ from client.base import ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.errors import ConnectionLost
 from client.jobs import At, make_job
+from client.pipeline import AsyncPipeline
 from client.transports import Stream, open_stream, sleep
 from client.url import Endpoint
 from client.wire import Identity, Reply, ReplyReader, check_welcome, hello_line
@@ -48,13 +49,29 @@ class AsyncConnection:
         await self._stream.send(line)
         return await self.read()
 
+    async def send(self, data: bytes) -> None:
+        """Send command lines; their replies are read with `read()` or `replies()`."""
+        await self._stream.send(data)
+
     async def read(self) -> Reply:
         while (reply := self._replies.next_reply()) is False:
-            received = await self._stream.receive(self._timeout)
-            if not received:
-                raise ConnectionLost("the broker closed the connection")
-            self._replies.feed(received)
+            await self._receive()
         return reply
+
+    async def replies(self) -> list[Reply]:
+        """The replies received so far, waiting for one if there is none."""
+        while (reply := self._replies.next_reply()) is False:
+            await self._receive()
+        found = [reply]
+        while (reply := self._replies.next_reply()) is not False:
+            found.append(reply)
+        return found
+
+    async def _receive(self) -> None:
+        received = await self._stream.receive(self._timeout)
+        if not received:
+            raise ConnectionLost("the broker closed the connection")
+        self._replies.feed(received)
 
     def close(self) -> None:
         self._stream.close()
@@ -72,9 +89,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
         while True:
             conn = None
             try:
-                conn = self._take_idle() or await AsyncConnection.open(
-                    self, self.endpoint, self.identity
-                )
+                conn = self._take_idle() or await self._open()
                 reply = await conn.request(call.line)
             except ConnectionLost as exc:
                 if conn is not None:
@@ -88,6 +103,15 @@ class AsyncClient(ClientBase[AsyncConnection]):
                 raise
             self._give(conn)
             return call.parse(reply, backoff.attempts > 0)
+
+    async def _open(self) -> AsyncConnection:
+        """A new connection, handshake done (not from the pool)."""
+        return await AsyncConnection.open(self, self.endpoint, self.identity)
+
+    def pipeline(self) -> AsyncPipeline:
+        """Push without waiting for each reply: `async with client.pipeline() as pipe:`,
+        `await pipe.push(...)`; refused jobs are in `pipe.refused` at the end."""
+        return AsyncPipeline(self)
 
     async def push(
         self,
@@ -119,8 +143,10 @@ class AsyncClient(ClientBase[AsyncConnection]):
         return await self._call(commands.push(job))
 
     async def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
-        """Push jobs in one PUSHB; returns {jid: error} of the refused."""
-        return await self._call(commands.push_bulk(list(jobs)))
+        """Push jobs (in PUSHB lines written together); returns {jid: error} of the refused."""
+        async with self.pipeline() as pipe:
+            await pipe.push_bulk(jobs)
+        return pipe.refused
 
     async def fetch(self, *queues: str) -> Job | None:
         """Reserve the next job of the first non-empty queue; None after the broker's wait."""

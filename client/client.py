@@ -13,6 +13,7 @@ from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.connection import Connection
 from client.errors import ConnectionLost
 from client.jobs import At, make_job
+from client.pipeline import Pipeline
 
 T = TypeVar("T")
 
@@ -56,6 +57,11 @@ class Client(ClientBase[Connection]):
             ssl_context=self.ssl_context,
         )
 
+    def pipeline(self) -> Pipeline:
+        """Push without waiting for each reply: `with client.pipeline() as pipe:`,
+        `pipe.push(...)`; refused jobs are in `pipe.refused` at the end (see Pipeline)."""
+        return Pipeline(self)
+
     def push(
         self,
         jobtype: str,
@@ -86,8 +92,11 @@ class Client(ClientBase[Connection]):
         return self._call(commands.push(job))
 
     def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
-        """Push jobs built with `make_job` in one PUSHB; returns {jid: error} of the refused."""
-        return self._call(commands.push_bulk(list(jobs)))
+        """Push jobs built with `make_job` (in PUSHB lines written together); returns
+        {jid: error} of the refused."""
+        with self.pipeline() as pipe:
+            pipe.push_bulk(jobs)
+        return pipe.refused
 
     def fetch(self, *queues: str) -> Job | None:
         """Reserve the next job of the first non-empty queue; None after the broker's wait."""

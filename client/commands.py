@@ -65,13 +65,34 @@ def _in_use(jid: str) -> str:
     return JID_IN_USE.format(jid)
 
 
+def _refusal(jid: str, reply: Reply, resent: bool) -> ServerError | None:
+    """The error a PUSH reply carries, if it counts: a resent PUSH that finds its jid taken
+    was pushed by its first attempt."""
+    if not isinstance(reply, ServerError) or (resent and reply.message == _in_use(jid)):
+        return None
+    return reply
+
+
 def push(job: Job) -> Call[str]:
     jid = job.jid
 
     def parse(reply: Reply, resent: bool) -> str:
-        if not (resent and isinstance(reply, ServerError) and reply.message == _in_use(jid)):
-            value(reply)
+        if error := _refusal(jid, reply, resent):
+            raise error
         return jid
+
+    return Call(b"PUSH " + encode(job) + CRLF, parse)
+
+
+def pipelined_push(job: Job) -> Call[dict[str, str]]:
+    """PUSH whose reply reads as PUSHB's: {jid: error} when refused, else {}."""
+    jid = job.jid
+
+    def parse(reply: Reply, resent: bool) -> dict[str, str]:
+        if error := _refusal(jid, reply, resent):
+            text = error.message if error.code == "ERR" else f"{error.code} {error.message}"
+            return {jid: text}
+        return {}
 
     return Call(b"PUSH " + encode(job) + CRLF, parse)
 

@@ -49,11 +49,15 @@ class Connection:
 
     def request(self, line: bytes) -> Reply:
         """Send one command line and return its reply."""
+        self.send(line)
+        return self.read()
+
+    def send(self, data: bytes) -> None:
+        """Send command lines; their replies are read with `read()`."""
         try:
-            self._sock.sendall(line)
+            self._sock.sendall(data)
         except OSError as exc:
             raise ConnectionLost(f"cannot send to the broker: {exc}") from exc
-        return self.read()
 
     def read(self) -> Reply:
         """The next reply, waiting up to the socket's timeout for its bytes."""

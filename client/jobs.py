@@ -4,7 +4,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from broker.jobs import DEFAULT_QUEUE, Job, format_time
 
@@ -12,6 +12,17 @@ JID_BYTES = 12  # 16 URL-safe characters, like the Go client's jids
 
 At = datetime | timedelta | str | None
 """When to run a job: a datetime (naive means local time), a delay, or an RFC3339 string."""
+
+
+class JobOptions(TypedDict, total=False):
+    """The keyword arguments of `make_job` after `jobtype` and `args`."""
+
+    queue: str
+    at: At
+    retry: int | None
+    reserve_for: int | None
+    custom: dict[str, Any] | None
+    jid: str | None
 
 
 def new_jid() -> str:

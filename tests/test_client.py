@@ -92,6 +92,31 @@ async def test_push_bulk_reports_refused_jids(broker: App) -> None:
     assert len(fetched) == 51
 
 
+async def test_pipeline_confirms_every_push_and_reports_refusals_per_jid(
+    broker: App, rdb: redis.Redis
+) -> None:
+    def work() -> tuple[list[str], dict[str, str], dict[str, str]]:
+        with Client(url(broker), max_idle=1) as client:
+            with client.pipeline() as pipe:  # more than a write's and a window's worth
+                jids = [pipe.push("work", [n], jid=f"piped-{n:04}") for n in range(450)]
+                pipe.push("work", jid="piped-0007")
+                pipe.push("work", queue="bad queue!", jid="bad-queue-1")
+                jids.append(pipe.push("work", custom={"last": True}))
+            bulk = [make_job("work", [n], queue="bulk") for n in range(2500)]
+            twin = make_job("work", queue="bulk", jid=bulk[1234].jid)
+            refused = client.push_bulk([*bulk, twin])
+            assert client.fetch("empty-queue") is None  # the pooled connection is in sync
+            return jids, pipe.refused, refused
+
+    jids, refused, bulk_refused = await in_thread(work)
+    assert refused.keys() == {"piped-0007", "bad-queue-1"}
+    assert refused["piped-0007"] == "jid piped-0007 is already in use"
+    assert "queue names must match" in refused["bad-queue-1"]
+    assert sorted(rdb.lrange(DEFAULT.queue, 0, -1)) == sorted(jids)
+    assert list(bulk_refused.values()) == [f"jid {next(iter(bulk_refused))} is already in use"]
+    assert rdb.llen(QueueKeys("bulk").queue) == 2500
+
+
 async def test_error_replies_raise_server_error_and_keep_the_connection(broker: App) -> None:
     def work() -> None:
         with Client(url(broker), max_idle=1) as client:

@@ -72,6 +72,22 @@ async def test_trio_concurrent_tasks_share_one_client(broker: App) -> None:
     assert len(set(jids)) == 50
 
 
+async def test_pipeline_on_trio_and_asyncio(broker: App, rdb: redis.Redis) -> None:
+    async def pipeline() -> dict[str, str]:
+        async with AsyncClient(url(broker)) as client:
+            async with client.pipeline() as pipe:
+                for n in range(150):
+                    await pipe.push("piped", [n], queue="piped")
+                await pipe.push_bulk(make_job("piped", [n], queue="piped") for n in range(50))
+                await pipe.push("piped", queue="bad queue!", jid="bad-queue-1")
+            return pipe.refused
+
+    refused = await pipeline()
+    assert list(refused) == ["bad-queue-1"] and rdb.llen(QueueKeys("piped").queue) == 200
+    assert await trio.to_thread.run_sync(asyncio.run, pipeline()) == refused
+    assert rdb.llen(QueueKeys("piped").queue) == 400
+
+
 async def test_cancelled_fetch_leaves_the_client_usable(broker: App) -> None:
     async with AsyncClient(url(broker), max_idle=1) as client:
         with trio.move_on_after(0.05):

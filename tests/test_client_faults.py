@@ -110,6 +110,22 @@ async def test_commands_resent_after_a_lost_reply_take_effect_once(
     assert rdb.llen(DEFAULT.queue) == 1
 
 
+async def test_pipelined_pushes_resent_after_a_lost_reply_land_once(
+    proxy: Proxy, rdb: redis.Redis
+) -> None:
+    def work() -> dict[str, str]:
+        with Client(via(proxy)) as client:
+            proxy.drop_reply_to = b"PUSH "  # the connection dies with replies unread
+            with client.pipeline() as pipe:
+                for n in range(300):
+                    pipe.push("work", [n])
+            assert proxy.drop_reply_to is None
+            return pipe.refused
+
+    assert await trio.to_thread.run_sync(work) == {}
+    assert rdb.llen(DEFAULT.queue) == 300
+
+
 async def test_async_client_reconnects_after_the_network_drops(proxy: Proxy) -> None:
     async with AsyncClient(via(proxy)) as client:
         await client.push("work")
