@@ -32,8 +32,8 @@ METHOD = """\
 - **2. End to end**: the worker is up and idle; one producer pushes N jobs (with the bulk
   call where there is one, else one by one) while the worker drains them; the rate is N over
   the time from the first push to the start of the last job. `*` marks a run cut by the time
-  limit (rate of the jobs done by then); rq's forking Worker and the faktory process pool get
-  fewer jobs.
+  limit, 20 s after the last push (its rate is that of the jobs done by then); rq's workers and
+  the faktory process pool get fewer jobs (20,000 × 0.05, 0.5 and 0.5).
 - **3. Latency**: single pushes at a steady 1,000 jobs/s (open loop) to an idle worker in its
   fastest mode at c=10 (rq: c=1); latency = job start − `sent`, p50 and p99.
 - **4. Depth** (Hopper): 1,000,000 jobs pushed by PUSHB over 4 raw connections; then broker

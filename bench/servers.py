@@ -4,6 +4,7 @@ Every process is started in its own session (so its whole process group can be s
 and stopped in a `finally`: SIGTERM, a wait, then SIGKILL to the group.
 """
 
+import functools
 import os
 import signal
 import socket
@@ -20,15 +21,16 @@ import redis
 
 from broker.redis_server import EmbeddedRedis
 
+Popen = subprocess.Popen[bytes]
+
 ROOT = Path(__file__).resolve().parent.parent
 HOPPER = ROOT / ".venv" / "bin" / "hopper"  # the broker as `make run` installs it
 START_TIMEOUT = 15.0  # seconds for a server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for a process group to exit after SIGTERM
+START_ATTEMPTS = 3  # tries to start a broker
 
 
-def spawn(
-    argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> Popen:
     """Start `argv` in a new session, stdout and stderr to `log`."""
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -42,7 +44,7 @@ def spawn(
         )
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+def stop(process: Popen, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM the process, wait, then SIGKILL its whole process group (children included)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -59,7 +61,7 @@ def running(
     log: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = STOP_TIMEOUT,
-) -> Iterator[subprocess.Popen[bytes]]:
+) -> Iterator[Popen]:
     """A process that is stopped (with its group) on leaving the block."""
     process = spawn(argv, log, env)
     try:
@@ -68,7 +70,7 @@ def running(
         stop(process, timeout)
 
 
-def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
+def wait_until(ready: Callable[[], bool], process: Popen, log: Path) -> None:
     """Poll `ready()` until true; fail if the process exits or START_TIMEOUT passes."""
     deadline = time.monotonic() + START_TIMEOUT
     while not ready():
@@ -140,22 +142,35 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
             client.close()
 
 
+def start_hopper(workdir: Path, attempts: int = START_ATTEMPTS) -> tuple[Popen, int]:
+    """`hopper run` on a free loopback port; tried again on a new port if it exits at start
+    (another process may take the port between free_port() and the broker's bind)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log, port = workdir / "hopper.log", free_port()
+    argv = [str(HOPPER), "run", "--bind", f"127.0.0.1:{port}", "--data-dir", str(workdir)]
+    process = spawn([*argv, "--log-level", "WARNING"], log)
+    try:
+        wait_until(functools.partial(hopper_answers, port), process, log)
+    except RuntimeError:
+        stop(process)
+        if attempts <= 1:
+            raise
+        return start_hopper(workdir, attempts - 1)
+    return process, port
+
+
 @contextmanager
 def hopper_server(workdir: Path) -> Iterator[HopperServer]:
-    """Start `hopper run` on a free loopback port with its embedded Redis in `workdir`."""
-    port = free_port()
-    argv = [str(HOPPER), "run", "--bind", f"127.0.0.1:{port}", "--data-dir", str(workdir)]
-    argv += ["--log-level", "WARNING"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    with running(argv, workdir / "hopper.log", timeout=STOP_TIMEOUT + 5) as process:
-        wait_until(lambda: hopper_answers(port), process, workdir / "hopper.log")
+    """A Hopper broker with its embedded Redis in `workdir`, stopped on leaving the block."""
+    process, port = start_hopper(workdir)
+    client = redis.Redis(unix_socket_path=str(workdir / "redis.sock"))
+    try:
         redis_pid = int((workdir / "redis.pid").read_text())
-        client = redis.Redis(unix_socket_path=str(workdir / "redis.sock"))
-        try:
-            url = f"unix://{workdir / 'redis.sock'}"
-            yield HopperServer(port, process.pid, RedisServer(url, redis_pid, client))
-        finally:
-            client.close()
+        url = f"unix://{workdir / 'redis.sock'}"
+        yield HopperServer(port, process.pid, RedisServer(url, redis_pid, client))
+    finally:
+        client.close()
+        stop(process, STOP_TIMEOUT + 5)
 
 
 @contextmanager
