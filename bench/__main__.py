@@ -154,7 +154,7 @@ def main() -> None:
     tables = report.tables(results, size.concurrencies)
     if complete:
         chart.draw(results, size.concurrencies, ROOT / "docs" / "benchmarks.png")
-        docs.write(ROOT / "docs" / "benchmarks.md", tables, duration, started)
+        docs.write(ROOT / "docs" / "benchmarks.md", tables, asdict(size), duration, started)
     print(tables)
     print(f"\nresults: {out.relative_to(ROOT)}; {duration:.0f} s")
     print(report.summary_line(figures))

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from bench.machine import describe
 from bench.systems import SYSTEMS
@@ -29,18 +30,19 @@ METHOD = """\
   (`bench/peers/*.py`, `bench/hopper_client.py`, `bench/hopper_faktory.py`).
 - **1. Enqueue**: one producer, no worker, as many jobs as it can push in a few seconds;
   single calls, and the documented bulk call in batches of 100 where the library has one.
-- **2. End to end**: the worker is up and idle; one producer pushes N jobs (with the bulk
-  call where there is one, else one by one) while the worker drains them; the rate is N over
-  the time from the first push to the start of the last job. `*` marks a run cut by the time
-  limit, 20 s after the last push (its rate is that of the jobs done by then); rq's workers and
-  the faktory process pool get fewer jobs (20,000 × 0.05, 0.5 and 0.5).
-- **3. Latency**: single pushes at a steady 1,000 jobs/s (open loop) to an idle worker in its
-  fastest mode at c=10 (rq: c=1); latency = job start − `sent`, p50 and p99.
-- **4. Depth** (Hopper): 1,000,000 jobs pushed by PUSHB over 4 raw connections; then broker
-  RSS (`VmRSS`), Redis `used_memory` and RSS, and the FETCH+ACK round trip of one worker
-  connection with the queue that deep.
-- **5. Connections** (Hopper): 2,000 connections that said HELLO and nothing else, and one
-  working connection timing PUSH+FETCH+ACK cycles; broker RSS with them.
+- **2. End to end**: the worker is up and idle; one producer pushes N = {end_to_end_jobs:,}
+  jobs (with the bulk call where there is one, else one by one) while the worker drains them;
+  the rate is N over the time from the first push to the start of the last job. `*` marks a
+  run cut by the time limit, {timeout:.0f} s after the last push (its rate is that of the jobs
+  done by then); rq's workers and the faktory process pool get N × 0.05, 0.5 and 0.5 jobs.
+- **3. Latency**: single pushes at a steady 1,000 jobs/s for {latency_seconds:.0f} s (open
+  loop) to an idle worker in its fastest mode at c=10 (rq: c=1); latency = job start − `sent`,
+  p50 and p99.
+- **4. Depth** (Hopper): {depth_jobs:,} jobs pushed by PUSHB over 4 raw connections; then
+  broker RSS (`VmRSS`), Redis `used_memory` and RSS, and the FETCH+ACK round trip of one
+  worker connection with the queue that deep.
+- **5. Connections** (Hopper): {idle_connections:,} connections that said HELLO and nothing
+  else, and one working connection timing PUSH+FETCH+ACK cycles; broker RSS with them.
 - **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
   shape of the client the reference Faktory figures were taken with), and the server CPU
   (broker + Redis) per job from `/proc`. The reference column is the Go server measured
@@ -51,7 +53,10 @@ METHOD = """\
 """
 
 
-def write(path: Path, tables: str, duration: float, started: datetime) -> None:
+def write(
+    path: Path, tables: str, size: dict[str, Any], duration: float, started: datetime
+) -> None:
+    """Rewrite the page; `size` holds the job counts and limits the run used."""
     machine = describe()
     versions = ", ".join(f"{s.name} {s.version}" for s in SYSTEMS)
     path.write_text(
@@ -72,5 +77,5 @@ Produced by `make bench` (the harness in `bench/`); raw results in `bench/result
 
 {tables}
 
-{METHOD}"""
+{METHOD.format(**size)}"""
     )
