@@ -114,15 +114,18 @@ encode = encoder.encode
 def decode_pushed(data: bytes) -> Job:
     """Decode one pushed job; a top-level `null` means "not given", as in the reference.
 
-    Raises msgspec.DecodeError (of which ValidationError is a kind) for anything else amiss.
+    Raises msgspec.DecodeError (of which ValidationError is a kind) for anything else amiss,
+    JSON nested too deeply to decode included.
     """
     try:
         return job_decoder.decode(data)
     except msgspec.ValidationError:
-        value = msgspec.json.decode(data)
+        value = _decode_any(data)
         if not isinstance(value, dict):
             raise
         return msgspec.convert(_without_nulls(value), Job)
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def decode_pushed_many(data: bytes) -> list[Job]:
@@ -130,10 +133,23 @@ def decode_pushed_many(data: bytes) -> list[Job]:
     try:
         return jobs_decoder.decode(data)
     except msgspec.ValidationError:
-        value = msgspec.json.decode(data)
+        value = _decode_any(data)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise
         return msgspec.convert([_without_nulls(v) for v in value], list[Job])
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _decode_any(data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> msgspec.DecodeError:
+    return msgspec.DecodeError("JSON is nested too deeply")
 
 
 def _without_nulls(fields: dict[str, Any]) -> dict[str, Any]:

@@ -157,3 +157,11 @@ def test_top_level_nulls_mean_not_given() -> None:
 def test_decode_pushed_still_refuses_wrong_types(text: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         decode_pushed(text)
+
+
+def test_too_deep_json_is_a_decode_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(msgspec.DecodeError, match="nested too deeply"):
+        decode_pushed(b'{"jid":"12345678","jobtype":"a","args":' + deep + b"}")
+    with pytest.raises(msgspec.DecodeError, match="nested too deeply"):
+        decode_pushed_many(b'[{"jid":"12345678","jobtype":"a","args":' + deep + b"}]")

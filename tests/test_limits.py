@@ -80,21 +80,12 @@ async def test_huge_json_is_served(broker: App) -> None:
     assert json.loads(await w.call("INFO"))["faktory"]["queues"]["default"] == 20_000
 
 
-DEEP_PUSH = pytest.mark.xfail(
-    strict=True,
-    reason="commands.py answers a RecursionError from the job decoder with -ERR internal error "
-    "(and a logged traceback), not an invalid JSON error",
-)
-
-
 @pytest.mark.parametrize(
     ("verb", "template"),
     [
-        pytest.param("PUSH", '{"jid":"deep-0001","jobtype":"x","args":%s}', marks=DEEP_PUSH),
-        pytest.param(
-            "PUSH", '{"jid":"deep-0002","jobtype":"x","args":[],"custom":{"a":%s}}', marks=DEEP_PUSH
-        ),
-        pytest.param("PUSHB", '[{"jid":"deep-0003","jobtype":"x","args":%s}]', marks=DEEP_PUSH),
+        ("PUSH", '{"jid":"deep-0001","jobtype":"x","args":%s}'),
+        ("PUSH", '{"jid":"deep-0002","jobtype":"x","args":[],"custom":{"a":%s}}'),
+        ("PUSHB", '[{"jid":"deep-0003","jobtype":"x","args":%s}]'),
         ("ACK", '{"jid":%s}'),
         ("FAIL", '{"jid":"deep-0004","backtrace":%s}'),
         ("BEAT", '{"wid":%s}'),
