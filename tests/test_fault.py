@@ -376,6 +376,26 @@ def test_redis_sigkill_under_load(
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="commands.py logs each command that failed with RedisUnavailable at ERROR with a "
+    "traceback (a thousand per outage) although the client gets the plain error",
+)
+def test_a_redis_outage_logs_no_tracebacks(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    broker = broker_process(*FAST_ARGS, "--data-dir", str(tmp_path), embedded=True)
+    with Load(broker.port, workers=1, prefix="ol") as load:
+        wait_for(load.progress(100), 30, "progress")
+        pid = redis_pid(tmp_path)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: redis_pid(tmp_path) not in (0, pid), 30, "redis-server restarted")
+        wait_for(load.progress(100), 30, "progress after the restart")
+    assert load.ledger.errors["ERR redis unavailable:"] > 0
+    assert broker.stop() == 0
+    assert "Traceback" not in broker.log.read_text()
+
+
 # -- several brokers reaping one Redis ----------------------------------------------------------
 
 

@@ -221,6 +221,7 @@ def test_glob_matching_is_not_exponential() -> None:
 # -- the socket fuzzer --------------------------------------------------------------------------
 
 REPLY_DEADLINE = 10.0  # seconds for the replies to one frame (FETCH waits 0.1 s)
+BEAT_INTERVAL = 5.0  # seconds between a fuzzing worker's own heartbeats
 GOOD_QUEUE = "well-behaved"
 CORPUS = [
     b'PUSH {"jid":"fz-00000001","jobtype":"x","args":[1,"two",{"3":[4]}],"queue":"fz"}',
@@ -307,18 +308,19 @@ class Tally:
 
 
 async def fuzz_connection(port: int, rng: random.Random, frames: int, tally: Tally) -> None:
-    """Open, say HELLO (sometimes a mutated one), send frames and check each reply, reconnecting
-    after END or a refused handshake."""
+    """Open, say HELLO, send frames and check each reply, reconnecting after END. One connection
+    in ten sends a mutated HELLO instead, checks the answer and reconnects. A worker connection
+    beats every BEAT_INTERVAL, as workers do (else it is dropped after worker_ttl)."""
     sent = 0
     while sent < frames:
         w = Wire(await trio.open_tcp_stream("127.0.0.1", port))
         try:
             with trio.fail_after(REPLY_DEADLINE):
                 assert (await w.reply()).startswith(b"HI ")
-                hello = b'HELLO {"v":2,"wid":"fz%d"}' % rng.randrange(5)
-                if rng.random() < 0.1:
-                    hello = mutate(rng, hello)
-                await w.send(hello + b"\r\n")
+                wid = b"fz%d" % rng.randrange(5)
+                hello = b'HELLO {"v":2,"wid":"%s"}' % wid
+                mutated = rng.random() < 0.1
+                await w.send((mutate(rng, hello) if mutated else hello) + b"\r\n")
                 tally.frames += 1
                 sent += 1
                 try:
@@ -326,7 +328,14 @@ async def fuzz_connection(port: int, rng: random.Random, frames: int, tally: Tal
                 except (WireError, EOFError, AssertionError):
                     tally.handshakes_refused += 1
                     continue
+                if mutated:
+                    continue
+            beat_at = trio.current_time() + BEAT_INTERVAL
             while sent < frames:
+                if trio.current_time() > beat_at:
+                    beat_at = trio.current_time() + BEAT_INTERVAL
+                    with trio.fail_after(REPLY_DEADLINE):
+                        await w.call("BEAT", {"wid": wid.decode()})
                 lines = frame(rng)
                 await w.send(b"".join(line + b"\n" for line in lines))
                 tally.frames += 1
@@ -373,10 +382,14 @@ async def test_socket_fuzzer_with_a_well_behaved_client(
     async def well_behaved(done: trio.Event) -> None:
         nonlocal rounds, slowest
         w = await Wire.open(broker.port, hello={"wid": "good"})
+        beat_at = trio.current_time() + BEAT_INTERVAL
         while not done.is_set():
             started = trio.current_time()
             jid = f"good-{rounds:08d}"
             with trio.fail_after(REPLY_DEADLINE):
+                if started > beat_at:
+                    beat_at = started + BEAT_INTERVAL
+                    assert await w.call("BEAT", {"wid": "good"}) == b"OK"
                 assert await w.call("PUSH", job(jid, queue=GOOD_QUEUE)) == b"OK"
                 assert json.loads(await w.call("FETCH", GOOD_QUEUE))["jid"] == jid
                 assert await w.call("ACK", {"jid": jid}) == b"OK"

@@ -102,6 +102,31 @@ async def test_deeply_nested_json_gets_an_error(broker: App, verb: str, template
     assert "internal error" not in str(refused.value)  # a clear answer
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 in a string; "
+    "commands.py answers -ERR internal error and logs a traceback",
+)
+@pytest.mark.parametrize(
+    ("verb", "arg"),
+    [
+        ("PUSH", b'{"jid":"bad-\xb0-0001","jobtype":"x","args":[]}'),
+        ("PUSHB", b'[{"jid":"bad-0002","jobtype":"x","args":["\xff"]}]'),
+        ("ACK", b'{"jid":"\xed\xa0\x80"}'),
+        ("FAIL", b'{"jid":"bad-0003","message":"\xc3"}'),
+        ("BEAT", b'{"wid":"\xb0"}'),
+        ("MUTATE", b'{"cmd":"kill","target":"dead","filter":{"regexp":"\xb0"}}'),
+    ],
+    ids=["push", "pushb", "ack", "fail", "beat", "mutate"],
+)
+async def test_invalid_utf8_gets_a_json_error(broker: App, verb: str, arg: bytes) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    with pytest.raises(WireError, match=r"^ERR ") as refused:
+        await w.call(verb, arg)
+    assert await w.call("PUSH", job("after-0001")) == b"OK"  # the connection carries on
+    assert "internal error" not in str(refused.value)
+
+
 # -- slow clients -------------------------------------------------------------------------------
 
 
