@@ -16,6 +16,7 @@ from broker.errors import BrokerError, CommandError
 from broker.jobs import (
     ack_decoder,
     beat_decoder,
+    decode_input,
     decode_pushed,
     decode_pushed_many,
     encode,
@@ -71,6 +72,8 @@ class Commands:
                 end += 1
             try:
                 done = await runner(self, session, batch[i:end], not replies)
+            except BrokerError as exc:  # the whole run failed the same way (Redis away, say)
+                done = [protocol.error(exc.render())] * (end - i)
             except Exception:
                 log.exception("command %s failed", command.verb)
                 done = [INTERNAL_ERROR] * (end - i)
@@ -201,7 +204,7 @@ class Commands:
 
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
-            mutation = mutation_decoder.decode(arg)
+            mutation = decode_input(mutation_decoder, arg)
         except msgspec.DecodeError as exc:
             raise CommandError(str(exc)) from None
         await self.manager.mutate(mutation, self.clock())
@@ -224,7 +227,7 @@ def _fill_errors(
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
     """The argument decoded, or the reference's `invalid <VERB> <payload>` error."""
     try:
-        return decoder.decode(arg)
+        return decode_input(decoder, arg)
     except msgspec.DecodeError:
         raise CommandError(f"invalid {verb} {arg.decode('utf-8', 'replace')}") from None
 

@@ -9,11 +9,13 @@ import re
 import time
 from calendar import timegm
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from broker.errors import CommandError
+
+T = TypeVar("T")
 
 DEFAULT_RETRY = 25
 DEFAULT_QUEUE = "default"
@@ -107,49 +109,42 @@ ack_decoder = msgspec.json.Decoder(dict[str, str])
 hello_decoder = msgspec.json.Decoder(Hello)
 beat_decoder = msgspec.json.Decoder(Beat)
 mutation_decoder = msgspec.json.Decoder(Mutation)
+any_decoder = msgspec.json.Decoder()
 encoder = msgspec.json.Encoder()
 encode = encoder.encode
 
 
-def decode_pushed(data: bytes) -> Job:
-    """Decode one pushed job; a top-level `null` means "not given", as in the reference.
-
-    Raises msgspec.DecodeError (of which ValidationError is a kind) for anything else amiss,
-    JSON nested too deeply to decode included.
-    """
+def decode_input(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
+    """Decode what a client sent; every way it can be malformed raises msgspec.DecodeError
+    (ValidationError is a kind of it), invalid UTF-8 and JSON nested too deeply included."""
     try:
-        return job_decoder.decode(data)
+        return decoder.decode(data)
+    except UnicodeDecodeError:
+        raise msgspec.DecodeError("invalid UTF-8 in a string") from None
+    except RecursionError:
+        raise msgspec.DecodeError("JSON is nested too deeply") from None
+
+
+def decode_pushed(data: bytes) -> Job:
+    """Decode one pushed job; a top-level `null` means "not given", as in the reference."""
+    try:
+        return decode_input(job_decoder, data)
     except msgspec.ValidationError:
-        value = _decode_any(data)
+        value = decode_input(any_decoder, data)
         if not isinstance(value, dict):
             raise
         return msgspec.convert(_without_nulls(value), Job)
-    except RecursionError:
-        raise _too_deep() from None
 
 
 def decode_pushed_many(data: bytes) -> list[Job]:
     """Decode the array of PUSHB, with the same treatment of `null` as decode_pushed."""
     try:
-        return jobs_decoder.decode(data)
+        return decode_input(jobs_decoder, data)
     except msgspec.ValidationError:
-        value = _decode_any(data)
+        value = decode_input(any_decoder, data)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise
         return msgspec.convert([_without_nulls(v) for v in value], list[Job])
-    except RecursionError:
-        raise _too_deep() from None
-
-
-def _decode_any(data: bytes) -> Any:
-    try:
-        return msgspec.json.decode(data)
-    except RecursionError:
-        raise _too_deep() from None
-
-
-def _too_deep() -> msgspec.DecodeError:
-    return msgspec.DecodeError("JSON is nested too deeply")
 
 
 def _without_nulls(fields: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import msgspec
 
 from broker.errors import CommandError, ProtocolError
-from broker.jobs import Hello, hello_decoder
+from broker.jobs import Hello, decode_input, hello_decoder
 from broker.protocol import Command
 
 MIN_ITERATIONS = 4000  # the reference draws the hash iterations from [4000, 8095]
@@ -45,7 +45,7 @@ class Session:
         if command.verb != "HELLO" or not command.arg.startswith(b"{"):
             raise ProtocolError("expected HELLO")
         try:
-            hello = hello_decoder.decode(command.arg)
+            hello = decode_input(hello_decoder, command.arg)
         except msgspec.DecodeError as exc:
             raise ProtocolError(f"invalid HELLO: {exc}") from None
         if self.password:

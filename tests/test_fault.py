@@ -376,11 +376,6 @@ def test_redis_sigkill_under_load(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands.py logs each command that failed with RedisUnavailable at ERROR with a "
-    "traceback (a thousand per outage) although the client gets the plain error",
-)
 def test_a_redis_outage_logs_no_tracebacks(
     broker_process: Callable[..., BrokerProcess], tmp_path: Path
 ) -> None:

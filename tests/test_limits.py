@@ -102,11 +102,6 @@ async def test_deeply_nested_json_gets_an_error(broker: App, verb: str, template
     assert "internal error" not in str(refused.value)  # a clear answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 in a string; "
-    "commands.py answers -ERR internal error and logs a traceback",
-)
 @pytest.mark.parametrize(
     ("verb", "arg"),
     [
@@ -127,11 +122,6 @@ async def test_invalid_utf8_gets_a_json_error(broker: App, verb: str, arg: bytes
     assert "internal error" not in str(refused.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py lets the UnicodeDecodeError of a HELLO escape: the server's catch-all "
-    "closes the connection but logs a traceback at ERROR, for anyone who can connect",
-)
 def test_invalid_utf8_hello_is_refused_quietly(
     broker_process: Callable[..., BrokerProcess],
 ) -> None:
