@@ -174,6 +174,7 @@ def test_broker_sigkill_under_load(
         load.check()
     assert left_in_redis(db()) == {"jobs": 0, "queue": 0, "working": 0, "retries": 0}
     assert broker.stop() == 0
+    assert "Traceback" not in broker.log.read_text()
     record(
         "broker-sigkill" + ("-embedded" if embedded else ""),
         pushed=len(ledger.pushed),
@@ -365,6 +366,7 @@ def test_redis_sigkill_under_load(
     else:  # everysec: at most the writes of the last ~2 s before a kill (redis.conf, AOF)
         assert all(any(0 <= t - ledger.pushed[jid] <= 2 for t in killed_at) for jid in lost)
     assert broker.stop() == 0
+    assert "Traceback" not in broker.log.read_text()
     record(
         f"redis-sigkill-{appendfsync}",
         pushed=len(ledger.pushed),

@@ -305,6 +305,7 @@ class Tally:
         self.errors = 0
         self.closes = 0
         self.handshakes_refused = 0
+        self.internal_errors = 0  # an unexpected exception in the broker
 
 
 async def fuzz_connection(port: int, rng: random.Random, frames: int, tally: Tally) -> None:
@@ -349,8 +350,9 @@ async def fuzz_connection(port: int, rng: random.Random, frames: int, tally: Tal
                             break
                         try:
                             await w.reply()
-                        except WireError:
+                        except WireError as exc:
                             tally.errors += 1
+                            tally.internal_errors += "internal error" in str(exc)
                     else:
                         continue
                     break  # END: open a new connection
@@ -410,9 +412,11 @@ async def test_socket_fuzzer_with_a_well_behaved_client(
         done.set()
     rss_after = vm_rss_kb(broker.process.pid)
     assert broker.process.poll() is None, "the broker died"
+    assert tally.internal_errors == 0
     assert rounds > 0 and slowest < 5, (rounds, slowest)
     assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)  # KiB
     assert broker.stop() == 0
+    assert "Traceback" not in broker.log.read_text()
     record(
         "socket-fuzz",
         seed=seed,
