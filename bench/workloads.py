@@ -26,9 +26,7 @@ from bench.servers import (
 from bench.systems import LATENCY_CONCURRENCY, Mode, System
 
 BATCH = 100  # jobs per batch call
-WORKER_STOP = (
-    1.0  # seconds a worker gets to exit after SIGTERM before SIGKILL (its server goes too)
-)
+WORKER_STOP = 1.0  # seconds from SIGTERM to SIGKILL for a worker (its server goes next)
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,8 @@ def enqueue(system: System, batch: int, jobs: int, max_seconds: float) -> Result
 
 @dataclass(frozen=True)
 class Worker:
+    """A running worker process: the probe its jobs write to, and whether it still lives."""
+
     probe: Probe
     alive: Callable[[], bool]
 
