@@ -25,11 +25,12 @@ from client import Client, Worker, make_job
 
 TICK = os.sysconf("SC_CLK_TCK")
 BULK = 100  # jobs per push_bulk in the end-to-end runs (as bench/ does)
+WORKER_MAIN = os.environ.get("CLIENT_SPEED_WORKER", "-m bench.client_speed").split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children still running."""
-    total = 0.0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (user + system) of a process, and of its children still running."""
+    times = []
     pids = [pid]
     while pids:
         current = pids.pop()
@@ -38,9 +39,9 @@ def cpu_seconds(pid: int) -> float:
             children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / TICK
+        times.append((int(fields[11]) + int(fields[12])) / TICK)
         pids += [int(child) for child in children]
-    return total
+    return times[0], sum(times[1:])
 
 
 @contextmanager
@@ -83,8 +84,8 @@ def produce(url: str, how: str, jobs: int) -> float:
     return seconds
 
 
-def enqueue_rate(url: str, how: str, jobs: int) -> float:
-    return jobs / produce(url, how, jobs)
+def enqueue_rate(url: str, how: str, jobs: int) -> tuple[float, str]:
+    return jobs / produce(url, how, jobs), ""
 
 
 def work(url: str, kind: str, concurrency: int, jobs: int) -> None:
@@ -96,11 +97,11 @@ def work(url: str, kind: str, concurrency: int, jobs: int) -> None:
         nonlocal done
         done += 1
         if done == jobs:
-            print(json.dumps({"last": time.time()}), flush=True)
+            print(json.dumps({"last": time.time(), "cpu": time.process_time()}), flush=True)
             worker.terminate()
 
     def warm() -> None:
-        print("ready", flush=True)
+        print(json.dumps({"cpu": time.process_time()}), flush=True)
 
     if kind == "sync":
         worker.register("noop", finished)
@@ -114,37 +115,42 @@ def work(url: str, kind: str, concurrency: int, jobs: int) -> None:
     worker.run()
 
 
-def drain(url: str, kind: str, concurrency: int, jobs: int) -> float:
-    """Jobs/s of one worker process draining `jobs` pushed in bulks while it runs."""
-    argv = [sys.executable, "-m", "bench.client_speed", "--url", url, "--worker"]
+def drain(url: str, kind: str, concurrency: int, jobs: int) -> tuple[float, str]:
+    """Jobs/s of one worker process draining `jobs` pushed in bulks while it runs, and the
+    worker's CPU per job."""
+    argv = [sys.executable, *WORKER_MAIN, "--url", url, "--worker"]
     argv += [f"{kind}:{concurrency}:{jobs}"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     try:
         with Client(url) as client:
             client.push("warm")
-            assert process.stdout.readline().strip() == "ready"
+            ready = json.loads(process.stdout.readline())
             first = time.time()
             for start in range(0, jobs, BULK):
                 count = min(BULK, jobs - start)
                 client.push_bulk([make_job("noop") for _ in range(count)])
-            last = json.loads(process.stdout.readline())["last"]
+            pushed = time.time() - first
+            end = json.loads(process.stdout.readline())
             process.wait(30)
             info = client.info()["faktory"]  # every job was ACKed
             assert info["sets"]["working"] == 0 and not info["queues"].get("default"), info
     finally:
         if process.poll() is None:
             process.kill()
-    return float(jobs / (last - first))
+    worker_cpu = 1e6 * (end["cpu"] - ready["cpu"]) / jobs
+    notes = f"  (pushed in {pushed:.2f} s)  worker {worker_cpu:5.1f} µs/job"
+    return float(jobs / (end["last"] - first)), notes
 
 
-def measured(pid: int | None, jobs: int, run: Callable[..., float], *args: Any) -> str:
-    """`run(*args)`'s figure, with the broker's CPU µs per job when its pid is known."""
-    before = cpu_seconds(pid) if pid else 0.0
-    figure = run(*args)
-    text = f"{figure:>9,.0f}/s"
+def measured(pid: int | None, jobs: int, run: Callable[..., tuple[float, str]], *args: Any) -> str:
+    """`run(*args)`'s figure and notes, with the broker's CPU µs per job when its pid is known."""
+    before = cpu_seconds(pid) if pid else (0.0, 0.0)
+    figure, notes = run(*args)
+    text = f"{figure:>9,.0f}/s{notes}"
     if pid:
-        text += f"  broker+redis {1e6 * (cpu_seconds(pid) - before) / jobs:5.1f} µs/job"
+        broker, redis = (1e6 * (b - a) / jobs for a, b in zip(before, cpu_seconds(pid)))
+        text += f"  broker {broker:5.1f}  redis {redis:5.1f} µs/job"
     return text
 
 

@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
-import trio
-
 from broker.jobs import Job
 from client.bridge import AsyncioThread
+from client.threads import ThreadPool
 
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
 
@@ -51,31 +50,31 @@ class JobFunction(NamedTuple):
 
 
 class Runner:
-    """Runs jobs: sync functions in threads (at most `limiter`'s), async ones in the task (or
-    on the asyncio loop of `asyncio_thread`)."""
+    """Runs jobs: sync functions in `threads`, async ones in the task (or on the asyncio loop
+    of `asyncio_thread`)."""
 
     def __init__(
         self,
         functions: Mapping[str, JobFunction],
         middleware: Sequence[Middleware],
-        limiter: trio.CapacityLimiter,
+        threads: ThreadPool,
         asyncio_thread: AsyncioThread | None = None,
     ) -> None:
         self.functions = functions
         self.middleware = middleware
-        self.limiter = limiter
+        self.threads = threads
         self.asyncio_thread = asyncio_thread
 
     async def run(self, job: Job) -> None:
-        """Run the job's function; its exception propagates. Sets `current_job()`."""
-        token = _current_job.set(job)
-        try:
-            call: Next = functools.partial(self._call, job)
-            for middleware in reversed(self.middleware):
-                call = functools.partial(middleware, job, call)
-            await call()
-        finally:
-            _current_job.reset(token)
+        """Run the job's function; its exception propagates. Sets `current_job()` (for the
+        job's task: each job runs in a task of its own)."""
+        _current_job.set(job)
+        if not self.middleware:
+            return await self._call(job)
+        call: Next = functools.partial(self._call, job)
+        for middleware in reversed(self.middleware):
+            call = functools.partial(middleware, job, call)
+        await call()
 
     async def _call(self, job: Job) -> None:
         entry = self.functions.get(job.jobtype)
@@ -83,9 +82,7 @@ class Runner:
             raise UnknownJobtype(f"no function is registered for jobtype {job.jobtype!r}")
         args = job.args or ()
         if not entry.is_async:
-            await trio.to_thread.run_sync(
-                entry.fn, *args, abandon_on_cancel=True, limiter=self.limiter
-            )
+            await self.threads.run(entry.fn, *args)
         elif self.asyncio_thread is not None:
             await self.asyncio_thread.run(entry.fn, *args)
         else:

@@ -1,4 +1,9 @@
-"""One run of a worker: its connections, slots, heartbeat, signals and graceful shutdown."""
+"""One run of a worker: its connections, slots, heartbeat, signals and graceful shutdown.
+
+Three connections: the heartbeat's, the fetcher's (FETCHes for the free slots, pipelined) and
+the reporter's (ACKs and FAILs, batched). Jobs run as trio tasks; sync functions in a pool
+of threads.
+"""
 
 import logging
 import signal
@@ -8,14 +13,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from broker.errors import JOB_NOT_FOUND
 from broker.jobs import Job
 from client.aio import AsyncClient
 from client.backoff import Backoff
 from client.bridge import AsyncioThread
 from client.commands import WorkerState
-from client.errors import AuthenticationError, ClientError, ConnectionLost, ServerError
-from client.execution import Interrupted, Runner, describe, rss_kb
+from client.errors import AuthenticationError, ClientError
+from client.execution import Interrupted, Runner, rss_kb
+from client.fetcher import Fetcher
+from client.reporter import Reporter
+from client.threads import ThreadPool
 
 if TYPE_CHECKING:
     from client.worker import Worker
@@ -23,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("client.worker")
 
 REPORT_TIMEOUT = 5.0  # seconds after the grace to deliver the last ACKs and FAILs
-REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
 RANK: dict[WorkerState, int] = {"running": 0, "quiet": 1, "terminate": 2}
 
 
@@ -34,16 +40,25 @@ class Shift:
         self.worker = worker
         self.wid = worker.wid
         self.state: WorkerState = "running"
-        self.active_slots = 0
         self.client = self._connect(worker.ssl_context)  # HELLO and BEAT
-        self._stopping = trio.Event()  # quiet or terminate: fetch no more
+        self.reporter = Reporter(self.client)
+        self.fetcher = Fetcher(
+            self.client, worker.queues, worker.concurrency, self._start, self.reporter
+        )
         self._terminating = trio.Event()
         self._forced = trio.Event()  # no more grace
         self._beat_now = trio.Event()
+        self._fetching = trio.CancelScope()
         self._jobs: dict[str, trio.CancelScope] = {}
+        self._job_tasks: trio.Nursery | None = None
+
+    @property
+    def active_slots(self) -> int:
+        """Slots running a job or waiting for a FETCH's reply."""
+        return self.fetcher.running + self.fetcher.outstanding
 
     def _connect(self, ssl_context: ssl.SSLContext | None) -> AsyncClient:
-        """A client of this worker's own, with one connection (the loops retry at their pace)."""
+        """A client of this worker's own, one idle connection (the loops retry at their pace)."""
         worker = self.worker
         return AsyncClient(
             worker.url,
@@ -61,7 +76,7 @@ class Shift:
             return
         log.info("worker %s: %s", self.wid, state)
         self.state = state
-        self._stopping.set()
+        self.fetcher.stop()
         if state == "terminate":
             self._terminating.set()
         self._beat_now.set()
@@ -75,8 +90,8 @@ class Shift:
     async def run(self, handle_signals: bool, task_status: trio.TaskStatus[None]) -> None:
         worker = self.worker
         asyncio_thread = AsyncioThread() if worker.async_backend == "asyncio" else None
-        limiter = trio.CapacityLimiter(worker.concurrency)
-        self._runner = Runner(worker.functions, worker.middleware, limiter, asyncio_thread)
+        threads = ThreadPool(worker.concurrency)
+        self._runner = Runner(worker.functions, worker.middleware, threads, asyncio_thread)
         try:
             async with trio.open_nursery() as outer:
                 if handle_signals:
@@ -91,13 +106,18 @@ class Shift:
                     ",".join(worker.queues),
                     ",".join(worker.functions) or "no jobtypes",
                 )
-                async with trio.open_nursery() as slots:
-                    outer.start_soon(self._enforce_grace, slots.cancel_scope)
-                    for _ in range(worker.concurrency):
-                        slots.start_soon(self._slot)
-                await self._terminating.wait()
+                async with trio.open_nursery() as reporting:
+                    reporting.start_soon(self.reporter.run)
+                    outer.start_soon(self._enforce_grace, reporting.cancel_scope)
+                    async with trio.open_nursery() as self._job_tasks:
+                        with self._fetching:
+                            await self.fetcher.run()
+                    await self._terminating.wait()
+                    await self.reporter.drain()
+                    reporting.cancel_scope.cancel()
                 outer.cancel_scope.cancel()
         finally:
+            threads.close()
             await self.client.aclose()
             if asyncio_thread is not None:
                 asyncio_thread.close()
@@ -117,28 +137,12 @@ class Shift:
                     log.warning("worker %s: waiting for the broker: %s", self.wid, exc)
                 await _pause(backoff.delay(exc), self._terminating)
 
-    async def _slot(self) -> None:
-        """Fetch and run jobs one at a time; a job's ACK goes over the connection that
-        fetched it, where the broker remembers the job."""
-        self.active_slots += 1
-        client = self._connect(self.client.ssl_context)
-        backoff = Backoff()
-        try:
-            while not self._stopping.is_set():
-                try:
-                    job = await client.fetch(*self.worker.queues)
-                except ClientError as exc:
-                    log.warning("worker %s: fetch failed: %s", self.wid, exc)
-                    await _pause(backoff.delay(exc), self._stopping)
-                    continue
-                backoff.reset()
-                if job is not None:
-                    await self._perform(client, job)
-        finally:
-            self.active_slots -= 1
-            await client.aclose()
+    def _start(self, job: Job) -> None:
+        """Run a fetched job in a task of its own."""
+        assert self._job_tasks is not None
+        self._job_tasks.start_soon(self._perform, job)
 
-    async def _perform(self, client: AsyncClient, job: Job) -> None:
+    async def _perform(self, job: Job) -> None:
         scope = self._jobs[job.jid] = trio.CancelScope()
         started = time.perf_counter()
         error: BaseException | None = None
@@ -151,62 +155,22 @@ class Shift:
             del self._jobs[job.jid]
         if scope.cancelled_caught:
             error = Interrupted(f"the worker stopped before the job finished ({self.wid})")
-        await self._report(client, job, error)
-        duration = time.perf_counter() - started
-        fields = {
-            "jid": job.jid,
-            "jobtype": job.jobtype,
-            "duration": duration,
-            "outcome": "done" if error is None else "failed",
-        }
-        if error is None:
-            log.info("job %s %s done in %.3f s", job.jobtype, job.jid, duration, extra=fields)
-        else:
-            log.warning(
-                "job %s %s failed in %.3f s: %s: %s",
-                job.jobtype,
-                job.jid,
-                duration,
-                type(error).__name__,
-                error,
-                exc_info=error,
-                extra=fields,
-            )
+        self.reporter.report(job.jid, error)
+        self.fetcher.finished()
+        _log_outcome(job, time.perf_counter() - started, error)
 
-    async def _report(self, client: AsyncClient, job: Job, error: BaseException | None) -> None:
-        """ACK or FAIL the job: through lost connections as long as it takes (or until forced
-        out), through error replies for REFUSED_FOR seconds."""
-        lost, refused = Backoff(), Backoff(REFUSED_FOR)
-        while True:
-            try:
-                if error is None:
-                    await client.ack(job.jid)
-                else:
-                    await client.fail(job.jid, *describe(error))
-                return
-            except ConnectionLost as exc:
-                if lost.attempts == 1:
-                    log.warning("worker %s: cannot report %s yet: %s", self.wid, job.jid, exc)
-                await trio.sleep(lost.delay(exc))
-            except ServerError as exc:
-                log.warning("worker %s: broker refused report of %s: %s", self.wid, job.jid, exc)
-                if exc.message.startswith(JOB_NOT_FOUND.format("")):
-                    return  # its reservation expired: the broker has failed it already
-                try:
-                    await trio.sleep(refused.delay(exc))
-                except ServerError:
-                    return
-
-    async def _enforce_grace(self, slots: trio.CancelScope) -> None:
-        """Once terminating: after the grace, interrupt running jobs; later, abandon reports."""
+    async def _enforce_grace(self, reporting: trio.CancelScope) -> None:
+        """Once terminating: after the grace, stop fetching and interrupt running jobs;
+        REPORT_TIMEOUT later, abandon the reports not yet delivered."""
         await self._terminating.wait()
         await _pause(self.worker.grace, self._forced)
+        self._fetching.cancel()
         if self._jobs:
             log.warning("worker %s: interrupting %d running jobs", self.wid, len(self._jobs))
         for scope in list(self._jobs.values()):
             scope.cancel()
         await trio.sleep(REPORT_TIMEOUT)
-        slots.cancel()
+        reporting.cancel()
 
     async def _beat_loop(self) -> None:
         while True:
@@ -234,3 +198,25 @@ async def _pause(seconds: float, until: trio.Event) -> None:
     """Sleep `seconds` or until the event is set."""
     with trio.move_on_after(seconds):
         await until.wait()
+
+
+def _log_outcome(job: Job, duration: float, error: BaseException | None) -> None:
+    """One line per job, with `extra` fields for structured logging."""
+    outcome = "done" if error is None else "failed"
+    level = logging.INFO if error is None else logging.WARNING
+    if not log.isEnabledFor(level):
+        return
+    fields = {"jid": job.jid, "jobtype": job.jobtype, "duration": duration, "outcome": outcome}
+    if error is None:
+        log.info("job %s %s done in %.3f s", job.jobtype, job.jid, duration, extra=fields)
+    else:
+        log.warning(
+            "job %s %s failed in %.3f s: %s: %s",
+            job.jobtype,
+            job.jid,
+            duration,
+            type(error).__name__,
+            error,
+            exc_info=error,
+            extra=fields,
+        )

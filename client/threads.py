@@ -12,6 +12,7 @@ from typing import Any
 
 import outcome
 import trio
+from trio._threads import PARENT_TASK_DATA
 
 
 class _Call:
@@ -63,6 +64,13 @@ class ThreadPool:
             self._calls.put(None)
 
     def _serve(self) -> None:
+        # What trio.to_thread gives its threads, so that job functions may call
+        # trio.from_thread.run/run_sync without a token (trio's own thread-local; trio is
+        # pinned, and tests/test_client_security.py uses it).
+        PARENT_TASK_DATA.token = self._token
+        PARENT_TASK_DATA.abandon_on_cancel = True
+        PARENT_TASK_DATA.cancel_register = [None]
+        PARENT_TASK_DATA.task_register = [None]
         while (call := self._calls.get()) is not None:
             if call.abandoned:  # interrupted before it began: it must not run
                 with self._lock:

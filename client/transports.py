@@ -58,10 +58,12 @@ class TrioStream:
 
     async def receive(self, timeout: float) -> bytes:
         try:
-            with trio.fail_after(timeout):
+            with trio.CancelScope(relative_deadline=timeout) as scope:
                 return bytes(await self._stream.receive_some(READ_SIZE))
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+        except (OSError, trio.BrokenResourceError) as exc:
             raise ConnectionLost(f"no reply from the broker: {exc!r}") from exc
+        assert scope.cancelled_caught
+        raise ConnectionLost(f"no reply from the broker within {timeout:g} s")
 
     def close(self) -> None:
         self._tcp.socket.close()

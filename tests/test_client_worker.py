@@ -244,8 +244,8 @@ async def test_worker_beats_and_registers_again_when_the_broker_forgot_it(
 ) -> None:
     worker = make_worker(broker)
     await nursery.start(worker.arun)
-    connected = lambda: rdb.hget(keys.worker(worker.wid), "connections") == "5"  # noqa: E731
-    await eventually(connected)  # the heartbeat's connection and one per slot
+    connected = lambda: rdb.hget(keys.worker(worker.wid), "connections") == "3"  # noqa: E731
+    await eventually(connected)  # the heartbeat's, the fetcher's and the reporter's
     assert int(rdb.hget(keys.worker(worker.wid), "rss_kb") or 0) > 1000  # beats carry memory
     rdb.delete(keys.worker(worker.wid))
     rdb.zrem(keys.WORKERS, worker.wid)  # as the broker's reaper does with a silent worker

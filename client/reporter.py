@@ -1,0 +1,138 @@
+"""The worker's ACKs and FAILs, delivered in batches.
+
+They ride with the fetcher's next FETCHes when it is about to write (one write, one wake-up
+of the broker for both), else go over a connection of their own, so that they never wait
+behind a FETCH the broker holds; the broker finds each job by its jid.
+"""
+
+import collections
+import logging
+from collections.abc import Iterable
+
+import trio
+
+from broker.errors import JOB_NOT_FOUND
+from client import commands
+from client.aio import AsyncClient, AsyncConnection
+from client.backoff import Backoff
+from client.commands import Call
+from client.errors import ClientError, ConnectionLost, ServerError
+from client.execution import describe
+from client.wire import Reply
+
+log = logging.getLogger("client.worker")
+
+REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
+
+
+class Report:
+    """The ACK or FAIL of one job, until the broker has taken it."""
+
+    __slots__ = ("call", "jid", "refused", "resent")
+
+    def __init__(self, jid: str, call: Call[None]) -> None:
+        self.jid = jid
+        self.call = call
+        self.resent = False  # written again on a new connection
+        self.refused: Backoff | None = None
+
+
+class Reporter:
+    """Delivers the reports that the fetcher does not carry (it carries them while `held`),
+    all pending in one write: through lost connections for as long as it takes (a report
+    whose reply was lost is written again), through error replies for REFUSED_FOR seconds.
+    A report whose job is no longer reserved is done."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.unsettled = 0  # reports not yet taken by the broker (nor given up)
+        self._pending: list[Report] = []
+        self._wake = trio.Event()
+        self._settled = trio.Event()
+        self._later: trio.Nursery | None = None  # where refused reports wait to be sent again
+        self.held = False  # set by the fetcher while its next write will carry new reports
+
+    def report(self, jid: str, error: BaseException | None) -> None:
+        """ACK the job, or FAIL it with the error."""
+        call = commands.ack(jid) if error is None else commands.fail(jid, *describe(error))
+        self._add(Report(jid, call), wake=not self.held)
+        self.unsettled += 1
+
+    def take(self) -> list[Report]:
+        """The pending reports, which the caller writes; each gets `settle()` or `lost()`."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    def settle(self, report: Report, reply: Reply) -> None:
+        """The broker's reply to a report."""
+        try:
+            report.call.parse(reply, report.resent)
+        except ServerError as exc:
+            log.warning(
+                "worker %s: broker refused report of %s: %s", self.client.wid, report.jid, exc
+            )
+            if not exc.message.startswith(JOB_NOT_FOUND.format("")) and self._later:
+                report.refused = report.refused or Backoff(REFUSED_FOR)
+                try:
+                    self._later.start_soon(self._again, report, report.refused.delay(exc))
+                    return
+                except ServerError:
+                    pass  # refused for too long: given up
+        self.unsettled -= 1
+        if not self.unsettled:
+            self._settled.set()
+
+    def lost(self, reports: Iterable[Report]) -> None:
+        """Reports written whose replies were lost with their connection: to write again."""
+        unheard = list(reports)
+        for report in unheard:
+            report.resent = True
+        self._pending[:0] = unheard
+        self._wake.set()  # the fetcher lost its connection or stopped: deliver them here
+
+    async def drain(self) -> None:
+        """Wait until every report is delivered or given up."""
+        while self.unsettled:
+            self._settled = trio.Event()
+            await self._settled.wait()
+
+    async def run(self) -> None:
+        """Deliver reports until cancelled."""
+        lost = Backoff()
+        conn: AsyncConnection | None = None
+        async with trio.open_nursery() as self._later:
+            while True:
+                try:
+                    conn = conn or await self.client._open()
+                    await self._deliver(conn)
+                    lost.reset()
+                except ClientError as exc:
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    if lost.attempts == 1:
+                        log.warning("worker %s: cannot report yet: %s", self.client.wid, exc)
+                    await trio.sleep(lost.delay(exc))
+
+    async def _deliver(self, conn: AsyncConnection) -> None:
+        while not self._pending:
+            self._wake = trio.Event()
+            await self._wake.wait()
+        batch = collections.deque(self.take())
+        try:
+            await conn.send(b"".join(report.call.line for report in batch))
+            while batch:
+                reply = await conn.read()
+                self.settle(batch.popleft(), reply)
+        except ConnectionLost:
+            self.lost(batch)
+            raise
+
+    async def _again(self, report: Report, delay: float) -> None:
+        await trio.sleep(delay)
+        self._add(report, wake=True)
+
+    def _add(self, report: Report, wake: bool) -> None:
+        self._pending.append(report)
+        if wake:
+            self._wake.set()
