@@ -132,6 +132,38 @@ def unix_redis() -> Iterator[Callable[[Path], redis.Redis]]:
         client.close()
 
 
+def redis_pid(data_dir: Path) -> int:
+    try:
+        return int((data_dir / "redis.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.fixture
+def embedded_broker(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """Brokers with their embedded Redis in tmp_path. At the end the brokers, then the
+    redis-server, are stopped even after a failure (a killed broker leaves it running)."""
+    started: list[BrokerProcess] = []
+
+    def make(*args: str) -> BrokerProcess:
+        broker = broker_process(*args, "--data-dir", str(tmp_path), embedded=True)
+        started.append(broker)
+        return broker
+
+    yield make
+    for broker in started:
+        if broker.process is not None and broker.process.poll() is None:
+            broker.kill()
+    pid = redis_pid(tmp_path)
+    try:
+        if str(tmp_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass  # none left
+
+
 # -- the broker killed under load ---------------------------------------------------------------
 
 
@@ -145,6 +177,7 @@ def unix_redis() -> Iterator[Callable[[Path], redis.Redis]]:
 )
 def test_broker_sigkill_under_load(
     broker_process: Callable[..., BrokerProcess],
+    embedded_broker: Callable[..., BrokerProcess],
     rdb: redis.Redis,
     unix_redis: Callable[[Path], redis.Redis],
     tmp_path: Path,
@@ -152,8 +185,7 @@ def test_broker_sigkill_under_load(
     jobs_between: int,
     embedded: bool,
 ) -> None:
-    extra = ("--data-dir", str(tmp_path)) if embedded else ()
-    broker = broker_process(*FAST_ARGS, *extra, embedded=embedded)
+    broker = (embedded_broker if embedded else broker_process)(*FAST_ARGS)
 
     def db() -> redis.Redis:
         return unix_redis(tmp_path) if embedded else rdb
@@ -314,13 +346,6 @@ def test_worker_sigkills_under_load(
 # -- the embedded Redis killed under load -------------------------------------------------------
 
 
-def redis_pid(data_dir: Path) -> int:
-    try:
-        return int((data_dir / "redis.pid").read_text())
-    except (OSError, ValueError):
-        return 0
-
-
 @pytest.mark.parametrize(
     ("kills", "appendfsync"),
     [
@@ -330,15 +355,13 @@ def redis_pid(data_dir: Path) -> int:
     ],
 )
 def test_redis_sigkill_under_load(
-    broker_process: Callable[..., BrokerProcess],
+    embedded_broker: Callable[..., BrokerProcess],
     unix_redis: Callable[[Path], redis.Redis],
     tmp_path: Path,
     kills: int,
     appendfsync: str,
 ) -> None:
-    broker = broker_process(
-        *FAST_ARGS, "--data-dir", str(tmp_path), "--appendfsync", appendfsync, embedded=True
-    )
+    broker = embedded_broker(*FAST_ARGS, "--appendfsync", appendfsync)
     killed_at: list[float] = []
     with Load(broker.port, workers=2, prefix="rk") as load:
         ledger = load.ledger
@@ -379,9 +402,9 @@ def test_redis_sigkill_under_load(
 
 
 def test_a_redis_outage_logs_no_tracebacks(
-    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+    embedded_broker: Callable[..., BrokerProcess], tmp_path: Path
 ) -> None:
-    broker = broker_process(*FAST_ARGS, "--data-dir", str(tmp_path), embedded=True)
+    broker = embedded_broker(*FAST_ARGS)
     with Load(broker.port, workers=1, prefix="ol") as load:
         wait_for(load.progress(100), 30, "progress")
         pid = redis_pid(tmp_path)
