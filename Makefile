@@ -21,8 +21,8 @@ run: install
 	$(BIN)/hopper run $(ARGS)
 
 lint: install
-	$(BIN)/ruff check broker client tests
-	$(BIN)/ruff format --check broker client tests
+	$(BIN)/ruff check broker client tests chaos bench
+	$(BIN)/ruff format --check broker client tests chaos bench
 
 typecheck: install
 	$(BIN)/mypy

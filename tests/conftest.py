@@ -180,6 +180,19 @@ class BrokerProcess:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(20)
 
+    def stop_embedded_redis(self) -> None:
+        """Kill the redis-server a killed broker left behind in its --data-dir, if any."""
+        if "--data-dir" not in self.args:
+            return
+        data_dir = self.args[self.args.index("--data-dir") + 1]
+        try:
+            pid = int((Path(data_dir) / "redis.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if data_dir.encode() in cmdline:
+            os.kill(pid, signal.SIGKILL)
+
     @property
     def url(self) -> str:
         return f"tcp://127.0.0.1:{self.port}"
@@ -209,3 +222,4 @@ def broker_process(redis_url: str) -> Iterator[Callable[..., BrokerProcess]]:
     for broker in started:
         if broker.process is not None and broker.process.poll() is None:
             broker.kill()
+        broker.stop_embedded_redis()
