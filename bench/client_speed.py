@@ -12,6 +12,7 @@ printed beside each figure. `--url` measures an already running broker instead (
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,6 @@ from client import Client, Worker, make_job
 
 TICK = os.sysconf("SC_CLK_TCK")
 BULK = 100  # jobs per push_bulk in the end-to-end runs (as bench/ does)
-WORKER_MAIN = os.environ.get("CLIENT_SPEED_WORKER", "-m bench.client_speed").split()
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -36,7 +36,8 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         current = pids.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            tasks = Path(f"/proc/{current}/task").glob("*/children")
+            children = " ".join(task.read_text() for task in tasks).split()
         except OSError:
             continue
         times.append((int(fields[11]) + int(fields[12])) / TICK)
@@ -48,14 +49,16 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 def broker() -> Iterator[tuple[str, int]]:
     """`hopper run` with an embedded Redis on a free port: (url, pid)."""
     with tempfile.TemporaryDirectory(prefix="client-speed-") as data:
-        port = 17000 + os.getpid() % 20000
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
         hopper = Path(sys.executable).parent / "hopper"
         argv = [str(hopper), "run", "--bind", f"127.0.0.1:{port}", "--data-dir", data]
         argv += ["--log-level", "WARNING"]
         process = subprocess.Popen(argv)
         url = f"tcp://127.0.0.1:{port}"
         try:
-            with Client(url, retry_for=20) as client:
+            with Client(url, retry_for=60) as client:
                 client.info()
             yield url, process.pid
         finally:
@@ -118,7 +121,7 @@ def work(url: str, kind: str, concurrency: int, jobs: int) -> None:
 def drain(url: str, kind: str, concurrency: int, jobs: int) -> tuple[float, str]:
     """Jobs/s of one worker process draining `jobs` pushed in bulks while it runs, and the
     worker's CPU per job."""
-    argv = [sys.executable, *WORKER_MAIN, "--url", url, "--worker"]
+    argv = [sys.executable, "-m", "bench.client_speed", "--url", url, "--worker"]
     argv += [f"{kind}:{concurrency}:{jobs}"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
@@ -149,7 +152,8 @@ def measured(pid: int | None, jobs: int, run: Callable[..., tuple[float, str]], 
     figure, notes = run(*args)
     text = f"{figure:>9,.0f}/s{notes}"
     if pid:
-        broker, redis = (1e6 * (b - a) / jobs for a, b in zip(before, cpu_seconds(pid)))
+        after = cpu_seconds(pid)
+        broker, redis = (1e6 * (b - a) / jobs for a, b in zip(before, after, strict=True))
         text += f"  broker {broker:5.1f}  redis {redis:5.1f} µs/job"
     return text
 

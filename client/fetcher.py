@@ -13,6 +13,7 @@ from client.aio import AsyncClient, AsyncConnection
 from client.backoff import Backoff
 from client.errors import ClientError, ConnectionLost, ServerError
 from client.reporter import Report, Reporter
+from client.wire import Reply
 
 log = logging.getLogger("client.worker")
 
@@ -78,44 +79,53 @@ class Fetcher:
                 self._carried.clear()
 
     async def _serve(self, conn: AsyncConnection, backoff: Backoff) -> None:
-        while True:
-            self._wake = trio.Event()
-            if wanted := self._wanted():
-                self._carried.extend(self.reporter.take())
-                self.outstanding += wanted
-                lines = [report.call.line for report in self._carried]
-                await conn.send(b"".join(lines) + self._fetch.line * wanted)
-            if not self.outstanding:
-                if self._stopped.is_set():
-                    return
-                self.reporter.held = True  # a job that ends frees a slot: its report rides
-                try:
-                    await self._wake.wait()
-                finally:
-                    self.reporter.held = False
-                continue
-            refused: ServerError | None = None
-            for reply in await conn.replies():
-                if self._carried:
-                    self.reporter.settle(self._carried.popleft(), reply)
+        self.reporter.held = True  # until it blocks, this task writes again before long
+        try:
+            while True:
+                self._wake = trio.Event()
+                if wanted := self._wanted():
+                    self._carried.extend(self.reporter.take())
+                    self.outstanding += wanted
+                    lines = [report.call.line for report in self._carried]
+                    await conn.send(b"".join(lines) + self._fetch.line * wanted)
+                if not self.outstanding:
+                    if self._stopped.is_set():
+                        return
+                    await self._wake.wait()  # a job that ends frees a slot: its report rides
                     continue
-                self.outstanding -= 1
-                try:
-                    job = self._fetch.parse(reply, False)
-                except ServerError as exc:
-                    job, refused = None, exc
-                self._empty = job is None
-                if job is not None:
-                    self.running += 1
-                    self.start(job)
-            if refused is not None:
-                await self._pause("fetch refused", refused, backoff)
-            elif not self._empty:
-                backoff.reset()
-                # Let the jobs just started run first: those that end at once free their
-                # slots for the next write (trio may run this task before them once).
-                await trio.lowlevel.checkpoint()
-                await trio.lowlevel.checkpoint()
+                self.reporter.release()
+                replies = await conn.replies()
+                self.reporter.held = True
+                if refused := self._take(replies):
+                    self.reporter.release()
+                    await self._pause("fetch refused", refused, backoff)
+                    self.reporter.held = True
+                elif not self._empty:
+                    backoff.reset()
+                    # Let the jobs just started run first: those that end at once free their
+                    # slots for the next write (trio may run this task before them once).
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
+        finally:
+            self.reporter.release()
+
+    def _take(self, replies: list[Reply]) -> ServerError | None:
+        """Settle the carried reports and start the jobs fetched; the last error reply."""
+        refused = None
+        for reply in replies:
+            if self._carried:
+                self.reporter.settle(self._carried.popleft(), reply)
+                continue
+            self.outstanding -= 1
+            try:
+                job = self._fetch.parse(reply, False)
+            except ServerError as exc:
+                job, refused = None, exc
+            self._empty = job is None
+            if job is not None:
+                self.running += 1
+                self.start(job)
+        return refused
 
     def _wanted(self) -> int:
         """FETCHes to send now: one per free slot, or one while the queues are empty; none

@@ -82,6 +82,12 @@ class Reporter:
         if not self.unsettled:
             self._settled.set()
 
+    def release(self) -> None:
+        """The fetcher no longer carries new reports: deliver those pending here."""
+        self.held = False
+        if self._pending:
+            self._wake.set()
+
     def lost(self, reports: Iterable[Report]) -> None:
         """Reports written whose replies were lost with their connection: to write again."""
         unheard = list(reports)

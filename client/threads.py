@@ -1,11 +1,14 @@
 """Threads for sync job functions: a fixed pool fed from a queue, results handed back in batches.
 
-A result wakes trio only when none is already waiting to be handed back, so many jobs ending
-together cost one wake-up (`trio.to_thread` pays a thread hand-off and a wake-up per call).
+Work wakes a thread only when none is already free to take it, and a thread that takes a call
+while more wait wakes the next one: quick calls run one after another on a thread or two,
+blocking ones spread over the pool. A result wakes trio only when none is already waiting to
+be handed back, so many jobs ending together cost one wake-up (`trio.to_thread` pays a thread
+hand-off and a wake-up per call).
 """
 
+import collections
 import contextvars
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -34,23 +37,20 @@ class ThreadPool:
     def __init__(self, size: int) -> None:
         self.size = size
         self._token = trio.lowlevel.current_trio_token()
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards everything below
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._parked: list[threading.Lock] = []  # idle threads, each blocked on its own lock
+        self._free = 0  # threads awake and not in a call: they will look at `_calls`
+        self._threads = 0
+        self._closed = False
         self._done: list[tuple[_Call, outcome.Outcome[Any]]] = []
-        self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads waiting for a call
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in a thread, in the caller's context; cancelling abandons the thread."""
         call = _Call(fn, args)
         with self._lock:
-            start = self._idle <= 0 and len(self._threads) < self.size
-            self._idle -= not start
-        if start:
-            thread = threading.Thread(target=self._serve, name="hopper-job", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        self._calls.put(call)
+            self._calls.append(call)
+            self._wake_one()
 
         def abandon(_: Any) -> trio.lowlevel.Abort:
             call.abandoned = True
@@ -59,9 +59,25 @@ class ThreadPool:
         return await trio.lowlevel.wait_task_rescheduled(abandon)
 
     def close(self) -> None:
-        """Let idle threads end (abandoned ones end when their call returns)."""
-        for _ in self._threads:
-            self._calls.put(None)
+        """Let the threads end (one in a call ends when the call returns)."""
+        with self._lock:
+            self._closed = True
+            for parked in self._parked:
+                parked.release()
+            self._parked.clear()
+
+    def _wake_one(self) -> None:
+        """With the lock held: have a thread look at the calls, unless one is free already."""
+        if self._free:
+            return
+        if self._parked:
+            self._parked.pop().release()
+        elif self._threads < self.size:
+            self._threads += 1
+            threading.Thread(target=self._serve, name="hopper-job", daemon=True).start()
+        else:
+            return
+        self._free += 1
 
     def _serve(self) -> None:
         # What trio.to_thread gives its threads, so that job functions may call
@@ -71,21 +87,37 @@ class ThreadPool:
         PARENT_TASK_DATA.abandon_on_cancel = True
         PARENT_TASK_DATA.cancel_register = [None]
         PARENT_TASK_DATA.task_register = [None]
-        while (call := self._calls.get()) is not None:
-            if call.abandoned:  # interrupted before it began: it must not run
-                with self._lock:
-                    self._idle += 1
-                continue
-            result = outcome.capture(call.context.run, call.fn, *call.args)
+        parking = threading.Lock()
+        call: _Call | None = None  # the call this thread just took
+        result: outcome.Outcome[Any] | None = None  # its outcome (None: it was abandoned)
+        while True:
+            hand_back = False
             with self._lock:
-                self._done.append((call, result))
-                first = len(self._done) == 1
-                self._idle += 1
-            if first:
+                if call is not None:
+                    self._free += 1
+                    if result is not None:
+                        self._done.append((call, result))
+                        hand_back = len(self._done) == 1
+                if self._closed:
+                    return
+                call = self._calls.popleft() if self._calls else None
+                self._free -= 1
+                if call is None:
+                    parking.acquire()
+                    self._parked.append(parking)
+                elif self._calls:
+                    self._wake_one()
+            if hand_back:
                 try:
                     self._token.run_sync_soon(self._hand_back)
                 except trio.RunFinishedError:
                     return
+            if call is None:
+                parking.acquire()  # until `_wake_one` or `close` releases it
+                parking.release()
+            else:  # one interrupted before it began must not run
+                run = not call.abandoned
+                result = outcome.capture(call.context.run, call.fn, *call.args) if run else None
 
     def _hand_back(self) -> None:
         with self._lock:
