@@ -44,6 +44,7 @@ class ThreadPool:
         self._threads = 0
         self._closed = False
         self._done: list[tuple[_Call, outcome.Outcome[Any]]] = []
+        self._handing_back = False  # `_hand_back` is scheduled in trio and has not run yet
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)` in a thread, in the caller's context; cancelling abandons the thread."""
@@ -91,13 +92,11 @@ class ThreadPool:
         call: _Call | None = None  # the call this thread just took
         result: outcome.Outcome[Any] | None = None  # its outcome (None: it was abandoned)
         while True:
-            hand_back = False
             with self._lock:
                 if call is not None:
                     self._free += 1
                     if result is not None:
                         self._done.append((call, result))
-                        hand_back = len(self._done) == 1
                 if self._closed:
                     return
                 call = self._calls.popleft() if self._calls else None
@@ -107,6 +106,11 @@ class ThreadPool:
                     self._parked.append(parking)
                 elif self._calls:
                     self._wake_one()
+                # Results go back now, unless a free thread will look again (it hands them
+                # back when it finds no call): quick calls in a row are handed back together.
+                hand_back = bool(self._done) and not self._handing_back
+                hand_back &= call is None or not self._free
+                self._handing_back |= hand_back
             if hand_back:
                 try:
                     self._token.run_sync_soon(self._hand_back)
@@ -122,6 +126,7 @@ class ThreadPool:
     def _hand_back(self) -> None:
         with self._lock:
             done, self._done = self._done, []
+            self._handing_back = False
         for call, result in done:
             if not call.abandoned:
                 trio.lowlevel.reschedule(call.task, result)

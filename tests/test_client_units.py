@@ -11,6 +11,7 @@ from client.backoff import MAX_DELAY, Backoff
 from client.commands import beat, fetch, mutate, push
 from client.execution import describe
 from client.jobs import format_at
+from client.pipeline import PUSHB_JOBS, SEND_LINES, UNREAD_JOBS, Lines
 from client.url import DEFAULT_URL, Endpoint, env_url, parse_url
 from client.wire import ReplyReader
 
@@ -130,3 +131,32 @@ def test_mutate_line_has_no_spaces() -> None:
     line = mutate("kill", "retries", jids=["j1"], jobtype="x").line
     assert line.startswith(b"MUTATE {") and line.count(b" ") == 1
     assert b'"filter":null' in mutate("clear", "dead").line
+
+
+def test_pipeline_lines_write_in_batches_and_read_before_replies_could_pile_up() -> None:
+    lines = Lines()
+    due = [lines.add_job(make_job("work", jid=f"job-{n:05}")) for n in range(SEND_LINES)]
+    assert due == [False] * (SEND_LINES - 1) + [True]
+    assert lines.take().count(b"\n") == SEND_LINES and lines.take() == b""
+    assert not lines.must_read(False) and lines.must_read(True)
+    for n in range(SEND_LINES, 3 * SEND_LINES):
+        lines.add_job(make_job("work", jid=f"job-{n:05}"))
+    lines.take()
+    assert lines.must_read(False)  # more than UNREAD_JOBS replies wait
+    reads = 0
+    while lines.must_read(False):
+        lines.settle(b"OK")
+        reads += 1
+    assert reads == 3 * SEND_LINES - UNREAD_JOBS
+    assert lines.rewind().count(b"\n") == UNREAD_JOBS  # after a lost connection
+    lines.settle(ServerError("ERR", "jid job-00100 is already in use"))  # resent: pushed
+    lines.settle(ServerError("ERR", "jid job-00101 is already in use"))
+    while lines.must_read(True):
+        lines.settle(b"OK")
+    assert lines.idle and lines.refused == {}
+    jobs = [make_job("work") for _ in range(PUSHB_JOBS + 1)]
+    assert list(lines.add_jobs(jobs)) == []  # two PUSHB lines, not yet enough to write
+    assert lines.take().startswith(b"PUSHB [") and lines.must_read(False)  # read before more
+    lines.settle(b"{}")
+    lines.settle(b'{"x": "jid x is already in use"}')  # not resent: a refusal
+    assert lines.refused == {"x": "jid x is already in use"}
