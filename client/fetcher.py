@@ -71,7 +71,7 @@ class Fetcher:
                 await self._serve(conn, backoff)
                 return
             except ConnectionLost as exc:
-                self.outstanding = 0
+                self.outstanding, self._empty = 0, True
                 await self._pause("fetch failed", exc, backoff)
             finally:
                 conn.close()
@@ -93,13 +93,11 @@ class Fetcher:
                         return
                     await self._wake.wait()  # a job that ends frees a slot: its report rides
                     continue
-                self.reporter.release()
-                replies = await conn.replies()
-                self.reporter.held = True
+                with self.reporter.released():
+                    replies = await conn.replies()
                 if refused := self._take(replies):
-                    self.reporter.release()
-                    await self._pause("fetch refused", refused, backoff)
-                    self.reporter.held = True
+                    with self.reporter.released():
+                        await self._pause("fetch refused", refused, backoff)
                 elif not self._empty:
                     backoff.reset()
                     # Let the jobs just started run first: those that end at once free their

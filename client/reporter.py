@@ -6,8 +6,9 @@ behind a FETCH the broker holds; the broker finds each job by its jid.
 """
 
 import collections
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import trio
 
@@ -87,6 +88,15 @@ class Reporter:
         self.held = False
         if self._pending:
             self._wake.set()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """`release()` while the fetcher blocks; then it carries them again."""
+        self.release()
+        try:
+            yield
+        finally:
+            self.held = True
 
     def lost(self, reports: Iterable[Report]) -> None:
         """Reports written whose replies were lost with their connection: to write again."""
