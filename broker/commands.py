@@ -130,8 +130,8 @@ class Commands:
     ) -> list[bytes]:
         """Consecutive FETCHes of the same queues: as many as there are jobs for now, served
         together. The replies are for the first FETCHes only when jobs ran short; with
-        `may_wait` the first FETCH waits for a job as a lone FETCH does, otherwise there may
-        be no reply at all."""
+        `may_wait` the first FETCH waits for a job as a lone FETCH does, and if none came every
+        FETCH of the run gets $-1; otherwise there may be no reply at all."""
         queues = fetches[0].arg.decode("utf-8", "replace").split()
         try:
             found = await self.manager.fetch_many(
@@ -140,7 +140,7 @@ class Commands:
         except BrokerError as exc:
             return [protocol.error(exc.render())]
         if not found:
-            return [protocol.NULL] if may_wait else []
+            return [protocol.NULL] * len(fetches) if may_wait else []
         for fetched in found:
             session.remember(fetched.jid, fetched.queue)
         return [protocol.bulk(fetched.payload) for fetched in found]

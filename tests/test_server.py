@@ -371,3 +371,12 @@ async def test_replies_are_not_held_behind_a_waiting_fetch(start_broker: StartBr
         assert json.loads(await w.reply())["jid"] == "jid-0002"
         await pusher.call("PUSH", job("jid-0003"))
         assert json.loads(await w.reply())["jid"] == "jid-0003"
+
+
+async def test_a_run_of_fetches_that_finds_nothing_waits_once(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    started = trio.current_time()
+    await w.send(b"FETCH default\r\n" * 3)
+    for _ in range(3):
+        assert await w.reply() is None
+    assert trio.current_time() - started < 2 * 0.5  # one fetch_timeout (0.5 s), not three
