@@ -91,6 +91,13 @@ class Bench:
                         workloads.enqueue,
                         *(s, batch, jobs, size.enqueue_seconds),
                     )
+                if s.pipeline:
+                    self.attempt(
+                        Result("enqueue", s.name, "pipeline"),
+                        workloads.enqueue,
+                        *(s, 1, size.enqueue_jobs * BATCH_JOBS_FACTOR, size.enqueue_seconds),
+                        "pipeline",
+                    )
         if "end_to_end" in self.workloads:
             for s in self.systems:
                 for mode in s.modes:

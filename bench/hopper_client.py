@@ -4,8 +4,12 @@
 `async_worker` as a trio task (its fastest documented mode). Both read HOPPER_URL.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from bench.probe import record
 from client import Client, Worker, make_job
+from client.pipeline import Pipeline
 
 sync_worker = Worker()
 async_worker = Worker()
@@ -30,6 +34,23 @@ class Pusher:
 
     def push_batch(self, sent: float, count: int) -> None:
         self.client.push_bulk([make_job("noop", [sent]) for _ in range(count)])
+
+    @contextmanager
+    def pipeline(self) -> Iterator["PipedPusher"]:
+        """Single pushes written without waiting; all confirmed when the block ends."""
+        with self.client.pipeline() as pipe:
+            yield PipedPusher(pipe)
+
+
+class PipedPusher:
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+
+    def push(self, sent: float) -> None:
+        self.pipe.push("noop", [sent])
+
+    def push_batch(self, sent: float, count: int) -> None:
+        self.pipe.push_bulk([make_job("noop", [sent]) for _ in range(count)])
 
 
 def pusher() -> Pusher:

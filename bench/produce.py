@@ -37,6 +37,7 @@ class Plan:
     batch: int = 1
     rate: float = 0.0  # jobs/s; 0: as fast as possible
     max_seconds: float = 60.0
+    pipeline: bool = False  # single pushes through the pusher's pipeline() (Hopper)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ def produce(system: str, plan: Plan, warmup: bool) -> Timing:
     if warmup:
         pusher.push(WARMUP)
         return Timing(1, 0.0, 0.0)
+    if plan.pipeline:
+        with pusher.pipeline() as piped:
+            timing = drive(piped, plan)
+        return Timing(timing.pushed, timing.first, time.time())  # all confirmed by now
     return drive(pusher, plan)
 
 
@@ -108,8 +113,9 @@ def main() -> None:
     cli.add_argument("--rate", type=float, default=0.0)
     cli.add_argument("--max-seconds", type=float, default=60.0)
     cli.add_argument("--warmup", action="store_true")
+    cli.add_argument("--pipeline", action="store_true", help="push through pusher.pipeline()")
     args = cli.parse_args()
-    plan = Plan(args.jobs, args.batch, args.rate, args.max_seconds)
+    plan = Plan(args.jobs, args.batch, args.rate, args.max_seconds, args.pipeline)
     timing = produce(args.system, plan, args.warmup)
     print(json.dumps(asdict(timing)), flush=True)
 

@@ -85,13 +85,17 @@ def enqueue_table(results: Sequence[Result]) -> str:
     rows = [
         [
             name(s) + ("" if s.peer else " → Hopper"),
-            jobs_cell(one(results, "enqueue", system=s.name, batch=1)),
+            jobs_cell(one(results, "enqueue", system=s.name, mode="", batch=1)),
+            jobs_cell(one(results, "enqueue", system=s.name, mode="pipeline"))
+            if s.pipeline
+            else "no API",
             jobs_cell(one(results, "enqueue", system=s.name, batch=100)) if s.batch else "no API",
         ]
         for s in SYSTEMS
         if select(results, "enqueue", system=s.name)
     ]
-    return table(["system", "single jobs/s", "batches of 100, jobs/s"], rows)
+    headers = ["system", "single jobs/s", "single, pipelined, jobs/s", "batches of 100, jobs/s"]
+    return table(headers, rows)
 
 
 def end_to_end_table(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
@@ -203,8 +207,14 @@ def comparisons(results: Sequence[Result]) -> dict[str, Comparison]:
         ),
         **per_concurrency,
         "enqueue": Comparison(
-            "enqueue, single jobs, one producer",
-            one(ok, "enqueue", system="hopper", batch=1),
+            "enqueue, single jobs, one producer (Hopper: Client.pipeline)",
+            one(ok, "enqueue", system="hopper", mode="pipeline"),
+            fastest(select(best, "enqueue", batch=1)),
+            "jobs_per_s",
+        ),
+        "enqueue_confirmed": Comparison(
+            "enqueue, single jobs, one producer (Hopper: Client.push, each confirmed)",
+            one(ok, "enqueue", system="hopper", mode="", batch=1),
             fastest(select(best, "enqueue", batch=1)),
             "jobs_per_s",
         ),

@@ -50,6 +50,7 @@ class System:
     modes: tuple[Mode, ...]
     fast: str  # the mode the latency probe uses
     peer: bool = True  # False: Hopper itself, through some client
+    pipeline: bool = False  # its pusher has pipeline(): single pushes without waiting
 
     @property
     def version(self) -> str:
@@ -78,6 +79,7 @@ SYSTEMS = (
             Mode("async", HOPPER_WORKER + "async_worker"),
         ),
         fast="async",
+        pipeline=True,
         peer=False,
     ),
     System(

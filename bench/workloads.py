@@ -65,11 +65,13 @@ def produce(system: System, where: Stage, *args: str, timeout: float) -> Timing:
     return Timing(**json.loads(line))
 
 
-def enqueue(system: System, batch: int, jobs: int, max_seconds: float) -> Result:
-    """Workload 1: one producer pushes as fast as it can, no worker running."""
-    result = Result("enqueue", system.name, batch=batch)
+def enqueue(system: System, batch: int, jobs: int, max_seconds: float, mode: str = "") -> Result:
+    """Workload 1: one producer pushes as fast as it can, no worker running. Mode "pipeline":
+    single pushes through the client's pipeline (each confirmed before the last timestamp)."""
+    result = Result("enqueue", system.name, mode, batch=batch)
     with stage(system) as where:
         args = ["--jobs", str(jobs), "--batch", str(batch), "--max-seconds", str(max_seconds)]
+        args += ["--pipeline"] if mode == "pipeline" else []
         timing = produce(system, where, *args, timeout=max_seconds + 30)
     result.jobs, result.seconds = timing.pushed, round(timing.last - timing.first, 3)
     result.jobs_per_s = rate(timing.pushed, result.seconds)
