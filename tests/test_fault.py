@@ -142,26 +142,14 @@ def redis_pid(data_dir: Path) -> int:
 @pytest.fixture
 def embedded_broker(
     broker_process: Callable[..., BrokerProcess], tmp_path: Path
-) -> Iterator[Callable[..., BrokerProcess]]:
-    """Brokers with their embedded Redis in tmp_path. At the end the brokers, then the
-    redis-server, are stopped even after a failure (a killed broker leaves it running)."""
-    started: list[BrokerProcess] = []
+) -> Callable[..., BrokerProcess]:
+    """Brokers with their embedded Redis in tmp_path (broker_process's teardown stops a
+    redis-server that a killed broker left running)."""
 
     def make(*args: str) -> BrokerProcess:
-        broker = broker_process(*args, "--data-dir", str(tmp_path), embedded=True)
-        started.append(broker)
-        return broker
+        return broker_process(*args, "--data-dir", str(tmp_path), embedded=True)
 
-    yield make
-    for broker in started:
-        if broker.process is not None and broker.process.poll() is None:
-            broker.kill()
-    pid = redis_pid(tmp_path)
-    try:
-        if str(tmp_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGKILL)
-    except OSError:
-        pass  # none left
+    return make
 
 
 # -- the broker killed under load ---------------------------------------------------------------
