@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.probe import Probe
+from bench.probe import Probe, Record
 from bench.produce import Timing
 from bench.results import Result, latency_ms, rate
 from bench.servers import (
@@ -101,19 +101,28 @@ def worker(system: System, mode: Mode, concurrency: int, where: Stage) -> Iterat
         yield Worker(probe, lambda: process.poll() is None)
 
 
+def drain(
+    system: System, mode: Mode, concurrency: int, produce_args: list[str], timeout: float
+) -> tuple[Timing, bool, list[Record]]:
+    """Run one producer (bench.produce with `produce_args`) against one worker process:
+    (the producer's timing, whether every pushed job ran in time, the jobs' records)."""
+    with stage(system) as where, worker(system, mode, concurrency, where) as work:
+        timing = produce(system, where, *produce_args, timeout=timeout + 30)
+        done = work.probe.wait(timing.pushed, timeout, work.alive)
+        records = work.probe.records()
+    if not records:
+        raise RuntimeError("no job ran")
+    return timing, done, records
+
+
 def end_to_end(system: System, mode: Mode, concurrency: int, jobs: int, timeout: float) -> Result:
     """Workload 2: `jobs` pushed (in batches where the system has them) while one worker
     process drains them; from the first push to the last job started."""
     jobs = max(100, int(jobs * mode.jobs_scale))
     batch = BATCH if system.batch else 1
     result = Result("end_to_end", system.name, mode.name, concurrency, batch)
-    with stage(system) as where, worker(system, mode, concurrency, where) as work:
-        args = ["--jobs", str(jobs), "--batch", str(batch), "--max-seconds", str(timeout)]
-        timing = produce(system, where, *args, timeout=timeout + 30)
-        done = work.probe.wait(timing.pushed, timeout, work.alive)
-        records = work.probe.records()
-    if not records:
-        raise RuntimeError("no job ran")
+    args = ["--jobs", str(jobs), "--batch", str(batch), "--max-seconds", str(timeout)]
+    timing, done, records = drain(system, mode, concurrency, args, timeout)
     result.jobs = len(records)
     result.seconds = round(max(r.started for r in records) - timing.first, 3)
     result.jobs_per_s = rate(result.jobs, result.seconds)
@@ -128,13 +137,8 @@ def latency(system: System, jobs_per_s: float, seconds: float, timeout: float) -
     concurrency = max(c for c in mode.concurrencies if c <= LATENCY_CONCURRENCY)
     jobs = int(jobs_per_s * seconds)
     result = Result("latency", system.name, mode.name, concurrency)
-    with stage(system) as where, worker(system, mode, concurrency, where) as work:
-        args = ["--jobs", str(jobs), "--rate", str(jobs_per_s), "--max-seconds", str(timeout)]
-        timing = produce(system, where, *args, timeout=timeout + 30)
-        done = work.probe.wait(timing.pushed, timeout, work.alive)
-        records = work.probe.records()
-    if not records:
-        raise RuntimeError("no job ran")
+    args = ["--jobs", str(jobs), "--rate", str(jobs_per_s), "--max-seconds", str(timeout)]
+    timing, done, records = drain(system, mode, concurrency, args, timeout)
     result.jobs, result.seconds = len(records), round(timing.last - timing.first, 3)
     result.jobs_per_s = rate(timing.pushed, result.seconds)
     result.p50_ms, result.p99_ms = latency_ms([r.started - r.sent for r in records])
