@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("target", help="module[:name] of a Worker, e.g. myapp.jobs:worker")
     cli.add_argument("-q", "--queues", help="comma-separated queues, highest priority first")
     cli.add_argument("-c", "--concurrency", type=int, help="jobs run at the same time")
+    cli.add_argument("--prefetch", type=int, help="jobs fetched ahead while jobs run short")
     cli.add_argument("--url", help="broker URL (default: $HOPPER_URL, $FAKTORY_URL, localhost)")
     cli.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
     cli.add_argument("--log-level", default="INFO", help="default: INFO")
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         worker.queues = tuple(q for q in args.queues.split(",") if q)
     if args.concurrency:
         worker.concurrency = args.concurrency
+    if args.prefetch is not None:
+        worker.prefetch = args.prefetch
     if args.url:
         worker.url = args.url
     if args.grace is not None:

@@ -1,5 +1,5 @@
-"""The worker's fetching: one connection keeps its free slots filled with pipelined FETCHes,
-and carries the reports pending at each write before its FETCHes."""
+"""The worker's fetching: one connection keeps the slots busy with pipelined FETCHes, fetching
+ahead of free slots while jobs are short, and carries the pending reports in its writes."""
 
 import collections
 import logging
@@ -17,14 +17,19 @@ from client.wire import Reply
 
 log = logging.getLogger("client.worker")
 
+SHORT = 0.010  # seconds: jobs that run shorter on average are fetched ahead of free slots
+WRITES_AHEAD = 2  # writes whose replies may be awaited at once
+
 
 class Fetcher:
-    """Sends one FETCH per free slot, all in one write, and hands each job to `start`.
+    """Writes FETCHes for the room it has, with the pending reports before them, and hands
+    each job fetched to `start` when a slot is free.
 
-    The broker answers a run of FETCHes with what it has at once and makes the first FETCH
-    it cannot serve wait, so the next write waits for every reply. While the queues are
-    empty one FETCH is out at a time, so waits do not stack up; a job fetched opens every
-    free slot again.
+    The room is one FETCH per free slot, plus `prefetch` jobs fetched ahead while the jobs
+    run short (the next ones are then on their way while these run; a job fetched ahead
+    waits about one job's run time). The broker answers a run of FETCHes with what it has at
+    once and makes the first it cannot serve wait, so while the queues are empty one FETCH
+    is out at a time and waits do not stack up; a job fetched opens the room again.
     """
 
     def __init__(
@@ -32,30 +37,48 @@ class Fetcher:
         client: AsyncClient,
         queues: Sequence[str],
         slots: int,
+        prefetch: int,
         start: Callable[[Job], None],
         reporter: Reporter,
     ) -> None:
         self.client = client
         self.slots = slots
+        self.prefetch = prefetch
         self.start = start
         self.reporter = reporter
-        self._carried: collections.deque[Report] = collections.deque()  # written before FETCHes
         self.running = 0  # jobs handed to `start` and not finished
         self.outstanding = 0  # FETCHes sent and not answered
+        self.ready: collections.deque[Job] = collections.deque()  # fetched ahead of a slot
+        # Per write awaiting replies, what each reply answers: a report, or a FETCH (None).
+        self._written: collections.deque[collections.deque[Report | None]] = collections.deque()
         self._fetch = commands.fetch(queues)
+        self._average = SHORT  # run time of the recent jobs (moving average), seconds
         self._empty = True  # the last reply had no job
+        self._refused: ServerError | None = None
+        self._lost: ConnectionLost | None = None
         self._stopped = trio.Event()
-        self._wake = trio.Event()
+        self._wake = trio.Event()  # for the writer: room, a reply, a stop
+        self._written_to = trio.Event()  # for the reader: replies are due
 
-    def finished(self) -> None:
-        """A job handed to `start` is over: its slot is free."""
+    def finished(self, seconds: float) -> None:
+        """A job handed to `start` ended after running `seconds`: its slot is free."""
         self.running -= 1
+        self._average += (seconds - self._average) / 8
+        if self.ready:
+            self._begin(self.ready.popleft())
         self._wake.set()
+
+    def unstarted(self) -> list[Job]:
+        """Take the jobs fetched ahead that no slot has started (they stay reserved)."""
+        jobs = list(self.ready)
+        self.ready.clear()
+        return jobs
 
     def stop(self) -> None:
         """Send no more FETCHes; `run` returns once those sent are answered."""
         self._stopped.set()
         self._wake.set()
+        self._carry()
 
     async def run(self) -> None:
         """Fetch until stopped, over a new connection after a drop (FETCHes whose replies
@@ -71,67 +94,110 @@ class Fetcher:
                 await self._serve(conn, backoff)
                 return
             except ConnectionLost as exc:
-                self.outstanding, self._empty = 0, True
                 await self._pause("fetch failed", exc, backoff)
             finally:
                 conn.close()
-                self.reporter.lost(self._carried)
-                self._carried.clear()
+                unheard = [report for sent in self._written for report in sent if report]
+                self._written.clear()
+                self.outstanding, self._empty, self._lost = 0, True, None
+                self.reporter.lost(unheard)
+                self.reporter.carried(False)
 
     async def _serve(self, conn: AsyncConnection, backoff: Backoff) -> None:
-        self.reporter.held = True  # until it blocks, this task writes again before long
-        try:
-            while True:
-                self._wake = trio.Event()
-                if wanted := self._wanted():
-                    self._carried.extend(self.reporter.take())
-                    self.outstanding += wanted
-                    lines = [report.call.line for report in self._carried]
-                    await conn.send(b"".join(lines) + self._fetch.line * wanted)
-                if not self.outstanding:
-                    if self._stopped.is_set():
-                        return
-                    await self._wake.wait()  # a job that ends frees a slot: its report rides
-                    continue
-                with self.reporter.released():
-                    replies = await conn.replies()
-                if refused := self._take(replies):
-                    with self.reporter.released():
-                        await self._pause("fetch refused", refused, backoff)
-                elif not self._empty:
-                    backoff.reset()
-                    # Let the jobs just started run first: those that end at once free their
-                    # slots for the next write (trio may run this task before them once).
-                    await trio.lowlevel.checkpoint()
-                    await trio.lowlevel.checkpoint()
-        finally:
-            self.reporter.release()
+        async with trio.open_nursery() as reading:
+            reading.start_soon(self._read, conn, backoff)
+            lost = await self._write(conn, backoff)
+            reading.cancel_scope.cancel()
+        if lost is not None:
+            raise lost
 
-    def _take(self, replies: list[Reply]) -> ServerError | None:
-        """Settle the carried reports and start the jobs fetched; the last error reply."""
-        refused = None
+    async def _write(self, conn: AsyncConnection, backoff: Backoff) -> ConnectionLost | None:
+        """Write until stopped and answered; the lost connection, if it was lost."""
+        self._carry()
+        while self._lost is None:
+            if refused := self._refused:
+                await self._pause("fetch refused", refused, backoff)
+                self._refused = None
+                self._carry()
+            elif wanted := self._wanted():
+                # Reports never wait behind a FETCH that the broker may be holding.
+                reports = [] if self._written else self.reporter.take()
+                sent: collections.deque[Report | None] = collections.deque(reports)
+                lines = b"".join([report.call.line for report in sent if report])
+                sent.extend([None] * wanted)
+                self._written.append(sent)
+                self.outstanding += wanted
+                self._written_to.set()
+                self._carry()
+                try:
+                    await conn.send(lines + self._fetch.line * wanted)
+                except ConnectionLost as exc:
+                    return exc
+            elif self._stopped.is_set() and not self._written:
+                return None
+            self._wake = trio.Event()
+            await self._wake.wait()
+        return self._lost
+
+    async def _read(self, conn: AsyncConnection, backoff: Backoff) -> None:
+        """Read the replies, start the jobs; a lost connection is left for the writer."""
+        while True:
+            while not self._written:
+                self._written_to = trio.Event()
+                await self._written_to.wait()
+            try:
+                replies = await conn.replies()
+            except ConnectionLost as exc:
+                self._lost = exc
+                self._wake.set()
+                return
+            self._take(replies, backoff)
+            self._carry()
+            self._wake.set()
+
+    def _take(self, replies: list[Reply], backoff: Backoff) -> None:
+        """Settle the reports answered and start (or keep ready) the jobs fetched."""
         for reply in replies:
-            if self._carried:
-                self.reporter.settle(self._carried.popleft(), reply)
+            sent = self._written[0]
+            report = sent.popleft()
+            if not sent:
+                self._written.popleft()
+            if report is not None:
+                self.reporter.settle(report, reply)
                 continue
             self.outstanding -= 1
             try:
                 job = self._fetch.parse(reply, False)
             except ServerError as exc:
-                job, refused = None, exc
+                job, self._refused = None, exc
             self._empty = job is None
-            if job is not None:
-                self.running += 1
-                self.start(job)
-        return refused
+            if job is None:
+                continue
+            backoff.reset()
+            if self.running < self.slots:
+                self._begin(job)
+            else:
+                self.ready.append(job)
+
+    def _begin(self, job: Job) -> None:
+        self.running += 1
+        self.start(job)
 
     def _wanted(self) -> int:
-        """FETCHes to send now: one per free slot, or one while the queues are empty; none
-        while some are unanswered (the broker is making them wait: the queues ran dry)."""
-        if self.outstanding or self._stopped.is_set():
+        """FETCHes to write now: those the room allows, or one while the queues are empty
+        and none is out."""
+        if self._stopped.is_set() or len(self._written) >= WRITES_AHEAD:
             return 0
-        free = self.slots - self.running
-        return min(free, 1) if self._empty else free
+        if self._empty:
+            return 0 if self.outstanding else min(self.slots - self.running, 1)
+        ahead = self.prefetch if self._average < SHORT else 0
+        return max(self.slots + ahead - self.running - len(self.ready) - self.outstanding, 0)
+
+    def _carry(self) -> None:
+        """Tell the reporter whether the next write here will soon carry new reports: it
+        will while no FETCH is unanswered and a job ending makes room for more."""
+        writing = not (self._stopped.is_set() or self._empty or self._refused)
+        self.reporter.carried(writing and not self._written)
 
     async def _pause(self, what: str, exc: ClientError, backoff: Backoff) -> None:
         log.warning("worker %s: %s: %s", self.client.wid, what, exc)

@@ -6,9 +6,8 @@ behind a FETCH the broker holds; the broker finds each job by its jid.
 """
 
 import collections
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import trio
 
@@ -51,7 +50,7 @@ class Reporter:
         self._wake = trio.Event()
         self._settled = trio.Event()
         self._later: trio.Nursery | None = None  # where refused reports wait to be sent again
-        self.held = False  # set by the fetcher while its next write will carry new reports
+        self.held = False  # the fetcher's next write will carry new reports (see `carried`)
 
     def report(self, jid: str, error: BaseException | None) -> None:
         """ACK the job, or FAIL it with the error."""
@@ -83,20 +82,12 @@ class Reporter:
         if not self.unsettled:
             self._settled.set()
 
-    def release(self) -> None:
-        """The fetcher no longer carries new reports: deliver those pending here."""
-        self.held = False
-        if self._pending:
+    def carried(self, carried: bool) -> None:
+        """Whether the fetcher's next write will soon carry new reports; if not, those
+        pending are delivered here."""
+        self.held = carried
+        if not carried and self._pending:
             self._wake.set()
-
-    @contextlib.contextmanager
-    def released(self) -> Iterator[None]:
-        """`release()` while the fetcher blocks; then it carries them again."""
-        self.release()
-        try:
-            yield
-        finally:
-            self.held = True
 
     def lost(self, reports: Iterable[Report]) -> None:
         """Reports written whose replies were lost with their connection: to write again."""

@@ -43,7 +43,12 @@ class Shift:
         self.client = self._connect(worker.ssl_context)  # HELLO and BEAT
         self.reporter = Reporter(self.client)
         self.fetcher = Fetcher(
-            self.client, worker.queues, worker.concurrency, self._start, self.reporter
+            self.client,
+            worker.queues,
+            worker.concurrency,
+            worker.concurrency if worker.prefetch is None else worker.prefetch,
+            self._start,
+            self.reporter,
         )
         self._terminating = trio.Event()
         self._forced = trio.Event()  # no more grace
@@ -54,8 +59,9 @@ class Shift:
 
     @property
     def active_slots(self) -> int:
-        """Slots running a job or waiting for a FETCH's reply."""
-        return self.fetcher.running + self.fetcher.outstanding
+        """Jobs running or fetched, and FETCHes awaiting their replies."""
+        fetcher = self.fetcher
+        return fetcher.running + len(fetcher.ready) + fetcher.outstanding
 
     def _connect(self, ssl_context: ssl.SSLContext | None) -> AsyncClient:
         """A client of this worker's own, one idle connection (the loops retry at their pace)."""
@@ -156,8 +162,9 @@ class Shift:
         if scope.cancelled_caught:
             error = Interrupted(f"the worker stopped before the job finished ({self.wid})")
         self.reporter.report(job.jid, error)
-        self.fetcher.finished()
-        _log_outcome(job, time.perf_counter() - started, error)
+        duration = time.perf_counter() - started
+        self.fetcher.finished(duration)
+        _log_outcome(job, duration, error)
 
     async def _enforce_grace(self, reporting: trio.CancelScope) -> None:
         """Once terminating: after the grace, stop fetching and interrupt running jobs;
@@ -165,8 +172,16 @@ class Shift:
         await self._terminating.wait()
         await _pause(self.worker.grace, self._forced)
         self._fetching.cancel()
-        if self._jobs:
-            log.warning("worker %s: interrupting %d running jobs", self.wid, len(self._jobs))
+        unstarted = self.fetcher.unstarted()
+        if self._jobs or unstarted:
+            log.warning(
+                "worker %s: interrupting %d running jobs, failing %d not started",
+                self.wid,
+                len(self._jobs),
+                len(unstarted),
+            )
+        for job in unstarted:
+            self.reporter.report(job.jid, Interrupted(f"the worker stopped ({self.wid})"))
         for scope in list(self._jobs.values()):
             scope.cancel()
         await trio.sleep(REPORT_TIMEOUT)

@@ -30,8 +30,10 @@ class Worker:
 
     Sync functions run in threads, async functions as trio tasks (or, with
     `async_backend="asyncio"`, on one asyncio loop in its own thread). Queues are fetched in
-    priority order. ACKs and FAILs whose connection broke are sent again on a new one, so a
-    broker restart or a network drop loses no job. Settings may change until `run()`.
+    priority order; while jobs run short (under 10 ms on average), up to `prefetch` more
+    (default: `concurrency`) are fetched ahead of free slots, 0 turns that off. ACKs and
+    FAILs whose connection broke are sent again on a new one, so a broker restart or a
+    network drop loses no job. Settings may change until `run()`.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Worker:
         middleware: Iterable[Middleware] = (),
         ssl_context: ssl.SSLContext | None = None,
         async_backend: Literal["trio", "asyncio"] = "trio",
+        prefetch: int | None = None,
     ) -> None:
         self.url = url
         self.password = password
@@ -58,6 +61,7 @@ class Worker:
         self.middleware = list(middleware)
         self.ssl_context = ssl_context
         self.async_backend = async_backend
+        self.prefetch = prefetch
         self.wid = new_jid()
         self.functions: dict[str, JobFunction] = {}
         self._shift: Shift | None = None

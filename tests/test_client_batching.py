@@ -5,6 +5,7 @@ import contextvars
 import threading
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import trio
@@ -118,3 +119,83 @@ async def test_reports_of_jobs_ending_while_a_fetch_waits_are_not_held_back(
     release.set()  # its ACK goes out while that FETCH still waits
     await eventually(lambda: not rdb.hexists(DEFAULT.jobs, jid), timeout=5)
     worker.terminate()
+
+
+async def test_short_jobs_are_fetched_ahead_up_to_prefetch(
+    broker: App, rdb: redis.Redis, nursery: trio.Nursery
+) -> None:
+    reserved: list[int] = []  # jobs reserved at the broker, seen from inside each job
+    taken: list[int] = []  # jobs and FETCHes the worker holds
+    worker = Worker(url(broker), concurrency=1, prefetch=2, heartbeat=0.05)
+
+    @worker.job()
+    async def look(n: int) -> None:
+        reserved.append(rdb.zcard(DEFAULT.working))
+        taken.append(worker.active_slots)
+
+    await nursery.start(worker.arun)
+    await push_many(broker, "look", 40)
+    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    assert len(reserved) == 40
+    assert max(reserved) >= 3  # the running job and 2 fetched ahead (+ ACKs on their way)
+    assert max(taken) == 3  # never more
+    worker.terminate()
+
+
+async def test_slow_jobs_are_not_fetched_ahead(
+    broker: App, rdb: redis.Redis, nursery: trio.Nursery
+) -> None:
+    release = trio.Event()
+    ran_by: dict[str, str] = {}
+    first, second = (Worker(url(broker), concurrency=1, heartbeat=0.05) for _ in range(2))
+    for worker in (first, second):
+
+        async def hold(n: int, worker: Worker = worker) -> None:
+            ran_by[current_job().jid] = worker.wid
+            await release.wait()
+
+        worker.register("hold", hold)
+    await nursery.start(first.arun)
+    (held,) = await push_many(broker, "hold", 1)
+    await eventually(lambda: held in ran_by)
+    (waiting,) = await push_many(broker, "hold", 1)
+    await nursery.start(second.arun)
+    await eventually(lambda: waiting in ran_by)  # the first worker did not take it ahead
+    assert ran_by == {held: first.wid, waiting: second.wid}
+    release.set()
+    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    first.terminate()
+    second.terminate()
+
+
+async def test_terminate_fails_jobs_fetched_ahead_that_never_started(
+    broker: App, rdb: redis.Redis
+) -> None:
+    worker = Worker(url(broker), concurrency=1, prefetch=1, heartbeat=0.05, grace=0.1)
+    quick_done: list[int] = []
+
+    @worker.job()
+    def quick(n: int) -> None:
+        quick_done.append(n)
+
+    @worker.job()
+    async def stuck(n: int) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.arun)
+        await push_many(broker, "quick", 3)  # short jobs: the worker fetches ahead
+        await eventually(lambda: len(quick_done) == 3)
+        (stuck_jid,) = await push_many(broker, "stuck", 1)
+        after = await push_many(broker, "quick", 2)
+        await eventually(lambda: rdb.zcard(DEFAULT.working) == 2)  # stuck + one fetched ahead
+        worker.terminate()
+    (ahead_jid,) = set(rdb.zrange(DEFAULT.retries, 0, -1)) - {stuck_jid}
+    assert ahead_jid in after
+    for jid in (stuck_jid, ahead_jid):
+        payload = rdb.hget(DEFAULT.jobs, jid)
+        assert payload is not None
+        failure = msgspec.json.decode(payload, type=Job).failure
+        assert failure is not None and failure.errtype == "Interrupted"
+    assert rdb.lrange(DEFAULT.queue, 0, -1) == list(after - {ahead_jid})  # never fetched
+    assert rdb.zcard(DEFAULT.working) == 0 and len(quick_done) == 3
