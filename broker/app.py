@@ -14,7 +14,7 @@ from broker.reapers import run_reapers
 from broker.redis_server import EmbeddedRedis
 from broker.server import Server
 from broker.stats import Stats
-from broker.store.connection import Address, Pipeline, Subscriber
+from broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
 from broker.store.keys import PUSHED_CHANNEL
 from broker.store.redis import Store
 from broker.tls import server_context
@@ -71,7 +71,7 @@ class App:
                 clock=time.time,
             )
             self.server = server = Server(manager, lambda: self.config, self.ssl_context)
-            root.start_soon(_relay_pushes, address, doorbell)
+            root.start_soon(relay_pushes, address, doorbell)
             root.start_soon(run_reapers, manager, self.config, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
@@ -89,13 +89,13 @@ class App:
             root.cancel_scope.cancel()
 
 
-async def _relay_pushes(address: Address, doorbell: Doorbell) -> None:
+async def relay_pushes(address: Address, doorbell: Doorbell) -> None:
     """Ring the doorbell for pushes made through other broker processes."""
     while True:
         try:
             async with Subscriber(address, PUSHED_CHANNEL).open() as messages:
                 async for queue in messages:
                     doorbell.ring(queue.decode())
-        except OSError as exc:
+        except CONNECTION_ERRORS as exc:
             log.warning("push notifications lost (%s); resubscribing", exc)
         await trio.sleep(RESUBSCRIBE_DELAY)

@@ -8,13 +8,17 @@ from pathlib import Path
 import hiredis
 import trio
 
-from broker.store.connection import Address
+from broker.store.connection import CONNECTION_ERRORS, Address
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for redis-server to write its AOF and exit on SIGTERM
 RESTART_DELAY = 1.0  # seconds before restarting a redis-server that died
+
+
+class StartFailed(RuntimeError):
+    """redis-server exited before it accepted commands."""
 
 
 class EmbeddedRedis:
@@ -64,6 +68,10 @@ class EmbeddedRedis:
                     started = True
                 code = await process.wait()
                 log.error("embedded redis-server exited with %s; restarting", code)
+            except (StartFailed, trio.TooSlowError) as exc:
+                if not started:
+                    raise  # a first start that fails is a setup error: the broker stops
+                log.error("embedded redis-server did not start again (%r); retrying", exc)
             finally:
                 with trio.CancelScope(shield=True):
                     await _stop(process)
@@ -73,9 +81,7 @@ class EmbeddedRedis:
         with trio.fail_after(START_TIMEOUT):
             while True:
                 if process.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server exited at start; see {self.dir / 'redis.log'}"
-                    )
+                    raise StartFailed(f"redis-server exited at start; see {self.dir / 'redis.log'}")
                 if await _answers_ping(self.url):
                     return
                 await trio.sleep(0.02)
@@ -103,7 +109,7 @@ async def _answers_ping(url: str) -> bool:
     """Whether Redis accepts commands: it answers PING with PONG, not with LOADING."""
     try:
         stream = await Address(url).open()
-    except OSError:
+    except CONNECTION_ERRORS:
         return False
     try:
         await stream.send_all(hiredis.pack_command(("PING",)))
@@ -114,7 +120,7 @@ async def _answers_ping(url: str) -> bool:
                 return False
             reader.feed(data)
         return bool(reply == b"PONG")
-    except trio.BrokenResourceError:
+    except CONNECTION_ERRORS:
         return False
     finally:
         await stream.aclose()

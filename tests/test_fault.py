@@ -8,6 +8,8 @@ Each test has a quick form (in `make test`) and a long one marked `chaos` (in `m
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -18,7 +20,11 @@ from typing import Any
 
 import pytest
 import redis
+import trio
 
+from broker.app import relay_pushes
+from broker.doorbell import Doorbell
+from broker.store.connection import Address
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
@@ -402,6 +408,63 @@ def test_a_redis_outage_logs_no_tracebacks(
     assert load.ledger.errors["ERR redis unavailable:"] > 0
     assert broker.stop() == 0
     assert "Traceback" not in broker.log.read_text()
+
+
+def test_an_embedded_redis_that_cannot_start_again_is_retried(
+    embedded_broker: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    broker = embedded_broker(*FAST_ARGS)
+    manifest = tmp_path / "appendonlydir" / "appendonly.aof.manifest"
+    good = manifest.read_bytes()
+    manifest.write_bytes(b"not a manifest\n")  # redis-server now exits at start
+    pid = redis_pid(tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    retries = "embedded redis-server did not start again"
+    wait_for(lambda: broker.log.read_text().count(retries) >= 2, 30, "failed restarts")
+    assert broker.process is not None and broker.process.poll() is None
+    manifest.write_bytes(good)
+    wait_for(lambda: redis_pid(tmp_path) not in (0, pid), 30, "redis-server restarted")
+    wait_for(lambda: _pushed(broker.port), 30, "a PUSH served")
+    assert broker.stop() == 0
+    assert "Traceback" not in broker.log.read_text()
+
+
+def _pushed(port: int) -> bool:
+    """Whether one PUSH is served, as soon as Redis is back."""
+    conn = Conn(port, {})
+    try:
+        conn.call("PUSH", {"jid": "after-restart-1", "jobtype": "x", "args": []})
+    except WireError as exc:
+        assert "redis unavailable" in str(exc) or "LOADING" in str(exc)
+        return False
+    finally:
+        conn.close()
+    return True
+
+
+async def test_push_relay_resubscribes_when_redis_dies_during_subscribe() -> None:
+    """A Redis that resets the connection in the middle of SUBSCRIBE (killed right then)
+    makes the relay subscribe again; it used to crash the broker."""
+    resets = 0
+    twice = trio.Event()
+
+    async def die_on_subscribe(stream: trio.SocketStream) -> None:
+        nonlocal resets
+        await stream.receive_some()  # the SUBSCRIBE
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # a reset, as from a killed process
+        resets += 1
+        if resets == 2:
+            twice.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, die_on_subscribe, listeners)
+        nursery.start_soon(relay_pushes, Address(f"redis://127.0.0.1:{port}"), Doorbell())
+        with trio.fail_after(10):
+            await twice.wait()
+        nursery.cancel_scope.cancel()
 
 
 # -- several brokers reaping one Redis ----------------------------------------------------------

@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 MAX_IN_FLIGHT = 10_000  # commands written but not answered; callers past it wait their turn
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # seconds; the last repeats
+# What a Redis connection raises when it breaks (or Redis closes it, or sends garbage).
+CONNECTION_ERRORS = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    hiredis.ProtocolError,
+)
 
 
 class ReplyError(BrokerError):
@@ -207,7 +214,7 @@ class Pipeline:
                 data = b"".join(self._out)
                 self._out.clear()
                 await self._stream.send_all(data)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except CONNECTION_ERRORS as exc:
             log.warning("redis write failed: %s", exc)
             scope.cancel()
 
@@ -234,18 +241,16 @@ class Pipeline:
                             trio.lowlevel.reschedule(waiter.task, outcome.Value(waiter.replies))
                 if self._room_lot:
                     self._room_lot.unpark_all()
-        except (
-            OSError,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            hiredis.ProtocolError,
-        ) as exc:
+        except CONNECTION_ERRORS as exc:
             log.warning("redis read failed: %s", exc)
             scope.cancel()
 
 
 class Subscriber:
-    """A dedicated connection subscribed to one channel; yields each message's data."""
+    """A dedicated connection subscribed to one channel; yields each message's data.
+
+    A broken connection raises one of CONNECTION_ERRORS (from `open()` or the iteration).
+    """
 
     def __init__(self, address: Address, channel: str) -> None:
         self.address = address
