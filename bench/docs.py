@@ -53,6 +53,28 @@ METHOD = """\
 """
 
 
+READING = """\
+## Reading the figures
+
+- **End to end.** The lead comes from the bundled client's pipelining: one worker connection
+  keeps a FETCH for every free slot in flight, plus jobs fetched ahead while jobs run short,
+  so the next jobs are on their way while these run; ACKs travel in batches, and the broker
+  serves each run of FETCHes or ACKs with one Redis call. At c=1 a job is still one round
+  trip through the broker (client → broker → Redis → broker → client), which a library that
+  talks to Redis directly does not pay.
+- **Raw protocol.** One command per round trip per connection: what any unpipelined Faktory
+  client costs the broker. Each command pays a loopback receive and send (on this machine a
+  bare trio echo server over 10 connections spends 12-15 µs of CPU per request before doing
+  any work), a Redis round trip from the broker (8-12 µs more), and Hopper's own Python per
+  command (decode, validate, encode, reply: about 15 µs). So for single PUSHes the Go
+  reference is faster, FETCH+ACK is close, and batches (PUSHB) and pipelined clients are
+  where Hopper is far ahead. Less Python per command, or several broker processes sharing
+  the port (the store already allows several brokers on one Redis), would close the
+  single-command gap; the second needs more cores than this machine shares with its load
+  generator.
+"""
+
+
 def write(
     path: Path, tables: str, size: dict[str, Any], duration: float, started: datetime
 ) -> None:
@@ -77,5 +99,6 @@ Produced by `make bench` (the harness in `bench/`); raw results in `bench/result
 
 {tables}
 
-{METHOD.format(**size)}"""
+{METHOD.format(**size)}
+{READING}"""
     )
