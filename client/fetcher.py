@@ -115,6 +115,7 @@ class Fetcher:
         """Write until stopped and answered; the lost connection, if it was lost."""
         self._carry()
         while self._lost is None:
+            self._wake = trio.Event()  # before looking: what happens from here on wakes it
             if refused := self._refused:
                 await self._pause("fetch refused", refused, backoff)
                 self._refused = None
@@ -135,8 +136,8 @@ class Fetcher:
                     return exc
             elif self._stopped.is_set() and not self._written:
                 return None
-            self._wake = trio.Event()
-            await self._wake.wait()
+            else:
+                await self._wake.wait()
         return self._lost
 
     async def _read(self, conn: AsyncConnection, backoff: Backoff) -> None:
