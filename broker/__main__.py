@@ -91,10 +91,14 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         try:
-                            app.reload(load_config(args, dict(os.environ)))
-                            log.info("configuration reloaded")
+                            kept = app.reload(load_config(args, dict(os.environ)))
                         except (OSError, ValueError, msgspec.ValidationError) as exc:
                             log.error("configuration not reloaded: %s", exc)
+                            continue
+                        logging.getLogger().setLevel(app.settings().log_level.upper())
+                        log.info("configuration reloaded")
+                        if kept:
+                            log.warning("%s: changed only by a restart", ", ".join(kept))
                     else:
                         app.stop()
                         return

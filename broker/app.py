@@ -2,11 +2,11 @@
 one root nursery."""
 
 import logging
-import time
 
 import trio
 
-from broker.config import Config
+from broker.clock import RedisClock
+from broker.config import Config, Settings
 from broker.doorbell import Doorbell
 from broker.manager import Manager
 from broker.middleware import Chains
@@ -16,6 +16,7 @@ from broker.server import Server
 from broker.stats import Stats
 from broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
 from broker.store.keys import PUSHED_CHANNEL
+from broker.store.migrate import migrate
 from broker.store.redis import Store
 from broker.tls import server_context
 
@@ -33,7 +34,7 @@ class App:
         *,
         chains: Chains | None = None,
     ) -> None:
-        self.config = config
+        self.settings = Settings(config)
         self.chains = chains or Chains()
         self.ssl_context = server_context(config)
         self.redis_url = config.redis_url
@@ -45,39 +46,42 @@ class App:
     def stop(self) -> None:
         self._stop.set()
 
-    def reload(self, config: Config) -> None:
-        """Take the settings that can change while running (password, limits, timeouts)."""
-        self.config = config
-        if self.manager is not None:
-            self.manager.config = config
+    def reload(self, config: Config) -> list[str]:
+        """Take new settings; returns the names of those that only a restart can change (they
+        keep their values). Raises ValueError for settings that cannot work together."""
+        return self.settings.reload(config)
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
+            config = self.settings()
             if not self.redis_url:
-                embedded = EmbeddedRedis(
-                    self.config.data_dir, self.config.redis_server, self.config.appendfsync
-                )
+                embedded = EmbeddedRedis(config.data_dir, config.redis_server, config.appendfsync)
                 self.redis_url = await root.start(embedded.run)
             address = Address(self.redis_url)
             redis = Pipeline(address)
             await root.start(redis.run)
+            store = Store(redis)
+            await migrate(store)
+            clock = RedisClock(store)
+            await clock.sync()
+            root.start_soon(clock.run)
             doorbell = Doorbell()
             self.manager = manager = Manager(
-                Store(redis),
-                self.config,
+                store,
+                self.settings,
                 chains=self.chains,
                 stats=Stats(),
                 doorbell=doorbell,
-                clock=time.time,
+                clock=clock,
             )
-            self.server = server = Server(manager, lambda: self.config, self.ssl_context)
+            self.server = server = Server(manager, self.settings, self.ssl_context)
             root.start_soon(relay_pushes, address, doorbell)
-            root.start_soon(run_reapers, manager, self.config, server.close_worker)
+            root.start_soon(run_reapers, manager, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
                 log.info(
                     "Hopper listening on %s:%d%s, redis %s",
-                    self.config.host,
+                    config.host,
                     self.port,
                     " (TLS)" if self.ssl_context else "",
                     address.display,

@@ -116,6 +116,8 @@ class Commands:
         for i, command in enumerate(acks):
             try:
                 jid = _decode(ack_decoder, command.arg, "ACK").get("jid", "")
+                if not jid:
+                    raise CommandError(f"invalid ACK {command.arg.decode('utf-8', 'replace')}")
             except CommandError as exc:
                 replies[i] = protocol.error(exc.render())
                 continue
@@ -179,10 +181,10 @@ class Commands:
         return BEAT_REPLIES.get(state, protocol.OK)
 
     async def info(self, session: Session, arg: bytes) -> bytes:
-        return protocol.bulk(encode(await self.manager.info(self.clock())))
+        return protocol.bulk(encode(await self.manager.admin.info(self.clock())))
 
     async def flush(self, session: Session, arg: bytes) -> bytes:
-        await self.manager.flush()
+        await self.manager.admin.flush()
         return protocol.OK
 
     async def queue(self, session: Session, arg: bytes) -> bytes:
@@ -193,11 +195,11 @@ class Commands:
         if not names:
             raise CommandError(f"QUEUE {sub} needs at least one queue name")
         if sub in ("PAUSE", "RESUME"):
-            await self.manager.pause(names, sub == "PAUSE")
+            await self.manager.admin.pause(names, sub == "PAUSE")
         elif sub == "REMOVE":
-            await self.manager.remove_queues(names)
+            await self.manager.admin.remove(names)
         elif sub == "LATENCY":
-            return protocol.bulk(encode(await self.manager.latency(names, self.clock())))
+            return protocol.bulk(encode(await self.manager.admin.latency(names, self.clock())))
         else:
             raise CommandError(f"no such QUEUE subcommand: {sub}")
         return protocol.OK
@@ -207,7 +209,7 @@ class Commands:
             mutation = decode_input(mutation_decoder, arg)
         except msgspec.DecodeError as exc:
             raise CommandError(str(exc)) from None
-        await self.manager.mutate(mutation, self.clock())
+        await self.manager.mutator.run(mutation, self.clock())
         return protocol.OK
 
 

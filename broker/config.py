@@ -1,4 +1,5 @@
-"""Frozen settings of one broker process, each limit a named default with its reason.
+"""Frozen settings of one broker process, each limit a named default with its reason, and the
+one way every component reads the settings in force.
 
 Settings come from command-line flags, then environment variables, then an optional TOML file,
 then these defaults; the first that says something wins (see __main__.py).
@@ -7,6 +8,7 @@ then these defaults; the first that says something wins (see __main__.py).
 import ipaddress
 
 import msgspec
+import trio
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
@@ -33,6 +35,11 @@ DEAD_PURGE_INTERVAL = 60.0  # seconds between purges of expired dead jobs (refer
 WORKER_TTL = 60.0  # seconds without a BEAT before a worker is forgotten (reference)
 WORKER_REAPER_INTERVAL = 15.0  # seconds between checks for silent workers (reference)
 REAPER_BATCH = 100  # jobs moved per script call by the periodic loops
+
+# Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
+RESTART_ONLY = frozenset(
+    {"bind", "redis_url", "data_dir", "redis_server", "appendfsync", "tls_cert", "tls_key"}
+)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,3 +121,31 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class Settings:
+    """The settings in force. Every component holds this object and calls it at each use, so a
+    reload (SIGHUP) reaches all of them at once."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._reloaded = trio.Event()
+
+    def __call__(self) -> Config:
+        return self._config
+
+    async def reloaded(self) -> None:
+        """Wait for the next reload."""
+        await self._reloaded.wait()
+
+    def reload(self, config: Config) -> list[str]:
+        """Take new settings; those only a restart can change keep their values. Returns the
+        names of those that were asked to change."""
+        current = self._config
+        kept = sorted(n for n in RESTART_ONLY if getattr(config, n) != getattr(current, n))
+        merged = msgspec.structs.replace(config, **{n: getattr(current, n) for n in kept})
+        merged.check()
+        self._config = merged
+        self._reloaded.set()
+        self._reloaded = trio.Event()
+        return kept

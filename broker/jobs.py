@@ -1,13 +1,14 @@
 """The job and message schemas of the protocol, as msgspec Structs; pure, no I/O.
 
-Field order matters for `Job`: `reserve_for` comes first so that the stored payload starts with
-`{"reserve_for":N` whenever the job asks for a reservation of its own, which lets the fetch
-script read it without decoding JSON (see store/scripts/fetch.lua).
+Field order matters for `Job`: the stored payload starts with `{"enqueued_at":"…"` (the broker
+owns that field and restamps it in Lua on every enqueue) followed by `"reserve_for":N` whenever
+the job asks for a reservation of its own, which lets the scripts stamp and read both without
+decoding JSON (see store/scripts/lib.lua and fetch.lua).
 """
 
 import re
 import time
-from calendar import timegm
+from calendar import monthrange, timegm
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ class Job(msgspec.Struct, omit_defaults=True):
     `validate_new` turns a decoded push into a storable job. Unknown top-level fields are dropped.
     """
 
+    enqueued_at: str = ""
     reserve_for: int = 0
     retry: int | None = None
     failure: Failure | None = None
@@ -51,7 +53,6 @@ class Job(msgspec.Struct, omit_defaults=True):
     queue: str = ""
     jobtype: str = ""
     created_at: str = ""
-    enqueued_at: str = ""
     at: str = ""
     args: list[Any] | None = None
     backtrace: int = 0
@@ -193,8 +194,10 @@ def parse_time(text: str) -> float:
     if match is None:
         raise ValueError("not an RFC3339 timestamp")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60):
         raise ValueError("timestamp field out of range")
+    if not 1 <= day <= monthrange(year, month)[1]:
+        raise ValueError("day out of range")
     seconds = timegm((year, month, day, hour, minute, second, 0, 0, 0))
     fraction = float(match.group(7) or 0)
     zone = match.group(8)

@@ -1,30 +1,29 @@
 """The job lifecycle: the only place that decides where a job goes next.
 
 queue -> working (FETCH) -> gone (ACK) | retries / dead / gone (FAIL, reservation expiry);
-scheduled and retries -> queue when due; dead -> gone after its TTL; MUTATE moves between sets
-(mutate.py). Every move is one store call backed by one Lua script; middleware runs at the seams
-where the job exists. Operations take `now` (unix seconds) so that time is a parameter. Worker
-heartbeats and states are kept by workers.py.
+scheduled and retries -> queue when due; dead -> gone after its TTL. Operator moves live in the
+rooms this manager owns: MUTATE (mutate.py), queue pause/remove/latency, FLUSH and INFO
+(admin.py), the worker registry (workers.py). Every move is one store call backed by one Lua
+script; middleware runs at the seams where the job exists. Operations take `now` (unix seconds)
+so that time is a parameter; the broker's clock is Redis's (clock.py).
 """
 
-import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 import trio
 
 from broker import retry
-from broker.config import Config
+from broker.admin import Admin
+from broker.clock import Clock
+from broker.config import Settings
 from broker.doorbell import Doorbell
 from broker.errors import JID_IN_USE, JOB_NOT_FOUND, BrokerError, CommandError, Discard
 from broker.jobs import (
-    QUEUE_NAME,
     FailPayload,
     Job,
-    Mutation,
     check_queue_name,
     encode,
     format_day,
@@ -35,17 +34,19 @@ from broker.jobs import (
 )
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
-from broker.stats import Stats, render_info
+from broker.stats import Stats
+from broker.store.jobs import Reservation
 from broker.store.redis import Store
 from broker.workers import Workers
-
-log = logging.getLogger(__name__)
 
 EXPIRED_ERRTYPE = "ReservationExpired"
 EXPIRED_MESSAGE = "Faktory job reservation expired"
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
 MAX_BATCHES = 100  # batches one periodic run may move per queue and set
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
+DUE_PAGE = 1000  # queues read from a due index at a time
+MAX_DUE_PAGES = 100  # pages of due queues one periodic run goes through
+FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -62,24 +63,24 @@ class Manager:
     def __init__(
         self,
         store: Store,
-        config: Config,
+        settings: Settings,
         *,
         chains: Chains | None = None,
         stats: Stats | None = None,
         doorbell: Doorbell | None = None,
-        clock: Callable[[], float],
+        clock: Clock,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
-        self.config = config
+        self.settings = settings
         self.chains = chains or Chains()
         self.stats = stats or Stats()
         self.doorbell = doorbell or Doorbell()
         self.clock = clock
         self.rng = rng or random.Random()
-        self.workers = Workers(store, config)
-        self.mutator = Mutator(store, self.doorbell, config.dead_ttl)
-        self._known_queues: set[str] = set()  # a cache: Redis's queue set is the truth
+        self.workers = Workers(store, settings)
+        self.mutator = Mutator(store, settings, self.doorbell)
+        self.admin = Admin(store, self.doorbell, self.stats, clock)
         self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------
@@ -107,14 +108,22 @@ class Manager:
         for queue, items in by_queue.items():
             for start in range(0, len(items), PUSH_BATCH):
                 chunk = items[start : start + PUSH_BATCH]
-                stored = await self._store_jobs(queue, [entry for _, entry in chunk])
-                for (i, (jid, _, _)), ok in zip(chunk, stored, strict=True):
+                stored = await self.store.jobs.push(queue, [entry for _, entry in chunk])
+                enqueued = 0
+                for (i, (jid, _, at)), ok in zip(chunk, stored, strict=True):
                     if not ok:
                         outcomes[i] = CommandError(JID_IN_USE.format(jid))
+                    elif not at:
+                        enqueued += 1
+                self.doorbell.ring(queue, enqueued)
         return outcomes
 
     async def _prepare(self, job: Job, now: float) -> tuple[str, bytes, str]:
-        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '')."""
+        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '').
+
+        `enqueued_at` is the broker's: set now for a job enqueued now, stamped by the store
+        when a scheduled job is enqueued later.
+        """
         validate_new(job, now)
         check_queue_name(job.queue)
         at = ""
@@ -125,20 +134,10 @@ class Manager:
                 raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
             if when > now:
                 at = repr(when)
-        if not at:
-            job.enqueued_at = format_time(now)
+        job.enqueued_at = "" if at else format_time(now)
         if self.chains.push:
             await self.chains.push.run(Context(job, now))
         return job.jid, encode(job), at
-
-    async def _store_jobs(self, queue: str, entries: list[tuple[str, bytes, str]]) -> list[bool]:
-        new_queue = queue not in self._known_queues
-        results = await self.store.push(queue, entries, new_queue=new_queue)
-        self._known_queues.add(queue)
-        enqueued = sum(1 for (_, _, at), ok in zip(entries, results, strict=True) if ok and not at)
-        if enqueued:
-            self.doorbell.ring(queue, enqueued)
-        return results
 
     # -- fetch --------------------------------------------------------------------------------
 
@@ -157,16 +156,16 @@ class Manager:
         if not queues:
             raise CommandError("must call fetch with at least one queue")
         for queue in queues:
-            if queue not in self._known_queues:
-                check_queue_name(queue)
-        if not self.workers.may_fetch(wid):
-            with trio.move_on_after(self.config.fetch_timeout if wait else 0):
+            check_queue_name(queue)
+        timeout = self.settings().fetch_timeout if wait else 0
+        if not await self.workers.may_fetch(wid):
+            with trio.move_on_after(timeout):
                 await self._closed.wait()
             return []
         found = await self._take(queues, wid, now, count)
         if found or not wait:
             return found
-        deadline = trio.current_time() + self.config.fetch_timeout
+        deadline = trio.current_time() + timeout
         while not self._closed.is_set():
             with self.doorbell.listen(queues) as ticket:
                 # Look again now that we listen: a push landing from here on wakes us.
@@ -189,11 +188,11 @@ class Manager:
         """Reserve up to `count` jobs that are there now, running the fetch chain on each."""
         found: list[Fetched] = []
         discards = 0
-        reservation = self.config.reservation
+        reservation = self.settings().reservation
         for queue in queues:
             while len(found) < count:
                 wanted = 1 if self.chains.fetch else count - len(found)
-                got = await self.store.fetch(queue, now, reservation, wanted)
+                got = await self.store.jobs.fetch(queue, now, reservation, wanted)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:
@@ -217,12 +216,12 @@ class Manager:
             return True
         except Discard:
             day = format_day(now)
-            await self.store.fail(fetched.queue, fetched.jid, day, b"", retry.DROP, 0)
+            await self.store.jobs.fail(fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"")
             return False
 
     async def _release(self, fetched: Fetched) -> None:
         """Give a job that middleware refused to hand out straight back to its queue."""
-        await self.store.requeue_reserved(fetched.queue, fetched.jid)
+        await self.store.jobs.release(fetched.queue, fetched.jid)
         self.doorbell.ring(fetched.queue)
 
     # -- ack / fail ---------------------------------------------------------------------------
@@ -244,7 +243,7 @@ class Manager:
         queues = [queue for _, queue in acks]
         unknown = [i for i, queue in enumerate(queues) if queue is None]
         if unknown:
-            found = await self.store.queues_of([acks[i][0] for i in unknown])
+            found = await self.store.jobs.queues_of([acks[i][0] for i in unknown])
             for i, queue in zip(unknown, found, strict=True):
                 queues[i] = queue
         by_queue: dict[str, list[str]] = defaultdict(list)
@@ -260,153 +259,116 @@ class Manager:
             by_queue[queue].append(jid)
         day = format_day(now)
         for queue, jids in by_queue.items():
-            await self.store.ack(queue, jids, day)
+            await self.store.jobs.ack(queue, jids, day)
         return outcomes
 
     async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
-        payload = await self.store.job(queue, jid)
+        payload = await self.store.jobs.payload(queue, jid)
         if payload is not None:
             await self.chains.ack.run(Context(job_decoder.decode(payload), now, wid))
 
     async def fail(self, report: FailPayload, queue: str | None, now: float, wid: str = "") -> None:
-        """Record a failure and send the job to retries, dead, or away (retry 0)."""
+        """Record a failure and send the job to retries, dead, or away (retry 0).
+
+        `queue` is where the caller last saw the job (None: look it up by jid).
+        """
         jid = report.jid
         if not jid:
             raise CommandError("missing JID")
-        queue = queue or await self.store.queue_of(jid)
-        payload = None if queue is None else await self.store.job(queue, jid)
-        if queue is None or payload is None:
-            raise CommandError(JOB_NOT_FOUND.format(jid))
-        if not await self._fail(queue, jid, payload, report, now, wid, None):
-            raise CommandError(JOB_NOT_FOUND.format(jid))
+        for _ in range(FAIL_READS):
+            reservation = None if queue is None else await self.store.jobs.reservation(queue, jid)
+            if reservation is None:
+                found = (await self.store.jobs.queues_of([jid]))[0]
+                if found is None or found == queue:
+                    break
+                queue = found
+                continue
+            assert queue is not None
+            outcome = await self._fail(queue, jid, reservation, report, now, wid)
+            if outcome >= 0:
+                if outcome:
+                    return
+                break
+        raise CommandError(JOB_NOT_FOUND.format(jid))
 
     async def _fail(
         self,
         queue: str,
         jid: str,
-        payload: bytes,
+        reservation: Reservation,
         report: FailPayload,
         now: float,
         wid: str,
-        latest_expiry: float | None,
-    ) -> bool:
-        job = job_decoder.decode(payload)
+    ) -> int:
+        """Fail the reservation as read: 1 done, 0 gone, -1 changed since it was read."""
+        day = format_day(now)
+        if reservation.payload is None:  # a reservation without a record: nothing to retry
+            return await self.store.jobs.fail(
+                queue, jid, reservation.expiry, day, retry.DROP, 0, b""
+            )
+        job = job_decoder.decode(reservation.payload)
         retry.record_failure(job, report, now)
-        target, score = retry.next_step(job, now, self.rng, self.config.dead_ttl)
+        target, score = retry.next_step(job, now, self.rng, self.settings().dead_ttl)
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
-        day = format_day(now)
-        return await self.store.fail(queue, jid, day, encode(job), target, score, latest_expiry)
+        return await self.store.jobs.fail(
+            queue, jid, reservation.expiry, day, target, score, encode(job)
+        )
 
-    # -- periodic moves -----------------------------------------------------------------------
-
-    async def queues(self) -> list[str]:
-        """The known queues, as Redis has them; refreshes this process's cache."""
-        names = await self.store.known_queues()
-        self._known_queues = set(names)
-        return names
+    # -- periodic moves: each visits only the queues the due index names ----------------------
 
     async def enqueue_due(self, zset: str, now: float) -> int:
         """Move due jobs of `zset` (scheduled or retries) onto their queues."""
+        batch = self.settings().reaper_batch
+        stamp = format_time(now)
         moved = 0
-        for queue in await self.queues():
+        async for queue in self._due_queues(zset, now):
             for _ in range(MAX_BATCHES):
-                due = await self.store.due(queue, zset, now, self.config.reaper_batch)
-                if not due:
-                    break
-                stamp = format_time(now)
-                pairs = [(jid, _stamp(p, stamp)) for jid, p in due if p is not None]
-                orphans = [jid for jid, p in due if p is None]
-                count = await self.store.enqueue(queue, zset, pairs)
-                await self.store.remove(queue, zset, orphans)
-                if count:
-                    self.doorbell.ring(queue, count)
+                count, selected = await self.store.jobs.enqueue_due(queue, zset, now, stamp, batch)
+                self.doorbell.ring(queue, count)
                 moved += count
-                if len(due) < self.config.reaper_batch:
+                if selected < batch:
                     break
         return moved
 
     async def reap_expired(self, now: float) -> int:
         """Fail reservations that expired, as the reference does (errtype ReservationExpired)."""
         report = FailPayload(errtype=EXPIRED_ERRTYPE, message=EXPIRED_MESSAGE)
+        batch = self.settings().reaper_batch
         reaped = 0
-        for queue in await self.queues():
+        async for queue in self._due_queues("working", now):
             for _ in range(MAX_BATCHES):
-                due = await self.store.due(queue, "working", now, self.config.reaper_batch)
-                for jid, payload in due:
-                    if payload is None:
-                        await self.store.fail(queue, jid, format_day(now), b"", retry.DROP, 0, now)
-                    elif await self._fail(queue, jid, payload, report, now, "", now):
+                expired = await self.store.jobs.expired(queue, "working", now, batch)
+                for jid, expiry, payload in expired:
+                    reservation = Reservation(expiry, payload)
+                    if await self._fail(queue, jid, reservation, report, now, "") == 1:
                         reaped += 1
-                if len(due) < self.config.reaper_batch:
+                if len(expired) < batch:
                     break
+            await self.store.jobs.refresh_due(queue, "working")
         return reaped
 
     async def purge_dead(self, now: float) -> int:
         """Delete dead jobs whose time is up."""
+        batch = self.settings().reaper_batch
         purged = 0
-        for queue in await self.queues():
+        async for queue in self._due_queues("dead", now):
             for _ in range(MAX_BATCHES):
-                due = await self.store.due(queue, "dead", now, self.config.reaper_batch)
-                purged += await self.store.remove(queue, "dead", [jid for jid, _ in due])
-                if len(due) < self.config.reaper_batch:
+                removed, selected = await self.store.jobs.remove_due(queue, "dead", now, batch)
+                purged += removed
+                if selected < batch:
                     break
         return purged
 
-    # -- queues, mutate, info -----------------------------------------------------------------
-
-    async def _select(self, names: Sequence[str]) -> list[str]:
-        known = await self.queues()
-        if "*" in names:
-            return known
-        return [n for n in names if n in self._known_queues]
-
-    async def pause(self, names: Sequence[str], paused: bool) -> None:
-        for queue in await self._select(names):
-            await self.store.pause(queue, paused)
-            if not paused:
-                self.doorbell.ring(queue, 1_000_000)
-
-    async def remove_queues(self, names: Sequence[str]) -> None:
-        for queue in await self._select(names):
-            await self.store.drop_queue(queue, self.config.reaper_batch)
-            self._known_queues.discard(queue)
-
-    async def latency(self, names: Sequence[str], now: float) -> dict[str, float]:
-        """Seconds the oldest job of each queue has waited (0 for empty or unknown)."""
-        if "*" in names:
-            raise CommandError("QUEUE LATENCY does not support wildcards")
-        result = {}
-        for name in names:
-            payload = await self.store.oldest(name) if QUEUE_NAME.fullmatch(name) else None
-            seconds = 0.0
-            if payload is not None:
-                job = job_decoder.decode(payload)
-                if job.enqueued_at:
-                    seconds = max(0.0, now - parse_time(job.enqueued_at))
-            result[name] = seconds
-        return result
-
-    async def mutate(self, mutation: Mutation, now: float) -> None:
-        """Apply clear/kill/discard/requeue to the matching jobs of a set, across queues."""
-        await self.mutator.run(mutation, await self.queues(), now)
-
-    async def flush(self) -> None:
-        """Delete every job, queue and counter; connected workers stay registered."""
-        await self.store.flush()
-        self._known_queues.clear()
-
-    async def info(self, now: float) -> dict[str, Any]:
-        queues = await self.queues()
-        day = format_day(now)
-        counts = await self.store.counts(queues, day)
-        memory = await self.store.used_memory()
-        workers = await self.store.worker_count()
-        return render_info(self.stats, counts, day, now, memory, workers)
-
-
-def _stamp(payload: bytes, enqueued_at: str) -> bytes:
-    """The payload with `enqueued_at` refreshed, as every enqueue does."""
-    job = job_decoder.decode(payload)
-    job.enqueued_at = enqueued_at
-    return encode(job)
+    async def _due_queues(self, zset: str, now: float) -> AsyncIterator[str]:
+        """The queues with entries of `zset` due at `now`, each once per run. A queue visited
+        has its due entry moved past `now` (or dropped), so the next page holds new ones."""
+        seen: set[str] = set()
+        for _ in range(MAX_DUE_PAGES):
+            page = await self.store.jobs.due_queues(zset, now, DUE_PAGE)
+            fresh = [queue for queue in page if queue not in seen]
+            for queue in fresh:
+                seen.add(queue)
+                yield queue
+            if len(page) < DUE_PAGE or not fresh:
+                return

@@ -1,63 +1,86 @@
 """MUTATE: clear, kill, discard or requeue the matching jobs of the retries, scheduled or dead
-set, in every queue. Filters match as the reference's do: `jids` first, else a Redis glob over
-the stored JSON and/or the jobtype.
+set, in every queue that has any (the due index names them). Filters match as the reference's
+do: `jids` first (found through the jid index), else a Redis glob over the stored JSON and/or
+the jobtype. Each move is one script per batch that acts on an entry only while it is still as
+it was read (same jid, same score).
 """
 
-from collections.abc import Sequence
+from collections import defaultdict
 
+from broker.config import Settings
 from broker.doorbell import Doorbell
 from broker.errors import CommandError
 from broker.glob import Glob
-from broker.jobs import MutateFilter, Mutation, job_decoder
+from broker.jobs import MutateFilter, Mutation, format_time, job_decoder
+from broker.store.jobs import Entry
 from broker.store.redis import Store
 
 TARGETS = ("retries", "scheduled", "dead")
 COMMANDS = ("clear", "kill", "discard", "requeue")
 SCAN_COUNT = 500  # ZSCAN step
 MAX_SCAN_STEPS = 100_000  # bound on ZSCAN steps of one MUTATE per queue
+CLEAR_BATCH = 1000  # jobs deleted per script call by clear
+MAX_CLEAR_BATCHES = 100_000  # bound on those calls per queue
 
 
 class Mutator:
-    """Applies MUTATE commands; each move is one store script per batch of jobs."""
+    """Applies MUTATE commands."""
 
-    def __init__(self, store: Store, doorbell: Doorbell, dead_ttl: float) -> None:
+    def __init__(self, store: Store, settings: Settings, doorbell: Doorbell) -> None:
         self.store = store
+        self.settings = settings
         self.doorbell = doorbell
-        self.dead_ttl = dead_ttl
 
-    async def run(self, mutation: Mutation, queues: Sequence[str], now: float) -> None:
+    async def run(self, mutation: Mutation, now: float) -> None:
         if mutation.target not in TARGETS:
             raise CommandError("invalid target for mutation command")
         if mutation.cmd not in COMMANDS:
             raise CommandError("unknown mutate operation")
         flt = mutation.filter
-        for queue in queues:
-            if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(flt)):
-                await self.store.clear(queue, mutation.target)
-            elif flt is not None and flt.jids:
-                jids = await self.store.members(queue, mutation.target, flt.jids)
-                await self._apply(mutation, queue, jids, now)
-            else:
+        if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(flt)):
+            for queue in await self.store.jobs.queues_with(mutation.target):
+                await self._clear(queue, mutation.target)
+        elif flt is not None and flt.jids:
+            by_queue: dict[str, list[str]] = defaultdict(list)
+            found = await self.store.jobs.queues_of(flt.jids)
+            for jid, owner in zip(flt.jids, found, strict=True):
+                if owner is not None:
+                    by_queue[owner].append(jid)
+            for queue, jids in by_queue.items():
+                entries = await self.store.jobs.scores(queue, mutation.target, jids)
+                await self._apply(mutation, queue, entries, now)
+        else:
+            for queue in await self.store.jobs.queues_with(mutation.target):
                 await self._scan(mutation, queue, now)
+
+    async def _clear(self, queue: str, zset: str) -> None:
+        for _ in range(MAX_CLEAR_BATCHES):
+            _, selected = await self.store.jobs.remove_first(queue, zset, CLEAR_BATCH)
+            if selected < CLEAR_BATCH:
+                return
 
     async def _scan(self, mutation: Mutation, queue: str, now: float) -> None:
         cursor = 0
         for _ in range(MAX_SCAN_STEPS):
-            cursor, batch = await self.store.scan(queue, mutation.target, cursor, SCAN_COUNT)
-            selected = [jid for jid, p in batch if p is not None and _selected(mutation, p)]
+            cursor, batch = await self.store.jobs.scan(queue, mutation.target, cursor, SCAN_COUNT)
+            selected = [e for e in batch if e[2] is not None and _selected(mutation, e[2])]
             await self._apply(mutation, queue, selected, now)
             if cursor == 0:
                 return
 
-    async def _apply(self, mutation: Mutation, queue: str, jids: list[str], now: float) -> None:
-        if not jids:
+    async def _apply(
+        self, mutation: Mutation, queue: str, entries: list[Entry], now: float
+    ) -> None:
+        if not entries:
             return
+        target = mutation.target
         if mutation.cmd == "discard":
-            await self.store.remove(queue, mutation.target, jids)
+            await self.store.jobs.remove(queue, target, entries)
         elif mutation.cmd == "kill":
-            await self.store.move(queue, mutation.target, "dead", now + self.dead_ttl, jids)
+            score = now + self.settings().dead_ttl
+            await self.store.jobs.move(queue, target, "dead", score, entries)
         else:
-            moved = await self.store.enqueue(queue, mutation.target, [(j, b"") for j in jids])
+            moved = await self.store.jobs.requeue(queue, target, format_time(now), entries)
             self.doorbell.ring(queue, moved)
 
 

@@ -1,7 +1,7 @@
 """Periodic loops: each one calls the manager with `now`, records its figures and sleeps.
 
-Every loop survives errors (Redis restarting, say, or a bug): it logs and tries again next
-period.
+Every loop reads its interval from the settings in force at each turn, so a reload reaches it,
+and survives errors (Redis restarting, say, or a bug): it logs and tries again next period.
 Several broker processes may run these loops on one Redis; the scripts move each job once.
 """
 
@@ -18,10 +18,11 @@ from broker.manager import Manager
 log = logging.getLogger(__name__)
 
 Step = Callable[[float], Awaitable[int]]
+Interval = Callable[[Config], float]
 
 
-async def every(interval: float, name: str, step: Step, manager: Manager) -> None:
-    """Run `step(now)` every `interval` seconds, for ever."""
+async def every(interval: Interval, name: str, step: Step, manager: Manager) -> None:
+    """Run `step(now)` every `interval(settings)` seconds, for ever."""
     while True:
         started = time.perf_counter()
         try:
@@ -32,12 +33,11 @@ async def every(interval: float, name: str, step: Step, manager: Manager) -> Non
             log.exception("%s loop failed", name)
         else:
             manager.stats.record_task(name, moved, time.perf_counter() - started)
-        await trio.sleep(interval)
+        with trio.move_on_after(interval(manager.settings())):
+            await manager.settings.reloaded()  # a new interval takes effect at once
 
 
-async def run_reapers(
-    manager: Manager, config: Config, close_worker: Callable[[str], None]
-) -> None:
+async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> None:
     """All the periodic loops of one broker process."""
 
     async def scheduled(now: float) -> int:
@@ -53,8 +53,12 @@ async def run_reapers(
         return len(gone)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(every, config.scheduler_interval, "Scheduled", scheduled, manager)
-        nursery.start_soon(every, config.scheduler_interval, "Retries", retries, manager)
-        nursery.start_soon(every, config.reaper_interval, "Busy", manager.reap_expired, manager)
-        nursery.start_soon(every, config.dead_purge_interval, "Dead", manager.purge_dead, manager)
-        nursery.start_soon(every, config.worker_reaper_interval, "Workers", workers, manager)
+        nursery.start_soon(every, lambda c: c.scheduler_interval, "Scheduled", scheduled, manager)
+        nursery.start_soon(every, lambda c: c.scheduler_interval, "Retries", retries, manager)
+        nursery.start_soon(
+            every, lambda c: c.reaper_interval, "Busy", manager.reap_expired, manager
+        )
+        nursery.start_soon(
+            every, lambda c: c.dead_purge_interval, "Dead", manager.purge_dead, manager
+        )
+        nursery.start_soon(every, lambda c: c.worker_reaper_interval, "Workers", workers, manager)

@@ -1,4 +1,5 @@
-"""Counters behind INFO: what lives in Redis is summed per queue, the rest is this process's."""
+"""Counters behind INFO: job figures come from Redis (every broker's), the rest is this
+process's."""
 
 import time
 from typing import Any
@@ -7,8 +8,6 @@ import msgspec
 
 from broker import __version__
 from broker.jobs import format_time
-from broker.store.keys import SETS
-from broker.store.redis import QueueCounts
 
 
 class TaskStats(msgspec.Struct):
@@ -21,6 +20,7 @@ class TaskStats(msgspec.Struct):
 
 
 TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers")
+SETS = ("scheduled", "retries", "dead", "working")  # INFO's sets, in the reference's order
 
 
 class Stats:
@@ -42,18 +42,16 @@ class Stats:
 
 def render_info(
     stats: Stats,
-    counts: dict[str, QueueCounts],
+    sizes: dict[str, int],
+    sets: dict[str, int],
+    counters: dict[str, int],
     day: str,
     now: float,
     used_memory: int,
     workers: int,
+    clock_offset: float,
 ) -> dict[str, Any]:
     """The INFO document, with the reference's four top-level keys."""
-    sets = {name: sum(c.sets[name] for c in counts.values()) for name in SETS}
-
-    def total(field: str) -> int:
-        return sum(c.counters[field] for c in counts.values())
-
     t = stats.tasks
     tasks = {
         "Scheduled": _task(t["Scheduled"], sets["scheduled"]),
@@ -66,15 +64,15 @@ def render_info(
         "now": format_time(now),
         "server_utc_time": time.strftime("%H:%M:%S UTC", time.gmtime(now)),
         "faktory": {
-            "queues": {name: c.size for name, c in counts.items()},
-            "sets": sets,
+            "queues": sizes,
+            "sets": {name: sets[name] for name in SETS},
             "tasks": tasks,
-            "total_failures": total("failures"),
-            "total_processed": total("processed"),
-            "total_enqueued": sum(c.size for c in counts.values()),
-            "total_queues": len(counts),
-            "processed_today": total(f"processed:{day}"),
-            "failures_today": total(f"failures:{day}"),
+            "total_failures": counters["failures"],
+            "total_processed": counters["processed"],
+            "total_enqueued": sum(sizes.values()),
+            "total_queues": len(sizes),
+            "processed_today": counters[f"processed:{day}"],
+            "failures_today": counters[f"failures:{day}"],
         },
         "server": {
             "description": "Hopper",
@@ -84,6 +82,7 @@ def render_info(
             "connections": stats.connections,
             "command_count": stats.commands,
             "used_memory_mb": round(used_memory / (1024 * 1024)),
+            "clock_offset_ms": round(clock_offset * 1000, 3),
         },
     }
 

@@ -1,51 +1,69 @@
 """The worker registry: which worker processes are connected, beating, quiet or terminating.
 
-Records live in Redis (shared by every broker process); this process keeps the last state it
-saw of each worker, so that FETCH can refuse work to quiet workers without a round trip.
+Records live in Redis (shared by every broker process). To refuse work to a quiet worker
+without a round trip per FETCH, this process remembers each worker's state for STATE_TTL
+seconds after reading it, then reads it again: a state set through another broker reaches
+this one within that time, and nothing is remembered for ever.
 """
 
-from broker.config import Config
+import trio
+
+from broker.config import Settings
 from broker.errors import CommandError
 from broker.store.redis import Store
 
 STATES = ("running", "quiet", "terminate")  # the only order a worker's state moves in
+STATE_TTL = 1.0  # seconds a worker's state read from Redis is trusted by this process
 
 
 class Workers:
     """Registers worker connections, records heartbeats and forgets silent workers."""
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
-        self.config = config
-        self._states: dict[str, str] = {}  # wid -> state, as last seen by this process
+        self.settings = settings
+        self._states: dict[str, tuple[str, float]] = {}  # wid -> (state, when it was read)
 
-    def may_fetch(self, wid: str) -> bool:
+    async def may_fetch(self, wid: str) -> bool:
         """False once the worker is quiet or terminating."""
-        return self._states.get(wid, "running") == "running"
+        if not wid:
+            return True
+        seen = self._states.get(wid)
+        if seen is None or trio.current_time() - seen[1] > STATE_TTL:
+            state = await self.store.workers.state(wid) or "running"
+            self._note(wid, state)
+            return state == "running"
+        return seen[0] == "running"
 
     async def join(self, wid: str, now: float, info: bytes) -> None:
         """One more connection of worker `wid` (its first HELLO's info is kept)."""
-        self._states[wid] = await self.store.worker_join(wid, now, info)
+        self._note(wid, await self.store.workers.join(wid, now, info))
 
     async def leave(self, wid: str) -> None:
         """A connection of `wid` closed; the record goes with the last one."""
-        if await self.store.worker_leave(wid):
+        if await self.store.workers.leave(wid):
             self._states.pop(wid, None)
 
     async def beat(self, wid: str, state: str, rss_kb: int, now: float) -> str:
         """Record a heartbeat; returns the worker's state. States only move forward."""
-        current = await self.store.beat(wid, now, rss_kb, state if state in STATES else "")
+        current = await self.store.workers.beat(wid, now, rss_kb, state if state in STATES else "")
         if current is None:
             raise CommandError(f"unknown worker {wid}")
-        self._states[wid] = current
+        self._note(wid, current)
         return current
 
     async def reap(self, now: float) -> list[str]:
         """Forget workers whose last beat is older than worker_ttl; returns their wids."""
-        cutoff = now - self.config.worker_ttl
+        config = self.settings()
+        cutoff = now - config.worker_ttl
         gone = []
-        for wid in await self.store.stale_workers(cutoff, self.config.reaper_batch):
-            if await self.store.worker_leave(wid, cutoff):
-                self._states.pop(wid, None)
+        for wid in await self.store.workers.stale(cutoff, config.reaper_batch):
+            if await self.store.workers.leave(wid, cutoff):
                 gone.append(wid)
+        oldest = trio.current_time() - STATE_TTL
+        for wid in [w for w, (_, read) in self._states.items() if read < oldest]:
+            del self._states[wid]
         return gone
+
+    def _note(self, wid: str, state: str) -> None:
+        self._states[wid] = (state, trio.current_time())

@@ -24,7 +24,9 @@ import trio
 
 from broker.app import relay_pushes
 from broker.doorbell import Doorbell
+from broker.store import keys
 from broker.store.connection import Address
+from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
@@ -36,21 +38,17 @@ QUEUE = "chaos"
 FAST_ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5")
 
 
-def keys(queue: str = QUEUE) -> dict[str, str]:
-    return {name: f"hopper:{{{queue}}}:{name}" for name in ("jobs", "queue", "working", "retries")}
-
-
 def stored_jobs(db: redis.Redis, queue: str = QUEUE) -> set[str]:
-    return set(db.hkeys(keys(queue)["jobs"]))
+    return set(db.hkeys(QueueKeys(queue).jobs))
 
 
 def left_in_redis(db: redis.Redis, queue: str = QUEUE) -> dict[str, int]:
-    k = keys(queue)
+    k = QueueKeys(queue)
     return {
-        "jobs": db.hlen(k["jobs"]),
-        "queue": db.llen(k["queue"]),
-        "working": db.zcard(k["working"]),
-        "retries": db.zcard(k["retries"]),
+        "jobs": db.hlen(k.jobs),
+        "queue": db.llen(k.queue),
+        "working": db.zcard(k.working),
+        "retries": db.zcard(k.retries),
     }
 
 
@@ -260,9 +258,9 @@ def test_worker_sigkill_jobs_come_back_through_expiry(
     assert len(held) == 6
 
     # Each held reservation expires and is failed by the reaper into the retry set.
-    wait_for(lambda: rdb.zcard(keys()["retries"]) == 6, 20, "reservations reaped")
+    wait_for(lambda: rdb.zcard(QueueKeys(QUEUE).retries) == 6, 20, "reservations reaped")
     for jid in held:
-        failure = json.loads(rdb.hget(keys()["jobs"], jid))["failure"]
+        failure = json.loads(rdb.hget(QueueKeys(QUEUE).jobs, jid))["failure"]
         assert failure["errtype"] == "ReservationExpired" and failure["retry_count"] == 0
     requeue_retries(broker.port)
 
@@ -314,7 +312,7 @@ def test_worker_sigkills_under_load(
 
     def all_ran() -> bool:
         ran = set().union(*(read_log(str(log))[0] for log in logs if log.exists()))
-        return not set(ledger.pushed) - ran and rdb.hlen(keys()["jobs"]) == 0
+        return not set(ledger.pushed) - ran and rdb.hlen(QueueKeys(QUEUE).jobs) == 0
 
     wait_for(all_ran, 240, "every job run (retries back after their backoff)")
     for process in processes:
@@ -517,20 +515,21 @@ def test_several_brokers_move_each_job_once(
         jid = json.loads(conns[n % brokers].call("FETCH", "dead"))["jid"]
         conns[n % brokers].call("FAIL", {"jid": jid, "message": "to the dead set"})
 
-    sched, busy, gone = keys("sched"), keys("busy"), keys("dead")
-    wait_for(lambda: rdb.llen(sched["queue"]) == count, 30, "scheduled jobs enqueued")
-    wait_for(lambda: rdb.zcard(busy["retries"]) == count, 30, "reservations reaped")
-    wait_for(lambda: rdb.hlen(gone["jobs"]) == 0, 30, "dead jobs purged")
-    assert sorted(rdb.lrange(sched["queue"], 0, -1)) == [j["jid"] for j in jobs("sched")]
-    for payload in rdb.hvals(busy["jobs"]):
+    sched, busy, gone = QueueKeys("sched"), QueueKeys("busy"), QueueKeys("dead")
+    wait_for(lambda: rdb.llen(sched.queue) == count, 30, "scheduled jobs enqueued")
+    wait_for(lambda: rdb.zcard(busy.retries) == count, 30, "reservations reaped")
+    wait_for(lambda: rdb.hlen(gone.jobs) == 0, 30, "dead jobs purged")
+    assert sorted(rdb.lrange(sched.queue, 0, -1)) == [j["jid"] for j in jobs("sched")]
+    for payload in rdb.hvals(busy.jobs):
         assert json.loads(payload)["failure"]["retry_count"] == 0
-    assert int(rdb.hget(busy["working"].replace("working", "stats"), "failures")) == count
+    # every reaped reservation and every FAIL to the dead set counted once
+    assert int(rdb.hget(keys.STATS, "failures")) == 2 * count
     assert moved(ports, "Scheduled", "enqueued") == count
     assert moved(ports, "Busy", "reaped") == count
     assert moved(ports, "Dead", "enqueued") == count
     if wait_retries:
-        wait_for(lambda: rdb.llen(busy["queue"]) == count, 120, "retries enqueued")
-        assert sorted(rdb.lrange(busy["queue"], 0, -1)) == [j["jid"] for j in jobs("busy")]
+        wait_for(lambda: rdb.llen(busy.queue) == count, 120, "retries enqueued")
+        assert sorted(rdb.lrange(busy.queue, 0, -1)) == [j["jid"] for j in jobs("busy")]
         assert moved(ports, "Retries", "enqueued") == count
     for conn in conns:
         conn.close()

@@ -45,6 +45,7 @@ from broker.jobs import (
 from broker.mutate import matches
 from broker.protocol import Command, LineReader
 from broker.session import Session
+from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, wait_for
 from chaos.marks import CHAOS
@@ -198,7 +199,7 @@ def test_a_poison_job_does_not_kill_the_broker(
     assert json.loads(conn.call("FETCH", "default"))["jid"] == POISON["jid"]
     conn.close()
     wait_for(
-        lambda: broker.process.poll() is not None or not rdb.zcard("hopper:{default}:working"),
+        lambda: broker.process.poll() is not None or not rdb.zcard(QueueKeys("default").working),
         10,
         "the reservation reaped",
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import faktory
 import redis
 
+from broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess
 from tests.wire import SyncWire
 
@@ -71,7 +72,7 @@ def test_pypi_client_and_worker(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-    failures = [json.loads(p)["failure"] for p in rdb.hvals("hopper:{other}:jobs")]
+    failures = [json.loads(p)["failure"] for p in rdb.hvals(QueueKeys("other").jobs)]
     assert len(failures) == 5
     assert {f["errtype"] for f in failures} == {"ValueError"}
     assert all(f["message"].startswith("boom ") and f["remaining"] == 3 for f in failures)
@@ -83,6 +84,6 @@ def test_pypi_client_scheduled_and_custom(
     broker = broker_process()
     with faktory.connection(broker.url) as client:
         assert client.queue("add", args=(1, 2), at="2099-01-01T00:00:00Z", custom={"tenant": 7})
-    stored = json.loads(rdb.hvals("hopper:{default}:jobs")[0])
+    stored = json.loads(rdb.hvals(QueueKeys("default").jobs)[0])
     assert stored["custom"] == {"tenant": 7} and "priority" not in stored
-    assert rdb.zcard("hopper:{default}:scheduled") == 1
+    assert rdb.zcard(QueueKeys("default").scheduled) == 1

@@ -8,21 +8,24 @@ import pytest
 import redis
 import trio
 
-from broker.config import Config
+from broker.config import Config, Settings
 from broker.errors import CommandError, Discard, Halt
 from broker.jobs import FailPayload, Job, MutateFilter, Mutation, job_decoder
 from broker.manager import Manager
 from broker.middleware import Chains, Context, Next
+from broker.store import keys
 from broker.store.connection import Address, Pipeline
+from broker.store.keys import QueueKeys
 from broker.store.redis import Store
 
 NOW = 1_764_000_000.0
-Q = "hopper:{default}"
+K = QueueKeys("default")
 
 
 class Clock:
     def __init__(self) -> None:
         self.now = NOW
+        self.offset = 0.0
 
     def __call__(self) -> float:
         return self.now
@@ -37,7 +40,9 @@ async def store(nursery: trio.Nursery, redis_url: str) -> Store:
 
 def make_manager(store: Store, chains: Chains | None = None, **config: Any) -> Manager:
     settings = {"fetch_timeout": 0.2, **config}
-    return Manager(store, Config(**settings), chains=chains, clock=Clock(), rng=random.Random(3))
+    return Manager(
+        store, Settings(Config(**settings)), chains=chains, clock=Clock(), rng=random.Random(3)
+    )
 
 
 @pytest.fixture
@@ -53,30 +58,30 @@ def new(jid: str, **fields: Any) -> Job:
 
 async def test_push_stores_record_queue_and_index(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", args=[1, "é"]), NOW)
-    assert rdb.lrange(f"{Q}:queue", 0, -1) == ["jid-0001"]
-    record = json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]
+    record = json.loads(rdb.hget(K.jobs, "jid-0001"))
     assert record["args"] == [1, "é"] and record["enqueued_at"] and record["retry"] == 25
-    assert rdb.hget("hopper:index", "jid-0001") == "default"
-    assert rdb.smembers("hopper:queues") == {"default"}
+    assert rdb.hget(keys.JIDS, "jid-0001") == "default"
+    assert rdb.smembers(keys.QUEUES) == {"default"}
 
 
 async def test_duplicate_live_jid_is_refused(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     with pytest.raises(CommandError, match="already in use"):
         await manager.push(new("jid-0001", args=[2]), NOW)
-    assert rdb.llen(f"{Q}:queue") == 1
+    assert rdb.llen(K.queue) == 1
 
 
 async def test_future_at_is_scheduled(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", at="2030-01-01T00:00:00Z"), NOW)
-    assert rdb.llen(f"{Q}:queue") == 0
-    assert rdb.zscore(f"{Q}:scheduled", "jid-0001") == 1893456000.0
-    assert "enqueued_at" not in json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))
+    assert rdb.llen(K.queue) == 0
+    assert rdb.zscore(K.scheduled, "jid-0001") == 1893456000.0
+    assert "enqueued_at" not in json.loads(rdb.hget(K.jobs, "jid-0001"))
 
 
 async def test_past_at_is_enqueued(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", at="2020-01-01T00:00:00Z"), NOW)
-    assert rdb.llen(f"{Q}:queue") == 1
+    assert rdb.llen(K.queue) == 1
 
 
 async def test_bad_at_and_bad_queue(manager: Manager) -> None:
@@ -93,11 +98,11 @@ async def test_fetch_reserves_with_expiry(manager: Manager, rdb: redis.Redis) ->
     first = await manager.fetch(["default"], "w1", NOW)
     assert first is not None and first.jid == "jid-0001" and first.queue == "default"
     assert job_decoder.decode(first.payload).jid == "jid-0001"
-    assert rdb.zscore(f"{Q}:working", "jid-0001") == NOW + 1800
+    assert rdb.zscore(K.working, "jid-0001") == NOW + 1800
     await manager.fetch(["default"], "w1", NOW)
-    assert rdb.zscore(f"{Q}:working", "jid-0002") == NOW + 600
+    assert rdb.zscore(K.working, "jid-0002") == NOW + 600
     await manager.fetch(["default"], "w1", NOW)
-    assert rdb.zscore(f"{Q}:working", "jid-0003") == NOW + 60  # clamped to the minimum
+    assert rdb.zscore(K.working, "jid-0003") == NOW + 60  # clamped to the minimum
 
 
 async def test_fetch_follows_queue_order(manager: Manager) -> None:
@@ -140,18 +145,17 @@ async def test_ack_removes_everything(manager: Manager, rdb: redis.Redis) -> Non
     got = await manager.fetch(["default"], "w", NOW)
     assert got is not None
     await manager.ack("jid-0001", None, NOW)  # no hint: found through the index
-    await manager.store.execute("PING")  # the index clean-up is posted: it lands before this
-    assert rdb.hlen(f"{Q}:jobs") == 0 and rdb.zcard(f"{Q}:working") == 0
-    assert rdb.hget("hopper:index", "jid-0001") is None
-    assert rdb.hget(f"{Q}:stats", "processed") == "1"
-    assert rdb.hget(f"{Q}:stats", "processed:2025-11-24") == "1"
+    assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.working) == 0
+    assert rdb.hget(keys.JIDS, "jid-0001") is None
+    assert rdb.hget(keys.STATS, "processed") == "1"
+    assert rdb.hget(keys.STATS, "processed:2025-11-24") == "1"
 
 
 async def test_ack_unknown_is_harmless(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.ack("jid-0001", None, NOW)  # queued, not reserved: nothing changes
     await manager.ack("nope-nope", None, NOW)
-    assert rdb.llen(f"{Q}:queue") == 1 and rdb.hget(f"{Q}:stats", "processed") is None
+    assert rdb.llen(K.queue) == 1 and rdb.hget(keys.STATS, "processed") is None
 
 
 async def fail(manager: Manager, jid: str, now: float = NOW, **report: Any) -> None:
@@ -163,26 +167,25 @@ async def fail(manager: Manager, jid: str, now: float = NOW, **report: Any) -> N
 async def test_fail_goes_to_retries_with_failure(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     await fail(manager, "jid-0001", errtype="Boom", message="bad", backtrace=["a.py:1"])
-    score = rdb.zscore(f"{Q}:retries", "jid-0001")
+    score = rdb.zscore(K.retries, "jid-0001")
     assert score is not None and NOW + 15 <= score <= NOW + 44
-    failure = json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))["failure"]
+    failure = json.loads(rdb.hget(K.jobs, "jid-0001"))["failure"]
     assert failure["errtype"] == "Boom" and failure["backtrace"] == ["a.py:1"]
     assert failure["retry_count"] == 0 and failure["remaining"] == 25
-    assert rdb.hmget(f"{Q}:stats", "processed", "failures") == ["1", "1"]
+    assert rdb.hmget(keys.STATS, "processed", "failures") == ["1", "1"]
 
 
 async def test_fail_retry_zero_drops(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=0), NOW)
     await fail(manager, "jid-0001")
-    await manager.store.execute("PING")
-    assert rdb.hlen(f"{Q}:jobs") == 0 and rdb.zcard(f"{Q}:retries") == 0
-    assert rdb.hget("hopper:index", "jid-0001") is None
+    assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.retries) == 0
+    assert rdb.hget(keys.JIDS, "jid-0001") is None
 
 
 async def test_fail_negative_retry_goes_dead(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=-1), NOW)
     await fail(manager, "jid-0001")
-    assert rdb.zscore(f"{Q}:dead", "jid-0001") == NOW + 180 * 86400
+    assert rdb.zscore(K.dead, "jid-0001") == NOW + 180 * 86400
 
 
 async def test_retries_run_out_into_dead(manager: Manager, rdb: redis.Redis) -> None:
@@ -190,8 +193,8 @@ async def test_retries_run_out_into_dead(manager: Manager, rdb: redis.Redis) -> 
     await fail(manager, "jid-0001")
     assert await manager.enqueue_due("retries", NOW + 100) == 1
     await fail(manager, "jid-0001", NOW + 100)
-    assert rdb.zcard(f"{Q}:retries") == 0 and rdb.zcard(f"{Q}:dead") == 1
-    failure = json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))["failure"]
+    assert rdb.zcard(K.retries) == 0 and rdb.zcard(K.dead) == 1
+    failure = json.loads(rdb.hget(K.jobs, "jid-0001"))["failure"]
     assert failure["retry_count"] == 1 and failure["remaining"] == 0
 
 
@@ -209,8 +212,8 @@ async def test_scheduled_jobs_enqueue_when_due(manager: Manager, rdb: redis.Redi
     await manager.push(new("jid-0001", at="2025-11-24T16:00:10Z"), NOW)
     assert await manager.enqueue_due("scheduled", NOW + 5) == 0
     assert await manager.enqueue_due("scheduled", NOW + 10) == 1
-    assert rdb.lrange(f"{Q}:queue", 0, -1) == ["jid-0001"]
-    assert json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))["enqueued_at"] == "2025-11-24T16:00:10Z"
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]
+    assert json.loads(rdb.hget(K.jobs, "jid-0001"))["enqueued_at"] == "2025-11-24T16:00:10Z"
 
 
 async def test_expired_reservation_is_reaped_once(store: Store, rdb: redis.Redis) -> None:
@@ -225,10 +228,10 @@ async def test_expired_reservation_is_reaped_once(store: Store, rdb: redis.Redis
         for m in managers:
             nursery.start_soon(lambda m=m: _append(counts, m.reap_expired(later)))
     assert sum(counts) == 250
-    assert rdb.zcard(f"{Q}:retries") == 250 and rdb.zcard(f"{Q}:working") == 0
-    failure = json.loads(rdb.hget(f"{Q}:jobs", "jid-00000"))["failure"]
+    assert rdb.zcard(K.retries) == 250 and rdb.zcard(K.working) == 0
+    failure = json.loads(rdb.hget(K.jobs, "jid-00000"))["failure"]
     assert failure["errtype"] == "ReservationExpired"
-    assert rdb.hget(f"{Q}:stats", "failures") == "250"
+    assert rdb.hget(keys.STATS, "failures") == "250"
 
 
 async def _append(counts: list[int], work: Any) -> None:
@@ -243,14 +246,14 @@ async def test_concurrent_enqueue_moves_each_job_once(store: Store, rdb: redis.R
     async with trio.open_nursery() as nursery:
         for m in managers:
             nursery.start_soon(lambda m=m: _append(counts, m.enqueue_due("scheduled", NOW + 2)))
-    assert sum(counts) == 300 and rdb.llen(f"{Q}:queue") == 300
+    assert sum(counts) == 300 and rdb.llen(K.queue) == 300
 
 
 async def test_reservation_not_expired_is_kept(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.fetch(["default"], "w", NOW)
     assert await manager.reap_expired(NOW + 1799) == 0
-    assert rdb.zcard(f"{Q}:working") == 1
+    assert rdb.zcard(K.working) == 1
 
 
 async def test_dead_jobs_are_purged(manager: Manager, rdb: redis.Redis) -> None:
@@ -258,7 +261,7 @@ async def test_dead_jobs_are_purged(manager: Manager, rdb: redis.Redis) -> None:
     await fail(manager, "jid-0001")
     assert await manager.purge_dead(NOW + 100) == 0
     assert await manager.purge_dead(NOW + 180 * 86400 + 1) == 1
-    assert rdb.zcard(f"{Q}:dead") == 0 and rdb.hlen(f"{Q}:jobs") == 0
+    assert rdb.zcard(K.dead) == 0 and rdb.hlen(K.jobs) == 0
 
 
 async def retry_three(manager: Manager) -> None:
@@ -281,24 +284,24 @@ async def test_mutate_kill_with_filters(
     manager: Manager, rdb: redis.Redis, flt: MutateFilter | None, expected: set[str]
 ) -> None:
     await retry_three(manager)
-    await manager.mutate(Mutation(cmd="kill", target="retries", filter=flt), NOW)
-    assert set(rdb.zrange(f"{Q}:dead", 0, -1)) == expected
-    assert rdb.zcard(f"{Q}:retries") == 3 - len(expected)
+    await manager.mutator.run(Mutation(cmd="kill", target="retries", filter=flt), NOW)
+    assert set(rdb.zrange(K.dead, 0, -1)) == expected
+    assert rdb.zcard(K.retries) == 3 - len(expected)
 
 
 async def test_mutate_requeue_discard_clear(manager: Manager, rdb: redis.Redis) -> None:
     await retry_three(manager)
-    await manager.mutate(
+    await manager.mutator.run(
         Mutation(cmd="requeue", target="retries", filter=MutateFilter(jobtype="b")), NOW
     )
-    assert rdb.lrange(f"{Q}:queue", 0, -1) == ["jid-bbbb"]
-    await manager.mutate(
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-bbbb"]
+    await manager.mutator.run(
         Mutation(cmd="discard", target="retries", filter=MutateFilter(jids=["jid-aaaa"])), NOW
     )
-    assert rdb.zrange(f"{Q}:retries", 0, -1) == ["jid-cccc"]
-    assert rdb.hget("hopper:index", "jid-aaaa") is None
-    await manager.mutate(Mutation(cmd="clear", target="retries"), NOW)
-    assert rdb.zcard(f"{Q}:retries") == 0 and rdb.hkeys(f"{Q}:jobs") == ["jid-bbbb"]
+    assert rdb.zrange(K.retries, 0, -1) == ["jid-cccc"]
+    assert rdb.hget(keys.JIDS, "jid-aaaa") is None
+    await manager.mutator.run(Mutation(cmd="clear", target="retries"), NOW)
+    assert rdb.zcard(K.retries) == 0 and rdb.hkeys(K.jobs) == ["jid-bbbb"]
 
 
 @pytest.mark.parametrize(
@@ -310,37 +313,40 @@ async def test_mutate_requeue_discard_clear(manager: Manager, rdb: redis.Redis) 
 )
 async def test_mutate_errors(manager: Manager, mutation: Mutation, message: str) -> None:
     with pytest.raises(CommandError, match=message):
-        await manager.mutate(mutation, NOW)
+        await manager.mutator.run(mutation, NOW)
 
 
 async def test_pause_resume_remove(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
-    await manager.pause(["default", "unknown"], True)
+    await manager.admin.pause(["default", "unknown"], True)
     assert await manager.fetch(["default"], "", NOW) is None
-    await manager.pause(["*"], False)
-    await manager.pause(["default"], True)
-    await manager.remove_queues(["default"])
-    assert not rdb.exists(f"{Q}:queue", f"{Q}:paused") and rdb.hlen(f"{Q}:jobs") == 0
-    assert rdb.smembers("hopper:queues") == set() and rdb.hlen("hopper:index") == 0
+    await manager.admin.pause(["*"], False)
+    await manager.admin.pause(["default"], True)
+    await manager.admin.remove(["default"])
+    assert not rdb.exists(K.queue, K.meta) and rdb.hlen(K.jobs) == 0
+    assert rdb.smembers(keys.QUEUES) == set() and rdb.hlen(keys.JIDS) == 0
 
 
 async def test_latency(manager: Manager) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.push(new("jid-0002"), NOW + 5)
-    assert await manager.latency(["default", "other"], NOW + 10) == {"default": 10.0, "other": 0.0}
+    assert await manager.admin.latency(["default", "other"], NOW + 10) == {
+        "default": 10.0,
+        "other": 0,
+    }
     with pytest.raises(CommandError, match="wildcards"):
-        await manager.latency(["*"], NOW)
+        await manager.admin.latency(["*"], NOW)
 
 
 async def test_info_counts(manager: Manager) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.push(new("jid-0002", at="2030-01-01T00:00:00Z", queue="later"), NOW)
-    info = await manager.info(NOW)
+    info = await manager.admin.info(NOW)
     assert list(info) == ["now", "server_utc_time", "faktory", "server"]
     faktory = info["faktory"]
-    assert faktory["queues"] == {"default": 1, "later": 0}
+    assert faktory["queues"] == {"default": 1}  # a queue exists once a job was enqueued to it
     assert faktory["sets"] == {"scheduled": 1, "retries": 0, "dead": 0, "working": 0}
-    assert faktory["total_enqueued"] == 1 and faktory["total_queues"] == 2
+    assert faktory["total_enqueued"] == 1 and faktory["total_queues"] == 1
 
 
 async def test_worker_states_move_forward_only(manager: Manager) -> None:
@@ -382,11 +388,11 @@ async def test_push_middleware_can_change_and_halt(store: Store, rdb: redis.Redi
     chains.push.add(stamp)
     manager = make_manager(store, chains)
     await manager.push(new("jid-0001"), NOW)
-    assert json.loads(rdb.hget(f"{Q}:jobs", "jid-0001"))["custom"] == {"stamped": True}
+    assert json.loads(rdb.hget(K.jobs, "jid-0001"))["custom"] == {"stamped": True}
     with pytest.raises(Halt) as caught:
         await manager.push(new("jid-0002", jobtype="forbidden"), NOW)
     assert caught.value.render() == "DENIED not today"
-    assert rdb.hlen(f"{Q}:jobs") == 1
+    assert rdb.hlen(K.jobs) == 1
 
 
 async def test_fetch_middleware_discard_and_halt(store: Store, rdb: redis.Redis) -> None:
@@ -405,9 +411,9 @@ async def test_fetch_middleware_discard_and_halt(store: Store, rdb: redis.Redis)
     await manager.push(new("jid-0002", args=["new"]), NOW)
     got = await manager.fetch(["default"], "", NOW)
     assert got is not None and got.jid == "jid-0002"
-    assert rdb.hget(f"{Q}:jobs", "jid-0001") is None
+    assert rdb.hget(K.jobs, "jid-0001") is None
     await manager.push(new("jid-0003", args=["stop"]), NOW)
     with pytest.raises(Halt):
         await manager.fetch(["default"], "", NOW)
-    assert rdb.lrange(f"{Q}:queue", 0, -1) == ["jid-0003"]  # handed back, not lost
-    assert rdb.zrange(f"{Q}:working", 0, -1) == ["jid-0002"]
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-0003"]  # handed back, not lost
+    assert rdb.zrange(K.working, 0, -1) == ["jid-0002"]

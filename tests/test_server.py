@@ -9,6 +9,8 @@ import trio
 from broker.app import App
 from broker.errors import Halt
 from broker.middleware import Chains, Context, Next
+from broker.store import keys
+from broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 
@@ -59,7 +61,7 @@ async def test_push_fetch_ack_fail_round_trip(broker: App, rdb: redis.Redis) -> 
     assert json.loads(await w.call("FETCH", "default"))["jid"] == "jid-0002"
     fail = {"jid": "jid-0002", "errtype": "E", "message": "m", "backtrace": ["l1"]}
     assert await w.call("FAIL", fail) == b"OK"
-    assert rdb.zcard("hopper:{default}:retries") == 1
+    assert rdb.zcard(QueueKeys("default").retries) == 1
     assert await w.call("FETCH", "default") is None
 
 
@@ -142,11 +144,11 @@ async def test_beat_states(broker: App) -> None:
 async def test_worker_record_goes_with_last_connection(broker: App, rdb: redis.Redis) -> None:
     a = await Wire.open(broker.port, hello={"wid": "w1"})
     b = await Wire.open(broker.port, hello={"wid": "w1"})
-    assert rdb.hget("hopper:{workers}:w1", "connections") == "2"
+    assert rdb.hget(keys.worker("w1"), "connections") == "2"
     await a.aclose()
-    await eventually(lambda: rdb.hget("hopper:{workers}:w1", "connections") == "1")
+    await eventually(lambda: rdb.hget(keys.worker("w1"), "connections") == "1")
     await b.send(b"END\r\n")
-    await eventually(lambda: not rdb.exists("hopper:{workers}:w1"))
+    await eventually(lambda: not rdb.exists(keys.worker("w1")))
 
 
 async def test_end_closes_without_reply(broker: App) -> None:
@@ -273,7 +275,7 @@ async def test_flush_keeps_workers_and_foreign_keys(broker: App, rdb: redis.Redi
     assert info["total_enqueued"] == 0 and info["queues"] == {} and info["sets"]["scheduled"] == 0
     assert await w.call("BEAT", {"wid": "w1"}) == b"OK"
     assert rdb.get("someone-else") == "1"
-    assert set(rdb.keys("hopper:*")) == {"hopper:{workers}", "hopper:{workers}:w1"}
+    assert set(rdb.keys("hopper:*")) == {keys.WORKERS, keys.worker("w1"), keys.SCHEMA_KEY}
 
 
 async def test_shutdown_answers_and_closes(broker: App) -> None:

@@ -1,52 +1,59 @@
-"""Every Redis key name Hopper uses, in one screen.
+"""Every Redis key name Hopper uses, in one screen (storage schema 2).
 
-All keys of one queue carry the Redis Cluster hash tag `{<queue>}` so that each Lua script
-touches a single slot. A queue name matches `[a-zA-Z0-9._-]+`, so it never contains braces.
+No user-chosen name can reach an internal key: queue-owned keys start with `hopper:q:{<queue>}:`
+(a queue name matches `[a-zA-Z0-9._-]+`, so it holds neither braces nor colons), every other key
+starts with `hopper:g:{g}:`, and user names (jid, wid) appear only as hash fields, set members,
+or as the last part of a key after a fixed prefix of its own (`hopper:g:{g}:worker:<wid>`). The
+hash tag (the part in braces) puts each queue's keys in one Redis Cluster slot. Schema 1 keys
+(`hopper:{<queue>}:...`, `hopper:queues`, `hopper:index`) share no name with these; see
+migrate.py.
 
 Per queue (hash tag `{q}`):
-  hopper:{q}:jobs       hash   jid -> job JSON: the record of every live job of the queue
-  hopper:{q}:queue      list   jids waiting; LPUSH to enqueue, RPOP to fetch (FIFO)
-  hopper:{q}:working    zset   jid -> reservation expiry (unix seconds)
-  hopper:{q}:scheduled  zset   jid -> time to enqueue
-  hopper:{q}:retries    zset   jid -> time of the next attempt
-  hopper:{q}:dead       zset   jid -> time to purge
-  hopper:{q}:paused     string present while the queue is paused
-  hopper:{q}:stats      hash   processed, failures, processed:<day>, failures:<day>
+  hopper:q:{q}:jobs         hash   jid -> job JSON: the record of every live job of the queue
+  hopper:q:{q}:queue        list   jids waiting; LPUSH to enqueue, RPOP to fetch (FIFO)
+  hopper:q:{q}:working      zset   jid -> reservation expiry (unix seconds)
+  hopper:q:{q}:scheduled    zset   jid -> time to enqueue
+  hopper:q:{q}:retries      zset   jid -> time of the next attempt
+  hopper:q:{q}:dead         zset   jid -> time to purge
+  hopper:q:{q}:meta         hash   the queue's settings: paused
 
-Global:
-  hopper:queues         set    names of the known queues
-  hopper:index          hash   jid -> queue, for lookups that start from a jid alone
-  hopper:{workers}      zset   wid -> time of the last heartbeat
-  hopper:{workers}:<wid> hash  state, info, rss_kb, beat, connections of one worker process
-  hopper:pushed         pub/sub channel: a queue name, published when it stops being empty
+Global (hash tag `{g}`):
+  hopper:g:{g}:schema       string the storage schema number (SCHEMA)
+  hopper:g:{g}:jids         hash   jid -> queue of every live job: a jid names one job broker-wide
+  hopper:g:{g}:due:<set>    zset   queue -> a time at or before the earliest entry of its <set>
+                                   (scheduled, retries, working, dead); there while it has any
+  hopper:g:{g}:queues       set    the queues INFO lists: made by an enqueue, gone with REMOVE
+  hopper:g:{g}:stats        hash   processed, failures, processed:<day>, failures:<day>
+  hopper:g:{g}:workers      zset   wid -> time of the last heartbeat
+  hopper:g:{g}:worker:<wid> hash   state, info, rss_kb, beat, connections of one worker process
+  hopper:g:{g}:migrating    string held while a broker migrates an older schema
+  hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
 """
 
+SCHEMA = 2
 PREFIX = "hopper"
-QUEUES = f"{PREFIX}:queues"
-INDEX = f"{PREFIX}:index"
-WORKERS = f"{PREFIX}:{{workers}}"
+QUEUE_PREFIX = f"{PREFIX}:q:"
+GLOBAL = f"{PREFIX}:g:{{g}}"
+
+SCHEMA_KEY = f"{GLOBAL}:schema"
+JIDS = f"{GLOBAL}:jids"
+QUEUES = f"{GLOBAL}:queues"
+STATS = f"{GLOBAL}:stats"
+WORKERS = f"{GLOBAL}:workers"
+MIGRATING = f"{GLOBAL}:migrating"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 
-SETS = ("scheduled", "retries", "dead", "working")
+SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets of a queue
+DUE = {name: f"{GLOBAL}:due:{name}" for name in SETS}
 
 
 class QueueKeys:
     """The keys of one queue, built once and reused."""
 
-    __slots__ = (
-        "dead",
-        "jobs",
-        "name",
-        "paused",
-        "queue",
-        "retries",
-        "scheduled",
-        "stats",
-        "working",
-    )
+    __slots__ = ("dead", "jobs", "meta", "name", "queue", "retries", "scheduled", "working")
 
     def __init__(self, name: str) -> None:
-        base = f"{PREFIX}:{{{name}}}"
+        base = f"{QUEUE_PREFIX}{{{name}}}"
         self.name = name
         self.jobs = f"{base}:jobs"
         self.queue = f"{base}:queue"
@@ -54,15 +61,26 @@ class QueueKeys:
         self.scheduled = f"{base}:scheduled"
         self.retries = f"{base}:retries"
         self.dead = f"{base}:dead"
-        self.paused = f"{base}:paused"
-        self.stats = f"{base}:stats"
+        self.meta = f"{base}:meta"
 
     def zset(self, name: str) -> str:
         """The sorted set called `name`: scheduled, retries, dead or working."""
         key: str = getattr(self, name)
         return key
 
+    def all(self) -> tuple[str, ...]:
+        """Every key of the queue."""
+        return (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
+
 
 def worker(wid: str) -> str:
     """The hash of one worker process; it shares the hash tag of WORKERS."""
-    return f"{WORKERS}:{wid}"
+    return f"{GLOBAL}:worker:{wid}"
+
+
+def queue_of_key(key: str) -> str | None:
+    """The queue a `hopper:q:{<queue>}:...` key belongs to, or None for any other key."""
+    if not key.startswith(QUEUE_PREFIX + "{"):
+        return None
+    end = key.find("}", len(QUEUE_PREFIX))
+    return key[len(QUEUE_PREFIX) + 1 : end] if end > 0 else None

@@ -1,9 +1,16 @@
 -- drain: take up to N waiting jobs off a queue and delete them (QUEUE REMOVE), atomically.
--- KEYS: 1 queue list, 2 jobs hash, 3 paused flag
--- ARGV: 1 N
--- Returns the jids deleted; once the queue is empty its paused flag goes too.
-local jids = redis.call('RPOP', KEYS[1], ARGV[1])
-if not jids then jids = {} end
-for _, jid in ipairs(jids) do redis.call('HDEL', KEYS[2], jid) end
-if redis.call('LLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
-return jids
+-- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set
+-- ARGV: 1 queue name, 2 N
+-- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
+-- its settings (paused) go; its scheduled, retrying, reserved and dead jobs are not touched.
+local jids = redis.call('RPOP', KEYS[1], ARGV[2]) or {}
+for _, jid in ipairs(jids) do
+  redis.call('HDEL', KEYS[2], jid)
+  forget(KEYS[3], jid, ARGV[1])
+end
+local left = redis.call('LLEN', KEYS[1])
+if left == 0 then
+  redis.call('DEL', KEYS[4])
+  redis.call('SREM', KEYS[5], ARGV[1])
+end
+return {#jids, left}

@@ -1,18 +1,28 @@
--- enqueue: move jobs from a sorted set (scheduled, retries, or a MUTATE target) onto their
--- queue, atomically per job.
--- KEYS: 1 jobs hash, 2 source zset, 3 queue list
--- ARGV: 1 pushed channel, 2 queue name, then pairs (jid, payload); payload '' keeps the record.
--- Guarantees: a job moves only if this call removed it from the source set (ZREM returned 1),
--- so concurrent reapers on several brokers move each job exactly once. Returns how many moved.
-local moved = 0
-local woke = false
-for i = 3, #ARGV, 2 do
-  local jid = ARGV[i]
-  if redis.call('ZREM', KEYS[2], jid) == 1 then
-    if ARGV[i + 1] ~= '' then redis.call('HSET', KEYS[1], jid, ARGV[i + 1]) end
+-- enqueue: move jobs from a sorted set (scheduled, retries; MUTATE requeue) onto their queue,
+-- stamping `enqueued_at`, atomically per job.
+-- KEYS: 1 jobs hash, 2 source zset, 3 queue list, 4 due index of the source, 5 queues set,
+--       6 jid index
+-- ARGV: 1 pushed channel, 2 queue name, 3 enqueued_at text, then the entries (see pick() in
+--       lib.lua): 'due' <now> <limit> | 'jids' <jid> <score> ...
+-- Returns {moved, selected}: selected < limit means nothing more is due.
+-- Guarantees: a job moves only if this call took it out of the source set, at the score the
+-- caller read for 'jids', so concurrent loops and MUTATEs on several brokers move each job once.
+-- An entry without a record is dropped. With 'due' the queue's due index entry is made exact.
+local queue = ARGV[2]
+local chosen = pick(KEYS[2], 4)
+local moved, woke = 0, false
+for _, jid in ipairs(chosen) do
+  redis.call('ZREM', KEYS[2], jid)
+  local payload = redis.call('HGET', KEYS[1], jid)
+  if payload then
+    redis.call('HSET', KEYS[1], jid, stamp(payload, ARGV[3]))
     if redis.call('LPUSH', KEYS[3], jid) == 1 then woke = true end
     moved = moved + 1
+  else
+    forget(KEYS[6], jid, queue)
   end
 end
-if woke then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return moved
+if ARGV[4] == 'due' then refresh_due(KEYS[4], KEYS[2], queue) end
+if moved > 0 then redis.call('SADD', KEYS[5], queue) end
+if woke then redis.call('PUBLISH', ARGV[1], queue) end
+return {moved, #chosen}

@@ -1,13 +1,13 @@
 -- move: move jobs from one sorted set of a queue to another with a new score (MUTATE kill).
--- KEYS: 1 source zset, 2 target zset
--- ARGV: 1 score, then jids
--- Guarantees: a job enters the target only if this call removed it from the source.
+-- KEYS: 1 source zset, 2 target zset, 3 due index of the target
+-- ARGV: 1 queue name, 2 score, then 'jids' <jid> <score read> ...
+-- Guarantees: a job enters the target only if this call took it out of the source at the score
+-- the caller read; the queue is in the target's due index no later than the new score.
 -- Returns how many moved.
-local moved = 0
-for i = 2, #ARGV do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
-    moved = moved + 1
-  end
+local chosen = pick(KEYS[1], 3)
+for _, jid in ipairs(chosen) do
+  redis.call('ZREM', KEYS[1], jid)
+  redis.call('ZADD', KEYS[2], ARGV[2], jid)
 end
-return moved
+if #chosen > 0 then redis.call('ZADD', KEYS[3], 'LT', ARGV[2], ARGV[1]) end
+return #chosen

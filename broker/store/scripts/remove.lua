@@ -1,14 +1,20 @@
--- remove: delete jobs that are in a sorted set (dead purge, MUTATE discard/clear), atomically
--- per job.
--- KEYS: 1 jobs hash, 2 the zset
--- ARGV: jids
--- Guarantees: a job's record is deleted only if this call removed it from the set. Returns
--- the jids removed, so the caller can drop them from the jid index.
-local removed = {}
-for i = 1, #ARGV do
-  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    removed[#removed + 1] = ARGV[i]
+-- remove: delete jobs that are in a sorted set (dead purge, MUTATE discard and clear), with
+-- their records and jid index entries, atomically per job.
+-- KEYS: 1 jobs hash, 2 the zset, 3 jid index, 4 due index of the zset
+-- ARGV: 1 queue name, then the entries (see pick() in lib.lua): 'due' <now> <limit> |
+--       'all' <limit> | 'jids' <jid> <score> ...
+-- Returns {removed, selected}. Guarantees: a job is deleted only if this call took it out of
+-- the set (at the score the caller read, for 'jids'). With 'due' and 'all' the queue's due index
+-- entry is made exact.
+local queue = ARGV[1]
+local chosen = pick(KEYS[2], 2)
+local removed = 0
+for _, jid in ipairs(chosen) do
+  if redis.call('ZREM', KEYS[2], jid) == 1 then
+    redis.call('HDEL', KEYS[1], jid)
+    forget(KEYS[3], jid, queue)
+    removed = removed + 1
   end
 end
-return removed
+if ARGV[2] ~= 'jids' then refresh_due(KEYS[4], KEYS[2], queue) end
+return {removed, #chosen}

@@ -1,0 +1,103 @@
+"""Operator commands over queues: QUEUE PAUSE/RESUME/REMOVE/LATENCY, FLUSH and INFO.
+
+What REMOVE and FLUSH take away (protocol.md says the same):
+- QUEUE REMOVE deletes a queue's waiting jobs and its settings and stops listing it. Its
+  scheduled, retrying, reserved and dead jobs stay and keep running (the reference keeps those
+  sets global); the queue is listed again when one of them is enqueued.
+- FLUSH deletes every job wherever it is (reservations included), every queue and the
+  counters; connected workers stay registered.
+Both work in batches, each batch one script that deletes whole jobs (record, place and jid index
+entry together), and both have a bounded amount of work: jobs pushed while they run may stay.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from broker.clock import Clock
+from broker.doorbell import Doorbell
+from broker.errors import CommandError
+from broker.jobs import QUEUE_NAME, format_day, job_decoder, parse_time
+from broker.stats import Stats, render_info
+from broker.store.redis import Store
+
+ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
+
+
+class Admin:
+    """Queue-wide operator commands."""
+
+    def __init__(self, store: Store, doorbell: Doorbell, stats: Stats, clock: Clock) -> None:
+        self.store = store
+        self.doorbell = doorbell
+        self.stats = stats
+        self.clock = clock
+
+    async def _select(self, names: Sequence[str]) -> list[str]:
+        """The listed queues among `names` (`*`: every listed queue); others are ignored."""
+        listed = await self.store.queues.listed()
+        if "*" in names:
+            return listed
+        wanted = set(names)
+        return [queue for queue in listed if queue in wanted]
+
+    async def pause(self, names: Sequence[str], paused: bool) -> None:
+        for queue in await self._select(names):
+            await self.store.queues.pause(queue, paused)
+            if not paused:
+                self.doorbell.ring(queue, 1_000_000)
+
+    async def remove(self, names: Sequence[str]) -> int:
+        """QUEUE REMOVE; returns how many waiting jobs were deleted."""
+        deleted = 0
+        for queue in await self._select(names):
+            count, left = await self.store.queues.drain(queue, ADMIN_BATCH)
+            deleted += count
+            for _ in range(left // ADMIN_BATCH + 1):  # what waited when REMOVE began
+                if not left:
+                    break
+                count, left = await self.store.queues.drain(queue, ADMIN_BATCH)
+                deleted += count
+        return deleted
+
+    async def flush(self) -> None:
+        """FLUSH: every job, queue and counter; workers stay registered."""
+        for queue in await self.store.queues.holding():
+            left = await self.store.queues.flush(queue, ADMIN_BATCH)
+            for _ in range(left // ADMIN_BATCH + 1):  # what the queue held when FLUSH began
+                if not left:
+                    break
+                left = await self.store.queues.flush(queue, ADMIN_BATCH)
+        await self.store.queues.forget_counters()
+
+    async def latency(self, names: Sequence[str], now: float) -> dict[str, float | int]:
+        """Seconds the oldest job of each queue has waited (0 for empty or unknown queues)."""
+        if "*" in names:
+            raise CommandError("QUEUE LATENCY does not support wildcards")
+        result: dict[str, float | int] = {}
+        for name in names:
+            payload = await self.store.queues.oldest(name) if QUEUE_NAME.fullmatch(name) else None
+            result[name] = _waited(payload, now)
+        return result
+
+    async def info(self, now: float) -> dict[str, Any]:
+        queues = await self.store.queues.listed()
+        sizes, sets = await self.store.queues.counts(queues)
+        day = format_day(now)
+        counters = await self.store.queues.counters(day)
+        memory = await self.store.queues.used_memory()
+        workers = await self.store.workers.count()
+        return render_info(
+            self.stats, sizes, sets, counters, day, now, memory, workers, self.clock.offset
+        )
+
+
+def _waited(payload: bytes | None, now: float) -> float | int:
+    """Seconds since the job was enqueued; 0 (as the reference writes it) when there is no job
+    or no readable `enqueued_at`."""
+    if payload is None:
+        return 0
+    enqueued_at = job_decoder.decode(payload).enqueued_at
+    try:
+        return max(0.0, now - parse_time(enqueued_at))
+    except ValueError:
+        return 0

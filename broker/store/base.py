@@ -1,0 +1,55 @@
+"""Calling Redis: Lua scripts by SHA1, plain commands, and their error replies as exceptions."""
+
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from broker.store.connection import Pipeline, ReplyError
+
+_LIB = resources.files("broker.store").joinpath("scripts/lib.lua").read_text()
+
+
+class Script:
+    """A Lua script from scripts/ (the helpers of lib.lua prepended), called by its SHA1."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        body = resources.files("broker.store").joinpath(f"scripts/{name}.lua").read_text()
+        self.source = _LIB + body
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+def text(value: bytes) -> str:
+    return value.decode()
+
+
+class Redis:
+    """The store's access to Redis over one auto-pipelining connection."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def execute(self, *args: Any) -> Any:
+        """One command; an error reply raises ReplyError."""
+        reply = await self.pipeline.execute(*args)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands in one round trip; an error reply raises ReplyError."""
+        replies = await self.pipeline.execute_many(commands) if commands else []
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Call a script; loads it when Redis does not know it (after a restart, say)."""
+        reply = await self.pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        if isinstance(reply, ReplyError) and reply.reply.startswith("NOSCRIPT"):
+            reply = await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply

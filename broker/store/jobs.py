@@ -1,0 +1,237 @@
+"""Job moves: each one Lua script (see scripts/) over a queue's keys and the global indexes.
+
+This module holds no lifecycle rules: the manager decides where a job goes, these calls say
+which keys a move touches and decode the replies.
+"""
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from broker.store import keys
+from broker.store.base import Redis, Script, text
+from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, STATS, QueueKeys
+
+PUSH = Script("push")
+FETCH = Script("fetch")
+ACK = Script("ack")
+FAIL = Script("fail")
+RELEASE = Script("release")
+ENQUEUE = Script("enqueue")
+REMOVE = Script("remove")
+MOVE = Script("move")
+ENTRIES = Script("entries")
+DUE_REFRESH = Script("due")
+
+MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
+
+Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
+
+
+class Reservation:
+    """A reserved job as read: its expiry (as Redis wrote it) and stored payload."""
+
+    __slots__ = ("expiry", "payload")
+
+    def __init__(self, expiry: bytes, payload: bytes | None) -> None:
+        self.expiry = expiry
+        self.payload = payload
+
+
+class JobStore:
+    """Typed job moves for the manager."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._keys: dict[str, QueueKeys] = {}
+
+    def keys(self, queue: str) -> QueueKeys:
+        found = self._keys.get(queue)
+        if found is None:
+            if len(self._keys) >= MAX_KEY_CACHE:
+                self._keys.clear()
+            found = self._keys[queue] = QueueKeys(queue)
+        return found
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    async def push(self, queue: str, entries: Sequence[tuple[str, bytes, str]]) -> list[bool]:
+        """Store jobs of one queue: (jid, payload, at score or ''). False = jid already live."""
+        k = self.keys(queue)
+        args: list[Any] = [PUSHED_CHANNEL, queue]
+        for entry in entries:
+            args += entry
+        results = await self.redis.run(
+            PUSH, (k.jobs, k.queue, k.scheduled, JIDS, DUE["scheduled"], QUEUES), args
+        )
+        return [bool(r) for r in results]
+
+    async def fetch(
+        self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1
+    ) -> list[tuple[str, bytes]]:
+        """Reserve up to `count` of the oldest jobs of `queue`: [(jid, payload)], oldest first.
+
+        Empty when the queue is paused or empty.
+        """
+        k = self.keys(queue)
+        flat = await self.redis.run(
+            FETCH,
+            (k.jobs, k.queue, k.working, k.meta, DUE["working"]),
+            (now, *reserve, count, queue),
+        )
+        return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def ack(self, queue: str, jids: Sequence[str], day: str) -> list[str]:
+        """Finish reserved jobs of one queue; returns the jids whose reservation existed."""
+        k = self.keys(queue)
+        done = await self.redis.run(ACK, (k.jobs, k.working, JIDS, STATS), (day, queue, *jids))
+        return [text(jid) for jid in done]
+
+    # -- failures -----------------------------------------------------------------------------
+
+    async def reservation(self, queue: str, jid: str) -> Reservation | None:
+        """The reservation of a job and its payload, read together; None if not reserved."""
+        k = self.keys(queue)
+        expiry, payload = await self.redis.execute_many(
+            [("ZSCORE", k.working, jid), ("HGET", k.jobs, jid)]
+        )
+        return None if expiry is None else Reservation(expiry, payload)
+
+    async def fail(
+        self,
+        queue: str,
+        jid: str,
+        read_expiry: bytes | None,
+        day: str,
+        target: str,
+        score: float,
+        payload: bytes,
+    ) -> int:
+        """End a reservation as a failure; target is 'retries', 'dead' or '' (drop the job).
+
+        `read_expiry` is the reservation the new payload was computed from (None: any).
+        Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
+        """
+        k = self.keys(queue)
+        result: int = await self.redis.run(
+            FAIL,
+            (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"]),
+            (queue, jid, read_expiry or "", day, target, score, payload),
+        )
+        return result
+
+    async def release(self, queue: str, jid: str) -> bool:
+        """Put a reserved job back at the head of its queue."""
+        k = self.keys(queue)
+        return bool(await self.redis.run(RELEASE, (k.working, k.queue), (jid,)))
+
+    # -- sorted sets --------------------------------------------------------------------------
+
+    async def due_queues(self, zset: str, now: float, limit: int) -> list[str]:
+        """Queues whose `zset` may have entries due at `now`, from the due index."""
+        names = await self.redis.execute("ZRANGEBYSCORE", DUE[zset], "-inf", now, "LIMIT", 0, limit)
+        return [text(n) for n in names]
+
+    async def queues_with(self, zset: str) -> list[str]:
+        """Every queue that has entries in its `zset` (from the due index)."""
+        return [text(n) for n in await self.redis.execute("ZRANGE", DUE[zset], 0, -1)]
+
+    async def enqueue_due(
+        self, queue: str, zset: str, now: float, stamp: str, limit: int
+    ) -> tuple[int, int]:
+        """Move up to `limit` due jobs of `zset` onto the queue: (moved, selected); fewer
+        selected than `limit` means nothing more is due."""
+        moved, selected = await self._enqueue(queue, zset, stamp, ("due", now, limit))
+        return int(moved), int(selected)
+
+    async def requeue(self, queue: str, zset: str, stamp: str, entries: Sequence[Entry]) -> int:
+        """Move the given entries (if still as read) onto the queue; returns how many moved."""
+        if not entries:
+            return 0
+        moved, _ = await self._enqueue(queue, zset, stamp, ("jids", *_pairs(entries)))
+        return int(moved)
+
+    async def _enqueue(self, queue: str, zset: str, stamp: str, selection: tuple[Any, ...]) -> Any:
+        k = self.keys(queue)
+        return await self.redis.run(
+            ENQUEUE,
+            (k.jobs, k.zset(zset), k.queue, DUE[zset], QUEUES, JIDS),
+            (PUSHED_CHANNEL, queue, stamp, *selection),
+        )
+
+    async def remove_due(self, queue: str, zset: str, now: float, limit: int) -> tuple[int, int]:
+        """Delete up to `limit` due jobs of `zset`: (removed, selected)."""
+        return await self._remove(queue, zset, ("due", now, limit))
+
+    async def remove_first(self, queue: str, zset: str, limit: int) -> tuple[int, int]:
+        """Delete the first `limit` jobs of `zset`: (removed, selected)."""
+        return await self._remove(queue, zset, ("all", limit))
+
+    async def remove(self, queue: str, zset: str, entries: Sequence[Entry]) -> int:
+        """Delete the given entries of `zset` (if still as read); returns how many."""
+        if not entries:
+            return 0
+        removed, _ = await self._remove(queue, zset, ("jids", *_pairs(entries)))
+        return removed
+
+    async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> tuple[int, int]:
+        k = self.keys(queue)
+        removed, selected = await self.redis.run(
+            REMOVE, (k.jobs, k.zset(zset), JIDS, DUE[zset]), (queue, *selection)
+        )
+        return int(removed), int(selected)
+
+    async def move(
+        self, queue: str, source: str, target: str, score: float, entries: Sequence[Entry]
+    ) -> int:
+        """Move the given entries (if still as read) to another set with a new score."""
+        if not entries:
+            return 0
+        k = self.keys(queue)
+        moved: int = await self.redis.run(
+            MOVE,
+            (k.zset(source), k.zset(target), DUE[target]),
+            (queue, score, "jids", *_pairs(entries)),
+        )
+        return moved
+
+    async def expired(self, queue: str, zset: str, now: float, limit: int) -> list[Entry]:
+        """Up to `limit` entries of `zset` with a score <= now, earliest first, with payloads."""
+        k = self.keys(queue)
+        flat = await self.redis.run(ENTRIES, (k.zset(zset), k.jobs), (now, limit))
+        return [(text(flat[i]), flat[i + 1], flat[i + 2] or None) for i in range(0, len(flat), 3)]
+
+    async def refresh_due(self, queue: str, zset: str) -> None:
+        """Make the queue's due index entry for `zset` exact."""
+        await self.redis.run(DUE_REFRESH, (self.keys(queue).zset(zset), DUE[zset]), (queue,))
+
+    async def scan(self, queue: str, zset: str, cursor: int, count: int) -> tuple[int, list[Entry]]:
+        """One ZSCAN step over a sorted set, with payloads: (next cursor, entries)."""
+        k = self.keys(queue)
+        next_cursor, flat = await self.redis.execute("ZSCAN", k.zset(zset), cursor, "COUNT", count)
+        jids = flat[::2]
+        payloads = await self.redis.execute("HMGET", k.jobs, *jids) if jids else []
+        entries = [(text(j), s, p) for j, s, p in zip(jids, flat[1::2], payloads, strict=True)]
+        return int(next_cursor), entries
+
+    async def scores(self, queue: str, zset: str, jids: Sequence[str]) -> list[Entry]:
+        """The entries of `jids` that are in the set (payloads not read: None)."""
+        found = await self.redis.execute("ZMSCORE", self.keys(queue).zset(zset), *jids)
+        return [(j, s, None) for j, s in zip(jids, found, strict=True) if s is not None]
+
+    # -- by jid -------------------------------------------------------------------------------
+
+    async def payload(self, queue: str, jid: str) -> bytes | None:
+        found: bytes | None = await self.redis.execute("HGET", self.keys(queue).jobs, jid)
+        return found
+
+    async def queues_of(self, jids: Sequence[str]) -> list[str | None]:
+        """The queue of each jid, from the jid index (None for no live job)."""
+        names = await self.redis.execute("HMGET", keys.JIDS, *jids)
+        return [None if name is None else text(name) for name in names]
+
+
+def _pairs(entries: Iterable[Entry]) -> list[Any]:
+    flat: list[Any] = []
+    for jid, score, _ in entries:
+        flat += (jid, score)
+    return flat

@@ -1,0 +1,187 @@
+"""Bring Redis to the current storage schema when a broker starts.
+
+Schema 1 (Hopper before the storage model of schema 2) kept a queue's keys under
+`hopper:{<queue>}:...`, the queue list in `hopper:queues`, a jid index in `hopper:index` that
+one jid could hold for only one of two queues, and worker records under `hopper:{workers}`.
+A broker that finds such data migrates it before it serves, one queue at a time, each queue in
+one script (its keys renamed, its paused flag, listing, counters, due index and jid index
+entries made), then rewrites each stored payload in the current field order (see jobs.py) and
+gives a new jid, `<jid>-<queue>`, to a job whose jid schema 1 had also given to a job of
+another queue. Worker records are dropped: workers register again with their next connection.
+Every step can be run again, so a broker killed mid-way finishes the work at its next start.
+
+Stop every broker of the older version before starting this one: they would write schema 1
+keys that no loop of this version reads. Several new brokers starting together take turns: one
+migrates while the others wait for it.
+"""
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import trio
+
+from broker.errors import BrokerError
+from broker.jobs import encode, job_decoder
+from broker.store import keys
+from broker.store.base import Script, text
+from broker.store.keys import DUE, JIDS, MIGRATING, QUEUES, SCHEMA, SCHEMA_KEY, STATS
+from broker.store.redis import Store
+
+log = logging.getLogger(__name__)
+
+MIGRATE = Script("migrate")
+RENAME = Script("rename")
+
+OLD_QUEUES = f"{keys.PREFIX}:queues"
+OLD_INDEX = f"{keys.PREFIX}:index"
+OLD_WORKERS = f"{keys.PREFIX}:{{workers}}"
+OLD_QUEUE_KEYS = ("jobs", "queue", "working", "scheduled", "retries", "dead", "paused", "stats")
+SCAN_COUNT = 1000
+LOCK_SECONDS = 600  # a migrating broker that died frees the lock after this long
+WAIT_STEP = 0.5  # seconds between looks while another broker migrates
+
+
+class SchemaError(BrokerError):
+    """Redis holds data this broker cannot use (written by a newer Hopper)."""
+
+
+async def migrate(store: Store) -> None:
+    """Make sure Redis holds the current schema; migrate an older one (see the module doc)."""
+    token = secrets.token_hex(8)
+    while True:
+        schema = await store.schema()
+        if schema == SCHEMA:
+            return
+        if schema is not None and schema > SCHEMA:
+            raise SchemaError(
+                f"Redis holds storage schema {schema}, written by a newer Hopper; this broker "
+                f"knows schema {SCHEMA}"
+            )
+        if await store.redis.execute("SET", MIGRATING, token, "NX", "EX", LOCK_SECONDS):
+            break
+        log.info("another broker is migrating the storage schema; waiting")
+        await trio.sleep(WAIT_STEP)
+    try:
+        await _migrate(store)
+        await store.redis.execute("SET", SCHEMA_KEY, SCHEMA)
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.redis.execute("DEL", MIGRATING)
+
+
+async def _migrate(store: Store) -> None:
+    names = await _old_queues(store)
+    if not names and not await store.redis.execute("EXISTS", OLD_QUEUES, OLD_INDEX):
+        return  # a new, empty store (or schema 2 data without its schema key)
+    log.warning("migrating %d queues from storage schema 1 to schema %d", len(names), SCHEMA)
+    for name in names:
+        taken = await _migrate_queue(store, name)
+        rewritten = await _rewrite_payloads(store, name)
+        for jid in taken:
+            await _rename(store, name, jid)
+        log.warning(
+            "migrated queue %s: %d jobs%s",
+            name,
+            rewritten,
+            f", {len(taken)} given new jids" if taken else "",
+        )
+    await _drop_old_globals(store)
+
+
+async def _old_queues(store: Store) -> list[str]:
+    """The queues schema 1 knew or holds keys of (the worker registry's tag excluded unless
+    a queue of that name exists)."""
+    names = {text(n) for n in await store.redis.execute("SMEMBERS", OLD_QUEUES)}
+    suffixes = {f":{s}".encode() for s in OLD_QUEUE_KEYS}
+    async for key in _scan(store, f"{keys.PREFIX}:{{*}}:*"):
+        tag_end = key.find(b"}:")
+        name = key[len(keys.PREFIX) + 2 : tag_end].decode()
+        if key[tag_end + 1 :] in suffixes and name != "workers":
+            names.add(name)
+    if await store.redis.execute("TYPE", f"{OLD_WORKERS}:queue") == b"list":
+        names.add("workers")
+    return sorted(names)
+
+
+async def _migrate_queue(store: Store, name: str) -> list[str]:
+    old = [f"{keys.PREFIX}:{{{name}}}:{suffix}" for suffix in OLD_QUEUE_KEYS]
+    k = store.jobs.keys(name)
+    new = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, k.meta, STATS, QUEUES)
+    due = (DUE["working"], DUE["scheduled"], DUE["retries"], DUE["dead"])
+    taken = await store.redis.run(MIGRATE, (*old, OLD_QUEUES, *new, JIDS, *due), (name,))
+    return [text(jid) for jid in taken]
+
+
+async def _rewrite_payloads(store: Store, name: str) -> int:
+    """Re-encode every payload of the queue in the current field order; returns how many."""
+    jobs_key = store.jobs.keys(name).jobs
+    count = 0
+    cursor = 0
+    while True:
+        cursor_text, flat = await store.redis.execute(
+            "HSCAN", jobs_key, cursor, "COUNT", SCAN_COUNT
+        )
+        updates: list[Any] = []
+        for jid, payload in zip(flat[::2], flat[1::2], strict=True):
+            rewritten = _reencode(payload)
+            if rewritten != payload:
+                updates += (jid, rewritten)
+        if updates:
+            await store.redis.execute("HSET", jobs_key, *updates)
+        count += len(flat) // 2
+        cursor = int(cursor_text)
+        if cursor == 0:
+            return count
+
+
+def _reencode(payload: bytes) -> bytes:
+    try:
+        return encode(job_decoder.decode(payload))
+    except msgspec.DecodeError:  # not a job Hopper wrote: left as it is, for `hopper check`
+        return payload
+
+
+async def _rename(store: Store, name: str, jid: str) -> None:
+    k = store.jobs.keys(name)
+    payload = await store.jobs.payload(name, jid)
+    if payload is None:
+        return
+    job = job_decoder.decode(payload)
+    for attempt in range(100):
+        new = f"{jid}-{name}" + (f"-{attempt}" if attempt else "")
+        job.jid = new
+        args = (name, jid, new, encode(job))
+        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
+        if await store.redis.run(RENAME, where, args):
+            log.warning(
+                "jid %s was live in queue %s and in another queue; the job in %s is now %s",
+                jid,
+                name,
+                name,
+                new,
+            )
+            return
+
+
+async def _drop_old_globals(store: Store) -> None:
+    doomed = [OLD_QUEUES, OLD_INDEX, OLD_WORKERS]
+    async for key in _scan(store, f"{OLD_WORKERS}:*"):
+        doomed.append(key.decode())
+    for start in range(0, len(doomed), SCAN_COUNT):
+        await store.redis.execute("UNLINK", *doomed[start : start + SCAN_COUNT])
+
+
+async def _scan(store: Store, pattern: str) -> AsyncIterator[bytes]:
+    cursor = 0
+    while True:
+        cursor_text, found = await store.redis.execute(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT
+        )
+        for key in found:
+            yield key
+        cursor = int(cursor_text)
+        if cursor == 0:
+            return

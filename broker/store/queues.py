@@ -1,0 +1,100 @@
+"""Queue-wide operations: the listed queues, pause flags, QUEUE REMOVE, FLUSH, and the figures
+behind INFO."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from broker.store.base import Redis, Script, text
+from broker.store.jobs import JobStore
+from broker.store.keys import DUE, JIDS, QUEUES, SETS, STATS
+
+DRAIN = Script("drain")
+FLUSH = Script("flush")
+OLDEST = Script("oldest")
+
+
+class QueueStore:
+    """Typed queue-wide operations for the manager."""
+
+    def __init__(self, redis: Redis, jobs: JobStore) -> None:
+        self.redis = redis
+        self.jobs = jobs
+
+    async def listed(self) -> list[str]:
+        """The queues INFO lists (those created by an enqueue and not removed), sorted."""
+        return sorted(text(q) for q in await self.redis.execute("SMEMBERS", QUEUES))
+
+    async def holding(self) -> list[str]:
+        """Every queue that holds anything: listed, or with jobs in one of its sorted sets."""
+        commands: list[tuple[Any, ...]] = [("SMEMBERS", QUEUES)]
+        commands += [("ZRANGE", DUE[name], 0, -1) for name in SETS]
+        replies = await self.redis.execute_many(commands)
+        return sorted({text(q) for reply in replies for q in reply})
+
+    async def pause(self, queue: str, paused: bool) -> None:
+        meta = self.jobs.keys(queue).meta
+        if paused:
+            await self.redis.execute("HSET", meta, "paused", 1)
+        else:
+            await self.redis.execute("HDEL", meta, "paused")
+
+    async def drain(self, queue: str, batch: int) -> tuple[int, int]:
+        """Delete up to `batch` waiting jobs: (deleted, left waiting). With none left the queue
+        is no longer listed and its settings go."""
+        k = self.jobs.keys(queue)
+        deleted, left = await self.redis.run(
+            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES), (queue, batch)
+        )
+        return int(deleted), int(left)
+
+    async def flush(self, queue: str, batch: int) -> int:
+        """Delete up to `batch` jobs of the queue wherever they are; returns how many are left
+        (0: the queue is gone entirely)."""
+        k = self.jobs.keys(queue)
+        keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
+        left: int = await self.redis.run(
+            FLUSH, (*keys, *(DUE[name] for name in SETS)), (queue, batch)
+        )
+        return left
+
+    async def forget_counters(self) -> None:
+        await self.redis.execute("DEL", STATS)
+
+    async def oldest(self, queue: str) -> bytes | None:
+        k = self.jobs.keys(queue)
+        payload: bytes | None = await self.redis.run(OLDEST, (k.queue, k.jobs), ())
+        return payload
+
+    async def counts(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """(length of each queue's list, total size of each sorted set over every queue), in
+        two round trips."""
+        commands: list[tuple[Any, ...]] = [("LLEN", self.jobs.keys(q).queue) for q in queues]
+        commands += [("ZRANGE", DUE[name], 0, -1) for name in SETS]
+        replies = await self.redis.execute_many(commands)
+        sizes = dict(zip(queues, replies[: len(queues)], strict=True))
+        holders = dict(zip(SETS, replies[len(queues) :], strict=True))
+        cards: list[tuple[Any, ...]] = [
+            ("ZCARD", self.jobs.keys(text(q)).zset(name)) for name in SETS for q in holders[name]
+        ]
+        found = iter(await self.redis.execute_many(cards))
+        sets = {name: sum(next(found) for _ in holders[name]) for name in SETS}
+        return sizes, sets
+
+    async def paused(self, queues: Sequence[str]) -> list[str]:
+        flags = await self.redis.execute_many(
+            [("HEXISTS", self.jobs.keys(q).meta, "paused") for q in queues]
+        )
+        return [q for q, flag in zip(queues, flags, strict=True) if flag]
+
+    async def counters(self, day: str) -> dict[str, int]:
+        """processed, failures, and the same for `day`: the broker-wide totals."""
+        fields = ("processed", "failures", f"processed:{day}", f"failures:{day}")
+        values = await self.redis.execute("HMGET", STATS, *fields)
+        return {f: int(v or 0) for f, v in zip(fields, values, strict=True)}
+
+    async def used_memory(self) -> int:
+        info = text(await self.redis.execute("INFO", "memory"))
+        for line in info.splitlines():
+            if line.startswith("used_memory:"):
+                return int(line.split(":", 1)[1])
+        return 0

@@ -1,0 +1,44 @@
+"""The worker registry in Redis: which worker processes are connected, and their states."""
+
+from broker.store import keys
+from broker.store.base import Redis, Script, text
+from broker.store.keys import WORKERS
+
+BEAT = Script("beat")
+WORKER_JOIN = Script("worker_join")
+WORKER_LEAVE = Script("worker_leave")
+
+
+class WorkerStore:
+    """Typed worker-registry operations (records shared by every broker process)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def join(self, wid: str, now: float, info: bytes) -> str:
+        """One more connection of `wid`; returns the worker's state."""
+        state = await self.redis.run(WORKER_JOIN, (keys.worker(wid), WORKERS), (wid, now, info))
+        return text(state)
+
+    async def leave(self, wid: str, cutoff: float | None = None) -> bool:
+        """A connection closed (or, with `cutoff`, the worker stopped beating before it);
+        True when the record was deleted."""
+        bound = "" if cutoff is None else cutoff
+        return bool(await self.redis.run(WORKER_LEAVE, (keys.worker(wid), WORKERS), (wid, bound)))
+
+    async def beat(self, wid: str, now: float, rss_kb: int, state: str) -> str | None:
+        """Record a heartbeat; the state after it, or None for an unknown worker."""
+        reply = await self.redis.run(BEAT, (keys.worker(wid), WORKERS), (wid, now, rss_kb, state))
+        return None if reply is None else text(reply)
+
+    async def state(self, wid: str) -> str | None:
+        found = await self.redis.execute("HGET", keys.worker(wid), "state")
+        return None if found is None else text(found)
+
+    async def stale(self, cutoff: float, limit: int) -> list[str]:
+        wids = await self.redis.execute("ZRANGEBYSCORE", WORKERS, "-inf", cutoff, "LIMIT", 0, limit)
+        return [text(w) for w in wids]
+
+    async def count(self) -> int:
+        found: int = await self.redis.execute("ZCARD", WORKERS)
+        return found
