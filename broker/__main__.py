@@ -7,6 +7,8 @@ import resource
 import signal
 import sys
 import tomllib
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -14,6 +16,7 @@ import trio
 
 from broker import __version__
 from broker.app import App
+from broker.check import check
 from broker.config import FD_RESERVE, Config
 
 ENV_ALIASES = {
@@ -35,14 +38,36 @@ def parser() -> argparse.ArgumentParser:
         "HOPPER_<NAME> and from the TOML file given by --config; flags win over the "
         "environment, which wins over the file.",
     )
-    run.add_argument("--config", metavar="FILE", help="TOML settings file (env HOPPER_CONFIG)")
-    for field in FIELDS:
+    _settings_flags(run, FIELDS)
+    check = commands.add_parser(
+        "check",
+        help="check the store's integrity",
+        description="Walk the whole store (in batches, safe while brokers run) and report every "
+        "broken invariant: a job in no place or in two, an entry without its job, a jid index "
+        "entry missing or pointing nowhere, a queue with work no loop would visit. Exit status "
+        "0 when sound, 1 when problems remain.",
+    )
+    check.add_argument(
+        "--repair", action="store_true", help="fix what can be fixed without losing a job"
+    )
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    _settings_flags(check, [f for f in FIELDS if f.name in CHECK_SETTINGS])
+    return top
+
+
+CHECK_SETTINGS = ("redis_url", "data_dir", "redis_server")
+
+
+def _settings_flags(
+    command: argparse.ArgumentParser, fields: Sequence[msgspec.structs.FieldInfo]
+) -> None:
+    command.add_argument("--config", metavar="FILE", help="TOML settings file (env HOPPER_CONFIG)")
+    for field in fields:
         flag = "--" + field.name.replace("_", "-")
         if field.type is bool:
-            run.add_argument(flag, action="store_const", const=True, default=None)
+            command.add_argument(flag, action="store_const", const=True, default=None)
         else:
-            run.add_argument(flag, metavar=field.name.upper(), default=None, help=_help(field))
-    return top
+            command.add_argument(flag, metavar=field.name.upper(), default=None, help=_help(field))
 
 
 def _help(field: msgspec.structs.FieldInfo) -> str:
@@ -113,9 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError, msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
         sys.exit(f"hopper: {exc}")
     logging.basicConfig(
-        level=config.log_level.upper(),
+        level=config.log_level.upper() if args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "check":
+        sys.exit(trio.run(partial(check, config, repair=args.repair, as_json=args.json)))
     raise_fd_limit(config.max_connections + FD_RESERVE)
     trio.run(serve, args, config)
 

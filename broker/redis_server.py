@@ -82,7 +82,7 @@ class EmbeddedRedis:
             while True:
                 if process.poll() is not None:
                     raise StartFailed(f"redis-server exited at start; see {self.dir / 'redis.log'}")
-                if await _answers_ping(self.url):
+                if await answers_ping(self.url):
                     return
                 await trio.sleep(0.02)
 
@@ -105,7 +105,7 @@ class EmbeddedRedis:
                 await trio.sleep(0.05)
 
 
-async def _answers_ping(url: str) -> bool:
+async def answers_ping(url: str) -> bool:
     """Whether Redis accepts commands: it answers PING with PONG, not with LOADING."""
     try:
         stream = await Address(url).open()

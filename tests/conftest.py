@@ -6,6 +6,8 @@
   nursery) or as a real process (`broker_process`, for crash tests and blocking clients).
 - Every test runs under a cap (pytest-timeout, set in pyproject.toml); tests wait for events
   or for a state to appear with `eventually`, which is bounded, never a bare sleep.
+- Every fault, fuzz and chaos test ends with `check_store`: `hopper check` must find the store
+  sound.
 """
 
 import os
@@ -198,6 +200,27 @@ class BrokerProcess:
         return f"tcp://127.0.0.1:{self.port}"
 
 
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without Hopper/Faktory/Redis settings, plus `env`."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))}
+    environment.pop("REDIS_URL", None)
+    environment.update(env)
+    return environment
+
+
+def check_store(redis_url: str) -> None:
+    """Run `hopper check` (the command an operator runs) on a store: it must find no problem."""
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith(": 0 problems"), done.stdout
+
+
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command line."""
@@ -220,15 +243,10 @@ def broker_process(redis_url: str) -> Iterator[Callable[..., BrokerProcess]]:
     started: list[BrokerProcess] = []
 
     def make(*args: str, embedded: bool = False, **env: str) -> BrokerProcess:
-        environment = {
-            k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))
-        }
-        environment.pop("REDIS_URL", None)
-        environment.update(env)
         base = [] if embedded else ["--redis-url", redis_url]
         broker = BrokerProcess(
             [*base, "--scheduler-interval", "0.1", "--reaper-interval", "0.1", *args],
-            environment,
+            clean_env(**env),
         )
         broker.start()
         started.append(broker)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, check_store
 from tests.wire import SyncWire, WireError
 
 
@@ -22,7 +22,7 @@ def push_all(port: int, count: int) -> None:
 
 @pytest.mark.parametrize("embedded", [True, False])
 def test_sigkill_and_restart(
-    broker_process: Callable[..., BrokerProcess], tmp_path: Path, embedded: bool
+    broker_process: Callable[..., BrokerProcess], redis_url: str, tmp_path: Path, embedded: bool
 ) -> None:
     args = ["--data-dir", str(tmp_path / "data")] if embedded else []
     broker = broker_process(*args, embedded=embedded)
@@ -46,4 +46,5 @@ def test_sigkill_and_restart(
     info = json.loads(after.call("INFO"))["faktory"]
     assert info["total_processed"] == 10 and info["total_failures"] == 2
     assert info["sets"]["retries"] == 2 and info["sets"]["working"] == 40
+    check_store(f"unix://{tmp_path / 'data' / 'redis.sock'}" if embedded else redis_url)
     assert broker.stop() == 0

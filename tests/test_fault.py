@@ -30,7 +30,7 @@ from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, check_store
 from tests.wire import WireError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +136,10 @@ def unix_redis() -> Iterator[Callable[[Path], redis.Redis]]:
         client.close()
 
 
+def embedded_url(data_dir: Path) -> str:
+    return f"unix://{data_dir / 'redis.sock'}"
+
+
 def redis_pid(data_dir: Path) -> int:
     try:
         return int((data_dir / "redis.pid").read_text())
@@ -170,6 +174,7 @@ def embedded_broker(
 def test_broker_sigkill_under_load(
     broker_process: Callable[..., BrokerProcess],
     embedded_broker: Callable[..., BrokerProcess],
+    redis_url: str,
     rdb: redis.Redis,
     unix_redis: Callable[[Path], redis.Redis],
     tmp_path: Path,
@@ -197,6 +202,7 @@ def test_broker_sigkill_under_load(
         drain(ledger, db, broker.port, requeue=kills < 10, timeout=180)
         load.check()
     assert left_in_redis(db()) == {"jobs": 0, "queue": 0, "working": 0, "retries": 0}
+    check_store(embedded_url(tmp_path) if embedded else redis_url)
     assert broker.stop() == 0
     assert "Traceback" not in broker.log.read_text()
     record(
@@ -236,6 +242,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def test_worker_sigkill_jobs_come_back_through_expiry(
     broker_process: Callable[..., BrokerProcess],
+    redis_url: str,
     rdb: redis.Redis,
     processes: list[subprocess.Popen[bytes]],
     tmp_path: Path,
@@ -273,11 +280,13 @@ def test_worker_sigkill_jobs_come_back_through_expiry(
     assert worker.failure is None and max(ledger.runs.values()) == 1
     assert left_in_redis(rdb) == {"jobs": 0, "queue": 0, "working": 0, "retries": 0}
     conn.close()
+    check_store(redis_url)
 
 
 @pytest.mark.parametrize("kills", [pytest.param(15, marks=CHAOS, id="chaos")])
 def test_worker_sigkills_under_load(
     broker_process: Callable[..., BrokerProcess],
+    redis_url: str,
     rdb: redis.Redis,
     processes: list[subprocess.Popen[bytes]],
     tmp_path: Path,
@@ -325,6 +334,7 @@ def test_worker_sigkills_under_load(
         in_flight |= set(log_runs) - log_done
     duplicates = {jid for jid, count in runs.items() if count > 1}
     assert duplicates <= in_flight | ledger.in_flight()
+    check_store(redis_url)
     record(
         "worker-sigkill",
         pushed=len(ledger.pushed),
@@ -380,6 +390,7 @@ def test_redis_sigkill_under_load(
         assert lost == set()
     else:  # everysec: at most the writes of the last ~2 s before a kill (redis.conf, AOF)
         assert all(any(0 <= t - ledger.pushed[jid] <= 2 for t in killed_at) for jid in lost)
+    check_store(embedded_url(tmp_path))
     assert broker.stop() == 0
     assert "Traceback" not in broker.log.read_text()
     record(
@@ -490,6 +501,7 @@ def moved(ports: list[int], task: str, field: str) -> int:
 )
 def test_several_brokers_move_each_job_once(
     broker_process: Callable[..., BrokerProcess],
+    redis_url: str,
     rdb: redis.Redis,
     brokers: int,
     count: int,
@@ -533,4 +545,5 @@ def test_several_brokers_move_each_job_once(
         assert moved(ports, "Retries", "enqueued") == count
     for conn in conns:
         conn.close()
+    check_store(redis_url)
     record("several-brokers", brokers=brokers, jobs_moved=3 * count, moved_twice=0, lost=0)

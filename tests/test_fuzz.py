@@ -49,7 +49,7 @@ from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, wait_for
 from chaos.marks import CHAOS
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, check_store
 from tests.wire import Wire, WireError, job
 
 EXAMPLES = 3000 if os.environ.get("HOPPER_CHAOS") else 150
@@ -190,7 +190,7 @@ def test_poison_failure_count() -> None:
 
 
 def test_a_poison_job_does_not_kill_the_broker(
-    broker_process: Callable[..., BrokerProcess], rdb: redis.Redis
+    broker_process: Callable[..., BrokerProcess], redis_url: str, rdb: redis.Redis
 ) -> None:
     broker = broker_process("--min-reservation", "1", "--reaper-interval", "0.05")
     assert broker.process is not None
@@ -204,6 +204,7 @@ def test_a_poison_job_does_not_kill_the_broker(
         "the reservation reaped",
     )
     assert broker.process.poll() is None, "the broker died"
+    check_store(redis_url)
 
 
 @settings(max_examples=EXAMPLES)
@@ -374,7 +375,7 @@ def vm_rss_kb(pid: int) -> int:
     ],
 )
 async def test_socket_fuzzer_with_a_well_behaved_client(
-    broker_process: Callable[..., BrokerProcess], connections: int, frames: int
+    broker_process: Callable[..., BrokerProcess], redis_url: str, connections: int, frames: int
 ) -> None:
     broker = broker_process("--fetch-timeout", "0.1", "--max-line-bytes", "65536")
     assert broker.process is not None
@@ -418,6 +419,7 @@ async def test_socket_fuzzer_with_a_well_behaved_client(
     assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)  # KiB
     assert broker.stop() == 0
     assert "Traceback" not in broker.log.read_text()
+    check_store(redis_url)
     record(
         "socket-fuzz",
         seed=seed,

@@ -1,0 +1,291 @@
+"""`hopper check`: walk the whole store in bounded batches and report every broken invariant,
+repairing, when asked, what can be repaired without losing a job.
+
+The invariants of schema 2 (see keys.py): every record of a queue is in exactly one place (the
+queue list, working, scheduled, retries or dead) and every place entry has a record; the jid
+index names, for every live job, the one queue that holds it, and nothing else; a queue with
+entries in a sorted set is in that set's due index no later than its earliest entry; a queue
+with waiting jobs is listed; every worker record has its heartbeat entry and the other way round.
+
+The walk reads in batches while brokers keep working, so what it sees may be mid-change; every
+suspect is therefore looked at again by one atomic script (inspect.lua and friends), which
+reports only what it sees itself and, with repair, fixes it in the same step.
+"""
+
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+
+from broker.jobs import job_decoder
+from broker.store import keys
+from broker.store.base import Script, text
+from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, SCHEMA, WORKERS
+from broker.store.redis import Store
+
+INSPECT = Script("inspect")
+REPOINT = Script("repoint")
+RENAME = Script("rename")
+QUEUE_CHECK = Script("queue_check")
+WORKER_CHECK = Script("worker_check")
+
+BATCH = 500  # entries read per Redis call
+ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
+
+
+class Problem(msgspec.Struct):
+    """One broken invariant: what, where, and whether it was repaired."""
+
+    kind: str
+    queue: str = ""
+    jid: str = ""
+    detail: str = ""
+    repaired: bool = False
+
+    def describe(self) -> str:
+        where = " ".join(
+            part for part in (f"queue {self.queue}" if self.queue else "", self.jid) if part
+        )
+        detail = f" ({self.detail})" if self.detail else ""
+        return f"{self.kind}: {where}{detail}" + (" - repaired" if self.repaired else "")
+
+
+class Report(msgspec.Struct):
+    """What a check saw."""
+
+    queues: int = 0
+    jobs: int = 0
+    workers: int = 0
+    problems: list[Problem] = msgspec.field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return all(p.repaired for p in self.problems)
+
+    def summary(self) -> str:
+        repaired = sum(p.repaired for p in self.problems)
+        text_ = f"checked {self.queues} queues, {self.jobs} jobs, {self.workers} workers: "
+        text_ += f"{len(self.problems)} problems"
+        return text_ + (f", {repaired} repaired" if repaired else "")
+
+
+class Auditor:
+    """Checks (and with `repair`, mends) one store."""
+
+    def __init__(self, store: Store, *, repair: bool = False) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.repair = repair
+        self.report = Report()
+        self._elsewhere: set[str] = set()  # jids whose index entry the queue walk reported
+
+    async def run(self) -> Report:
+        schema = await self.store.schema()
+        if schema != SCHEMA:
+            found = "no schema mark" if schema is None else f"schema {schema}"
+            detail = f"{found}; a broker of this version migrates the store when it starts"
+            self.report.problems.append(Problem("schema", detail=detail))
+            return self.report
+        for queue in await self._queue_names():
+            await self._check_queue(queue)
+        await self._check_index()
+        await self._check_workers()
+        return self.report
+
+    # -- queues -------------------------------------------------------------------------------
+
+    async def _queue_names(self) -> list[str]:
+        """Every queue that holds a key, is listed, or is in a due index."""
+        names = set(await self.store.queues.holding())
+        async for key in self._scan(f"{keys.QUEUE_PREFIX}*"):
+            name = keys.queue_of_key(key)
+            if name is not None:
+                names.add(name)
+        return sorted(names)
+
+    async def _check_queue(self, queue: str) -> None:
+        self.report.queues += 1
+        k = self.store.jobs.keys(queue)
+        problems = await self.redis.run(
+            QUEUE_CHECK,
+            (k.queue, QUEUES, *(k.zset(n) for n in ORDER), *(DUE[n] for n in ORDER)),
+            (queue, self._flag),
+        )
+        self._note(queue, "", problems)
+        listed: Counter[str] = Counter()
+        for start in range(0, await self.redis.execute("LLEN", k.queue), BATCH):
+            page = await self.redis.execute("LRANGE", k.queue, start, start + BATCH - 1)
+            listed.update(text(j) for j in page)
+        suspects = {jid for jid, n in listed.items() if n > 1}
+        suspects |= await self._orphans(queue, list(listed))
+        async for jid, found in self._records(queue, listed):
+            if found:
+                suspects.add(jid)
+        for name in ORDER:
+            async for entries in self._zscan(k.zset(name)):
+                suspects |= await self._orphans(queue, entries)
+        for jid in sorted(suspects):
+            await self._inspect(queue, jid)
+
+    async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
+        """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
+        k = self.store.jobs.keys(queue)
+        cursor = 0
+        while True:
+            cursor_text, flat = await self.redis.execute("HSCAN", k.jobs, cursor, "COUNT", BATCH)
+            jids = [text(j) for j in flat[::2]]
+            if jids:
+                commands: list[tuple[Any, ...]] = [
+                    ("ZMSCORE", k.zset(name), *jids) for name in ORDER
+                ]
+                commands.append(("HMGET", JIDS, *jids))
+                *scores, owners = await self.redis.execute_many(commands)
+                for i, (jid, payload) in enumerate(zip(jids, flat[1::2], strict=True)):
+                    self.report.jobs += 1
+                    places = (jid in listed) + sum(s[i] is not None for s in scores)
+                    owner = owners[i]
+                    if not _readable(payload):
+                        self.report.problems.append(Problem("unreadable record", queue, jid))
+                    yield jid, places != 1 or owner is None or text(owner) != queue
+            cursor = int(cursor_text)
+            if cursor == 0:
+                return
+
+    async def _orphans(self, queue: str, jids: Sequence[str]) -> set[str]:
+        """Those of `jids` that have no record in the queue."""
+        found: set[str] = set()
+        jobs_key = self.store.jobs.keys(queue).jobs
+        for start in range(0, len(jids), BATCH):
+            chunk = jids[start : start + BATCH]
+            exists = await self.redis.execute_many([("HEXISTS", jobs_key, j) for j in chunk])
+            found.update(j for j, e in zip(chunk, exists, strict=True) if not e)
+        return found
+
+    async def _inspect(self, queue: str, jid: str) -> None:
+        k = self.store.jobs.keys(queue)
+        problems = await self.redis.run(
+            INSPECT,
+            (
+                k.jobs,
+                k.queue,
+                k.working,
+                k.scheduled,
+                k.retries,
+                k.dead,
+                JIDS,
+                QUEUES,
+                *(DUE[n] for n in ORDER),
+            ),
+            (queue, jid, self._flag, PUSHED_CHANNEL),
+        )
+        for kind, detail in problems:
+            if text(kind) == "index elsewhere":
+                await self._index_elsewhere(queue, jid, text(detail))
+            else:
+                self._note(queue, jid, [(kind, detail)])
+
+    async def _index_elsewhere(self, queue: str, jid: str, owner: str) -> None:
+        """The index names `owner` for a job `queue` holds: two live jobs share the jid, or the
+        entry is stale."""
+        self._elsewhere.add(jid)
+        if await self.store.jobs.payload(owner, jid) is not None:
+            problem = Problem("jid in two queues", queue, jid, owner)
+            if self.repair:
+                problem.repaired = await self._rename(queue, jid)
+        else:
+            problem = Problem("index elsewhere", queue, jid, owner)
+            if self.repair:
+                holder = self.store.jobs.keys(queue).jobs
+                owner_jobs = self.store.jobs.keys(owner).jobs
+                args = (jid, owner, queue)
+                problem.repaired = bool(
+                    await self.redis.run(REPOINT, (JIDS, owner_jobs, holder), args)
+                )
+        self.report.problems.append(problem)
+
+    async def _rename(self, queue: str, jid: str) -> bool:
+        """Give the copy in `queue` the jid `<jid>-<queue>` (as the migration does)."""
+        payload = await self.store.jobs.payload(queue, jid)
+        if payload is None:
+            return False
+        job = job_decoder.decode(payload)
+        job.jid = f"{jid}-{queue}"
+        k = self.store.jobs.keys(queue)
+        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
+        args = (queue, jid, job.jid, msgspec.json.encode(job))
+        return bool(await self.redis.run(RENAME, where, args))
+
+    # -- the jid index ------------------------------------------------------------------------
+
+    async def _check_index(self) -> None:
+        """Index entries that name a queue without that record (a stale entry) are inspected
+        there; entries for records are covered by the queue walk."""
+        cursor = 0
+        while True:
+            cursor_text, flat = await self.redis.execute("HSCAN", JIDS, cursor, "COUNT", BATCH)
+            pairs = [(text(j), text(q)) for j, q in zip(flat[::2], flat[1::2], strict=True)]
+            exists = await self.redis.execute_many(
+                [("HEXISTS", self.store.jobs.keys(q).jobs, j) for j, q in pairs]
+            )
+            for (jid, queue), found in zip(pairs, exists, strict=True):
+                if not found and jid not in self._elsewhere:
+                    await self._inspect(queue, jid)
+            cursor = int(cursor_text)
+            if cursor == 0:
+                return
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def _check_workers(self) -> None:
+        wids = {text(w) for w in await self.redis.execute("ZRANGE", WORKERS, 0, -1)}
+        prefix = keys.worker("")
+        async for key in self._scan(f"{prefix}*"):
+            wids.add(key[len(prefix) :])
+        self.report.workers = len(wids)
+        for wid in sorted(wids):
+            problems = await self.redis.run(
+                WORKER_CHECK, (keys.worker(wid), WORKERS), (wid, self._flag)
+            )
+            self._note("", wid, problems)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @property
+    def _flag(self) -> str:
+        return "1" if self.repair else "0"
+
+    def _note(self, queue: str, jid: str, problems: Sequence[Sequence[bytes]]) -> None:
+        for kind, detail in problems:
+            self.report.problems.append(
+                Problem(text(kind), queue, jid, text(detail), repaired=self.repair)
+            )
+
+    async def _scan(self, pattern: str) -> AsyncIterator[str]:
+        cursor = 0
+        while True:
+            cursor_text, found = await self.redis.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", BATCH
+            )
+            for key in found:
+                yield text(key)
+            cursor = int(cursor_text)
+            if cursor == 0:
+                return
+
+    async def _zscan(self, key: str) -> AsyncIterator[list[str]]:
+        cursor = 0
+        while True:
+            cursor_text, flat = await self.redis.execute("ZSCAN", key, cursor, "COUNT", BATCH)
+            yield [text(j) for j in flat[::2]]
+            cursor = int(cursor_text)
+            if cursor == 0:
+                return
+
+
+def _readable(payload: bytes) -> bool:
+    try:
+        job_decoder.decode(payload)
+    except msgspec.DecodeError:
+        return False
+    return True

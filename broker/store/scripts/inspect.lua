@@ -1,0 +1,82 @@
+-- inspect: look at one jid of one queue in a single atomic step and, when asked, repair what
+-- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself.
+-- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
+--       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead
+-- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
+-- Returns the problems seen, each {kind, detail}:
+--   'no record'    places hold the jid but there is no record: the entries are dropped
+--   'no place'     a record in no list or set: the job is enqueued again (it may run twice,
+--                  never zero times)
+--   'two places'   the jid is in several places (or listed twice): it keeps the most advanced
+--                  one (working, queue, retries, scheduled, dead, in that order)
+--   'stale index'  no record here, yet the jid index names this queue: the entry is dropped
+--   'no index'     the record has no jid index entry: one is made
+--   'index elsewhere' the jid index names another queue (detail): left to the caller
+--   'not due'      a set entry whose queue is missing from (or late in) the due index: fixed
+local queue, jid, fix = ARGV[1], ARGV[2], ARGV[3] == '1'
+local problems = {}
+local function problem(kind, detail) problems[#problems + 1] = {kind, detail or ''} end
+local listed = redis.call('LPOS', KEYS[2], jid, 'COUNT', 0)
+local held = {}  -- {kind, key, due key, score}, most advanced first
+local order = {{'working', 3, 9}, {'queue', 2}, {'retries', 5, 11}, {'scheduled', 4, 10},
+  {'dead', 6, 12}}
+for _, place in ipairs(order) do
+  if place[1] == 'queue' then
+    if #listed > 0 then held[#held + 1] = place end
+  else
+    local score = redis.call('ZSCORE', KEYS[place[2]], jid)
+    if score then held[#held + 1] = {place[1], place[2], place[3], score} end
+  end
+end
+local owner = redis.call('HGET', KEYS[7], jid)
+if redis.call('HEXISTS', KEYS[1], jid) == 0 then
+  if #held > 0 then
+    problem('no record', held[1][1])
+    if fix then
+      redis.call('LREM', KEYS[2], 0, jid)
+      for i = 3, 6 do redis.call('ZREM', KEYS[i], jid) end
+    end
+  end
+  if owner == queue then
+    problem('stale index')
+    if fix then redis.call('HDEL', KEYS[7], jid) end
+  end
+  return problems
+end
+if #held == 0 then
+  problem('no place')
+  if fix then
+    if redis.call('LPUSH', KEYS[2], jid) == 1 then redis.call('PUBLISH', ARGV[4], queue) end
+    redis.call('SADD', KEYS[8], queue)
+  end
+elseif #held > 1 or #listed > 1 then
+  local names = {}
+  for _, place in ipairs(held) do names[#names + 1] = place[1] end
+  problem('two places', table.concat(names, ','))
+  if fix then
+    local keep = held[1]
+    if keep[1] == 'queue' then
+      if #listed > 1 then redis.call('LREM', KEYS[2], #listed - 1, jid) end
+    else
+      redis.call('LREM', KEYS[2], 0, jid)
+    end
+    for i = 2, #held do
+      if held[i][1] ~= 'queue' then redis.call('ZREM', KEYS[held[i][2]], jid) end
+    end
+  end
+end
+local first = held[1]
+if first and first[1] ~= 'queue' then
+  local due = redis.call('ZSCORE', KEYS[first[3]], queue)
+  if not due or tonumber(due) > tonumber(first[4]) then
+    problem('not due', first[1])
+    if fix then redis.call('ZADD', KEYS[first[3]], 'LT', first[4], queue) end
+  end
+end
+if not owner then
+  problem('no index')
+  if fix then redis.call('HSET', KEYS[7], jid, queue) end
+elseif owner ~= queue then
+  problem('index elsewhere', owner)
+end
+return problems
