@@ -7,6 +7,8 @@ which keys a move touches and decode the replies.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
+
 from broker.store import keys
 from broker.store.base import Redis, Script, text
 from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, STATS, QueueKeys
@@ -27,14 +29,11 @@ MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 
 
-class Reservation:
+class Reservation(msgspec.Struct, frozen=True):
     """A reserved job as read: its expiry (as Redis wrote it) and stored payload."""
 
-    __slots__ = ("expiry", "payload")
-
-    def __init__(self, expiry: bytes, payload: bytes | None) -> None:
-        self.expiry = expiry
-        self.payload = payload
+    expiry: bytes
+    payload: bytes | None
 
 
 class JobStore:
