@@ -21,6 +21,12 @@ LINE_TIMEOUT = 60.0  # seconds for a started command line to arrive, or a reply 
 HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
 FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
 SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
+# Seconds Redis may stay silent while it owes a reply before its connection counts as dead
+# (a half-open connection: a path that stopped forwarding, a host gone without a reset); also
+# the silence after which a quiet connection is probed with a PING. Far above any command the
+# broker sends (short scripts, batched scans), yet short enough that clients get an error
+# instead of a hang their own timeouts would hit first.
+REDIS_TIMEOUT = 10.0
 
 DEFAULT_RESERVATION = 1800  # seconds a fetched job is reserved when it does not say
 MIN_RESERVATION = 60  # reference floor; tests lower it to see expiry quickly
