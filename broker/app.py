@@ -3,10 +3,11 @@ one root nursery."""
 
 import logging
 import time
+from collections.abc import Callable
 
 import trio
 
-from broker.config import Config
+from broker.config import REDIS_TIMEOUT, Config
 from broker.doorbell import Doorbell
 from broker.manager import Manager
 from broker.middleware import Chains
@@ -59,7 +60,7 @@ class App:
                 )
                 self.redis_url = await root.start(embedded.run)
             address = Address(self.redis_url)
-            redis = Pipeline(address)
+            redis = Pipeline(address, lambda: self.config.redis_timeout)
             await root.start(redis.run)
             doorbell = Doorbell()
             self.manager = manager = Manager(
@@ -71,7 +72,7 @@ class App:
                 clock=time.time,
             )
             self.server = server = Server(manager, lambda: self.config, self.ssl_context)
-            root.start_soon(relay_pushes, address, doorbell)
+            root.start_soon(relay_pushes, address, doorbell, lambda: self.config.redis_timeout)
             root.start_soon(run_reapers, manager, self.config, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
@@ -89,11 +90,14 @@ class App:
             root.cancel_scope.cancel()
 
 
-async def relay_pushes(address: Address, doorbell: Doorbell) -> None:
-    """Ring the doorbell for pushes made through other broker processes."""
+async def relay_pushes(
+    address: Address, doorbell: Doorbell, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT
+) -> None:
+    """Ring the doorbell for pushes made through other broker processes; `timeout()` gives
+    `redis_timeout` (see Subscriber)."""
     while True:
         try:
-            async with Subscriber(address, PUSHED_CHANNEL).open() as messages:
+            async with Subscriber(address, PUSHED_CHANNEL, timeout).open() as messages:
                 async for queue in messages:
                     doorbell.ring(queue.decode())
         except CONNECTION_ERRORS as exc:

@@ -62,6 +62,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     fetch_timeout: float = FETCH_TIMEOUT
     shutdown_grace: float = SHUTDOWN_GRACE
+    redis_timeout: float = REDIS_TIMEOUT
 
     default_reservation: int = DEFAULT_RESERVATION
     min_reservation: int = MIN_RESERVATION
@@ -102,6 +103,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("tls_cert and tls_key go together")
         if self.appendfsync not in ("always", "everysec", "no"):
             raise ValueError("appendfsync must be always, everysec or no")
+        if self.redis_timeout <= 0:
+            raise ValueError("redis_timeout must be positive")
 
 
 def split_bind(bind: str) -> tuple[str, int]:
