@@ -2,11 +2,12 @@
 one root nursery."""
 
 import logging
+from collections.abc import Callable
 
 import trio
 
 from broker.clock import RedisClock
-from broker.config import Config, Settings
+from broker.config import REDIS_TIMEOUT, Config, Settings
 from broker.doorbell import Doorbell
 from broker.manager import Manager
 from broker.middleware import Chains
@@ -58,7 +59,7 @@ class App:
                 embedded = EmbeddedRedis(config.data_dir, config.redis_server, config.appendfsync)
                 self.redis_url = await root.start(embedded.run)
             address = Address(self.redis_url)
-            redis = Pipeline(address)
+            redis = Pipeline(address, lambda: self.settings().redis_timeout)
             await root.start(redis.run)
             store = Store(redis)
             await migrate(store)
@@ -75,7 +76,7 @@ class App:
                 clock=clock,
             )
             self.server = server = Server(manager, self.settings, self.ssl_context)
-            root.start_soon(relay_pushes, address, doorbell)
+            root.start_soon(relay_pushes, address, doorbell, lambda: self.settings().redis_timeout)
             root.start_soon(run_reapers, manager, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
@@ -93,11 +94,14 @@ class App:
             root.cancel_scope.cancel()
 
 
-async def relay_pushes(address: Address, doorbell: Doorbell) -> None:
-    """Ring the doorbell for pushes made through other broker processes."""
+async def relay_pushes(
+    address: Address, doorbell: Doorbell, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT
+) -> None:
+    """Ring the doorbell for pushes made through other broker processes; `timeout()` gives
+    `redis_timeout` (see Subscriber)."""
     while True:
         try:
-            async with Subscriber(address, PUSHED_CHANNEL).open() as messages:
+            async with Subscriber(address, PUSHED_CHANNEL, timeout).open() as messages:
                 async for queue in messages:
                     doorbell.ring(queue.decode())
         except CONNECTION_ERRORS as exc:

@@ -23,6 +23,12 @@ LINE_TIMEOUT = 60.0  # seconds for a started command line to arrive, or a reply 
 HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
 FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
 SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
+# Seconds Redis may stay silent while it owes a reply before its connection counts as dead
+# (a half-open connection: a path that stopped forwarding, a host gone without a reset); also
+# the silence after which a quiet connection is probed with a PING. Far above any command the
+# broker sends (short scripts, batched scans), yet short enough that clients get an error
+# instead of a hang their own timeouts would hit first.
+REDIS_TIMEOUT = 10.0
 
 DEFAULT_RESERVATION = 1800  # seconds a fetched job is reserved when it does not say
 MIN_RESERVATION = 60  # reference floor; tests lower it to see expiry quickly
@@ -63,6 +69,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     fetch_timeout: float = FETCH_TIMEOUT
     shutdown_grace: float = SHUTDOWN_GRACE
+    redis_timeout: float = REDIS_TIMEOUT
 
     default_reservation: int = DEFAULT_RESERVATION
     min_reservation: int = MIN_RESERVATION
@@ -103,6 +110,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("tls_cert and tls_key go together")
         if self.appendfsync not in ("always", "everysec", "no"):
             raise ValueError("appendfsync must be always, everysec or no")
+        if self.redis_timeout <= 0:
+            raise ValueError("redis_timeout must be positive")
 
 
 def split_bind(bind: str) -> tuple[str, int]:

@@ -48,6 +48,14 @@ def test_redis_url_from_env() -> None:
     assert load_config(args(), {"REDIS_URL": "redis://x:1/0"}).redis_url == "redis://x:1/0"
 
 
+def test_redis_timeout_sources() -> None:
+    assert load_config(args(), {}).redis_timeout == 10.0
+    assert load_config(args(), {"HOPPER_REDIS_TIMEOUT": "2.5"}).redis_timeout == 2.5
+    assert load_config(args("--redis-timeout", "3"), {}).redis_timeout == 3.0
+    with pytest.raises(ValueError, match="redis_timeout must be positive"):
+        load_config(args("--redis-timeout", "0"), {})
+
+
 def test_open_bind_needs_password_or_consent() -> None:
     with pytest.raises(ValueError, match="without a password"):
         load_config(args("--bind", "0.0.0.0:7419"), {})

@@ -7,13 +7,20 @@ connection drops, every waiting caller gets `RedisUnavailable` and the connectio
 in the background; nothing is ever re-sent silently, because a command already written may or
 may not have run (the store only sends idempotent scripts and reconciles in reapers).
 
+A connection can also go silent without closing (a NAT or proxy that stops forwarding, a host
+gone without a reset). Each connection therefore has a deadline, `redis_timeout`: Redis silent
+that long while a reply is owed means the connection is dead, and it is handled as if it had
+dropped. A quiet connection is probed with a PING after the same silence, so a dead one is
+found within twice the timeout, before a command needs it.
+
 `Subscriber` is a dedicated connection for SUBSCRIBE, which blocks on the server.
 """
 
 import contextlib
 import logging
+import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +29,7 @@ import outcome
 import trio
 from redis.connection import parse_url
 
+from broker.config import REDIS_TIMEOUT
 from broker.errors import BrokerError, RedisUnavailable
 from broker.sockets import RawStream
 
@@ -30,6 +38,13 @@ log = logging.getLogger(__name__)
 READ_SIZE = 256 * 1024
 MAX_IN_FLIGHT = 10_000  # commands written but not answered; callers past it wait their turn
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # seconds; the last repeats
+# TCP keepalive, the kernel's own check beneath the timeout: it keeps the NAT and firewall
+# entries of a quiet path alive, and resets a connection whose peer stopped answering probes
+# (here after 30 + 3 x 10 s) whether or not this process is looking. Linux defaults: 2 hours.
+KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
+KEEPALIVE_INTERVAL = 10  # seconds between probes
+KEEPALIVE_PROBES = 3  # unanswered probes before the kernel resets the connection
+PING = hiredis.pack_command(("PING",))
 # What a Redis connection raises when it breaks (or Redis closes it, or sends garbage).
 CONNECTION_ERRORS = (
     OSError,
@@ -61,12 +76,23 @@ class Address:
         self.username: str | None = options.get("username")
         self.password: str | None = options.get("password")
 
-    async def open(self) -> RawStream:
-        """Open a stream to Redis and log in; raises OSError or ReplyError."""
+    async def open(self, timeout: float = REDIS_TIMEOUT) -> RawStream:
+        """Open a stream to Redis and log in within `timeout` seconds; raises OSError or
+        ReplyError."""
+        with trio.move_on_after(timeout):
+            return await self._open()
+        raise OSError(self.silent(timeout))
+
+    def silent(self, timeout: float) -> str:
+        """The reason given when Redis does not answer in time."""
+        return f"no reply from {self.display} within {timeout:g}s"
+
+    async def _open(self) -> RawStream:
         if self.path:
             stream = RawStream.from_trio(await trio.open_unix_socket(self.path))
         else:
             stream = RawStream.from_trio(await trio.open_tcp_stream(self.host, self.port))
+            _keep_alive(stream.socket)
         try:
             hello: list[tuple[Any, ...]] = []
             if self.password:
@@ -85,6 +111,13 @@ class Address:
             await stream.aclose()
             raise
         return stream
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
 
 
 def _redacted(url: str) -> str:
@@ -117,15 +150,23 @@ class _Waiter:
 
 
 class Pipeline:
-    """One auto-pipelining Redis connection shared by every concurrent caller."""
+    """One auto-pipelining Redis connection shared by every concurrent caller.
 
-    def __init__(self, address: Address) -> None:
+    `timeout()` gives `redis_timeout` in seconds; it is read at each use, so it may change.
+    """
+
+    def __init__(self, address: Address, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT):
         self.address = address
+        self.timeout = timeout
         self._stream: RawStream | None = None
         self._out: list[bytes] = []
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
+        # trio time when Redis was last heard from, or when a reply became owed after a quiet
+        # spell (the silence that counts starts then); the watchdog's only input.
+        self._heard = 0.0
+        self._lost = ""  # why the watchdog gave the connection up
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; raises ReplyError or RedisUnavailable."""
@@ -142,9 +183,7 @@ class Pipeline:
         if self._stream is None:
             raise RedisUnavailable(f"not connected to {self.address.display}")
         waiter = _Waiter(trio.lowlevel.current_task(), len(commands))
-        self._out.extend(hiredis.pack_command(c) for c in commands)
-        self._waiters.append(waiter)
-        self._writer_lot.unpark()
+        self._send([hiredis.pack_command(c) for c in commands], waiter)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             waiter.task = None  # the replies will still come; they are dropped
@@ -162,8 +201,13 @@ class Pipeline:
         if self._stream is None:
             log.warning("redis not connected; dropped %s", args[0])
             return
-        self._out.append(hiredis.pack_command(args))
-        self._waiters.append(_Waiter(None, 1))
+        self._send([hiredis.pack_command(args)], _Waiter(None, 1))
+
+    def _send(self, packed: list[bytes], waiter: _Waiter) -> None:
+        if not self._waiters:
+            self._heard = trio.current_time()
+        self._out.extend(packed)
+        self._waiters.append(waiter)
         self._writer_lot.unpark()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -172,7 +216,7 @@ class Pipeline:
         started = False
         while True:
             try:
-                self._stream = await self.address.open()
+                self._stream = await self.address.open(self.timeout())
             except (OSError, ReplyError) as exc:
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 log.warning(
@@ -185,13 +229,17 @@ class Pipeline:
             if not started:
                 task_status.started()
                 started = True
+            self._heard = trio.current_time()
+            self._lost = ""
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, nursery.cancel_scope)
                     nursery.start_soon(self._read_loop, nursery.cancel_scope)
+                    nursery.start_soon(self._watch, nursery.cancel_scope)
             finally:
                 stream, self._stream = self._stream, None
-                self._fail_all(RedisUnavailable(f"connection to {self.address.display} lost"))
+                lost = self._lost or f"connection to {self.address.display} lost"
+                self._fail_all(RedisUnavailable(lost))
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
             log.warning("redis connection %s lost; reconnecting", self.address.display)
@@ -227,6 +275,7 @@ class Pipeline:
                 data = await self._stream.receive_some(READ_SIZE)
                 if not data:
                     raise OSError("redis closed the connection")
+                self._heard = trio.current_time()
                 reader.feed(data)
                 while (reply := reader.gets()) is not False:
                     waiter = waiters[0]
@@ -245,33 +294,71 @@ class Pipeline:
             log.warning("redis read failed: %s", exc)
             scope.cancel()
 
+    async def _watch(self, scope: trio.CancelScope) -> None:
+        """Give the connection up when a reply is owed and Redis has been silent for the
+        timeout; probe a quiet connection with a PING after the same silence.
+
+        One task looking at one timestamp, so commands carry no timer of their own. The PING
+        (at most one per timeout, nothing for Redis) finds a dead idle connection within twice
+        the timeout and replaces it, instead of leaving the next command to wait the timeout
+        out and fail.
+        """
+        while True:
+            timeout = self.timeout()
+            deadline = self._heard + timeout
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+            elif not self._waiters:
+                self.post("PING")  # owes a reply now: the silence counts from here
+            else:
+                self._lost = self.address.silent(timeout)
+                log.warning("redis: %s", self._lost)
+                scope.cancel()
+                return
+
 
 class Subscriber:
     """A dedicated connection subscribed to one channel; yields each message's data.
 
-    A broken connection raises one of CONNECTION_ERRORS (from `open()` or the iteration).
+    A broken connection raises one of CONNECTION_ERRORS (from `open()` or the iteration), and
+    so does a silent one: after `timeout()` seconds without a reply the connection is
+    probed with a PING (allowed while subscribed; the reply is ["pong", ""]), and no reply
+    within `timeout()` more raises OSError.
     """
 
-    def __init__(self, address: Address, channel: str) -> None:
+    def __init__(
+        self, address: Address, channel: str, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT
+    ) -> None:
         self.address = address
         self.channel = channel
+        self.timeout = timeout
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[AsyncIterator[bytes]]:
-        stream = await self.address.open()
+        stream = await self.address.open(self.timeout())
         try:
             subscribe: tuple[Any, ...] = ("SUBSCRIBE", self.channel)
             await stream.send_all(hiredis.pack_command(subscribe))
             reader = hiredis.Reader()
-            await _read_reply(stream, reader)  # the subscribe confirmation
+            await self._reply(stream, reader)  # the subscribe confirmation
             yield self._messages(stream, reader)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    @staticmethod
-    async def _messages(stream: RawStream, reader: Any) -> AsyncIterator[bytes]:
+    async def _messages(self, stream: RawStream, reader: Any) -> AsyncIterator[bytes]:
         while True:
-            reply = await _read_reply(stream, reader)
+            with trio.move_on_after(self.timeout()) as quiet:
+                reply = await _read_reply(stream, reader)
+            if quiet.cancelled_caught:
+                await stream.send_all(PING)
+                reply = await self._reply(stream, reader)  # the pong, or any message
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 yield reply[2]
+
+    async def _reply(self, stream: RawStream, reader: Any) -> Any:
+        """The next reply; OSError if none comes within the timeout."""
+        timeout = self.timeout()
+        with trio.move_on_after(timeout):
+            return await _read_reply(stream, reader)
+        raise OSError(self.address.silent(timeout))
