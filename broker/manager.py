@@ -360,6 +360,10 @@ class Manager:
                     break
         return purged
 
+    async def next_due(self, zset: str) -> float | None:
+        """When the earliest entry of `zset` in any queue comes due (None: there is none)."""
+        return await self.store.jobs.next_due(zset)
+
     async def _due_queues(self, zset: str, now: float) -> AsyncIterator[str]:
         """The queues with entries of `zset` due at `now`, each once per run. A queue visited
         has its due entry moved past `now` (or dropped), so the next page holds new ones."""

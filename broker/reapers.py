@@ -1,5 +1,9 @@
 """Periodic loops: each one calls the manager with `now`, records its figures and sleeps.
 
+The scheduled and retry loops wake at the earliest due time the due index knows when it comes
+before their next period: a job scheduled for later is enqueued when it is due, not up to one
+period after (one pushed for sooner than the loop's next run waits at most one period).
+
 Every loop reads its interval from the settings in force at each turn, so a reload reaches it,
 and survives errors (Redis restarting, say, or a bug): it logs and tries again next period.
 Several broker processes may run these loops on one Redis; the scripts move each job once.
@@ -19,21 +23,28 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[float], Awaitable[int]]
 Interval = Callable[[Config], float]
+MIN_PAUSE = 0.005  # seconds between two runs of a loop that still has due work
 
 
-async def every(interval: Interval, name: str, step: Step, manager: Manager) -> None:
-    """Run `step(now)` every `interval(settings)` seconds, for ever."""
+async def every(interval: Interval, name: str, step: Step, manager: Manager, due: str = "") -> None:
+    """Run `step(now)` every `interval(settings)` seconds, for ever; with `due` (a sorted set),
+    sooner when the due index says that set's earliest entry comes due before then."""
     while True:
         started = time.perf_counter()
+        pause = interval(manager.settings())
         try:
             moved = await step(manager.clock())
+            if due:
+                earliest = await manager.next_due(due)
+                if earliest is not None:
+                    pause = min(pause, max(earliest - manager.clock(), MIN_PAUSE))
         except BrokerError as exc:
             log.warning("%s loop: %s", name, exc)
         except Exception:  # a bug must not stop the broker: log it and try again next period
             log.exception("%s loop failed", name)
         else:
             manager.stats.record_task(name, moved, time.perf_counter() - started)
-        with trio.move_on_after(interval(manager.settings())):
+        with trio.move_on_after(pause):
             await manager.settings.reloaded()  # a new interval takes effect at once
 
 
@@ -53,8 +64,12 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
         return len(gone)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(every, lambda c: c.scheduler_interval, "Scheduled", scheduled, manager)
-        nursery.start_soon(every, lambda c: c.scheduler_interval, "Retries", retries, manager)
+        nursery.start_soon(
+            every, lambda c: c.scheduler_interval, "Scheduled", scheduled, manager, "scheduled"
+        )
+        nursery.start_soon(
+            every, lambda c: c.scheduler_interval, "Retries", retries, manager, "retries"
+        )
         nursery.start_soon(
             every, lambda c: c.reaper_interval, "Busy", manager.reap_expired, manager
         )

@@ -245,3 +245,17 @@ async def test_worker_state_reaches_every_broker(
 
     await eventually(refused, timeout=5)
     assert (await info(producer))["queues"]["default"] == 1
+
+
+async def test_a_scheduled_job_is_enqueued_when_due_not_a_period_later(
+    start_broker: StartBroker,
+) -> None:
+    """The scheduler sleeps until the earliest due time it knows of when that comes before its
+    next period (30 s here): the job is fetched long before the period is over."""
+    app = await start_broker(scheduler_interval=30.0, fetch_timeout=20.0)
+    w = await Wire.open(app.port, hello={"wid": "w1"})
+    await w.call("PUSH", job("due-soon-1", at=soon(2)))
+    later = await start_broker(scheduler_interval=30.0)  # its first pass sees the due time
+    assert later.port
+    with trio.fail_after(10):
+        assert json.loads(await w.call("FETCH", "default"))["jid"] == "due-soon-1"

@@ -130,6 +130,11 @@ class JobStore:
         names = await self.redis.execute("ZRANGEBYSCORE", DUE[zset], "-inf", now, "LIMIT", 0, limit)
         return [text(n) for n in names]
 
+    async def next_due(self, zset: str) -> float | None:
+        """The earliest time in `zset`'s due index (None when it is empty)."""
+        first = await self.redis.execute("ZRANGE", DUE[zset], 0, 0, "WITHSCORES")
+        return float(first[1]) if first else None
+
     async def queues_with(self, zset: str) -> list[str]:
         """Every queue that has entries in its `zset` (from the due index)."""
         return [text(n) for n in await self.redis.execute("ZRANGE", DUE[zset], 0, -1)]
