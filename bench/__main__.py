@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from bench import chart, docs, report, scale, workloads
+from bench import chart, docs, idle, report, scale, workloads
 from bench.machine import describe
 from bench.results import Result
 from bench.servers import ROOT
 from bench.systems import SYSTEMS, System
 
-WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections")
+WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections", "idle")
 LATENCY_RATE = 1000.0  # jobs/s of the latency probe
 BATCH_JOBS_FACTOR = 5  # batches push ~10× faster: more jobs keep the run as long
 
@@ -41,10 +41,12 @@ class Size:
     raw_jobs: int
     depth_jobs: int
     idle_connections: int
+    idle_queues: int  # queues a broker knows while it is measured idle
+    idle_seconds: float
 
 
-FULL = Size(50_000, 3.0, 20_000, (1, 10, 50), 5.0, 20.0, 100_000, 1_000_000, 2_000)
-QUICK = Size(5_000, 1.0, 2_000, (1, 10), 1.0, 5.0, 10_000, 50_000, 200)
+FULL = Size(50_000, 3.0, 20_000, (1, 10, 50), 5.0, 20.0, 100_000, 1_000_000, 2_000, 5_000, 20.0)
+QUICK = Size(5_000, 1.0, 2_000, (1, 10), 1.0, 5.0, 10_000, 50_000, 200, 500, 3.0)
 
 
 class Bench:
@@ -121,6 +123,12 @@ class Bench:
             self.attempt(Result("depth", "hopper"), scale.depth, size.depth_jobs)
         if "connections" in self.workloads:
             self.attempt(Result("connections", "hopper"), scale.connections, size.idle_connections)
+        if "idle" in self.workloads:
+            self.attempt(
+                Result("idle", "hopper", concurrency=size.idle_queues),
+                idle.measure,
+                *(size.idle_queues, size.idle_seconds),
+            )
 
 
 def best(tries: list[Result]) -> Result:

@@ -43,6 +43,15 @@ METHOD = """\
   worker connection with the queue that deep.
 - **5. Connections** (Hopper): {idle_connections:,} connections that said HELLO and nothing
   else, and one working connection timing PUSH+FETCH+ACK cycles; broker RSS with them.
+- **6. Idle** (Hopper): {idle_queues:,} queues made known as a user would (one job pushed to
+  each, fetched and acknowledged), then the broker and its Redis left alone for
+  {idle_seconds:.0f} s: their CPU as % of one core; then the time from the push of a job
+  scheduled 1 s ahead to the FETCH that returns it (`bench/idle.py`; standalone:
+  `python -m bench.idle --queues 5000 50000`). Background work follows due work only, so
+  the figure does not grow with the number of queues: on 2026-12-01 the standalone run gave
+  0.23 % for 5,000 queues and 0.30 % for 50,000 (1.00 s for the scheduled job in both);
+  before the storage model of schema 2 (which keeps a due index), 5,000 queues cost 33.9 %
+  of a core and the scheduled job came after 2.51 s.
 - **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
   shape of the client the reference Faktory figures were taken with), and the server CPU
   (broker + Redis) per job from `/proc`. The reference column is the Go server measured

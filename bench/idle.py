@@ -18,6 +18,7 @@ from typing import Any
 import hiredis
 
 from bench.machine import describe
+from bench.results import Result
 from bench.servers import HopperServer, cpu_seconds, hopper_server, scratch_dir
 
 SETTLE = 3.0  # seconds left to the broker after the set-up, before measuring
@@ -86,7 +87,8 @@ def scheduled_delay(conn: Raw) -> float:
     return time.monotonic() - pushed
 
 
-def measure(count: int, seconds: float) -> dict[str, float]:
+def measure(count: int, seconds: float) -> Result:
+    """The `idle` workload of the harness: `count` queues known, then `seconds` of idleness."""
     with scratch_dir() as root, hopper_server(root) as hopper:
         conn = Raw(hopper.port)
         started = time.monotonic()
@@ -96,14 +98,15 @@ def measure(count: int, seconds: float) -> dict[str, float]:
         broker, redis_cpu = idle_cpu(hopper, seconds)
         delay = scheduled_delay(conn)
         conn.close()
-    return {
-        "queues": count,
-        "broker_pct": broker,
-        "redis_pct": redis_cpu,
-        "total_pct": broker + redis_cpu,
-        "scheduled_delay_s": delay,
-        "setup_s": setup,
+    result = Result("idle", "hopper", concurrency=count, seconds=seconds)
+    result.extra = {
+        "broker_pct": round(broker, 2),
+        "redis_pct": round(redis_cpu, 2),
+        "total_pct": round(broker + redis_cpu, 2),
+        "scheduled_delay_s": round(delay, 3),
+        "setup_s": round(setup, 1),
     }
+    return result
 
 
 def idle_cpu(hopper: HopperServer, seconds: float) -> tuple[float, float]:
@@ -123,20 +126,16 @@ def main() -> None:
     print(f"machine: {machine['cpu']}, load {machine['load_average']}")
     header = ("queues", "broker %", "redis %", "total %", "scheduled 1 s ahead: fetched after s")
     print(" | ".join(header) + " | set-up s")
-    rows = []
+    summary = []
     for count in args.queues:
-        row = measure(count, args.seconds)
-        rows.append(row)
+        row = measure(count, args.seconds).extra
         print(
             f"{count} | {row['broker_pct']:.2f} | {row['redis_pct']:.2f} | {row['total_pct']:.2f}"
             f" | {row['scheduled_delay_s']:.2f} | {row['setup_s']:.1f}"
         )
-    summary = " ".join(
-        f"idle_{r['queues']:.0f}_pct={r['total_pct']:.2f} delay_{r['queues']:.0f}_s="
-        f"{r['scheduled_delay_s']:.2f}"
-        for r in rows
-    )
-    print(f"summary: {summary}")
+        summary.append(f"idle_{count}_pct={row['total_pct']} delay_{count}_s=")
+        summary[-1] += f"{row['scheduled_delay_s']}"
+    print("summary: " + " ".join(summary))
 
 
 if __name__ == "__main__":

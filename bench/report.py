@@ -159,7 +159,21 @@ def scale_table(results: Sequence[Result]) -> str:
             ["… working connection PUSH+FETCH+ACK p50 / p99", pair(c.p50_ms, c.p99_ms), "ms"],
             ["… the same p99 before they connected", ms_cell(c.extra.get("p99_ms_alone")), "ms"],
         ]
-    for r in select(results, "depth") + select(results, "connections"):
+    if (i := one(results, "idle")) is not None:
+        rows += [
+            [
+                f"{i.concurrency:,} idle queues: broker + Redis CPU",
+                number(i.extra.get("total_pct"), 2),
+                "% of a core",
+            ],
+            ["… of which the broker", number(i.extra.get("broker_pct"), 2), "% of a core"],
+            [
+                "… a job scheduled 1 s ahead, fetched after",
+                number(i.extra.get("scheduled_delay_s"), 2),
+                "s",
+            ],
+        ]
+    for r in select(results, "depth") + select(results, "connections") + select(results, "idle"):
         if r.status == "failed":
             rows.append([f"{r.workload}: failed", r.error[:80], ""])
     return table(["Hopper at scale", "value", "unit"], rows)
@@ -253,7 +267,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | None]:
     """The figures of the summary line (ratios are Hopper ÷ best peer)."""
     compared = comparisons(results)
     ok = measured(results)
-    depth, crowd = one(ok, "depth"), one(ok, "connections")
+    depth, crowd, idle = one(ok, "depth"), one(ok, "connections"), one(ok, "idle")
     pushb = compared["enqueue_batch"].hopper
     return {
         "end_to_end_ratio": compared["end_to_end"].ratio,
@@ -262,6 +276,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | None]:
         "p99_ms": compared["p99"].get(compared["p99"].hopper),
         "rss_1m_mb": depth.extra.get("broker_rss_mb") if depth else None,
         "rss_2k_conn_mb": crowd.extra.get("broker_rss_mb") if crowd else None,
+        "idle_queues_cpu_pct": idle.extra.get("total_pct") if idle else None,
     }
 
 
@@ -279,7 +294,7 @@ def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
             end_to_end_table(results, concurrencies),
         ),
         ("3. Push → start latency, single pushes at 1,000 jobs/s", latency_table(results)),
-        ("4-5. Hopper at scale", scale_table(results)),
+        ("4-6. Hopper at scale", scale_table(results)),
         ("Raw protocol, against the reference Faktory server", raw_table(results)),
     ]
     return "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)
