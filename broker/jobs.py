@@ -42,20 +42,22 @@ class Job(msgspec.Struct, omit_defaults=True):
 
     Every field has a default so that validation can produce the reference's own error texts;
     `validate_new` turns a decoded push into a storable job. Unknown top-level fields are dropped.
+    The scalar fields come before `failure`, `custom` and `args`, so the first occurrence of a
+    scalar's key in a stored payload is the job's own (scripts may read them from the prefix).
     """
 
     enqueued_at: str = ""
     reserve_for: int = 0
     retry: int | None = None
-    failure: Failure | None = None
-    custom: dict[str, Any] | None = None
     jid: str = ""
     queue: str = ""
     jobtype: str = ""
     created_at: str = ""
     at: str = ""
-    args: list[Any] | None = None
     backtrace: int = 0
+    failure: Failure | None = None
+    custom: dict[str, Any] | None = None
+    args: list[Any] | None = None
 
 
 class FailPayload(msgspec.Struct):
