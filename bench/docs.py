@@ -49,9 +49,10 @@ METHOD = """\
   scheduled 1 s ahead to the FETCH that returns it (`bench/idle.py`; standalone:
   `python -m bench.idle --queues 5000 50000`). Background work follows due work only, so
   the figure does not grow with the number of queues: on 2026-12-01 the standalone run gave
-  0.23 % for 5,000 queues and 0.30 % for 50,000 (1.00 s for the scheduled job in both);
-  before the storage model of schema 2 (which keeps a due index), 5,000 queues cost 33.9 %
-  of a core and the scheduled job came after 2.51 s.
+  0.23 % for 5,000 queues and 0.30 % for 50,000 (1.00 s for the scheduled job in both).
+  Before the storage model of schema 2 (which keeps a due index) the loops visited every
+  queue ever seen: 32.9 % of a core for 5,000 queues and 81.4 % for 50,000, one scheduler
+  pass taking 0.53 s and 6.0 s, and the scheduled job came after up to 2.9 s and 14.5 s.
 - **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
   shape of the client the reference Faktory figures were taken with), and the server CPU
   (broker + Redis) per job from `/proc`. The reference column is the Go server measured

@@ -63,9 +63,8 @@ def chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
-def know_queues(conn: Raw, count: int) -> None:
-    """One job pushed to each of `count` queues, fetched and acknowledged."""
-    queues = [f"tenant-{n:06d}" for n in range(count)]
+def know_queues(conn: Raw, queues: Sequence[str]) -> None:
+    """One job pushed to each queue, fetched and acknowledged."""
     for chunk in chunks(queues, BATCH):
         jobs = [{"jid": f"idle-{q}", "jobtype": "x", "args": [], "queue": q} for q in chunk]
         assert conn.calls([b"PUSHB " + json.dumps(jobs).encode()]) == [b"{}"]
@@ -74,14 +73,14 @@ def know_queues(conn: Raw, count: int) -> None:
         assert conn.calls(acks) == [b"OK"] * len(acks)
 
 
-def scheduled_delay(conn: Raw) -> float:
+def scheduled_delay(conn: Raw, queue: str) -> float:
     """Seconds from the push of a job scheduled DELAY ahead until a FETCH returns it."""
     at = time.time() + DELAY
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1e6):06d}Z"
-    job = {"jid": "idle-probe", "jobtype": "x", "args": [], "queue": "tenant-000000", "at": stamp}
+    job = {"jid": "idle-probe", "jobtype": "x", "args": [], "queue": queue, "at": stamp}
     pushed = time.monotonic()
     assert conn.calls([b"PUSH " + json.dumps(job).encode()]) == [b"OK"]
-    while conn.calls([b"FETCH tenant-000000"]) == [None]:  # each FETCH waits up to 2 s
+    while conn.calls([f"FETCH {queue}".encode()]) == [None]:  # each FETCH waits up to 2 s
         if time.monotonic() - pushed > 30:
             raise RuntimeError("the scheduled job never came")
     return time.monotonic() - pushed
@@ -89,14 +88,15 @@ def scheduled_delay(conn: Raw) -> float:
 
 def measure(count: int, seconds: float) -> Result:
     """The `idle` workload of the harness: `count` queues known, then `seconds` of idleness."""
+    queues = [f"tenant-{n:06d}" for n in range(max(count, 1))]
     with scratch_dir() as root, hopper_server(root) as hopper:
         conn = Raw(hopper.port)
         started = time.monotonic()
-        know_queues(conn, count)
+        know_queues(conn, queues)
         setup = time.monotonic() - started
         time.sleep(SETTLE)
         broker, redis_cpu = idle_cpu(hopper, seconds)
-        delay = scheduled_delay(conn)
+        delay = scheduled_delay(conn, queues[-1])  # the last a per-queue loop would visit
         conn.close()
     result = Result("idle", "hopper", concurrency=count, seconds=seconds)
     result.extra = {
@@ -111,10 +111,13 @@ def measure(count: int, seconds: float) -> Result:
 
 def idle_cpu(hopper: HopperServer, seconds: float) -> tuple[float, float]:
     """% of one core used by the broker and by its redis-server over `seconds`."""
-    before = (cpu_seconds([hopper.pid]), cpu_seconds([hopper.redis.pid]))
+    started = time.monotonic()
+    broker, redis_ = cpu_seconds([hopper.pid]), cpu_seconds([hopper.redis.pid])
     time.sleep(seconds)
-    after = (cpu_seconds([hopper.pid]), cpu_seconds([hopper.redis.pid]))
-    return tuple(100 * (a - b) / seconds for a, b in zip(after, before, strict=True))  # type: ignore[return-value]
+    elapsed = time.monotonic() - started
+    broker = cpu_seconds([hopper.pid]) - broker
+    redis_ = cpu_seconds([hopper.redis.pid]) - redis_
+    return 100 * broker / elapsed, 100 * redis_ / elapsed
 
 
 def main() -> None:
