@@ -1,5 +1,6 @@
 """Pure parts of the client: URLs, job building, backoff, failure descriptions, reply parsing."""
 
+import json
 import string
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -78,7 +79,11 @@ def test_make_job_fills_only_what_was_given() -> None:
         0,
         {"x": 1},
     )
-    assert push(job).line.startswith(b'PUSH {"retry":0,"custom":{"x":1},"jid":')
+    line = push(job).line
+    assert line.startswith(b'PUSH {"retry":0,"jid":') and line.endswith(
+        b',"custom":{"x":1},"args":[1,"a"]}'
+    )
+    assert set(json.loads(line[5:])) == {"retry", "jid", "queue", "jobtype", "custom", "args"}
     assert make_job("work").retry is None and make_job("work").reserve_for == 0
     with pytest.raises(TypeError, match="not a string"):
         make_job("work", "abc")
