@@ -81,7 +81,7 @@ def test_make_job_fills_only_what_was_given() -> None:
     )
     line = push(job).line
     assert line.startswith(b'PUSH {"retry":0,"jid":') and line.endswith(
-        b',"custom":{"x":1},"args":[1,"a"]}'
+        b',"custom":{"x":1},"args":[1,"a"]}\r\n'
     )
     assert set(json.loads(line[5:])) == {"retry", "jid", "queue", "jobtype", "custom", "args"}
     assert make_job("work").retry is None and make_job("work").reserve_for == 0
