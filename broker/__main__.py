@@ -15,6 +15,7 @@ import trio
 from broker import __version__
 from broker.app import App
 from broker.config import FD_RESERVE, Config
+from broker.errors import StartError
 
 ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
@@ -113,7 +114,18 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     raise_fd_limit(config.max_connections + FD_RESERVE)
-    trio.run(serve, args, config)
+    try:
+        trio.run(serve, args, config)
+    except* StartError as failed:
+        sys.exit(f"hopper: {_first(failed)}")
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) exception group."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 def raise_fd_limit(wanted: int) -> None:
