@@ -10,19 +10,19 @@ from pathlib import Path
 import hiredis
 import trio
 
+from broker.config import REDIS_START_TIMEOUT
 from broker.datadir import locked
 from broker.errors import StartError
 from broker.store.connection import CONNECTION_ERRORS, Address
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for redis-server to write its AOF and exit on SIGTERM
 RESTART_DELAY = 1.0  # seconds before restarting a redis-server that died
 
 
-class StartFailed(RuntimeError):
-    """redis-server exited before it accepted commands."""
+class StartFailed(StartError):
+    """redis-server exited, or did not answer in time, before it accepted commands."""
 
 
 class EmbeddedRedis:
@@ -30,13 +30,21 @@ class EmbeddedRedis:
 
     The broker owns the data dir (datadir.locked) for as long as this runs. If the broker is
     killed (SIGKILL) its redis-server lives on with all the data; the next broker to own the data
-    dir stops it gently (SIGTERM: the AOF is flushed) and starts anew.
+    dir stops it gently (SIGTERM: the AOF is flushed) and starts anew. `start_timeout` bounds
+    each start (the AOF loaded).
     """
 
-    def __init__(self, data_dir: str, binary: str = "redis-server", appendfsync: str = "everysec"):
+    def __init__(
+        self,
+        data_dir: str,
+        binary: str = "redis-server",
+        appendfsync: str = "everysec",
+        start_timeout: float = REDIS_START_TIMEOUT,
+    ):
         self.dir = Path(data_dir).resolve()
         self.binary = binary
         self.appendfsync = appendfsync
+        self.start_timeout = start_timeout
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
         self.url = f"unix://{self.socket}"
@@ -60,7 +68,7 @@ class EmbeddedRedis:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the data dir and run redis-server in it, restarting it if it dies; reports the URL
         once it serves commands (its AOF loaded). Raises StartError when the data dir is in use
-        (or its socket served by another process), StartFailed when the first start fails."""
+        or the first start fails."""
         with locked(self.dir):
             await self._stop_leftover()
             started = False
@@ -74,23 +82,27 @@ class EmbeddedRedis:
                         started = True
                     code = await process.wait()
                     log.error("embedded redis-server exited with %s; restarting", code)
-                except (StartFailed, trio.TooSlowError) as exc:
+                except StartFailed as exc:
                     if not started:
                         raise  # a first start that fails is a setup error: the broker stops
-                    log.error("embedded redis-server did not start again (%r); retrying", exc)
+                    log.error("embedded redis-server did not start again (%s); retrying", exc)
                 finally:
                     with trio.CancelScope(shield=True):
                         await _stop(process)
                 await trio.sleep(RESTART_DELAY)
 
     async def _wait_ready(self, process: trio.Process) -> None:
-        with trio.fail_after(START_TIMEOUT):
+        with trio.move_on_after(self.start_timeout):
             while True:
                 if process.poll() is not None:
                     raise StartFailed(f"redis-server exited at start; see {self.dir / 'redis.log'}")
                 if await answers_ping(self.url):
                     return
                 await trio.sleep(0.02)
+        raise StartFailed(
+            f"redis-server did not answer within {self.start_timeout:g}s; "
+            f"see {self.dir / 'redis.log'}"
+        )
 
     async def _stop_leftover(self) -> None:
         """Stop the redis-server a killed broker left running on this data dir (the lock, now

@@ -1,8 +1,10 @@
-"""Starting a broker: one broker per data directory (a lock that dies with its owner)."""
+"""Starting a broker: one broker per data directory (a lock that dies with its owner), signals
+heard in every phase, and a start that cannot reach Redis ending with one clear line."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -180,3 +182,97 @@ def test_a_redis_on_the_socket_that_is_not_ours_is_refused(
         "directory's redis-server; stop it, then start again"
     ]
     assert _pings(redis.Redis(unix_socket_path=str(foreign_redis / "redis.sock")))
+
+
+# -- signals in every phase; the start deadline -------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_signal_stops_a_broker_waiting_for_redis(
+    hopper: Callable[..., Hopper], signum: int
+) -> None:
+    broker = hopper("--redis-url", f"redis://127.0.0.1:{free_port()}")
+    broker.wait_for_line("unreachable")
+    broker.process.send_signal(signum)
+    assert broker.exit_status(5) == 0
+
+
+@pytest.fixture
+def silent_redis_server(tmp_path: Path) -> Callable[[], int]:
+    """A `--redis-server` that starts and never answers; returns a function giving its pid once
+    it runs."""
+    pidfile = tmp_path / "silent.pid"
+    script = tmp_path / "silent-redis-server"
+    script.write_text(
+        f"#!/bin/sh\necho $$ > {pidfile}.new\nmv {pidfile}.new {pidfile}\nexec sleep 60\n"
+    )
+    script.chmod(0o755)
+
+    def pid() -> int:
+        wait_for(pidfile.exists, 10, "the silent redis-server started")
+        return int(pidfile.read_text())
+
+    return pid
+
+
+def test_a_signal_stops_a_broker_whose_redis_server_is_starting(
+    hopper: Callable[..., Hopper], silent_redis_server: Callable[[], int], tmp_path: Path
+) -> None:
+    binary = str(tmp_path / "silent-redis-server")
+    broker = hopper("--data-dir", str(tmp_path / "data"), "--redis-server", binary)
+    pid = silent_redis_server()
+    broker.process.send_signal(signal.SIGTERM)
+    assert broker.exit_status(5) == 0
+    assert not alive(pid)
+
+
+def test_an_embedded_redis_server_that_never_answers_ends_the_start(
+    hopper: Callable[..., Hopper], silent_redis_server: Callable[[], int], tmp_path: Path
+) -> None:
+    data = (tmp_path / "data").resolve()
+    binary = str(tmp_path / "silent-redis-server")
+    broker = hopper("--data-dir", str(data), "--redis-server", binary, "--redis-start-timeout", "1")
+    pid = silent_redis_server()
+    assert broker.exit_status(10) != 0
+    assert broker.lines()[-1] == (
+        f"hopper: redis-server did not answer within 1s; see {data}/redis.log"
+    )
+    assert not alive(pid)
+
+
+def test_an_unreachable_redis_ends_the_start(hopper: Callable[..., Hopper]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}"
+    broker = hopper("--redis-url", url, "--redis-start-timeout", "1")
+    assert broker.exit_status(10) != 0
+    last = broker.lines()[-1]
+    assert last.startswith(f"hopper: cannot reach redis at {url} within 1s: "), last
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[Path]:
+    """A real redis-server requiring the password `right-password`; yields its socket."""
+    sock = tmp_path / "auth.sock"
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", str(sock),
+         "--requirepass", "right-password", "--dir", str(tmp_path), "--save", "",
+         "--appendonly", "no", "--logfile", "auth.log"],
+    )  # fmt: skip
+    try:
+        client = redis.Redis(unix_socket_path=str(sock), password="right-password")
+        wait_for(lambda: _pings(client), 10, "redis with a password")
+        yield sock
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_wrong_redis_password_ends_the_start(
+    hopper: Callable[..., Hopper], redis_with_password: Path
+) -> None:
+    url = f"unix://:not-the-password@{redis_with_password}"
+    broker = hopper("--redis-url", url, "--redis-start-timeout", "1")
+    assert broker.exit_status(10) != 0
+    last = broker.lines()[-1]
+    assert last.startswith(f"hopper: cannot reach redis at unix://:***@{redis_with_password}")
+    assert "WRONGPASS" in last
+    assert "not-the-password" not in broker.stderr.read_text()
