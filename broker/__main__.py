@@ -18,6 +18,7 @@ from broker import __version__
 from broker.app import App
 from broker.check import check
 from broker.config import FD_RESERVE, Config
+from broker.errors import StartError
 
 ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
@@ -141,10 +142,24 @@ def main(argv: list[str] | None = None) -> None:
         level=config.log_level.upper() if args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "check":
-        sys.exit(trio.run(partial(check, config, repair=args.repair, as_json=args.json)))
-    raise_fd_limit(config.max_connections + FD_RESERVE)
-    trio.run(serve, args, config)
+    status = 0
+    try:
+        if args.command == "check":
+            status = trio.run(partial(check, config, repair=args.repair, as_json=args.json))
+        else:
+            raise_fd_limit(config.max_connections + FD_RESERVE)
+            trio.run(serve, args, config)
+    except* StartError as failed:
+        sys.exit(f"hopper: {_first(failed)}")
+    sys.exit(status)
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) exception group."""
+    found: BaseException = group
+    while isinstance(found, BaseExceptionGroup):
+        found = found.exceptions[0]
+    return found
 
 
 def raise_fd_limit(wanted: int) -> None:

@@ -9,6 +9,7 @@ import trio
 from broker.clock import RedisClock
 from broker.config import REDIS_TIMEOUT, Config, Settings
 from broker.doorbell import Doorbell
+from broker.errors import StartError
 from broker.manager import Manager
 from broker.middleware import Chains
 from broker.reapers import run_reapers
@@ -27,7 +28,8 @@ RESUBSCRIBE_DELAY = 1.0  # seconds before re-opening the push-notification subsc
 
 
 class App:
-    """One broker process. `await app.run()` serves until `app.stop()` (or cancellation)."""
+    """One broker process. `await app.run()` serves until `app.stop()` (or cancellation); it
+    raises StartError when it cannot start."""
 
     def __init__(
         self,
@@ -43,9 +45,12 @@ class App:
         self.manager: Manager | None = None
         self.server: Server | None = None
         self._stop = trio.Event()
+        self._starting = trio.CancelScope()  # around the start: stop() then ends it at once
 
     def stop(self) -> None:
+        """Stop: at once while starting (e.g. waiting for Redis), gracefully once serving."""
         self._stop.set()
+        self._starting.cancel()
 
     def reload(self, config: Config) -> list[str]:
         """Take new settings; returns the names of those that only a restart can change (they
@@ -55,16 +60,17 @@ class App:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
             config = self.settings()
-            if not self.redis_url:
-                embedded = EmbeddedRedis(config.data_dir, config.redis_server, config.appendfsync)
-                self.redis_url = await root.start(embedded.run)
-            address = Address(self.redis_url)
-            redis = Pipeline(address, lambda: self.settings().redis_timeout)
-            await root.start(redis.run)
-            store = Store(redis)
-            await migrate(store)
-            clock = RedisClock(store)
-            await clock.sync()
+            with self._starting:
+                redis = await self._reach_redis(root)
+                store = Store(redis)
+                await migrate(store)
+                clock = RedisClock(store)
+                await clock.sync()
+            if self._starting.cancelled_caught:
+                log.info("stopped while starting")
+                root.cancel_scope.cancel()
+                return
+            address = redis.address
             root.start_soon(clock.run)
             doorbell = Doorbell()
             self.manager = manager = Manager(
@@ -92,6 +98,26 @@ class App:
                 log.info("shutting down")
                 server.begin_shutdown()
             root.cancel_scope.cancel()
+
+    async def _reach_redis(self, root: trio.Nursery) -> Pipeline:
+        """Start the embedded redis-server (without redis_url), then connect; raises StartError
+        when Redis does not answer within redis_start_timeout."""
+        config = self.settings()
+        timeout = config.redis_start_timeout
+        if not self.redis_url:
+            embedded = EmbeddedRedis(
+                config.data_dir, config.redis_server, config.appendfsync, timeout
+            )
+            self.redis_url = await root.start(embedded.run)
+        redis = Pipeline(Address(self.redis_url), lambda: self.settings().redis_timeout)
+        with trio.move_on_after(timeout) as deadline:
+            await root.start(redis.run)
+        if deadline.cancelled_caught:
+            raise StartError(
+                f"cannot reach redis at {redis.address.display} within {timeout:g}s: "
+                f"{redis.last_error or 'no answer'}"
+            )
+        return redis
 
 
 async def relay_pushes(

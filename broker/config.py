@@ -13,6 +13,11 @@ import trio
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
 DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working directory
+# Seconds a starting broker waits for Redis to answer (an external Redis, or the embedded
+# redis-server loading its AOF) before it exits with the reason: room for a Redis started at the
+# same time or loading a large AOF, yet a wrong URL or password is reported instead of retried
+# out of sight. Once connected, the broker reconnects to a Redis that goes away, for ever.
+REDIS_START_TIMEOUT = 30.0
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one command line (a PUSHB batch can be large)
 MAX_CONNECTIONS = 10_000  # above the reference's 2,000 so 2,000 idle clients leave room
@@ -44,7 +49,16 @@ REAPER_BATCH = 100  # jobs moved per script call by the periodic loops
 
 # Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
 RESTART_ONLY = frozenset(
-    {"bind", "redis_url", "data_dir", "redis_server", "appendfsync", "tls_cert", "tls_key"}
+    {
+        "bind",
+        "redis_url",
+        "data_dir",
+        "redis_server",
+        "appendfsync",
+        "tls_cert",
+        "tls_key",
+        "redis_start_timeout",
+    }
 )
 
 
@@ -57,6 +71,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = DEFAULT_DATA_DIR
     redis_server: str = "redis-server"
     appendfsync: str = "everysec"
+    redis_start_timeout: float = REDIS_START_TIMEOUT
     tls_cert: str = ""  # PEM certificate chain; with tls_key, the port speaks TLS only
     tls_key: str = ""
     allow_open_bind: bool = False  # allow a non-loopback bind without a password
@@ -108,6 +123,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("min_reservation must be between 1 and max_reservation")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
+        if self.redis_start_timeout <= 0:
+            raise ValueError("redis_start_timeout must be positive")
         if self.appendfsync not in ("always", "everysec", "no"):
             raise ValueError("appendfsync must be always, everysec or no")
         if self.redis_timeout <= 0:

@@ -49,3 +49,8 @@ class RedisUnavailable(BrokerError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"redis unavailable: {message}")
+
+
+class StartError(Exception):
+    """The broker cannot start (its data directory is in use, Redis is out of reach, ...); the
+    message is the one line `hopper run` prints before it exits."""

@@ -1,37 +1,50 @@
 """Start, watch and stop the embedded redis-server child (unix socket, AOF on)."""
 
+import contextlib
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
 import hiredis
 import trio
 
+from broker.config import REDIS_START_TIMEOUT
+from broker.datadir import locked
+from broker.errors import StartError
 from broker.store.connection import CONNECTION_ERRORS, Address
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT = 10.0  # seconds for redis-server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for redis-server to write its AOF and exit on SIGTERM
 RESTART_DELAY = 1.0  # seconds before restarting a redis-server that died
 
 
-class StartFailed(RuntimeError):
-    """redis-server exited before it accepted commands."""
+class StartFailed(StartError):
+    """redis-server exited, or did not answer in time, before it accepted commands."""
 
 
 class EmbeddedRedis:
     """A redis-server owned by this broker, kept running until the broker stops.
 
-    If the broker is killed (SIGKILL) its redis-server lives on with all the data; the next
-    start on the same data dir stops it gently (SIGTERM: the AOF is flushed) and starts anew.
+    The broker owns the data dir (datadir.locked) for as long as this runs. If the broker is
+    killed (SIGKILL) its redis-server lives on with all the data; the next broker to own the data
+    dir stops it gently (SIGTERM: the AOF is flushed) and starts anew. `start_timeout` bounds
+    each start (the AOF loaded).
     """
 
-    def __init__(self, data_dir: str, binary: str = "redis-server", appendfsync: str = "everysec"):
+    def __init__(
+        self,
+        data_dir: str,
+        binary: str = "redis-server",
+        appendfsync: str = "everysec",
+        start_timeout: float = REDIS_START_TIMEOUT,
+    ):
         self.dir = Path(data_dir).resolve()
         self.binary = binary
         self.appendfsync = appendfsync
+        self.start_timeout = start_timeout
         self.socket = self.dir / "redis.sock"
         self.pidfile = self.dir / "redis.pid"
         self.url = f"unix://{self.socket}"
@@ -53,56 +66,74 @@ class EmbeddedRedis:
         ]  # fmt: skip
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run redis-server, restarting it if it dies; reports the URL once it serves commands
-        (its AOF loaded)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        await self._stop_leftover()
-        started = False
-        while True:
-            process = await trio.lowlevel.open_process(self.command(), stdin=None)
-            try:
-                await self._wait_ready(process)
-                if not started:
-                    log.info("embedded redis-server pid %d at %s", process.pid, self.socket)
-                    task_status.started(self.url)
-                    started = True
-                code = await process.wait()
-                log.error("embedded redis-server exited with %s; restarting", code)
-            except (StartFailed, trio.TooSlowError) as exc:
-                if not started:
-                    raise  # a first start that fails is a setup error: the broker stops
-                log.error("embedded redis-server did not start again (%r); retrying", exc)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await _stop(process)
-            await trio.sleep(RESTART_DELAY)
+        """Own the data dir and run redis-server in it, restarting it if it dies; reports the URL
+        once it serves commands (its AOF loaded). Raises StartError when the data dir is in use
+        or the first start fails."""
+        with locked(self.dir):
+            await self._stop_leftover()
+            started = False
+            while True:
+                process = await trio.lowlevel.open_process(self.command(), stdin=None)
+                try:
+                    await self._wait_ready(process)
+                    if not started:
+                        log.info("embedded redis-server pid %d at %s", process.pid, self.socket)
+                        task_status.started(self.url)
+                        started = True
+                    code = await process.wait()
+                    log.error("embedded redis-server exited with %s; restarting", code)
+                except StartFailed as exc:
+                    if not started:
+                        raise  # a first start that fails is a setup error: the broker stops
+                    log.error("embedded redis-server did not start again (%s); retrying", exc)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await _stop(process)
+                await trio.sleep(RESTART_DELAY)
 
     async def _wait_ready(self, process: trio.Process) -> None:
-        with trio.fail_after(START_TIMEOUT):
+        with trio.move_on_after(self.start_timeout):
             while True:
                 if process.poll() is not None:
                     raise StartFailed(f"redis-server exited at start; see {self.dir / 'redis.log'}")
                 if await answers_ping(self.url):
                     return
                 await trio.sleep(0.02)
+        raise StartFailed(
+            f"redis-server did not answer within {self.start_timeout:g}s; "
+            f"see {self.dir / 'redis.log'}"
+        )
 
     async def _stop_leftover(self) -> None:
-        """Stop a redis-server left running on this data dir by a broker that was killed."""
+        """Stop the redis-server a killed broker left running on this data dir (the lock, now
+        ours, proves that broker dead); refuse to start beside a Redis on the socket that is not
+        provably that redis-server."""
+        pid = self._leftover()
+        if pid:
+            log.warning("stopping leftover redis-server pid %d", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            with trio.move_on_after(STOP_TIMEOUT):
+                while Path(f"/proc/{pid}").exists():
+                    await trio.sleep(0.05)
+        if await answers_ping(self.url):
+            raise StartError(
+                f"{self.socket} is served by a process not known as this data directory's "
+                "redis-server; stop it, then start again"
+            )
+
+    def _leftover(self) -> int:
+        """The pidfile's pid if that process is a redis-server on this data dir's socket (its
+        command line, or the title redis-server gives itself, names both); else 0."""
         try:
             pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return
-        try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return
-        if b"redis-server" not in cmdline or str(self.socket).encode() not in cmdline:
-            return
-        log.warning("stopping leftover redis-server pid %d", pid)
-        os.kill(pid, signal.SIGTERM)
-        with trio.move_on_after(STOP_TIMEOUT):
-            while Path(f"/proc/{pid}").exists():
-                await trio.sleep(0.05)
+        except (OSError, ValueError):
+            return 0
+        words = os.fsdecode(cmdline.rstrip(b"\0").replace(b"\0", b" "))
+        program = Path(words.split(" ", 1)[0]).name
+        on_socket = re.search(rf"(?:^| |unixsocket:){re.escape(str(self.socket))}(?: |$)", words)
+        return pid if program in ("redis-server", Path(self.binary).name) and on_socket else 0
 
 
 async def answers_ping(url: str) -> bool:

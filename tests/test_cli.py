@@ -72,6 +72,7 @@ def test_help_lists_the_settings() -> None:
     ).stdout
     for flag in ("--bind", "--password", "--redis-url", "--data-dir", "--config"):
         assert flag in out
+    assert "--redis-start-timeout REDIS_START_TIMEOUT" in out and "default: 30.0" in out
 
 
 def test_bad_setting_exits_cleanly() -> None:
@@ -81,6 +82,15 @@ def test_bad_setting_exits_cleanly() -> None:
         text=True,
     )
     assert done.returncode != 0 and "hopper:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_redis_start_timeout_sources() -> None:
+    assert load_config(args(), {}).redis_start_timeout == 30.0
+    env = {"HOPPER_REDIS_START_TIMEOUT": "2.5"}
+    assert load_config(args(), env).redis_start_timeout == 2.5
+    assert load_config(args("--redis-start-timeout", "3"), env).redis_start_timeout == 3.0
+    with pytest.raises(ValueError, match="redis_start_timeout must be positive"):
+        load_config(args("--redis-start-timeout", "0"), {})
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:

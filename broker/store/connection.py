@@ -160,6 +160,7 @@ class Pipeline:
         self.timeout = timeout
         self._stream: RawStream | None = None
         self._out: list[bytes] = []
+        self.last_error: Exception | None = None  # why the last attempt to connect failed
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._room_lot = trio.lowlevel.ParkingLot()
@@ -218,6 +219,7 @@ class Pipeline:
             try:
                 self._stream = await self.address.open(self.timeout())
             except (OSError, ReplyError) as exc:
+                self.last_error = exc
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 log.warning(
                     "redis %s unreachable (%s); retrying in %.2fs", self.address.display, exc, delay
