@@ -121,7 +121,7 @@ class JobStore:
     async def release(self, queue: str, jid: str) -> bool:
         """Put a reserved job back at the head of its queue."""
         k = self.keys(queue)
-        return bool(await self.redis.run(RELEASE, (k.working, k.queue), (jid,)))
+        return bool(await self.redis.run(RELEASE, (k.working, k.queue, QUEUES), (jid, queue)))
 
     # -- sorted sets --------------------------------------------------------------------------
 

@@ -1,33 +1,44 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name
--- Returns {jid1, payload1, jid2, payload2, ...}, empty when the queue is paused or empty.
+-- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
+-- or empty.
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry. The stored payload has `reserve_for`
 -- right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
--- without a record (never written by Hopper itself) is dropped.
+-- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
+-- one call per batch.
 local found = {}
 if redis.call('HEXISTS', KEYS[4], 'paused') == 1 then return found end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])
-local earliest = nil
-for _ = 1, wanted + 100 do
-  if #found >= 2 * wanted then break end
-  local jid = redis.call('RPOP', KEYS[2])
-  if not jid then break end
-  local payload = redis.call('HGET', KEYS[1], jid)
-  if payload then
-    local seconds = tonumber(string.match(payload, '^{"enqueued_at":"[^"]*","reserve_for":(%-?%d+)')
-      or string.match(payload, '^{"reserve_for":(%-?%d+)')) or 0
-    if seconds == 0 then seconds = default end
-    local expiry = now + math.min(math.max(seconds, lowest), highest)
-    redis.call('ZADD', KEYS[3], expiry, jid)
-    if not earliest or expiry < earliest then earliest = expiry end
-    found[#found + 1] = jid
-    found[#found + 1] = payload
+local reserved, earliest = {}, nil
+for _ = 1, 100 do  -- more than one round only when queued jids had no record
+  local need = wanted - #found / 2
+  local jids = redis.call('RPOP', KEYS[2], need)
+  if not jids then break end
+  local payloads = redis.call('HMGET', KEYS[1], unpack(jids))
+  for i, jid in ipairs(jids) do
+    local payload = payloads[i]
+    if payload then
+      local seconds = tonumber(
+        string.match(payload, '^{"enqueued_at":"[^"]*","reserve_for":(%-?%d+)')
+        or string.match(payload, '^{"reserve_for":(%-?%d+)')) or 0
+      if seconds == 0 then seconds = default end
+      local expiry = now + math.min(math.max(seconds, lowest), highest)
+      reserved[#reserved + 1] = expiry
+      reserved[#reserved + 1] = jid
+      if not earliest or expiry < earliest then earliest = expiry end
+      found[#found + 1] = jid
+      found[#found + 1] = payload
+    end
   end
+  if #jids < need or #found >= 2 * wanted then break end
 end
-if earliest then redis.call('ZADD', KEYS[5], 'LT', earliest, ARGV[6]) end
+if earliest then
+  redis.call('ZADD', KEYS[3], unpack(reserved))
+  redis.call('ZADD', KEYS[5], 'LT', earliest, ARGV[6])
+end
 return found

@@ -2,30 +2,50 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set
 -- ARGV: 1 pushed channel, 2 queue name, then triples (jid, payload, at); at '' = enqueue now.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
--- queue); a refused job changes nothing.
+-- queue, or earlier in this call); a refused job changes nothing.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
--- empty to non-empty, so FETCHes waiting on other broker processes wake up.
+-- empty to non-empty, so FETCHes waiting on other broker processes wake up. Each kind of write
+-- is one call for the whole batch.
 local queue = ARGV[2]
-local results, woke, listed, earliest = {}, false, false, nil
-for i = 3, #ARGV, 3 do
-  local jid, at = ARGV[i], ARGV[i + 2]
-  if redis.call('HSETNX', KEYS[4], jid, queue) == 0 then
-    results[#results + 1] = 0
+local count = (#ARGV - 2) / 3
+local jids = {}
+for i = 1, count do jids[i] = ARGV[3 * i] end
+local owners = redis.call('HMGET', KEYS[4], unpack(jids))
+local results, taken = {}, {}
+local index, records, waiting, scheduled = {}, {}, {}, {}
+local earliest = nil
+for i = 1, count do
+  local jid, at = ARGV[3 * i], ARGV[3 * i + 2]
+  if owners[i] or taken[jid] then
+    results[i] = 0
   else
-    redis.call('HSET', KEYS[1], jid, ARGV[i + 1])
+    taken[jid] = true
+    results[i] = 1
+    index[#index + 1] = jid
+    index[#index + 1] = queue
+    records[#records + 1] = jid
+    records[#records + 1] = ARGV[3 * i + 1]
     if at == '' then
-      if redis.call('LPUSH', KEYS[2], jid) == 1 then woke = true end
-      listed = true
+      waiting[#waiting + 1] = jid
     else
-      redis.call('ZADD', KEYS[3], at, jid)
+      scheduled[#scheduled + 1] = at
+      scheduled[#scheduled + 1] = jid
       if not earliest or tonumber(at) < tonumber(earliest) then earliest = at end
     end
-    results[#results + 1] = 1
   end
 end
-if listed then redis.call('SADD', KEYS[6], queue) end
-if earliest then redis.call('ZADD', KEYS[5], 'LT', earliest, queue) end
-if woke then redis.call('PUBLISH', ARGV[1], queue) end
+if #index == 0 then return results end
+redis.call('HSET', KEYS[4], unpack(index))
+redis.call('HSET', KEYS[1], unpack(records))
+if #waiting > 0 and redis.call('LPUSH', KEYS[2], unpack(waiting)) == #waiting then
+  -- the queue was empty: list it (a queue with jobs waiting always is) and wake fetchers
+  redis.call('SADD', KEYS[6], queue)
+  redis.call('PUBLISH', ARGV[1], queue)
+end
+if earliest then
+  redis.call('ZADD', KEYS[3], unpack(scheduled))
+  redis.call('ZADD', KEYS[5], 'LT', earliest, queue)
+end
 return results
