@@ -354,9 +354,9 @@ class Manager:
         purged = 0
         async for queue in self._due_queues("dead", now):
             for _ in range(MAX_BATCHES):
-                removed, selected = await self.store.jobs.remove_due(queue, "dead", now, batch)
+                removed = await self.store.jobs.remove_due(queue, "dead", now, batch)
                 purged += removed
-                if selected < batch:
+                if removed < batch:
                     break
         return purged
 

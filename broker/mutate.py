@@ -55,8 +55,7 @@ class Mutator:
 
     async def _clear(self, queue: str, zset: str) -> None:
         for _ in range(MAX_CLEAR_BATCHES):
-            _, selected = await self.store.jobs.remove_first(queue, zset, CLEAR_BATCH)
-            if selected < CLEAR_BATCH:
+            if await self.store.jobs.remove_first(queue, zset, CLEAR_BATCH) < CLEAR_BATCH:
                 return
 
     async def _scan(self, mutation: Mutation, queue: str, now: float) -> None:

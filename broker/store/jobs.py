@@ -162,27 +162,27 @@ class JobStore:
             (PUSHED_CHANNEL, queue, stamp, *selection),
         )
 
-    async def remove_due(self, queue: str, zset: str, now: float, limit: int) -> tuple[int, int]:
-        """Delete up to `limit` due jobs of `zset`: (removed, selected)."""
+    async def remove_due(self, queue: str, zset: str, now: float, limit: int) -> int:
+        """Delete up to `limit` due jobs of `zset`; returns how many (fewer than `limit`:
+        nothing more is due)."""
         return await self._remove(queue, zset, ("due", now, limit))
 
-    async def remove_first(self, queue: str, zset: str, limit: int) -> tuple[int, int]:
-        """Delete the first `limit` jobs of `zset`: (removed, selected)."""
+    async def remove_first(self, queue: str, zset: str, limit: int) -> int:
+        """Delete the first `limit` jobs of `zset`; returns how many."""
         return await self._remove(queue, zset, ("all", limit))
 
     async def remove(self, queue: str, zset: str, entries: Sequence[Entry]) -> int:
         """Delete the given entries of `zset` (if still as read); returns how many."""
         if not entries:
             return 0
-        removed, _ = await self._remove(queue, zset, ("jids", *_pairs(entries)))
-        return removed
+        return await self._remove(queue, zset, ("jids", *_pairs(entries)))
 
-    async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> tuple[int, int]:
+    async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> int:
         k = self.keys(queue)
-        removed, selected = await self.redis.run(
+        removed: int = await self.redis.run(
             REMOVE, (k.jobs, k.zset(zset), JIDS, DUE[zset]), (queue, *selection)
         )
-        return int(removed), int(selected)
+        return removed
 
     async def move(
         self, queue: str, source: str, target: str, score: float, entries: Sequence[Entry]

@@ -10,19 +10,27 @@
 -- An entry without a record is dropped. With 'due' the queue's due index entry is made exact.
 local queue = ARGV[2]
 local chosen = pick(KEYS[2], 4)
-local moved, woke = 0, false
-for _, jid in ipairs(chosen) do
-  redis.call('ZREM', KEYS[2], jid)
-  local payload = redis.call('HGET', KEYS[1], jid)
-  if payload then
-    redis.call('HSET', KEYS[1], jid, stamp(payload, ARGV[3]))
-    if redis.call('LPUSH', KEYS[3], jid) == 1 then woke = true end
-    moved = moved + 1
-  else
-    forget(KEYS[6], jid, queue)
+local moved = {}
+if #chosen > 0 then
+  redis.call('ZREM', KEYS[2], unpack(chosen))
+  local payloads = redis.call('HMGET', KEYS[1], unpack(chosen))
+  local stamped = {}
+  for i, jid in ipairs(chosen) do
+    if payloads[i] then
+      stamped[#stamped + 1] = jid
+      stamped[#stamped + 1] = stamp(payloads[i], ARGV[3])
+      moved[#moved + 1] = jid
+    else
+      forget(KEYS[6], jid, queue)
+    end
+  end
+  if #moved > 0 then
+    redis.call('HSET', KEYS[1], unpack(stamped))
+    if redis.call('LPUSH', KEYS[3], unpack(moved)) == #moved then
+      redis.call('PUBLISH', ARGV[1], queue)
+    end
+    redis.call('SADD', KEYS[5], queue)
   end
 end
 if ARGV[4] == 'due' then refresh_due(KEYS[4], KEYS[2], queue) end
-if moved > 0 then redis.call('SADD', KEYS[5], queue) end
-if woke then redis.call('PUBLISH', ARGV[1], queue) end
-return {moved, #chosen}
+return {#moved, #chosen}

@@ -35,10 +35,17 @@ local function pick(set, first)
   elseif mode == 'all' then
     return redis.call('ZRANGE', set, 0, tonumber(ARGV[first + 1]) - 1)
   end
-  local chosen = {}
-  for i = first + 1, #ARGV, 2 do
-    local score = redis.call('ZSCORE', set, ARGV[i])
-    if score and tonumber(score) == tonumber(ARGV[i + 1]) then chosen[#chosen + 1] = ARGV[i] end
+  local jids = {}
+  for i = first + 1, #ARGV, 2 do jids[#jids + 1] = ARGV[i] end
+  if #jids == 0 then return jids end
+  local scores = redis.call('ZMSCORE', set, unpack(jids))
+  local chosen, seen = {}, {}
+  for i, jid in ipairs(jids) do
+    local read = ARGV[first + 2 * i]
+    if scores[i] and tonumber(scores[i]) == tonumber(read) and not seen[jid] then
+      seen[jid] = true
+      chosen[#chosen + 1] = jid
+    end
   end
   return chosen
 end
