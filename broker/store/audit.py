@@ -26,7 +26,6 @@ from broker.store.redis import Store
 
 INSPECT = Script("inspect")
 REPOINT = Script("repoint")
-RENAME = Script("rename")
 QUEUE_CHECK = Script("queue_check")
 WORKER_CHECK = Script("worker_check")
 
@@ -98,8 +97,8 @@ class Auditor:
     async def _queue_names(self) -> list[str]:
         """Every queue that holds a key, is listed, or is in a due index."""
         names = set(await self.store.queues.holding())
-        async for key in self._scan(f"{keys.QUEUE_PREFIX}*"):
-            name = keys.queue_of_key(key)
+        async for key in self.redis.keys(f"{keys.QUEUE_PREFIX}*"):
+            name = keys.queue_of_key(text(key))
             if name is not None:
                 names.add(name)
         return sorted(names)
@@ -123,17 +122,15 @@ class Auditor:
             if found:
                 suspects.add(jid)
         for name in ORDER:
-            async for entries in self._zscan(k.zset(name)):
-                suspects |= await self._orphans(queue, entries)
+            async for flat in self.redis.steps("ZSCAN", k.zset(name)):
+                suspects |= await self._orphans(queue, [text(j) for j in flat[::2]])
         for jid in sorted(suspects):
             await self._inspect(queue, jid)
 
     async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
         """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
         k = self.store.jobs.keys(queue)
-        cursor = 0
-        while True:
-            cursor_text, flat = await self.redis.execute("HSCAN", k.jobs, cursor, "COUNT", BATCH)
+        async for flat in self.redis.steps("HSCAN", k.jobs):
             jids = [text(j) for j in flat[::2]]
             if jids:
                 commands: list[tuple[Any, ...]] = [
@@ -148,9 +145,6 @@ class Auditor:
                     if not _readable(payload):
                         self.report.problems.append(Problem("unreadable record", queue, jid))
                     yield jid, places != 1 or owner is None or text(owner) != queue
-            cursor = int(cursor_text)
-            if cursor == 0:
-                return
 
     async def _orphans(self, queue: str, jids: Sequence[str]) -> set[str]:
         """Those of `jids` that have no record in the queue."""
@@ -192,7 +186,7 @@ class Auditor:
         if await self.store.jobs.payload(owner, jid) is not None:
             problem = Problem("jid in two queues", queue, jid, owner)
             if self.repair:
-                problem.repaired = await self._rename(queue, jid)
+                problem.repaired = await self.store.jobs.rename(queue, jid) is not None
         else:
             problem = Problem("index elsewhere", queue, jid, owner)
             if self.repair:
@@ -204,26 +198,12 @@ class Auditor:
                 )
         self.report.problems.append(problem)
 
-    async def _rename(self, queue: str, jid: str) -> bool:
-        """Give the copy in `queue` the jid `<jid>-<queue>` (as the migration does)."""
-        payload = await self.store.jobs.payload(queue, jid)
-        if payload is None:
-            return False
-        job = job_decoder.decode(payload)
-        job.jid = f"{jid}-{queue}"
-        k = self.store.jobs.keys(queue)
-        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
-        args = (queue, jid, job.jid, msgspec.json.encode(job))
-        return bool(await self.redis.run(RENAME, where, args))
-
     # -- the jid index ------------------------------------------------------------------------
 
     async def _check_index(self) -> None:
         """Index entries that name a queue without that record (a stale entry) are inspected
         there; entries for records are covered by the queue walk."""
-        cursor = 0
-        while True:
-            cursor_text, flat = await self.redis.execute("HSCAN", JIDS, cursor, "COUNT", BATCH)
+        async for flat in self.redis.steps("HSCAN", JIDS):
             pairs = [(text(j), text(q)) for j, q in zip(flat[::2], flat[1::2], strict=True)]
             exists = await self.redis.execute_many(
                 [("HEXISTS", self.store.jobs.keys(q).jobs, j) for j, q in pairs]
@@ -231,17 +211,14 @@ class Auditor:
             for (jid, queue), found in zip(pairs, exists, strict=True):
                 if not found and jid not in self._elsewhere:
                     await self._inspect(queue, jid)
-            cursor = int(cursor_text)
-            if cursor == 0:
-                return
 
     # -- workers ------------------------------------------------------------------------------
 
     async def _check_workers(self) -> None:
         wids = {text(w) for w in await self.redis.execute("ZRANGE", WORKERS, 0, -1)}
         prefix = keys.worker("")
-        async for key in self._scan(f"{prefix}*"):
-            wids.add(key[len(prefix) :])
+        async for key in self.redis.keys(f"{prefix}*"):
+            wids.add(text(key)[len(prefix) :])
         self.report.workers = len(wids)
         for wid in sorted(wids):
             problems = await self.redis.run(
@@ -260,27 +237,6 @@ class Auditor:
             self.report.problems.append(
                 Problem(text(kind), queue, jid, text(detail), repaired=self.repair)
             )
-
-    async def _scan(self, pattern: str) -> AsyncIterator[str]:
-        cursor = 0
-        while True:
-            cursor_text, found = await self.redis.execute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", BATCH
-            )
-            for key in found:
-                yield text(key)
-            cursor = int(cursor_text)
-            if cursor == 0:
-                return
-
-    async def _zscan(self, key: str) -> AsyncIterator[list[str]]:
-        cursor = 0
-        while True:
-            cursor_text, flat = await self.redis.execute("ZSCAN", key, cursor, "COUNT", BATCH)
-            yield [text(j) for j in flat[::2]]
-            cursor = int(cursor_text)
-            if cursor == 0:
-                return
 
 
 def _readable(payload: bytes) -> bool:

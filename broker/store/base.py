@@ -1,12 +1,13 @@
 """Calling Redis: Lua scripts by SHA1, plain commands, and their error replies as exceptions."""
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
 from broker.store.connection import Pipeline, ReplyError
 
+SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 _LIB = resources.files("broker.store").joinpath("scripts/lib.lua").read_text()
 
 
@@ -53,3 +54,21 @@ class Redis:
         if isinstance(reply, ReplyError):
             raise reply
         return reply
+
+    async def keys(self, pattern: str) -> AsyncIterator[bytes]:
+        """Every key matching a glob, by SCAN in steps of SCAN_COUNT."""
+        async for found in self.steps("SCAN", pattern=pattern):
+            for key in found:
+                yield key
+
+    async def steps(self, verb: str, *key: str, pattern: str = "") -> AsyncIterator[list[Any]]:
+        """The replies of a SCAN-family command (SCAN, HSCAN or ZSCAN over `key`), one step of
+        SCAN_COUNT at a time: key names, or flat [field, value, ...] lists."""
+        match = ("MATCH", pattern) if pattern else ()
+        cursor = 0
+        while True:
+            next_cursor, found = await self.execute(verb, *key, cursor, *match, "COUNT", SCAN_COUNT)
+            yield found
+            cursor = int(next_cursor)
+            if cursor == 0:
+                return

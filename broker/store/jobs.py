@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from broker.jobs import encode, job_decoder
 from broker.store import keys
 from broker.store.base import Redis, Script, text
 from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, STATS, QueueKeys
@@ -22,9 +23,11 @@ ENQUEUE = Script("enqueue")
 REMOVE = Script("remove")
 MOVE = Script("move")
 ENTRIES = Script("entries")
+RENAME = Script("rename")
 DUE_REFRESH = Script("due")
 
 MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
+MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also has
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 
@@ -227,6 +230,22 @@ class JobStore:
     async def payload(self, queue: str, jid: str) -> bytes | None:
         found: bytes | None = await self.redis.execute("HGET", self.keys(queue).jobs, jid)
         return found
+
+    async def rename(self, queue: str, jid: str) -> str | None:
+        """Give the job `jid` of the queue the jid `<jid>-<queue>` (`<jid>-<queue>-N` when that
+        is taken), wherever it is: for a jid that also names a job of another queue. Returns
+        the new jid, or None when the job is gone."""
+        k = self.keys(queue)
+        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
+        for attempt in range(MAX_RENAMES):
+            payload = await self.payload(queue, jid)
+            if payload is None:
+                return None
+            job = job_decoder.decode(payload)
+            job.jid = f"{jid}-{queue}" + (f"-{attempt}" if attempt else "")
+            if await self.redis.run(RENAME, where, (queue, jid, job.jid, encode(job))):
+                return job.jid
+        return None
 
     async def queues_of(self, jids: Sequence[str]) -> list[str | None]:
         """The queue of each jid, from the jid index (None for no live job)."""

@@ -17,7 +17,6 @@ migrates while the others wait for it.
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -33,13 +32,12 @@ from broker.store.redis import Store
 log = logging.getLogger(__name__)
 
 MIGRATE = Script("migrate")
-RENAME = Script("rename")
 
 OLD_QUEUES = f"{keys.PREFIX}:queues"
 OLD_INDEX = f"{keys.PREFIX}:index"
 OLD_WORKERS = f"{keys.PREFIX}:{{workers}}"
 OLD_QUEUE_KEYS = ("jobs", "queue", "working", "scheduled", "retries", "dead", "paused", "stats")
-SCAN_COUNT = 1000
+UNLINK_BATCH = 1000  # keys per UNLINK
 LOCK_SECONDS = 600  # a migrating broker that died frees the lock after this long
 WAIT_STEP = 0.5  # seconds between looks while another broker migrates
 
@@ -96,7 +94,7 @@ async def _old_queues(store: Store) -> list[str]:
     a queue of that name exists)."""
     names = {text(n) for n in await store.redis.execute("SMEMBERS", OLD_QUEUES)}
     suffixes = {f":{s}".encode() for s in OLD_QUEUE_KEYS}
-    async for key in _scan(store, f"{keys.PREFIX}:{{*}}:*"):
+    async for key in store.redis.keys(f"{keys.PREFIX}:{{*}}:*"):
         tag_end = key.find(b"}:")
         name = key[len(keys.PREFIX) + 2 : tag_end].decode()
         if key[tag_end + 1 :] in suffixes and name != "workers":
@@ -119,11 +117,7 @@ async def _rewrite_payloads(store: Store, name: str) -> int:
     """Re-encode every payload of the queue in the current field order; returns how many."""
     jobs_key = store.jobs.keys(name).jobs
     count = 0
-    cursor = 0
-    while True:
-        cursor_text, flat = await store.redis.execute(
-            "HSCAN", jobs_key, cursor, "COUNT", SCAN_COUNT
-        )
+    async for flat in store.redis.steps("HSCAN", jobs_key):
         updates: list[Any] = []
         for jid, payload in zip(flat[::2], flat[1::2], strict=True):
             rewritten = _reencode(payload)
@@ -132,9 +126,7 @@ async def _rewrite_payloads(store: Store, name: str) -> int:
         if updates:
             await store.redis.execute("HSET", jobs_key, *updates)
         count += len(flat) // 2
-        cursor = int(cursor_text)
-        if cursor == 0:
-            return count
+    return count
 
 
 def _reencode(payload: bytes) -> bytes:
@@ -145,43 +137,20 @@ def _reencode(payload: bytes) -> bytes:
 
 
 async def _rename(store: Store, name: str, jid: str) -> None:
-    k = store.jobs.keys(name)
-    payload = await store.jobs.payload(name, jid)
-    if payload is None:
-        return
-    job = job_decoder.decode(payload)
-    for attempt in range(100):
-        new = f"{jid}-{name}" + (f"-{attempt}" if attempt else "")
-        job.jid = new
-        args = (name, jid, new, encode(job))
-        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
-        if await store.redis.run(RENAME, where, args):
-            log.warning(
-                "jid %s was live in queue %s and in another queue; the job in %s is now %s",
-                jid,
-                name,
-                name,
-                new,
-            )
-            return
+    new = await store.jobs.rename(name, jid)
+    if new is not None:
+        log.warning(
+            "jid %s was live in queue %s and in another queue; the job in %s is now %s",
+            jid,
+            name,
+            name,
+            new,
+        )
 
 
 async def _drop_old_globals(store: Store) -> None:
     doomed = [OLD_QUEUES, OLD_INDEX, OLD_WORKERS]
-    async for key in _scan(store, f"{OLD_WORKERS}:*"):
+    async for key in store.redis.keys(f"{OLD_WORKERS}:*"):
         doomed.append(key.decode())
-    for start in range(0, len(doomed), SCAN_COUNT):
-        await store.redis.execute("UNLINK", *doomed[start : start + SCAN_COUNT])
-
-
-async def _scan(store: Store, pattern: str) -> AsyncIterator[bytes]:
-    cursor = 0
-    while True:
-        cursor_text, found = await store.redis.execute(
-            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT
-        )
-        for key in found:
-            yield key
-        cursor = int(cursor_text)
-        if cursor == 0:
-            return
+    for start in range(0, len(doomed), UNLINK_BATCH):
+        await store.redis.execute("UNLINK", *doomed[start : start + UNLINK_BATCH])

@@ -1,9 +1,10 @@
--- rename: give a job a new jid, wherever it is in its queue (a schema 1 jid that named jobs in
--- two queues), atomically.
+-- rename: give a job a new jid, wherever it is in its queue (a jid that named jobs in two
+-- queues: schema 1 allowed it, hopper check --repair mends it), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index
 -- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid
--- Returns 1, or 0 when the new jid is taken (nothing changes).
+-- Returns 1, or 0 when the job is gone or the new jid is taken (nothing changes).
 local old, new = ARGV[2], ARGV[3]
+if redis.call('HEXISTS', KEYS[1], old) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[7], new, ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[1], old)
 redis.call('HSET', KEYS[1], new, ARGV[4])
