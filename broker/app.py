@@ -17,7 +17,7 @@ from broker.redis_server import EmbeddedRedis
 from broker.server import Server
 from broker.stats import Stats
 from broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
-from broker.store.keys import PUSHED_CHANNEL
+from broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from broker.store.migrate import migrate
 from broker.store.redis import Store
 from broker.tls import server_context
@@ -25,6 +25,8 @@ from broker.tls import server_context
 log = logging.getLogger(__name__)
 
 RESUBSCRIBE_DELAY = 1.0  # seconds before re-opening the push-notification subscription
+FINISHED = FINISHED_CHANNEL.encode()
+ALL = 1_000_000  # JOB WAITs woken by one finish: all of them
 
 
 class App:
@@ -82,7 +84,13 @@ class App:
                 clock=clock,
             )
             self.server = server = Server(manager, self.settings, self.ssl_context)
-            root.start_soon(relay_pushes, address, doorbell, lambda: self.settings().redis_timeout)
+            root.start_soon(
+                relay,
+                address,
+                doorbell,
+                manager.finishes,
+                lambda: self.settings().redis_timeout,
+            )
             root.start_soon(run_reapers, manager, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
@@ -120,16 +128,24 @@ class App:
         return redis
 
 
-async def relay_pushes(
-    address: Address, doorbell: Doorbell, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT
+async def relay(
+    address: Address,
+    pushes: Doorbell,
+    finishes: Doorbell,
+    timeout: Callable[[], float] = lambda: REDIS_TIMEOUT,
 ) -> None:
-    """Ring the doorbell for pushes made through other broker processes; `timeout()` gives
+    """Ring the bells for what happened through any broker process: a queue that stopped being
+    empty (waiting FETCHes), an awaited job that finished (waiting JOB WAITs). `timeout()` gives
     `redis_timeout` (see Subscriber)."""
+    channels = (PUSHED_CHANNEL, FINISHED_CHANNEL)
     while True:
         try:
-            async with Subscriber(address, PUSHED_CHANNEL, timeout).open() as messages:
-                async for queue in messages:
-                    doorbell.ring(queue.decode())
+            async with Subscriber(address, channels, timeout).open() as messages:
+                async for channel, name in messages:
+                    if channel == FINISHED:
+                        finishes.ring(name.decode(), ALL)
+                    else:
+                        pushes.ring(name.decode())
         except CONNECTION_ERRORS as exc:
             log.warning("push notifications lost (%s); resubscribing", exc)
         await trio.sleep(RESUBSCRIBE_DELAY)

@@ -39,8 +39,8 @@ BEAT_REPLIES = {
 }
 ENTERPRISE = {
     "BATCH": "batch subsystem is only available in Faktory Enterprise",
-    "TRACK": "tracking subsystem is only available in Faktory Enterprise",
 }
+DEFAULT_WAIT = 30.0  # seconds a JOB WAIT without a timeout waits
 
 
 class Commands:
@@ -111,17 +111,17 @@ class Commands:
     async def ack_run(self, session: Session, acks: list[Command], may_wait: bool) -> list[bytes]:
         """Consecutive ACKs: finished together, one reply each."""
         replies: list[bytes] = [protocol.OK] * len(acks)
-        items: list[tuple[str, str | None]] = []
+        items: list[tuple[str, str | None, bytes]] = []
         positions = []
         for i, command in enumerate(acks):
             try:
-                jid = _decode(ack_decoder, command.arg, "ACK").get("jid", "")
-                if not jid:
+                ack = _decode(ack_decoder, command.arg, "ACK")
+                if not ack.jid:
                     raise CommandError(f"invalid ACK {command.arg.decode('utf-8', 'replace')}")
             except CommandError as exc:
                 replies[i] = protocol.error(exc.render())
                 continue
-            items.append((jid, session.recall(jid)))
+            items.append((ack.jid, session.recall(ack.jid), bytes(ack.result)))
             positions.append(i)
         outcomes = await self.manager.ack_many(items, self.clock(), session.wid)
         _fill_errors(replies, positions, outcomes)
@@ -204,6 +204,36 @@ class Commands:
             raise CommandError(f"no such QUEUE subcommand: {sub}")
         return protocol.OK
 
+    async def track(self, session: Session, arg: bytes) -> bytes:
+        """TRACK SET <json> | TRACK GET <jid> (Faktory Enterprise's job tracking)."""
+        sub, _, rest = arg.partition(b" ")
+        sub = sub.upper()
+        if sub == b"SET":
+            await self.manager.tracking.track_set(rest)
+            return protocol.OK
+        if sub == b"GET" and rest.strip():
+            answer = await self.manager.tracking.track_get(rest.strip().decode("utf-8", "replace"))
+            return protocol.bulk(encode(answer))
+        raise CommandError("TRACK needs SET <json> or GET <jid>")
+
+    async def job(self, session: Session, arg: bytes) -> bytes:
+        """JOB STATE <jid> | JOB WAIT <jid> [seconds] | JOB LOG <json> (Hopper extensions)."""
+        words = arg.decode("utf-8", "replace").split(" ")
+        sub = words[0].upper()
+        tracking = self.manager.tracking
+        if sub == "LOG":
+            await tracking.log(arg[4:])
+            return protocol.OK
+        if sub == "STATE" and len(words) == 2 and words[1]:
+            return protocol.bulk(encode(await tracking.state(words[1])))
+        if sub == "WAIT" and len(words) in (2, 3) and words[1]:
+            try:
+                timeout = float(words[2]) if len(words) == 3 else DEFAULT_WAIT
+            except ValueError:
+                raise CommandError(f"JOB WAIT: not a number of seconds: {words[2]}") from None
+            return protocol.bulk(encode(await tracking.wait(words[1], timeout)))
+        raise CommandError("JOB needs STATE <jid>, WAIT <jid> [seconds] or LOG <json>")
+
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
             mutation = decode_input(mutation_decoder, arg)
@@ -242,6 +272,8 @@ TABLE: dict[str, Handler] = {
     "FLUSH": Commands.flush,
     "QUEUE": Commands.queue,
     "MUTATE": Commands.mutate,
+    "TRACK": Commands.track,
+    "JOB": Commands.job,
 }
 
 Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]

@@ -47,6 +47,14 @@ WORKER_TTL = 60.0  # seconds without a BEAT before a worker is forgotten (refere
 WORKER_REAPER_INTERVAL = 15.0  # seconds between checks for silent workers (reference)
 REAPER_BATCH = 100  # jobs moved per script call by the periodic loops
 
+FINISHED_TTL = 86_400.0  # seconds a finished job (done, discarded) stays answerable by jid
+FINISHED_MAX = 100_000  # finished jobs kept per queue at most, the oldest dropped first: a
+# bound on memory at high throughput (each costs its payload plus ~150 bytes)
+MAX_RESULT_BYTES = 64 * 1024  # the JSON result an ACK may carry
+MAX_LOG_LINES = 100  # log lines kept per job (JOB LOG), the oldest dropped first
+MAX_LOG_LINE = 1000  # characters of one log line kept
+MAX_WAIT = 3600.0  # seconds a JOB WAIT may wait for a job to finish
+
 # Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
 RESTART_ONLY = frozenset(
     {
@@ -98,6 +106,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     worker_reaper_interval: float = WORKER_REAPER_INTERVAL
     reaper_batch: int = REAPER_BATCH
 
+    finished_ttl: float = FINISHED_TTL
+    finished_max: int = FINISHED_MAX
+    max_result_bytes: int = MAX_RESULT_BYTES
+    max_log_lines: int = MAX_LOG_LINES
+    max_log_line: int = MAX_LOG_LINE
+    max_wait: float = MAX_WAIT
+
     @property
     def host(self) -> str:
         return split_bind(self.bind)[0]
@@ -129,6 +144,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("appendfsync must be always, everysec or no")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout must be positive")
+        for name in ("finished_ttl", "finished_max", "max_log_lines"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("max_result_bytes", "max_log_line", "max_wait"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
 
 
 def split_bind(bind: str) -> tuple[str, int]:

@@ -69,6 +69,13 @@ class FailPayload(msgspec.Struct):
     backtrace: list[str] | None = None
 
 
+class Ack(msgspec.Struct):
+    """The argument of ACK; `result` (any JSON, kept as sent) is a Hopper extension."""
+
+    jid: str = ""
+    result: msgspec.Raw = msgspec.Raw()
+
+
 class Hello(msgspec.Struct):
     """The argument of HELLO; `wid` makes the connection a consumer."""
 
@@ -108,7 +115,7 @@ class Mutation(msgspec.Struct):
 job_decoder = msgspec.json.Decoder(Job)
 jobs_decoder = msgspec.json.Decoder(list[Job])
 fail_decoder = msgspec.json.Decoder(FailPayload)
-ack_decoder = msgspec.json.Decoder(dict[str, str])
+ack_decoder = msgspec.json.Decoder(Ack)
 hello_decoder = msgspec.json.Decoder(Hello)
 beat_decoder = msgspec.json.Decoder(Beat)
 mutation_decoder = msgspec.json.Decoder(Mutation)

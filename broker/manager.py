@@ -1,11 +1,12 @@
 """The job lifecycle: the only place that decides where a job goes next.
 
 queue -> working (FETCH) -> gone (ACK) | retries / dead / gone (FAIL, reservation expiry);
-scheduled and retries -> queue when due; dead -> gone after its TTL. Operator moves live in the
-rooms this manager owns: MUTATE (mutate.py), queue pause/remove/latency, FLUSH and INFO
-(admin.py), the worker registry (workers.py). Every move is one store call backed by one Lua
-script; middleware runs at the seams where the job exists. Operations take `now` (unix seconds)
-so that time is a parameter; the broker's clock is Redis's (clock.py).
+scheduled and retries -> queue when due; dead -> gone after its TTL; a finished job's final
+record -> gone after finished_ttl. Operator moves live in the rooms this manager owns: MUTATE
+(mutate.py), queue pause/remove/latency, FLUSH and INFO (admin.py), jobs by jid (tracking.py),
+the worker registry (workers.py). Every move is one store call backed by one Lua script;
+middleware runs at the seams where the job exists. Operations take `now` (unix seconds) so that
+time is a parameter; the broker's clock is Redis's (clock.py).
 """
 
 import random
@@ -35,8 +36,9 @@ from broker.jobs import (
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
 from broker.stats import Stats
-from broker.store.jobs import Reservation
+from broker.store.jobs import Keep, Reservation
 from broker.store.redis import Store
+from broker.tracking import Tracking
 from broker.workers import Workers
 
 EXPIRED_ERRTYPE = "ReservationExpired"
@@ -81,6 +83,8 @@ class Manager:
         self.workers = Workers(store, settings)
         self.mutator = Mutator(store, settings, self.doorbell)
         self.admin = Admin(store, self.doorbell, self.stats, clock)
+        self.finishes = Doorbell()  # JOB WAITs, by jid
+        self.tracking = Tracking(store, settings, clock, self.finishes)
         self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------
@@ -183,6 +187,7 @@ class Manager:
         """Shutting down: waiting FETCHes answer at once with nothing."""
         self._closed.set()
         self.doorbell.ring_all()
+        self.finishes.ring_all()
 
     async def _take(self, queues: Sequence[str], wid: str, now: float, count: int) -> list[Fetched]:
         """Reserve up to `count` jobs that are there now, running the fetch chain on each."""
@@ -215,8 +220,10 @@ class Manager:
             await self.chains.fetch.run(Context(job_decoder.decode(fetched.payload), now, wid))
             return True
         except Discard:
-            day = format_day(now)
-            await self.store.jobs.fail(fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"")
+            day, keep = format_day(now), self.keep(now)
+            await self.store.jobs.fail(
+                fetched.queue, fetched.jid, None, day, retry.DROP, 0, fetched.payload, keep
+            )
             return False
 
     async def _release(self, fetched: Fetched) -> None:
@@ -226,29 +233,35 @@ class Manager:
 
     # -- ack / fail ---------------------------------------------------------------------------
 
-    async def ack(self, jid: str, queue: str | None, now: float, wid: str = "") -> None:
-        """Finish a reserved job. An unknown or expired jid changes nothing (reference)."""
-        error = (await self.ack_many([(jid, queue)], now, wid))[0]
+    async def ack(
+        self, jid: str, queue: str | None, now: float, wid: str = "", result: bytes = b""
+    ) -> None:
+        """Finish a reserved job, with its result (JSON, or b''). An unknown or expired jid
+        changes nothing (reference)."""
+        error = (await self.ack_many([(jid, queue, result)], now, wid))[0]
         if error is not None:
             raise error
 
     async def ack_many(
-        self, acks: Sequence[tuple[str, str | None]], now: float, wid: str = ""
+        self, acks: Sequence[tuple[str, str | None, bytes]], now: float, wid: str = ""
     ) -> list[BrokerError | None]:
-        """Finish reserved jobs given as (jid, queue if known); returns each one's error.
-
-        Jobs of one queue are finished with one script call.
+        """Finish reserved jobs given as (jid, queue if known, result JSON or b''); returns
+        each one's error. Jobs of one queue are finished with one script call.
         """
         outcomes: list[BrokerError | None] = [None] * len(acks)
-        queues = [queue for _, queue in acks]
+        limit = self.settings().max_result_bytes
+        for i, (_, _, result) in enumerate(acks):
+            if len(result) > limit:
+                outcomes[i] = CommandError(f"result too large (max {limit} bytes)")
+        queues = [queue for _, queue, _ in acks]
         unknown = [i for i, queue in enumerate(queues) if queue is None]
         if unknown:
             found = await self.store.jobs.queues_of([acks[i][0] for i in unknown])
             for i, queue in zip(unknown, found, strict=True):
                 queues[i] = queue
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for i, ((jid, _), queue) in enumerate(zip(acks, queues, strict=True)):
-            if queue is None:
+        by_queue: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for i, ((jid, _, result), queue) in enumerate(zip(acks, queues, strict=True)):
+            if queue is None or outcomes[i] is not None:
                 continue
             if self.chains.ack:
                 try:
@@ -256,11 +269,17 @@ class Manager:
                 except BrokerError as exc:
                     outcomes[i] = exc
                     continue
-            by_queue[queue].append(jid)
-        day = format_day(now)
-        for queue, jids in by_queue.items():
-            await self.store.jobs.ack(queue, jids, day)
+            by_queue[queue].append((jid, result))
+        day, keep = format_day(now), self.keep(now)
+        for queue, done in by_queue.items():
+            await self.store.jobs.ack(queue, done, day, keep)
         return outcomes
+
+    def keep(self, now: float) -> Keep:
+        """How jobs finishing now are kept (finished_ttl, finished_max)."""
+        config = self.settings()
+        until = now + config.finished_ttl if config.finished_ttl > 0 else None
+        return Keep(format_time(now), until, config.finished_max)
 
     async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
         payload = await self.store.jobs.payload(queue, jid)
@@ -301,10 +320,10 @@ class Manager:
         wid: str,
     ) -> int:
         """Fail the reservation as read: 1 done, 0 gone, -1 changed since it was read."""
-        day = format_day(now)
+        day, keep = format_day(now), self.keep(now)
         if reservation.payload is None:  # a reservation without a record: nothing to retry
             return await self.store.jobs.fail(
-                queue, jid, reservation.expiry, day, retry.DROP, 0, b""
+                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", keep
             )
         job = job_decoder.decode(reservation.payload)
         retry.record_failure(job, report, now)
@@ -312,7 +331,7 @@ class Manager:
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
         return await self.store.jobs.fail(
-            queue, jid, reservation.expiry, day, target, score, encode(job)
+            queue, jid, reservation.expiry, day, target, score, encode(job), keep
         )
 
     # -- periodic moves: each visits only the queues the due index names ----------------------
@@ -358,6 +377,20 @@ class Manager:
                 purged += removed
                 if removed < batch:
                     break
+        return purged
+
+    async def purge_finished(self, now: float) -> int:
+        """Delete the final records of finished jobs whose time is up, and the notes of JOB
+        WAITs that are over."""
+        batch = self.settings().reaper_batch
+        purged = 0
+        async for queue in self._due_queues("finished", now):
+            for _ in range(MAX_BATCHES):
+                removed = await self.store.jobs.purge_finished(queue, now, batch)
+                purged += removed
+                if removed < batch:
+                    break
+        await self.store.jobs.forget_awaited(now)
         return purged
 
     async def next_due(self, zset: str) -> float | None:

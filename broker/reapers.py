@@ -76,4 +76,7 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
         nursery.start_soon(
             every, lambda c: c.dead_purge_interval, "Dead", manager.purge_dead, manager
         )
+        nursery.start_soon(
+            every, lambda c: c.dead_purge_interval, "Finished", manager.purge_finished, manager
+        )
         nursery.start_soon(every, lambda c: c.worker_reaper_interval, "Workers", workers, manager)

@@ -19,7 +19,7 @@ class TaskStats(msgspec.Struct):
     reaped: int = 0
 
 
-TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers")
+TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished")
 SETS = ("scheduled", "retries", "dead", "working")  # INFO's sets, in the reference's order
 
 
@@ -59,6 +59,7 @@ def render_info(
         "Dead": _task(t["Dead"], sets["dead"]),
         "Busy": {"size": sets["working"], "reaped": t["Busy"].reaped},
         "Workers": {"size": workers, "reaped": t["Workers"].reaped},
+        "Finished": {"purged": t["Finished"].reaped, "cycles": t["Finished"].cycles},
     }
     return {
         "now": format_time(now),

@@ -114,6 +114,25 @@ def not_listed(r: redis.Redis) -> None:
     r.lpush(A.queue, "jid-0001")
 
 
+def final_without_purge_time(r: redis.Redis) -> None:
+    r.hset(A.final, "jid-0001", '{"state":"done","finished_at":"x","job":null}')
+    r.hset(keys.JIDS, "jid-0001", "~a")
+
+
+def purge_time_without_final(r: redis.Redis) -> None:
+    r.zadd(A.finished, {"jid-0001": 5})
+    r.zadd(DUE["finished"], {"a": 5})
+
+
+def stale_finished_index(r: redis.Redis) -> None:
+    r.hset(keys.JIDS, "jid-0001", "~a")
+
+
+def index_says_finished(r: redis.Redis) -> None:
+    no_index(r)
+    r.hset(keys.JIDS, "jid-0001", "~a")
+
+
 def worker_without_record(r: redis.Redis) -> None:
     r.zadd(keys.WORKERS, {"w1": 5})
 
@@ -137,6 +156,10 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (not_due, [("not due", "a", "")]),
         (late_due, [("not due", "a", "")]),
         (not_listed, [("not listed", "a", "")]),
+        (final_without_purge_time, [("final without purge time", "a", "jid-0001")]),
+        (purge_time_without_final, [("purge time without final", "a", "jid-0001")]),
+        (stale_finished_index, [("stale index", "a", "jid-0001")]),
+        (index_says_finished, [("index says finished", "a", "jid-0001")]),
         (worker_without_record, [("worker without record", "", "w1")]),
         (worker_without_heartbeat, [("worker without heartbeat", "", "w1")]),
     ],

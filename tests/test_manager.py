@@ -140,15 +140,35 @@ async def test_waiting_fetch_wakes_on_push(store: Store) -> None:
     assert got[0].jid == "jid-0001"
 
 
-async def test_ack_removes_everything(manager: Manager, rdb: redis.Redis) -> None:
+async def test_ack_finishes_the_job_and_keeps_its_final_record(
+    manager: Manager, rdb: redis.Redis
+) -> None:
     await manager.push(new("jid-0001"), NOW)
     got = await manager.fetch(["default"], "w", NOW)
     assert got is not None
-    await manager.ack("jid-0001", None, NOW)  # no hint: found through the index
+    await manager.ack("jid-0001", None, NOW, result=b'{"n":1}')  # no hint: found by the index
     assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.working) == 0
-    assert rdb.hget(keys.JIDS, "jid-0001") is None
+    assert rdb.hget(keys.JIDS, "jid-0001") == "~default"  # finished, still answerable
+    final = json.loads(rdb.hget(K.final, "jid-0001"))
+    assert final["state"] == "done" and final["result"] == {"n": 1}
+    assert final["job"]["jid"] == "jid-0001"
+    assert rdb.zscore(K.finished, "jid-0001") == NOW + 86400
     assert rdb.hget(keys.STATS, "processed") == "1"
     assert rdb.hget(keys.STATS, "processed:2025-11-24") == "1"
+    assert await manager.purge_finished(NOW + 86400) == 1
+    assert rdb.hget(keys.JIDS, "jid-0001") is None and rdb.hlen(K.final) == 0
+
+
+async def test_finished_jobs_kept_none_or_at_most(store: Store, rdb: redis.Redis) -> None:
+    for settings, kept in (({"finished_ttl": 0}, 0), ({"finished_max": 2}, 2)):
+        rdb.flushall()
+        manager = make_manager(store, **settings)
+        for n in range(3):
+            await manager.push(new(f"jid-{n:04d}"), NOW)
+            await manager.fetch(["default"], "w", NOW)
+            await manager.ack(f"jid-{n:04d}", "default", NOW + n)
+        assert rdb.hlen(K.final) == rdb.zcard(K.finished) == kept
+        assert sorted(rdb.hkeys(keys.JIDS)) == [f"jid-{n:04d}" for n in range(3 - kept, 3)]
 
 
 async def test_ack_unknown_is_harmless(manager: Manager, rdb: redis.Redis) -> None:
@@ -175,11 +195,13 @@ async def test_fail_goes_to_retries_with_failure(manager: Manager, rdb: redis.Re
     assert rdb.hmget(keys.STATS, "processed", "failures") == ["1", "1"]
 
 
-async def test_fail_retry_zero_drops(manager: Manager, rdb: redis.Redis) -> None:
+async def test_fail_retry_zero_discards(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=0), NOW)
     await fail(manager, "jid-0001")
     assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.retries) == 0
-    assert rdb.hget(keys.JIDS, "jid-0001") is None
+    assert rdb.hget(keys.JIDS, "jid-0001") == "~default"
+    final = json.loads(rdb.hget(K.final, "jid-0001"))
+    assert final["state"] == "discarded" and final["job"]["failure"]["retry_count"] == 0
 
 
 async def test_fail_negative_retry_goes_dead(manager: Manager, rdb: redis.Redis) -> None:

@@ -21,13 +21,22 @@ import msgspec
 from broker.jobs import job_decoder
 from broker.store import keys
 from broker.store.base import Script, text
-from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, SCHEMA, WORKERS
+from broker.store.keys import (
+    DUE,
+    FINISHED_MARK,
+    JIDS,
+    PUSHED_CHANNEL,
+    QUEUES,
+    SCHEMA,
+    WORKERS,
+)
 from broker.store.redis import Store
 
 INSPECT = Script("inspect")
 REPOINT = Script("repoint")
 QUEUE_CHECK = Script("queue_check")
 WORKER_CHECK = Script("worker_check")
+FINAL_CHECK = Script("final_check")
 
 BATCH = 500  # entries read per Redis call
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
@@ -77,7 +86,7 @@ class Auditor:
         self.redis = store.redis
         self.repair = repair
         self.report = Report()
-        self._elsewhere: set[str] = set()  # jids whose index entry the queue walk reported
+        self._seen: set[str] = set()  # jids the queue walk looked at: the index walk skips them
 
     async def run(self) -> Report:
         schema = await self.store.schema()
@@ -108,7 +117,12 @@ class Auditor:
         k = self.store.jobs.keys(queue)
         problems = await self.redis.run(
             QUEUE_CHECK,
-            (k.queue, QUEUES, *(k.zset(n) for n in ORDER), *(DUE[n] for n in ORDER)),
+            (
+                k.queue,
+                QUEUES,
+                *(k.zset(n) for n in (*ORDER, "finished")),
+                *(DUE[n] for n in (*ORDER, "finished")),
+            ),
             (queue, self._flag),
         )
         self._note(queue, "", problems)
@@ -126,6 +140,7 @@ class Auditor:
                 suspects |= await self._orphans(queue, [text(j) for j in flat[::2]])
         for jid in sorted(suspects):
             await self._inspect(queue, jid)
+        await self._check_finals(queue)
 
     async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
         """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
@@ -157,6 +172,7 @@ class Auditor:
         return found
 
     async def _inspect(self, queue: str, jid: str) -> None:
+        self._seen.add(jid)
         k = self.store.jobs.keys(queue)
         problems = await self.redis.run(
             INSPECT,
@@ -170,6 +186,7 @@ class Auditor:
                 JIDS,
                 QUEUES,
                 *(DUE[n] for n in ORDER),
+                k.final,
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )
@@ -182,7 +199,6 @@ class Auditor:
     async def _index_elsewhere(self, queue: str, jid: str, owner: str) -> None:
         """The index names `owner` for a job `queue` holds: two live jobs share the jid, or the
         entry is stale."""
-        self._elsewhere.add(jid)
         if await self.store.jobs.payload(owner, jid) is not None:
             problem = Problem("jid in two queues", queue, jid, owner)
             if self.repair:
@@ -200,16 +216,38 @@ class Auditor:
 
     # -- the jid index ------------------------------------------------------------------------
 
+    async def _check_finals(self, queue: str) -> None:
+        """Each kept final record has its purge time and the other way round."""
+        k = self.store.jobs.keys(queue)
+        suspects: set[str] = set()
+        async for flat in self.redis.steps("HSCAN", k.final):
+            jids = [text(j) for j in flat[::2]]
+            if jids:
+                scores = await self.redis.execute("ZMSCORE", k.finished, *jids)
+                suspects.update(j for j, s in zip(jids, scores, strict=True) if s is None)
+        async for flat in self.redis.steps("ZSCAN", k.finished):
+            jids = [text(j) for j in flat[::2]]
+            if jids:
+                found = await self.redis.execute_many([("HEXISTS", k.final, j) for j in jids])
+                suspects.update(j for j, f in zip(jids, found, strict=True) if not f)
+        now = await self.store.time()
+        for jid in sorted(suspects):
+            problems = await self.redis.run(
+                FINAL_CHECK,
+                (k.final, k.finished, DUE["finished"]),
+                (queue, jid, self._flag, now),
+            )
+            self._note(queue, jid, problems)
+
     async def _check_index(self) -> None:
         """Index entries that name a queue without that record (a stale entry) are inspected
         there; entries for records are covered by the queue walk."""
         async for flat in self.redis.steps("HSCAN", JIDS):
             pairs = [(text(j), text(q)) for j, q in zip(flat[::2], flat[1::2], strict=True)]
-            exists = await self.redis.execute_many(
-                [("HEXISTS", self.store.jobs.keys(q).jobs, j) for j, q in pairs]
-            )
+            exists = await self.redis.execute_many([_holds(self.store, j, q) for j, q in pairs])
+            pairs = [(j, q.removeprefix(FINISHED_MARK)) for j, q in pairs]
             for (jid, queue), found in zip(pairs, exists, strict=True):
-                if not found and jid not in self._elsewhere:
+                if not found and jid not in self._seen:
                     await self._inspect(queue, jid)
 
     # -- workers ------------------------------------------------------------------------------
@@ -237,6 +275,14 @@ class Auditor:
             self.report.problems.append(
                 Problem(text(kind), queue, jid, text(detail), repaired=self.repair)
             )
+
+
+def _holds(store: Store, jid: str, owner: str) -> tuple[str, str, str]:
+    """The command that says whether the jid index's `owner` (queue, or ~queue for a finished
+    job) holds the job."""
+    if owner.startswith(FINISHED_MARK):
+        return ("HEXISTS", store.jobs.keys(owner[1:]).final, jid)
+    return ("HEXISTS", store.jobs.keys(owner).jobs, jid)
 
 
 def _readable(payload: bytes) -> bool:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -320,7 +320,8 @@ class Pipeline:
 
 
 class Subscriber:
-    """A dedicated connection subscribed to one channel; yields each message's data.
+    """A dedicated connection subscribed to some channels; yields each message as (channel,
+    data).
 
     A broken connection raises one of CONNECTION_ERRORS (from `open()` or the iteration), and
     so does a silent one: after `timeout()` seconds without a reply the connection is
@@ -329,26 +330,30 @@ class Subscriber:
     """
 
     def __init__(
-        self, address: Address, channel: str, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT
+        self,
+        address: Address,
+        channels: Sequence[str],
+        timeout: Callable[[], float] = lambda: REDIS_TIMEOUT,
     ) -> None:
         self.address = address
-        self.channel = channel
+        self.channels = channels
         self.timeout = timeout
 
     @contextlib.asynccontextmanager
-    async def open(self) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def open(self) -> AsyncIterator[AsyncIterator[tuple[bytes, bytes]]]:
         stream = await self.address.open(self.timeout())
         try:
-            subscribe: tuple[Any, ...] = ("SUBSCRIBE", self.channel)
+            subscribe: tuple[Any, ...] = ("SUBSCRIBE", *self.channels)
             await stream.send_all(hiredis.pack_command(subscribe))
             reader = hiredis.Reader()
-            await self._reply(stream, reader)  # the subscribe confirmation
+            for _ in self.channels:
+                await self._reply(stream, reader)  # the subscribe confirmations
             yield self._messages(stream, reader)
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _messages(self, stream: RawStream, reader: Any) -> AsyncIterator[bytes]:
+    async def _messages(self, stream: RawStream, reader: Any) -> AsyncIterator[tuple[bytes, bytes]]:
         while True:
             with trio.move_on_after(self.timeout()) as quiet:
                 reply = await _read_reply(stream, reader)
@@ -356,7 +361,7 @@ class Subscriber:
                 await stream.send_all(PING)
                 reply = await self._reply(stream, reader)  # the pong, or any message
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                yield reply[2]
+                yield reply[1], reply[2]
 
     async def _reply(self, stream: RawStream, reader: Any) -> Any:
         """The next reply; OSError if none comes within the timeout."""

@@ -12,7 +12,17 @@ import msgspec
 from broker.jobs import encode, job_decoder
 from broker.store import keys
 from broker.store.base import Redis, Script, text
-from broker.store.keys import DUE, JIDS, PUSHED_CHANNEL, QUEUES, STATS, QueueKeys
+from broker.store.keys import (
+    AWAITED,
+    DUE,
+    FINISHED_CHANNEL,
+    FINISHED_MARK,
+    JIDS,
+    PUSHED_CHANNEL,
+    QUEUES,
+    STATS,
+    QueueKeys,
+)
 
 PUSH = Script("push")
 FETCH = Script("fetch")
@@ -25,11 +35,36 @@ MOVE = Script("move")
 ENTRIES = Script("entries")
 RENAME = Script("rename")
 DUE_REFRESH = Script("due")
+STATE = Script("state")
+PROGRESS = Script("progress")
 
 MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
 MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also has
+MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
+
+
+class Keep(msgspec.Struct, frozen=True):
+    """How the final records of jobs finishing now are kept: `now` (RFC3339), purged at
+    `until` (unix seconds; None: not kept), at most `most` per queue."""
+
+    now: str
+    until: float | None
+    most: int
+
+    def args(self) -> tuple[str, float | str, int]:
+        return self.now, "" if self.until is None else self.until, self.most
+
+
+class Found(msgspec.Struct, frozen=True):
+    """What the store holds of one jid in one queue, read in one step."""
+
+    payload: bytes | None  # the live record
+    place: str  # queue, working, scheduled, retries, dead; '' when not live
+    score: bytes | None  # in that sorted set
+    final: bytes | None  # the kept final record of a finished job
+    progress: bytes | None
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -82,10 +117,30 @@ class JobStore:
         )
         return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
-    async def ack(self, queue: str, jids: Sequence[str], day: str) -> list[str]:
-        """Finish reserved jobs of one queue; returns the jids whose reservation existed."""
+    async def ack(
+        self, queue: str, acks: Sequence[tuple[str, bytes]], day: str, keep: Keep
+    ) -> list[str]:
+        """Finish reserved jobs of one queue, each (jid, result JSON or b''); returns the jids
+        whose reservation existed."""
         k = self.keys(queue)
-        done = await self.redis.run(ACK, (k.jobs, k.working, JIDS, STATS), (day, queue, *jids))
+        args: list[Any] = [day, queue, *keep.args(), FINISHED_CHANNEL]
+        for jid, result in acks:
+            args += (jid, result)
+        done = await self.redis.run(
+            ACK,
+            (
+                k.jobs,
+                k.working,
+                JIDS,
+                STATS,
+                k.final,
+                k.finished,
+                DUE["finished"],
+                k.progress,
+                AWAITED,
+            ),
+            args,
+        )
         return [text(jid) for jid in done]
 
     # -- failures -----------------------------------------------------------------------------
@@ -107,18 +162,18 @@ class JobStore:
         target: str,
         score: float,
         payload: bytes,
+        keep: Keep,
     ) -> int:
-        """End a reservation as a failure; target is 'retries', 'dead' or '' (drop the job).
+        """End a reservation as a failure; target is 'retries', 'dead' or '' (discard the job).
 
         `read_expiry` is the reservation the new payload was computed from (None: any).
         Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
         """
         k = self.keys(queue)
-        result: int = await self.redis.run(
-            FAIL,
-            (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"]),
-            (queue, jid, read_expiry or "", day, target, score, payload),
-        )
+        keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
+        finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
+        args = (queue, jid, read_expiry or "", day, target, score, payload, *keep.args())
+        result: int = await self.redis.run(FAIL, (*keys_, *finals), (*args, FINISHED_CHANNEL))
         return result
 
     async def release(self, queue: str, jid: str) -> bool:
@@ -180,10 +235,16 @@ class JobStore:
             return 0
         return await self._remove(queue, zset, ("jids", *_pairs(entries)))
 
+    async def purge_finished(self, queue: str, now: float, limit: int) -> int:
+        """Delete up to `limit` final records whose time is up; returns how many."""
+        return await self._remove(queue, "finished", ("due", now, limit))
+
     async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> int:
         k = self.keys(queue)
+        finished = zset == "finished"
+        records, owner = (k.final, FINISHED_MARK + queue) if finished else (k.jobs, queue)
         removed: int = await self.redis.run(
-            REMOVE, (k.jobs, k.zset(zset), JIDS, DUE[zset]), (queue, *selection)
+            REMOVE, (records, k.zset(zset), JIDS, DUE[zset], k.progress), (queue, owner, *selection)
         )
         return removed
 
@@ -250,7 +311,56 @@ class JobStore:
     async def queues_of(self, jids: Sequence[str]) -> list[str | None]:
         """The queue of each jid, from the jid index (None for no live job)."""
         names = await self.redis.execute("HMGET", keys.JIDS, *jids)
-        return [None if name is None else text(name) for name in names]
+        return [None if n is None or n.startswith(MARK) else text(n) for n in names]
+
+    async def owner(self, jid: str) -> tuple[str, bool] | None:
+        """The queue of a live or kept finished job, and whether it finished; None if neither."""
+        name = await self.redis.execute("HGET", keys.JIDS, jid)
+        if name is None:
+            return None
+        return (text(name[1:]), True) if name.startswith(MARK) else (text(name), False)
+
+    async def find(self, queue: str, jid: str) -> Found:
+        """What the queue holds of `jid`, live or finished, read in one step."""
+        k = self.keys(queue)
+        where = (k.jobs, k.working, k.scheduled, k.retries, k.dead, k.final, k.progress)
+        payload, place, score, final, progress = await self.redis.run(STATE, where, (jid,))
+        return Found(payload or None, text(place), score or None, final or None, progress or None)
+
+    async def progress(
+        self,
+        queue: str,
+        jid: str,
+        now: str,
+        *,
+        percent: int | None = None,
+        desc: bytes = b"",
+        line: bytes = b"",
+        most_lines: int = 0,
+        reserve_until: float | None = None,
+    ) -> bool:
+        """Record progress (`desc` and `line` as JSON strings) and extend the reservation;
+        False for a job that is neither live nor kept finished."""
+        k = self.keys(queue)
+        args = (
+            jid,
+            now,
+            "" if percent is None else percent,
+            desc,
+            line,
+            most_lines,
+            "" if reserve_until is None else reserve_until,
+        )
+        return bool(await self.redis.run(PROGRESS, (k.jobs, k.final, k.progress, k.working), args))
+
+    async def await_(self, jid: str, until: float) -> None:
+        """Note that a JOB WAIT waits for `jid` until `until` (its finish is then published)."""
+        await self.redis.execute("ZADD", AWAITED, "GT", until, jid)
+
+    async def forget_awaited(self, now: float) -> int:
+        """Drop the notes of waits that are over."""
+        removed: int = await self.redis.execute("ZREMRANGEBYSCORE", AWAITED, "-inf", now)
+        return removed
 
 
 def _pairs(entries: Iterable[Entry]) -> list[Any]:

@@ -16,18 +16,27 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:retries      zset   jid -> time of the next attempt
   hopper:q:{q}:dead         zset   jid -> time to purge
   hopper:q:{q}:meta         hash   the queue's settings: paused
+  hopper:q:{q}:final        hash   jid -> final record of a finished job (done, discarded):
+                                   {"state","finished_at","result"?,"job":<payload>}
+  hopper:q:{q}:finished     zset   jid -> time its final record is purged
+  hopper:q:{q}:progress     hash   jid -> {"percent","desc","updated_at","log":[...]} (TRACK SET,
+                                   JOB LOG), kept while the job or its final record is
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
-  hopper:g:{g}:jids         hash   jid -> queue of every live job: a jid names one job broker-wide
+  hopper:g:{g}:jids         hash   jid -> queue of every live job (a jid names one job
+                                   broker-wide), or ~queue for a finished one still kept
   hopper:g:{g}:due:<set>    zset   queue -> a time at or before the earliest entry of its <set>
-                                   (scheduled, retries, working, dead); there while it has any
+                                   (scheduled, retries, working, dead, finished); there while
+                                   it has any
   hopper:g:{g}:queues       set    the queues INFO lists: made by an enqueue, gone with REMOVE
   hopper:g:{g}:stats        hash   processed, failures, processed:<day>, failures:<day>
   hopper:g:{g}:workers      zset   wid -> time of the last heartbeat
   hopper:g:{g}:worker:<wid> hash   state, info, rss_kb, beat, connections of one worker process
   hopper:g:{g}:migrating    string held while a broker migrates an older schema
+  hopper:g:{g}:awaited      zset   jid -> until when a JOB WAIT waits for it
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
+  hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
 """
 
 SCHEMA = 2
@@ -41,16 +50,31 @@ QUEUES = f"{GLOBAL}:queues"
 STATS = f"{GLOBAL}:stats"
 WORKERS = f"{GLOBAL}:workers"
 MIGRATING = f"{GLOBAL}:migrating"
+AWAITED = f"{GLOBAL}:awaited"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
+FINISHED_CHANNEL = f"{PREFIX}:finished"
+FINISHED_MARK = "~"  # jid index value prefix: the job finished, its final record is kept
 
-SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets of a queue
-DUE = {name: f"{GLOBAL}:due:{name}" for name in SETS}
+SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets live jobs are in
+DUE = {name: f"{GLOBAL}:due:{name}" for name in (*SETS, "finished")}
 
 
 class QueueKeys:
     """The keys of one queue, built once and reused."""
 
-    __slots__ = ("dead", "jobs", "meta", "name", "queue", "retries", "scheduled", "working")
+    __slots__ = (
+        "dead",
+        "final",
+        "finished",
+        "jobs",
+        "meta",
+        "name",
+        "progress",
+        "queue",
+        "retries",
+        "scheduled",
+        "working",
+    )
 
     def __init__(self, name: str) -> None:
         base = f"{QUEUE_PREFIX}{{{name}}}"
@@ -62,15 +86,19 @@ class QueueKeys:
         self.retries = f"{base}:retries"
         self.dead = f"{base}:dead"
         self.meta = f"{base}:meta"
+        self.final = f"{base}:final"
+        self.finished = f"{base}:finished"
+        self.progress = f"{base}:progress"
 
     def zset(self, name: str) -> str:
-        """The sorted set called `name`: scheduled, retries, dead or working."""
+        """The sorted set called `name`: scheduled, retries, dead, working or finished."""
         key: str = getattr(self, name)
         return key
 
     def all(self) -> tuple[str, ...]:
         """Every key of the queue."""
-        return (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
+        live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
+        return (*live, self.final, self.finished, self.progress)
 
 
 def worker(wid: str) -> str:

@@ -27,7 +27,7 @@ class QueueStore:
     async def holding(self) -> list[str]:
         """Every queue that holds anything: listed, or with jobs in one of its sorted sets."""
         commands: list[tuple[Any, ...]] = [("SMEMBERS", QUEUES)]
-        commands += [("ZRANGE", DUE[name], 0, -1) for name in SETS]
+        commands += [("ZRANGE", due, 0, -1) for due in DUE.values()]
         replies = await self.redis.execute_many(commands)
         return sorted({text(q) for reply in replies for q in reply})
 
@@ -43,7 +43,7 @@ class QueueStore:
         is no longer listed and its settings go."""
         k = self.jobs.keys(queue)
         deleted, left = await self.redis.run(
-            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES), (queue, batch)
+            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress), (queue, batch)
         )
         return int(deleted), int(left)
 
@@ -52,9 +52,9 @@ class QueueStore:
         (0: the queue is gone entirely)."""
         k = self.jobs.keys(queue)
         keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
-        left: int = await self.redis.run(
-            FLUSH, (*keys, *(DUE[name] for name in SETS)), (queue, batch)
-        )
+        dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
+        finals = (k.final, k.finished, DUE["finished"], k.progress)
+        left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
         return left
 
     async def forget_counters(self) -> None:

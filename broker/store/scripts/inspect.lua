@@ -1,7 +1,7 @@
 -- inspect: look at one jid of one queue in a single atomic step and, when asked, repair what
 -- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
---       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead
+--       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 final hash
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped
@@ -9,8 +9,10 @@
 --                  never zero times)
 --   'two places'   the jid is in several places (or listed twice): it keeps the most advanced
 --                  one (working, queue, retries, scheduled, dead, in that order)
---   'stale index'  no record here, yet the jid index names this queue: the entry is dropped
+--   'stale index'  no record here, yet the jid index names this queue (or, as finished, no
+--                  final record here): the entry is dropped
 --   'no index'     the record has no jid index entry: one is made
+--   'index says finished' a live record whose index entry says finished: it is made live
 --   'index elsewhere' the jid index names another queue (detail): left to the caller
 --   'not due'      a set entry whose queue is missing from (or late in) the due index: fixed
 local queue, jid, fix = ARGV[1], ARGV[2], ARGV[3] == '1'
@@ -37,7 +39,8 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
       for i = 3, 6 do redis.call('ZREM', KEYS[i], jid) end
     end
   end
-  if owner == queue then
+  local kept = owner == '~' .. queue and redis.call('HEXISTS', KEYS[13], jid) == 1
+  if owner == queue or (owner == '~' .. queue and not kept) then
     problem('stale index')
     if fix then redis.call('HDEL', KEYS[7], jid) end
   end
@@ -75,6 +78,9 @@ if first and first[1] ~= 'queue' then
 end
 if not owner then
   problem('no index')
+  if fix then redis.call('HSET', KEYS[7], jid, queue) end
+elseif owner == '~' .. queue then
+  problem('index says finished')
   if fix then redis.call('HSET', KEYS[7], jid, queue) end
 elseif owner ~= queue then
   problem('index elsewhere', owner)

@@ -50,3 +50,74 @@ local function pick(set, first)
   return chosen
 end
 
+-- Drop the jid index entries of `jids` that still say `value` (the queue for live jobs, or
+-- ~queue for finished ones).
+local function forget_all(index, jids, value)
+  if #jids == 0 then return end
+  local owners = redis.call('HMGET', index, unpack(jids))
+  local ours = {}
+  for i, jid in ipairs(jids) do
+    if owners[i] == value then ours[#ours + 1] = jid end
+  end
+  if #ours > 0 then redis.call('HDEL', index, unpack(ours)) end
+end
+
+-- Finished jobs of `queue`: keep their final records (flat {jid, record, ...}) until `purge`
+-- (unix seconds; '' keeps nothing), at most `most` per queue, the oldest dropped first, and
+-- mark their index entries ~queue. KEYS of the caller, in a table: final, finished, due
+-- (of finished), index, progress.
+local function keep_final(k, queue, records, purge, most)
+  local jids = {}
+  for i = 1, #records, 2 do jids[#jids + 1] = records[i] end
+  if #jids == 0 then return end
+  if purge == '' or tonumber(most) <= 0 then
+    redis.call('HDEL', k.progress, unpack(jids))
+    forget_all(k.index, jids, queue)
+    return
+  end
+  redis.call('HSET', k.final, unpack(records))
+  local scored, marks = {}, {}
+  local owners = redis.call('HMGET', k.index, unpack(jids))
+  for i, jid in ipairs(jids) do
+    scored[#scored + 1] = purge
+    scored[#scored + 1] = jid
+    if owners[i] == queue then
+      marks[#marks + 1] = jid
+      marks[#marks + 1] = '~' .. queue
+    end
+  end
+  redis.call('ZADD', k.finished, unpack(scored))
+  if #marks > 0 then redis.call('HSET', k.index, unpack(marks)) end
+  redis.call('ZADD', k.due, 'LT', purge, queue)
+  local over = redis.call('ZCARD', k.finished) - tonumber(most)
+  if over > 0 then
+    local oldest = redis.call('ZPOPMIN', k.finished, over)
+    local dropped = {}
+    for i = 1, #oldest, 2 do dropped[#dropped + 1] = oldest[i] end
+    redis.call('HDEL', k.final, unpack(dropped))
+    redis.call('HDEL', k.progress, unpack(dropped))
+    forget_all(k.index, dropped, '~' .. queue)
+  end
+end
+
+-- Tell JOB WAITs (on any broker) that these jobs finished or died: publish the awaited ones.
+local function announce(awaited, channel, jids)
+  if #jids == 0 then return end
+  local waited = redis.call('ZMSCORE', awaited, unpack(jids))
+  local told = {}
+  for i, jid in ipairs(jids) do
+    if waited[i] then
+      redis.call('PUBLISH', channel, jid)
+      told[#told + 1] = jid
+    end
+  end
+  if #told > 0 then redis.call('ZREM', awaited, unpack(told)) end
+end
+
+-- A final record: the state, when, the result (raw JSON, or '' for none) and the payload.
+local function final_record(state, at, result, payload)
+  local text = '{"state":"' .. state .. '","finished_at":"' .. at .. '",'
+  if result ~= '' then text = text .. '"result":' .. result .. ',' end
+  return text .. '"job":' .. payload .. '}'
+end
+

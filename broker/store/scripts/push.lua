@@ -2,7 +2,8 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set
 -- ARGV: 1 pushed channel, 2 queue name, then triples (jid, payload, at); at '' = enqueue now.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
--- queue, or earlier in this call); a refused job changes nothing.
+-- queue, or earlier in this call); a refused job changes nothing. The jid of a finished job
+-- (index entry ~queue) is free: the new job takes the index entry.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
@@ -18,7 +19,8 @@ local index, records, waiting, scheduled = {}, {}, {}, {}
 local earliest = nil
 for i = 1, count do
   local jid, at = ARGV[3 * i], ARGV[3 * i + 2]
-  if owners[i] or taken[jid] then
+  local owner = owners[i]
+  if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
   else
     taken[jid] = true

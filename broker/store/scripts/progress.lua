@@ -1,0 +1,26 @@
+-- progress: record what a job says of itself (TRACK SET, JOB LOG), and extend its reservation
+-- (TRACK SET reserve_until), atomically.
+-- KEYS: 1 jobs hash, 2 final hash, 3 progress hash, 4 working zset
+-- ARGV: 1 jid, 2 now (RFC3339), 3 percent ('' = unchanged), 4 desc as a JSON string ('' =
+--       unchanged), 5 a log line as a JSON string ('' = none), 6 log lines kept at most,
+--       7 reserve until (unix seconds, '' = unchanged; never shortens the reservation)
+-- Returns 1, or 0 for a job that is neither live nor kept finished (nothing is recorded).
+local jid = ARGV[1]
+if redis.call('HEXISTS', KEYS[1], jid) == 0 and redis.call('HEXISTS', KEYS[2], jid) == 0 then
+  return 0
+end
+local text = redis.call('HGET', KEYS[3], jid)
+local progress = text and cjson.decode(text) or {}
+progress.updated_at = ARGV[2]
+if ARGV[3] ~= '' then progress.percent = tonumber(ARGV[3]) end
+if ARGV[4] ~= '' then progress.desc = cjson.decode(ARGV[4]) end
+if ARGV[5] ~= '' then
+  local log = progress.log or {}
+  log[#log + 1] = cjson.decode(ARGV[5])
+  local most = tonumber(ARGV[6])
+  while #log > most do table.remove(log, 1) end
+  progress.log = #log > 0 and log or nil
+end
+redis.call('HSET', KEYS[3], jid, cjson.encode(progress))
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], 'XX', 'GT', ARGV[7], jid) end
+return 1

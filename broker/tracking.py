@@ -1,0 +1,238 @@
+"""Jobs by jid: where a job is (JOB STATE), what it says of itself (TRACK SET, JOB LOG), Faktory
+Enterprise's view of it (TRACK GET), and waiting until it is over (JOB WAIT).
+
+A job is found through the jid index, which names the queue of a live job, or (as `~queue`) of
+a finished one whose final record is kept (`finished_ttl`, `finished_max`). Everything about
+one jid is read in one step (store/scripts/state.lua).
+"""
+
+from typing import TypeVar
+
+import msgspec
+import trio
+
+from broker.clock import Clock
+from broker.config import Settings
+from broker.doorbell import Doorbell
+from broker.errors import CommandError
+from broker.jobs import Failure, Job, decode_input, format_time, job_decoder, parse_time
+from broker.store.jobs import Found
+from broker.store.redis import Store
+
+OVER = ("done", "discarded", "dead")  # a JOB WAIT answers once the job is in one of these
+PLACES = {  # where a live job is -> its state
+    "queue": "queued",
+    "working": "working",
+    "scheduled": "scheduled",
+    "retries": "retrying",
+    "dead": "dead",
+}
+TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
+    "queued": "enqueued",
+    "scheduled": "enqueued",
+    "working": "working",
+    "retrying": "failed",
+    "dead": "dead",
+    "done": "success",
+    "discarded": "failed",
+}
+T = TypeVar("T")
+
+
+class Progress(msgspec.Struct, omit_defaults=True):
+    """What a job said of itself: TRACK SET's percent and desc, JOB LOG's lines."""
+
+    updated_at: str = ""
+    percent: int | None = None
+    desc: str | None = None
+    log: list[str] = msgspec.field(default_factory=list)
+
+
+class Final(msgspec.Struct):
+    """A kept final record (see store/scripts/lib.lua: final_record)."""
+
+    state: str
+    finished_at: str
+    job: Job | None = None
+    result: msgspec.Raw = msgspec.Raw()  # empty: the job left no result
+
+
+class JobState(msgspec.Struct, omit_defaults=True):
+    """The answer of JOB STATE and JOB WAIT."""
+
+    jid: str
+    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded
+    queue: str = ""
+    jobtype: str = ""
+    created_at: str = ""
+    enqueued_at: str = ""
+    at: str = ""  # scheduled: when it is enqueued
+    next_at: str = ""  # retrying: when it runs again
+    reserved_until: str = ""  # working: when its reservation expires
+    finished_at: str = ""
+    attempts: int | None = None  # times it was started (absent for an unknown job)
+    failure: Failure | None = None
+    progress: Progress | None = None
+    result: msgspec.Raw = msgspec.Raw()  # empty (omitted): no result
+
+
+class TrackSet(msgspec.Struct):
+    """The argument of TRACK SET (Faktory Enterprise)."""
+
+    jid: str = ""
+    percent: int | None = None
+    desc: str | None = None
+    reserve_until: str | None = None
+
+
+class LogLine(msgspec.Struct):
+    """The argument of JOB LOG."""
+
+    jid: str = ""
+    line: str = ""
+
+
+progress_decoder = msgspec.json.Decoder(Progress)
+final_decoder = msgspec.json.Decoder(Final)
+track_set_decoder = msgspec.json.Decoder(TrackSet)
+log_line_decoder = msgspec.json.Decoder(LogLine)
+encoder = msgspec.json.Encoder()
+
+
+class Tracking:
+    """Jobs by jid."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Clock, finishes: Doorbell) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.finishes = finishes  # rung (through Redis) with the jid of each awaited finish
+
+    async def state(self, jid: str) -> JobState:
+        return (await self._find(jid))[0]
+
+    async def _find(self, jid: str) -> tuple[JobState, Job | None]:
+        owner = await self.store.jobs.owner(jid)
+        if owner is None:
+            return JobState(jid, "unknown"), None
+        found = await self.store.jobs.find(owner[0], jid)
+        return describe(jid, owner[0], found), _job(found)
+
+    async def wait(self, jid: str, timeout: float) -> JobState:
+        """The job's state once it is over (done, discarded, dead), or when `timeout` seconds
+        (at most max_wait) have passed, whichever comes first."""
+        timeout = min(max(timeout, 0.0), self.settings().max_wait)
+        deadline = trio.current_time() + timeout
+        with self.finishes.listen([jid]) as finished:
+            # Listen, then say so in Redis, then look: a finish from here on is heard.
+            await self.store.jobs.await_(jid, self.clock() + timeout + 1)
+            state = await self.state(jid)
+            if state.state in (*OVER, "unknown"):
+                return state
+            with trio.move_on_at(deadline):
+                await finished.wait()
+        return await self.state(jid)
+
+    async def track_get(self, jid: str) -> dict[str, object]:
+        """TRACK GET: Faktory Enterprise's shape; jobs pushed without `custom.track` (and
+        unknown ones) are `unknown`, as there."""
+        state, job = await self._find(jid)
+        if state.state == "unknown" or job is None or not (job.custom or {}).get("track"):
+            return {"jid": jid, "state": "unknown", "updated_at": ""}
+        progress = state.progress or Progress()
+        answer: dict[str, object] = {"jid": jid}
+        if progress.percent is not None:
+            answer["percent"] = progress.percent
+        if progress.desc is not None:
+            answer["desc"] = progress.desc
+        answer["state"] = TRACK_STATES[state.state]
+        answer["updated_at"] = (
+            progress.updated_at or state.finished_at or state.enqueued_at or state.created_at
+        )
+        return answer
+
+    async def track_set(self, arg: bytes) -> None:
+        """TRACK SET: progress, and a later reservation (never sooner, at most max_reservation
+        from now). An unknown jid is ignored, as in Faktory Enterprise."""
+        update = _decode(track_set_decoder, arg, "TRACK SET")
+        now = self.clock()
+        until = None
+        if update.reserve_until:
+            try:
+                until = parse_time(update.reserve_until)
+            except ValueError as exc:
+                raise CommandError(f"invalid reserve_until: {exc}") from None
+            until = min(until, now + self.settings().max_reservation)
+        owner = await self.store.jobs.owner(update.jid)
+        if owner is not None:
+            desc = b"" if update.desc is None else encoder.encode(update.desc)
+            await self.store.jobs.progress(
+                owner[0],
+                update.jid,
+                format_time(now),
+                percent=update.percent,
+                desc=desc,
+                reserve_until=until if until is not None and until > now else None,
+            )
+
+    async def log(self, arg: bytes) -> None:
+        """JOB LOG: one more line of what a job is doing (at most max_log_lines are kept)."""
+        entry = _decode(log_line_decoder, arg, "JOB LOG")
+        config = self.settings()
+        owner = await self.store.jobs.owner(entry.jid)
+        if owner is None or not await self.store.jobs.progress(
+            owner[0],
+            entry.jid,
+            format_time(self.clock()),
+            line=encoder.encode(entry.line[: config.max_log_line]),
+            most_lines=config.max_log_lines,
+        ):
+            raise CommandError(f"unknown job {entry.jid}")
+
+
+def describe(jid: str, queue: str, found: Found) -> JobState:
+    """The state of a job from what its queue holds of it."""
+    progress = progress_decoder.decode(found.progress) if found.progress else None
+    job = _job(found)
+    if found.payload is not None:
+        state = JobState(jid, PLACES.get(found.place, "queued"), queue, progress=progress)
+        when = format_time(float(found.score)) if found.score is not None else ""
+        if found.place == "scheduled":
+            state.at = when
+        elif found.place == "retries":
+            state.next_at = when
+        elif found.place == "working":
+            state.reserved_until = when
+    elif found.final is not None:
+        final = final_decoder.decode(found.final)
+        state = JobState(jid, final.state, queue, progress=progress)
+        state.finished_at = final.finished_at
+        if len(final.result):
+            state.result = final.result
+    else:
+        return JobState(jid, "unknown")
+    if job is not None:
+        state.jobtype, state.created_at = job.jobtype, job.created_at
+        state.enqueued_at, state.failure = job.enqueued_at, job.failure
+        failures = job.failure.retry_count + 1 if job.failure else 0
+        running = state.state in ("working", "done")
+        state.attempts = failures + running
+    return state
+
+
+def _job(found: Found) -> Job | None:
+    if found.payload is not None:
+        return job_decoder.decode(found.payload)
+    if found.final is not None:
+        return final_decoder.decode(found.final).job
+    return None
+
+
+def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
+    try:
+        value = decode_input(decoder, arg)
+    except msgspec.DecodeError:
+        raise CommandError(f"invalid {verb} {arg.decode('utf-8', 'replace')}") from None
+    if not getattr(value, "jid", ""):
+        raise CommandError(f"{verb} needs a jid")
+    return value
