@@ -36,7 +36,7 @@ from broker.jobs import (
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
 from broker.stats import Stats
-from broker.store.jobs import Keep, Reservation
+from broker.store.jobs import Reservation
 from broker.store.redis import Store
 from broker.tracking import Tracking
 from broker.workers import Workers
@@ -220,9 +220,9 @@ class Manager:
             await self.chains.fetch.run(Context(job_decoder.decode(fetched.payload), now, wid))
             return True
         except Discard:
-            day, keep = format_day(now), self.keep(now)
+            day, keep = format_day(now), self.kept()
             await self.store.jobs.fail(
-                fetched.queue, fetched.jid, None, day, retry.DROP, 0, fetched.payload, keep
+                fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"", now, keep
             )
             return False
 
@@ -270,16 +270,15 @@ class Manager:
                     outcomes[i] = exc
                     continue
             by_queue[queue].append((jid, result))
-        day, keep = format_day(now), self.keep(now)
+        day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
-            await self.store.jobs.ack(queue, done, day, keep)
+            await self.store.jobs.ack(queue, done, day, now, keep)
         return outcomes
 
-    def keep(self, now: float) -> Keep:
-        """How jobs finishing now are kept (finished_ttl, finished_max)."""
+    def kept(self) -> int:
+        """How many finished jobs each queue keeps (0 when finished_ttl is 0)."""
         config = self.settings()
-        until = now + config.finished_ttl if config.finished_ttl > 0 else None
-        return Keep(format_time(now), until, config.finished_max)
+        return config.finished_max if config.finished_ttl > 0 else 0
 
     async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
         payload = await self.store.jobs.payload(queue, jid)
@@ -320,10 +319,10 @@ class Manager:
         wid: str,
     ) -> int:
         """Fail the reservation as read: 1 done, 0 gone, -1 changed since it was read."""
-        day, keep = format_day(now), self.keep(now)
+        day, keep = format_day(now), self.kept()
         if reservation.payload is None:  # a reservation without a record: nothing to retry
             return await self.store.jobs.fail(
-                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", keep
+                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", now, 0
             )
         job = job_decoder.decode(reservation.payload)
         retry.record_failure(job, report, now)
@@ -331,7 +330,7 @@ class Manager:
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
         return await self.store.jobs.fail(
-            queue, jid, reservation.expiry, day, target, score, encode(job), keep
+            queue, jid, reservation.expiry, day, target, score, encode(job), now, keep
         )
 
     # -- periodic moves: each visits only the queues the due index names ----------------------
@@ -380,13 +379,14 @@ class Manager:
         return purged
 
     async def purge_finished(self, now: float) -> int:
-        """Delete the final records of finished jobs whose time is up, and the notes of JOB
-        WAITs that are over."""
-        batch = self.settings().reaper_batch
+        """Delete the finished jobs kept for finished_ttl, and the notes of JOB WAITs that are
+        over."""
+        config = self.settings()
+        batch, before = config.reaper_batch, now - config.finished_ttl
         purged = 0
-        async for queue in self._due_queues("finished", now):
+        async for queue in self._due_queues("finished", before):
             for _ in range(MAX_BATCHES):
-                removed = await self.store.jobs.purge_finished(queue, now, batch)
+                removed = await self.store.jobs.purge_finished(queue, before, batch)
                 purged += removed
                 if removed < batch:
                     break

@@ -2,8 +2,9 @@
 Enterprise's view of it (TRACK GET), and waiting until it is over (JOB WAIT).
 
 A job is found through the jid index, which names the queue of a live job, or (as `~queue`) of
-a finished one whose final record is kept (`finished_ttl`, `finished_max`). Everything about
-one jid is read in one step (store/scripts/state.lua).
+a finished one that is still kept (`finished_ttl`, `finished_max`): a finished job keeps its
+record, in the queue's finished set, with a note of its state (when not done) and result.
+Everything about one jid is read in one step (store/scripts/state.lua).
 """
 
 from typing import TypeVar
@@ -48,12 +49,10 @@ class Progress(msgspec.Struct, omit_defaults=True):
     log: list[str] = msgspec.field(default_factory=list)
 
 
-class Final(msgspec.Struct):
-    """A kept final record (see store/scripts/lib.lua: final_record)."""
+class Note(msgspec.Struct):
+    """What is noted of a finished job (see store/scripts/lib.lua: note)."""
 
-    state: str
-    finished_at: str
-    job: Job | None = None
+    state: str = "done"
     result: msgspec.Raw = msgspec.Raw()  # empty: the job left no result
 
 
@@ -93,7 +92,7 @@ class LogLine(msgspec.Struct):
 
 
 progress_decoder = msgspec.json.Decoder(Progress)
-final_decoder = msgspec.json.Decoder(Final)
+note_decoder = msgspec.json.Decoder(Note)
 track_set_decoder = msgspec.json.Decoder(TrackSet)
 log_line_decoder = msgspec.json.Decoder(LogLine)
 encoder = msgspec.json.Encoder()
@@ -116,7 +115,8 @@ class Tracking:
         if owner is None:
             return JobState(jid, "unknown"), None
         found = await self.store.jobs.find(owner[0], jid)
-        return describe(jid, owner[0], found), _job(found)
+        job = job_decoder.decode(found.payload) if found.payload is not None else None
+        return describe(jid, owner[0], found, job), job
 
     async def wait(self, jid: str, timeout: float) -> JobState:
         """The job's state once it is over (done, discarded, dead), or when `timeout` seconds
@@ -190,42 +190,29 @@ class Tracking:
             raise CommandError(f"unknown job {entry.jid}")
 
 
-def describe(jid: str, queue: str, found: Found) -> JobState:
-    """The state of a job from what its queue holds of it."""
-    progress = progress_decoder.decode(found.progress) if found.progress else None
-    job = _job(found)
-    if found.payload is not None:
-        state = JobState(jid, PLACES.get(found.place, "queued"), queue, progress=progress)
-        when = format_time(float(found.score)) if found.score is not None else ""
-        if found.place == "scheduled":
-            state.at = when
-        elif found.place == "retries":
-            state.next_at = when
-        elif found.place == "working":
-            state.reserved_until = when
-    elif found.final is not None:
-        final = final_decoder.decode(found.final)
-        state = JobState(jid, final.state, queue, progress=progress)
-        state.finished_at = final.finished_at
-        if len(final.result):
-            state.result = final.result
-    else:
+def describe(jid: str, queue: str, found: Found, job: Job | None) -> JobState:
+    """The state of a job from what its queue holds of it (`job`: its decoded record)."""
+    if job is None:
         return JobState(jid, "unknown")
-    if job is not None:
-        state.jobtype, state.created_at = job.jobtype, job.created_at
-        state.enqueued_at, state.failure = job.enqueued_at, job.failure
-        failures = job.failure.retry_count + 1 if job.failure else 0
-        running = state.state in ("working", "done")
-        state.attempts = failures + running
+    progress = progress_decoder.decode(found.progress) if found.progress else None
+    state = JobState(jid, PLACES.get(found.place, "queued"), queue, progress=progress)
+    when = format_time(float(found.score)) if found.score is not None else ""
+    if found.place == "finished":
+        note = note_decoder.decode(found.note) if found.note else Note()
+        state.state, state.finished_at = note.state, when
+        if len(note.result):
+            state.result = note.result
+    elif found.place == "scheduled":
+        state.at = when
+    elif found.place == "retries":
+        state.next_at = when
+    elif found.place == "working":
+        state.reserved_until = when
+    state.jobtype, state.created_at = job.jobtype, job.created_at
+    state.enqueued_at, state.failure = job.enqueued_at, job.failure
+    failures = job.failure.retry_count + 1 if job.failure else 0
+    state.attempts = failures + (state.state in ("working", "done"))
     return state
-
-
-def _job(found: Found) -> Job | None:
-    if found.payload is not None:
-        return job_decoder.decode(found.payload)
-    if found.final is not None:
-        return final_decoder.decode(found.final).job
-    return None
 
 
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:

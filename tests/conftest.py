@@ -29,6 +29,7 @@ import trio
 from broker.app import App
 from broker.config import Config
 from broker.middleware import Chains
+from broker.store.keys import QueueKeys
 
 
 def _redis_ready(path: str) -> bool:
@@ -78,6 +79,23 @@ def rdb(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+def live_jids(db: redis.Redis, queue: str = "default") -> set[str]:
+    """The jids of the jobs a queue holds that have not finished (a finished job keeps its
+    record, in the finished set, for finished_ttl)."""
+    k = QueueKeys(queue)
+    return {_text(j) for j in db.hkeys(k.jobs)} - {_text(j) for j in db.zrange(k.finished, 0, -1)}
+
+
+def live_jobs(db: redis.Redis, queue: str = "default") -> int:
+    """How many jobs a queue holds that have not finished."""
+    k = QueueKeys(queue)
+    return int(db.hlen(k.jobs)) - int(db.zcard(k.finished))
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def test_config(redis_url: str, **overrides: Any) -> Config:

@@ -114,14 +114,18 @@ def not_listed(r: redis.Redis) -> None:
     r.lpush(A.queue, "jid-0001")
 
 
-def final_without_purge_time(r: redis.Redis) -> None:
-    r.hset(A.final, "jid-0001", '{"state":"done","finished_at":"x","job":null}')
-    r.hset(keys.JIDS, "jid-0001", "~a")
+def note_without_job(r: redis.Redis) -> None:
+    r.hset(A.final, "jid-0001", '{"state":"discarded"}')
 
 
-def purge_time_without_final(r: redis.Redis) -> None:
+def finished_without_record(r: redis.Redis) -> None:
     r.zadd(A.finished, {"jid-0001": 5})
     r.zadd(DUE["finished"], {"a": 5})
+
+
+def index_says_live(r: redis.Redis) -> None:
+    record(r, A, "jid-0001")
+    finished_without_record(r)
 
 
 def stale_finished_index(r: redis.Redis) -> None:
@@ -156,8 +160,9 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (not_due, [("not due", "a", "")]),
         (late_due, [("not due", "a", "")]),
         (not_listed, [("not listed", "a", "")]),
-        (final_without_purge_time, [("final without purge time", "a", "jid-0001")]),
-        (purge_time_without_final, [("purge time without final", "a", "jid-0001")]),
+        (note_without_job, [("note without job", "a", "jid-0001")]),
+        (finished_without_record, [("no record", "a", "jid-0001")]),
+        (index_says_live, [("index says live", "a", "jid-0001")]),
         (stale_finished_index, [("stale index", "a", "jid-0001")]),
         (index_says_finished, [("index says finished", "a", "jid-0001")]),
         (worker_without_record, [("worker without record", "", "w1")]),

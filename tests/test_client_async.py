@@ -10,6 +10,7 @@ import trio
 from broker.app import App
 from broker.store.keys import QueueKeys
 from client import AsyncClient, ServerError, make_job
+from tests.conftest import live_jobs
 
 NESTED = {"ü": ["✓", {"deep": [1, 2.5, None, True]}], "big": "y" * 200_000}
 
@@ -44,7 +45,7 @@ async def test_trio_surface(broker: App, rdb: redis.Redis) -> None:
         result = await exercise(client)
     assert result["latency"]["aio"] >= 0
     assert result["info"]["faktory"]["queues"]["aio"] == 2
-    assert rdb.hlen(QueueKeys("aio").jobs) == 0
+    assert live_jobs(rdb, "aio") == 0
 
 
 async def test_asyncio_surface_and_concurrent_tasks(broker: App) -> None:

@@ -13,7 +13,7 @@ import trio
 from broker.app import App
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Job, Worker, current_job, make_job
-from tests.conftest import StartBroker, eventually
+from tests.conftest import StartBroker, eventually, live_jobs
 
 DEFAULT = QueueKeys("default")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
@@ -47,7 +47,7 @@ async def test_every_job_runs_once_and_is_acked(
     worker.register("note", note if kind == "sync" else anote)
     await nursery.start(worker.arun)
     jids = await push_many(broker, "note", 600)
-    await eventually(lambda: len(ran) >= 600 and rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: len(ran) >= 600 and live_jobs(rdb) == 0)
     assert sorted(ran) == sorted(jids)
     assert rdb.zcard(DEFAULT.working) == 0 and rdb.zcard(DEFAULT.retries) == 0
     await eventually(lambda: worker.active_slots == 1)  # idle: one FETCH waits, no more
@@ -74,7 +74,7 @@ async def test_blocking_sync_jobs_use_every_slot_and_no_more(
 
     await nursery.start(worker.arun)
     await push_many(broker, "meet", 12)
-    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: live_jobs(rdb) == 0)
     assert most[0] == 4 and rdb.zcard(DEFAULT.retries) == 0
     worker.terminate()
 
@@ -117,7 +117,7 @@ async def test_reports_of_jobs_ending_while_a_fetch_waits_are_not_held_back(
     (jid,) = await push_many(broker, "hold", 1)
     await eventually(lambda: worker.active_slots == 2)  # the job, and a FETCH that waits
     release.set()  # its ACK goes out while that FETCH still waits
-    await eventually(lambda: not rdb.hexists(DEFAULT.jobs, jid), timeout=5)
+    await eventually(lambda: rdb.zscore(DEFAULT.finished, jid) is not None, timeout=5)
     worker.terminate()
 
 
@@ -135,7 +135,7 @@ async def test_short_jobs_are_fetched_ahead_up_to_prefetch(
 
     await nursery.start(worker.arun)
     await push_many(broker, "look", 40)
-    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: live_jobs(rdb) == 0)
     assert len(reserved) == 40
     assert max(reserved) >= 3  # the running job and 2 fetched ahead (+ ACKs on their way)
     assert max(taken) == 3  # never more
@@ -163,7 +163,7 @@ async def test_slow_jobs_are_not_fetched_ahead(
     await eventually(lambda: waiting in ran_by)  # the first worker did not take it ahead
     assert ran_by == {held: first.wid, waiting: second.wid}
     release.set()
-    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: live_jobs(rdb) == 0)
     first.terminate()
     second.terminate()
 

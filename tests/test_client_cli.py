@@ -16,7 +16,7 @@ from broker.app import App
 from broker.store import keys
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Job
-from tests.conftest import StartBroker, eventually
+from tests.conftest import StartBroker, eventually, live_jids
 
 pytestmark = pytest.mark.slow
 DEFAULT = QueueKeys("default")
@@ -102,7 +102,7 @@ async def test_sigterm_finishes_short_jobs_and_fails_long_ones_back(
     assert all(worker.marked(jid, "finished") for jid in short)
     assert not any(worker.marked(jid, "finished") for jid in long)
     # no job lost: the short ones are acknowledged, the long ones wait for a retry
-    assert sorted(rdb.hkeys(DEFAULT.jobs)) == sorted([*long, waiting])
+    assert live_jids(rdb) == {*long, waiting}
     assert rdb.lrange(DEFAULT.queue, 0, -1) == [waiting]
     assert rdb.zcard(DEFAULT.working) == 0
     for jid in long:

@@ -14,7 +14,7 @@ import trio
 from broker.app import App
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Client, ConnectionLost, Worker, make_job
-from tests.conftest import BrokerProcess, eventually
+from tests.conftest import BrokerProcess, eventually, live_jobs
 
 DEFAULT = QueueKeys("default")
 
@@ -105,7 +105,7 @@ async def test_commands_resent_after_a_lost_reply_take_effect_once(
             assert proxy.drop_reply_to is None  # every fault was injected
 
     await trio.to_thread.run_sync(work)
-    assert rdb.hlen(DEFAULT.jobs) == 2  # the failed one and the third, nothing twice
+    assert live_jobs(rdb) == 2  # the failed one and the third, nothing twice
     assert rdb.zcard(DEFAULT.retries) == 1
     assert rdb.llen(DEFAULT.queue) == 1
 
@@ -152,7 +152,7 @@ async def test_worker_acks_over_a_new_connection_after_a_drop(
     await started.wait()
     proxy.sever()
     release.set()
-    await eventually(lambda: not rdb.hexists(DEFAULT.jobs, jid))
+    await eventually(lambda: rdb.zscore(DEFAULT.finished, jid) is not None)
     assert runs == [1] and rdb.zcard(DEFAULT.retries) == 0
     worker.terminate()
 
@@ -183,7 +183,7 @@ async def test_worker_survives_a_broker_restart_without_losing_jobs(
         await trio.to_thread.run_sync(hopper.start)
         release.set()  # its ACK must reach the restarted broker
         after = [await producer.push("count", [n]) for n in range(50, 100)]
-    await eventually(lambda: len(seen) >= 100 and rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: len(seen) >= 100 and live_jobs(rdb) == 0)
     assert sorted(seen) == list(range(100))  # each ran exactly once
     assert len(before + after) == 100 and held
     assert rdb.zcard(DEFAULT.retries) == 0

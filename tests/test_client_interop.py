@@ -18,7 +18,7 @@ import trio
 from broker.app import App
 from broker.store.keys import QueueKeys
 from client import Client, Job, Worker
-from tests.conftest import eventually
+from tests.conftest import eventually, live_jids, live_jobs
 
 pytestmark = pytest.mark.slow
 DEFAULT = QueueKeys("default")
@@ -66,7 +66,7 @@ async def test_faktory_client_pushes_hopper_worker_runs(
             return [client.queue("record", args=args, queue="default") for args in ARGS]
 
     assert await trio.to_thread.run_sync(push) == [True] * len(ARGS)
-    await eventually(lambda: len(seen) == len(ARGS) and rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: len(seen) == len(ARGS) and live_jobs(rdb) == 0)
     assert sorted(seen, key=json.dumps) == sorted(ARGS, key=json.dumps)
     worker.terminate()
 
@@ -90,9 +90,7 @@ async def test_hopper_client_pushes_faktory_worker_runs(
 
         failed = await trio.to_thread.run_sync(push)
         await eventually(lambda: out.exists() and len(out.read_text().splitlines()) == len(ARGS))
-        await eventually(
-            lambda: rdb.hkeys(DEFAULT.jobs) == [failed] and rdb.zscore(DEFAULT.retries, failed)
-        )
+        await eventually(lambda: live_jids(rdb) == {failed} and rdb.zscore(DEFAULT.retries, failed))
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted(lines, key=json.dumps) == sorted(ARGS, key=json.dumps)
         failure = msgspec.json.decode(rdb.hget(DEFAULT.jobs, failed), type=Job).failure

@@ -15,7 +15,7 @@ from broker.app import App
 from broker.store import keys
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Client, Job, Worker, current_job
-from tests.conftest import eventually
+from tests.conftest import eventually, live_jobs
 
 DEFAULT = QueueKeys("default")
 
@@ -62,7 +62,7 @@ async def test_sync_and_async_jobs_run_and_are_acked(
     await eventually(lambda: len(done) == 25)
     assert sorted(jid for *_, jid in done) == sorted(jids)
     assert {value for kind, value, _ in done if kind == "shout"} == {"HÉLLO ✓"}
-    await eventually(lambda: rdb.hlen(DEFAULT.jobs) == 0)
+    await eventually(lambda: live_jobs(rdb) == 0)
     worker.terminate()
 
 
@@ -177,7 +177,7 @@ async def test_terminate_waits_for_running_jobs_then_fails_the_rest(
             worker.terminate()
     finally:
         release.set()
-    assert not rdb.hexists(DEFAULT.jobs, quick_jid)
+    assert rdb.zscore(DEFAULT.finished, quick_jid) is not None  # done
     for jid in (thread_jid, task_jid):
         assert rdb.zscore(DEFAULT.retries, jid) is not None
         failure = stored(rdb, jid).failure

@@ -30,7 +30,7 @@ from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
-from tests.conftest import BrokerProcess, check_store
+from tests.conftest import BrokerProcess, check_store, live_jobs
 from tests.wire import WireError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def stored_jobs(db: redis.Redis, queue: str = QUEUE) -> set[str]:
 def left_in_redis(db: redis.Redis, queue: str = QUEUE) -> dict[str, int]:
     k = QueueKeys(queue)
     return {
-        "jobs": db.hlen(k.jobs),
+        "jobs": live_jobs(db, queue),
         "queue": db.llen(k.queue),
         "working": db.zcard(k.working),
         "retries": db.zcard(k.retries),
@@ -321,7 +321,7 @@ def test_worker_sigkills_under_load(
 
     def all_ran() -> bool:
         ran = set().union(*(read_log(str(log))[0] for log in logs if log.exists()))
-        return not set(ledger.pushed) - ran and rdb.hlen(QueueKeys(QUEUE).jobs) == 0
+        return not set(ledger.pushed) - ran and live_jobs(rdb, QUEUE) == 0
 
     wait_for(all_ran, 240, "every job run (retries back after their backoff)")
     for process in processes:

@@ -72,7 +72,9 @@ def test_pypi_client_and_worker(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-    failures = [json.loads(p)["failure"] for p in rdb.hvals(QueueKeys("other").jobs)]
+    other = QueueKeys("other")
+    retrying = rdb.hmget(other.jobs, rdb.zrange(other.retries, 0, -1))
+    failures = [json.loads(p)["failure"] for p in retrying]
     assert len(failures) == 5
     assert {f["errtype"] for f in failures} == {"ValueError"}
     assert all(f["message"].startswith("boom ") and f["remaining"] == 3 for f in failures)

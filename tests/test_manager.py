@@ -147,16 +147,15 @@ async def test_ack_finishes_the_job_and_keeps_its_final_record(
     got = await manager.fetch(["default"], "w", NOW)
     assert got is not None
     await manager.ack("jid-0001", None, NOW, result=b'{"n":1}')  # no hint: found by the index
-    assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.working) == 0
+    assert rdb.zcard(K.working) == 0 and rdb.zscore(K.finished, "jid-0001") == NOW
     assert rdb.hget(keys.JIDS, "jid-0001") == "~default"  # finished, still answerable
-    final = json.loads(rdb.hget(K.final, "jid-0001"))
-    assert final["state"] == "done" and final["result"] == {"n": 1}
-    assert final["job"]["jid"] == "jid-0001"
-    assert rdb.zscore(K.finished, "jid-0001") == NOW + 86400
+    assert json.loads(rdb.hget(K.final, "jid-0001")) == {"state": "done", "result": {"n": 1}}
+    assert json.loads(rdb.hget(K.jobs, "jid-0001"))["jid"] == "jid-0001"  # the record stays
     assert rdb.hget(keys.STATS, "processed") == "1"
     assert rdb.hget(keys.STATS, "processed:2025-11-24") == "1"
+    assert await manager.purge_finished(NOW + 86399) == 0
     assert await manager.purge_finished(NOW + 86400) == 1
-    assert rdb.hget(keys.JIDS, "jid-0001") is None and rdb.hlen(K.final) == 0
+    assert rdb.hget(keys.JIDS, "jid-0001") is None and rdb.hlen(K.jobs) == rdb.hlen(K.final) == 0
 
 
 async def test_finished_jobs_kept_none_or_at_most(store: Store, rdb: redis.Redis) -> None:
@@ -167,7 +166,7 @@ async def test_finished_jobs_kept_none_or_at_most(store: Store, rdb: redis.Redis
             await manager.push(new(f"jid-{n:04d}"), NOW)
             await manager.fetch(["default"], "w", NOW)
             await manager.ack(f"jid-{n:04d}", "default", NOW + n)
-        assert rdb.hlen(K.final) == rdb.zcard(K.finished) == kept
+        assert rdb.hlen(K.jobs) == rdb.zcard(K.finished) == kept
         assert sorted(rdb.hkeys(keys.JIDS)) == [f"jid-{n:04d}" for n in range(3 - kept, 3)]
 
 
@@ -198,10 +197,10 @@ async def test_fail_goes_to_retries_with_failure(manager: Manager, rdb: redis.Re
 async def test_fail_retry_zero_discards(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=0), NOW)
     await fail(manager, "jid-0001")
-    assert rdb.hlen(K.jobs) == 0 and rdb.zcard(K.retries) == 0
+    assert rdb.zcard(K.retries) == 0 and rdb.zscore(K.finished, "jid-0001") == NOW
     assert rdb.hget(keys.JIDS, "jid-0001") == "~default"
-    final = json.loads(rdb.hget(K.final, "jid-0001"))
-    assert final["state"] == "discarded" and final["job"]["failure"]["retry_count"] == 0
+    assert json.loads(rdb.hget(K.final, "jid-0001")) == {"state": "discarded"}
+    assert json.loads(rdb.hget(K.jobs, "jid-0001"))["failure"]["retry_count"] == 0
 
 
 async def test_fail_negative_retry_goes_dead(manager: Manager, rdb: redis.Redis) -> None:
@@ -433,7 +432,8 @@ async def test_fetch_middleware_discard_and_halt(store: Store, rdb: redis.Redis)
     await manager.push(new("jid-0002", args=["new"]), NOW)
     got = await manager.fetch(["default"], "", NOW)
     assert got is not None and got.jid == "jid-0002"
-    assert rdb.hget(K.jobs, "jid-0001") is None
+    assert rdb.zscore(K.finished, "jid-0001") == NOW  # discarded: kept finished
+    assert json.loads(rdb.hget(K.final, "jid-0001")) == {"state": "discarded"}
     await manager.push(new("jid-0003", args=["stop"]), NOW)
     with pytest.raises(Halt):
         await manager.fetch(["default"], "", NOW)

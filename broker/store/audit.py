@@ -40,6 +40,7 @@ FINAL_CHECK = Script("final_check")
 
 BATCH = 500  # entries read per Redis call
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
+PLACES = (*ORDER, "finished")  # every sorted set a record can be in
 
 
 class Problem(msgspec.Struct):
@@ -135,12 +136,12 @@ class Auditor:
         async for jid, found in self._records(queue, listed):
             if found:
                 suspects.add(jid)
-        for name in ORDER:
+        for name in PLACES:
             async for flat in self.redis.steps("ZSCAN", k.zset(name)):
                 suspects |= await self._orphans(queue, [text(j) for j in flat[::2]])
         for jid in sorted(suspects):
             await self._inspect(queue, jid)
-        await self._check_finals(queue)
+        await self._check_notes(queue)
 
     async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
         """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
@@ -149,17 +150,18 @@ class Auditor:
             jids = [text(j) for j in flat[::2]]
             if jids:
                 commands: list[tuple[Any, ...]] = [
-                    ("ZMSCORE", k.zset(name), *jids) for name in ORDER
+                    ("ZMSCORE", k.zset(name), *jids) for name in PLACES
                 ]
                 commands.append(("HMGET", JIDS, *jids))
                 *scores, owners = await self.redis.execute_many(commands)
                 for i, (jid, payload) in enumerate(zip(jids, flat[1::2], strict=True)):
                     self.report.jobs += 1
                     places = (jid in listed) + sum(s[i] is not None for s in scores)
-                    owner = owners[i]
+                    finished = scores[-1][i] is not None
+                    owner = None if owners[i] is None else text(owners[i])
                     if not _readable(payload):
                         self.report.problems.append(Problem("unreadable record", queue, jid))
-                    yield jid, places != 1 or owner is None or text(owner) != queue
+                    yield jid, places != 1 or _index_wrong(queue, owner, finished)
 
     async def _orphans(self, queue: str, jids: Sequence[str]) -> set[str]:
         """Those of `jids` that have no record in the queue."""
@@ -186,7 +188,8 @@ class Auditor:
                 JIDS,
                 QUEUES,
                 *(DUE[n] for n in ORDER),
-                k.final,
+                k.finished,
+                DUE["finished"],
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )
@@ -216,28 +219,19 @@ class Auditor:
 
     # -- the jid index ------------------------------------------------------------------------
 
-    async def _check_finals(self, queue: str) -> None:
-        """Each kept final record has its purge time and the other way round."""
+    async def _check_notes(self, queue: str) -> None:
+        """Each note of a finished job belongs to a job the finished set holds."""
         k = self.store.jobs.keys(queue)
-        suspects: set[str] = set()
         async for flat in self.redis.steps("HSCAN", k.final):
             jids = [text(j) for j in flat[::2]]
-            if jids:
-                scores = await self.redis.execute("ZMSCORE", k.finished, *jids)
-                suspects.update(j for j, s in zip(jids, scores, strict=True) if s is None)
-        async for flat in self.redis.steps("ZSCAN", k.finished):
-            jids = [text(j) for j in flat[::2]]
-            if jids:
-                found = await self.redis.execute_many([("HEXISTS", k.final, j) for j in jids])
-                suspects.update(j for j, f in zip(jids, found, strict=True) if not f)
-        now = await self.store.time()
-        for jid in sorted(suspects):
-            problems = await self.redis.run(
-                FINAL_CHECK,
-                (k.final, k.finished, DUE["finished"]),
-                (queue, jid, self._flag, now),
-            )
-            self._note(queue, jid, problems)
+            if not jids:
+                continue
+            scores = await self.redis.execute("ZMSCORE", k.finished, *jids)
+            for jid in (j for j, s in zip(jids, scores, strict=True) if s is None):
+                problems = await self.redis.run(
+                    FINAL_CHECK, (k.final, k.finished), (jid, self._flag)
+                )
+                self._note(queue, jid, problems)
 
     async def _check_index(self) -> None:
         """Index entries that name a queue without that record (a stale entry) are inspected
@@ -278,11 +272,17 @@ class Auditor:
 
 
 def _holds(store: Store, jid: str, owner: str) -> tuple[str, str, str]:
-    """The command that says whether the jid index's `owner` (queue, or ~queue for a finished
+    """The command that says whether the queue the jid index names (`~queue` for a finished
     job) holds the job."""
-    if owner.startswith(FINISHED_MARK):
-        return ("HEXISTS", store.jobs.keys(owner[1:]).final, jid)
-    return ("HEXISTS", store.jobs.keys(owner).jobs, jid)
+    return ("HEXISTS", store.jobs.keys(owner.removeprefix(FINISHED_MARK)).jobs, jid)
+
+
+def _index_wrong(queue: str, owner: str | None, finished: bool) -> bool:
+    """Whether a record's jid index entry needs a look: a live one must name its queue, a
+    finished one must not say it is live."""
+    if finished:
+        return owner == queue
+    return owner != queue
 
 
 def _readable(payload: bytes) -> bool:

@@ -45,25 +45,13 @@ MARK = FINISHED_MARK.encode()
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 
 
-class Keep(msgspec.Struct, frozen=True):
-    """How the final records of jobs finishing now are kept: `now` (RFC3339), purged at
-    `until` (unix seconds; None: not kept), at most `most` per queue."""
-
-    now: str
-    until: float | None
-    most: int
-
-    def args(self) -> tuple[str, float | str, int]:
-        return self.now, "" if self.until is None else self.until, self.most
-
-
 class Found(msgspec.Struct, frozen=True):
     """What the store holds of one jid in one queue, read in one step."""
 
-    payload: bytes | None  # the live record
-    place: str  # queue, working, scheduled, retries, dead; '' when not live
-    score: bytes | None  # in that sorted set
-    final: bytes | None  # the kept final record of a finished job
+    payload: bytes | None  # the record
+    place: str  # queue, working, scheduled, retries, dead, finished; '' when none
+    score: bytes | None  # in that sorted set (for finished: when it finished)
+    note: bytes | None  # a finished job's state (if not done) and result
     progress: bytes | None
 
 
@@ -98,7 +86,19 @@ class JobStore:
         for entry in entries:
             args += entry
         results = await self.redis.run(
-            PUSH, (k.jobs, k.queue, k.scheduled, JIDS, DUE["scheduled"], QUEUES), args
+            PUSH,
+            (
+                k.jobs,
+                k.queue,
+                k.scheduled,
+                JIDS,
+                DUE["scheduled"],
+                QUEUES,
+                k.finished,
+                k.final,
+                k.progress,
+            ),
+            args,
         )
         return [bool(r) for r in results]
 
@@ -118,14 +118,16 @@ class JobStore:
         return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def ack(
-        self, queue: str, acks: Sequence[tuple[str, bytes]], day: str, keep: Keep
+        self, queue: str, acks: Sequence[tuple[str, bytes]], day: str, now: float, keep: int
     ) -> list[str]:
-        """Finish reserved jobs of one queue, each (jid, result JSON or b''); returns the jids
-        whose reservation existed."""
+        """Finish reserved jobs of one queue, each (jid, result JSON or b''), keeping at most
+        `keep` finished jobs per queue; returns the jids whose reservation existed."""
         k = self.keys(queue)
-        args: list[Any] = [day, queue, *keep.args(), FINISHED_CHANNEL]
-        for jid, result in acks:
-            args += (jid, result)
+        args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, len(acks)]
+        args += (jid for jid, _ in acks)
+        for position, (_, result) in enumerate(acks, 1):
+            if result:
+                args += (position, result)
         done = await self.redis.run(
             ACK,
             (
@@ -162,9 +164,11 @@ class JobStore:
         target: str,
         score: float,
         payload: bytes,
-        keep: Keep,
+        now: float,
+        keep: int,
     ) -> int:
-        """End a reservation as a failure; target is 'retries', 'dead' or '' (discard the job).
+        """End a reservation as a failure; target is 'retries', 'dead' or '' (discard the job,
+        kept finished like a done one: at most `keep` per queue).
 
         `read_expiry` is the reservation the new payload was computed from (None: any).
         Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
@@ -172,7 +176,7 @@ class JobStore:
         k = self.keys(queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
-        args = (queue, jid, read_expiry or "", day, target, score, payload, *keep.args())
+        args = (queue, jid, read_expiry or "", day, target, score, payload, now, keep)
         result: int = await self.redis.run(FAIL, (*keys_, *finals), (*args, FINISHED_CHANNEL))
         return result
 
@@ -235,16 +239,17 @@ class JobStore:
             return 0
         return await self._remove(queue, zset, ("jids", *_pairs(entries)))
 
-    async def purge_finished(self, queue: str, now: float, limit: int) -> int:
-        """Delete up to `limit` final records whose time is up; returns how many."""
-        return await self._remove(queue, "finished", ("due", now, limit))
+    async def purge_finished(self, queue: str, before: float, limit: int) -> int:
+        """Delete up to `limit` jobs that finished before `before`; returns how many."""
+        return await self._remove(queue, "finished", ("due", before, limit))
 
     async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> int:
         k = self.keys(queue)
-        finished = zset == "finished"
-        records, owner = (k.final, FINISHED_MARK + queue) if finished else (k.jobs, queue)
+        owner = FINISHED_MARK + queue if zset == "finished" else queue
         removed: int = await self.redis.run(
-            REMOVE, (records, k.zset(zset), JIDS, DUE[zset], k.progress), (queue, owner, *selection)
+            REMOVE,
+            (k.jobs, k.zset(zset), JIDS, DUE[zset], k.progress, k.final),
+            (queue, owner, *selection),
         )
         return removed
 
@@ -323,9 +328,9 @@ class JobStore:
     async def find(self, queue: str, jid: str) -> Found:
         """What the queue holds of `jid`, live or finished, read in one step."""
         k = self.keys(queue)
-        where = (k.jobs, k.working, k.scheduled, k.retries, k.dead, k.final, k.progress)
-        payload, place, score, final, progress = await self.redis.run(STATE, where, (jid,))
-        return Found(payload or None, text(place), score or None, final or None, progress or None)
+        where = (k.jobs, k.working, k.scheduled, k.retries, k.dead, k.finished, k.final, k.progress)
+        payload, place, score, note, progress = await self.redis.run(STATE, where, (jid,))
+        return Found(payload or None, text(place), score or None, note or None, progress or None)
 
     async def progress(
         self,
@@ -340,7 +345,7 @@ class JobStore:
         reserve_until: float | None = None,
     ) -> bool:
         """Record progress (`desc` and `line` as JSON strings) and extend the reservation;
-        False for a job that is neither live nor kept finished."""
+        False for a job the queue does not hold."""
         k = self.keys(queue)
         args = (
             jid,
@@ -351,7 +356,7 @@ class JobStore:
             most_lines,
             "" if reserve_until is None else reserve_until,
         )
-        return bool(await self.redis.run(PROGRESS, (k.jobs, k.final, k.progress, k.working), args))
+        return bool(await self.redis.run(PROGRESS, (k.jobs, k.progress, k.working), args))
 
     async def await_(self, jid: str, until: float) -> None:
         """Note that a JOB WAIT waits for `jid` until `until` (its finish is then published)."""

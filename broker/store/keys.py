@@ -16,11 +16,12 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:retries      zset   jid -> time of the next attempt
   hopper:q:{q}:dead         zset   jid -> time to purge
   hopper:q:{q}:meta         hash   the queue's settings: paused
-  hopper:q:{q}:final        hash   jid -> final record of a finished job (done, discarded):
-                                   {"state","finished_at","result"?,"job":<payload>}
-  hopper:q:{q}:finished     zset   jid -> time its final record is purged
+  hopper:q:{q}:finished     zset   jid -> when it finished: done and discarded jobs, kept (their
+                                   records stay in jobs) for finished_ttl, finished_max at most
+  hopper:q:{q}:final        hash   jid -> note of a finished job: {"state"?,"result"?} when its
+                                   state is not done or it has a result
   hopper:q:{q}:progress     hash   jid -> {"percent","desc","updated_at","log":[...]} (TRACK SET,
-                                   JOB LOG), kept while the job or its final record is
+                                   JOB LOG), kept as long as the job
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)

@@ -4,14 +4,14 @@
 --       12 progress hash, 13 awaited zset
 -- ARGV: 1 queue name, 2 jid, 3 the reservation's expiry as the caller read it ('' = any),
 --       4 day, 5 target 'retries' | 'dead' | '' (discard the job), 6 score in the target set,
---       7 the new payload (with its failure), 8 now (RFC3339), 9 purge time of final records
---       ('': keep none), 10 final records kept per queue at most, 11 finished channel
+--       7 the new payload (with its failure), 8 now (unix seconds), 9 finished jobs kept per
+--       queue at most (0: none), 10 finished channel
 -- Returns 1 when this call ended the reservation, 0 when there is none, -1 when it is not the
 -- one the caller read (extended, or ended and made again since): the caller computed the new
 -- payload from what it read, so it must read again. Only the caller that got 1 owns the job's
 -- next step, so two reapers never move one job twice and no stale copy is ever written back.
--- A discarded job's final record is kept like a done one's; JOB WAITs hear of discarded and
--- dead jobs.
+-- A discarded job is kept like a done one (see finish() in lib.lua); JOB WAITs hear of
+-- discarded and dead jobs.
 local queue, jid = ARGV[1], ARGV[2]
 local expiry = redis.call('ZSCORE', KEYS[2], jid)
 if not expiry then return 0 end
@@ -32,11 +32,10 @@ if ARGV[5] == 'dead' then
   redis.call('ZADD', KEYS[4], ARGV[6], jid)
   redis.call('ZADD', KEYS[8], 'LT', ARGV[6], queue)
 else
-  redis.call('HDEL', KEYS[1], jid)
-  local payload = ARGV[7] ~= '' and ARGV[7] or 'null'
-  local k = {final = KEYS[9], finished = KEYS[10], due = KEYS[11], index = KEYS[5],
-    progress = KEYS[12]}
-  keep_final(k, queue, {jid, final_record('discarded', ARGV[8], '', payload)}, ARGV[9], ARGV[10])
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], jid, ARGV[7]) end
+  local k = {jobs = KEYS[1], final = KEYS[9], finished = KEYS[10], due = KEYS[11],
+    index = KEYS[5], progress = KEYS[12]}
+  finish(k, queue, {jid}, {jid, note('discarded', '')}, ARGV[8], ARGV[9])
 end
-announce(KEYS[13], ARGV[11], {jid})
+announce(KEYS[13], ARGV[10], {jid})
 return 1

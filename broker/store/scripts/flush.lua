@@ -1,5 +1,6 @@
 -- flush: delete up to N jobs of one queue wherever they are (FLUSH), each with its record,
--- progress and jid index entry, atomically per job; once the queue holds nothing, forget it.
+-- notes, progress and jid index entry, atomically per job; once the queue holds nothing,
+-- forget it.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled, 4 retries, 5 dead, 6 working, 7 meta hash,
 --       8 jid index, 9 queues set, 10-13 due:scheduled, due:retries, due:dead, due:working,
 --       14 final hash, 15 finished zset, 16 due:finished, 17 progress hash
@@ -7,30 +8,25 @@
 -- Returns how many jobs the queue still holds (finished ones included). Every state in between
 -- is consistent: a job is either whole or gone.
 local queue, budget = ARGV[1], tonumber(ARGV[2])
-local function drop(record, jids, value)
+local function drop(jids, value)
   if #jids == 0 then return end
-  redis.call('HDEL', record, unpack(jids))
+  redis.call('HDEL', KEYS[1], unpack(jids))
+  redis.call('HDEL', KEYS[14], unpack(jids))
   redis.call('HDEL', KEYS[17], unpack(jids))
   forget_all(KEYS[8], jids, value)
   budget = budget - #jids
 end
-drop(KEYS[1], redis.call('RPOP', KEYS[2], budget) or {}, queue)
-for i = 3, 6 do
+drop(redis.call('RPOP', KEYS[2], budget) or {}, queue)
+for _, i in ipairs({3, 4, 5, 6, 15}) do
   if budget <= 0 then break end
   local jids = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
   if #jids > 0 then redis.call('ZREM', KEYS[i], unpack(jids)) end
-  drop(KEYS[1], jids, queue)
+  drop(jids, i == 15 and '~' .. queue or queue)
 end
-if budget > 0 then
-  local jids = redis.call('ZRANGE', KEYS[15], 0, budget - 1)
-  if #jids > 0 then redis.call('ZREM', KEYS[15], unpack(jids)) end
-  drop(KEYS[14], jids, '~' .. queue)
-end
-local left = redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[15])
-for i = 3, 6 do left = left + redis.call('ZCARD', KEYS[i]) end
+local left = redis.call('LLEN', KEYS[2])
+for _, i in ipairs({3, 4, 5, 6, 15}) do left = left + redis.call('ZCARD', KEYS[i]) end
 if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
-forget_all(KEYS[8], redis.call('HKEYS', KEYS[14]), '~' .. queue)
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17])
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end

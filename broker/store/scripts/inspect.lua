@@ -1,27 +1,29 @@
 -- inspect: look at one jid of one queue in a single atomic step and, when asked, repair what
 -- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
---       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 final hash
+--       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
+--       14 due:finished
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped
 --   'no place'     a record in no list or set: the job is enqueued again (it may run twice,
 --                  never zero times)
 --   'two places'   the jid is in several places (or listed twice): it keeps the most advanced
---                  one (working, queue, retries, scheduled, dead, in that order)
---   'stale index'  no record here, yet the jid index names this queue (or, as finished, no
---                  final record here): the entry is dropped
---   'no index'     the record has no jid index entry: one is made
---   'index says finished' a live record whose index entry says finished: it is made live
---   'index elsewhere' the jid index names another queue (detail): left to the caller
+--                  one (working, queue, retries, scheduled, dead, finished, in that order)
+--   'stale index'  no record here, yet the jid index names this queue: the entry is dropped
+--   'no index'     a live record without a jid index entry: one is made
+--   'index says finished' / 'index says live': the entry is made to say what the record is
+--   'index elsewhere' a live record whose index entry names another queue (detail): left to
+--                  the caller
 --   'not due'      a set entry whose queue is missing from (or late in) the due index: fixed
 local queue, jid, fix = ARGV[1], ARGV[2], ARGV[3] == '1'
+local finished_mark = '~' .. queue
 local problems = {}
 local function problem(kind, detail) problems[#problems + 1] = {kind, detail or ''} end
 local listed = redis.call('LPOS', KEYS[2], jid, 'COUNT', 0)
 local held = {}  -- {kind, key, due key, score}, most advanced first
 local order = {{'working', 3, 9}, {'queue', 2}, {'retries', 5, 11}, {'scheduled', 4, 10},
-  {'dead', 6, 12}}
+  {'dead', 6, 12}, {'finished', 13, 14}}
 for _, place in ipairs(order) do
   if place[1] == 'queue' then
     if #listed > 0 then held[#held + 1] = place end
@@ -36,11 +38,10 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
     problem('no record', held[1][1])
     if fix then
       redis.call('LREM', KEYS[2], 0, jid)
-      for i = 3, 6 do redis.call('ZREM', KEYS[i], jid) end
+      for _, i in ipairs({3, 4, 5, 6, 13}) do redis.call('ZREM', KEYS[i], jid) end
     end
   end
-  local kept = owner == '~' .. queue and redis.call('HEXISTS', KEYS[13], jid) == 1
-  if owner == queue or (owner == '~' .. queue and not kept) then
+  if owner == queue or owner == finished_mark then
     problem('stale index')
     if fix then redis.call('HDEL', KEYS[7], jid) end
   end
@@ -51,6 +52,7 @@ if #held == 0 then
   if fix then
     if redis.call('LPUSH', KEYS[2], jid) == 1 then redis.call('PUBLISH', ARGV[4], queue) end
     redis.call('SADD', KEYS[8], queue)
+    held = {{'queue', 2}}
   end
 elseif #held > 1 or #listed > 1 then
   local names = {}
@@ -76,10 +78,15 @@ if first and first[1] ~= 'queue' then
     if fix then redis.call('ZADD', KEYS[first[3]], 'LT', first[4], queue) end
   end
 end
-if not owner then
+if first and first[1] == 'finished' then
+  if owner == queue then
+    problem('index says live')
+    if fix then redis.call('HSET', KEYS[7], jid, finished_mark) end
+  end
+elseif not owner then
   problem('no index')
   if fix then redis.call('HSET', KEYS[7], jid, queue) end
-elseif owner == '~' .. queue then
+elseif owner == finished_mark then
   problem('index says finished')
   if fix then redis.call('HSET', KEYS[7], jid, queue) end
 elseif owner ~= queue then

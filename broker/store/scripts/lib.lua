@@ -62,41 +62,41 @@ local function forget_all(index, jids, value)
   if #ours > 0 then redis.call('HDEL', index, unpack(ours)) end
 end
 
--- Finished jobs of `queue`: keep their final records (flat {jid, record, ...}) until `purge`
--- (unix seconds; '' keeps nothing), at most `most` per queue, the oldest dropped first, and
--- mark their index entries ~queue. KEYS of the caller, in a table: final, finished, due
--- (of finished), index, progress.
-local function keep_final(k, queue, records, purge, most)
-  local jids = {}
-  for i = 1, #records, 2 do jids[#jids + 1] = records[i] end
+-- Jobs of `queue` finish now, at `at` (unix seconds): their records stay where they are, the
+-- finished set holds them (scored by `at`, purged finished_ttl later), and their index entries
+-- say ~queue; `notes` (flat {jid, note, ...}) are kept in the final hash for those that have a
+-- state other than done, or a result. With `most` <= 0 nothing is kept: records, progress and
+-- index entries go now. Beyond `most` per queue the oldest finished jobs go. KEYS of the
+-- caller, in a table: jobs, final, finished, due (of finished), index, progress.
+local function finish(k, queue, jids, notes, at, most)
   if #jids == 0 then return end
-  if purge == '' or tonumber(most) <= 0 then
+  most = tonumber(most)
+  if most <= 0 then
+    redis.call('HDEL', k.jobs, unpack(jids))
     redis.call('HDEL', k.progress, unpack(jids))
     forget_all(k.index, jids, queue)
     return
   end
-  redis.call('HSET', k.final, unpack(records))
   local scored, marks = {}, {}
-  local owners = redis.call('HMGET', k.index, unpack(jids))
-  for i, jid in ipairs(jids) do
-    scored[#scored + 1] = purge
+  for _, jid in ipairs(jids) do  -- live jobs of this queue: their index entries name it
+    scored[#scored + 1] = at
     scored[#scored + 1] = jid
-    if owners[i] == queue then
-      marks[#marks + 1] = jid
-      marks[#marks + 1] = '~' .. queue
-    end
+    marks[#marks + 1] = jid
+    marks[#marks + 1] = '~' .. queue
   end
   redis.call('ZADD', k.finished, unpack(scored))
-  if #marks > 0 then redis.call('HSET', k.index, unpack(marks)) end
-  redis.call('ZADD', k.due, 'LT', purge, queue)
-  local over = redis.call('ZCARD', k.finished) - tonumber(most)
+  if #notes > 0 then redis.call('HSET', k.final, unpack(notes)) end
+  redis.call('HSET', k.index, unpack(marks))
+  redis.call('ZADD', k.due, 'LT', at, queue)
+  local over = redis.call('ZCARD', k.finished) - most
   if over > 0 then
     local oldest = redis.call('ZPOPMIN', k.finished, over)
-    local dropped = {}
-    for i = 1, #oldest, 2 do dropped[#dropped + 1] = oldest[i] end
-    redis.call('HDEL', k.final, unpack(dropped))
-    redis.call('HDEL', k.progress, unpack(dropped))
-    forget_all(k.index, dropped, '~' .. queue)
+    local gone = {}
+    for i = 1, #oldest, 2 do gone[#gone + 1] = oldest[i] end
+    redis.call('HDEL', k.jobs, unpack(gone))
+    redis.call('HDEL', k.final, unpack(gone))
+    redis.call('HDEL', k.progress, unpack(gone))
+    forget_all(k.index, gone, '~' .. queue)
   end
 end
 
@@ -114,10 +114,11 @@ local function announce(awaited, channel, jids)
   if #told > 0 then redis.call('ZREM', awaited, unpack(told)) end
 end
 
--- A final record: the state, when, the result (raw JSON, or '' for none) and the payload.
-local function final_record(state, at, result, payload)
-  local text = '{"state":"' .. state .. '","finished_at":"' .. at .. '",'
-  if result ~= '' then text = text .. '"result":' .. result .. ',' end
-  return text .. '"job":' .. payload .. '}'
+-- The note kept for a finished job: its state if not done, its result (raw JSON) if any; ''
+-- when there is nothing to note.
+local function note(state, result)
+  if state == 'done' and result == '' then return '' end
+  local text = '{"state":"' .. state .. '"'
+  if result ~= '' then text = text .. ',"result":' .. result end
+  return text .. '}'
 end
-

@@ -1,15 +1,13 @@
 -- progress: record what a job says of itself (TRACK SET, JOB LOG), and extend its reservation
 -- (TRACK SET reserve_until), atomically.
--- KEYS: 1 jobs hash, 2 final hash, 3 progress hash, 4 working zset
+-- KEYS: 1 jobs hash, 2 progress hash, 3 working zset
 -- ARGV: 1 jid, 2 now (RFC3339), 3 percent ('' = unchanged), 4 desc as a JSON string ('' =
 --       unchanged), 5 a log line as a JSON string ('' = none), 6 log lines kept at most,
 --       7 reserve until (unix seconds, '' = unchanged; never shortens the reservation)
--- Returns 1, or 0 for a job that is neither live nor kept finished (nothing is recorded).
+-- Returns 1, or 0 for a job the queue does not hold (nothing is recorded).
 local jid = ARGV[1]
-if redis.call('HEXISTS', KEYS[1], jid) == 0 and redis.call('HEXISTS', KEYS[2], jid) == 0 then
-  return 0
-end
-local text = redis.call('HGET', KEYS[3], jid)
+if redis.call('HEXISTS', KEYS[1], jid) == 0 then return 0 end
+local text = redis.call('HGET', KEYS[2], jid)
 local progress = text and cjson.decode(text) or {}
 progress.updated_at = ARGV[2]
 if ARGV[3] ~= '' then progress.percent = tonumber(ARGV[3]) end
@@ -21,6 +19,6 @@ if ARGV[5] ~= '' then
   while #log > most do table.remove(log, 1) end
   progress.log = #log > 0 and log or nil
 end
-redis.call('HSET', KEYS[3], jid, cjson.encode(progress))
-if ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], 'XX', 'GT', ARGV[7], jid) end
+redis.call('HSET', KEYS[2], jid, cjson.encode(progress))
+if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], 'XX', 'GT', ARGV[7], jid) end
 return 1

@@ -1,9 +1,11 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically.
--- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set
+-- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
+--       7 finished zset, 8 final hash, 9 progress hash
 -- ARGV: 1 pushed channel, 2 queue name, then triples (jid, payload, at); at '' = enqueue now.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call); a refused job changes nothing. The jid of a finished job
--- (index entry ~queue) is free: the new job takes the index entry.
+-- (index entry ~queue) is free: the new job takes the index entry, and a finished job of this
+-- queue with that jid is forgotten.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
@@ -39,6 +41,18 @@ for i = 1, count do
   end
 end
 if #index == 0 then return results end
+local stored = {}
+for i = 1, #records, 2 do stored[#stored + 1] = records[i] end
+local finished = redis.call('ZMSCORE', KEYS[7], unpack(stored))
+local old = {}
+for i, jid in ipairs(stored) do
+  if finished[i] then old[#old + 1] = jid end
+end
+if #old > 0 then
+  redis.call('ZREM', KEYS[7], unpack(old))
+  redis.call('HDEL', KEYS[8], unpack(old))
+  redis.call('HDEL', KEYS[9], unpack(old))
+end
 redis.call('HSET', KEYS[4], unpack(index))
 redis.call('HSET', KEYS[1], unpack(records))
 if #waiting > 0 and redis.call('LPUSH', KEYS[2], unpack(waiting)) == #waiting then

@@ -1,17 +1,18 @@
 -- state: where one job of a queue is, read in one step (JOB STATE, TRACK GET, JOB WAIT);
 -- read-only.
--- KEYS: 1 jobs hash, 2 working, 3 scheduled, 4 retries, 5 dead, 6 final hash, 7 progress hash
+-- KEYS: 1 jobs hash, 2 working, 3 scheduled, 4 retries, 5 dead, 6 finished, 7 final hash,
+--       8 progress hash
 -- ARGV: 1 jid
--- Returns {payload or false, place, score or false, final record or false, progress or false}:
--- place is the sorted set holding the live job, 'queue' for a waiting one (a live record in no
--- sorted set is in the queue list: see docs/storage.md), or '' for none.
+-- Returns {payload or false, place, score or false, note or false, progress or false}: place
+-- is the sorted set holding the job (finished for a finished one), 'queue' for a waiting one (a
+-- record in no sorted set is in the queue list: see docs/storage.md), or '' for none.
 local jid = ARGV[1]
 local payload = redis.call('HGET', KEYS[1], jid)
 local place, score = '', false
 if payload then
   place = 'queue'
-  local names = {'working', 'scheduled', 'retries', 'dead'}
-  for i = 2, 5 do
+  local names = {'working', 'scheduled', 'retries', 'dead', 'finished'}
+  for i = 2, 6 do
     local found = redis.call('ZSCORE', KEYS[i], jid)
     if found then
       place, score = names[i - 1], found
@@ -19,4 +20,4 @@ if payload then
     end
   end
 end
-return {payload, place, score, redis.call('HGET', KEYS[6], jid), redis.call('HGET', KEYS[7], jid)}
+return {payload, place, score, redis.call('HGET', KEYS[7], jid), redis.call('HGET', KEYS[8], jid)}
