@@ -112,6 +112,53 @@ class Mutation(msgspec.Struct):
     filter: MutateFilter | None = None
 
 
+class Progress(msgspec.Struct, omit_defaults=True):
+    """What a job said of itself: TRACK SET's percent and desc, JOB LOG's lines."""
+
+    updated_at: str = ""
+    percent: int | None = None
+    desc: str | None = None
+    log: list[str] = msgspec.field(default_factory=list)
+
+
+OVER = ("done", "discarded", "dead")  # the states in which a job has ended (JOB WAIT answers)
+
+
+class JobState(msgspec.Struct, omit_defaults=True):
+    """The answer of JOB STATE and JOB WAIT."""
+
+    jid: str
+    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded
+    queue: str = ""
+    jobtype: str = ""
+    created_at: str = ""
+    enqueued_at: str = ""
+    at: str = ""  # scheduled: when it is enqueued
+    next_at: str = ""  # retrying: when it runs again
+    reserved_until: str = ""  # working: when its reservation expires
+    finished_at: str = ""
+    attempts: int | None = None  # times it was started (absent for an unknown job)
+    failure: Failure | None = None
+    progress: Progress | None = None
+    result: msgspec.Raw = msgspec.Raw()  # empty (omitted): no result
+
+
+class TrackSet(msgspec.Struct, omit_defaults=True):
+    """The argument of TRACK SET (Faktory Enterprise)."""
+
+    jid: str = ""
+    percent: int | None = None
+    desc: str | None = None
+    reserve_until: str | None = None
+
+
+class LogLine(msgspec.Struct):
+    """The argument of JOB LOG."""
+
+    jid: str = ""
+    line: str = ""
+
+
 job_decoder = msgspec.json.Decoder(Job)
 jobs_decoder = msgspec.json.Decoder(list[Job])
 fail_decoder = msgspec.json.Decoder(FailPayload)
@@ -120,6 +167,7 @@ hello_decoder = msgspec.json.Decoder(Hello)
 beat_decoder = msgspec.json.Decoder(Beat)
 mutation_decoder = msgspec.json.Decoder(Mutation)
 any_decoder = msgspec.json.Decoder()
+job_state_decoder = msgspec.json.Decoder(JobState)
 encoder = msgspec.json.Encoder()
 encode = encoder.encode
 

@@ -16,11 +16,22 @@ from broker.clock import Clock
 from broker.config import Settings
 from broker.doorbell import Doorbell
 from broker.errors import CommandError
-from broker.jobs import Failure, Job, decode_input, format_time, job_decoder, parse_time
+from broker.jobs import (
+    OVER,
+    Job,
+    JobState,
+    LogLine,
+    Progress,
+    TrackSet,
+    decode_input,
+    encode,
+    format_time,
+    job_decoder,
+    parse_time,
+)
 from broker.store.jobs import Found
 from broker.store.redis import Store
 
-OVER = ("done", "discarded", "dead")  # a JOB WAIT answers once the job is in one of these
 PLACES = {  # where a live job is -> its state
     "queue": "queued",
     "working": "working",
@@ -40,15 +51,6 @@ TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
 T = TypeVar("T")
 
 
-class Progress(msgspec.Struct, omit_defaults=True):
-    """What a job said of itself: TRACK SET's percent and desc, JOB LOG's lines."""
-
-    updated_at: str = ""
-    percent: int | None = None
-    desc: str | None = None
-    log: list[str] = msgspec.field(default_factory=list)
-
-
 class Note(msgspec.Struct):
     """What is noted of a finished job (see store/scripts/lib.lua: note)."""
 
@@ -56,46 +58,10 @@ class Note(msgspec.Struct):
     result: msgspec.Raw = msgspec.Raw()  # empty: the job left no result
 
 
-class JobState(msgspec.Struct, omit_defaults=True):
-    """The answer of JOB STATE and JOB WAIT."""
-
-    jid: str
-    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded
-    queue: str = ""
-    jobtype: str = ""
-    created_at: str = ""
-    enqueued_at: str = ""
-    at: str = ""  # scheduled: when it is enqueued
-    next_at: str = ""  # retrying: when it runs again
-    reserved_until: str = ""  # working: when its reservation expires
-    finished_at: str = ""
-    attempts: int | None = None  # times it was started (absent for an unknown job)
-    failure: Failure | None = None
-    progress: Progress | None = None
-    result: msgspec.Raw = msgspec.Raw()  # empty (omitted): no result
-
-
-class TrackSet(msgspec.Struct):
-    """The argument of TRACK SET (Faktory Enterprise)."""
-
-    jid: str = ""
-    percent: int | None = None
-    desc: str | None = None
-    reserve_until: str | None = None
-
-
-class LogLine(msgspec.Struct):
-    """The argument of JOB LOG."""
-
-    jid: str = ""
-    line: str = ""
-
-
 progress_decoder = msgspec.json.Decoder(Progress)
 note_decoder = msgspec.json.Decoder(Note)
 track_set_decoder = msgspec.json.Decoder(TrackSet)
 log_line_decoder = msgspec.json.Decoder(LogLine)
-encoder = msgspec.json.Encoder()
 
 
 class Tracking:
@@ -165,7 +131,7 @@ class Tracking:
             until = min(until, now + self.settings().max_reservation)
         owner = await self.store.jobs.owner(update.jid)
         if owner is not None:
-            desc = b"" if update.desc is None else encoder.encode(update.desc)
+            desc = b"" if update.desc is None else encode(update.desc)
             await self.store.jobs.progress(
                 owner[0],
                 update.jid,
@@ -184,7 +150,7 @@ class Tracking:
             owner[0],
             entry.jid,
             format_time(self.clock()),
-            line=encoder.encode(entry.line[: config.max_log_line]),
+            line=encode(entry.line[: config.max_log_line]),
             most_lines=config.max_log_lines,
         ):
             raise CommandError(f"unknown job {entry.jid}")

@@ -6,10 +6,18 @@ with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or loc
     client.push("send_email", ["ada@example.com"])
 """
 
-from broker.jobs import Failure, Job
+from broker.jobs import Failure, Job, JobState
 from client.aio import AsyncClient
 from client.client import Client
-from client.errors import AuthenticationError, ClientError, ConnectionLost, ServerError
+from client.errors import (
+    AuthenticationError,
+    ClientError,
+    ConnectionLost,
+    JobFailed,
+    ResultTimeout,
+    ServerError,
+    UnknownJob,
+)
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
 from client.jobs import make_job, new_jid
 from client.worker import Worker
@@ -23,8 +31,12 @@ __all__ = [
     "Failure",
     "Interrupted",
     "Job",
+    "JobFailed",
+    "JobState",
     "Middleware",
+    "ResultTimeout",
     "ServerError",
+    "UnknownJob",
     "UnknownJobtype",
     "Worker",
     "current_job",

@@ -19,8 +19,9 @@ class AsyncioThread:
         )
         self._thread.start()
 
-    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run `fn(*args)` on the asyncio loop; cancelling the caller cancels the coroutine."""
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run `fn(*args)` on the asyncio loop and return its result; cancelling the caller
+        cancels the coroutine."""
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
@@ -38,7 +39,7 @@ class AsyncioThread:
         except trio.Cancelled:
             future.cancel()
             raise
-        future.result()
+        return future.result()
 
     def close(self) -> None:
         """Stop the loop and wait for its thread (running coroutines are dropped)."""

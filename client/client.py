@@ -5,14 +5,14 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from broker.jobs import DEFAULT_QUEUE, Job
+from broker.jobs import DEFAULT_QUEUE, OVER, Job, JobState
 from client import commands
 from client.backoff import Backoff
 from client.base import ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.connection import Connection
-from client.errors import ConnectionLost
-from client.jobs import At, make_job
+from client.errors import ConnectionLost, ResultTimeout
+from client.jobs import At, format_at, make_job
 from client.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -115,6 +115,39 @@ class Client(ClientBase[Connection]):
     def beat(self, current_state: str = "", rss_kb: int = 0) -> WorkerState:
         """Heartbeat of this client's `wid`; returns the state the broker wants it in."""
         return self._call(commands.beat(self.wid, current_state, rss_kb))
+
+    def state(self, jid: str) -> JobState:
+        """Where the job is now, its timestamps, attempts, failure, progress and result."""
+        return self._call(commands.state(jid))
+
+    def result(self, jid: str, timeout: float | None = None) -> Any:
+        """Wait until the job is over and return its result (what its function returned, as
+        JSON; None when it left none). Raises JobFailed when it was discarded or died,
+        UnknownJob for a jid the broker does not know, ResultTimeout after `timeout` seconds
+        (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            state = self._call(commands.wait(jid, commands.wait_step(self.timeout, left)))
+            if state.state in OVER or state.state == "unknown":
+                return commands.outcome(state)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"job {jid} is {state.state} after {timeout:g}s")
+
+    def track(
+        self,
+        jid: str,
+        percent: int | None = None,
+        desc: str | None = None,
+        reserve_until: At = None,
+    ) -> None:
+        """Report progress (TRACK SET); `reserve_until` extends the job's reservation."""
+        until = None if reserve_until is None else format_at(reserve_until)
+        self._call(commands.track(jid, percent, desc, until))
+
+    def log(self, jid: str, line: str) -> None:
+        """Add a line to the job's log (kept with its state; the oldest lines go first)."""
+        self._call(commands.log_line(jid, line))
 
     def info(self) -> dict[str, Any]:
         """The broker's INFO document."""

@@ -12,15 +12,20 @@ import msgspec
 
 from broker.errors import JID_IN_USE, JOB_NOT_FOUND
 from broker.jobs import (
+    Ack,
     Beat,
     FailPayload,
     Job,
+    JobState,
+    LogLine,
     MutateFilter,
     Mutation,
+    TrackSet,
     encode,
     job_decoder,
+    job_state_decoder,
 )
-from client.errors import ClientError, ServerError
+from client.errors import ClientError, JobFailed, ServerError, UnknownJob
 from client.wire import CRLF, Reply
 
 T = TypeVar("T")
@@ -118,8 +123,53 @@ def fetch(queues: Sequence[str]) -> Call[Job | None]:
     return Call(b"FETCH " + " ".join(queues).encode() + CRLF, parse)
 
 
-def ack(jid: str) -> Call[None]:
-    return Call(b"ACK " + encode({"jid": jid}) + CRLF, _ok)
+def ack(jid: str, result: Any = None) -> Call[None]:
+    """ACK, with the job's result when it has one (any JSON; a Hopper extension). Raises
+    TypeError for a result that is not JSON."""
+    if result is None:
+        return Call(b"ACK " + encode({"jid": jid}) + CRLF, _ok)
+    return Call(b"ACK " + encode(Ack(jid=jid, result=msgspec.Raw(encode(result)))) + CRLF, _ok)
+
+
+def state(jid: str) -> Call[JobState]:
+    return Call(f"JOB STATE {jid}".encode() + CRLF, _state)
+
+
+def wait(jid: str, timeout: float) -> Call[JobState]:
+    return Call(f"JOB WAIT {jid} {timeout:g}".encode() + CRLF, _state)
+
+
+def _state(reply: Reply, resent: bool) -> JobState:
+    return job_state_decoder.decode(data(reply))
+
+
+def wait_step(client_timeout: float, left: float | None) -> float:
+    """How long one JOB WAIT may wait: within the connection's reply timeout."""
+    step = client_timeout / 2
+    return step if left is None else max(0.0, min(left, step))
+
+
+def outcome(state: JobState) -> Any:
+    """The result of a job that is done (its JSON decoded; None when it left none); raises
+    UnknownJob, or JobFailed for a discarded or dead job. None for a job not over yet."""
+    if state.state == "unknown":
+        raise UnknownJob(f"no job {state.jid}")
+    if state.state in ("discarded", "dead"):
+        raise JobFailed(state)
+    if state.state == "done" and len(state.result):
+        return msgspec.json.decode(state.result)
+    return None
+
+
+def track(
+    jid: str, percent: int | None = None, desc: str | None = None, until: str | None = None
+) -> Call[None]:
+    update = TrackSet(jid=jid, percent=percent, desc=desc, reserve_until=until)
+    return Call(b"TRACK SET " + encode(update) + CRLF, _ok)
+
+
+def log_line(jid: str, line: str) -> Call[None]:
+    return Call(b"JOB LOG " + encode(LogLine(jid=jid, line=line)) + CRLF, _ok)
 
 
 def fail(jid: str, errtype: str, message: str, backtrace: Iterable[str]) -> Call[None]:

@@ -1,4 +1,7 @@
-"""What the client raises: server replies (`-CODE message`) and lost connections."""
+"""What the client raises: server replies (`-CODE message`), lost connections, jobs that
+failed or did not finish in time."""
+
+from broker.jobs import JobState
 
 
 class ClientError(Exception):
@@ -26,3 +29,21 @@ class AuthenticationError(ServerError):
 
 class ConnectionLost(ClientError, ConnectionError):
     """The connection broke, timed out or could not be opened; the command's outcome is unknown."""
+
+
+class UnknownJob(ClientError):
+    """The broker holds no job of that jid (never pushed, or forgotten after finished_ttl)."""
+
+
+class JobFailed(ClientError):
+    """The job is over without a result: discarded (retry 0) or dead. `state` tells more."""
+
+    def __init__(self, state: JobState) -> None:
+        failure = state.failure
+        reason = f": {failure.errtype}: {failure.message}" if failure else ""
+        super().__init__(f"job {state.jid} is {state.state}{reason}")
+        self.state = state
+
+
+class ResultTimeout(ClientError, TimeoutError):
+    """The job was not over within the time given."""

@@ -65,28 +65,29 @@ class Runner:
         self.threads = threads
         self.asyncio_thread = asyncio_thread
 
-    async def run(self, job: Job) -> None:
-        """Run the job's function; its exception propagates. Sets `current_job()` (for the
-        job's task: each job runs in a task of its own)."""
+    async def run(self, job: Job) -> Any:
+        """Run the job's function and return what it returned (middleware may wrap it, the
+        value still comes from the function); its exception propagates. Sets
+        `current_job()` (for the job's task: each job runs in a task of its own)."""
         _current_job.set(job)
-        if not self.middleware:
-            return await self._call(job)
-        call: Next = functools.partial(self._call, job)
+        returned: list[Any] = [None]
+        call: Next = functools.partial(self._call, job, returned)
         for middleware in reversed(self.middleware):
             call = functools.partial(middleware, job, call)
         await call()
+        return returned[0]
 
-    async def _call(self, job: Job) -> None:
+    async def _call(self, job: Job, returned: list[Any]) -> None:
         entry = self.functions.get(job.jobtype)
         if entry is None:
             raise UnknownJobtype(f"no function is registered for jobtype {job.jobtype!r}")
         args = job.args or ()
         if not entry.is_async:
-            await self.threads.run(entry.fn, *args)
+            returned[0] = await self.threads.run(entry.fn, *args)
         elif self.asyncio_thread is not None:
-            await self.asyncio_thread.run(entry.fn, *args)
+            returned[0] = await self.asyncio_thread.run(entry.fn, *args)
         else:
-            await entry.fn(*args)
+            returned[0] = await entry.fn(*args)
 
 
 def describe(error: BaseException) -> tuple[str, str, list[str]]:

@@ -8,6 +8,7 @@ behind a FETCH the broker holds; the broker finds each job by its jid.
 import collections
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import trio
 
@@ -52,9 +53,17 @@ class Reporter:
         self._later: trio.Nursery | None = None  # where refused reports wait to be sent again
         self.held = False  # the fetcher's next write will carry new reports (see `carried`)
 
-    def report(self, jid: str, error: BaseException | None) -> None:
-        """ACK the job, or FAIL it with the error."""
-        call = commands.ack(jid) if error is None else commands.fail(jid, *describe(error))
+    def report(self, jid: str, error: BaseException | None, result: Any = None) -> None:
+        """ACK the job (with what its function returned, unless None), or FAIL it with the
+        error. A result that is not JSON is left out (logged)."""
+        if error is not None:
+            call = commands.fail(jid, *describe(error))
+        else:
+            try:
+                call = commands.ack(jid, result)
+            except (TypeError, ValueError) as exc:
+                log.warning("worker %s: result of %s not sent: %s", self.client.wid, jid, exc)
+                call = commands.ack(jid)
         self._add(Report(jid, call), wake=not self.held)
         self.unsettled += 1
 

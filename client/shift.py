@@ -9,7 +9,7 @@ import logging
 import signal
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -152,16 +152,17 @@ class Shift:
         scope = self._jobs[job.jid] = trio.CancelScope()
         started = time.perf_counter()
         error: BaseException | None = None
+        returned: Any = None
         try:
             with scope:
-                await self._runner.run(job)
+                returned = await self._runner.run(job)
         except Exception as exc:
             error = exc
         finally:
             del self._jobs[job.jid]
         if scope.cancelled_caught:
             error = Interrupted(f"the worker stopped before the job finished ({self.wid})")
-        self.reporter.report(job.jid, error)
+        self.reporter.report(job.jid, error, returned)
         duration = time.perf_counter() - started
         self.fetcher.finished(duration)
         _log_outcome(job, duration, error)
