@@ -9,6 +9,14 @@ with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or loc
 from broker.jobs import Failure, Job, JobState
 from client.aio import AsyncClient
 from client.client import Client
+from client.control import (
+    DeadlineExceeded,
+    JobCancelled,
+    Snooze,
+    check_cancelled,
+    job_cancelled,
+    wait_cancelled,
+)
 from client.errors import (
     AuthenticationError,
     ClientError,
@@ -28,18 +36,24 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionLost",
+    "DeadlineExceeded",
     "Failure",
     "Interrupted",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobState",
     "Middleware",
     "ResultTimeout",
     "ServerError",
+    "Snooze",
     "UnknownJob",
     "UnknownJobtype",
     "Worker",
+    "check_cancelled",
     "current_job",
+    "job_cancelled",
     "make_job",
     "new_jid",
+    "wait_cancelled",
 ]

@@ -2,10 +2,11 @@
 
 import time
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from broker.jobs import DEFAULT_QUEUE, OVER, Job, JobState
+from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
 from client.backoff import Backoff
 from client.base import ClientBase
@@ -73,8 +74,10 @@ class Client(ClientBase[Connection]):
         reserve_for: int | None = None,
         custom: dict[str, Any] | None = None,
         jid: str | None = None,
+        timeout: float | timedelta | None = None,
     ) -> str:
-        """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text."""
+        """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text;
+        `timeout` the seconds the job may run (custom.timeout: the Worker's deadline)."""
         job = make_job(
             jobtype,
             args,
@@ -84,6 +87,7 @@ class Client(ClientBase[Connection]):
             reserve_for=reserve_for,
             custom=custom,
             jid=jid,
+            timeout=timeout,
         )
         return self._call(commands.push(job))
 
@@ -116,20 +120,26 @@ class Client(ClientBase[Connection]):
         """Heartbeat of this client's `wid`; returns the state the broker wants it in."""
         return self._call(commands.beat(self.wid, current_state, rss_kb))
 
+    def cancel(self, jid: str) -> JobState:
+        """Cancel a job (JOB CANCEL): one waiting (queued, scheduled, retrying) is cancelled at
+        once; a running one keeps state working with `cancel_requested` until its worker
+        stops it. A finished or dead job is left as it is. Returns the job's state."""
+        return self._call(commands.cancel(jid))
+
     def state(self, jid: str) -> JobState:
         """Where the job is now, its timestamps, attempts, failure, progress and result."""
         return self._call(commands.state(jid))
 
     def result(self, jid: str, timeout: float | None = None) -> Any:
         """Wait until the job is over and return its result (what its function returned, as
-        JSON; None when it left none). Raises JobFailed when it was discarded or died,
-        UnknownJob for a jid the broker does not know, ResultTimeout after `timeout` seconds
-        (None: no limit)."""
+        JSON; None when it left none). Raises JobFailed when it was discarded, died or was
+        cancelled, UnknownJob for a jid the broker does not know, ResultTimeout after
+        `timeout` seconds (None: no limit)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             state = self._call(commands.wait(jid, commands.wait_step(self.timeout, left)))
-            if state.state in OVER or state.state == "unknown":
+            if state.state in commands.ENDED or state.state == "unknown":
                 return commands.outcome(state)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(f"job {jid} is {state.state} after {timeout:g}s")

@@ -12,6 +12,7 @@ import msgspec
 
 from broker.errors import JID_IN_USE, JOB_NOT_FOUND
 from broker.jobs import (
+    OVER,
     Ack,
     Beat,
     FailPayload,
@@ -33,6 +34,32 @@ T = TypeVar("T")
 MutateCommand = Literal["clear", "kill", "discard", "requeue"]
 MutateTarget = Literal["retries", "scheduled", "dead"]
 WorkerState = Literal["running", "quiet", "terminate"]
+ENDED = frozenset((*OVER, "cancelled"))  # the states of a job that is over (JOB WAIT answers)
+FAILED = frozenset(("discarded", "dead", "cancelled"))  # over without a result
+
+
+class Heartbeat(NamedTuple):
+    """The broker's answer to a worker's BEAT: the state it wants the worker in, and the jids
+    (of those the worker said it runs) that it no longer holds."""
+
+    state: WorkerState
+    drop: list[str]
+
+
+class JobsBeat(msgspec.Struct):
+    """BEAT with the jids the worker runs (a Hopper extension; other brokers ignore them)."""
+
+    wid: str
+    current_state: str
+    rss_kb: int
+    jids: list[str]
+
+
+class BeatReply(msgspec.Struct):
+    """The bulk reply to BEAT: `{"state":...}`, with `"drop":[...]` when jids were sent."""
+
+    state: str = "running"
+    drop: list[str] = msgspec.field(default_factory=list)
 
 
 class Call(NamedTuple, Generic[T]):
@@ -45,6 +72,8 @@ class Call(NamedTuple, Generic[T]):
 _strings_decoder = msgspec.json.Decoder(dict[str, str])
 _info_decoder = msgspec.json.Decoder(dict[str, Any])
 _latency_decoder = msgspec.json.Decoder(dict[str, float])
+_beat_reply_decoder = msgspec.json.Decoder(BeatReply)
+_WORKER_STATES: dict[str, WorkerState] = {"running": "running", "terminate": "terminate"}
 
 
 def value(reply: Reply) -> bytes | None:
@@ -139,6 +168,16 @@ def wait(jid: str, timeout: float) -> Call[JobState]:
     return Call(f"JOB WAIT {jid} {timeout:g}".encode() + CRLF, _state)
 
 
+def cancel(jid: str) -> Call[JobState]:
+    return Call(f"JOB CANCEL {jid}".encode() + CRLF, _state)
+
+
+def snooze(jid: str, seconds: float) -> Call[None]:
+    """JOB SNOOZE: hand a reserved job back to run again `seconds` later. A resent one that
+    finds no job was taken by its first attempt."""
+    return _report(f"JOB SNOOZE {jid} {seconds:g}".encode() + CRLF, jid)
+
+
 def _state(reply: Reply, resent: bool) -> JobState:
     return job_state_decoder.decode(data(reply))
 
@@ -151,10 +190,10 @@ def wait_step(client_timeout: float, left: float | None) -> float:
 
 def outcome(state: JobState) -> Any:
     """The result of a job that is done (its JSON decoded; None when it left none); raises
-    UnknownJob, or JobFailed for a discarded or dead job. None for a job not over yet."""
+    UnknownJob, or JobFailed for a discarded, dead or cancelled job. None for a job not over yet."""
     if state.state == "unknown":
         raise UnknownJob(f"no job {state.jid}")
-    if state.state in ("discarded", "dead"):
+    if state.state in FAILED:
         raise JobFailed(state)
     if state.state == "done" and len(state.result):
         return msgspec.json.decode(state.result)
@@ -174,13 +213,18 @@ def log_line(jid: str, line: str) -> Call[None]:
 
 def fail(jid: str, errtype: str, message: str, backtrace: Iterable[str]) -> Call[None]:
     report = FailPayload(jid=jid, errtype=errtype, message=message, backtrace=list(backtrace))
+    return _report(b"FAIL " + encode(report) + CRLF, jid)
+
+
+def _report(line: bytes, jid: str) -> Call[None]:
+    """A FAIL or SNOOZE: resent, "Job not found" means the first attempt was taken."""
     not_found = JOB_NOT_FOUND.format(jid)
 
     def parse(reply: Reply, resent: bool) -> None:
         if not (resent and isinstance(reply, ServerError) and reply.message == not_found):
             value(reply)
 
-    return Call(b"FAIL " + encode(report) + CRLF, parse)
+    return Call(line, parse)
 
 
 def beat(wid: str, current_state: str = "", rss_kb: int = 0) -> Call[WorkerState]:
@@ -188,14 +232,27 @@ def beat(wid: str, current_state: str = "", rss_kb: int = 0) -> Call[WorkerState
         raise ValueError("only a client with a wid (a worker) can BEAT")
     line = b"BEAT " + encode(Beat(wid=wid, current_state=current_state, rss_kb=rss_kb)) + CRLF
 
-    def parse(reply: Reply, resent: bool) -> WorkerState:
-        text = data(reply)
-        if text == b"OK":
-            return "running"
-        state = _strings_decoder.decode(text).get("state")
-        return "terminate" if state == "terminate" else "quiet"
+    return Call(line, lambda reply, resent: _heartbeat(reply).state)
 
-    return Call(line, parse)
+
+def heartbeat(wid: str, current_state: str, rss_kb: int, jids: Sequence[str]) -> Call[Heartbeat]:
+    """BEAT carrying the jids the worker runs; the reply says which to drop. Also reads the
+    replies of brokers that ignore `jids` (`+OK` or `{"state":...}`: nothing to drop)."""
+    if not wid:
+        raise ValueError("only a client with a wid (a worker) can BEAT")
+    beat = JobsBeat(wid=wid, current_state=current_state, rss_kb=rss_kb, jids=list(jids))
+    return Call(b"BEAT " + encode(beat) + CRLF, lambda reply, resent: _heartbeat(reply))
+
+
+def _heartbeat(reply: Reply) -> Heartbeat:
+    text = data(reply)
+    if text == b"OK":
+        return Heartbeat("running", [])
+    try:
+        answer = _beat_reply_decoder.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ClientError(f"unexpected reply to BEAT: {text[:200]!r}: {exc}") from None
+    return Heartbeat(_WORKER_STATES.get(answer.state, "quiet"), answer.drop)
 
 
 def info() -> Call[dict[str, Any]]:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from broker.jobs import Job
 from client.bridge import AsyncioThread
+from client.control import Hold, hold_job
 from client.threads import ThreadPool
 
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
@@ -65,11 +66,19 @@ class Runner:
         self.threads = threads
         self.asyncio_thread = asyncio_thread
 
-    async def run(self, job: Job) -> Any:
+    def is_sync(self, job: Job) -> bool:
+        """Whether the job's function runs in a thread."""
+        entry = self.functions.get(job.jobtype)
+        return entry is not None and not entry.is_async
+
+    async def run(self, job: Job, hold: Hold | None = None) -> Any:
         """Run the job's function and return what it returned (middleware may wrap it, the
         value still comes from the function); its exception propagates. Sets
-        `current_job()` (for the job's task: each job runs in a task of its own)."""
+        `current_job()` and `job_cancelled()` (for the job's task: each job runs in a task
+        of its own)."""
         _current_job.set(job)
+        if hold is not None:
+            hold_job(hold)
         returned: list[Any] = [None]
         call: Next = functools.partial(self._call, job, returned)
         for middleware in reversed(self.middleware):

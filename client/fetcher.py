@@ -74,6 +74,14 @@ class Fetcher:
         self.ready.clear()
         return jobs
 
+    def discard(self, jids: set[str]) -> list[Job]:
+        """Take out of the jobs fetched ahead those of `jids` (the broker took them back)."""
+        gone = [job for job in self.ready if job.jid in jids]
+        if gone:
+            self.ready = collections.deque(job for job in self.ready if job.jid not in jids)
+            self._wake.set()
+        return gone
+
     def stop(self) -> None:
         """Send no more FETCHes; `run` returns once those sent are answered."""
         self._stopped.set()

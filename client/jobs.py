@@ -1,5 +1,6 @@
 """Building jobs to push: jids, schedule times and options, as the broker's `Job` Struct."""
 
+import math
 import secrets
 import time
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ class JobOptions(TypedDict, total=False):
     reserve_for: int | None
     custom: dict[str, Any] | None
     jid: str | None
+    timeout: float | timedelta | None
 
 
 def new_jid() -> str:
@@ -39,6 +41,16 @@ def format_at(at: At, now: float | None = None) -> str:
     return format_time(at.timestamp())
 
 
+def job_timeout(timeout: float | timedelta) -> float:
+    """A job deadline in seconds: a finite number above 0 (ValueError otherwise)."""
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"timeout must be a number of seconds or a timedelta, not {timeout!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(f"timeout must be a finite number of seconds above 0, not {timeout!r}")
+    return seconds
+
+
 def make_job(
     jobtype: str,
     args: Iterable[Any] = (),
@@ -49,10 +61,18 @@ def make_job(
     reserve_for: int | None = None,
     custom: dict[str, Any] | None = None,
     jid: str | None = None,
+    timeout: float | timedelta | None = None,
 ) -> Job:
-    """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults."""
+    """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults.
+
+    `timeout` (seconds or a timedelta) is the job's deadline, carried as `custom.timeout`:
+    the bundled Worker aborts the job once it has run that long and fails it with
+    DeadlineExceeded (retried like any failure).
+    """
     if isinstance(args, str | bytes):
         raise TypeError("args must be a sequence of arguments, not a string")
+    if timeout is not None:
+        custom = {**(custom or {}), "timeout": job_timeout(timeout)}
     return Job(
         jid=jid or new_jid(),
         jobtype=jobtype,

@@ -17,6 +17,7 @@ from client import commands
 from client.aio import AsyncClient, AsyncConnection
 from client.backoff import Backoff
 from client.commands import Call
+from client.control import Snooze
 from client.errors import ClientError, ConnectionLost, ServerError
 from client.execution import describe
 from client.wire import Reply
@@ -27,7 +28,7 @@ REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers w
 
 
 class Report:
-    """The ACK or FAIL of one job, until the broker has taken it."""
+    """The ACK, FAIL or SNOOZE of one job, until the broker has taken it."""
 
     __slots__ = ("call", "jid", "refused", "resent")
 
@@ -54,9 +55,12 @@ class Reporter:
         self.held = False  # the fetcher's next write will carry new reports (see `carried`)
 
     def report(self, jid: str, error: BaseException | None, result: Any = None) -> None:
-        """ACK the job (with what its function returned, unless None), or FAIL it with the
-        error. A result that is not JSON is left out (logged)."""
-        if error is not None:
+        """ACK the job (with what its function returned, unless None), FAIL it with the
+        error, or SNOOZE it when the error is Snooze. A result that is not JSON is left out
+        (logged)."""
+        if isinstance(error, Snooze):
+            call = commands.snooze(jid, error.seconds)
+        elif error is not None:
             call = commands.fail(jid, *describe(error))
         else:
             try:

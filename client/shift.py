@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.jobs import Job
+from client import commands
 from client.aio import AsyncClient
 from client.backoff import Backoff
 from client.bridge import AsyncioThread
 from client.commands import WorkerState
+from client.control import DeadlineExceeded, Hold, JobCancelled, Snooze, deadline
 from client.errors import AuthenticationError, ClientError
 from client.execution import Interrupted, Runner, rss_kb
 from client.fetcher import Fetcher
@@ -54,8 +56,9 @@ class Shift:
         self._forced = trio.Event()  # no more grace
         self._beat_now = trio.Event()
         self._fetching = trio.CancelScope()
-        self._jobs: dict[str, trio.CancelScope] = {}
+        self._jobs: dict[str, Hold] = {}  # the running jobs
         self._job_tasks: trio.Nursery | None = None
+        self._outer: trio.Nursery | None = None
 
     @property
     def active_slots(self) -> int:
@@ -100,6 +103,7 @@ class Shift:
         self._runner = Runner(worker.functions, worker.middleware, threads, asyncio_thread)
         try:
             async with trio.open_nursery() as outer:
+                self._outer = outer
                 if handle_signals:
                     await outer.start(self._watch_signals)
                 await self._register()
@@ -134,7 +138,7 @@ class Shift:
         backoff = Backoff()
         while not self._terminating.is_set():
             try:
-                self.move(await self.client.beat(rss_kb=rss_kb()))
+                await self._beat("")
                 return
             except AuthenticationError:
                 raise
@@ -149,23 +153,66 @@ class Shift:
         self._job_tasks.start_soon(self._perform, job)
 
     async def _perform(self, job: Job) -> None:
-        scope = self._jobs[job.jid] = trio.CancelScope()
+        hold = self._jobs[job.jid] = Hold(job, sync=self._runner.is_sync(job))
         started = time.perf_counter()
         error: BaseException | None = None
         returned: Any = None
         try:
-            with scope:
-                returned = await self._runner.run(job)
+            with hold.scope:
+                returned = await self._runner.run(job, hold)
         except Exception as exc:
             error = exc
         finally:
             del self._jobs[job.jid]
-        if scope.cancelled_caught:
-            error = Interrupted(f"the worker stopped before the job finished ({self.wid})")
-        self.reporter.report(job.jid, error, returned)
+        if hold.scope.cancelled_caught:  # a thread left running sees job_cancelled()
+            hold.stop(hold.why or "deadline")
+            error = self._stopped(hold)
         duration = time.perf_counter() - started
+        dropped = hold.why == "dropped" and error is not None
+        if not dropped:
+            self.reporter.report(job.jid, error, returned)
         self.fetcher.finished(duration)
-        _log_outcome(job, duration, error)
+        _log_outcome(job, duration, error, dropped)
+        if dropped:
+            await self._let_go(job.jid)
+
+    def _stopped(self, hold: Hold) -> Exception:
+        """What a job that the worker stopped is reported with."""
+        if hold.why == "dropped":
+            return JobCancelled(f"the broker took the job back ({self.wid})")
+        if hold.why == "interrupted":
+            return Interrupted(f"the worker stopped before the job finished ({self.wid})")
+        return DeadlineExceeded(f"the job ran longer than its timeout of {deadline(hold.job):g} s")
+
+    def _drop(self, jids: list[str]) -> None:
+        """Stop the jobs the broker no longer lets this worker hold (see _let_go)."""
+        if not jids:
+            return
+        wanted = set(jids)
+        for jid in wanted:
+            if (hold := self._jobs.get(jid)) is not None and not hold.stopped:
+                log.info(
+                    "worker %s: job %s %s taken back by the broker", self.wid, hold.job.jobtype, jid
+                )
+                hold.stop("dropped")
+        for job in self.fetcher.discard(wanted):
+            log.info(
+                "worker %s: job %s %s taken back before it started", self.wid, job.jobtype, job.jid
+            )
+            if self._outer is not None:
+                self._outer.start_soon(self._let_go, job.jid)
+
+    async def _let_go(self, jid: str) -> None:
+        """A job the broker took back ended without a result. FAIL it when it is still
+        working with a cancel requested: the broker ends it cancelled now rather than when
+        its reservation expires. Otherwise say nothing: it may be another worker's now."""
+        try:
+            with trio.move_on_after(REPORT_TIMEOUT):
+                state = await self.client.state(jid)
+                if state.state == "working" and getattr(state, "cancel_requested", False):
+                    self.reporter.report(jid, JobCancelled(f"cancelled while running ({self.wid})"))
+        except ClientError as exc:
+            log.warning("worker %s: job %s taken back, its state unknown: %s", self.wid, jid, exc)
 
     async def _enforce_grace(self, reporting: trio.CancelScope) -> None:
         """Once terminating: after the grace, stop fetching and interrupt running jobs;
@@ -183,8 +230,8 @@ class Shift:
             )
         for job in unstarted:
             self.reporter.report(job.jid, Interrupted(f"the worker stopped ({self.wid})"))
-        for scope in list(self._jobs.values()):
-            scope.cancel()
+        for hold in list(self._jobs.values()):
+            hold.stop("interrupted")
         await trio.sleep(REPORT_TIMEOUT)
         reporting.cancel()
 
@@ -192,12 +239,19 @@ class Shift:
         while True:
             await _pause(self.worker.heartbeat, self._beat_now)
             self._beat_now = trio.Event()
-            current = "" if self.state == "running" else self.state
             try:
-                self.move(await self.client.beat(current, rss_kb()))
+                await self._beat("" if self.state == "running" else self.state)
             except ClientError as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.wid, exc)
                 await self.client.aclose()  # a new connection's HELLO registers the worker again
+
+    async def _beat(self, current_state: str) -> None:
+        """BEAT with the jids of the jobs this worker holds; follow the broker's answer."""
+        held = [jid for jid, hold in self._jobs.items() if not hold.stopped]
+        held += [job.jid for job in self.fetcher.ready]
+        beat = await self.client._call(commands.heartbeat(self.wid, current_state, rss_kb(), held))
+        self.move(beat.state)
+        self._drop(beat.drop)
 
     async def _watch_signals(self, task_status: trio.TaskStatus[None]) -> None:
         wanted = (signal.SIGTSTP, signal.SIGTERM, signal.SIGINT)
@@ -216,15 +270,20 @@ async def _pause(seconds: float, until: trio.Event) -> None:
         await until.wait()
 
 
-def _log_outcome(job: Job, duration: float, error: BaseException | None) -> None:
+def _log_outcome(job: Job, duration: float, error: BaseException | None, dropped: bool) -> None:
     """One line per job, with `extra` fields for structured logging."""
-    outcome = "done" if error is None else "failed"
-    level = logging.INFO if error is None else logging.WARNING
+    quiet = error is None or dropped or isinstance(error, Snooze)
+    level = logging.INFO if quiet else logging.WARNING
     if not log.isEnabledFor(level):
         return
+    outcome = "done" if error is None else "failed"
+    if dropped:
+        outcome = "dropped"
+    elif isinstance(error, Snooze):
+        outcome = "snoozed"
     fields = {"jid": job.jid, "jobtype": job.jobtype, "duration": duration, "outcome": outcome}
-    if error is None:
-        log.info("job %s %s done in %.3f s", job.jobtype, job.jid, duration, extra=fields)
+    if quiet:
+        log.info("job %s %s %s in %.3f s", job.jobtype, job.jid, outcome, duration, extra=fields)
     else:
         log.warning(
             "job %s %s failed in %.3f s: %s: %s",
