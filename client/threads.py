@@ -1,5 +1,9 @@
 """Threads for sync job functions: a fixed pool fed from a queue, results handed back in batches.
 
+A call abandoned while it runs (its job interrupted or past its deadline: a thread cannot be
+killed) takes its thread out of the pool, which may start another in its place; the thread
+ends when the call returns.
+
 Work wakes a thread only when none is already free to take it, and a thread that takes a call
 while more wait wakes the next one: quick calls run one after another on a thread or two,
 blocking ones spread over the pool. A result wakes trio only when none is already waiting to
@@ -21,7 +25,7 @@ from trio._threads import PARENT_TASK_DATA
 class _Call:
     """One function call on its way through the pool."""
 
-    __slots__ = ("abandoned", "args", "context", "fn", "task")
+    __slots__ = ("abandoned", "args", "context", "fn", "orphaned", "running", "task")
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.fn = fn
@@ -29,6 +33,8 @@ class _Call:
         self.context = contextvars.copy_context()
         self.task = trio.lowlevel.current_task()
         self.abandoned = False
+        self.running = False  # a thread has taken it and not finished it
+        self.orphaned = False  # abandoned while running: its thread left the pool
 
 
 class ThreadPool:
@@ -54,7 +60,11 @@ class ThreadPool:
             self._wake_one()
 
         def abandon(_: Any) -> trio.lowlevel.Abort:
-            call.abandoned = True
+            with self._lock:
+                call.abandoned = True
+                if call.running:  # its thread leaves the pool: another may be started
+                    call.orphaned = True
+                    self._threads -= 1
             return trio.lowlevel.Abort.SUCCEEDED
 
         return await trio.lowlevel.wait_task_rescheduled(abandon)
@@ -94,6 +104,9 @@ class ThreadPool:
         while True:
             with self._lock:
                 if call is not None:
+                    call.running = False
+                    if call.orphaned:
+                        return
                     self._free += 1
                     if result is not None:
                         self._done.append((call, result))
@@ -101,6 +114,8 @@ class ThreadPool:
                     return
                 call = self._calls.popleft() if self._calls else None
                 self._free -= 1
+                if call is not None:
+                    call.running = not call.abandoned
                 if call is None:
                     parking.acquire()
                     self._parked.append(parking)
