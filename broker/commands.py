@@ -6,6 +6,7 @@ logged and answered `-ERR internal error`. A run of consecutive PUSH commands re
 """
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -174,11 +175,16 @@ class Commands:
         return protocol.OK
 
     async def beat(self, session: Session, arg: bytes) -> bytes:
+        """BEAT; with `jids` (Hopper) the reply is always {"state", "drop": [jids it no
+        longer holds]}."""
         beat = _decode(beat_decoder, arg, "BEAT")
         state = await self.manager.workers.beat(
             beat.wid, beat.current_state, beat.rss_kb, self.clock()
         )
-        return BEAT_REPLIES.get(state, protocol.OK)
+        if beat.jids is None:
+            return BEAT_REPLIES.get(state, protocol.OK)
+        drop = await self.manager.tracking.dropped(beat.wid, beat.jids)
+        return protocol.bulk(encode({"state": state, "drop": drop}))
 
     async def info(self, session: Session, arg: bytes) -> bytes:
         return protocol.bulk(encode(await self.manager.admin.info(self.clock())))
@@ -217,22 +223,29 @@ class Commands:
         raise CommandError("TRACK needs SET <json> or GET <jid>")
 
     async def job(self, session: Session, arg: bytes) -> bytes:
-        """JOB STATE <jid> | JOB WAIT <jid> [seconds] | JOB LOG <json> (Hopper extensions)."""
+        """JOB STATE|CANCEL <jid> | JOB WAIT <jid> [seconds] | JOB SNOOZE <jid> <seconds> |
+        JOB LOG <json> (Hopper extensions)."""
         words = arg.decode("utf-8", "replace").split(" ")
-        sub = words[0].upper()
+        sub, jid = words[0].upper(), words[1] if len(words) > 1 else ""
         tracking = self.manager.tracking
         if sub == "LOG":
             await tracking.log(arg[4:])
             return protocol.OK
-        if sub == "STATE" and len(words) == 2 and words[1]:
-            return protocol.bulk(encode(await tracking.state(words[1])))
-        if sub == "WAIT" and len(words) in (2, 3) and words[1]:
-            try:
-                timeout = float(words[2]) if len(words) == 3 else DEFAULT_WAIT
-            except ValueError:
-                raise CommandError(f"JOB WAIT: not a number of seconds: {words[2]}") from None
-            return protocol.bulk(encode(await tracking.wait(words[1], timeout)))
-        raise CommandError("JOB needs STATE <jid>, WAIT <jid> [seconds] or LOG <json>")
+        if sub == "STATE" and len(words) == 2 and jid:
+            return protocol.bulk(encode(await tracking.state(jid)))
+        if sub == "CANCEL" and len(words) == 2 and jid:
+            return protocol.bulk(encode(await tracking.cancel(jid)))
+        if sub == "WAIT" and len(words) in (2, 3) and jid:
+            timeout = _seconds(words[2], "JOB WAIT") if len(words) == 3 else DEFAULT_WAIT
+            return protocol.bulk(encode(await tracking.wait(jid, timeout)))
+        if sub == "SNOOZE" and len(words) == 3 and jid:
+            seconds = _seconds(words[2], "JOB SNOOZE")
+            await self.manager.snooze(jid, seconds, session.recall(jid), self.clock())
+            return protocol.OK
+        raise CommandError(
+            "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>"
+            " or LOG <json>"
+        )
 
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
@@ -254,6 +267,17 @@ def _fill_errors(
     for i, error in zip(positions, outcomes, strict=True):
         if error is not None:
             replies[i] = protocol.error(error.render())
+
+
+def _seconds(word: str, verb: str) -> float:
+    """A number of seconds given as a command word."""
+    try:
+        seconds = float(word)
+    except ValueError:
+        raise CommandError(f"{verb}: not a number of seconds: {word}") from None
+    if not math.isfinite(seconds):
+        raise CommandError(f"{verb}: not a number of seconds: {word}")
+    return seconds
 
 
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:

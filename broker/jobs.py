@@ -89,11 +89,12 @@ class Hello(msgspec.Struct):
 
 
 class Beat(msgspec.Struct):
-    """The argument of BEAT."""
+    """The argument of BEAT; `jids` (the jobs the worker runs) is a Hopper extension."""
 
     wid: str = ""
     current_state: str = ""
     rss_kb: int = 0
+    jids: list[str] | None = None
 
 
 class MutateFilter(msgspec.Struct):
@@ -121,14 +122,14 @@ class Progress(msgspec.Struct, omit_defaults=True):
     log: list[str] = msgspec.field(default_factory=list)
 
 
-OVER = ("done", "discarded", "dead")  # the states in which a job has ended (JOB WAIT answers)
+OVER = ("done", "discarded", "cancelled", "dead")  # the states of a job that ended (JOB WAIT)
 
 
 class JobState(msgspec.Struct, omit_defaults=True):
     """The answer of JOB STATE and JOB WAIT."""
 
     jid: str
-    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded
+    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded, cancelled
     queue: str = ""
     jobtype: str = ""
     created_at: str = ""
@@ -136,6 +137,8 @@ class JobState(msgspec.Struct, omit_defaults=True):
     at: str = ""  # scheduled: when it is enqueued
     next_at: str = ""  # retrying: when it runs again
     reserved_until: str = ""  # working: when its reservation expires
+    wid: str = ""  # working: the worker holding it ('' when fetched by no worker)
+    cancel_requested: bool = False  # working: JOB CANCEL asked its worker to stop it
     finished_at: str = ""
     attempts: int | None = None  # times it was started (absent for an unknown job)
     failure: Failure | None = None
@@ -223,6 +226,11 @@ def validate_new(job: Job, now: float) -> Job:
         raise CommandError("jobs must have an args parameter")
     if job.reserve_for > MAX_RESERVE_FOR:
         raise CommandError("jobs cannot be reserved for more than one day")
+    timeout = (job.custom or {}).get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        raise CommandError("custom.timeout must be a number of seconds above 0")
     if not job.queue:
         job.queue = DEFAULT_QUEUE
     if job.retry is None:

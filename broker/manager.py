@@ -1,17 +1,18 @@
 """The job lifecycle: the only place that decides where a job goes next.
 
-queue -> working (FETCH) -> gone (ACK) | retries / dead / gone (FAIL, reservation expiry);
-scheduled and retries -> queue when due; dead -> gone after its TTL; a finished job's final
-record -> gone after finished_ttl. Operator moves live in the rooms this manager owns: MUTATE
-(mutate.py), queue pause/remove/latency, FLUSH and INFO (admin.py), jobs by jid (tracking.py),
-the worker registry (workers.py). Every move is one store call backed by one Lua script;
+queue -> working (FETCH) -> finished (ACK) | retries / dead / finished (FAIL, reservation
+expiry, lost worker) | scheduled (JOB SNOOZE); scheduled and retries -> queue when due; dead ->
+gone after its TTL; a finished job's final record -> gone after finished_ttl. The rooms this
+manager owns: the periodic moves (sweeps.py), MUTATE (mutate.py), queue pause/remove/latency,
+FLUSH and INFO (admin.py), jobs by jid and JOB CANCEL (tracking.py), the worker registry
+(workers.py). Every move is one store call backed by one Lua script;
 middleware runs at the seams where the job exists. Operations take `now` (unix seconds) so that
 time is a parameter; the broker's clock is Redis's (clock.py).
 """
 
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 import trio
@@ -38,17 +39,14 @@ from broker.mutate import Mutator
 from broker.stats import Stats
 from broker.store.jobs import Reservation
 from broker.store.redis import Store
+from broker.sweeps import Sweeps
 from broker.tracking import Tracking
 from broker.workers import Workers
 
-EXPIRED_ERRTYPE = "ReservationExpired"
-EXPIRED_MESSAGE = "Faktory job reservation expired"
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
-MAX_BATCHES = 100  # batches one periodic run may move per queue and set
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
-DUE_PAGE = 1000  # queues read from a due index at a time
-MAX_DUE_PAGES = 100  # pages of due queues one periodic run goes through
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
+MAX_SNOOZE = 365 * 86_400  # seconds a JOB SNOOZE may put a job off
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -84,7 +82,8 @@ class Manager:
         self.mutator = Mutator(store, settings, self.doorbell)
         self.admin = Admin(store, self.doorbell, self.stats, clock)
         self.finishes = Doorbell()  # JOB WAITs, by jid
-        self.tracking = Tracking(store, settings, clock, self.finishes)
+        self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
+        self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
         self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ class Manager:
         for queue in queues:
             while len(found) < count:
                 wanted = 1 if self.chains.fetch else count - len(found)
-                got = await self.store.jobs.fetch(queue, now, reservation, wanted)
+                got = await self.store.jobs.fetch(queue, now, reservation, wanted, wid)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:
@@ -222,7 +221,7 @@ class Manager:
         except Discard:
             day, keep = format_day(now), self.kept()
             await self.store.jobs.fail(
-                fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"", now, keep
+                fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"", now, keep, wid
             )
             return False
 
@@ -272,7 +271,7 @@ class Manager:
             by_queue[queue].append((jid, result))
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
-            await self.store.jobs.ack(queue, done, day, now, keep)
+            await self.store.jobs.ack(queue, done, day, now, keep, wid)
         return outcomes
 
     def kept(self) -> int:
@@ -290,9 +289,36 @@ class Manager:
 
         `queue` is where the caller last saw the job (None: look it up by jid).
         """
-        jid = report.jid
-        if not jid:
+        if not report.jid:
             raise CommandError("missing JID")
+
+        async def step(queue: str, reservation: Reservation) -> int:
+            return await self.fail_reservation(queue, report.jid, reservation, report, now, wid)
+
+        await self._end(report.jid, queue, step)
+
+    async def snooze(self, jid: str, seconds: float, queue: str | None, now: float) -> None:
+        """Hand a reserved job back to run again `seconds` from now, without using a retry
+        and without counting a failure (JOB SNOOZE)."""
+        if not 0 <= seconds <= MAX_SNOOZE:
+            raise CommandError(f"JOB SNOOZE: seconds must be between 0 and {MAX_SNOOZE}")
+
+        async def step(queue: str, reservation: Reservation) -> int:
+            day, payload, keep = format_day(now), reservation.payload, self.kept()
+            target = "scheduled" if payload else retry.DROP  # no record: nothing to run again
+            expiry, holder = reservation.expiry, reservation.holder
+            return await self.store.jobs.fail(
+                queue, jid, expiry, day, target, now + seconds, payload or b"", now, keep, holder
+            )
+
+        await self._end(jid, queue, step)
+
+    async def _end(
+        self, jid: str, queue: str | None, step: Callable[[str, Reservation], Awaitable[int]]
+    ) -> None:
+        """End the reservation of `jid` with `step` (a store call acting only on the
+        reservation it is given: 1 done, 0 gone, -1 changed since read); reads again when the
+        job moved. `queue` is where the caller last saw the job (None: look it up)."""
         for _ in range(FAIL_READS):
             reservation = None if queue is None else await self.store.jobs.reservation(queue, jid)
             if reservation is None:
@@ -302,14 +328,14 @@ class Manager:
                 queue = found
                 continue
             assert queue is not None
-            outcome = await self._fail(queue, jid, reservation, report, now, wid)
+            outcome = await step(queue, reservation)
             if outcome >= 0:
                 if outcome:
                     return
                 break
         raise CommandError(JOB_NOT_FOUND.format(jid))
 
-    async def _fail(
+    async def fail_reservation(
         self,
         queue: str,
         jid: str,
@@ -319,10 +345,10 @@ class Manager:
         wid: str,
     ) -> int:
         """Fail the reservation as read: 1 done, 0 gone, -1 changed since it was read."""
-        day, keep = format_day(now), self.kept()
+        day, keep, holder = format_day(now), self.kept(), reservation.holder
         if reservation.payload is None:  # a reservation without a record: nothing to retry
             return await self.store.jobs.fail(
-                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", now, 0
+                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", now, 0, holder
             )
         job = job_decoder.decode(reservation.payload)
         retry.record_failure(job, report, now)
@@ -330,82 +356,5 @@ class Manager:
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
         return await self.store.jobs.fail(
-            queue, jid, reservation.expiry, day, target, score, encode(job), now, keep
+            queue, jid, reservation.expiry, day, target, score, encode(job), now, keep, holder
         )
-
-    # -- periodic moves: each visits only the queues the due index names ----------------------
-
-    async def enqueue_due(self, zset: str, now: float) -> int:
-        """Move due jobs of `zset` (scheduled or retries) onto their queues."""
-        batch = self.settings().reaper_batch
-        stamp = format_time(now)
-        moved = 0
-        async for queue in self._due_queues(zset, now):
-            for _ in range(MAX_BATCHES):
-                count, selected = await self.store.jobs.enqueue_due(queue, zset, now, stamp, batch)
-                self.doorbell.ring(queue, count)
-                moved += count
-                if selected < batch:
-                    break
-        return moved
-
-    async def reap_expired(self, now: float) -> int:
-        """Fail reservations that expired, as the reference does (errtype ReservationExpired)."""
-        report = FailPayload(errtype=EXPIRED_ERRTYPE, message=EXPIRED_MESSAGE)
-        batch = self.settings().reaper_batch
-        reaped = 0
-        async for queue in self._due_queues("working", now):
-            for _ in range(MAX_BATCHES):
-                expired = await self.store.jobs.expired(queue, "working", now, batch)
-                for jid, expiry, payload in expired:
-                    reservation = Reservation(expiry, payload)
-                    if await self._fail(queue, jid, reservation, report, now, "") == 1:
-                        reaped += 1
-                if len(expired) < batch:
-                    break
-            await self.store.jobs.refresh_due(queue, "working")
-        return reaped
-
-    async def purge_dead(self, now: float) -> int:
-        """Delete dead jobs whose time is up."""
-        batch = self.settings().reaper_batch
-        purged = 0
-        async for queue in self._due_queues("dead", now):
-            for _ in range(MAX_BATCHES):
-                removed = await self.store.jobs.remove_due(queue, "dead", now, batch)
-                purged += removed
-                if removed < batch:
-                    break
-        return purged
-
-    async def purge_finished(self, now: float) -> int:
-        """Delete the finished jobs kept for finished_ttl, and the notes of JOB WAITs that are
-        over."""
-        config = self.settings()
-        batch, before = config.reaper_batch, now - config.finished_ttl
-        purged = 0
-        async for queue in self._due_queues("finished", before):
-            for _ in range(MAX_BATCHES):
-                removed = await self.store.jobs.purge_finished(queue, before, batch)
-                purged += removed
-                if removed < batch:
-                    break
-        await self.store.jobs.forget_awaited(now)
-        return purged
-
-    async def next_due(self, zset: str) -> float | None:
-        """When the earliest entry of `zset` in any queue comes due (None: there is none)."""
-        return await self.store.jobs.next_due(zset)
-
-    async def _due_queues(self, zset: str, now: float) -> AsyncIterator[str]:
-        """The queues with entries of `zset` due at `now`, each once per run. A queue visited
-        has its due entry moved past `now` (or dropped), so the next page holds new ones."""
-        seen: set[str] = set()
-        for _ in range(MAX_DUE_PAGES):
-            page = await self.store.jobs.due_queues(zset, now, DUE_PAGE)
-            fresh = [queue for queue in page if queue not in seen]
-            for queue in fresh:
-                seen.add(queue)
-                yield queue
-            if len(page) < DUE_PAGE or not fresh:
-                return

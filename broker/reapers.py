@@ -35,7 +35,7 @@ async def every(interval: Interval, name: str, step: Step, manager: Manager, due
         try:
             moved = await step(manager.clock())
             if due:
-                earliest = await manager.next_due(due)
+                earliest = await manager.sweeps.next_due(due)
                 if earliest is not None:
                     pause = min(pause, max(earliest - manager.clock(), MIN_PAUSE))
         except BrokerError as exc:
@@ -52,16 +52,16 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
     """All the periodic loops of one broker process."""
 
     async def scheduled(now: float) -> int:
-        return await manager.enqueue_due("scheduled", now)
+        return await manager.sweeps.enqueue_due("scheduled", now)
 
     async def retries(now: float) -> int:
-        return await manager.enqueue_due("retries", now)
+        return await manager.sweeps.enqueue_due("retries", now)
 
     async def workers(now: float) -> int:
         gone = await manager.workers.reap(now)
         for wid in gone:
             close_worker(wid)
-        return len(gone)
+        return len(gone) + await manager.sweeps.reap_lost(now)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
@@ -71,12 +71,16 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
             every, lambda c: c.scheduler_interval, "Retries", retries, manager, "retries"
         )
         nursery.start_soon(
-            every, lambda c: c.reaper_interval, "Busy", manager.reap_expired, manager
+            every, lambda c: c.reaper_interval, "Busy", manager.sweeps.reap_expired, manager
         )
         nursery.start_soon(
-            every, lambda c: c.dead_purge_interval, "Dead", manager.purge_dead, manager
+            every, lambda c: c.dead_purge_interval, "Dead", manager.sweeps.purge_dead, manager
         )
         nursery.start_soon(
-            every, lambda c: c.dead_purge_interval, "Finished", manager.purge_finished, manager
+            every,
+            lambda c: c.dead_purge_interval,
+            "Finished",
+            manager.sweeps.purge_finished,
+            manager,
         )
         nursery.start_soon(every, lambda c: c.worker_reaper_interval, "Workers", workers, manager)

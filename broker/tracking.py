@@ -1,5 +1,6 @@
 """Jobs by jid: where a job is (JOB STATE), what it says of itself (TRACK SET, JOB LOG), Faktory
-Enterprise's view of it (TRACK GET), and waiting until it is over (JOB WAIT).
+Enterprise's view of it (TRACK GET), waiting until it is over (JOB WAIT), stopping it (JOB
+CANCEL), and which of the jobs a worker runs it no longer holds (BEAT with jids).
 
 A job is found through the jid index, which names the queue of a live job, or (as `~queue`) of
 a finished one that is still kept (`finished_ttl`, `finished_max`): a finished job keeps its
@@ -7,6 +8,8 @@ record, in the queue's finished set, with a note of its state (when not done) an
 Everything about one jid is read in one step (store/scripts/state.lua).
 """
 
+from collections import defaultdict
+from collections.abc import Callable
 from typing import TypeVar
 
 import msgspec
@@ -29,8 +32,9 @@ from broker.jobs import (
     job_decoder,
     parse_time,
 )
-from broker.store.jobs import Found
+from broker.store.keys import CANCEL_MARK
 from broker.store.redis import Store
+from broker.store.tracking import Found
 
 PLACES = {  # where a live job is -> its state
     "queue": "queued",
@@ -47,7 +51,9 @@ TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
     "dead": "dead",
     "done": "success",
     "discarded": "failed",
+    "cancelled": "failed",
 }
+MAX_BEAT_JIDS = 10_000  # jids one BEAT may list
 T = TypeVar("T")
 
 
@@ -67,31 +73,66 @@ log_line_decoder = msgspec.json.Decoder(LogLine)
 class Tracking:
     """Jobs by jid."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock, finishes: Doorbell) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        finishes: Doorbell,
+        kept: Callable[[], int],
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.finishes = finishes  # rung (through Redis) with the jid of each awaited finish
+        self.kept = kept  # finished jobs kept per queue (Manager.kept)
 
     async def state(self, jid: str) -> JobState:
         return (await self._find(jid))[0]
 
     async def _find(self, jid: str) -> tuple[JobState, Job | None]:
-        owner = await self.store.jobs.owner(jid)
+        owner = await self.store.tracking.owner(jid)
         if owner is None:
             return JobState(jid, "unknown"), None
-        found = await self.store.jobs.find(owner[0], jid)
+        found = await self.store.tracking.find(owner[0], jid)
         job = job_decoder.decode(found.payload) if found.payload is not None else None
         return describe(jid, owner[0], found, job), job
 
+    async def cancel(self, jid: str) -> JobState:
+        """JOB CANCEL: a waiting, scheduled or retrying job ends cancelled; a reserved one is
+        marked, its worker hears of it at its next BEAT, and it ends cancelled unless it is
+        ACKed. Returns the job's state after it."""
+        owner = await self.store.tracking.owner(jid)
+        if owner is not None and not owner[1]:
+            await self.store.tracking.cancel(owner[0], jid, self.clock(), self.kept())
+        return await self.state(jid)
+
+    async def dropped(self, wid: str, jids: list[str]) -> list[str]:
+        """Which of `jids` (those a worker says it runs) it no longer holds: gone, finished,
+        reserved by another worker, or with a cancel asked for."""
+        if len(jids) > MAX_BEAT_JIDS:
+            raise CommandError(f"BEAT lists more than {MAX_BEAT_JIDS} jids")
+        queues = await self.store.jobs.queues_of(jids) if jids else []
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for jid, queue in zip(jids, queues, strict=True):
+            if queue is not None:
+                by_queue[queue].append(jid)
+        kept = set()
+        for queue, mine in by_queue.items():
+            held = await self.store.tracking.held(queue, mine)
+            for jid, (reserved, holder, cancelling) in zip(mine, held, strict=True):
+                if reserved and holder == wid and not cancelling:
+                    kept.add(jid)
+        return [jid for jid in jids if jid not in kept]
+
     async def wait(self, jid: str, timeout: float) -> JobState:
-        """The job's state once it is over (done, discarded, dead), or when `timeout` seconds
-        (at most max_wait) have passed, whichever comes first."""
+        """The job's state once it is over (done, discarded, cancelled, dead), or when
+        `timeout` seconds (at most max_wait) have passed, whichever comes first."""
         timeout = min(max(timeout, 0.0), self.settings().max_wait)
         deadline = trio.current_time() + timeout
         with self.finishes.listen([jid]) as finished:
             # Listen, then say so in Redis, then look: a finish from here on is heard.
-            await self.store.jobs.await_(jid, self.clock() + timeout + 1)
+            await self.store.tracking.await_(jid, self.clock() + timeout + 1)
             state = await self.state(jid)
             if state.state in (*OVER, "unknown"):
                 return state
@@ -129,10 +170,10 @@ class Tracking:
             except ValueError as exc:
                 raise CommandError(f"invalid reserve_until: {exc}") from None
             until = min(until, now + self.settings().max_reservation)
-        owner = await self.store.jobs.owner(update.jid)
+        owner = await self.store.tracking.owner(update.jid)
         if owner is not None:
             desc = b"" if update.desc is None else encode(update.desc)
-            await self.store.jobs.progress(
+            await self.store.tracking.progress(
                 owner[0],
                 update.jid,
                 format_time(now),
@@ -145,8 +186,8 @@ class Tracking:
         """JOB LOG: one more line of what a job is doing (at most max_log_lines are kept)."""
         entry = _decode(log_line_decoder, arg, "JOB LOG")
         config = self.settings()
-        owner = await self.store.jobs.owner(entry.jid)
-        if owner is None or not await self.store.jobs.progress(
+        owner = await self.store.tracking.owner(entry.jid)
+        if owner is None or not await self.store.tracking.progress(
             owner[0],
             entry.jid,
             format_time(self.clock()),
@@ -174,6 +215,9 @@ def describe(jid: str, queue: str, found: Found, job: Job | None) -> JobState:
         state.next_at = when
     elif found.place == "working":
         state.reserved_until = when
+        holder = found.holder.decode() if found.holder else ""
+        state.wid = holder.removeprefix(CANCEL_MARK)
+        state.cancel_requested = holder.startswith(CANCEL_MARK)
     state.jobtype, state.created_at = job.jobtype, job.created_at
     state.enqueued_at, state.failure = job.enqueued_at, job.failure
     failures = job.failure.retry_count + 1 if job.failure else 0

@@ -118,6 +118,10 @@ def note_without_job(r: redis.Redis) -> None:
     r.hset(A.final, "jid-0001", '{"state":"discarded"}')
 
 
+def holder_without_reservation(r: redis.Redis) -> None:
+    r.hset(A.holders, "jid-0001", "!w1")
+
+
 def finished_without_record(r: redis.Redis) -> None:
     r.zadd(A.finished, {"jid-0001": 5})
     r.zadd(DUE["finished"], {"a": 5})
@@ -161,6 +165,7 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (late_due, [("not due", "a", "")]),
         (not_listed, [("not listed", "a", "")]),
         (note_without_job, [("note without job", "a", "jid-0001")]),
+        (holder_without_reservation, [("holder without reservation", "a", "jid-0001")]),
         (finished_without_record, [("no record", "a", "jid-0001")]),
         (index_says_live, [("index says live", "a", "jid-0001")]),
         (stale_finished_index, [("stale index", "a", "jid-0001")]),

@@ -153,8 +153,8 @@ async def test_ack_finishes_the_job_and_keeps_its_final_record(
     assert json.loads(rdb.hget(K.jobs, "jid-0001"))["jid"] == "jid-0001"  # the record stays
     assert rdb.hget(keys.STATS, "processed") == "1"
     assert rdb.hget(keys.STATS, "processed:2025-11-24") == "1"
-    assert await manager.purge_finished(NOW + 86399) == 0
-    assert await manager.purge_finished(NOW + 86400) == 1
+    assert await manager.sweeps.purge_finished(NOW + 86399) == 0
+    assert await manager.sweeps.purge_finished(NOW + 86400) == 1
     assert rdb.hget(keys.JIDS, "jid-0001") is None and rdb.hlen(K.jobs) == rdb.hlen(K.final) == 0
 
 
@@ -212,7 +212,7 @@ async def test_fail_negative_retry_goes_dead(manager: Manager, rdb: redis.Redis)
 async def test_retries_run_out_into_dead(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=1), NOW)
     await fail(manager, "jid-0001")
-    assert await manager.enqueue_due("retries", NOW + 100) == 1
+    assert await manager.sweeps.enqueue_due("retries", NOW + 100) == 1
     await fail(manager, "jid-0001", NOW + 100)
     assert rdb.zcard(K.retries) == 0 and rdb.zcard(K.dead) == 1
     failure = json.loads(rdb.hget(K.jobs, "jid-0001"))["failure"]
@@ -231,8 +231,8 @@ async def test_fail_errors(manager: Manager) -> None:
 
 async def test_scheduled_jobs_enqueue_when_due(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", at="2025-11-24T16:00:10Z"), NOW)
-    assert await manager.enqueue_due("scheduled", NOW + 5) == 0
-    assert await manager.enqueue_due("scheduled", NOW + 10) == 1
+    assert await manager.sweeps.enqueue_due("scheduled", NOW + 5) == 0
+    assert await manager.sweeps.enqueue_due("scheduled", NOW + 10) == 1
     assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]
     assert json.loads(rdb.hget(K.jobs, "jid-0001"))["enqueued_at"] == "2025-11-24T16:00:10Z"
 
@@ -247,7 +247,7 @@ async def test_expired_reservation_is_reaped_once(store: Store, rdb: redis.Redis
     counts: list[int] = []
     async with trio.open_nursery() as nursery:
         for m in managers:
-            nursery.start_soon(lambda m=m: _append(counts, m.reap_expired(later)))
+            nursery.start_soon(lambda m=m: _append(counts, m.sweeps.reap_expired(later)))
     assert sum(counts) == 250
     assert rdb.zcard(K.retries) == 250 and rdb.zcard(K.working) == 0
     failure = json.loads(rdb.hget(K.jobs, "jid-00000"))["failure"]
@@ -266,22 +266,24 @@ async def test_concurrent_enqueue_moves_each_job_once(store: Store, rdb: redis.R
     counts: list[int] = []
     async with trio.open_nursery() as nursery:
         for m in managers:
-            nursery.start_soon(lambda m=m: _append(counts, m.enqueue_due("scheduled", NOW + 2)))
+            nursery.start_soon(
+                lambda m=m: _append(counts, m.sweeps.enqueue_due("scheduled", NOW + 2))
+            )
     assert sum(counts) == 300 and rdb.llen(K.queue) == 300
 
 
 async def test_reservation_not_expired_is_kept(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.fetch(["default"], "w", NOW)
-    assert await manager.reap_expired(NOW + 1799) == 0
+    assert await manager.sweeps.reap_expired(NOW + 1799) == 0
     assert rdb.zcard(K.working) == 1
 
 
 async def test_dead_jobs_are_purged(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=-1), NOW)
     await fail(manager, "jid-0001")
-    assert await manager.purge_dead(NOW + 100) == 0
-    assert await manager.purge_dead(NOW + 180 * 86400 + 1) == 1
+    assert await manager.sweeps.purge_dead(NOW + 100) == 0
+    assert await manager.sweeps.purge_dead(NOW + 180 * 86400 + 1) == 1
     assert rdb.zcard(K.dead) == 0 and rdb.hlen(K.jobs) == 0
 
 

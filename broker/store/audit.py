@@ -36,7 +36,7 @@ INSPECT = Script("inspect")
 REPOINT = Script("repoint")
 QUEUE_CHECK = Script("queue_check")
 WORKER_CHECK = Script("worker_check")
-FINAL_CHECK = Script("final_check")
+ATTACHED_CHECK = Script("attached_check")
 
 BATCH = 500  # entries read per Redis call
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
@@ -220,18 +220,23 @@ class Auditor:
     # -- the jid index ------------------------------------------------------------------------
 
     async def _check_notes(self, queue: str) -> None:
-        """Each note of a finished job belongs to a job the finished set holds."""
+        """Each note of a finished job belongs to a job the finished set holds, each holder to
+        a reservation."""
         k = self.store.jobs.keys(queue)
-        async for flat in self.redis.steps("HSCAN", k.final):
-            jids = [text(j) for j in flat[::2]]
-            if not jids:
-                continue
-            scores = await self.redis.execute("ZMSCORE", k.finished, *jids)
-            for jid in (j for j, s in zip(jids, scores, strict=True) if s is None):
-                problems = await self.redis.run(
-                    FINAL_CHECK, (k.final, k.finished), (jid, self._flag)
-                )
-                self._note(queue, jid, problems)
+        for hash_, zset, kind in (
+            (k.final, k.finished, "note without job"),
+            (k.holders, k.working, "holder without reservation"),
+        ):
+            async for flat in self.redis.steps("HSCAN", hash_):
+                jids = [text(j) for j in flat[::2]]
+                if not jids:
+                    continue
+                scores = await self.redis.execute("ZMSCORE", zset, *jids)
+                for jid in (j for j, s in zip(jids, scores, strict=True) if s is None):
+                    problems = await self.redis.run(
+                        ATTACHED_CHECK, (hash_, zset), (jid, self._flag, kind)
+                    )
+                    self._note(queue, jid, problems)
 
     async def _check_index(self) -> None:
         """Index entries that name a queue without that record (a stale entry) are inspected

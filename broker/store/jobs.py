@@ -14,14 +14,17 @@ from broker.store import keys
 from broker.store.base import Redis, Script, text
 from broker.store.keys import (
     AWAITED,
+    CANCEL_MARK,
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
+    HOLDING,
     JIDS,
     PUSHED_CHANNEL,
     QUEUES,
     STATS,
     QueueKeys,
+    held,
 )
 
 PUSH = Script("push")
@@ -35,8 +38,6 @@ MOVE = Script("move")
 ENTRIES = Script("entries")
 RENAME = Script("rename")
 DUE_REFRESH = Script("due")
-STATE = Script("state")
-PROGRESS = Script("progress")
 
 MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
 MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also has
@@ -45,21 +46,12 @@ MARK = FINISHED_MARK.encode()
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 
 
-class Found(msgspec.Struct, frozen=True):
-    """What the store holds of one jid in one queue, read in one step."""
-
-    payload: bytes | None  # the record
-    place: str  # queue, working, scheduled, retries, dead, finished; '' when none
-    score: bytes | None  # in that sorted set (for finished: when it finished)
-    note: bytes | None  # a finished job's state (if not done) and result
-    progress: bytes | None
-
-
 class Reservation(msgspec.Struct, frozen=True):
-    """A reserved job as read: its expiry (as Redis wrote it) and stored payload."""
+    """A reserved job as read: its expiry (as Redis wrote it), stored payload and holder."""
 
     expiry: bytes
     payload: bytes | None
+    holder: str = ""  # the wid of the worker holding it ('' for none)
 
 
 class JobStore:
@@ -103,27 +95,35 @@ class JobStore:
         return [bool(r) for r in results]
 
     async def fetch(
-        self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1
+        self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1, wid: str = ""
     ) -> list[tuple[str, bytes]]:
-        """Reserve up to `count` of the oldest jobs of `queue`: [(jid, payload)], oldest first.
+        """Reserve up to `count` of the oldest jobs of `queue` for worker `wid` (or for a
+        connection that is no worker): [(jid, payload)], oldest first.
 
         Empty when the queue is paused or empty.
         """
         k = self.keys(queue)
         flat = await self.redis.run(
             FETCH,
-            (k.jobs, k.queue, k.working, k.meta, DUE["working"]),
-            (now, *reserve, count, queue),
+            (k.jobs, k.queue, k.working, k.meta, DUE["working"], k.holders, held(wid), HOLDING),
+            (now, *reserve, count, queue, wid),
         )
         return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def ack(
-        self, queue: str, acks: Sequence[tuple[str, bytes]], day: str, now: float, keep: int
+        self,
+        queue: str,
+        acks: Sequence[tuple[str, bytes]],
+        day: str,
+        now: float,
+        keep: int,
+        wid: str = "",
     ) -> list[str]:
         """Finish reserved jobs of one queue, each (jid, result JSON or b''), keeping at most
-        `keep` finished jobs per queue; returns the jids whose reservation existed."""
+        `keep` finished jobs per queue; `wid` is the acking worker's. Returns the jids whose
+        reservation existed."""
         k = self.keys(queue)
-        args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, len(acks)]
+        args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, wid, len(acks)]
         args += (jid for jid, _ in acks)
         for position, (_, result) in enumerate(acks, 1):
             if result:
@@ -140,6 +140,8 @@ class JobStore:
                 DUE["finished"],
                 k.progress,
                 AWAITED,
+                k.holders,
+                held(wid),
             ),
             args,
         )
@@ -148,12 +150,18 @@ class JobStore:
     # -- failures -----------------------------------------------------------------------------
 
     async def reservation(self, queue: str, jid: str) -> Reservation | None:
-        """The reservation of a job and its payload, read together; None if not reserved."""
+        """The reservation of a job, its payload and holder, read together; None if not
+        reserved."""
         k = self.keys(queue)
-        expiry, payload = await self.redis.execute_many(
-            [("ZSCORE", k.working, jid), ("HGET", k.jobs, jid)]
+        expiry, payload, holder = await self.redis.execute_many(
+            [("ZSCORE", k.working, jid), ("HGET", k.jobs, jid), ("HGET", k.holders, jid)]
         )
-        return None if expiry is None else Reservation(expiry, payload)
+        return None if expiry is None else Reservation(expiry, payload, holder_of(holder))
+
+    async def holders(self, queue: str, jids: Sequence[str]) -> list[str]:
+        """The worker holding each job of `jids` ('' for none)."""
+        found = await self.redis.execute("HMGET", self.keys(queue).holders, *jids)
+        return [holder_of(h) for h in found]
 
     async def fail(
         self,
@@ -166,24 +174,32 @@ class JobStore:
         payload: bytes,
         now: float,
         keep: int,
+        holder: str = "",
     ) -> int:
-        """End a reservation as a failure; target is 'retries', 'dead' or '' (discard the job,
-        kept finished like a done one: at most `keep` per queue).
+        """End a reservation other than by ACK; target is 'retries', 'dead', 'scheduled' (a
+        snooze, not a failure) or '' (discard the job, kept finished like a done one: at most
+        `keep` per queue). A job whose cancel was asked for ends cancelled instead.
 
-        `read_expiry` is the reservation the new payload was computed from (None: any).
+        `read_expiry` is the reservation the new payload was computed from (None: any), and
+        `holder` the worker that held it then ('' unknown).
         Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
         """
         k = self.keys(queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
+        others = (k.holders, held(holder), k.scheduled, DUE["scheduled"])
         args = (queue, jid, read_expiry or "", day, target, score, payload, now, keep)
-        result: int = await self.redis.run(FAIL, (*keys_, *finals), (*args, FINISHED_CHANNEL))
+        result: int = await self.redis.run(
+            FAIL, (*keys_, *finals, *others), (*args, FINISHED_CHANNEL, holder)
+        )
         return result
 
     async def release(self, queue: str, jid: str) -> bool:
         """Put a reserved job back at the head of its queue."""
         k = self.keys(queue)
-        return bool(await self.redis.run(RELEASE, (k.working, k.queue, QUEUES), (jid, queue)))
+        return bool(
+            await self.redis.run(RELEASE, (k.working, k.queue, QUEUES, k.holders), (jid, queue))
+        )
 
     # -- sorted sets --------------------------------------------------------------------------
 
@@ -302,7 +318,7 @@ class JobStore:
         is taken), wherever it is: for a jid that also names a job of another queue. Returns
         the new jid, or None when the job is gone."""
         k = self.keys(queue)
-        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS)
+        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS, k.holders)
         for attempt in range(MAX_RENAMES):
             payload = await self.payload(queue, jid)
             if payload is None:
@@ -318,54 +334,10 @@ class JobStore:
         names = await self.redis.execute("HMGET", keys.JIDS, *jids)
         return [None if n is None or n.startswith(MARK) else text(n) for n in names]
 
-    async def owner(self, jid: str) -> tuple[str, bool] | None:
-        """The queue of a live or kept finished job, and whether it finished; None if neither."""
-        name = await self.redis.execute("HGET", keys.JIDS, jid)
-        if name is None:
-            return None
-        return (text(name[1:]), True) if name.startswith(MARK) else (text(name), False)
 
-    async def find(self, queue: str, jid: str) -> Found:
-        """What the queue holds of `jid`, live or finished, read in one step."""
-        k = self.keys(queue)
-        where = (k.jobs, k.working, k.scheduled, k.retries, k.dead, k.finished, k.final, k.progress)
-        payload, place, score, note, progress = await self.redis.run(STATE, where, (jid,))
-        return Found(payload or None, text(place), score or None, note or None, progress or None)
-
-    async def progress(
-        self,
-        queue: str,
-        jid: str,
-        now: str,
-        *,
-        percent: int | None = None,
-        desc: bytes = b"",
-        line: bytes = b"",
-        most_lines: int = 0,
-        reserve_until: float | None = None,
-    ) -> bool:
-        """Record progress (`desc` and `line` as JSON strings) and extend the reservation;
-        False for a job the queue does not hold."""
-        k = self.keys(queue)
-        args = (
-            jid,
-            now,
-            "" if percent is None else percent,
-            desc,
-            line,
-            most_lines,
-            "" if reserve_until is None else reserve_until,
-        )
-        return bool(await self.redis.run(PROGRESS, (k.jobs, k.progress, k.working), args))
-
-    async def await_(self, jid: str, until: float) -> None:
-        """Note that a JOB WAIT waits for `jid` until `until` (its finish is then published)."""
-        await self.redis.execute("ZADD", AWAITED, "GT", until, jid)
-
-    async def forget_awaited(self, now: float) -> int:
-        """Drop the notes of waits that are over."""
-        removed: int = await self.redis.execute("ZREMRANGEBYSCORE", AWAITED, "-inf", now)
-        return removed
+def holder_of(value: bytes | None) -> str:
+    """The wid a holders entry names ('' for none), without its cancel mark."""
+    return "" if value is None else text(value).removeprefix(CANCEL_MARK)
 
 
 def _pairs(entries: Iterable[Entry]) -> list[Any]:

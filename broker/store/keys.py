@@ -22,6 +22,8 @@ Per queue (hash tag `{q}`):
                                    state is not done or it has a result
   hopper:q:{q}:progress     hash   jid -> {"percent","desc","updated_at","log":[...]} (TRACK SET,
                                    JOB LOG), kept as long as the job
+  hopper:q:{q}:holders      hash   jid -> wid of the worker holding its reservation, `!wid` once
+                                   a cancel was asked for (`!` alone: fetched without a wid)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -36,6 +38,10 @@ Global (hash tag `{g}`):
   hopper:g:{g}:worker:<wid> hash   state, info, rss_kb, beat, connections of one worker process
   hopper:g:{g}:migrating    string held while a broker migrates an older schema
   hopper:g:{g}:awaited      zset   jid -> until when a JOB WAIT waits for it
+  hopper:g:{g}:holding      zset   wid -> when a worker that fetched jobs was last heard from
+                                   (FETCH or BEAT); silent for worker_ttl, it is lost
+  hopper:g:{g}:held:<wid>   set    `queue:jid` of the jobs the worker fetched; an entry may
+                                   outlive its reservation (ACKed elsewhere): holders decides
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
 """
@@ -52,9 +58,11 @@ STATS = f"{GLOBAL}:stats"
 WORKERS = f"{GLOBAL}:workers"
 MIGRATING = f"{GLOBAL}:migrating"
 AWAITED = f"{GLOBAL}:awaited"
+HOLDING = f"{GLOBAL}:holding"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 FINISHED_MARK = "~"  # jid index value prefix: the job finished, its final record is kept
+CANCEL_MARK = "!"  # holders value prefix: a cancel of the reserved job was asked for
 
 SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets live jobs are in
 DUE = {name: f"{GLOBAL}:due:{name}" for name in (*SETS, "finished")}
@@ -67,6 +75,7 @@ class QueueKeys:
         "dead",
         "final",
         "finished",
+        "holders",
         "jobs",
         "meta",
         "name",
@@ -90,6 +99,7 @@ class QueueKeys:
         self.final = f"{base}:final"
         self.finished = f"{base}:finished"
         self.progress = f"{base}:progress"
+        self.holders = f"{base}:holders"
 
     def zset(self, name: str) -> str:
         """The sorted set called `name`: scheduled, retries, dead, working or finished."""
@@ -99,12 +109,17 @@ class QueueKeys:
     def all(self) -> tuple[str, ...]:
         """Every key of the queue."""
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
-        return (*live, self.final, self.finished, self.progress)
+        return (*live, self.final, self.finished, self.progress, self.holders)
 
 
 def worker(wid: str) -> str:
     """The hash of one worker process; it shares the hash tag of WORKERS."""
     return f"{GLOBAL}:worker:{wid}"
+
+
+def held(wid: str) -> str:
+    """The set of `queue:jid` a worker fetched; it shares the hash tag of HOLDING."""
+    return f"{GLOBAL}:held:{wid}"
 
 
 def queue_of_key(key: str) -> str | None:

@@ -53,7 +53,7 @@ class QueueStore:
         k = self.jobs.keys(queue)
         keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
         dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
-        finals = (k.final, k.finished, DUE["finished"], k.progress)
+        finals = (k.final, k.finished, DUE["finished"], k.progress, k.holders)
         left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
         return left
 

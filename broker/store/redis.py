@@ -1,11 +1,12 @@
-"""The store: the only way into Redis. Job moves, queue-wide operations and the worker
-registry, each in its own module, over one auto-pipelining connection."""
+"""The store: the only way into Redis. Job moves, queue-wide operations, jobs by jid and the
+worker registry, each in its own module, over one auto-pipelining connection."""
 
 from broker.store.base import Redis, text
 from broker.store.connection import Pipeline
 from broker.store.jobs import JobStore
 from broker.store.keys import SCHEMA_KEY
 from broker.store.queues import QueueStore
+from broker.store.tracking import TrackingStore
 from broker.store.workers import WorkerStore
 
 
@@ -16,6 +17,7 @@ class Store:
         self.redis = Redis(pipeline)
         self.jobs = JobStore(self.redis)
         self.queues = QueueStore(self.redis, self.jobs)
+        self.tracking = TrackingStore(self.redis, self.jobs)
         self.workers = WorkerStore(self.redis)
 
     async def time(self) -> float:

@@ -2,9 +2,10 @@
 
 from broker.store import keys
 from broker.store.base import Redis, Script, text
-from broker.store.keys import WORKERS
+from broker.store.keys import HOLDING, WORKERS
 
 BEAT = Script("beat")
+LOST = Script("lost")
 WORKER_JOIN = Script("worker_join")
 WORKER_LEAVE = Script("worker_leave")
 
@@ -28,7 +29,9 @@ class WorkerStore:
 
     async def beat(self, wid: str, now: float, rss_kb: int, state: str) -> str | None:
         """Record a heartbeat; the state after it, or None for an unknown worker."""
-        reply = await self.redis.run(BEAT, (keys.worker(wid), WORKERS), (wid, now, rss_kb, state))
+        reply = await self.redis.run(
+            BEAT, (keys.worker(wid), WORKERS, HOLDING), (wid, now, rss_kb, state)
+        )
         return None if reply is None else text(reply)
 
     async def state(self, wid: str) -> str | None:
@@ -42,3 +45,24 @@ class WorkerStore:
     async def count(self) -> int:
         found: int = await self.redis.execute("ZCARD", WORKERS)
         return found
+
+    # -- workers holding jobs, for the lost-worker reaper ---------------------------------------
+
+    async def silent(self, cutoff: float, limit: int) -> list[str]:
+        """Workers holding jobs that were not heard from since `cutoff`."""
+        wids = await self.redis.execute("ZRANGEBYSCORE", HOLDING, "-inf", cutoff, "LIMIT", 0, limit)
+        return [text(w) for w in wids]
+
+    async def held(self, wid: str, cursor: int, count: int) -> tuple[int, list[tuple[str, str]]]:
+        """One SSCAN step over the jobs a worker fetched: (next cursor, [(queue, jid)])."""
+        next_cursor, members = await self.redis.execute(
+            "SSCAN", keys.held(wid), cursor, "COUNT", count
+        )
+        pairs = [text(m).partition(":") for m in members]
+        return int(next_cursor), [(queue, jid) for queue, _, jid in pairs]
+
+    async def forget_lost(self, wid: str, cutoff: float, stale: list[tuple[str, str]]) -> bool:
+        """Drop `stale` (queue, jid) entries of the worker's held set, then forget the worker
+        if it is still silent since `cutoff` and holds nothing more."""
+        entries = [f"{queue}:{jid}" for queue, jid in stale]
+        return bool(await self.redis.run(LOST, (HOLDING, keys.held(wid)), (wid, cutoff, *entries)))

@@ -1,18 +1,20 @@
 -- ack: finish reserved jobs of one queue, atomically per job.
 -- KEYS: 1 jobs hash, 2 working zset, 3 jid index, 4 stats hash, 5 final hash, 6 finished zset,
---       7 due:finished, 8 progress hash, 9 awaited zset
+--       7 due:finished, 8 progress hash, 9 awaited zset, 10 holders hash, 11 the acking
+--       worker's held set
 -- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 finished jobs kept per queue
---       at most (0: none), 5 finished channel, 6 N, then N jids, then pairs (position among
---       the jids, result JSON) for those that carry a result
+--       at most (0: none), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
+--       then pairs (position among the jids, result JSON) for those that carry a result
 -- Returns the jids whose reservation existed: those jobs are done and counted as processed;
 -- their records stay, in the finished set, with the result noted (see finish() in lib.lua),
--- or go. An ACK for an unknown or expired reservation changes nothing. Each kind of read or
--- write is one call for the whole batch.
+-- or go. A job whose cancel was asked for is done all the same (it ran). An ACK for an unknown
+-- or expired reservation changes nothing. Each kind of read or write is one call for the whole
+-- batch.
 local queue = ARGV[2]
-local count = tonumber(ARGV[6])
+local count = tonumber(ARGV[7])
 local jids, results = {}, {}
-for i = 1, count do jids[i] = ARGV[6 + i] end
-for i = 7 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
+for i = 1, count do jids[i] = ARGV[7 + i] end
+for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
 local done, notes, seen = {}, {}, {}
 for i, jid in ipairs(jids) do
@@ -28,6 +30,7 @@ for i, jid in ipairs(jids) do
 end
 if #done == 0 then return done end
 redis.call('ZREM', KEYS[2], unpack(done))
+release_holds(KEYS[10], KEYS[11], queue, done, ARGV[6])
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4])

@@ -1,12 +1,15 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
--- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working
--- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name
+-- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working, 6 holders hash,
+--       7 the worker's held set, 8 holding zset
+-- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
+--       7 wid ('' = a connection that is no worker)
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
 -- or empty.
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
--- is in the due index no later than its earliest expiry. The stored payload has `reserve_for`
--- right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
+-- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
+-- it (holders, its held set) and it is heard from now (holding). The stored payload has
+-- `reserve_for` right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
 -- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch.
 local found = {}
@@ -14,7 +17,7 @@ if redis.call('HEXISTS', KEYS[4], 'paused') == 1 then return found end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])
-local reserved, earliest = {}, nil
+local reserved, earliest, holders, held = {}, nil, {}, {}
 for _ = 1, 100 do  -- more than one round only when queued jids had no record
   local need = wanted - #found / 2
   local jids = redis.call('RPOP', KEYS[2], need)
@@ -33,6 +36,9 @@ for _ = 1, 100 do  -- more than one round only when queued jids had no record
       if not earliest or expiry < earliest then earliest = expiry end
       found[#found + 1] = jid
       found[#found + 1] = payload
+      holders[#holders + 1] = jid
+      holders[#holders + 1] = ARGV[7]
+      held[#held + 1] = ARGV[6] .. ':' .. jid
     end
   end
   if #jids < need or #found >= 2 * wanted then break end
@@ -40,5 +46,10 @@ end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))
   redis.call('ZADD', KEYS[5], 'LT', earliest, ARGV[6])
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[6], unpack(holders))
+    redis.call('SADD', KEYS[7], unpack(held))
+    redis.call('ZADD', KEYS[8], 'GT', now, ARGV[7])
+  end
 end
 return found

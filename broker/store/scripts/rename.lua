@@ -1,6 +1,7 @@
 -- rename: give a job a new jid, wherever it is in its queue (a jid that named jobs in two
 -- queues: schema 1 allowed it, hopper check --repair mends it), atomically.
--- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index
+-- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
+--       8 holders hash
 -- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid
 -- Returns 1, or 0 when the job is gone or the new jid is taken (nothing changes).
 local old, new = ARGV[2], ARGV[3]
@@ -16,5 +17,10 @@ for i = 3, 6 do
     redis.call('ZREM', KEYS[i], old)
     redis.call('ZADD', KEYS[i], score, new)
   end
+end
+local holder = redis.call('HGET', KEYS[8], old)
+if holder then
+  redis.call('HDEL', KEYS[8], old)
+  redis.call('HSET', KEYS[8], new, holder)
 end
 return 1

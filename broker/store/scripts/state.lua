@@ -1,11 +1,12 @@
 -- state: where one job of a queue is, read in one step (JOB STATE, TRACK GET, JOB WAIT);
 -- read-only.
 -- KEYS: 1 jobs hash, 2 working, 3 scheduled, 4 retries, 5 dead, 6 finished, 7 final hash,
---       8 progress hash
+--       8 progress hash, 9 holders hash
 -- ARGV: 1 jid
--- Returns {payload or false, place, score or false, note or false, progress or false}: place
--- is the sorted set holding the job (finished for a finished one), 'queue' for a waiting one (a
--- record in no sorted set is in the queue list: see docs/storage.md), or '' for none.
+-- Returns {payload or false, place, score or false, note or false, progress or false, holder
+-- or false}: place is the sorted set holding the job (finished for a finished one), 'queue' for
+-- a waiting one (a record in no sorted set is in the queue list: see docs/storage.md), or ''
+-- for none; holder is a reserved job's holders entry.
 local jid = ARGV[1]
 local payload = redis.call('HGET', KEYS[1], jid)
 local place, score = '', false
@@ -20,4 +21,6 @@ if payload then
     end
   end
 end
-return {payload, place, score, redis.call('HGET', KEYS[7], jid), redis.call('HGET', KEYS[8], jid)}
+local holder = place == 'working' and redis.call('HGET', KEYS[9], jid)
+return {payload, place, score, redis.call('HGET', KEYS[7], jid), redis.call('HGET', KEYS[8], jid),
+  holder}
