@@ -203,13 +203,15 @@ class Shift:
                 self._outer.start_soon(self._let_go, job.jid)
 
     async def _let_go(self, jid: str) -> None:
-        """A job the broker took back ended without a result. FAIL it when it is still
-        working with a cancel requested: the broker ends it cancelled now rather than when
-        its reservation expires. Otherwise say nothing: it may be another worker's now."""
+        """A job the broker took back ended without a result. FAIL it when this worker still
+        holds it (its cancel was asked for): the broker ends it cancelled now rather than
+        when its reservation expires. Otherwise say nothing: it may be another worker's now
+        (FAIL would end that worker's run)."""
         try:
             with trio.move_on_after(REPORT_TIMEOUT):
                 state = await self.client.state(jid)
-                if state.state == "working" and getattr(state, "cancel_requested", False):
+                mine = state.state == "working" and state.wid == self.wid
+                if mine and state.cancel_requested and jid not in self._jobs:
                     self.reporter.report(jid, JobCancelled(f"cancelled while running ({self.wid})"))
         except ClientError as exc:
             log.warning("worker %s: job %s taken back, its state unknown: %s", self.wid, jid, exc)

@@ -145,6 +145,8 @@ async def test_cancel_a_running_async_job(
             await client.result(jid)
         state = await client.state(jid)
         assert state.attempts == 1  # not retried
+        # The worker FAILed it at once (it still held it), rather than leave it reserved.
+        assert state.failure is not None and state.failure.errtype == "JobCancelled"
         await eventually(lambda: stopped == [True])
     worker.terminate()
 
@@ -184,6 +186,44 @@ async def test_cancel_a_running_sync_job_cooperatively(broker: App, nursery: tri
     worker.terminate()
 
 
+async def test_cancel_a_job_fetched_ahead_before_it_runs(
+    broker: App, nursery: trio.Nursery
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    worker = make_worker(broker, concurrency=1, prefetch=1)
+    worker.register("quick", lambda: None)
+    worker.register("victim", lambda: ran.append("victim"))
+
+    @worker.job()
+    def blocker() -> None:
+        started.set()
+        release.wait(WAIT)
+
+    await nursery.start(worker.arun)
+    async with AsyncClient(url(broker)) as client:
+        with trio.fail_after(WAIT):  # short jobs: the worker fetches one ahead of its slot
+            for _ in range(5):
+                await client.result(await client.push("quick"))
+        blocking = await client.push("blocker")
+        assert await in_thread(started)
+        victim = await client.push("victim")
+
+        async def fetched_ahead() -> bool:  # reserved by the worker while its slot is busy
+            return (await client.state(victim)).state == "working"
+
+        await eventually(fetched_ahead)
+        state = await client.cancel(victim)
+        assert (state.state, state.cancel_requested) == ("working", True)
+        with trio.fail_after(WAIT), pytest.raises(JobFailed, match="cancelled"):
+            await client.result(victim)
+        release.set()
+        with trio.fail_after(WAIT):
+            await client.result(blocking)
+        assert ran == []
+    worker.terminate()
+
+
 # -- snooze ---------------------------------------------------------------------------------
 
 
@@ -213,7 +253,7 @@ async def test_snooze_runs_the_job_again_later_without_a_failure(
         with trio.fail_after(WAIT):
             assert await client.result(jid) == "rested"
         state = await client.state(jid)
-        assert state.failure is None and state.state == "done" and state.attempts == 2
+        assert state.failure is None and state.state == "done" and runs == [jid, jid]
         with trio.fail_after(WAIT):
             assert await client.result(await client.push("asleep", retry=0)) == "awake"
     worker.terminate()
