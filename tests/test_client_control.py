@@ -189,16 +189,22 @@ async def test_cancel_a_running_sync_job_cooperatively(broker: App, nursery: tri
 async def test_cancel_a_job_fetched_ahead_before_it_runs(
     broker: App, nursery: trio.Nursery
 ) -> None:
-    started, release = threading.Event(), threading.Event()
+    started, release = trio.Event(), trio.Event()
     ran: list[str] = []
     worker = make_worker(broker, concurrency=1, prefetch=1)
-    worker.register("quick", lambda: None)
-    worker.register("victim", lambda: ran.append("victim"))
 
     @worker.job()
-    def blocker() -> None:
+    async def quick() -> None:
+        pass
+
+    @worker.job()
+    async def victim() -> None:
+        ran.append("victim")
+
+    @worker.job()
+    async def blocker() -> None:
         started.set()
-        release.wait(WAIT)
+        await release.wait()
 
     await nursery.start(worker.arun)
     async with AsyncClient(url(broker)) as client:
@@ -206,7 +212,7 @@ async def test_cancel_a_job_fetched_ahead_before_it_runs(
             for _ in range(5):
                 await client.result(await client.push("quick"))
         blocking = await client.push("blocker")
-        assert await in_thread(started)
+        await started.wait()
         victim = await client.push("victim")
 
         async def fetched_ahead() -> bool:  # reserved by the worker while its slot is busy
