@@ -175,7 +175,7 @@ def cancel(jid: str) -> Call[JobState]:
 def snooze(jid: str, seconds: float) -> Call[None]:
     """JOB SNOOZE: hand a reserved job back to run again `seconds` later. A resent one that
     finds no job was taken by its first attempt."""
-    return _report(f"JOB SNOOZE {jid} {seconds:g}".encode() + CRLF, jid)
+    return _report(f"JOB SNOOZE {jid} {float(seconds)!r}".encode() + CRLF, jid)
 
 
 def _state(reply: Reply, resent: bool) -> JobState:

@@ -17,6 +17,8 @@ import trio
 
 from broker.jobs import Job
 
+MAX_SNOOZE = 365 * 86_400  # seconds a job may snooze at most (Hopper's limit)
+
 Why = Literal["dropped", "interrupted", "deadline"]
 """Why a worker stops a job: the broker no longer lets it hold it, the worker is shutting
 down past its grace, the job's deadline passed."""
@@ -28,8 +30,8 @@ class Snooze(Exception):
 
     def __init__(self, seconds: float | timedelta) -> None:
         value = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"a job snoozes for a finite number of seconds >= 0, not {seconds!r}")
+        if not 0 <= value <= MAX_SNOOZE:  # NaN too
+            raise ValueError(f"a job snoozes for 0 to {MAX_SNOOZE} seconds, not {seconds!r}")
         super().__init__(f"snoozed for {value:g} s")
         self.seconds = value
 

@@ -78,8 +78,10 @@ def test_beat_replies_of_both_shapes() -> None:
 
 def test_snooze_takes_seconds_or_a_timedelta() -> None:
     assert Snooze(1.5).seconds == 1.5 and Snooze(timedelta(minutes=2)).seconds == 120
-    with pytest.raises(ValueError):
-        Snooze(-1)
+    for bad in (-1, math.nan, math.inf, 366 * 86_400):
+        with pytest.raises(ValueError):
+            Snooze(bad)
+    assert commands.snooze("j1", 1234567.25).line == b"JOB SNOOZE j1 1234567.25\r\n"
     assert not job_cancelled() and not wait_cancelled(0)  # outside a job
     check_cancelled()
 
