@@ -22,7 +22,7 @@ from client.shift import Shift
 
 F = TypeVar("F", bound=Callable[..., Any])
 GRACE = 25.0  # seconds running jobs get to finish once the worker must terminate
-HEARTBEAT = 15.0  # seconds between BEATs (the broker forgets a worker after 60 s)
+HEARTBEAT = 15.0  # seconds between BEATs (a worker silent for 60 s is lost, its jobs failed)
 
 
 class Worker:
@@ -33,7 +33,10 @@ class Worker:
     priority order; while jobs run short (under 10 ms on average), up to `prefetch` more
     (default: `concurrency`) are fetched ahead of free slots, 0 turns that off. ACKs and
     FAILs whose connection broke are sent again on a new one, so a broker restart or a
-    network drop loses no job. Settings may change until `run()`.
+    network drop loses no job. Each BEAT lists the jobs the worker holds; those the broker
+    drops (cancelled, reservation lost) are stopped: async ones cancelled, sync ones told
+    (`job_cancelled()`). A job's `custom.timeout` is its deadline (DeadlineExceeded), and
+    `raise Snooze(seconds)` hands a job back for later. Settings may change until `run()`.
     """
 
     def __init__(
