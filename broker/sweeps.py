@@ -70,13 +70,15 @@ class Sweeps:
         return reaped
 
     async def reap_lost(self, now: float) -> int:
-        """Fail the jobs still held by workers not heard from for worker_ttl; returns how
-        many. A worker is forgotten here once nothing it fetched is left to look at."""
+        """Fail the jobs still held by workers that went (their record deleted: the last
+        connection closed, or no BEAT for worker_ttl) and were not heard from for worker_ttl;
+        returns how many. A worker is forgotten here once nothing it fetched is left to look
+        at, or once it came back."""
         config = self.settings()
         cutoff, batch = now - config.worker_ttl, config.reaper_batch
         report = FailPayload(errtype=LOST_ERRTYPE, message=LOST_MESSAGE)
         failed = 0
-        for wid in await self.store.workers.silent(cutoff, batch):
+        for wid in await self.store.workers.lost(cutoff, batch):
             cursor, stale = 0, []
             for _ in range(MAX_HELD_STEPS):
                 cursor, entries = await self.store.workers.held(wid, cursor, batch)
@@ -91,7 +93,7 @@ class Sweeps:
                             failed += 1
                 if cursor == 0:
                     break
-            await self.store.workers.forget_lost(wid, cutoff, stale)
+            await self.store.workers.forget_lost(wid, stale)
         return failed
 
     async def _held_by(

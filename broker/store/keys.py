@@ -38,8 +38,9 @@ Global (hash tag `{g}`):
   hopper:g:{g}:worker:<wid> hash   state, info, rss_kb, beat, connections of one worker process
   hopper:g:{g}:migrating    string held while a broker migrates an older schema
   hopper:g:{g}:awaited      zset   jid -> until when a JOB WAIT waits for it
-  hopper:g:{g}:holding      zset   wid -> when a worker that fetched jobs was last heard from
-                                   (FETCH or BEAT); silent for worker_ttl, it is lost
+  hopper:g:{g}:holding      zset   wid -> last heartbeat of a worker that went (its record
+                                   deleted) while it may have held jobs: worker_ttl after it,
+                                   the lost-worker pass fails what it still holds
   hopper:g:{g}:held:<wid>   set    `queue:jid` of the jobs the worker fetched; an entry may
                                    outlive its reservation (ACKed elsewhere): holders decides
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty

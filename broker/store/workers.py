@@ -18,20 +18,21 @@ class WorkerStore:
 
     async def join(self, wid: str, now: float, info: bytes) -> str:
         """One more connection of `wid`; returns the worker's state."""
-        state = await self.redis.run(WORKER_JOIN, (keys.worker(wid), WORKERS), (wid, now, info))
+        state = await self.redis.run(
+            WORKER_JOIN, (keys.worker(wid), WORKERS, HOLDING), (wid, now, info)
+        )
         return text(state)
 
     async def leave(self, wid: str, cutoff: float | None = None) -> bool:
         """A connection closed (or, with `cutoff`, the worker stopped beating before it);
         True when the record was deleted."""
         bound = "" if cutoff is None else cutoff
-        return bool(await self.redis.run(WORKER_LEAVE, (keys.worker(wid), WORKERS), (wid, bound)))
+        where = (keys.worker(wid), WORKERS, HOLDING, keys.held(wid))
+        return bool(await self.redis.run(WORKER_LEAVE, where, (wid, bound)))
 
     async def beat(self, wid: str, now: float, rss_kb: int, state: str) -> str | None:
         """Record a heartbeat; the state after it, or None for an unknown worker."""
-        reply = await self.redis.run(
-            BEAT, (keys.worker(wid), WORKERS, HOLDING), (wid, now, rss_kb, state)
-        )
+        reply = await self.redis.run(BEAT, (keys.worker(wid), WORKERS), (wid, now, rss_kb, state))
         return None if reply is None else text(reply)
 
     async def state(self, wid: str) -> str | None:
@@ -46,10 +47,10 @@ class WorkerStore:
         found: int = await self.redis.execute("ZCARD", WORKERS)
         return found
 
-    # -- workers holding jobs, for the lost-worker reaper ---------------------------------------
+    # -- workers that went holding jobs, for the lost-worker pass -------------------------------
 
-    async def silent(self, cutoff: float, limit: int) -> list[str]:
-        """Workers holding jobs that were not heard from since `cutoff`."""
+    async def lost(self, cutoff: float, limit: int) -> list[str]:
+        """Workers that went while they may have held jobs, last heard from before `cutoff`."""
         wids = await self.redis.execute("ZRANGEBYSCORE", HOLDING, "-inf", cutoff, "LIMIT", 0, limit)
         return [text(w) for w in wids]
 
@@ -61,8 +62,9 @@ class WorkerStore:
         pairs = [text(m).partition(":") for m in members]
         return int(next_cursor), [(queue, jid) for queue, _, jid in pairs]
 
-    async def forget_lost(self, wid: str, cutoff: float, stale: list[tuple[str, str]]) -> bool:
-        """Drop `stale` (queue, jid) entries of the worker's held set, then forget the worker
-        if it is still silent since `cutoff` and holds nothing more."""
+    async def forget_lost(self, wid: str, stale: list[tuple[str, str]]) -> bool:
+        """Drop `stale` (queue, jid) entries of a lost worker's held set, then forget it as
+        lost if it came back or holds nothing more."""
         entries = [f"{queue}:{jid}" for queue, jid in stale]
-        return bool(await self.redis.run(LOST, (HOLDING, keys.held(wid)), (wid, cutoff, *entries)))
+        where = (HOLDING, keys.held(wid), WORKERS)
+        return bool(await self.redis.run(LOST, where, (wid, *entries)))

@@ -30,7 +30,12 @@ for i, jid in ipairs(jids) do
 end
 if #done == 0 then return done end
 redis.call('ZREM', KEYS[2], unpack(done))
-release_holds(KEYS[10], KEYS[11], queue, done, ARGV[6])
+redis.call('HDEL', KEYS[10], unpack(done))
+if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (others' stay, stale)
+  local held = {}
+  for i, jid in ipairs(done) do held[i] = queue .. ':' .. jid end
+  redis.call('SREM', KEYS[11], unpack(held))
+end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4])

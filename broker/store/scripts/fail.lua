@@ -21,7 +21,13 @@ local expiry = redis.call('ZSCORE', KEYS[2], jid)
 if not expiry then return 0 end
 if ARGV[3] ~= '' and tonumber(expiry) ~= tonumber(ARGV[3]) then return -1 end
 redis.call('ZREM', KEYS[2], jid)
-local holder = release_holds(KEYS[14], KEYS[15], queue, {jid}, ARGV[11])[1]
+local holder = redis.call('HGET', KEYS[14], jid)
+if holder then
+  redis.call('HDEL', KEYS[14], jid)
+  if ARGV[11] ~= '' and (holder == ARGV[11] or holder == '!' .. ARGV[11]) then
+    redis.call('SREM', KEYS[15], queue .. ':' .. jid)
+  end
+end
 if target ~= 'scheduled' then
   redis.call('HINCRBY', KEYS[6], 'processed', 1)
   redis.call('HINCRBY', KEYS[6], 'processed:' .. ARGV[4], 1)

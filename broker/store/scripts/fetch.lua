@@ -1,6 +1,6 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working, 6 holders hash,
---       7 the worker's held set, 8 holding zset
+--       7 the worker's held set
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
 --       7 wid ('' = a connection that is no worker)
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
@@ -8,7 +8,7 @@
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
--- it (holders, its held set) and it is heard from now (holding). The stored payload has
+-- it (holders, its held set). The stored payload has
 -- `reserve_for` right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
 -- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch.
@@ -49,7 +49,6 @@ if earliest then
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[6], unpack(holders))
     redis.call('SADD', KEYS[7], unpack(held))
-    redis.call('ZADD', KEYS[8], 'GT', now, ARGV[7])
   end
 end
 return found

@@ -122,20 +122,3 @@ local function note(state, result)
   if result ~= '' then text = text .. ',"result":' .. result end
   return text .. '}'
 end
-
--- Reservations of `jids` of `queue` ended: forget who held them, and take them out of the held
--- set `held` of the worker `wid` where it held them (an entry left in another worker's set is
--- dropped when that worker is next looked at). Returns the holders as read ('!wid' once a
--- cancel was asked for, false for none).
-local function release_holds(holders, held, queue, jids, wid)
-  local owners = redis.call('HMGET', holders, unpack(jids))
-  redis.call('HDEL', holders, unpack(jids))
-  if wid == '' then return owners end
-  local mine = {}
-  for i, jid in ipairs(jids) do
-    local owner = owners[i]
-    if owner == wid or owner == '!' .. wid then mine[#mine + 1] = queue .. ':' .. jid end
-  end
-  if #mine > 0 then redis.call('SREM', held, unpack(mine)) end
-  return owners
-end
