@@ -46,15 +46,6 @@ class Heartbeat(NamedTuple):
     drop: list[str]
 
 
-class JobsBeat(msgspec.Struct):
-    """BEAT with the jids the worker runs (a Hopper extension; other brokers ignore them)."""
-
-    wid: str
-    current_state: str
-    rss_kb: int
-    jids: list[str]
-
-
 class BeatReply(msgspec.Struct):
     """The bulk reply to BEAT: `{"state":...}`, with `"drop":[...]` when jids were sent."""
 
@@ -236,11 +227,12 @@ def beat(wid: str, current_state: str = "", rss_kb: int = 0) -> Call[WorkerState
 
 
 def heartbeat(wid: str, current_state: str, rss_kb: int, jids: Sequence[str]) -> Call[Heartbeat]:
-    """BEAT carrying the jids the worker runs; the reply says which to drop. Also reads the
-    replies of brokers that ignore `jids` (`+OK` or `{"state":...}`: nothing to drop)."""
+    """BEAT carrying the jids the worker runs (a Hopper extension); the reply says which to
+    drop. Also reads the replies of brokers that ignore `jids` (`+OK` or `{"state":...}`:
+    nothing to drop)."""
     if not wid:
         raise ValueError("only a client with a wid (a worker) can BEAT")
-    beat = JobsBeat(wid=wid, current_state=current_state, rss_kb=rss_kb, jids=list(jids))
+    beat = Beat(wid=wid, current_state=current_state, rss_kb=rss_kb, jids=list(jids))
     return Call(b"BEAT " + encode(beat) + CRLF, lambda reply, resent: _heartbeat(reply))
 
 

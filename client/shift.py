@@ -182,7 +182,8 @@ class Shift:
             return JobCancelled(f"the broker took the job back ({self.wid})")
         if hold.why == "interrupted":
             return Interrupted(f"the worker stopped before the job finished ({self.wid})")
-        return DeadlineExceeded(f"the job ran longer than its timeout of {deadline(hold.job):g} s")
+        seconds = deadline(hold.job) or 0.0  # a cancel scope is cancelled by nothing else
+        return DeadlineExceeded(f"the job ran longer than its timeout of {seconds:g} s")
 
     def _drop(self, jids: list[str]) -> None:
         """Stop the jobs the broker no longer lets this worker hold (see _let_go)."""
