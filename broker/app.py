@@ -10,6 +10,7 @@ from broker.clock import RedisClock
 from broker.config import REDIS_TIMEOUT, Config, Settings
 from broker.doorbell import Doorbell
 from broker.errors import StartError
+from broker.events import EventHub
 from broker.manager import Manager
 from broker.middleware import Chains
 from broker.reapers import run_reapers
@@ -83,7 +84,11 @@ class App:
                 doorbell=doorbell,
                 clock=clock,
             )
-            self.server = server = Server(manager, self.settings, self.ssl_context)
+            events = EventHub(
+                address, lambda: self.settings().event_buffer, lambda: self.settings().redis_timeout
+            )
+            await root.start(events.run)
+            self.server = server = Server(manager, self.settings, events, self.ssl_context)
             root.start_soon(
                 relay,
                 address,

@@ -42,6 +42,7 @@ ENTERPRISE = {
     "BATCH": "batch subsystem is only available in Faktory Enterprise",
 }
 DEFAULT_WAIT = 30.0  # seconds a JOB WAIT without a timeout waits
+STOPS = ("END", "EVENTS")  # the verbs that end a connection's run of commands
 
 
 class Commands:
@@ -52,7 +53,8 @@ class Commands:
         self.clock = manager.clock
 
     async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], int, bool]:
-        """Run commands in order: (their replies, how many ran, whether END asked to close).
+        """Run commands in order: (their replies, how many ran, whether they stopped at END or
+        EVENTS, which the connection itself handles).
 
         Stops early rather than let a FETCH wait while replies are held back: the caller sends
         them and calls again with the commands left.
@@ -61,7 +63,7 @@ class Commands:
         i = 0
         while i < len(batch):
             command = batch[i]
-            if command.verb == "END":
+            if command.verb in STOPS:
                 return replies, i, True
             runner = RUNS.get(command.verb)
             if runner is None:

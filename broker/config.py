@@ -54,6 +54,8 @@ MAX_RESULT_BYTES = 64 * 1024  # the JSON result an ACK may carry
 MAX_LOG_LINES = 100  # log lines kept per job (JOB LOG), the oldest dropped first
 MAX_LOG_LINE = 1000  # characters of one log line kept
 MAX_WAIT = 3600.0  # seconds a JOB WAIT may wait for a job to finish
+EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly; beyond,
+# new events are dropped and the subscriber is told how many it missed
 
 # Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
 RESTART_ONLY = frozenset(
@@ -112,6 +114,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_log_lines: int = MAX_LOG_LINES
     max_log_line: int = MAX_LOG_LINE
     max_wait: float = MAX_WAIT
+    event_buffer: int = EVENT_BUFFER
 
     @property
     def host(self) -> str:
@@ -147,7 +150,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("finished_ttl", "finished_max", "max_log_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("max_result_bytes", "max_log_line", "max_wait"):
+        for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
 

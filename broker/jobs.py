@@ -146,6 +146,22 @@ class JobState(msgspec.Struct, omit_defaults=True):
     result: msgspec.Raw = msgspec.Raw()  # empty (omitted): no result
 
 
+class JobEvent(msgspec.Struct, omit_defaults=True):
+    """One event of the EVENTS stream (see protocol.md, Events)."""
+
+    event: str  # pushed, scheduled, enqueued, fetched, progress, done, failed, dead, ...
+    jid: str = ""
+    queue: str = ""
+    jobtype: str = ""
+    at: float = 0.0  # unix seconds
+    wid: str = ""  # fetched: the worker
+    errtype: str = ""  # failed, dead, discarded
+    run_at: float | None = None  # scheduled, failed, snoozed: when it runs (again)
+    result: msgspec.Raw = msgspec.Raw()  # done: the result, if any
+    progress: Progress | None = None  # progress
+    count: int | None = None  # missed: how many (None: unknown)
+
+
 class TrackSet(msgspec.Struct, omit_defaults=True):
     """The argument of TRACK SET (Faktory Enterprise)."""
 
@@ -171,6 +187,7 @@ beat_decoder = msgspec.json.Decoder(Beat)
 mutation_decoder = msgspec.json.Decoder(Mutation)
 any_decoder = msgspec.json.Decoder()
 job_state_decoder = msgspec.json.Decoder(JobState)
+job_event_decoder = msgspec.json.Decoder(JobEvent)
 encoder = msgspec.json.Encoder()
 encode = encoder.encode
 

@@ -355,6 +355,8 @@ class Manager:
         target, score = retry.next_step(job, now, self.rng, self.settings().dead_ttl)
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
+        payload = encode(job)
+        errtype = job.failure.errtype if job.failure else ""
         return await self.store.jobs.fail(
-            queue, jid, reservation.expiry, day, target, score, encode(job), now, keep, holder
+            queue, jid, reservation.expiry, day, target, score, payload, now, keep, holder, errtype
         )

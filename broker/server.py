@@ -18,6 +18,7 @@ from broker import protocol
 from broker.commands import Commands
 from broker.config import MAX_HELLO_BYTES, Config
 from broker.errors import SHUTTING_DOWN, BrokerError, ProtocolError
+from broker.events import EventHub
 from broker.manager import Manager
 from broker.protocol import Command, LineReader
 from broker.session import Session
@@ -59,9 +60,11 @@ class Server:
         self,
         manager: Manager,
         config: Callable[[], Config],
+        events: EventHub,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.manager = manager
+        self.events = events
         self.commands = Commands(manager)
         self.stats = manager.stats
         self.config = config
@@ -204,6 +207,8 @@ class Server:
                 if ended:
                     if replies:
                         await _send(stream, conn, b"".join(replies))
+                    if batch[0].verb == "EVENTS":
+                        await self._stream_events(stream, conn, batch[0].arg)
                     return
                 if batch and replies:  # what is left would wait: answer what is done first
                     await _send(stream, conn, b"".join(replies))
@@ -230,6 +235,20 @@ class Server:
                 return
             conn.last_active = trio.current_time()
             reader.feed(data)
+
+    async def _stream_events(self, stream: trio.abc.Stream, conn: Connection, arg: bytes) -> None:
+        """EVENTS: `+OK`, then the events the filter `arg` asks for, each as a bulk string,
+        until the client sends anything (END) or goes; the connection then closes."""
+        try:
+            async with self.events.subscribe(arg) as subscription:
+                await _send(stream, conn, protocol.OK)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_input, stream, nursery.cancel_scope)
+                    while True:
+                        lines = await subscription.take()
+                        await _send(stream, conn, b"".join(map(protocol.bulk, lines)))
+        except BrokerError as exc:
+            await _send(stream, conn, protocol.error(exc.render()))
 
     def begin_shutdown(self) -> None:
         """Answer every further command with an error, and close connections between commands."""
@@ -268,6 +287,13 @@ async def _send(stream: trio.abc.Stream, conn: Connection, data: bytes) -> None:
     conn.send_started = trio.current_time()
     await stream.send_all(data)
     conn.send_started = None
+
+
+async def _cancel_on_input(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    """Cancel `scope` once the client sends anything or closes (or shutdown stops reading)."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.receive_some(READ_SIZE)
+    scope.cancel()
 
 
 async def _send_quietly(stream: trio.abc.Stream, data: bytes) -> None:

@@ -6,7 +6,7 @@ with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or loc
     client.push("send_email", ["ada@example.com"])
 """
 
-from broker.jobs import Failure, Job, JobState
+from broker.jobs import Failure, Job, JobEvent, JobState
 from client.aio import AsyncClient
 from client.client import Client
 from client.control import (
@@ -41,6 +41,7 @@ __all__ = [
     "Interrupted",
     "Job",
     "JobCancelled",
+    "JobEvent",
     "JobFailed",
     "JobState",
     "Middleware",

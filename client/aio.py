@@ -12,6 +12,7 @@ from client.backoff import Backoff
 from client.base import ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.errors import ConnectionLost, ResultTimeout
+from client.events import AsyncEventStream, events_line
 from client.jobs import At, format_at, make_job
 from client.pipeline import AsyncPipeline
 from client.transports import Stream, open_stream, sleep
@@ -74,6 +75,10 @@ class AsyncConnection:
         if not received:
             raise ConnectionLost("the broker closed the connection")
         self._replies.feed(received)
+
+    def settimeout(self, seconds: float) -> None:
+        """How long `read()` waits for a reply from now on."""
+        self._timeout = seconds
 
     def close(self) -> None:
         self._stream.close()
@@ -244,6 +249,18 @@ class AsyncClient(ClientBase[AsyncConnection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         await self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    def events(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        jobtypes: Iterable[str] | None = None,
+        jids: Iterable[str] | None = None,
+        events: Iterable[str] | None = None,
+    ) -> AsyncEventStream:
+        """The broker's events (pushed, fetched, done, failed, ...) as they happen, on a
+        connection of its own; each given filter must match (see client/events.py)."""
+        return AsyncEventStream(self, events_line(queues, jobtypes, jids, events))
 
     async def aclose(self) -> None:
         """Close the idle connections."""

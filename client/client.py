@@ -13,6 +13,7 @@ from client.base import ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.connection import Connection
 from client.errors import ConnectionLost, ResultTimeout
+from client.events import EventStream, events_line
 from client.jobs import At, format_at, make_job
 from client.pipeline import Pipeline
 
@@ -194,6 +195,18 @@ class Client(ClientBase[Connection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    def events(
+        self,
+        *,
+        queues: Iterable[str] | None = None,
+        jobtypes: Iterable[str] | None = None,
+        jids: Iterable[str] | None = None,
+        events: Iterable[str] | None = None,
+    ) -> EventStream:
+        """The broker's events (pushed, fetched, done, failed, ...) as they happen, on a
+        connection of its own; each given filter must match (see client/events.py)."""
+        return EventStream(self, events_line(queues, jobtypes, jids, events))
 
     def close(self) -> None:
         """Close the idle connections."""

@@ -71,6 +71,10 @@ class Connection:
             self._replies.feed(received)
         return reply
 
+    def settimeout(self, seconds: float) -> None:
+        """How long `read()` waits for a reply from now on."""
+        self._sock.settimeout(seconds)
+
     def close(self, *, polite: bool = False) -> None:
         """Close the socket; `polite` says END first."""
         with contextlib.suppress(OSError):

@@ -175,13 +175,14 @@ class JobStore:
         now: float,
         keep: int,
         holder: str = "",
+        errtype: str = "",
     ) -> int:
         """End a reservation other than by ACK; target is 'retries', 'dead', 'scheduled' (a
         snooze, not a failure) or '' (discard the job, kept finished like a done one: at most
         `keep` per queue). A job whose cancel was asked for ends cancelled instead.
 
         `read_expiry` is the reservation the new payload was computed from (None: any), and
-        `holder` the worker that held it then ('' unknown).
+        `holder` the worker that held it then ('' unknown); `errtype` goes with the event.
         Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
         """
         k = self.keys(queue)
@@ -190,7 +191,7 @@ class JobStore:
         others = (k.holders, held(holder), k.scheduled, DUE["scheduled"])
         args = (queue, jid, read_expiry or "", day, target, score, payload, now, keep)
         result: int = await self.redis.run(
-            FAIL, (*keys_, *finals, *others), (*args, FINISHED_CHANNEL, holder)
+            FAIL, (*keys_, *finals, *others), (*args, FINISHED_CHANNEL, holder, errtype)
         )
         return result
 

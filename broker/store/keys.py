@@ -45,6 +45,8 @@ Global (hash tag `{g}`):
                                    outlive its reservation (ACKed elsewhere): holders decides
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
+  hopper:events             pub/sub channel: job events (lines of JSON), published by the
+                            scripts only while a broker subscribes (EVENTS)
 """
 
 SCHEMA = 2
@@ -61,6 +63,7 @@ MIGRATING = f"{GLOBAL}:migrating"
 AWAITED = f"{GLOBAL}:awaited"
 HOLDING = f"{GLOBAL}:holding"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
+EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 FINISHED_MARK = "~"  # jid index value prefix: the job finished, its final record is kept
 CANCEL_MARK = "!"  # holders value prefix: a cancel of the reserved job was asked for

@@ -79,6 +79,7 @@ class TrackingStore:
             line,
             most_lines,
             "" if reserve_until is None else reserve_until,
+            queue,
         )
         return bool(await self.redis.run(PROGRESS, (k.jobs, k.progress, k.working), args))
 

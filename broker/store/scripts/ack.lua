@@ -9,18 +9,19 @@
 -- their records stay, in the finished set, with the result noted (see finish() in lib.lua),
 -- or go. A job whose cancel was asked for is done all the same (it ran). An ACK for an unknown
 -- or expired reservation changes nothing. Each kind of read or write is one call for the whole
--- batch.
+-- batch. Events: done (with the result).
 local queue = ARGV[2]
 local count = tonumber(ARGV[7])
 local jids, results = {}, {}
 for i = 1, count do jids[i] = ARGV[7 + i] end
 for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
-local done, notes, seen = {}, {}, {}
+local done, notes, seen, kept = {}, {}, {}, {}
 for i, jid in ipairs(jids) do
   if reserved[i] and not seen[jid] then
     seen[jid] = true
     done[#done + 1] = jid
+    kept[#done] = results[i] or ''
     local text = note('done', results[i] or '')
     if text ~= '' then
       notes[#notes + 1] = jid
@@ -29,6 +30,15 @@ for i, jid in ipairs(jids) do
   end
 end
 if #done == 0 then return done end
+if listening() then
+  local at, events = clock(), {}
+  local payloads = redis.call('HMGET', KEYS[1], unpack(done))
+  for i, jid in ipairs(done) do
+    local result = kept[i] ~= '' and ',"result":' .. kept[i] or ''
+    events[i] = event('done', jid, queue, payloads[i], at, result)
+  end
+  publish(events)
+end
 redis.call('ZREM', KEYS[2], unpack(done))
 redis.call('HDEL', KEYS[10], unpack(done))
 if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (others' stay, stale)

@@ -10,14 +10,19 @@
 -- than an ACK ends the job cancelled (fail.lua). A due index entry left behind stays correct
 -- (no later than the earliest entry). Returns 'cancelled', 'cancelling', or '' when there is
 -- nothing to cancel (dead, finished or gone). Removing a waiting job costs a scan of the
--- queue list up to it.
+-- queue list up to it. Events: cancelling, cancelled.
 local queue, jid = ARGV[1], ARGV[2]
 if redis.call('HGET', KEYS[7], jid) ~= queue or redis.call('ZSCORE', KEYS[13], jid) then
   return ''
 end
 if redis.call('ZSCORE', KEYS[3], jid) then
   local holder = redis.call('HGET', KEYS[6], jid) or ''
-  if string.sub(holder, 1, 1) ~= '!' then redis.call('HSET', KEYS[6], jid, '!' .. holder) end
+  if string.sub(holder, 1, 1) ~= '!' then
+    redis.call('HSET', KEYS[6], jid, '!' .. holder)
+    if listening() then
+      publish({event('cancelling', jid, queue, redis.call('HGET', KEYS[1], jid), clock(), '')})
+    end
+  end
   return 'cancelling'
 end
 local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], jid)
@@ -27,4 +32,7 @@ local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
 finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])
 announce(KEYS[12], ARGV[5], {jid})
+if listening() then
+  publish({event('cancelled', jid, queue, redis.call('HGET', KEYS[1], jid), clock(), '')})
+end
 return 'cancelled'

@@ -30,6 +30,13 @@ if #chosen > 0 then
       redis.call('PUBLISH', ARGV[1], queue)
     end
     redis.call('SADD', KEYS[5], queue)
+    if listening() then
+      local at, events = clock(), {}
+      for i = 2, #stamped, 2 do
+        events[#events + 1] = event('enqueued', stamped[i - 1], queue, stamped[i], at, '')
+      end
+      publish(events)
+    end
   end
 end
 if ARGV[4] == 'due' then refresh_due(KEYS[4], KEYS[2], queue) end

@@ -8,14 +8,15 @@
 --       4 day, 5 target 'retries' | 'dead' | 'scheduled' (a snooze: no failure) | '' (discard
 --       the job), 6 score in the target set, 7 the new payload (with its failure), 8 now (unix
 --       seconds), 9 finished jobs kept per queue at most (0: none), 10 finished channel,
---       11 the holder as the caller read it ('' = unknown)
+--       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event)
 -- Returns 1 when this call ended the reservation, 0 when there is none, -1 when it is not the
 -- one the caller read (extended, or ended and made again since): the caller computed the new
 -- payload from what it read, so it must read again. Only the caller that got 1 owns the job's
 -- next step, so two reapers never move one job twice and no stale copy is ever written back.
 -- A job whose cancel was asked for ends cancelled, whatever the target: it is never retried.
 -- A discarded or cancelled job is kept like a done one (see finish() in lib.lua); JOB WAITs
--- hear of discarded, cancelled and dead jobs.
+-- hear of discarded, cancelled and dead jobs. Events: failed (to retries), snoozed, dead,
+-- discarded, cancelled.
 local queue, jid, target = ARGV[1], ARGV[2], ARGV[5]
 local expiry = redis.call('ZSCORE', KEYS[2], jid)
 if not expiry then return 0 end
@@ -40,6 +41,13 @@ if holder and string.sub(holder, 1, 1) == '!' then
 end
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}
 local place = sets[target]
+if listening() then
+  local names = {retries = 'failed', dead = 'dead', scheduled = 'snoozed'}
+  local name = names[target] or state
+  local extra = ',"errtype":' .. cjson.encode(ARGV[12])
+  if target == 'retries' or target == 'scheduled' then extra = extra .. ',"run_at":' .. ARGV[6] end
+  publish({event(name, jid, queue, ARGV[7] ~= '' and ARGV[7] or nil, clock(), extra)})
+end
 if place then
   redis.call('HSET', KEYS[1], jid, ARGV[7])
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)

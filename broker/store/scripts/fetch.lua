@@ -11,7 +11,7 @@
 -- it (holders, its held set). The stored payload has
 -- `reserve_for` right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
 -- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
--- one call per batch.
+-- one call per batch. Events: fetched.
 local found = {}
 if redis.call('HEXISTS', KEYS[4], 'paused') == 1 then return found end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -49,6 +49,13 @@ if earliest then
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[6], unpack(holders))
     redis.call('SADD', KEYS[7], unpack(held))
+  end
+  if listening() then
+    local at, events, wid = clock(), {}, ',"wid":' .. cjson.encode(ARGV[7])
+    for i = 1, #found, 2 do
+      events[#events + 1] = event('fetched', found[i], ARGV[6], found[i + 1], at, wid)
+    end
+    publish(events)
   end
 end
 return found

@@ -122,3 +122,39 @@ local function note(state, result)
   if result ~= '' then text = text .. ',"result":' .. result end
   return text .. '}'
 end
+
+-- Events, for EVENTS subscribers on any broker: published on `hopper:events` (keys.py:
+-- EVENTS_CHANNEL) as lines of JSON, one PUBLISH per script call, and only while a broker
+-- listens, so that nothing is built when nobody does.
+local EVENTS = 'hopper:events'
+
+local function listening()
+  return redis.call('PUBSUB', 'NUMSUB', EVENTS)[2] > 0
+end
+
+-- Redis's clock, for the time of events.
+local function clock()
+  local now = redis.call('TIME')
+  return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+end
+
+-- A payload's jobtype: the first "jobtype" key is the job's own (scalar fields come before
+-- custom and args, see broker/jobs.py); one with escapes is decoded.
+local function jobtype_of(payload)
+  if not payload then return '' end
+  local found = string.match(payload, '"jobtype":"([^"\\]*)"')
+  if found then return found end
+  local ok, job = pcall(cjson.decode, payload)
+  if ok and type(job) == 'table' and type(job.jobtype) == 'string' then return job.jobtype end
+  return ''
+end
+
+-- One event line; `extra` holds more members as raw JSON (',"k":v') or ''.
+local function event(name, jid, queue, payload, at, extra)
+  return '{"event":"' .. name .. '","jid":' .. cjson.encode(jid) .. ',"queue":"' .. queue
+    .. '","jobtype":' .. cjson.encode(jobtype_of(payload)) .. ',"at":' .. at .. extra .. '}'
+end
+
+local function publish(events)
+  if #events > 0 then redis.call('PUBLISH', EVENTS, table.concat(events, '\n')) end
+end

@@ -3,8 +3,9 @@
 -- KEYS: 1 jobs hash, 2 progress hash, 3 working zset
 -- ARGV: 1 jid, 2 now (RFC3339), 3 percent ('' = unchanged), 4 desc as a JSON string ('' =
 --       unchanged), 5 a log line as a JSON string ('' = none), 6 log lines kept at most,
---       7 reserve until (unix seconds, '' = unchanged; never shortens the reservation)
--- Returns 1, or 0 for a job the queue does not hold (nothing is recorded).
+--       7 reserve until (unix seconds, '' = unchanged; never shortens the reservation),
+--       8 queue name
+-- Returns 1, or 0 for a job the queue does not hold (nothing is recorded). Events: progress.
 local jid = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], jid) == 0 then return 0 end
 local text = redis.call('HGET', KEYS[2], jid)
@@ -19,6 +20,11 @@ if ARGV[5] ~= '' then
   while #log > most do table.remove(log, 1) end
   progress.log = #log > 0 and log or nil
 end
-redis.call('HSET', KEYS[2], jid, cjson.encode(progress))
+local encoded = cjson.encode(progress)
+redis.call('HSET', KEYS[2], jid, encoded)
+if listening() then
+  local payload = redis.call('HGET', KEYS[1], jid)
+  publish({event('progress', jid, ARGV[8], payload, clock(), ',"progress":' .. encoded)})
+end
 if ARGV[7] ~= '' then redis.call('ZADD', KEYS[3], 'XX', 'GT', ARGV[7], jid) end
 return 1

@@ -9,7 +9,8 @@
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
--- empty to non-empty, so FETCHes waiting on other broker processes wake up. Each kind of write
+-- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
+-- scheduled. Each kind of write
 -- is one call for the whole batch.
 local queue = ARGV[2]
 local count = (#ARGV - 2) / 3
@@ -63,5 +64,19 @@ end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(scheduled))
   redis.call('ZADD', KEYS[5], 'LT', earliest, queue)
+end
+if listening() then
+  local now, events = clock(), {}
+  for i = 1, count do
+    if results[i] == 1 then
+      local jid, payload, at = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+      if at == '' then
+        events[#events + 1] = event('pushed', jid, queue, payload, now, '')
+      else
+        events[#events + 1] = event('scheduled', jid, queue, payload, now, ',"run_at":' .. at)
+      end
+    end
+  end
+  publish(events)
 end
 return results
