@@ -72,6 +72,17 @@ READING = """\
   serves each run of FETCHes or ACKs with one Redis call. At c=1 a job is still one round
   trip through the broker (client → broker → Redis → broker → client), which a library that
   talks to Redis directly does not pay.
+- **What job control costs the plain path.** Job control (issue 12) was measured against the
+  commit before it in the same minutes (`python -m bench --systems hopper --workloads
+  end_to_end`, run from a checkout of each): end to end, async, c=10, 17,905 and 16,764
+  jobs/s before against 16,611 and 16,142 after (3-7 % less); c=50 25,740 and 30,864 against
+  27,701 and 29,028 (within the noise). Round trips are unchanged: one script call each for
+  PUSH, FETCH and ACK (Redis `INFO commandstats` over a 20,000-job `bench/rawload.py` run:
+  3.00 `EVALSHA` per job before and after); inside them Redis makes 26 calls per job instead
+  of 22 (FETCH notes which worker holds the job, ACK drops the note), 2-2.5 µs more Redis CPU
+  per job. The event stream costs one `PUBSUB NUMSUB` per script call while nobody listens.
+  Keeping finished jobs answerable by jid costs the ACK about 2.5 µs of Redis and 1 µs of
+  broker per job; `finished_ttl = 0` removes that.
 - **Raw protocol.** One command per round trip per connection: what any unpipelined Faktory
   client costs the broker. Each command pays a loopback receive and send (on this machine a
   bare trio echo server over 10 connections spends 12-15 µs of CPU per request before doing
