@@ -122,14 +122,15 @@ class Progress(msgspec.Struct, omit_defaults=True):
     log: list[str] = msgspec.field(default_factory=list)
 
 
-OVER = ("done", "discarded", "cancelled", "dead")  # the states of a job that ended (JOB WAIT)
+OVER = ("done", "discarded", "cancelled", "replaced", "dead")  # a job that ended (JOB WAIT)
 
 
 class JobState(msgspec.Struct, omit_defaults=True):
     """The answer of JOB STATE and JOB WAIT."""
 
     jid: str
-    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded, cancelled
+    state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded, cancelled,
+    # replaced
     queue: str = ""
     jobtype: str = ""
     created_at: str = ""

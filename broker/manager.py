@@ -36,8 +36,9 @@ from broker.jobs import (
 )
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
+from broker.policy import NOT_UNIQUE, backoff_of, unique_of
 from broker.stats import Stats
-from broker.store.jobs import Reservation
+from broker.store.jobs import PushEntry, Reservation
 from broker.store.redis import Store
 from broker.sweeps import Sweeps
 from broker.tracking import Tracking
@@ -47,6 +48,8 @@ MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before gi
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
 MAX_SNOOZE = 365 * 86_400  # seconds a JOB SNOOZE may put a job off
+CLAIMED = BrokerError("that tick was already enqueued", "CLAIMED")
+PUSH_REFUSALS = {2: NOT_UNIQUE, 3: CLAIMED}  # push script results other than 1 (0: jid in use)
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -94,13 +97,17 @@ class Manager:
         if error is not None:
             raise error
 
-    async def push_many(self, jobs: Sequence[Job], now: float) -> list[BrokerError | None]:
+    async def push_many(
+        self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
+    ) -> list[BrokerError | None]:
         """Push each job independently, in order; returns each job's error, or None.
 
-        Jobs of one queue are stored with one script call per PUSH_BATCH jobs.
+        Jobs of one queue are stored with one script call per PUSH_BATCH jobs. With `claim`
+        (a cron entry id and tick, for jobs of one queue) nothing is pushed unless that tick is
+        the entry's latest (CLAIMED for each job otherwise).
         """
         outcomes: list[BrokerError | None] = [None] * len(jobs)
-        by_queue: dict[str, list[tuple[int, tuple[str, bytes, str]]]] = defaultdict(list)
+        by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
         for i, job in enumerate(jobs):
             try:
                 entry = await self._prepare(job, now)
@@ -108,21 +115,26 @@ class Manager:
                 outcomes[i] = exc
             else:
                 by_queue[job.queue].append((i, entry))
+        keep = self.kept()
         for queue, items in by_queue.items():
             for start in range(0, len(items), PUSH_BATCH):
                 chunk = items[start : start + PUSH_BATCH]
-                stored = await self.store.jobs.push(queue, [entry for _, entry in chunk])
+                entries = [entry for _, entry in chunk]
+                stored = await self.store.jobs.push(queue, entries, now, keep, claim)
                 enqueued = 0
-                for (i, (jid, _, at)), ok in zip(chunk, stored, strict=True):
-                    if not ok:
-                        outcomes[i] = CommandError(JID_IN_USE.format(jid))
-                    elif not at:
-                        enqueued += 1
+                for (i, (jid, _, at, _)), result in zip(chunk, stored, strict=True):
+                    if result == 1:
+                        enqueued += not at
+                    else:
+                        outcomes[i] = PUSH_REFUSALS.get(result) or CommandError(
+                            JID_IN_USE.format(jid)
+                        )
                 self.doorbell.ring(queue, enqueued)
         return outcomes
 
-    async def _prepare(self, job: Job, now: float) -> tuple[str, bytes, str]:
-        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '').
+    async def _prepare(self, job: Job, now: float) -> PushEntry:
+        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '', the
+        unique lock it asks for).
 
         `enqueued_at` is the broker's: set now for a job enqueued now, stamped by the store
         when a scheduled job is enqueued later.
@@ -138,9 +150,11 @@ class Manager:
             if when > now:
                 at = repr(when)
         job.enqueued_at = "" if at else format_time(now)
+        unique = unique_of(job, float(at) - now if at else 0.0)
+        backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
         if self.chains.push:
             await self.chains.push.run(Context(job, now))
-        return job.jid, encode(job), at
+        return job.jid, encode(job), at, unique
 
     # -- fetch --------------------------------------------------------------------------------
 

@@ -2,13 +2,15 @@
 
 import random
 
+from broker.errors import CommandError
 from broker.jobs import DEFAULT_RETRY, FailPayload, Failure, Job, format_time
+from broker.policy import MAX_BACKOFF, backoff_of
 
 MAX_ERRTYPE = 100  # characters kept of a failure's errtype (reference limit)
 MAX_MESSAGE = 1000  # characters kept of a failure's message (reference limit)
 MAX_BACKTRACE = 50  # lines kept of a failure's backtrace (reference limit)
 
-MAX_DELAY = 180 * 86_400  # seconds: no retry is scheduled further out (a client may send any count)
+MAX_DELAY = MAX_BACKOFF  # seconds: no retry is scheduled further out (a client may send any count)
 MAX_COUNT = 1_000  # failure counts above this all get MAX_DELAY (1000**4 s is far beyond it)
 
 RETRY = "retries"
@@ -21,6 +23,16 @@ def backoff(count: int, rng: random.Random) -> int:
     never more than MAX_DELAY."""
     count = min(max(count, 0), MAX_COUNT)
     return min(count**4 + 15 + rng.randrange(30) * (count + 1), MAX_DELAY)
+
+
+def delay(job: Job, count: int, rng: random.Random) -> float:
+    """Seconds until the next attempt: the job's own policy (custom.backoff), else the
+    reference's curve (also for a policy that no longer parses)."""
+    try:
+        policy = backoff_of(job)
+    except CommandError:
+        policy = None
+    return backoff(count, rng) if policy is None else policy.seconds(count, rng)
 
 
 def record_failure(job: Job, report: FailPayload, now: float) -> Failure:
@@ -53,7 +65,7 @@ def next_step(job: Job, now: float, rng: random.Random, dead_ttl: float) -> tupl
     if retry == 0:
         return DROP, 0.0
     if job.failure.retry_count < retry:
-        at = now + backoff(job.failure.retry_count, rng)
+        at = now + delay(job, job.failure.retry_count, rng)
         job.failure.next_at = format_time(at)
         return RETRY, at
     return DEAD, now + dead_ttl

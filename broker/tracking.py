@@ -52,6 +52,7 @@ TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
     "done": "success",
     "discarded": "failed",
     "cancelled": "failed",
+    "replaced": "failed",
 }
 MAX_BEAT_JIDS = 10_000  # jids one BEAT may list
 T = TypeVar("T")

@@ -34,8 +34,8 @@ T = TypeVar("T")
 MutateCommand = Literal["clear", "kill", "discard", "requeue"]
 MutateTarget = Literal["retries", "scheduled", "dead"]
 WorkerState = Literal["running", "quiet", "terminate"]
-ENDED = frozenset((*OVER, "cancelled"))  # the states of a job that is over (JOB WAIT answers)
-FAILED = frozenset(("discarded", "dead", "cancelled"))  # over without a result
+ENDED = frozenset(OVER)  # the states of a job that is over (JOB WAIT answers)
+FAILED = frozenset(("discarded", "dead", "cancelled", "replaced"))  # over without a result
 
 
 class Heartbeat(NamedTuple):

@@ -10,11 +10,13 @@ from typing import Any
 import msgspec
 
 from broker.jobs import encode, job_decoder
+from broker.policy import Unique
 from broker.store import keys
 from broker.store.base import Redis, Script, text
 from broker.store.keys import (
     AWAITED,
     CANCEL_MARK,
+    CRON,
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
@@ -44,6 +46,8 @@ MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also
 MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
+PushEntry = tuple[str, bytes, str, Unique | None]  # jid, payload, at score or '', unique lock
+PUSH_KEYS = 15  # the push script's fixed KEYS; unique locks follow
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -71,12 +75,27 @@ class JobStore:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    async def push(self, queue: str, entries: Sequence[tuple[str, bytes, str]]) -> list[bool]:
-        """Store jobs of one queue: (jid, payload, at score or ''). False = jid already live."""
+    async def push(
+        self,
+        queue: str,
+        entries: Sequence[PushEntry],
+        now: float,
+        keep: int,
+        claim: tuple[str, float] | None = None,
+    ) -> list[int]:
+        """Store jobs of one queue: (jid, payload, at score or '', unique lock or None). Each
+        result: 1 stored, 0 jid already live, 2 not unique; all 3 when `claim` (a cron entry
+        id and tick) was already made for that tick or a later one."""
         k = self.keys(queue)
-        args: list[Any] = [PUSHED_CHANNEL, queue]
-        for entry in entries:
-            args += entry
+        locks: list[str] = []
+        claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
+        args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now]
+        for jid, payload, at, unique in entries:
+            spec = ""
+            if unique is not None:
+                locks.append(k.unique(unique.digest))
+                spec = f"{PUSH_KEYS + len(locks)} {unique.ttl_ms} {unique.mode}"
+            args += (jid, payload, at, spec)
         results = await self.redis.run(
             PUSH,
             (
@@ -89,10 +108,17 @@ class JobStore:
                 k.finished,
                 k.final,
                 k.progress,
+                k.working,
+                k.retries,
+                k.dead,
+                DUE["finished"],
+                AWAITED,
+                CRON,
+                *locks,
             ),
             args,
         )
-        return [bool(r) for r in results]
+        return [int(r) for r in results]
 
     async def fetch(
         self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1, wid: str = ""

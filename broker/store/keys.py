@@ -22,6 +22,8 @@ Per queue (hash tag `{q}`):
                                    state is not done or it has a result
   hopper:q:{q}:progress     hash   jid -> {"percent","desc","updated_at","log":[...]} (TRACK SET,
                                    JOB LOG), kept as long as the job
+  hopper:q:{q}:unique:<d>   string `<mode>:<jid>` of the job holding the unique identity with
+                                   digest d (sha256 hex), expiring after unique_for
   hopper:q:{q}:holders      hash   jid -> wid of the worker holding its reservation, `!wid` once
                                    a cancel was asked for (`!` alone: fetched without a wid)
 
@@ -38,6 +40,7 @@ Global (hash tag `{g}`):
   hopper:g:{g}:worker:<wid> hash   state, info, rss_kb, beat, connections of one worker process
   hopper:g:{g}:migrating    string held while a broker migrates an older schema
   hopper:g:{g}:awaited      zset   jid -> until when a JOB WAIT waits for it
+  hopper:g:{g}:cron         hash   cron entry id -> the last tick enqueued (unix seconds)
   hopper:g:{g}:holding      zset   wid -> last heartbeat of a worker that went (its record
                                    deleted) while it may have held jobs: worker_ttl after it,
                                    the lost-worker pass fails what it still holds
@@ -62,6 +65,7 @@ WORKERS = f"{GLOBAL}:workers"
 MIGRATING = f"{GLOBAL}:migrating"
 AWAITED = f"{GLOBAL}:awaited"
 HOLDING = f"{GLOBAL}:holding"
+CRON = f"{GLOBAL}:cron"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
 FINISHED_CHANNEL = f"{PREFIX}:finished"
@@ -104,6 +108,10 @@ class QueueKeys:
         self.finished = f"{base}:finished"
         self.progress = f"{base}:progress"
         self.holders = f"{base}:holders"
+
+    def unique(self, digest: str) -> str:
+        """The lock of one unique identity (a sha256 digest) in this queue."""
+        return f"{QUEUE_PREFIX}{{{self.name}}}:unique:{digest}"
 
     def zset(self, name: str) -> str:
         """The sorted set called `name`: scheduled, retries, dead, working or finished."""

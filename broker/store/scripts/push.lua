@@ -1,37 +1,107 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
---       7 finished zset, 8 final hash, 9 progress hash
--- ARGV: 1 pushed channel, 2 queue name, then triples (jid, payload, at); at '' = enqueue now.
+--       7 finished zset, 8 final hash, 9 progress hash, 10 working, 11 retries, 12 dead,
+--       13 due:finished, 14 awaited zset, 15 cron claims hash, then the unique locks named
+-- ARGV: 1 pushed channel, 2 queue name, 3 claim ('' or '<field> <tick>': push only if the
+--       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
+--       per queue, 5 finished channel, 6 now, then 4-tuples (jid, payload, at, unique); at '' =
+--       enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success | start |
+--       ttl | replace.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
--- queue, or earlier in this call); a refused job changes nothing. The jid of a finished job
--- (index entry ~queue) is free: the new job takes the index entry, and a finished job of this
--- queue with that jid is forgotten.
+-- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
+-- With a claim already made for that tick or a later one: every result is 3, nothing changes.
+-- The jid of a finished job (index entry ~queue) is free: the new job takes the index entry,
+-- and a finished job of this queue with that jid is forgotten.
+-- Unique jobs: a lock key (value '<mode>:<jid>', expiring after the ttl) names the job holding
+-- the identity. It is held while its key lives and: success, the holder has not succeeded (it
+-- is live, or ended other than done); start, the holder waits (queued or scheduled); ttl,
+-- always; replace, as start, and a replace push finds a waiting replace holder: that holder
+-- ends 'replaced' and the new job takes the lock. A lock no longer held is taken over.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
--- scheduled. Each kind of write
--- is one call for the whole batch.
+-- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
 local queue = ARGV[2]
-local count = (#ARGV - 2) / 3
+if ARGV[3] ~= '' then
+  local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
+  local last = redis.call('HGET', KEYS[15], field)
+  if last and tonumber(last) >= tonumber(tick) then
+    local refused = {}
+    for i = 1, (#ARGV - 6) / 4 do refused[i] = 3 end
+    return refused
+  end
+  redis.call('HSET', KEYS[15], field, tick)
+end
+
+-- Whether `jid` (a job of this queue) is waiting: queued or scheduled.
+local function waiting(jid)
+  if redis.call('HGET', KEYS[4], jid) ~= queue then return false end
+  for i = 10, 12 do
+    if redis.call('ZSCORE', KEYS[i], jid) then return false end
+  end
+  return true
+end
+
+-- Whether the lock value `value` ('<mode>:<jid>') still holds its identity.
+local function holds(value)
+  local mode, holder = string.match(value, '^(%a+):(.*)$')
+  if mode == 'ttl' then return true end
+  if mode ~= 'success' then return waiting(holder) end
+  local owner = redis.call('HGET', KEYS[4], holder)
+  if owner == queue then return true end
+  if owner ~= '~' .. queue then return false end
+  local note = redis.call('HGET', KEYS[8], holder)
+  return note ~= false and string.find(note, '"state":"done"', 1, true) == nil
+end
+
+-- A waiting job taken over by a replace push: it leaves its place and ends replaced.
+local function replace(holder)
+  if redis.call('ZREM', KEYS[3], holder) == 0 then redis.call('LREM', KEYS[2], -1, holder) end
+  local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
+    index = KEYS[4], progress = KEYS[9]}
+  finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
+  announce(KEYS[14], ARGV[5], {holder})
+end
+
+local locked = {}  -- lock keys taken earlier in this call
+-- Take the lock a unique job asks for ('<index> <ttl ms> <mode>'); false when it is held.
+local function lock(jid, spec)
+  local index, ttl, mode = string.match(spec, '^(%d+) (%d+) (%a+)$')
+  local key = KEYS[tonumber(index)]
+  if locked[key] then return false end
+  local value = redis.call('GET', key)
+  if value and holds(value) then
+    local held_mode, holder = string.match(value, '^(%a+):(.*)$')
+    if not (mode == 'replace' and held_mode == 'replace') then return false end
+    replace(holder)
+  end
+  locked[key] = true
+  redis.call('SET', key, mode .. ':' .. jid, 'PX', ttl)
+  return true
+end
+
+local count = (#ARGV - 6) / 4
 local jids = {}
-for i = 1, count do jids[i] = ARGV[3 * i] end
+for i = 1, count do jids[i] = ARGV[4 * i + 3] end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
 local index, records, waiting, scheduled = {}, {}, {}, {}
 local earliest = nil
 for i = 1, count do
-  local jid, at = ARGV[3 * i], ARGV[3 * i + 2]
+  local jid, at, unique = ARGV[4 * i + 3], ARGV[4 * i + 5], ARGV[4 * i + 6]
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
+  elseif unique ~= '' and not lock(jid, unique) then
+    results[i] = 2
   else
     taken[jid] = true
     results[i] = 1
     index[#index + 1] = jid
     index[#index + 1] = queue
     records[#records + 1] = jid
-    records[#records + 1] = ARGV[3 * i + 1]
+    records[#records + 1] = ARGV[4 * i + 4]
     if at == '' then
       waiting[#waiting + 1] = jid
     else
@@ -69,7 +139,7 @@ if listening() then
   local now, events = clock(), {}
   for i = 1, count do
     if results[i] == 1 then
-      local jid, payload, at = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+      local jid, payload, at = ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
       if at == '' then
         events[#events + 1] = event('pushed', jid, queue, payload, now, '')
       else

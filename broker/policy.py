@@ -1,0 +1,118 @@
+"""The rules a pushed job may carry in `custom`: uniqueness as Faktory Enterprise spells it
+(`unique_for`, `unique_until`, and Hopper's `unique_key`, `unique_until = "ttl" | "replace"`),
+and Hopper's own retry policy (`backoff`).
+
+Pure: what a push asks for, checked, turned into what the broker enforces.
+"""
+
+import hashlib
+import math
+import random
+from typing import Any, NamedTuple
+
+import msgspec
+
+from broker.errors import BrokerError, CommandError
+from broker.jobs import Job, encode
+
+UNIQUE_MODES = ("success", "start", "ttl", "replace")
+MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
+NOT_UNIQUE = BrokerError("Job not unique", "NOTUNIQUE")  # Faktory Enterprise's reply
+BACKOFF_KINDS = ("fixed", "linear", "exponential", "list")
+MAX_BACKOFF = 180 * 86_400  # seconds: no retry is scheduled further out
+MAX_FACTOR = 100.0
+MAX_EXPONENT = 1000  # retry counts beyond this grow no further (the cap applies long before)
+MAX_DELAYS = 1000
+
+
+class Unique(NamedTuple):
+    """The identity lock a unique job takes: its digest, for how long, and until what."""
+
+    digest: str
+    ttl_ms: int
+    mode: str
+
+
+def unique_of(job: Job, delay: float) -> Unique | None:
+    """The lock a job asks for (None: not unique); `delay` is how long until it runs. Raises
+    CommandError for rules that cannot be honoured."""
+    custom = job.custom or {}
+    seconds = custom.get("unique_for")
+    if seconds is None:
+        return None
+    if not _positive(seconds):
+        raise CommandError("custom.unique_for must be a number of seconds above 0")
+    mode = custom.get("unique_until", "success")
+    if mode not in UNIQUE_MODES:
+        raise CommandError(f"custom.unique_until must be one of {', '.join(UNIQUE_MODES)}")
+    key = custom.get("unique_key")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY):
+        raise CommandError(f"custom.unique_key must be a string of 1 to {MAX_UNIQUE_KEY} chars")
+    identity: Any = ["key", key] if key is not None else ["job", job.jobtype, job.args]
+    digest = hashlib.sha256(encode(identity)).hexdigest()
+    return Unique(digest, math.ceil((seconds + max(delay, 0.0)) * 1000), mode)
+
+
+class Backoff(msgspec.Struct, forbid_unknown_fields=True):
+    """`custom.backoff`: the delay before retry number n (0-based) of a job. fixed: `delay`;
+    linear: `delay * (n + 1)`; exponential: `delay * factor ** n`; list: `delays[n]`, the last
+    repeating. Then capped at `max`, and shortened by a random part of up to `jitter` (0-1)."""
+
+    kind: str
+    delay: float = 0.0
+    factor: float = 2.0
+    max: float = MAX_BACKOFF
+    jitter: float = 0.0
+    delays: list[float] = msgspec.field(default_factory=list)
+
+    def seconds(self, count: int, rng: random.Random) -> float:
+        if self.kind == "fixed":
+            base = self.delay
+        elif self.kind == "linear":
+            base = self.delay * (count + 1)
+        elif self.kind == "exponential":
+            base = self.delay * self.factor ** min(count, MAX_EXPONENT)
+        else:
+            base = self.delays[min(count, len(self.delays) - 1)]
+        capped = min(base, self.max, MAX_BACKOFF)
+        return capped * (1 - self.jitter * rng.random())
+
+
+def backoff_of(job: Job) -> Backoff | None:
+    """The retry policy a job carries (None: the reference's curve); raises CommandError for
+    one that is malformed."""
+    spec = (job.custom or {}).get("backoff")
+    if spec is None:
+        return None
+    try:
+        policy = msgspec.convert(spec, Backoff)
+    except msgspec.ValidationError as exc:
+        raise CommandError(f"custom.backoff: {exc}") from None
+    problem = _backoff_problem(policy)
+    if problem:
+        raise CommandError(f"custom.backoff: {problem}")
+    return policy
+
+
+def _backoff_problem(policy: Backoff) -> str:
+    if policy.kind not in BACKOFF_KINDS:
+        return f"kind must be one of {', '.join(BACKOFF_KINDS)}"
+    numbers = [policy.delay, policy.max, *policy.delays]
+    if not all(math.isfinite(n) and n >= 0 for n in numbers) or policy.max > MAX_BACKOFF:
+        return f"delays must be between 0 and {MAX_BACKOFF} seconds"
+    if not 1 <= policy.factor <= MAX_FACTOR:
+        return f"factor must be between 1 and {MAX_FACTOR}"
+    if not 0 <= policy.jitter <= 1:
+        return "jitter must be between 0 and 1"
+    if policy.kind == "list" and not 0 < len(policy.delays) <= MAX_DELAYS:
+        return f"a list needs 1 to {MAX_DELAYS} delays"
+    return ""
+
+
+def _positive(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
