@@ -21,6 +21,7 @@ from broker.stats import Stats, render_info
 from broker.store.redis import Store
 
 ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
+MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size QUEUE SET takes
 
 
 class Admin:
@@ -40,22 +41,46 @@ class Admin:
         wanted = set(names)
         return [queue for queue in listed if queue in wanted]
 
-    async def pause(self, names: Sequence[str], paused: bool) -> None:
+    async def pause(self, names: Sequence[str], paused: bool, seconds: float | None = None) -> None:
+        """QUEUE PAUSE (for `seconds`, then it resumes by itself) or QUEUE RESUME."""
+        resume_at = None if seconds is None else self.clock() + seconds
         for queue in await self._select(names):
-            await self.store.queues.pause(queue, paused)
+            await self.store.queues.pause(queue, paused, resume_at)
             if not paused:
                 self.doorbell.ring(queue, 1_000_000)
+
+    async def configure(self, names: Sequence[str], words: Sequence[str]) -> None:
+        """QUEUE SET: `max_size=N` (0: no bound) and `draining=on|off` on the named queues
+        (listed or not; `*`: every listed queue)."""
+        settings: dict[str, str | None] = {}
+        for word in words:
+            name, _, value = word.partition("=")
+            if name == "max_size" and value.isdigit() and int(value) <= MAX_QUEUE_SIZE:
+                settings[name] = value if int(value) else None
+            elif name == "draining" and value in ("on", "off"):
+                settings[name] = "1" if value == "on" else None
+            else:
+                raise CommandError(
+                    f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off)"
+                )
+        queues = await self._select(names) if "*" in names else list(names)
+        for queue in queues:
+            await self.store.queues.configure(queue, settings)
+
+    async def drain(self, on: bool) -> None:
+        """DRAIN ON|OFF: every queue refuses pushes (FETCH, ACK and FAIL go on), or not."""
+        await self.store.queues.drain(on)
 
     async def remove(self, names: Sequence[str]) -> int:
         """QUEUE REMOVE; returns how many waiting jobs were deleted."""
         deleted = 0
         for queue in await self._select(names):
-            count, left = await self.store.queues.drain(queue, ADMIN_BATCH)
+            count, left = await self.store.queues.remove_waiting(queue, ADMIN_BATCH)
             deleted += count
             for _ in range(left // ADMIN_BATCH + 1):  # what waited when REMOVE began
                 if not left:
                     break
-                count, left = await self.store.queues.drain(queue, ADMIN_BATCH)
+                count, left = await self.store.queues.remove_waiting(queue, ADMIN_BATCH)
                 deleted += count
         return deleted
 
@@ -81,14 +106,18 @@ class Admin:
 
     async def info(self, now: float) -> dict[str, Any]:
         queues = await self.store.queues.listed()
+        settings = await self.store.queues.settings(queues)
+        draining = await self.store.queues.draining()
         sizes, sets = await self.store.queues.counts(queues)
         day = format_day(now)
         counters = await self.store.queues.counters(day)
         memory = await self.store.queues.used_memory()
         workers = await self.store.workers.count()
-        return render_info(
+        info = render_info(
             self.stats, sizes, sets, counters, day, now, memory, workers, self.clock.offset
         )
+        info["hopper"] = {"draining": draining, "queues": settings}
+        return info
 
 
 def _waited(payload: bytes | None, now: float) -> float | int:

@@ -198,11 +198,22 @@ class Commands:
     async def queue(self, session: Session, arg: bytes) -> bytes:
         words = arg.decode("utf-8", "replace").split()
         if not words:
-            raise CommandError("QUEUE needs a subcommand: PAUSE, RESUME, REMOVE or LATENCY")
+            raise CommandError("QUEUE needs a subcommand: PAUSE, RESUME, REMOVE, LATENCY or SET")
         sub, names = words[0].upper(), words[1:]
+        options = [w for w in names if "=" in w]
+        names = [w for w in names if "=" not in w]
         if not names:
             raise CommandError(f"QUEUE {sub} needs at least one queue name")
-        if sub in ("PAUSE", "RESUME"):
+        if sub == "SET":
+            await self.manager.admin.configure(names, options)
+        elif sub == "PAUSE" and options:
+            if len(options) != 1 or not options[0].startswith("for="):
+                raise CommandError("QUEUE PAUSE takes one option: for=<seconds>")
+            seconds = _seconds(options[0][4:], "QUEUE PAUSE")
+            await self.manager.admin.pause(names, True, max(seconds, 0.0))
+        elif options:
+            raise CommandError(f"QUEUE {sub} takes no options")
+        elif sub in ("PAUSE", "RESUME"):
             await self.manager.admin.pause(names, sub == "PAUSE")
         elif sub == "REMOVE":
             await self.manager.admin.remove(names)
@@ -248,6 +259,14 @@ class Commands:
             "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>"
             " or LOG <json>"
         )
+
+    async def drain(self, session: Session, arg: bytes) -> bytes:
+        """DRAIN ON|OFF (Hopper): the whole broker refuses pushes, or takes them again."""
+        word = arg.strip().upper()
+        if word not in (b"ON", b"OFF"):
+            raise CommandError("DRAIN needs ON or OFF")
+        await self.manager.admin.drain(word == b"ON")
+        return protocol.OK
 
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
@@ -300,6 +319,7 @@ TABLE: dict[str, Handler] = {
     "MUTATE": Commands.mutate,
     "TRACK": Commands.track,
     "JOB": Commands.job,
+    "DRAIN": Commands.drain,
 }
 
 Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]

@@ -49,7 +49,6 @@ PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis 
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
 MAX_SNOOZE = 365 * 86_400  # seconds a JOB SNOOZE may put a job off
 CLAIMED = BrokerError("that tick was already enqueued", "CLAIMED")
-PUSH_REFUSALS = {2: NOT_UNIQUE, 3: CLAIMED}  # push script results other than 1 (0: jid in use)
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -126,9 +125,7 @@ class Manager:
                     if result == 1:
                         enqueued += not at
                     else:
-                        outcomes[i] = PUSH_REFUSALS.get(result) or CommandError(
-                            JID_IN_USE.format(jid)
-                        )
+                        outcomes[i] = _refusal(result, jid, queue)
                 self.doorbell.ring(queue, enqueued)
         return outcomes
 
@@ -374,3 +371,16 @@ class Manager:
         return await self.store.jobs.fail(
             queue, jid, reservation.expiry, day, target, score, payload, now, keep, holder, errtype
         )
+
+
+def _refusal(result: int, jid: str, queue: str) -> BrokerError:
+    """The error for a push script result other than 1 (stored)."""
+    if result == 2:
+        return NOT_UNIQUE
+    if result == 3:
+        return CLAIMED
+    if result == 4:
+        return BrokerError(f"queue {queue} is full", "FULL")
+    if result == 5:
+        return BrokerError(f"queue {queue} is draining: pushes are refused", "DRAINING")
+    return CommandError(JID_IN_USE.format(jid))

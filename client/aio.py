@@ -9,9 +9,9 @@ from typing import Any, Self, TypeVar
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
 from client.backoff import Backoff
-from client.base import ClientBase
+from client.base import FULL_POLL, ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
-from client.errors import ConnectionLost, ResultTimeout
+from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
 from client.jobs import At, format_at, make_job
 from client.pipeline import AsyncPipeline
@@ -132,6 +132,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
         custom: dict[str, Any] | None = None,
         jid: str | None = None,
         timeout: float | timedelta | None = None,
+        wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid (see `Client.push`)."""
         job = make_job(
@@ -145,11 +146,20 @@ class AsyncClient(ClientBase[AsyncConnection]):
             jid=jid,
             timeout=timeout,
         )
-        return await self._call(commands.push(job))
+        return await self.push_job(job, wait=wait)
 
-    async def push_job(self, job: Job) -> str:
-        """Push a job built with `make_job`; returns its jid."""
-        return await self._call(commands.push(job))
+    async def push_job(self, job: Job, wait: float = 0.0) -> str:
+        """Push a job built with `make_job`; returns its jid. A full queue raises QueueFull,
+        at once or after `wait` seconds of trying again."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return await self._call(commands.push(job))
+            except QueueFull:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                await sleep(min(FULL_POLL, left))
 
     async def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
         """Push jobs (in PUSHB lines written together); returns {jid: error} of the refused."""

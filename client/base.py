@@ -14,6 +14,7 @@ DEFAULT_TIMEOUT = 10.0  # seconds to wait for a reply; must exceed the broker's 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection and finish the handshake
 RETRY_FOR = 10.0  # seconds a command keeps reconnecting after losing its connection
 MAX_IDLE = 16  # idle connections kept open per client
+FULL_POLL = 0.05  # seconds between pushes to a full queue while `push(wait=)` waits for room
 
 
 class Closable(Protocol):

@@ -9,10 +9,10 @@ from typing import Any, Self, TypeVar
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
 from client.backoff import Backoff
-from client.base import ClientBase
+from client.base import FULL_POLL, ClientBase
 from client.commands import Call, MutateCommand, MutateTarget, WorkerState
 from client.connection import Connection
-from client.errors import ConnectionLost, ResultTimeout
+from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import EventStream, events_line
 from client.jobs import At, format_at, make_job
 from client.pipeline import Pipeline
@@ -76,6 +76,7 @@ class Client(ClientBase[Connection]):
         custom: dict[str, Any] | None = None,
         jid: str | None = None,
         timeout: float | timedelta | None = None,
+        wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text;
         `timeout` the seconds the job may run (custom.timeout: the Worker's deadline)."""
@@ -90,11 +91,20 @@ class Client(ClientBase[Connection]):
             jid=jid,
             timeout=timeout,
         )
-        return self._call(commands.push(job))
+        return self.push_job(job, wait=wait)
 
-    def push_job(self, job: Job) -> str:
-        """Push a job built with `make_job`; returns its jid."""
-        return self._call(commands.push(job))
+    def push_job(self, job: Job, wait: float = 0.0) -> str:
+        """Push a job built with `make_job`; returns its jid. A full queue raises QueueFull,
+        at once or after `wait` seconds of trying again."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._call(commands.push(job))
+            except QueueFull:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                time.sleep(min(FULL_POLL, left))
 
     def push_bulk(self, jobs: Iterable[Job]) -> dict[str, str]:
         """Push jobs built with `make_job` (in PUSHB lines written together); returns

@@ -18,9 +18,29 @@ class ServerError(ClientError):
 
     @classmethod
     def from_text(cls, text: str) -> "ServerError":
-        """Split the text after `-` into its code and message."""
+        """Split the text after `-` into its code and message (a known code gets its own
+        kind of error)."""
         code, _, message = text.partition(" ")
-        return cls(code, message)
+        return CODED.get(code, cls)(code, message)
+
+
+class QueueFull(ServerError):
+    """The queue is at its max_size (`-FULL`); push again later, or push with `wait=`."""
+
+
+class Draining(ServerError):
+    """The queue or the whole broker drains (`-DRAINING`): pushes are refused for now."""
+
+
+class NotUnique(ServerError):
+    """A unique job whose identity is locked (`-NOTUNIQUE`, as Faktory Enterprise says)."""
+
+
+CODED: dict[str, type[ServerError]] = {
+    "FULL": QueueFull,
+    "DRAINING": Draining,
+    "NOTUNIQUE": NotUnique,
+}
 
 
 class AuthenticationError(ServerError):

@@ -365,7 +365,7 @@ async def test_info_counts(manager: Manager) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.push(new("jid-0002", at="2030-01-01T00:00:00Z", queue="later"), NOW)
     info = await manager.admin.info(NOW)
-    assert list(info) == ["now", "server_utc_time", "faktory", "server"]
+    assert list(info) == ["now", "server_utc_time", "faktory", "server", "hopper"]
     faktory = info["faktory"]
     assert faktory["queues"] == {"default": 1}  # a queue exists once a job was enqueued to it
     assert faktory["sets"] == {"scheduled": 1, "retries": 0, "dead": 0, "working": 0}

@@ -17,6 +17,7 @@ from broker.store.keys import (
     AWAITED,
     CANCEL_MARK,
     CRON,
+    DRAINING,
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
@@ -47,7 +48,7 @@ MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 PushEntry = tuple[str, bytes, str, Unique | None]  # jid, payload, at score or '', unique lock
-PUSH_KEYS = 15  # the push script's fixed KEYS; unique locks follow
+PUSH_KEYS = 17  # the push script's fixed KEYS; unique locks follow
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -84,8 +85,9 @@ class JobStore:
         claim: tuple[str, float] | None = None,
     ) -> list[int]:
         """Store jobs of one queue: (jid, payload, at score or '', unique lock or None). Each
-        result: 1 stored, 0 jid already live, 2 not unique; all 3 when `claim` (a cron entry
-        id and tick) was already made for that tick or a later one."""
+        result: 1 stored, 0 jid already live, 2 not unique, 4 the queue is full; all 3 when
+        `claim` (a cron entry id and tick) was already made for that tick or a later one, all
+        5 while the queue or the broker drains."""
         k = self.keys(queue)
         locks: list[str] = []
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
@@ -114,6 +116,8 @@ class JobStore:
                 DUE["finished"],
                 AWAITED,
                 CRON,
+                k.meta,
+                DRAINING,
                 *locks,
             ),
             args,

@@ -15,7 +15,8 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:scheduled    zset   jid -> time to enqueue
   hopper:q:{q}:retries      zset   jid -> time of the next attempt
   hopper:q:{q}:dead         zset   jid -> time to purge
-  hopper:q:{q}:meta         hash   the queue's settings: paused
+  hopper:q:{q}:meta         hash   the queue's settings: paused (and resume_at, unix seconds,
+                                   for a timed pause), max_size, draining
   hopper:q:{q}:finished     zset   jid -> when it finished: done and discarded jobs, kept (their
                                    records stay in jobs) for finished_ttl, finished_max at most
   hopper:q:{q}:final        hash   jid -> note of a finished job: {"state"?,"result"?} when its
@@ -41,6 +42,7 @@ Global (hash tag `{g}`):
   hopper:g:{g}:migrating    string held while a broker migrates an older schema
   hopper:g:{g}:awaited      zset   jid -> until when a JOB WAIT waits for it
   hopper:g:{g}:cron         hash   cron entry id -> the last tick enqueued (unix seconds)
+  hopper:g:{g}:draining     string present while the whole broker drains (DRAIN ON)
   hopper:g:{g}:holding      zset   wid -> last heartbeat of a worker that went (its record
                                    deleted) while it may have held jobs: worker_ttl after it,
                                    the lost-worker pass fails what it still holds
@@ -66,6 +68,7 @@ MIGRATING = f"{GLOBAL}:migrating"
 AWAITED = f"{GLOBAL}:awaited"
 HOLDING = f"{GLOBAL}:holding"
 CRON = f"{GLOBAL}:cron"
+DRAINING = f"{GLOBAL}:draining"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
 FINISHED_CHANNEL = f"{PREFIX}:finished"

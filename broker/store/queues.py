@@ -6,7 +6,7 @@ from typing import Any
 
 from broker.store.base import Redis, Script, text
 from broker.store.jobs import JobStore
-from broker.store.keys import DUE, JIDS, QUEUES, SETS, STATS
+from broker.store.keys import DRAINING, DUE, JIDS, QUEUES, SETS, STATS
 
 DRAIN = Script("drain")
 FLUSH = Script("flush")
@@ -31,14 +31,44 @@ class QueueStore:
         replies = await self.redis.execute_many(commands)
         return sorted({text(q) for reply in replies for q in reply})
 
-    async def pause(self, queue: str, paused: bool) -> None:
+    async def pause(self, queue: str, paused: bool, resume_at: float | None = None) -> None:
+        """Pause (until `resume_at`, unix seconds, when given) or resume a queue."""
         meta = self.jobs.keys(queue).meta
-        if paused:
-            await self.redis.execute("HSET", meta, "paused", 1)
+        if not paused:
+            await self.redis.execute("HDEL", meta, "paused", "resume_at")
+        elif resume_at is None:
+            await self.redis.execute_many(
+                [("HSET", meta, "paused", 1), ("HDEL", meta, "resume_at")]
+            )
         else:
-            await self.redis.execute("HDEL", meta, "paused")
+            await self.redis.execute("HSET", meta, "paused", 1, "resume_at", repr(resume_at))
 
-    async def drain(self, queue: str, batch: int) -> tuple[int, int]:
+    async def configure(self, queue: str, settings: dict[str, str | None]) -> None:
+        """Set (or with None, clear) settings of a queue: max_size, draining."""
+        meta = self.jobs.keys(queue).meta
+        commands: list[tuple[Any, ...]] = [
+            ("HSET", meta, name, value) if value is not None else ("HDEL", meta, name)
+            for name, value in settings.items()
+        ]
+        await self.redis.execute_many(commands)
+
+    async def settings(self, queues: Sequence[str]) -> dict[str, dict[str, str]]:
+        """The settings of each queue that has any."""
+        found = await self.redis.execute_many([("HGETALL", self.jobs.keys(q).meta) for q in queues])
+        return {
+            q: {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+            for q, flat in zip(queues, found, strict=True)
+            if flat
+        }
+
+    async def drain(self, on: bool) -> None:
+        """The whole broker drains (PUSH refused everywhere) or stops draining."""
+        await self.redis.execute(*(("SET", DRAINING, 1) if on else ("DEL", DRAINING)))
+
+    async def draining(self) -> bool:
+        return bool(await self.redis.execute("EXISTS", DRAINING))
+
+    async def remove_waiting(self, queue: str, batch: int) -> tuple[int, int]:
         """Delete up to `batch` waiting jobs: (deleted, left waiting). With none left the queue
         is no longer listed and its settings go."""
         k = self.jobs.keys(queue)

@@ -4,7 +4,7 @@
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
 --       7 wid ('' = a connection that is no worker)
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
--- or empty.
+-- (until its resume_at, if it has one) or empty.
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
@@ -13,7 +13,11 @@
 -- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch. Events: fetched.
 local found = {}
-if redis.call('HEXISTS', KEYS[4], 'paused') == 1 then return found end
+local paused, resume = unpack(redis.call('HMGET', KEYS[4], 'paused', 'resume_at'))
+if paused then  -- a timed pause ends at the first FETCH after its time
+  if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
+  redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
+end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])

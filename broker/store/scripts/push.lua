@@ -1,7 +1,8 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
 --       7 finished zset, 8 final hash, 9 progress hash, 10 working, 11 retries, 12 dead,
---       13 due:finished, 14 awaited zset, 15 cron claims hash, then the unique locks named
+--       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 the
+--       broker-wide drain flag, then the unique locks named
 -- ARGV: 1 pushed channel, 2 queue name, 3 claim ('' or '<field> <tick>': push only if the
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
 --       per queue, 5 finished channel, 6 now, then 4-tuples (jid, payload, at, unique); at '' =
@@ -9,7 +10,10 @@
 --       ttl | replace.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
--- With a claim already made for that tick or a later one: every result is 3, nothing changes.
+-- With a claim already made for that tick or a later one: every result is 3, and while the
+-- queue or the broker drains every result is 5: nothing changes. A queue with a max_size takes
+-- jobs to enqueue now only while its list is shorter: 4 for each one beyond (scheduled jobs,
+-- and due ones later, are not held back).
 -- The jid of a finished job (index entry ~queue) is free: the new job takes the index entry,
 -- and a finished job of this queue with that jid is forgotten.
 -- Unique jobs: a lock key (value '<mode>:<jid>', expiring after the ttl) names the job holding
@@ -23,6 +27,13 @@
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
 -- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
 local queue = ARGV[2]
+local max_size, draining = unpack(redis.call('HMGET', KEYS[16], 'max_size', 'draining'))
+if draining or redis.call('EXISTS', KEYS[17]) == 1 then
+  local refused = {}
+  for i = 1, (#ARGV - 6) / 4 do refused[i] = 5 end
+  return refused
+end
+local room = max_size and tonumber(max_size) - redis.call('LLEN', KEYS[2])
 if ARGV[3] ~= '' then
   local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
   local last = redis.call('HGET', KEYS[15], field)
@@ -93,6 +104,8 @@ for i = 1, count do
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
+  elseif room and at == '' and room <= 0 then
+    results[i] = 4
   elseif unique ~= '' and not lock(jid, unique) then
     results[i] = 2
   else
@@ -103,6 +116,7 @@ for i = 1, count do
     records[#records + 1] = jid
     records[#records + 1] = ARGV[4 * i + 4]
     if at == '' then
+      if room then room = room - 1 end
       waiting[#waiting + 1] = jid
     else
       scheduled[#scheduled + 1] = at

@@ -1,0 +1,155 @@
+"""Queue rules over the wire: timed pauses (kept in Redis, so every broker and a restart see
+them), bounded queues with back-pressure (-FULL), and drain modes (-DRAINING) per queue and
+for the whole broker."""
+
+import json
+from typing import Any
+
+import pytest
+import redis
+import trio
+import trio.testing
+
+from broker.app import App
+from broker.store.keys import QueueKeys
+from client import AsyncClient, Draining, NotUnique, QueueFull
+from tests.conftest import StartBroker, check_store, eventually
+from tests.wire import Wire, WireError, job
+
+
+async def info(w: Wire) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(await w.call("INFO"))
+    return found
+
+
+async def test_a_timed_pause_ends_by_itself_on_every_broker(start_broker: StartBroker) -> None:
+    first, second = await start_broker(), await start_broker(fetch_timeout=0.1)
+    w = await Wire.open(first.port, hello={})
+    await w.call("PUSH", job("paused-01", queue="q"))
+    assert await w.call("QUEUE", "PAUSE q for=0.5") == b"OK"
+    other = await Wire.open(second.port, hello={"wid": "w2"})
+    assert await other.call("FETCH", "q") is None
+    assert (await info(w))["hopper"]["queues"]["q"]["paused"] == "1"
+
+    async def fetched() -> bool:
+        return await other.call("FETCH", "q") is not None
+
+    await eventually(fetched)
+    assert "q" not in (await info(w))["hopper"]["queues"]
+    await w.call("QUEUE", "PAUSE q")  # without for=: until RESUME
+    assert await other.call("FETCH", "q") is None
+    await w.call("QUEUE", "RESUME q")
+
+
+async def test_a_bounded_queue_refuses_pushes_beyond_its_size(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    assert await w.call("QUEUE", "SET small max_size=3") == b"OK"
+    for i in range(3):
+        await w.call("PUSH", job(f"small-{i:03d}", queue="small"))
+    with pytest.raises(WireError, match="FULL queue small is full"):
+        await w.call("PUSH", job("small-999", queue="small"))
+    later = job("small-lat", queue="small", at="2099-01-01T00:00:00Z")
+    assert await w.call("PUSH", later) == b"OK"  # scheduled jobs are not held back
+    batch = [job("small-b01", queue="small"), job("small-b02", queue="other")]
+    assert json.loads(await w.call("PUSHB", batch)) == {"small-b01": "FULL queue small is full"}
+    await w.call("FETCH", "small")
+    assert await w.call("PUSH", job("small-004", queue="small")) == b"OK"
+    assert (await info(w))["hopper"]["queues"]["small"] == {"max_size": "3"}
+    await w.call("QUEUE", "SET small max_size=0")
+    assert "small" not in (await info(w))["hopper"]["queues"]
+    check_store(redis_url)
+
+
+async def test_a_bounded_queue_never_exceeds_its_size_under_concurrent_pushers(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    brokers = [await start_broker(), await start_broker()]
+    w = await Wire.open(brokers[0].port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET bounded max_size=50")
+    key = QueueKeys("bounded").queue
+    seen: list[int] = []
+    refused = 0
+
+    async def pusher(n: int) -> None:
+        nonlocal refused
+        conn = await Wire.open(brokers[n % 2].port, hello={})
+        for i in range(40):
+            try:
+                await conn.call("PUSH", job(f"bound-{n:02d}-{i:03d}", queue="bounded"))
+            except WireError as exc:
+                assert str(exc) == "FULL queue bounded is full"
+                refused += 1
+
+    async def consumer() -> None:
+        for _ in range(100):
+            if await w.call("FETCH", "bounded") is None:
+                break
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(pusher, n)
+        nursery.start_soon(consumer)
+        for _ in range(200):  # sampled while they push
+            seen.append(rdb.llen(key))
+            await trio.sleep(0)
+    seen.append(rdb.llen(key))
+    assert max(seen) <= 50 and refused > 0
+
+
+async def test_drain_refuses_pushes_and_serves_the_rest(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("PUSH", job("drain-001", queue="dq"))
+    await w.call("QUEUE", "SET dq draining=on")
+    with pytest.raises(WireError, match="DRAINING queue dq is draining"):
+        await w.call("PUSH", job("drain-002", queue="dq"))
+    fetched = json.loads(await w.call("FETCH", "dq"))
+    assert await w.call("ACK", {"jid": fetched["jid"]}) == b"OK"
+    await w.call("QUEUE", "SET dq draining=off")
+    assert await w.call("PUSH", job("drain-003", queue="dq")) == b"OK"
+
+    assert await w.call("DRAIN", "ON") == b"OK"
+    assert (await info(w))["hopper"]["draining"] is True
+    reply = json.loads(await w.call("PUSHB", [job("drain-004"), job("drain-005", queue="x")]))
+    assert set(reply) == {"drain-004", "drain-005"}
+    assert await w.call("DRAIN", "OFF") == b"OK"
+    assert await w.call("PUSH", job("drain-006")) == b"OK"
+
+
+@pytest.mark.parametrize(
+    ("verb", "arg", "error"),
+    [
+        ("QUEUE", "SET q max_size=lots", "QUEUE SET: not a setting: max_size=lots"),
+        ("QUEUE", "SET q color=red", "QUEUE SET: not a setting: color=red"),
+        ("QUEUE", "PAUSE q for=soon", "QUEUE PAUSE: not a number of seconds: soon"),
+        ("QUEUE", "PAUSE q until=5", "QUEUE PAUSE takes one option: for=<seconds>"),
+        ("QUEUE", "REMOVE q for=5", "QUEUE REMOVE takes no options"),
+        ("DRAIN", "MAYBE", "DRAIN needs ON or OFF"),
+    ],
+)
+async def test_bad_rules_are_refused(broker: App, verb: str, arg: str, error: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    with pytest.raises(WireError, match=error):
+        await w.call(verb, arg)
+
+
+async def test_the_client_raises_queue_full_or_waits_for_room(broker: App) -> None:
+    async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+        w = await Wire.open(broker.port, hello={"wid": "w1"})
+        await w.call("QUEUE", "SET tiny max_size=1")
+        await client.push("work", queue="tiny")
+        with pytest.raises(QueueFull):
+            await client.push("work", queue="tiny")
+
+        async def make_room() -> None:
+            await trio.testing.wait_all_tasks_blocked(0.01)  # the push waits between tries
+            await w.call("FETCH", "tiny")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(make_room)
+            assert await client.push("work", queue="tiny", wait=5)
+        await w.call("QUEUE", "SET tiny draining=on")
+        with pytest.raises(Draining):
+            await client.push("work", queue="tiny")
+        await client.push("report", [1], custom={"unique_for": 60})
+        with pytest.raises(NotUnique):
+            await client.push("report", [1], custom={"unique_for": 60})
