@@ -108,6 +108,7 @@ class Admin:
         queues = await self.store.queues.listed()
         settings = await self.store.queues.settings(queues)
         draining = await self.store.queues.draining()
+        expired = await self.store.queues.expired()
         sizes, sets = await self.store.queues.counts(queues)
         day = format_day(now)
         counters = await self.store.queues.counters(day)
@@ -116,7 +117,7 @@ class Admin:
         info = render_info(
             self.stats, sizes, sets, counters, day, now, memory, workers, self.clock.offset
         )
-        info["hopper"] = {"draining": draining, "queues": settings}
+        info["hopper"] = {"draining": draining, "expired": expired, "queues": settings}
         return info
 
 

@@ -122,7 +122,7 @@ class Progress(msgspec.Struct, omit_defaults=True):
     log: list[str] = msgspec.field(default_factory=list)
 
 
-OVER = ("done", "discarded", "cancelled", "replaced", "dead")  # a job that ended (JOB WAIT)
+OVER = ("done", "discarded", "cancelled", "replaced", "expired", "dead")  # ended (JOB WAIT)
 
 
 class JobState(msgspec.Struct, omit_defaults=True):
@@ -130,7 +130,7 @@ class JobState(msgspec.Struct, omit_defaults=True):
 
     jid: str
     state: str  # unknown, queued, scheduled, working, retrying, dead, done, discarded, cancelled,
-    # replaced
+    # replaced, expired
     queue: str = ""
     jobtype: str = ""
     created_at: str = ""

@@ -22,33 +22,29 @@ from broker.admin import Admin
 from broker.clock import Clock
 from broker.config import Settings
 from broker.doorbell import Doorbell
-from broker.errors import JID_IN_USE, JOB_NOT_FOUND, BrokerError, CommandError, Discard
+from broker.errors import JOB_NOT_FOUND, BrokerError, CommandError, Discard
+from broker.intake import Intake
 from broker.jobs import (
     FailPayload,
     Job,
     check_queue_name,
     encode,
     format_day,
-    format_time,
     job_decoder,
-    parse_time,
-    validate_new,
 )
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
-from broker.policy import NOT_UNIQUE, backoff_of, unique_of
+from broker.policy import expiry_of
 from broker.stats import Stats
-from broker.store.jobs import PushEntry, Reservation
+from broker.store.jobs import Reservation
 from broker.store.redis import Store
 from broker.sweeps import Sweeps
 from broker.tracking import Tracking
 from broker.workers import Workers
 
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
-PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
 MAX_SNOOZE = 365 * 86_400  # seconds a JOB SNOOZE may put a job off
-CLAIMED = BrokerError("that tick was already enqueued", "CLAIMED")
 
 
 class Fetched(msgspec.Struct, frozen=True):
@@ -86,6 +82,7 @@ class Manager:
         self.finishes = Doorbell()  # JOB WAITs, by jid
         self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
+        self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
         self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------
@@ -99,59 +96,9 @@ class Manager:
     async def push_many(
         self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
     ) -> list[BrokerError | None]:
-        """Push each job independently, in order; returns each job's error, or None.
-
-        Jobs of one queue are stored with one script call per PUSH_BATCH jobs. With `claim`
-        (a cron entry id and tick, for jobs of one queue) nothing is pushed unless that tick is
-        the entry's latest (CLAIMED for each job otherwise).
-        """
-        outcomes: list[BrokerError | None] = [None] * len(jobs)
-        by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            try:
-                entry = await self._prepare(job, now)
-            except BrokerError as exc:
-                outcomes[i] = exc
-            else:
-                by_queue[job.queue].append((i, entry))
-        keep = self.kept()
-        for queue, items in by_queue.items():
-            for start in range(0, len(items), PUSH_BATCH):
-                chunk = items[start : start + PUSH_BATCH]
-                entries = [entry for _, entry in chunk]
-                stored = await self.store.jobs.push(queue, entries, now, keep, claim)
-                enqueued = 0
-                for (i, (jid, _, at, _)), result in zip(chunk, stored, strict=True):
-                    if result == 1:
-                        enqueued += not at
-                    else:
-                        outcomes[i] = _refusal(result, jid, queue)
-                self.doorbell.ring(queue, enqueued)
-        return outcomes
-
-    async def _prepare(self, job: Job, now: float) -> PushEntry:
-        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '', the
-        unique lock it asks for).
-
-        `enqueued_at` is the broker's: set now for a job enqueued now, stamped by the store
-        when a scheduled job is enqueued later.
-        """
-        validate_new(job, now)
-        check_queue_name(job.queue)
-        at = ""
-        if job.at:
-            try:
-                when = parse_time(job.at)
-            except ValueError as exc:
-                raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
-            if when > now:
-                at = repr(when)
-        job.enqueued_at = "" if at else format_time(now)
-        unique = unique_of(job, float(at) - now if at else 0.0)
-        backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
-        if self.chains.push:
-            await self.chains.push.run(Context(job, now))
-        return job.jid, encode(job), at, unique
+        """Push each job independently, in order; returns each job's error, or None (see
+        intake.py)."""
+        return await self.intake.push_many(jobs, now, claim)
 
     # -- fetch --------------------------------------------------------------------------------
 
@@ -203,11 +150,11 @@ class Manager:
         """Reserve up to `count` jobs that are there now, running the fetch chain on each."""
         found: list[Fetched] = []
         discards = 0
-        reservation = self.settings().reservation
+        reservation, keep = self.settings().reservation, self.kept()
         for queue in queues:
             while len(found) < count:
                 wanted = 1 if self.chains.fetch else count - len(found)
-                got = await self.store.jobs.fetch(queue, now, reservation, wanted, wid)
+                got = await self.store.jobs.fetch(queue, now, reservation, wanted, wid, keep)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:
@@ -318,8 +265,19 @@ class Manager:
             day, payload, keep = format_day(now), reservation.payload, self.kept()
             target = "scheduled" if payload else retry.DROP  # no record: nothing to run again
             expiry, holder = reservation.expiry, reservation.holder
+            expires = _expiry(job_decoder.decode(payload)) if payload else None
             return await self.store.jobs.fail(
-                queue, jid, expiry, day, target, now + seconds, payload or b"", now, keep, holder
+                queue,
+                jid,
+                expiry,
+                day,
+                target,
+                now + seconds,
+                payload or b"",
+                now,
+                keep,
+                holder,
+                expires=expires,
             )
 
         await self._end(jid, queue, step)
@@ -366,21 +324,27 @@ class Manager:
         target, score = retry.next_step(job, now, self.rng, self.settings().dead_ttl)
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
-        payload = encode(job)
+        payload, expires = encode(job), _expiry(job)
         errtype = job.failure.errtype if job.failure else ""
         return await self.store.jobs.fail(
-            queue, jid, reservation.expiry, day, target, score, payload, now, keep, holder, errtype
+            queue,
+            jid,
+            reservation.expiry,
+            day,
+            target,
+            score,
+            payload,
+            now,
+            keep,
+            holder,
+            errtype,
+            expires,
         )
 
 
-def _refusal(result: int, jid: str, queue: str) -> BrokerError:
-    """The error for a push script result other than 1 (stored)."""
-    if result == 2:
-        return NOT_UNIQUE
-    if result == 3:
-        return CLAIMED
-    if result == 4:
-        return BrokerError(f"queue {queue} is full", "FULL")
-    if result == 5:
-        return BrokerError(f"queue {queue} is draining: pushes are refused", "DRAINING")
-    return CommandError(JID_IN_USE.format(jid))
+def _expiry(job: Job) -> float | None:
+    """When a stored job expires (None: never, or its expiry no longer reads)."""
+    try:
+        return expiry_of(job, 0.0)
+    except CommandError:
+        return None

@@ -1,6 +1,6 @@
-"""The rules a pushed job may carry in `custom`: uniqueness as Faktory Enterprise spells it
-(`unique_for`, `unique_until`, and Hopper's `unique_key`, `unique_until = "ttl" | "replace"`),
-and Hopper's own retry policy (`backoff`).
+"""The rules a pushed job may carry in `custom`: uniqueness and expiry as Faktory Enterprise
+spells them (`unique_for`, `unique_until`, `expires_at`, `expires_in`; and Hopper's
+`unique_key`, `unique_until = "ttl" | "replace"`), and Hopper's own retry policy (`backoff`).
 
 Pure: what a push asks for, checked, turned into what the broker enforces.
 """
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from broker.errors import BrokerError, CommandError
-from broker.jobs import Job, encode
+from broker.jobs import Job, encode, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
 MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
@@ -107,6 +107,31 @@ def _backoff_problem(policy: Backoff) -> str:
     if policy.kind == "list" and not 0 < len(policy.delays) <= MAX_DELAYS:
         return f"a list needs 1 to {MAX_DELAYS} delays"
     return ""
+
+
+def expiry_of(job: Job, now: float) -> float | None:
+    """When a job expires (unix seconds; None: never), from Faktory Enterprise's
+    `custom.expires_at` (RFC3339, any offset) or `custom.expires_in` (seconds from `now`,
+    the push); `expires_at` wins. A job given `expires_in` is stored with the `expires_at` it
+    makes, so every later look agrees. Raises CommandError for values that cannot be read."""
+    custom = job.custom or {}
+    at, seconds = custom.get("expires_at"), custom.get("expires_in")
+    if at is not None:
+        try:
+            return parse_time(at) if isinstance(at, str) else _bad_expiry()
+        except ValueError as exc:
+            raise CommandError(f"custom.expires_at: {exc}") from None
+    if seconds is None:
+        return None
+    if not _positive(seconds):
+        raise CommandError("custom.expires_in must be a number of seconds above 0")
+    expires = now + float(seconds)
+    custom["expires_at"] = format_time(expires)
+    return expires
+
+
+def _bad_expiry() -> float:
+    raise ValueError("not an RFC3339 timestamp")
 
 
 def _positive(value: Any) -> bool:

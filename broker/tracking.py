@@ -53,6 +53,7 @@ TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
     "discarded": "failed",
     "cancelled": "failed",
     "replaced": "failed",
+    "expired": "failed",
 }
 MAX_BEAT_JIDS = 10_000  # jids one BEAT may list
 T = TypeVar("T")

@@ -35,7 +35,7 @@ MutateCommand = Literal["clear", "kill", "discard", "requeue"]
 MutateTarget = Literal["retries", "scheduled", "dead"]
 WorkerState = Literal["running", "quiet", "terminate"]
 ENDED = frozenset(OVER)  # the states of a job that is over (JOB WAIT answers)
-FAILED = frozenset(("discarded", "dead", "cancelled", "replaced"))  # over without a result
+FAILED = frozenset(OVER) - {"done"}  # over without a result
 
 
 class Heartbeat(NamedTuple):

@@ -21,7 +21,6 @@ from broker.store.keys import (
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
-    HOLDING,
     JIDS,
     PUSHED_CHANNEL,
     QUEUES,
@@ -47,8 +46,9 @@ MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also
 MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
-PushEntry = tuple[str, bytes, str, Unique | None]  # jid, payload, at score or '', unique lock
-PUSH_KEYS = 17  # the push script's fixed KEYS; unique locks follow
+# jid, payload, at score or '', unique lock, when it expires (None: never)
+PushEntry = tuple[str, bytes, str, Unique | None, float | None]
+PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
 
 
 class Reservation(msgspec.Struct, frozen=True):
@@ -92,12 +92,12 @@ class JobStore:
         locks: list[str] = []
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now]
-        for jid, payload, at, unique in entries:
+        for jid, payload, at, unique, expires in entries:
             spec = ""
             if unique is not None:
                 locks.append(k.unique(unique.digest))
                 spec = f"{PUSH_KEYS + len(locks)} {unique.ttl_ms} {unique.mode}"
-            args += (jid, payload, at, spec)
+            args += (jid, payload, at, spec, "" if expires is None else repr(expires))
         results = await self.redis.run(
             PUSH,
             (
@@ -118,6 +118,7 @@ class JobStore:
                 CRON,
                 k.meta,
                 DRAINING,
+                k.expiring,
                 *locks,
             ),
             args,
@@ -125,18 +126,27 @@ class JobStore:
         return [int(r) for r in results]
 
     async def fetch(
-        self, queue: str, now: float, reserve: tuple[int, int, int], count: int = 1, wid: str = ""
+        self,
+        queue: str,
+        now: float,
+        reserve: tuple[int, int, int],
+        count: int = 1,
+        wid: str = "",
+        keep: int = 0,
     ) -> list[tuple[str, bytes]]:
         """Reserve up to `count` of the oldest jobs of `queue` for worker `wid` (or for a
-        connection that is no worker): [(jid, payload)], oldest first.
+        connection that is no worker): [(jid, payload)], oldest first. Expired jobs are not
+        handed out: they end expired (kept: `keep` finished jobs per queue at most).
 
         Empty when the queue is paused or empty.
         """
         k = self.keys(queue)
+        where = (k.jobs, k.queue, k.working, k.meta, DUE["working"], k.holders, held(wid))
+        finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
             FETCH,
-            (k.jobs, k.queue, k.working, k.meta, DUE["working"], k.holders, held(wid), HOLDING),
-            (now, *reserve, count, queue, wid),
+            (*where, *finals, AWAITED),
+            (now, *reserve, count, queue, wid, keep, FINISHED_CHANNEL),
         )
         return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -206,6 +216,7 @@ class JobStore:
         keep: int,
         holder: str = "",
         errtype: str = "",
+        expires: float | None = None,
     ) -> int:
         """End a reservation other than by ACK; target is 'retries', 'dead', 'scheduled' (a
         snooze, not a failure) or '' (discard the job, kept finished like a done one: at most
@@ -218,10 +229,12 @@ class JobStore:
         k = self.keys(queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
-        others = (k.holders, held(holder), k.scheduled, DUE["scheduled"])
+        others = (k.holders, held(holder), k.scheduled, DUE["scheduled"], k.expiring)
         args = (queue, jid, read_expiry or "", day, target, score, payload, now, keep)
         result: int = await self.redis.run(
-            FAIL, (*keys_, *finals, *others), (*args, FINISHED_CHANNEL, holder, errtype)
+            FAIL,
+            (*keys_, *finals, *others),
+            (*args, FINISHED_CHANNEL, holder, errtype, "" if expires is None else repr(expires)),
         )
         return result
 

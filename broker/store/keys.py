@@ -25,6 +25,8 @@ Per queue (hash tag `{q}`):
                                    JOB LOG), kept as long as the job
   hopper:q:{q}:unique:<d>   string `<mode>:<jid>` of the job holding the unique identity with
                                    digest d (sha256 hex), expiring after unique_for
+  hopper:q:{q}:expiring     zset   jid -> when it expires (custom.expires_at): jobs that wait to
+                                   run; checked (and taken out) at FETCH
   hopper:q:{q}:holders      hash   jid -> wid of the worker holding its reservation, `!wid` once
                                    a cancel was asked for (`!` alone: fetched without a wid)
 
@@ -84,6 +86,7 @@ class QueueKeys:
 
     __slots__ = (
         "dead",
+        "expiring",
         "final",
         "finished",
         "holders",
@@ -111,6 +114,7 @@ class QueueKeys:
         self.finished = f"{base}:finished"
         self.progress = f"{base}:progress"
         self.holders = f"{base}:holders"
+        self.expiring = f"{base}:expiring"
 
     def unique(self, digest: str) -> str:
         """The lock of one unique identity (a sha256 digest) in this queue."""
@@ -124,7 +128,7 @@ class QueueKeys:
     def all(self) -> tuple[str, ...]:
         """Every key of the queue."""
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
-        return (*live, self.final, self.finished, self.progress, self.holders)
+        return (*live, self.final, self.finished, self.progress, self.holders, self.expiring)
 
 
 def worker(wid: str) -> str:

@@ -65,6 +65,10 @@ class QueueStore:
         """The whole broker drains (PUSH refused everywhere) or stops draining."""
         await self.redis.execute(*(("SET", DRAINING, 1) if on else ("DEL", DRAINING)))
 
+    async def expired(self) -> int:
+        """How many jobs expired before they ran, ever."""
+        return int(await self.redis.execute("HGET", STATS, "expired") or 0)
+
     async def draining(self) -> bool:
         return bool(await self.redis.execute("EXISTS", DRAINING))
 
@@ -73,7 +77,7 @@ class QueueStore:
         is no longer listed and its settings go."""
         k = self.jobs.keys(queue)
         deleted, left = await self.redis.run(
-            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress), (queue, batch)
+            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring), (queue, batch)
         )
         return int(deleted), int(left)
 
@@ -83,7 +87,7 @@ class QueueStore:
         k = self.jobs.keys(queue)
         keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
         dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
-        finals = (k.final, k.finished, DUE["finished"], k.progress, k.holders)
+        finals = (k.final, k.finished, DUE["finished"], k.progress, k.holders, k.expiring)
         left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
         return left
 

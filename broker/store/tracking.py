@@ -97,7 +97,7 @@ class TrackingStore:
         asked to stop it), or '' (nothing to cancel: dead, finished or gone)."""
         k = self.jobs.keys(queue)
         where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.holders, JIDS)
-        finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED, k.dead)
+        finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED, k.dead, k.expiring)
         reply = await self.redis.run(
             CANCEL, (*where, *finals), (queue, jid, now, keep, FINISHED_CHANNEL)
         )

@@ -1,7 +1,7 @@
 -- cancel: stop one job of a queue from running (JOB CANCEL), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 scheduled zset, 5 retries zset,
 --       6 holders hash, 7 jid index, 8 final hash, 9 finished zset, 10 due:finished,
---       11 progress hash, 12 awaited zset, 13 dead zset
+--       11 progress hash, 12 awaited zset, 13 dead zset, 14 expiring zset
 -- ARGV: 1 queue name, 2 jid, 3 now (unix seconds), 4 finished jobs kept per queue at most,
 --       5 finished channel
 -- A waiting, scheduled or retrying job leaves its place and ends cancelled (kept like a done
@@ -28,6 +28,7 @@ end
 local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], jid)
 if removed == 0 then removed = redis.call('LREM', KEYS[2], -1, jid) end
 if removed == 0 then return '' end
+redis.call('ZREM', KEYS[14], jid)
 local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
 finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])

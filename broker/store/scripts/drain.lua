@@ -1,5 +1,6 @@
 -- drain: take up to N waiting jobs off a queue and delete them (QUEUE REMOVE), atomically.
--- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash
+-- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash,
+--       7 expiring zset
 -- ARGV: 1 queue name, 2 N
 -- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
 -- its settings (paused) go; its scheduled, retrying, reserved, dead and finished jobs are not
@@ -8,6 +9,7 @@ local jids = redis.call('RPOP', KEYS[1], ARGV[2]) or {}
 if #jids > 0 then
   redis.call('HDEL', KEYS[2], unpack(jids))
   redis.call('HDEL', KEYS[6], unpack(jids))
+  redis.call('ZREM', KEYS[7], unpack(jids))
   forget_all(KEYS[3], jids, ARGV[1])
 end
 local left = redis.call('LLEN', KEYS[1])

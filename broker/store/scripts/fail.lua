@@ -3,12 +3,13 @@
 -- KEYS: 1 jobs hash, 2 working zset, 3 retries zset, 4 dead zset, 5 jid index, 6 stats hash,
 --       7 due:retries, 8 due:dead, 9 final hash, 10 finished zset, 11 due:finished,
 --       12 progress hash, 13 awaited zset, 14 holders hash, 15 held set of ARGV[11],
---       16 scheduled zset, 17 due:scheduled
+--       16 scheduled zset, 17 due:scheduled, 18 expiring zset
 -- ARGV: 1 queue name, 2 jid, 3 the reservation's expiry as the caller read it ('' = any),
 --       4 day, 5 target 'retries' | 'dead' | 'scheduled' (a snooze: no failure) | '' (discard
 --       the job), 6 score in the target set, 7 the new payload (with its failure), 8 now (unix
 --       seconds), 9 finished jobs kept per queue at most (0: none), 10 finished channel,
---       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event)
+--       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event),
+--       13 when the job expires ('' = never): a job that will run again is checked at FETCH
 -- Returns 1 when this call ended the reservation, 0 when there is none, -1 when it is not the
 -- one the caller read (extended, or ended and made again since): the caller computed the new
 -- payload from what it read, so it must read again. Only the caller that got 1 owns the job's
@@ -52,7 +53,10 @@ if place then
   redis.call('HSET', KEYS[1], jid, ARGV[7])
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)
   redis.call('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
-  if target ~= 'dead' then return 1 end
+  if target ~= 'dead' then
+    if ARGV[13] ~= '' then redis.call('ZADD', KEYS[18], ARGV[13], jid) end
+    return 1
+  end
 else
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], jid, ARGV[7]) end
   local k = {jobs = KEYS[1], final = KEYS[9], finished = KEYS[10], due = KEYS[11],

@@ -1,8 +1,10 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working, 6 holders hash,
---       7 the worker's held set
+--       7 the worker's held set, 8 expiring zset, 9 stats hash, 10 final hash, 11 finished zset,
+--       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
---       7 wid ('' = a connection that is no worker)
+--       7 wid ('' = a connection that is no worker), 8 finished jobs kept per queue,
+--       9 finished channel
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
 -- (until its resume_at, if it has one) or empty.
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
@@ -11,7 +13,9 @@
 -- it (holders, its held set). The stored payload has
 -- `reserve_for` right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
 -- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
--- one call per batch. Events: fetched.
+-- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
+-- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
+-- expired.
 local found = {}
 local paused, resume = unpack(redis.call('HMGET', KEYS[4], 'paused', 'resume_at'))
 if paused then  -- a timed pause ends at the first FETCH after its time
@@ -22,13 +26,23 @@ local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])
 local reserved, earliest, holders, held = {}, nil, {}, {}
+local expired, started = {}, {}  -- expiring jobs: past their time; handed out before it
 for _ = 1, 100 do  -- more than one round only when queued jids had no record
   local need = wanted - #found / 2
   local jids = redis.call('RPOP', KEYS[2], need)
   if not jids then break end
   local payloads = redis.call('HMGET', KEYS[1], unpack(jids))
+  local expiries = redis.call('ZMSCORE', KEYS[8], unpack(jids))
   for i, jid in ipairs(jids) do
     local payload = payloads[i]
+    if payload and expiries[i] then
+      if tonumber(expiries[i]) <= now then
+        expired[#expired + 1] = jid
+        payload = nil
+      else
+        started[#started + 1] = jid
+      end
+    end
     if payload then
       local seconds = tonumber(
         string.match(payload, '^{"enqueued_at":"[^"]*","reserve_for":(%-?%d+)')
@@ -46,6 +60,30 @@ for _ = 1, 100 do  -- more than one round only when queued jids had no record
     end
   end
   if #jids < need or #found >= 2 * wanted then break end
+end
+if #expired > 0 or #started > 0 then
+  for _, jid in ipairs(expired) do started[#started + 1] = jid end
+  redis.call('ZREM', KEYS[8], unpack(started))
+end
+if #expired > 0 then
+  local notes = {}
+  for _, jid in ipairs(expired) do
+    notes[#notes + 1] = jid
+    notes[#notes + 1] = note('expired', '')
+  end
+  local k = {jobs = KEYS[1], final = KEYS[10], finished = KEYS[11], due = KEYS[12],
+    index = KEYS[13], progress = KEYS[14]}
+  local payloads = listening() and redis.call('HMGET', KEYS[1], unpack(expired))
+  finish(k, ARGV[6], expired, notes, ARGV[1], ARGV[8])
+  announce(KEYS[15], ARGV[9], expired)
+  redis.call('HINCRBY', KEYS[9], 'expired', #expired)
+  if payloads then
+    local at, events = clock(), {}
+    for i, jid in ipairs(expired) do
+      events[i] = event('expired', jid, ARGV[6], payloads[i], at, '')
+    end
+    publish(events)
+  end
 end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))

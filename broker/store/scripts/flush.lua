@@ -3,7 +3,8 @@
 -- forget it.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled, 4 retries, 5 dead, 6 working, 7 meta hash,
 --       8 jid index, 9 queues set, 10-13 due:scheduled, due:retries, due:dead, due:working,
---       14 final hash, 15 finished zset, 16 due:finished, 17 progress hash, 18 holders hash
+--       14 final hash, 15 finished zset, 16 due:finished, 17 progress hash, 18 holders hash,
+--       19 expiring zset
 -- ARGV: 1 queue name, 2 N
 -- Returns how many jobs the queue still holds (finished ones included). Every state in between
 -- is consistent: a job is either whole or gone.
@@ -14,6 +15,7 @@ local function drop(jids, value)
   redis.call('HDEL', KEYS[14], unpack(jids))
   redis.call('HDEL', KEYS[17], unpack(jids))
   redis.call('HDEL', KEYS[18], unpack(jids))
+  redis.call('ZREM', KEYS[19], unpack(jids))
   forget_all(KEYS[8], jids, value)
   budget = budget - #jids
 end
@@ -28,7 +30,7 @@ local left = redis.call('LLEN', KEYS[2])
 for _, i in ipairs({3, 4, 5, 6, 15}) do left = left + redis.call('ZCARD', KEYS[i]) end
 if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
-redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18])
+redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19])
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end
 return 0

@@ -2,12 +2,12 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
 --       7 finished zset, 8 final hash, 9 progress hash, 10 working, 11 retries, 12 dead,
 --       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 the
---       broker-wide drain flag, then the unique locks named
+--       broker-wide drain flag, 18 expiring zset, then the unique locks named
 -- ARGV: 1 pushed channel, 2 queue name, 3 claim ('' or '<field> <tick>': push only if the
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
---       per queue, 5 finished channel, 6 now, then 4-tuples (jid, payload, at, unique); at '' =
---       enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success | start |
---       ttl | replace.
+--       per queue, 5 finished channel, 6 now, then 5-tuples (jid, payload, at, unique, expires);
+--       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
+--       start | ttl | replace; expires '' or when the job expires (unix seconds).
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
 -- With a claim already made for that tick or a later one: every result is 3, and while the
@@ -30,7 +30,7 @@ local queue = ARGV[2]
 local max_size, draining = unpack(redis.call('HMGET', KEYS[16], 'max_size', 'draining'))
 if draining or redis.call('EXISTS', KEYS[17]) == 1 then
   local refused = {}
-  for i = 1, (#ARGV - 6) / 4 do refused[i] = 5 end
+  for i = 1, (#ARGV - 6) / 5 do refused[i] = 5 end
   return refused
 end
 local room = max_size and tonumber(max_size) - redis.call('LLEN', KEYS[2])
@@ -39,7 +39,7 @@ if ARGV[3] ~= '' then
   local last = redis.call('HGET', KEYS[15], field)
   if last and tonumber(last) >= tonumber(tick) then
     local refused = {}
-    for i = 1, (#ARGV - 6) / 4 do refused[i] = 3 end
+    for i = 1, (#ARGV - 6) / 5 do refused[i] = 3 end
     return refused
   end
   redis.call('HSET', KEYS[15], field, tick)
@@ -69,6 +69,7 @@ end
 -- A waiting job taken over by a replace push: it leaves its place and ends replaced.
 local function replace(holder)
   if redis.call('ZREM', KEYS[3], holder) == 0 then redis.call('LREM', KEYS[2], -1, holder) end
+  redis.call('ZREM', KEYS[18], holder)
   local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
     index = KEYS[4], progress = KEYS[9]}
   finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
@@ -92,15 +93,15 @@ local function lock(jid, spec)
   return true
 end
 
-local count = (#ARGV - 6) / 4
+local count = (#ARGV - 6) / 5
 local jids = {}
-for i = 1, count do jids[i] = ARGV[4 * i + 3] end
+for i = 1, count do jids[i] = ARGV[5 * i + 2] end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
-local index, records, waiting, scheduled = {}, {}, {}, {}
+local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
 local earliest = nil
 for i = 1, count do
-  local jid, at, unique = ARGV[4 * i + 3], ARGV[4 * i + 5], ARGV[4 * i + 6]
+  local jid, at, unique = ARGV[5 * i + 2], ARGV[5 * i + 4], ARGV[5 * i + 5]
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
@@ -114,7 +115,11 @@ for i = 1, count do
     index[#index + 1] = jid
     index[#index + 1] = queue
     records[#records + 1] = jid
-    records[#records + 1] = ARGV[4 * i + 4]
+    records[#records + 1] = ARGV[5 * i + 3]
+    if ARGV[5 * i + 6] ~= '' then
+      expiring[#expiring + 1] = ARGV[5 * i + 6]
+      expiring[#expiring + 1] = jid
+    end
     if at == '' then
       if room then room = room - 1 end
       waiting[#waiting + 1] = jid
@@ -139,6 +144,7 @@ if #old > 0 then
   redis.call('HDEL', KEYS[9], unpack(old))
 end
 redis.call('HSET', KEYS[4], unpack(index))
+if #expiring > 0 then redis.call('ZADD', KEYS[18], unpack(expiring)) end
 redis.call('HSET', KEYS[1], unpack(records))
 if #waiting > 0 and redis.call('LPUSH', KEYS[2], unpack(waiting)) == #waiting then
   -- the queue was empty: list it (a queue with jobs waiting always is) and wake fetchers
@@ -153,7 +159,7 @@ if listening() then
   local now, events = clock(), {}
   for i = 1, count do
     if results[i] == 1 then
-      local jid, payload, at = ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
+      local jid, payload, at = ARGV[5 * i + 2], ARGV[5 * i + 3], ARGV[5 * i + 4]
       if at == '' then
         events[#events + 1] = event('pushed', jid, queue, payload, now, '')
       else

@@ -1,0 +1,111 @@
+"""Taking jobs in: PUSH and PUSHB, one job at a time or many per script call.
+
+A pushed job is validated (the reference's rules and texts), its rules read (unique, backoff,
+expiry: policy.py), the push middleware run, and then stored with its queue's other jobs in
+one script call, which also enforces what only Redis can decide at once: a live jid, a held
+unique lock, a full or draining queue, a cron tick already enqueued.
+"""
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from broker.config import Settings
+from broker.doorbell import Doorbell
+from broker.errors import JID_IN_USE, BrokerError, CommandError
+from broker.jobs import Job, check_queue_name, encode, format_time, parse_time, validate_new
+from broker.middleware import Chains, Context
+from broker.policy import NOT_UNIQUE, backoff_of, expiry_of, unique_of
+from broker.store.jobs import PushEntry
+from broker.store.redis import Store
+
+PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
+CLAIMED = BrokerError("that tick was already enqueued", "CLAIMED")
+
+
+class Intake:
+    """Validates and stores pushed jobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        chains: Chains,
+        doorbell: Doorbell,
+        kept: Callable[[], int],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.chains = chains
+        self.doorbell = doorbell
+        self.kept = kept
+
+    async def push_many(
+        self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
+    ) -> list[BrokerError | None]:
+        """Push each job independently, in order; returns each job's error, or None.
+
+        Jobs of one queue are stored with one script call per PUSH_BATCH jobs. With `claim`
+        (a cron entry id and tick, for jobs of one queue) nothing is pushed unless that tick is
+        the entry's latest (CLAIMED for each job otherwise).
+        """
+        outcomes: list[BrokerError | None] = [None] * len(jobs)
+        by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
+        for i, job in enumerate(jobs):
+            try:
+                entry = await self._prepare(job, now)
+            except BrokerError as exc:
+                outcomes[i] = exc
+            else:
+                by_queue[job.queue].append((i, entry))
+        keep = self.kept()
+        for queue, items in by_queue.items():
+            for start in range(0, len(items), PUSH_BATCH):
+                chunk = items[start : start + PUSH_BATCH]
+                entries = [entry for _, entry in chunk]
+                stored = await self.store.jobs.push(queue, entries, now, keep, claim)
+                enqueued = 0
+                for (i, (jid, _, at, _, _)), result in zip(chunk, stored, strict=True):
+                    if result == 1:
+                        enqueued += not at
+                    else:
+                        outcomes[i] = _refusal(result, jid, queue)
+                self.doorbell.ring(queue, enqueued)
+        return outcomes
+
+    async def _prepare(self, job: Job, now: float) -> PushEntry:
+        """Validate a pushed job and encode it: (jid, payload, score in scheduled or '', the
+        unique lock it asks for).
+
+        `enqueued_at` is the broker's: set now for a job enqueued now, stamped by the store
+        when a scheduled job is enqueued later.
+        """
+        validate_new(job, now)
+        check_queue_name(job.queue)
+        at = ""
+        if job.at:
+            try:
+                when = parse_time(job.at)
+            except ValueError as exc:
+                raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
+            if when > now:
+                at = repr(when)
+        job.enqueued_at = "" if at else format_time(now)
+        unique = unique_of(job, float(at) - now if at else 0.0)
+        backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
+        expires = expiry_of(job, now)
+        if self.chains.push:
+            await self.chains.push.run(Context(job, now))
+        return job.jid, encode(job), at, unique, expires
+
+
+def _refusal(result: int, jid: str, queue: str) -> BrokerError:
+    """The error for a push script result other than 1 (stored)."""
+    if result == 2:
+        return NOT_UNIQUE
+    if result == 3:
+        return CLAIMED
+    if result == 4:
+        return BrokerError(f"queue {queue} is full", "FULL")
+    if result == 5:
+        return BrokerError(f"queue {queue} is draining: pushes are refused", "DRAINING")
+    return CommandError(JID_IN_USE.format(jid))
