@@ -21,7 +21,8 @@ from broker.stats import Stats, render_info
 from broker.store.redis import Store
 
 ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
-MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size QUEUE SET takes
+MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size, concurrency or burst QUEUE SET takes
+MAX_RATE = 1_000_000.0  # jobs a second, the largest rate QUEUE SET takes
 
 
 class Admin:
@@ -50,19 +51,9 @@ class Admin:
                 self.doorbell.ring(queue, 1_000_000)
 
     async def configure(self, names: Sequence[str], words: Sequence[str]) -> None:
-        """QUEUE SET: `max_size=N` (0: no bound) and `draining=on|off` on the named queues
-        (listed or not; `*`: every listed queue)."""
-        settings: dict[str, str | None] = {}
-        for word in words:
-            name, _, value = word.partition("=")
-            if name == "max_size" and value.isdigit() and int(value) <= MAX_QUEUE_SIZE:
-                settings[name] = value if int(value) else None
-            elif name == "draining" and value in ("on", "off"):
-                settings[name] = "1" if value == "on" else None
-            else:
-                raise CommandError(
-                    f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off)"
-                )
+        """QUEUE SET `<setting>=<value>` ... on the named queues (listed or not; `*`: every
+        listed queue); see queue_setting()."""
+        settings = dict(queue_setting(word) for word in words)
         queues = await self._select(names) if "*" in names else list(names)
         for queue in queues:
             await self.store.queues.configure(queue, settings)
@@ -119,6 +110,30 @@ class Admin:
         )
         info["hopper"] = {"draining": draining, "expired": expired, "queues": settings}
         return info
+
+
+def queue_setting(word: str) -> tuple[str, str | None]:
+    """One `name=value` of QUEUE SET, checked: (name, value to store, or None to clear).
+    max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs reserved at
+    once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate may give at
+    once; 1 when not set)."""
+    name, _, value = word.partition("=")
+    if name in ("max_size", "concurrency", "burst") and value.isdigit():
+        if int(value) <= MAX_QUEUE_SIZE:
+            return name, value if int(value) else None
+    elif name == "draining" and value in ("on", "off"):
+        return name, "1" if value == "on" else None
+    elif name == "rate":
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if 0 <= rate <= MAX_RATE:
+            return name, repr(rate) if rate else None
+    raise CommandError(
+        f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off, concurrency=N, "
+        "rate=R, burst=N)"
+    )
 
 
 def _waited(payload: bytes | None, now: float) -> float | int:

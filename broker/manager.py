@@ -123,18 +123,19 @@ class Manager:
             with trio.move_on_after(timeout):
                 await self._closed.wait()
             return []
-        found = await self._take(queues, wid, now, count)
+        found, _ = await self._take(queues, wid, now, count)
         if found or not wait:
             return found
         deadline = trio.current_time() + timeout
         while not self._closed.is_set():
             with self.doorbell.listen(queues) as ticket:
                 # Look again now that we listen: a push landing from here on wakes us.
-                found = await self._take(queues, wid, self.clock(), count)
+                found, held_back = await self._take(queues, wid, self.clock(), count)
                 if found:
                     self.doorbell.ring(found[-1].queue)  # pass the wake-up on: more may follow
                     return found
-                with trio.move_on_at(deadline):
+                retry_at = deadline if held_back is None else trio.current_time() + held_back
+                with trio.move_on_at(min(deadline, retry_at)):
                     await ticket.wait()
                 if trio.current_time() >= deadline:
                     return []
@@ -146,15 +147,21 @@ class Manager:
         self.doorbell.ring_all()
         self.finishes.ring_all()
 
-    async def _take(self, queues: Sequence[str], wid: str, now: float, count: int) -> list[Fetched]:
-        """Reserve up to `count` jobs that are there now, running the fetch chain on each."""
+    async def _take(
+        self, queues: Sequence[str], wid: str, now: float, count: int
+    ) -> tuple[list[Fetched], float | None]:
+        """Reserve up to `count` jobs that are there now, running the fetch chain on each;
+        also, when a queue's limits held jobs back, the seconds until one may be given."""
         found: list[Fetched] = []
         discards = 0
+        held_back: float | None = None
         reservation, keep = self.settings().reservation, self.kept()
         for queue in queues:
             while len(found) < count:
                 wanted = 1 if self.chains.fetch else count - len(found)
-                got = await self.store.jobs.fetch(queue, now, reservation, wanted, wid, keep)
+                got, wait = await self.store.jobs.fetch(queue, now, reservation, wanted, wid, keep)
+                if wait is not None:
+                    held_back = wait if held_back is None else min(held_back, wait)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:
@@ -169,7 +176,7 @@ class Manager:
                         discards += 1
                 if len(got) < wanted or discards >= MAX_DISCARDS:
                     break
-        return found
+        return found, held_back
 
     async def _passes(self, fetched: Fetched, now: float, wid: str) -> bool:
         """Run the fetch chain on a reserved job; False if it was discarded (and dropped)."""
@@ -230,6 +237,7 @@ class Manager:
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
             await self.store.jobs.ack(queue, done, day, now, keep, wid)
+            self.doorbell.ring(queue)  # a FETCH held back by the queue's concurrency may go on
         return outcomes
 
     def kept(self) -> int:

@@ -153,3 +153,58 @@ async def test_the_client_raises_queue_full_or_waits_for_room(broker: App) -> No
         await client.push("report", [1], custom={"unique_for": 60})
         with pytest.raises(NotUnique):
             await client.push("report", [1], custom={"unique_for": 60})
+
+
+async def test_two_brokers_never_reserve_more_than_the_concurrency_limit(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    brokers = [await start_broker(), await start_broker()]
+    admin = await Wire.open(brokers[0].port, hello={})
+    await admin.call("QUEUE", "SET capped concurrency=3")
+    await admin.call("PUSHB", [job(f"capped-{i:03d}", queue="capped") for i in range(60)])
+    working = QueueKeys("capped").working
+    seen: list[int] = []
+    done = 0
+
+    async def worker(n: int) -> None:
+        nonlocal done
+        w = await Wire.open(brokers[n % 2].port, hello={"wid": f"w{n}"})
+        while done < 60:
+            reply = await w.call("FETCH", "capped")
+            if reply is not None:
+                seen.append(rdb.zcard(working))
+                await trio.sleep(0.005)  # the job runs a little
+                await w.call("ACK", {"jid": json.loads(reply)["jid"]})
+                done += 1
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for n in range(8):
+                nursery.start_soon(worker, n)
+    assert done == 60 and max(seen) <= 3 and max(seen) == 3
+
+
+async def test_a_rate_limit_spreads_jobs_over_time(start_broker: StartBroker) -> None:
+    brokers = [await start_broker(), await start_broker()]
+    admin = await Wire.open(brokers[0].port, hello={})
+    await admin.call("QUEUE", "SET paced rate=50")
+    await admin.call("PUSHB", [job(f"paced-{i:04d}", queue="paced") for i in range(2000)])
+    counts: list[int] = []
+    start = trio.current_time()
+
+    async def worker(n: int) -> None:
+        w = await Wire.open(brokers[n % 2].port, hello={"wid": f"w{n}"})
+        while trio.current_time() - start < 10:
+            reply = await w.call("FETCH", "paced")
+            if reply is not None:
+                second = int(trio.current_time() - start)
+                if second < 10:
+                    counts.append(second)
+                await w.call("ACK", {"jid": json.loads(reply)["jid"]})
+
+    async with trio.open_nursery() as nursery:
+        for n in range(6):
+            nursery.start_soon(worker, n)
+    per_second = [counts.count(s) for s in range(10)]
+    assert 450 <= len(counts) <= 550, per_second
+    assert all(45 <= n <= 55 for n in per_second), per_second

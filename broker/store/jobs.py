@@ -133,10 +133,11 @@ class JobStore:
         count: int = 1,
         wid: str = "",
         keep: int = 0,
-    ) -> list[tuple[str, bytes]]:
+    ) -> tuple[list[tuple[str, bytes]], float | None]:
         """Reserve up to `count` of the oldest jobs of `queue` for worker `wid` (or for a
-        connection that is no worker): [(jid, payload)], oldest first. Expired jobs are not
-        handed out: they end expired (kept: `keep` finished jobs per queue at most).
+        connection that is no worker): ([(jid, payload)], oldest first; when the queue's
+        limits held jobs back, seconds until it may give more, else None). Expired jobs are
+        not handed out: they end expired (kept: `keep` finished jobs per queue at most).
 
         Empty when the queue is paused or empty.
         """
@@ -148,7 +149,9 @@ class JobStore:
             (*where, *finals, AWAITED),
             (now, *reserve, count, queue, wid, keep, FINISHED_CHANNEL),
         )
-        return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+        if len(flat) % 2:
+            return [], float(flat[0])
+        return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)], None
 
     async def ack(
         self,

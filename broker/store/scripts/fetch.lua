@@ -6,7 +6,9 @@
 --       7 wid ('' = a connection that is no worker), 8 finished jobs kept per queue,
 --       9 finished channel
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
--- (until its resume_at, if it has one) or empty.
+-- (until its resume_at, if it has one) or empty; {seconds} when the queue's limits hold its
+-- jobs back (they stay queued): try again after that long. Limits (meta): concurrency (jobs
+-- reserved at once), rate and burst (a token bucket, tokens and refilled kept in meta).
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
@@ -16,8 +18,10 @@
 -- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
 -- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
 -- expired.
+local CONCURRENCY_WAIT = '0.25'  -- seconds before a FETCH held back by concurrency looks again
 local found = {}
-local paused, resume = unpack(redis.call('HMGET', KEYS[4], 'paused', 'resume_at'))
+local paused, resume, concurrency, rate, burst, tokens, refilled = unpack(redis.call(
+  'HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled'))
 if paused then  -- a timed pause ends at the first FETCH after its time
   if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
   redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
@@ -25,6 +29,18 @@ end
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])
+if concurrency then  -- at most that many reserved at once, by every broker together
+  local free = tonumber(concurrency) - redis.call('ZCARD', KEYS[3])
+  if free <= 0 then return {CONCURRENCY_WAIT} end
+  wanted = math.min(wanted, free)
+end
+if rate then  -- a token bucket: `rate` tokens a second, at most `burst` saved
+  rate = tonumber(rate)
+  burst = tonumber(burst or 1)
+  tokens = math.min(burst, (tonumber(tokens) or burst) + (now - (tonumber(refilled) or now)) * rate)
+  if tokens < 1 then return {tostring((1 - tokens) / rate)} end
+  wanted = math.min(wanted, math.floor(tokens))
+end
 local reserved, earliest, holders, held = {}, nil, {}, {}
 local expired, started = {}, {}  -- expiring jobs: past their time; handed out before it
 for _ = 1, 100 do  -- more than one round only when queued jids had no record
@@ -84,6 +100,9 @@ if #expired > 0 then
     end
     publish(events)
   end
+end
+if rate then
+  redis.call('HSET', KEYS[4], 'tokens', tokens - #found / 2, 'refilled', now)
 end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))
