@@ -249,6 +249,12 @@ class Commands:
             " or LOG <json>"
         )
 
+    async def cron(self, session: Session, arg: bytes) -> bytes:
+        """CRON LIST (Hopper extension): the periodic jobs with their next and last ticks."""
+        if arg.strip().upper() != b"LIST":
+            raise CommandError("CRON needs LIST")
+        return protocol.bulk(encode(await self.manager.cron.listing(self.clock())))
+
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
             mutation = decode_input(mutation_decoder, arg)
@@ -300,6 +306,7 @@ TABLE: dict[str, Handler] = {
     "MUTATE": Commands.mutate,
     "TRACK": Commands.track,
     "JOB": Commands.job,
+    "CRON": Commands.cron,
 }
 
 Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]
