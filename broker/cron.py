@@ -112,8 +112,9 @@ class Schedule(msgspec.Struct, frozen=True):
         try:
             for _ in range(HORIZON_DAYS):
                 if day.month not in self.months:
-                    first = day.replace(day=1)  # on to the next month's first day, or back
-                    if forward:  # to the previous month's last day
+                    # on to the next month's first day, or back to the previous one's last
+                    first = day.replace(day=1)
+                    if forward:
                         day = (first + timedelta(days=32)).replace(day=1)
                     else:
                         day = first - timedelta(days=1)

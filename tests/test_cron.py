@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 import redis
+import trio
 
 from broker.__main__ import load_config, parser
 from broker.app import App
@@ -256,12 +257,36 @@ async def test_missed_ticks_get_one_catch_up_job(
 ) -> None:
     entry_id = compile_entry(EVERY_SECOND, "cron[0]").id
     now = int(redis_now(rdb))
-    rdb.hset(CRON, entry_id, float(now - 3600))  # an hour missed while no broker ran
+    rdb.hset(CRON, entry_id, float(now - 365 * 86_400))  # a year missed while no broker ran
     await start_broker(cron=(EVERY_SECOND,))
     await eventually(lambda: len(ticks(rdb)) >= 3, timeout=6)
     catch_up, *rest = ticks(rdb)
     assert now - LATE - 1 <= catch_up <= now - LATE + 1  # the most recent missed tick
     assert rest == list(range(catch_up + 1, catch_up + 1 + len(rest)))  # then each tick
+
+
+async def test_a_tick_is_claimed_once(broker: App, rdb: redis.Redis) -> None:
+    """The push script's claim: of concurrent pushes of one tick exactly one lands, and an
+    earlier tick is refused once a later one was pushed."""
+    manager = broker.manager
+    assert manager is not None
+    periodic = compile_entry(EVERY_SECOND, "cron[0]")
+    now = redis_now(rdb)
+    outcomes: list[Any] = []
+
+    async def push(tick: float, salt: str) -> None:
+        job = periodic.job(tick, now, salt)
+        outcomes.extend(await manager.push_many([job], now, (periodic.id, tick)))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(push, 1000.0, f"s{i:07d}")
+    assert [o.code if o else None for o in outcomes].count(None) == 1
+    assert {o.code for o in outcomes if o} == {"CLAIMED"}
+    await push(999.0, "late0000")
+    assert outcomes[-1] is not None and outcomes[-1].code == "CLAIMED"
+    await push(1001.0, "next0000")
+    assert outcomes[-1] is None and ticks(rdb) == [1000, 1001]
 
 
 async def test_unique_jobs_skip_ticks(start_broker: StartBroker, rdb: redis.Redis) -> None:
