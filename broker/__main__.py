@@ -24,7 +24,8 @@ ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
     "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
 }
-FIELDS = msgspec.structs.fields(Config)
+FILE_ONLY = ("cron",)  # settings only a TOML file can give
+FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
 log = logging.getLogger("broker")
 
 
@@ -83,6 +84,8 @@ def load_config(args: argparse.Namespace, env: dict[str, str]) -> Config:
         with open(path, "rb") as f:
             document = tomllib.load(f)
         values.update(document.get("hopper", document))
+        if "cron" in document:  # `[[cron]]` at top level, as Faktory Enterprise writes it
+            values["cron"] = document["cron"]
     for field in FIELDS:
         for name in ENV_ALIASES.get(field.name, (f"HOPPER_{field.name.upper()}",)):
             if env.get(name):

@@ -268,6 +268,12 @@ class Commands:
         await self.manager.admin.drain(word == b"ON")
         return protocol.OK
 
+    async def cron(self, session: Session, arg: bytes) -> bytes:
+        """CRON LIST (Hopper extension): the periodic jobs with their next and last ticks."""
+        if arg.strip().upper() != b"LIST":
+            raise CommandError("CRON needs LIST")
+        return protocol.bulk(encode(await self.manager.cron.listing(self.clock())))
+
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
             mutation = decode_input(mutation_decoder, arg)
@@ -320,6 +326,7 @@ TABLE: dict[str, Handler] = {
     "TRACK": Commands.track,
     "JOB": Commands.job,
     "DRAIN": Commands.drain,
+    "CRON": Commands.cron,
 }
 
 Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]

@@ -10,6 +10,8 @@ import ipaddress
 import msgspec
 import trio
 
+from broker.cron import CronEntry, compile_all
+
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
 DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working directory
@@ -115,6 +117,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_log_line: int = MAX_LOG_LINE
     max_wait: float = MAX_WAIT
     event_buffer: int = EVENT_BUFFER
+    cron: tuple[CronEntry, ...] = ()  # periodic jobs (`[[cron]]` in the TOML file only)
 
     @property
     def host(self) -> str:
@@ -153,6 +156,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        compile_all(self.cron)
 
 
 def split_bind(bind: str) -> tuple[str, int]:

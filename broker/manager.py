@@ -5,7 +5,7 @@ expiry, lost worker) | scheduled (JOB SNOOZE); scheduled and retries -> queue wh
 gone after its TTL; a finished job's final record -> gone after finished_ttl. The rooms this
 manager owns: the periodic moves (sweeps.py), MUTATE (mutate.py), queue pause/remove/latency,
 FLUSH and INFO (admin.py), jobs by jid and JOB CANCEL (tracking.py), the worker registry
-(workers.py). Every move is one store call backed by one Lua script;
+(workers.py), the periodic jobs (crontab.py). Every move is one store call backed by one Lua script;
 middleware runs at the seams where the job exists. Operations take `now` (unix seconds) so that
 time is a parameter; the broker's clock is Redis's (clock.py).
 """
@@ -21,6 +21,7 @@ from broker import retry
 from broker.admin import Admin
 from broker.clock import Clock
 from broker.config import Settings
+from broker.crontab import Crontab
 from broker.doorbell import Doorbell
 from broker.errors import JOB_NOT_FOUND, BrokerError, CommandError, Discard
 from broker.intake import Intake
@@ -83,6 +84,7 @@ class Manager:
         self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
         self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
+        self.cron = Crontab(store, settings, self.push_many)
         self._closed = trio.Event()
 
     # -- push ---------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Periodic loops: each one calls the manager with `now`, records its figures and sleeps.
 
+The cron loop pushes the ticks of the configured periodic jobs that came due, then sleeps until
+the earliest next tick (at most CRON_INTERVAL).
+
 The scheduled and retry loops wake at the earliest due time the due index knows when it comes
 before their next period: a job scheduled for later is enqueued when it is due, not up to one
 period after (one pushed for sooner than the loop's next run waits at most one period).
@@ -23,19 +26,23 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[float], Awaitable[int]]
 Interval = Callable[[Config], float]
+Soonest = Callable[[], Awaitable[float | None]]
 MIN_PAUSE = 0.005  # seconds between two runs of a loop that still has due work
+CRON_INTERVAL = 1.0  # longest sleep of the cron loop (it wakes at the next tick when sooner)
 
 
-async def every(interval: Interval, name: str, step: Step, manager: Manager, due: str = "") -> None:
-    """Run `step(now)` every `interval(settings)` seconds, for ever; with `due` (a sorted set),
-    sooner when the due index says that set's earliest entry comes due before then."""
+async def every(
+    interval: Interval, name: str, step: Step, manager: Manager, soonest: Soonest | None = None
+) -> None:
+    """Run `step(now)` every `interval(settings)` seconds, for ever; with `soonest` (when the
+    next piece of work comes due), sooner when that comes before then."""
     while True:
         started = time.perf_counter()
         pause = interval(manager.settings())
         try:
             moved = await step(manager.clock())
-            if due:
-                earliest = await manager.sweeps.next_due(due)
+            if soonest is not None:
+                earliest = await soonest()
                 if earliest is not None:
                     pause = min(pause, max(earliest - manager.clock(), MIN_PAUSE))
         except BrokerError as exc:
@@ -63,12 +70,26 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
             close_worker(wid)
         return len(gone) + await manager.sweeps.reap_lost(now)
 
+    async def next_scheduled() -> float | None:
+        return await manager.sweeps.next_due("scheduled")
+
+    async def next_retry() -> float | None:
+        return await manager.sweeps.next_due("retries")
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(
-            every, lambda c: c.scheduler_interval, "Scheduled", scheduled, manager, "scheduled"
+            every, lambda c: c.scheduler_interval, "Scheduled", scheduled, manager, next_scheduled
         )
         nursery.start_soon(
-            every, lambda c: c.scheduler_interval, "Retries", retries, manager, "retries"
+            every, lambda c: c.scheduler_interval, "Retries", retries, manager, next_retry
+        )
+        nursery.start_soon(
+            every,
+            lambda c: CRON_INTERVAL,
+            "Cron",
+            manager.cron.enqueue_due,
+            manager,
+            manager.cron.next_tick,
         )
         nursery.start_soon(
             every, lambda c: c.reaper_interval, "Busy", manager.sweeps.reap_expired, manager

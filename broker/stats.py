@@ -19,7 +19,7 @@ class TaskStats(msgspec.Struct):
     reaped: int = 0
 
 
-TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished")
+TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished", "Cron")
 SETS = ("scheduled", "retries", "dead", "working")  # INFO's sets, in the reference's order
 
 
@@ -60,6 +60,7 @@ def render_info(
         "Busy": {"size": sets["working"], "reaped": t["Busy"].reaped},
         "Workers": {"size": workers, "reaped": t["Workers"].reaped},
         "Finished": {"purged": t["Finished"].reaped, "cycles": t["Finished"].cycles},
+        "Cron": {"enqueued": t["Cron"].enqueued, "cycles": t["Cron"].cycles},
     }
     return {
         "now": format_time(now),

@@ -4,7 +4,7 @@ worker registry, each in its own module, over one auto-pipelining connection."""
 from broker.store.base import Redis, text
 from broker.store.connection import Pipeline
 from broker.store.jobs import JobStore
-from broker.store.keys import SCHEMA_KEY
+from broker.store.keys import CRON, SCHEMA_KEY
 from broker.store.queues import QueueStore
 from broker.store.tracking import TrackingStore
 from broker.store.workers import WorkerStore
@@ -29,3 +29,8 @@ class Store:
         """The storage schema number written in Redis, if any."""
         found = await self.redis.execute("GET", SCHEMA_KEY)
         return None if found is None else int(text(found))
+
+    async def cron_claims(self, ids: list[str]) -> list[float | None]:
+        """The last tick each cron entry enqueued (None: never), as the push script records it."""
+        found = await self.redis.execute("HMGET", CRON, *ids) if ids else []
+        return [None if tick is None else float(text(tick)) for tick in found]
