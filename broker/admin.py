@@ -17,12 +17,11 @@ from broker.clock import Clock
 from broker.doorbell import Doorbell
 from broker.errors import CommandError
 from broker.jobs import QUEUE_NAME, format_day, job_decoder, parse_time
+from broker.policy import QueueRules, queue_setting
 from broker.stats import Stats, render_info
 from broker.store.redis import Store
 
 ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
-MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size, concurrency or burst QUEUE SET takes
-MAX_RATE = 1_000_000.0  # jobs a second, the largest rate QUEUE SET takes
 
 
 class Admin:
@@ -33,6 +32,7 @@ class Admin:
         self.doorbell = doorbell
         self.stats = stats
         self.clock = clock
+        self.configured: list[str] = []  # the queues the configuration file has settings for
 
     async def _select(self, names: Sequence[str]) -> list[str]:
         """The listed queues among `names` (`*`: every listed queue); others are ignored."""
@@ -57,6 +57,15 @@ class Admin:
         queues = await self._select(names) if "*" in names else list(names)
         for queue in queues:
             await self.store.queues.configure(queue, settings)
+
+    async def apply(self, rules: dict[str, QueueRules]) -> None:
+        """The queue settings of the configuration file (`[queues.<name>]`), written over
+        those set at runtime (at start and at each reload)."""
+        self.configured = sorted(rules)
+        for queue, rule in rules.items():
+            settings = dict(queue_setting(word) for word in rule.words())
+            if settings:
+                await self.store.queues.configure(queue, settings)
 
     async def drain(self, on: bool) -> None:
         """DRAIN ON|OFF: every queue refuses pushes (FETCH, ACK and FAIL go on), or not."""
@@ -97,7 +106,7 @@ class Admin:
 
     async def info(self, now: float) -> dict[str, Any]:
         queues = await self.store.queues.listed()
-        settings = await self.store.queues.settings(queues)
+        settings = await self.store.queues.settings(sorted({*queues, *self.configured}))
         draining = await self.store.queues.draining()
         expired = await self.store.queues.expired()
         sizes, sets = await self.store.queues.counts(queues)
@@ -110,30 +119,6 @@ class Admin:
         )
         info["hopper"] = {"draining": draining, "expired": expired, "queues": settings}
         return info
-
-
-def queue_setting(word: str) -> tuple[str, str | None]:
-    """One `name=value` of QUEUE SET, checked: (name, value to store, or None to clear).
-    max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs reserved at
-    once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate may give at
-    once; 1 when not set)."""
-    name, _, value = word.partition("=")
-    if name in ("max_size", "concurrency", "burst") and value.isdigit():
-        if int(value) <= MAX_QUEUE_SIZE:
-            return name, value if int(value) else None
-    elif name == "draining" and value in ("on", "off"):
-        return name, "1" if value == "on" else None
-    elif name == "rate":
-        try:
-            rate = float(value)
-        except ValueError:
-            rate = -1.0
-        if 0 <= rate <= MAX_RATE:
-            return name, repr(rate) if rate else None
-    raise CommandError(
-        f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off, concurrency=N, "
-        "rate=R, burst=N)"
-    )
 
 
 def _waited(payload: bytes | None, now: float) -> float | int:

@@ -9,7 +9,7 @@ import trio
 from broker.clock import RedisClock
 from broker.config import REDIS_TIMEOUT, Config, Settings
 from broker.doorbell import Doorbell
-from broker.errors import StartError
+from broker.errors import BrokerError, StartError
 from broker.events import EventHub
 from broker.manager import Manager
 from broker.middleware import Chains
@@ -96,6 +96,8 @@ class App:
                 manager.finishes,
                 lambda: self.settings().redis_timeout,
             )
+            await manager.admin.apply(config.queues)
+            root.start_soon(self._apply_queue_settings, manager)
             root.start_soon(run_reapers, manager, server.close_worker)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
@@ -111,6 +113,15 @@ class App:
                 log.info("shutting down")
                 server.begin_shutdown()
             root.cancel_scope.cancel()
+
+    async def _apply_queue_settings(self, manager: Manager) -> None:
+        """At each reload, write the file's `[queues.<name>]` settings to the queues."""
+        while True:
+            await self.settings.reloaded()
+            try:
+                await manager.admin.apply(self.settings().queues)
+            except BrokerError as exc:
+                log.warning("queue settings not applied: %s", exc)
 
     async def _reach_redis(self, root: trio.Nursery) -> Pipeline:
         """Start the embedded redis-server (without redis_url), then connect; raises StartError

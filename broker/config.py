@@ -11,6 +11,7 @@ import msgspec
 import trio
 
 from broker.cron import CronEntry, compile_all
+from broker.policy import QueueRules, check_queue_rules
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
@@ -118,6 +119,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_wait: float = MAX_WAIT
     event_buffer: int = EVENT_BUFFER
     cron: tuple[CronEntry, ...] = ()  # periodic jobs (`[[cron]]` in the TOML file only)
+    queues: dict[str, QueueRules] = msgspec.field(default_factory=dict)  # `[queues.<name>]`
 
     @property
     def host(self) -> str:
@@ -157,6 +159,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         compile_all(self.cron)
+        check_queue_rules(self.queues)
 
 
 def split_bind(bind: str) -> tuple[str, int]:

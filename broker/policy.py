@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from broker.errors import BrokerError, CommandError
-from broker.jobs import Job, encode, format_time, parse_time
+from broker.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
 MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
@@ -23,6 +23,8 @@ MAX_BACKOFF = 180 * 86_400  # seconds: no retry is scheduled further out
 MAX_FACTOR = 100.0
 MAX_EXPONENT = 1000  # retry counts beyond this grow no further (the cap applies long before)
 MAX_DELAYS = 1000
+MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size, concurrency or burst a queue takes
+MAX_RATE = 1_000_000.0  # jobs a second, the largest rate a queue takes
 
 
 class Unique(NamedTuple):
@@ -141,3 +143,62 @@ def _positive(value: Any) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+def queue_setting(word: str) -> tuple[str, str | None]:
+    """One `name=value` of QUEUE SET, checked: (name, value to store, or None to clear).
+    max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs reserved at
+    once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate may give at
+    once; 1 when not set)."""
+    name, _, value = word.partition("=")
+    if name in ("max_size", "concurrency", "burst") and value.isdigit():
+        if int(value) <= MAX_QUEUE_SIZE:
+            return name, value if int(value) else None
+    elif name == "draining" and value in ("on", "off"):
+        return name, "1" if value == "on" else None
+    elif name == "rate":
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if 0 <= rate <= MAX_RATE:
+            return name, repr(rate) if rate else None
+    raise CommandError(
+        f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off, concurrency=N, "
+        "rate=R, burst=N)"
+    )
+
+
+class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`[queues.<name>]` in the configuration file: what QUEUE SET sets (absent: as set at
+    runtime)."""
+
+    max_size: int | None = None
+    draining: bool | None = None
+    concurrency: int | None = None
+    rate: float | None = None
+    burst: int | None = None
+
+    def words(self) -> list[str]:
+        """The QUEUE SET words these settings are."""
+        values = msgspec.structs.asdict(self)
+        return [f"{name}={_word(value)}" for name, value in values.items() if value is not None]
+
+
+def check_queue_rules(rules: dict[str, QueueRules]) -> None:
+    """Raise ValueError naming the setting for queue settings that cannot work."""
+    for queue, rule in rules.items():
+        if not QUEUE_NAME.fullmatch(queue):
+            raise ValueError(f"queues.{queue}: not a queue name ([a-zA-Z0-9._-]+)")
+        for word in rule.words():
+            try:
+                queue_setting(word)
+            except CommandError:
+                name, _, value = word.partition("=")
+                raise ValueError(f"queues.{queue}.{name}: not a valid value: {value}") from None
+
+
+def _word(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return repr(value) if isinstance(value, float) else str(value)

@@ -3,18 +3,24 @@ them), bounded queues with back-pressure (-FULL), and drain modes (-DRAINING) pe
 for the whole broker."""
 
 import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import trio
 import trio.testing
 
+from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Draining, NotUnique, QueueFull
-from tests.conftest import StartBroker, check_store, eventually
-from tests.wire import Wire, WireError, job
+from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
+from tests.wire import SyncWire, Wire, WireError, job
 
 
 async def info(w: Wire) -> dict[str, Any]:
@@ -208,3 +214,40 @@ async def test_a_rate_limit_spreads_jobs_over_time(start_broker: StartBroker) ->
     per_second = [counts.count(s) for s in range(10)]
     assert 450 <= len(counts) <= 550, per_second
     assert all(45 <= n <= 55 for n in per_second), per_second
+
+
+def test_queue_settings_from_the_file_apply_at_start_and_at_reload(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    settings = tmp_path / "hopper.toml"
+    settings.write_text("[queues.images]\nmax_size = 5\nconcurrency = 2\n")
+    broker = broker_process("--config", str(settings))
+    w = SyncWire(broker.port, hello={})
+    assert json.loads(w.call("INFO"))["hopper"]["queues"]["images"] == {
+        "max_size": "5",
+        "concurrency": "2",
+    }
+    settings.write_text("[queues.images]\nrate = 2.5\ndraining = true\n")
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGHUP)
+    wanted = {"max_size": "5", "concurrency": "2", "rate": "2.5", "draining": "1"}
+    deadline = time.monotonic() + 10
+    while json.loads(w.call("INFO"))["hopper"]["queues"]["images"] != wanted:
+        assert time.monotonic() < deadline, "the reload did not apply"
+        time.sleep(0.05)
+    w.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "error"),
+    [
+        ("[queues.images]\nrate = -1.0\n", "queues.images.rate: not a valid value: -1.0"),
+        ("[queues.images]\ncolour = 3\n", "unknown field `colour`"),
+        ('[queues."bad name"]\nmax_size = 1\n', "queues.bad name: not a queue name"),
+    ],
+)
+def test_bad_queue_settings_are_refused_naming_them(tmp_path: Path, toml: str, error: str) -> None:
+    settings = tmp_path / "hopper.toml"
+    settings.write_text(toml)
+    with pytest.raises((ValueError, msgspec.ValidationError), match=error):
+        load_config(parser().parse_args(["run", "--config", str(settings)]), {})
