@@ -45,8 +45,10 @@ class Intake:
         """Push each job independently, in order; returns each job's error, or None.
 
         Jobs of one queue are stored with one script call per PUSH_BATCH jobs. With `claim`
-        (a cron entry id and tick, for jobs of one queue) nothing is pushed unless that tick is
-        the entry's latest (CLAIMED for each job otherwise).
+        (a cron entry id and tick, for at most PUSH_BATCH jobs of one queue) nothing is pushed
+        unless that tick is later than the entry's last (CLAIMED for each job otherwise); the
+        claim is recorded once the script runs, even if it refuses a job (jid in use, not
+        unique, full); a job refused before (validation, middleware) records none.
         """
         outcomes: list[BrokerError | None] = [None] * len(jobs)
         by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
