@@ -16,7 +16,7 @@ from typing import Any
 from broker.clock import Clock
 from broker.doorbell import Doorbell
 from broker.errors import CommandError
-from broker.jobs import QUEUE_NAME, format_day, job_decoder, parse_time
+from broker.jobs import QUEUE_NAME, check_queue_name, format_day, job_decoder, parse_time
 from broker.policy import QueueRules, queue_setting
 from broker.stats import Stats, render_info
 from broker.store.redis import Store
@@ -54,6 +54,9 @@ class Admin:
         """QUEUE SET `<setting>=<value>` ... on the named queues (listed or not; `*`: every
         listed queue); see queue_setting()."""
         settings = dict(queue_setting(word) for word in words)
+        for name in names:
+            if name != "*":
+                check_queue_name(name)
         queues = await self._select(names) if "*" in names else list(names)
         for queue in queues:
             await self.store.queues.configure(queue, settings)

@@ -92,11 +92,12 @@ class Intake:
             if when > now:
                 at = repr(when)
         job.enqueued_at = "" if at else format_time(now)
+        if self.chains.push:  # middleware may change the job: its rules are read after it
+            await self.chains.push.run(Context(job, now))
+            check_queue_name(job.queue)
         unique = unique_of(job, float(at) - now if at else 0.0)
         backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
         expires = expiry_of(job, now)
-        if self.chains.push:
-            await self.chains.push.run(Context(job, now))
         return job.jid, encode(job), at, unique, expires
 
 

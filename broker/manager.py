@@ -194,7 +194,8 @@ class Manager:
 
     async def _release(self, fetched: Fetched) -> None:
         """Give a job that middleware refused to hand out straight back to its queue."""
-        await self.store.jobs.release(fetched.queue, fetched.jid)
+        expires = _expiry(job_decoder.decode(fetched.payload))
+        await self.store.jobs.release(fetched.queue, fetched.jid, expires)
         self.doorbell.ring(fetched.queue)
 
     # -- ack / fail ---------------------------------------------------------------------------

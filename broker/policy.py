@@ -17,6 +17,7 @@ from broker.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
 MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
+MAX_UNIQUE_FOR = 10 * 365 * 86_400  # seconds a unique lock may be asked for
 NOT_UNIQUE = BrokerError("Job not unique", "NOTUNIQUE")  # Faktory Enterprise's reply
 BACKOFF_KINDS = ("fixed", "linear", "exponential", "list")
 MAX_BACKOFF = 180 * 86_400  # seconds: no retry is scheduled further out
@@ -42,8 +43,10 @@ def unique_of(job: Job, delay: float) -> Unique | None:
     seconds = custom.get("unique_for")
     if seconds is None:
         return None
-    if not _positive(seconds):
-        raise CommandError("custom.unique_for must be a number of seconds above 0")
+    if not _positive(seconds) or seconds > MAX_UNIQUE_FOR:
+        raise CommandError(
+            f"custom.unique_for must be a number of seconds above 0, at most {MAX_UNIQUE_FOR}"
+        )
     mode = custom.get("unique_until", "success")
     if mode not in UNIQUE_MODES:
         raise CommandError(f"custom.unique_until must be one of {', '.join(UNIQUE_MODES)}")
@@ -52,7 +55,8 @@ def unique_of(job: Job, delay: float) -> Unique | None:
         raise CommandError(f"custom.unique_key must be a string of 1 to {MAX_UNIQUE_KEY} chars")
     identity: Any = ["key", key] if key is not None else ["job", job.jobtype, job.args]
     digest = hashlib.sha256(encode(identity)).hexdigest()
-    return Unique(digest, math.ceil((seconds + max(delay, 0.0)) * 1000), mode)
+    ttl = min(seconds + max(delay, 0.0), 2 * MAX_UNIQUE_FOR)  # a job scheduled far ahead
+    return Unique(digest, math.ceil(ttl * 1000), mode)
 
 
 class Backoff(msgspec.Struct, forbid_unknown_fields=True):
@@ -151,9 +155,9 @@ def queue_setting(word: str) -> tuple[str, str | None]:
     once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate may give at
     once; 1 when not set)."""
     name, _, value = word.partition("=")
-    if name in ("max_size", "concurrency", "burst") and value.isdigit():
+    if name in ("max_size", "concurrency", "burst") and value.isascii() and value.isdigit():
         if int(value) <= MAX_QUEUE_SIZE:
-            return name, value if int(value) else None
+            return name, str(int(value)) if int(value) else None
     elif name == "draining" and value in ("on", "off"):
         return name, "1" if value == "on" else None
     elif name == "rate":

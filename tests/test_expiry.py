@@ -62,3 +62,14 @@ async def test_bad_expiry_is_refused(broker: App, custom: dict[str, Any], error:
     w = await Wire.open(broker.port, hello={})
     with pytest.raises(WireError, match=error):
         await w.call("PUSH", job("expiring1", custom=custom))
+
+
+async def test_no_expiry_is_left_behind_for_a_jid_used_again(broker: App, rdb: Any) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    later = "2099-01-01T00:00:00Z"
+    await w.call("PUSH", job("reused-01", at=later, custom={"expires_in": 0.01}))
+    discard = {"cmd": "discard", "target": "scheduled", "filter": {"jids": ["reused-01"]}}
+    await w.call("MUTATE", discard)
+    assert rdb.zcard("hopper:q:{default}:expiring") == 0
+    await w.call("PUSH", job("reused-01"))  # a new job, without an expiry
+    assert json.loads(await w.call("FETCH", "default"))["jid"] == "reused-01"

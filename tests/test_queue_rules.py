@@ -251,3 +251,37 @@ def test_bad_queue_settings_are_refused_naming_them(tmp_path: Path, toml: str, e
     settings.write_text(toml)
     with pytest.raises((ValueError, msgspec.ValidationError), match=error):
         load_config(parser().parse_args(["run", "--config", str(settings)]), {})
+
+
+async def test_a_replace_push_takes_the_place_of_its_waiting_job_in_a_full_queue(
+    broker: App,
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("QUEUE", "SET full max_size=1")
+    custom = {"unique_for": 60, "unique_until": "replace"}
+    await w.call("PUSH", job("first-001", queue="full", custom=custom))
+    assert await w.call("PUSH", job("second-01", queue="full", custom=custom)) == b"OK"
+    with pytest.raises(WireError, match="FULL"):
+        await w.call("PUSH", job("third-001", queue="full"))
+
+
+async def test_an_expired_reservation_frees_its_concurrency_slot(start_broker: StartBroker) -> None:
+    app = await start_broker(min_reservation=1, reaper_interval=3600)
+    w = await Wire.open(app.port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET slow concurrency=1")
+    await w.call("PUSH", job("slow-0001", queue="slow", reserve_for=1))
+    await w.call("PUSH", job("slow-0002", queue="slow"))
+    await w.call("FETCH", "slow")
+
+    async def second() -> bool:
+        return await w.call("FETCH", "slow") is not None
+
+    await eventually(second)  # after 1 s, though the reaper has not run
+
+
+async def test_settings_need_ascii_numbers_and_queue_names(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    with pytest.raises(WireError, match="not a setting: max_size=٣"):
+        await w.call("QUEUE", "SET q max_size=٣")
+    with pytest.raises(WireError, match="queue names must match"):
+        await w.call("QUEUE", "SET a}b max_size=3")

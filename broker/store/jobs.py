@@ -241,12 +241,12 @@ class JobStore:
         )
         return result
 
-    async def release(self, queue: str, jid: str) -> bool:
-        """Put a reserved job back at the head of its queue."""
+    async def release(self, queue: str, jid: str, expires: float | None = None) -> bool:
+        """Put a reserved job back at the head of its queue (with its expiry, if any)."""
         k = self.keys(queue)
-        return bool(
-            await self.redis.run(RELEASE, (k.working, k.queue, QUEUES, k.holders), (jid, queue))
-        )
+        where = (k.working, k.queue, QUEUES, k.holders, k.expiring)
+        args = (jid, queue, "" if expires is None else repr(expires))
+        return bool(await self.redis.run(RELEASE, where, args))
 
     # -- sorted sets --------------------------------------------------------------------------
 
@@ -311,7 +311,7 @@ class JobStore:
         owner = FINISHED_MARK + queue if zset == "finished" else queue
         removed: int = await self.redis.run(
             REMOVE,
-            (k.jobs, k.zset(zset), JIDS, DUE[zset], k.progress, k.final),
+            (k.jobs, k.zset(zset), JIDS, DUE[zset], k.progress, k.final, k.expiring),
             (queue, owner, *selection),
         )
         return removed
@@ -325,7 +325,7 @@ class JobStore:
         k = self.keys(queue)
         moved: int = await self.redis.run(
             MOVE,
-            (k.zset(source), k.zset(target), DUE[target]),
+            (k.zset(source), k.zset(target), DUE[target], k.expiring),
             (queue, score, "jids", *_pairs(entries)),
         )
         return moved
@@ -365,7 +365,8 @@ class JobStore:
         is taken), wherever it is: for a jid that also names a job of another queue. Returns
         the new jid, or None when the job is gone."""
         k = self.keys(queue)
-        where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead, JIDS, k.holders)
+        places = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead)
+        where = (*places, JIDS, k.holders, k.expiring)
         for attempt in range(MAX_RENAMES):
             payload = await self.payload(queue, jid)
             if payload is None:

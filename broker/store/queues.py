@@ -38,7 +38,7 @@ class QueueStore:
             await self.redis.execute("HDEL", meta, "paused", "resume_at")
         elif resume_at is None:
             await self.redis.execute_many(
-                [("HSET", meta, "paused", 1), ("HDEL", meta, "resume_at")]
+                [("HDEL", meta, "resume_at"), ("HSET", meta, "paused", 1)]
             )
         else:
             await self.redis.execute("HSET", meta, "paused", 1, "resume_at", repr(resume_at))
@@ -55,11 +55,8 @@ class QueueStore:
     async def settings(self, queues: Sequence[str]) -> dict[str, dict[str, str]]:
         """The settings of each queue that has any."""
         found = await self.redis.execute_many([("HGETALL", self.jobs.keys(q).meta) for q in queues])
-        return {
-            q: {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-            for q, flat in zip(queues, found, strict=True)
-            if flat
-        }
+        shown = {q: _settings(flat) for q, flat in zip(queues, found, strict=True)}
+        return {q: settings for q, settings in shown.items() if settings}
 
     async def drain(self, on: bool) -> None:
         """The whole broker drains (PUSH refused everywhere) or stops draining."""
@@ -132,3 +129,12 @@ class QueueStore:
             if line.startswith("used_memory:"):
                 return int(line.split(":", 1)[1])
         return 0
+
+
+SETTINGS = ("paused", "resume_at", "max_size", "draining", "concurrency", "rate", "burst")
+
+
+def _settings(flat: list[bytes]) -> dict[str, str]:
+    """A queue's settings from its meta hash (not the rate's bookkeeping)."""
+    found = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    return {name: found[name] for name in SETTINGS if name in found}

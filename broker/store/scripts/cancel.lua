@@ -29,11 +29,10 @@ local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], j
 if removed == 0 then removed = redis.call('LREM', KEYS[2], -1, jid) end
 if removed == 0 then return '' end
 redis.call('ZREM', KEYS[14], jid)
+local payload = listening() and redis.call('HGET', KEYS[1], jid)  -- before finish() may drop it
 local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
 finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])
 announce(KEYS[12], ARGV[5], {jid})
-if listening() then
-  publish({event('cancelled', jid, queue, redis.call('HGET', KEYS[1], jid), clock(), '')})
-end
+if payload then publish({event('cancelled', jid, queue, payload, clock(), '')}) end
 return 'cancelled'

@@ -30,7 +30,7 @@ local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local lowest, highest = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = tonumber(ARGV[5])
 if concurrency then  -- at most that many reserved at once, by every broker together
-  local free = tonumber(concurrency) - redis.call('ZCARD', KEYS[3])
+  local free = tonumber(concurrency) - redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[1], '+inf')
   if free <= 0 then return {CONCURRENCY_WAIT} end
   wanted = math.min(wanted, free)
 end

@@ -1,5 +1,6 @@
 -- move: move jobs from one sorted set of a queue to another with a new score (MUTATE kill).
--- KEYS: 1 source zset, 2 target zset, 3 due index of the target
+-- KEYS: 1 source zset, 2 target zset, 3 due index of the target, 4 expiring zset (a job moved
+--       to dead no longer expires, as one that died by FAIL)
 -- ARGV: 1 queue name, 2 score, then 'jids' <jid> <score read> ...
 -- Guarantees: a job enters the target only if this call took it out of the source at the score
 -- the caller read; the queue is in the target's due index no later than the new score.
@@ -9,5 +10,8 @@ for _, jid in ipairs(chosen) do
   redis.call('ZREM', KEYS[1], jid)
   redis.call('ZADD', KEYS[2], ARGV[2], jid)
 end
-if #chosen > 0 then redis.call('ZADD', KEYS[3], 'LT', ARGV[2], ARGV[1]) end
+if #chosen > 0 then
+  redis.call('ZADD', KEYS[3], 'LT', ARGV[2], ARGV[1])
+  redis.call('ZREM', KEYS[4], unpack(chosen))
+end
 return #chosen

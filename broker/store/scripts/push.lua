@@ -33,6 +33,7 @@ if draining or redis.call('EXISTS', KEYS[17]) == 1 then
   for i = 1, (#ARGV - 6) / 5 do refused[i] = 5 end
   return refused
 end
+-- jobs the queue may still take now (max_size), nil when it has no bound
 local room = max_size and tonumber(max_size) - redis.call('LLEN', KEYS[2])
 if ARGV[3] ~= '' then
   local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
@@ -68,12 +69,26 @@ end
 
 -- A waiting job taken over by a replace push: it leaves its place and ends replaced.
 local function replace(holder)
-  if redis.call('ZREM', KEYS[3], holder) == 0 then redis.call('LREM', KEYS[2], -1, holder) end
+  if redis.call('ZREM', KEYS[3], holder) == 0 and redis.call('LREM', KEYS[2], -1, holder) == 1
+    and room then
+    room = room + 1
+  end
   redis.call('ZREM', KEYS[18], holder)
+  local payload = listening() and redis.call('HGET', KEYS[1], holder)
   local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
     index = KEYS[4], progress = KEYS[9]}
   finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
   announce(KEYS[14], ARGV[5], {holder})
+  if payload then publish({event('replaced', holder, queue, payload, clock(), '')}) end
+end
+
+-- Whether a replace push with `spec` will take the place of a job waiting in the queue list.
+local function replaces_waiting(spec)
+  local index, _, mode = string.match(spec, '^(%d+) (%d+) (%a+)$')
+  local value = mode == 'replace' and redis.call('GET', KEYS[tonumber(index)])
+  if not value then return false end
+  local held_mode, holder = string.match(value, '^(%a+):(.*)$')
+  return held_mode == 'replace' and waiting(holder) and not redis.call('ZSCORE', KEYS[3], holder)
 end
 
 local locked = {}  -- lock keys taken earlier in this call
@@ -105,7 +120,7 @@ for i = 1, count do
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
-  elseif room and at == '' and room <= 0 then
+  elseif room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
     results[i] = 4
   elseif unique ~= '' and not lock(jid, unique) then
     results[i] = 2

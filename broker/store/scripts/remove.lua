@@ -2,7 +2,7 @@
 -- of finished jobs), with their records, notes, progress and jid index entries, atomically per
 -- job.
 -- KEYS: 1 jobs hash, 2 the zset, 3 jid index, 4 due index of the zset, 5 progress hash,
---       6 final hash
+--       6 final hash, 7 expiring zset
 -- ARGV: 1 queue name, 2 the index value of these jobs (the queue, or ~queue for finished ones),
 --       then the entries (see pick() in lib.lua): 'due' <bound> <limit> | 'all' <limit> |
 --       'jids' <jid> <score> ...
@@ -15,6 +15,7 @@ if #chosen > 0 then
   redis.call('HDEL', KEYS[1], unpack(chosen))
   redis.call('HDEL', KEYS[5], unpack(chosen))
   redis.call('HDEL', KEYS[6], unpack(chosen))
+  redis.call('ZREM', KEYS[7], unpack(chosen))
   forget_all(KEYS[3], chosen, ARGV[2])
 end
 if ARGV[3] ~= 'jids' then refresh_due(KEYS[4], KEYS[2], ARGV[1]) end

@@ -1,7 +1,7 @@
 -- rename: give a job a new jid, wherever it is in its queue (a jid that named jobs in two
 -- queues: schema 1 allowed it, hopper check --repair mends it), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
---       8 holders hash
+--       8 holders hash, 9 expiring zset
 -- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid
 -- Returns 1, or 0 when the job is gone or the new jid is taken (nothing changes).
 local old, new = ARGV[2], ARGV[3]
@@ -17,6 +17,11 @@ for i = 3, 6 do
     redis.call('ZREM', KEYS[i], old)
     redis.call('ZADD', KEYS[i], score, new)
   end
+end
+local expires = redis.call('ZSCORE', KEYS[9], old)
+if expires then
+  redis.call('ZREM', KEYS[9], old)
+  redis.call('ZADD', KEYS[9], expires, new)
 end
 local holder = redis.call('HGET', KEYS[8], old)
 if holder then
