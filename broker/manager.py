@@ -86,6 +86,7 @@ class Manager:
         self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
         self.cron = Crontab(store, settings, self.push_many)
         self._closed = trio.Event()
+        self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
 
     # -- push ---------------------------------------------------------------------------------
 
@@ -164,6 +165,9 @@ class Manager:
                 got, wait = await self.store.jobs.fetch(queue, now, reservation, wanted, wid, keep)
                 if wait is not None:
                     held_back = wait if held_back is None else min(held_back, wait)
+                    self._held_back.add(queue)
+                else:
+                    self._held_back.discard(queue)
                 for jid, payload in got:
                     fetched = Fetched(queue, jid, payload)
                     try:
@@ -240,7 +244,8 @@ class Manager:
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
             await self.store.jobs.ack(queue, done, day, now, keep, wid)
-            self.doorbell.ring(queue)  # a FETCH held back by the queue's concurrency may go on
+            if queue in self._held_back:  # a FETCH held back by the queue's limits may go on
+                self.doorbell.ring(queue)
         return outcomes
 
     def kept(self) -> int:
