@@ -10,7 +10,7 @@ Both work in batches, each batch one script that deletes whole jobs (record, pla
 entry together), and both have a bounded amount of work: jobs pushed while they run may stay.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.clock import Clock
@@ -27,8 +27,16 @@ ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
 class Admin:
     """Queue-wide operator commands."""
 
-    def __init__(self, store: Store, doorbell: Doorbell, stats: Stats, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        doorbell: Doorbell,
+        stats: Stats,
+        clock: Clock,
+        limits_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
+        self.limits_changed = limits_changed  # push limits remembered by this process are stale
         self.doorbell = doorbell
         self.stats = stats
         self.clock = clock
@@ -60,6 +68,7 @@ class Admin:
         queues = await self._select(names) if "*" in names else list(names)
         for queue in queues:
             await self.store.queues.configure(queue, settings)
+        self.limits_changed()
 
     async def apply(self, rules: dict[str, QueueRules]) -> None:
         """The queue settings of the configuration file (`[queues.<name>]`), written over
@@ -69,10 +78,12 @@ class Admin:
             settings = dict(queue_setting(word) for word in rule.words())
             if settings:
                 await self.store.queues.configure(queue, settings)
+        self.limits_changed()
 
     async def drain(self, on: bool) -> None:
         """DRAIN ON|OFF: every queue refuses pushes (FETCH, ACK and FAIL go on), or not."""
         await self.store.queues.drain(on)
+        self.limits_changed()
 
     async def remove(self, names: Sequence[str]) -> int:
         """QUEUE REMOVE; returns how many waiting jobs were deleted."""

@@ -9,6 +9,8 @@ unique lock, a full or draining queue, a cron tick already enqueued.
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+import trio
+
 from broker.config import Settings
 from broker.doorbell import Doorbell
 from broker.errors import JID_IN_USE, BrokerError, CommandError
@@ -19,6 +21,8 @@ from broker.store.jobs import PushEntry
 from broker.store.redis import Store
 
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
+LIMITS_TTL = 1.0  # seconds a queue's push limits (max_size, draining) read from Redis are used
+MAX_LIMITS = 10_000  # queues whose limits are remembered; the memory starts over beyond
 CLAIMED = BrokerError("that tick was already enqueued", "CLAIMED")
 
 
@@ -38,6 +42,23 @@ class Intake:
         self.chains = chains
         self.doorbell = doorbell
         self.kept = kept
+        self._limits: dict[str, tuple[str, float]] = {}  # queue -> (limits, when read)
+
+    async def limits(self, queue: str) -> str:
+        """The queue's push limits ('D' draining, else its max_size or ''), read from Redis
+        at most once every LIMITS_TTL seconds by this process: QUEUE SET and DRAIN made
+        through another broker reach this one within that time."""
+        now = trio.current_time()
+        found = self._limits.get(queue)
+        if found is None or now - found[1] > LIMITS_TTL:
+            if len(self._limits) >= MAX_LIMITS:
+                self._limits.clear()
+            found = self._limits[queue] = (await self.store.queues.push_limits(queue), now)
+        return found[0]
+
+    def forget_limits(self) -> None:
+        """Read every queue's limits again (they were just changed through this broker)."""
+        self._limits.clear()
 
     async def push_many(
         self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
@@ -64,7 +85,8 @@ class Intake:
             for start in range(0, len(items), PUSH_BATCH):
                 chunk = items[start : start + PUSH_BATCH]
                 entries = [entry for _, entry in chunk]
-                stored = await self.store.jobs.push(queue, entries, now, keep, claim)
+                limits = await self.limits(queue)
+                stored = await self.store.jobs.push(queue, entries, now, keep, claim, limits)
                 enqueued = 0
                 for (i, (jid, _, at, _, _)), result in zip(chunk, stored, strict=True):
                     if result == 1:

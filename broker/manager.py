@@ -79,11 +79,11 @@ class Manager:
         self.rng = rng or random.Random()
         self.workers = Workers(store, settings)
         self.mutator = Mutator(store, settings, self.doorbell)
-        self.admin = Admin(store, self.doorbell, self.stats, clock)
+        self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
+        self.admin = Admin(store, self.doorbell, self.stats, clock, self.intake.forget_limits)
         self.finishes = Doorbell()  # JOB WAITs, by jid
         self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
-        self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
         self.cron = Crontab(store, settings, self.push_many)
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time

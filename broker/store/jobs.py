@@ -83,15 +83,17 @@ class JobStore:
         now: float,
         keep: int,
         claim: tuple[str, float] | None = None,
+        limits: str = "",
     ) -> list[int]:
         """Store jobs of one queue: (jid, payload, at score or '', unique lock or None). Each
         result: 1 stored, 0 jid already live, 2 not unique, 4 the queue is full; all 3 when
         `claim` (a cron entry id and tick) was already made for that tick or a later one, all
-        5 while the queue or the broker drains."""
+        5 when `limits` is 'D' (draining); otherwise `limits` is the queue's max_size ('' for
+        none)."""
         k = self.keys(queue)
         locks: list[str] = []
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
-        args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now]
+        args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
         for jid, payload, at, unique, expires in entries:
             spec = ""
             if unique is not None:
@@ -232,7 +234,7 @@ class JobStore:
         k = self.keys(queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
-        others = (k.holders, held(holder), k.scheduled, DUE["scheduled"], k.expiring)
+        others = (k.holders, held(holder), k.scheduled, DUE["scheduled"], k.expiring, k.meta)
         args = (queue, jid, read_expiry or "", day, target, score, payload, now, keep)
         result: int = await self.redis.run(
             FAIL,
@@ -244,7 +246,7 @@ class JobStore:
     async def release(self, queue: str, jid: str, expires: float | None = None) -> bool:
         """Put a reserved job back at the head of its queue (with its expiry, if any)."""
         k = self.keys(queue)
-        where = (k.working, k.queue, QUEUES, k.holders, k.expiring)
+        where = (k.working, k.queue, QUEUES, k.holders, k.expiring, k.meta)
         args = (jid, queue, "" if expires is None else repr(expires))
         return bool(await self.redis.run(RELEASE, where, args))
 

@@ -66,6 +66,18 @@ class QueueStore:
         """How many jobs expired before they ran, ever."""
         return int(await self.redis.execute("HGET", STATS, "expired") or 0)
 
+    async def push_limits(self, queue: str) -> str:
+        """What the push script is to enforce: 'D' when the queue or the broker drains, else
+        the queue's max_size ('' for none)."""
+        size, draining, everything = await self.redis.execute_many(
+            [
+                ("HGET", self.jobs.keys(queue).meta, "max_size"),
+                ("HGET", self.jobs.keys(queue).meta, "draining"),
+                ("EXISTS", DRAINING),
+            ]
+        )
+        return "D" if draining or everything else text(size or b"")
+
     async def draining(self) -> bool:
         return bool(await self.redis.execute("EXISTS", DRAINING))
 
@@ -131,6 +143,7 @@ class QueueStore:
         return 0
 
 
+# the meta fields INFO shows (not the rate's bookkeeping, nor the expiring note)
 SETTINGS = ("paused", "resume_at", "max_size", "draining", "concurrency", "rate", "burst")
 
 

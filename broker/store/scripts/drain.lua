@@ -3,8 +3,8 @@
 --       7 expiring zset
 -- ARGV: 1 queue name, 2 N
 -- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
--- its settings (paused) go; its scheduled, retrying, reserved, dead and finished jobs are not
--- touched.
+-- its settings (paused, limits) go, but for the note that it may hold jobs with an expiry; its
+-- scheduled, retrying, reserved, dead and finished jobs are not touched.
 local jids = redis.call('RPOP', KEYS[1], ARGV[2]) or {}
 if #jids > 0 then
   redis.call('HDEL', KEYS[2], unpack(jids))
@@ -15,6 +15,7 @@ end
 local left = redis.call('LLEN', KEYS[1])
 if left == 0 then
   redis.call('DEL', KEYS[4])
+  if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end
   redis.call('SREM', KEYS[5], ARGV[1])
 end
 return {#jids, left}

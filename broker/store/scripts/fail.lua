@@ -3,7 +3,7 @@
 -- KEYS: 1 jobs hash, 2 working zset, 3 retries zset, 4 dead zset, 5 jid index, 6 stats hash,
 --       7 due:retries, 8 due:dead, 9 final hash, 10 finished zset, 11 due:finished,
 --       12 progress hash, 13 awaited zset, 14 holders hash, 15 held set of ARGV[11],
---       16 scheduled zset, 17 due:scheduled, 18 expiring zset
+--       16 scheduled zset, 17 due:scheduled, 18 expiring zset, 19 meta hash
 -- ARGV: 1 queue name, 2 jid, 3 the reservation's expiry as the caller read it ('' = any),
 --       4 day, 5 target 'retries' | 'dead' | 'scheduled' (a snooze: no failure) | '' (discard
 --       the job), 6 score in the target set, 7 the new payload (with its failure), 8 now (unix
@@ -54,7 +54,10 @@ if place then
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)
   redis.call('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
   if target ~= 'dead' then
-    if ARGV[13] ~= '' then redis.call('ZADD', KEYS[18], ARGV[13], jid) end
+    if ARGV[13] ~= '' then
+      redis.call('ZADD', KEYS[18], ARGV[13], jid)
+      redis.call('HSET', KEYS[19], 'expiring', 1)
+    end
     return 1
   end
 else

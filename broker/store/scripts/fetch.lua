@@ -8,7 +8,8 @@
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
 -- (until its resume_at, if it has one) or empty; {seconds} when the queue's limits hold its
 -- jobs back (they stay queued): try again after that long. Limits (meta): concurrency (jobs
--- reserved at once), rate and burst (a token bucket, tokens and refilled kept in meta).
+-- reserved at once), rate and burst (a token bucket, tokens and refilled kept in meta); meta's
+-- expiring says the queue may hold jobs with an expiry (set by whatever adds one).
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
@@ -20,8 +21,9 @@
 -- expired.
 local CONCURRENCY_WAIT = '0.25'  -- seconds before a FETCH held back by concurrency looks again
 local found = {}
-local paused, resume, concurrency, rate, burst, tokens, refilled = unpack(redis.call(
-  'HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled'))
+local paused, resume, concurrency, rate, burst, tokens, refilled, expiring = unpack(redis.call(
+  'HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled',
+  'expiring'))
 if paused then  -- a timed pause ends at the first FETCH after its time
   if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
   redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
@@ -48,7 +50,7 @@ for _ = 1, 100 do  -- more than one round only when queued jids had no record
   local jids = redis.call('RPOP', KEYS[2], need)
   if not jids then break end
   local payloads = redis.call('HMGET', KEYS[1], unpack(jids))
-  local expiries = redis.call('ZMSCORE', KEYS[8], unpack(jids))
+  local expiries = expiring and redis.call('ZMSCORE', KEYS[8], unpack(jids)) or {}
   for i, jid in ipairs(jids) do
     local payload = payloads[i]
     if payload and expiries[i] then

@@ -1,11 +1,13 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
 --       7 finished zset, 8 final hash, 9 progress hash, 10 working, 11 retries, 12 dead,
---       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 the
---       broker-wide drain flag, 18 expiring zset, then the unique locks named
+--       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 (unused),
+--       18 expiring zset, then the unique locks named
 -- ARGV: 1 pushed channel, 2 queue name, 3 claim ('' or '<field> <tick>': push only if the
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
---       per queue, 5 finished channel, 6 now, then 5-tuples (jid, payload, at, unique, expires);
+--       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
+--       within the last second: '' none, 'D' draining (the queue or the broker), else its
+--       max_size; then 5-tuples (jid, payload, at, unique, expires);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
 --       start | ttl | replace; expires '' or when the job expires (unix seconds).
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
@@ -27,20 +29,19 @@
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
 -- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
 local queue = ARGV[2]
-local max_size, draining = unpack(redis.call('HMGET', KEYS[16], 'max_size', 'draining'))
-if draining or redis.call('EXISTS', KEYS[17]) == 1 then
+if ARGV[7] == 'D' then
   local refused = {}
-  for i = 1, (#ARGV - 6) / 5 do refused[i] = 5 end
+  for i = 1, (#ARGV - 7) / 5 do refused[i] = 5 end
   return refused
 end
 -- jobs the queue may still take now (max_size), nil when it has no bound
-local room = max_size and tonumber(max_size) - redis.call('LLEN', KEYS[2])
+local room = ARGV[7] ~= '' and tonumber(ARGV[7]) - redis.call('LLEN', KEYS[2]) or nil
 if ARGV[3] ~= '' then
   local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
   local last = redis.call('HGET', KEYS[15], field)
   if last and tonumber(last) >= tonumber(tick) then
     local refused = {}
-    for i = 1, (#ARGV - 6) / 5 do refused[i] = 3 end
+    for i = 1, (#ARGV - 7) / 5 do refused[i] = 3 end
     return refused
   end
   redis.call('HSET', KEYS[15], field, tick)
@@ -108,15 +109,15 @@ local function lock(jid, spec)
   return true
 end
 
-local count = (#ARGV - 6) / 5
+local count = (#ARGV - 7) / 5
 local jids = {}
-for i = 1, count do jids[i] = ARGV[5 * i + 2] end
+for i = 1, count do jids[i] = ARGV[5 * i + 3] end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
 local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
 local earliest = nil
 for i = 1, count do
-  local jid, at, unique = ARGV[5 * i + 2], ARGV[5 * i + 4], ARGV[5 * i + 5]
+  local jid, at, unique = ARGV[5 * i + 3], ARGV[5 * i + 5], ARGV[5 * i + 6]
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
@@ -130,9 +131,9 @@ for i = 1, count do
     index[#index + 1] = jid
     index[#index + 1] = queue
     records[#records + 1] = jid
-    records[#records + 1] = ARGV[5 * i + 3]
-    if ARGV[5 * i + 6] ~= '' then
-      expiring[#expiring + 1] = ARGV[5 * i + 6]
+    records[#records + 1] = ARGV[5 * i + 4]
+    if ARGV[5 * i + 7] ~= '' then
+      expiring[#expiring + 1] = ARGV[5 * i + 7]
       expiring[#expiring + 1] = jid
     end
     if at == '' then
@@ -159,7 +160,10 @@ if #old > 0 then
   redis.call('HDEL', KEYS[9], unpack(old))
 end
 redis.call('HSET', KEYS[4], unpack(index))
-if #expiring > 0 then redis.call('ZADD', KEYS[18], unpack(expiring)) end
+if #expiring > 0 then  -- and FETCH knows to look (meta: expiring)
+  redis.call('ZADD', KEYS[18], unpack(expiring))
+  redis.call('HSET', KEYS[16], 'expiring', 1)
+end
 redis.call('HSET', KEYS[1], unpack(records))
 if #waiting > 0 and redis.call('LPUSH', KEYS[2], unpack(waiting)) == #waiting then
   -- the queue was empty: list it (a queue with jobs waiting always is) and wake fetchers
@@ -174,7 +178,7 @@ if listening() then
   local now, events = clock(), {}
   for i = 1, count do
     if results[i] == 1 then
-      local jid, payload, at = ARGV[5 * i + 2], ARGV[5 * i + 3], ARGV[5 * i + 4]
+      local jid, payload, at = ARGV[5 * i + 3], ARGV[5 * i + 4], ARGV[5 * i + 5]
       if at == '' then
         events[#events + 1] = event('pushed', jid, queue, payload, now, '')
       else
