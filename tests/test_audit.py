@@ -118,6 +118,18 @@ def note_without_job(r: redis.Redis) -> None:
     r.hset(A.final, "jid-0001", '{"state":"discarded"}')
 
 
+def stale_expiry(r: redis.Redis) -> None:
+    r.zadd(A.expiring, {"jid-0001": 5})
+    r.hset(A.meta, "expiring", 1)
+
+
+def expiries_unseen(r: redis.Redis) -> None:
+    record(r, A, "jid-0001")
+    r.lpush(A.queue, "jid-0001")
+    r.sadd(keys.QUEUES, "a")
+    r.zadd(A.expiring, {"jid-0001": 5})
+
+
 def holder_without_reservation(r: redis.Redis) -> None:
     r.hset(A.holders, "jid-0001", "!w1")
 
@@ -166,6 +178,8 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (not_listed, [("not listed", "a", "")]),
         (note_without_job, [("note without job", "a", "jid-0001")]),
         (holder_without_reservation, [("holder without reservation", "a", "jid-0001")]),
+        (stale_expiry, [("stale expiry", "a", "jid-0001")]),
+        (expiries_unseen, [("expiries unseen by fetch", "a", "")]),
         (finished_without_record, [("no record", "a", "jid-0001")]),
         (index_says_live, [("index says live", "a", "jid-0001")]),
         (stale_finished_index, [("stale index", "a", "jid-0001")]),

@@ -37,6 +37,7 @@ REPOINT = Script("repoint")
 QUEUE_CHECK = Script("queue_check")
 WORKER_CHECK = Script("worker_check")
 ATTACHED_CHECK = Script("attached_check")
+EXPIRY_CHECK = Script("expiry_check")
 
 BATCH = 500  # entries read per Redis call
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
@@ -142,6 +143,7 @@ class Auditor:
         for jid in sorted(suspects):
             await self._inspect(queue, jid)
         await self._check_notes(queue)
+        await self._check_expiries(queue)
 
     async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
         """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
@@ -236,6 +238,23 @@ class Auditor:
                     problems = await self.redis.run(
                         ATTACHED_CHECK, (hash_, zset), (jid, self._flag, kind)
                     )
+                    self._note(queue, jid, problems)
+
+    async def _check_expiries(self, queue: str) -> None:
+        """Each expiry belongs to a job that waits to run, and FETCH knows the queue has some."""
+        k = self.store.jobs.keys(queue)
+        where = (k.expiring, k.jobs, k.working, k.dead, k.finished, k.meta)
+        self._note(queue, "", await self.redis.run(EXPIRY_CHECK, where, ("", self._flag)))
+        async for flat in self.redis.steps("ZSCAN", k.expiring):
+            jids = [text(j) for j in flat[::2]]
+            if not jids:
+                continue
+            commands: list[tuple[Any, ...]] = [("HMGET", k.jobs, *jids)]
+            commands += [("ZMSCORE", zset, *jids) for zset in (k.working, k.dead, k.finished)]
+            records, *places = await self.redis.execute_many(commands)
+            for i, jid in enumerate(jids):
+                if records[i] is None or any(p[i] is not None for p in places):
+                    problems = await self.redis.run(EXPIRY_CHECK, where, (jid, self._flag))
                     self._note(queue, jid, problems)
 
     async def _check_index(self) -> None:
