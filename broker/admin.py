@@ -41,6 +41,7 @@ class Admin:
         self.stats = stats
         self.clock = clock
         self.configured: list[str] = []  # the queues the configuration file has settings for
+        self._rules: dict[str, QueueRules] = {}  # those settings, as last applied
 
     async def _select(self, names: Sequence[str]) -> list[str]:
         """The listed queues among `names` (`*`: every listed queue); others are ignored."""
@@ -72,10 +73,14 @@ class Admin:
 
     async def apply(self, rules: dict[str, QueueRules]) -> None:
         """The queue settings of the configuration file (`[queues.<name>]`), written over
-        those set at runtime (at start and at each reload)."""
+        those set at runtime (at start, at each reload, after FLUSH and QUEUE REMOVE); a
+        setting the file no longer gives is cleared."""
+        previous, self._rules = self._rules, rules
         self.configured = sorted(rules)
-        for queue, rule in rules.items():
-            settings = dict(queue_setting(word) for word in rule.words())
+        for queue in sorted({*rules, *previous}):
+            given = rules.get(queue, QueueRules())
+            settings: dict[str, str | None] = dict.fromkeys(previous.get(queue, given).names())
+            settings.update(queue_setting(word) for word in given.words())
             if settings:
                 await self.store.queues.configure(queue, settings)
         self.limits_changed()
@@ -96,6 +101,7 @@ class Admin:
                     break
                 count, left = await self.store.queues.remove_waiting(queue, ADMIN_BATCH)
                 deleted += count
+        await self.apply(self._rules)  # the file's queue settings outlive a QUEUE REMOVE
         return deleted
 
     async def flush(self) -> None:
@@ -107,6 +113,7 @@ class Admin:
                     break
                 left = await self.store.queues.flush(queue, ADMIN_BATCH)
         await self.store.queues.forget_counters()
+        await self.apply(self._rules)  # the file's queue settings outlive a FLUSH
 
     async def latency(self, names: Sequence[str], now: float) -> dict[str, float | int]:
         """Seconds the oldest job of each queue has waited (0 for empty or unknown queues)."""
@@ -121,6 +128,10 @@ class Admin:
     async def info(self, now: float) -> dict[str, Any]:
         queues = await self.store.queues.listed()
         settings = await self.store.queues.settings(sorted({*queues, *self.configured}))
+        for shown in settings.values():  # a timed pause that is over (ends at the next FETCH)
+            if float(shown.get("resume_at", "inf")) <= now:
+                del shown["paused"], shown["resume_at"]
+        settings = {queue: shown for queue, shown in settings.items() if shown}
         draining = await self.store.queues.draining()
         expired = await self.store.queues.expired()
         sizes, sets = await self.store.queues.counts(queues)

@@ -183,6 +183,10 @@ class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     rate: float | None = None
     burst: int | None = None
 
+    def names(self) -> list[str]:
+        """The settings given."""
+        return [name for name, value in msgspec.structs.asdict(self).items() if value is not None]
+
     def words(self) -> list[str]:
         """The QUEUE SET words these settings are."""
         values = msgspec.structs.asdict(self)

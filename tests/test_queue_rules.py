@@ -230,7 +230,7 @@ def test_queue_settings_from_the_file_apply_at_start_and_at_reload(
     settings.write_text("[queues.images]\nrate = 2.5\ndraining = true\n")
     assert broker.process is not None
     broker.process.send_signal(signal.SIGHUP)
-    wanted = {"max_size": "5", "concurrency": "2", "rate": "2.5", "draining": "1"}
+    wanted = {"rate": "2.5", "draining": "1"}  # what the file no longer gives is cleared
     deadline = time.monotonic() + 10
     while json.loads(w.call("INFO"))["hopper"]["queues"]["images"] != wanted:
         assert time.monotonic() < deadline, "the reload did not apply"
@@ -285,3 +285,25 @@ async def test_settings_need_ascii_numbers_and_queue_names(broker: App) -> None:
         await w.call("QUEUE", "SET q max_size=٣")
     with pytest.raises(WireError, match="queue names must match"):
         await w.call("QUEUE", "SET a}b max_size=3")
+
+
+def test_file_settings_outlive_flush_and_a_reload_clears_what_the_file_drops(
+    broker_process: Callable[..., BrokerProcess], tmp_path: Path
+) -> None:
+    settings = tmp_path / "hopper.toml"
+    settings.write_text("[queues.kept]\nmax_size = 7\nconcurrency = 2\n")
+    broker = broker_process("--config", str(settings))
+    w = SyncWire(broker.port, hello={})
+    w.call("FLUSH")
+    assert json.loads(w.call("INFO"))["hopper"]["queues"]["kept"] == {
+        "max_size": "7",
+        "concurrency": "2",
+    }
+    settings.write_text("[queues.kept]\nmax_size = 7\n")
+    assert broker.process is not None
+    broker.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while json.loads(w.call("INFO"))["hopper"]["queues"]["kept"] != {"max_size": "7"}:
+        assert time.monotonic() < deadline, "the reload did not clear concurrency"
+        time.sleep(0.05)
+    w.close()
