@@ -16,6 +16,7 @@ from broker.errors import BrokerError, CommandError
 from broker.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
+DEFAULT_PRIORITY = 5  # a job without a priority has this one
 MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
 MAX_UNIQUE_FOR = 10 * 365 * 86_400  # seconds a unique lock may be asked for
 NOT_UNIQUE = BrokerError("Job not unique", "NOTUNIQUE")  # Faktory Enterprise's reply
@@ -113,6 +114,18 @@ def _backoff_problem(policy: Backoff) -> str:
     if policy.kind == "list" and not 0 < len(policy.delays) <= MAX_DELAYS:
         return f"a list needs 1 to {MAX_DELAYS} delays"
     return ""
+
+
+def settle_priority(job: Job) -> None:
+    """Check a job's priority (top-level `priority`, or `custom.priority` for clients that
+    cannot send other fields) and store it where the scripts read it: 1-9, the default 5
+    stored as none. Raises CommandError for anything else."""
+    given: Any = job.priority or (job.custom or {}).get("priority")
+    if given is None or given == 0:
+        return
+    if isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= 9:
+        raise CommandError("priority must be a whole number from 1 to 9")
+    job.priority = 0 if given == DEFAULT_PRIORITY else given
 
 
 def expiry_of(job: Job, now: float) -> float | None:

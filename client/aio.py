@@ -132,6 +132,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
         custom: dict[str, Any] | None = None,
         jid: str | None = None,
         timeout: float | timedelta | None = None,
+        priority: int | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid (see `Client.push`)."""
@@ -145,6 +146,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
             custom=custom,
             jid=jid,
             timeout=timeout,
+            priority=priority,
         )
         return await self.push_job(job, wait=wait)
 

@@ -76,6 +76,7 @@ class Client(ClientBase[Connection]):
         custom: dict[str, Any] | None = None,
         jid: str | None = None,
         timeout: float | timedelta | None = None,
+        priority: int | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text;
@@ -90,6 +91,7 @@ class Client(ClientBase[Connection]):
             custom=custom,
             jid=jid,
             timeout=timeout,
+            priority=priority,
         )
         return self.push_job(job, wait=wait)
 

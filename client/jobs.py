@@ -62,8 +62,10 @@ def make_job(
     custom: dict[str, Any] | None = None,
     jid: str | None = None,
     timeout: float | timedelta | None = None,
+    priority: int | None = None,
 ) -> Job:
-    """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults.
+    """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults;
+    `priority` 1-9 (higher first, 5 when not given) is a Hopper extension.
 
     `timeout` (seconds or a timedelta) is the job's deadline, carried as `custom.timeout`:
     the bundled Worker aborts the job once it has run that long and fails it with
@@ -81,5 +83,6 @@ def make_job(
         at=format_at(at),
         retry=retry,
         reserve_for=reserve_for or 0,
+        priority=priority or 0,
         custom=custom,
     )

@@ -53,11 +53,11 @@ def test_wrong_types_are_decode_errors(payload: str) -> None:
 
 
 def test_defaults_filled_and_unknown_fields_dropped() -> None:
-    job = validate_new(decode('{"jid":"12345678","jobtype":"a","args":[],"priority":5}'), NOW)
+    job = validate_new(decode('{"jid":"12345678","jobtype":"a","args":[],"colour":5}'), NOW)
     assert job.queue == "default"
     assert job.retry == 25
     assert job.created_at == "2025-11-24T16:00:00.25Z"
-    assert b"priority" not in encode(job)
+    assert b"colour" not in encode(job)
 
 
 def test_explicit_retry_zero_and_negative_are_kept() -> None:

@@ -124,6 +124,7 @@ class Auditor:
                 QUEUES,
                 *(k.zset(n) for n in (*ORDER, "finished")),
                 *(DUE[n] for n in (*ORDER, "finished")),
+                k.prioritized,
             ),
             (queue, self._flag),
         )
@@ -132,6 +133,8 @@ class Auditor:
         for start in range(0, await self.redis.execute("LLEN", k.queue), BATCH):
             page = await self.redis.execute("LRANGE", k.queue, start, start + BATCH - 1)
             listed.update(text(j) for j in page)
+        async for flat in self.redis.steps("ZSCAN", k.prioritized):  # waiting too
+            listed.update(text(j) for j in flat[::2])
         suspects = {jid for jid, n in listed.items() if n > 1}
         suspects |= await self._orphans(queue, list(listed))
         async for jid, found in self._records(queue, listed):
@@ -192,6 +195,7 @@ class Auditor:
                 *(DUE[n] for n in ORDER),
                 k.finished,
                 DUE["finished"],
+                k.prioritized,
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )

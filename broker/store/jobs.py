@@ -17,7 +17,6 @@ from broker.store.keys import (
     AWAITED,
     CANCEL_MARK,
     CRON,
-    DRAINING,
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
@@ -119,7 +118,7 @@ class JobStore:
                 AWAITED,
                 CRON,
                 k.meta,
-                DRAINING,
+                k.prioritized,
                 k.expiring,
                 *locks,
             ),
@@ -148,7 +147,7 @@ class JobStore:
         finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
             FETCH,
-            (*where, *finals, AWAITED),
+            (*where, *finals, AWAITED, k.prioritized),
             (now, *reserve, count, queue, wid, keep, FINISHED_CHANNEL),
         )
         if len(flat) % 2:
@@ -246,7 +245,7 @@ class JobStore:
     async def release(self, queue: str, jid: str, expires: float | None = None) -> bool:
         """Put a reserved job back at the head of its queue (with its expiry, if any)."""
         k = self.keys(queue)
-        where = (k.working, k.queue, QUEUES, k.holders, k.expiring, k.meta)
+        where = (k.working, k.queue, QUEUES, k.holders, k.expiring, k.meta, k.jobs, k.prioritized)
         args = (jid, queue, "" if expires is None else repr(expires))
         return bool(await self.redis.run(RELEASE, where, args))
 
@@ -285,7 +284,7 @@ class JobStore:
         k = self.keys(queue)
         return await self.redis.run(
             ENQUEUE,
-            (k.jobs, k.zset(zset), k.queue, DUE[zset], QUEUES, JIDS),
+            (k.jobs, k.zset(zset), k.queue, DUE[zset], QUEUES, JIDS, k.meta, k.prioritized),
             (PUSHED_CHANNEL, queue, stamp, *selection),
         )
 

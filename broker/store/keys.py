@@ -25,6 +25,8 @@ Per queue (hash tag `{q}`):
                                    JOB LOG), kept as long as the job
   hopper:q:{q}:unique:<d>   string `<mode>:<jid>` of the job holding the unique identity with
                                    digest d (sha256 hex), expiring after unique_for
+  hopper:q:{q}:prioritized  zset   jid -> (10 - priority) * 2^40 + arrival: waiting jobs of a
+                                   priority other than 5, which wait here, not in the list
   hopper:q:{q}:expiring     zset   jid -> when it expires (custom.expires_at): jobs that wait to
                                    run; checked (and taken out) at FETCH
   hopper:q:{q}:holders      hash   jid -> wid of the worker holding its reservation, `!wid` once
@@ -93,6 +95,7 @@ class QueueKeys:
         "jobs",
         "meta",
         "name",
+        "prioritized",
         "progress",
         "queue",
         "retries",
@@ -115,6 +118,7 @@ class QueueKeys:
         self.progress = f"{base}:progress"
         self.holders = f"{base}:holders"
         self.expiring = f"{base}:expiring"
+        self.prioritized = f"{base}:prioritized"
 
     def unique(self, digest: str) -> str:
         """The lock of one unique identity (a sha256 digest) in this queue."""
@@ -128,7 +132,8 @@ class QueueKeys:
     def all(self) -> tuple[str, ...]:
         """Every key of the queue."""
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
-        return (*live, self.final, self.finished, self.progress, self.holders, self.expiring)
+        extra = (self.holders, self.expiring, self.prioritized)
+        return (*live, self.final, self.finished, self.progress, *extra)
 
 
 def worker(wid: str) -> str:

@@ -86,7 +86,9 @@ class QueueStore:
         is no longer listed and its settings go."""
         k = self.jobs.keys(queue)
         deleted, left = await self.redis.run(
-            DRAIN, (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring), (queue, batch)
+            DRAIN,
+            (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring, k.prioritized),
+            (queue, batch),
         )
         return int(deleted), int(left)
 
@@ -96,7 +98,8 @@ class QueueStore:
         k = self.jobs.keys(queue)
         keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
         dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
-        finals = (k.final, k.finished, DUE["finished"], k.progress, k.holders, k.expiring)
+        notes = (k.final, k.finished, DUE["finished"], k.progress)
+        finals = (*notes, k.holders, k.expiring, k.prioritized)
         left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
         return left
 
@@ -109,13 +112,15 @@ class QueueStore:
         return payload
 
     async def counts(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """(length of each queue's list, total size of each sorted set over every queue), in
-        two round trips."""
+        """(jobs waiting in each queue, its list and its prioritized jobs; total size of each
+        sorted set over every queue), in two round trips."""
+        n = len(queues)
         commands: list[tuple[Any, ...]] = [("LLEN", self.jobs.keys(q).queue) for q in queues]
+        commands += [("ZCARD", self.jobs.keys(q).prioritized) for q in queues]
         commands += [("ZRANGE", DUE[name], 0, -1) for name in SETS]
         replies = await self.redis.execute_many(commands)
-        sizes = dict(zip(queues, replies[: len(queues)], strict=True))
-        holders = dict(zip(SETS, replies[len(queues) :], strict=True))
+        sizes = {q: replies[i] + replies[n + i] for i, q in enumerate(queues)}
+        holders = dict(zip(SETS, replies[2 * n :], strict=True))
         cards: list[tuple[Any, ...]] = [
             ("ZCARD", self.jobs.keys(text(q)).zset(name)) for name in SETS for q in holders[name]
         ]

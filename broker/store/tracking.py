@@ -97,7 +97,8 @@ class TrackingStore:
         asked to stop it), or '' (nothing to cancel: dead, finished or gone)."""
         k = self.jobs.keys(queue)
         where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.holders, JIDS)
-        finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED, k.dead, k.expiring)
+        notes = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
+        finals = (*notes, k.dead, k.expiring, k.prioritized)
         reply = await self.redis.run(
             CANCEL, (*where, *finals), (queue, jid, now, keep, FINISHED_CHANNEL)
         )

@@ -1,18 +1,22 @@
 -- drain: take up to N waiting jobs off a queue and delete them (QUEUE REMOVE), atomically.
 -- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash,
---       7 expiring zset
+--       7 expiring zset, 8 prioritized zset
 -- ARGV: 1 queue name, 2 N
 -- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
 -- its settings (paused, limits) go, but for the note that it may hold jobs with an expiry; its
 -- scheduled, retrying, reserved, dead and finished jobs are not touched.
 local jids = redis.call('RPOP', KEYS[1], ARGV[2]) or {}
+if #jids < tonumber(ARGV[2]) then
+  local ranked = redis.call('ZPOPMIN', KEYS[8], tonumber(ARGV[2]) - #jids)
+  for i = 1, #ranked, 2 do jids[#jids + 1] = ranked[i] end
+end
 if #jids > 0 then
   redis.call('HDEL', KEYS[2], unpack(jids))
   redis.call('HDEL', KEYS[6], unpack(jids))
   redis.call('ZREM', KEYS[7], unpack(jids))
   forget_all(KEYS[3], jids, ARGV[1])
 end
-local left = redis.call('LLEN', KEYS[1])
+local left = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[8])
 if left == 0 then
   redis.call('DEL', KEYS[4])
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end

@@ -1,7 +1,7 @@
 -- enqueue: move jobs from a sorted set (scheduled, retries; MUTATE requeue) onto their queue,
 -- stamping `enqueued_at`, atomically per job.
 -- KEYS: 1 jobs hash, 2 source zset, 3 queue list, 4 due index of the source, 5 queues set,
---       6 jid index
+--       6 jid index, 7 meta hash, 8 prioritized zset
 -- ARGV: 1 pushed channel, 2 queue name, 3 enqueued_at text, then the entries (see pick() in
 --       lib.lua): 'due' <now> <limit> | 'jids' <jid> <score> ...
 -- Returns {moved, selected}: selected < limit means nothing more is due.
@@ -14,19 +14,20 @@ local moved = {}
 if #chosen > 0 then
   redis.call('ZREM', KEYS[2], unpack(chosen))
   local payloads = redis.call('HMGET', KEYS[1], unpack(chosen))
-  local stamped = {}
+  local stamped, kept = {}, {}
   for i, jid in ipairs(chosen) do
     if payloads[i] then
       stamped[#stamped + 1] = jid
       stamped[#stamped + 1] = stamp(payloads[i], ARGV[3])
       moved[#moved + 1] = jid
+      kept[#moved] = payloads[i]
     else
       forget(KEYS[6], jid, queue)
     end
   end
   if #moved > 0 then
     redis.call('HSET', KEYS[1], unpack(stamped))
-    if redis.call('LPUSH', KEYS[3], unpack(moved)) == #moved then
+    if line_up(KEYS[3], KEYS[8], KEYS[7], moved, kept) then
       redis.call('PUBLISH', ARGV[1], queue)
     end
     redis.call('SADD', KEYS[5], queue)

@@ -1,7 +1,7 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working, 6 holders hash,
 --       7 the worker's held set, 8 expiring zset, 9 stats hash, 10 final hash, 11 finished zset,
---       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset
+--       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset, 16 prioritized zset
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
 --       7 wid ('' = a connection that is no worker), 8 finished jobs kept per queue,
 --       9 finished channel
@@ -13,17 +13,17 @@
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
--- it (holders, its held set). The stored payload has
--- `reserve_for` right after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid
--- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
+-- it (holders, its held set). The stored payload has `reserve_for` right after `enqueued_at`
+-- (see broker/jobs.py), so no JSON is decoded here. A queued jid without a record (never
+-- written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
 -- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
 -- expired.
 local CONCURRENCY_WAIT = '0.25'  -- seconds before a FETCH held back by concurrency looks again
 local found = {}
-local paused, resume, concurrency, rate, burst, tokens, refilled, expiring = unpack(redis.call(
-  'HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled',
-  'expiring'))
+local paused, resume, concurrency, rate, burst, tokens, refilled, expiring, prioritized = unpack(
+  redis.call('HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens',
+  'refilled', 'expiring', 'prioritized'))
 if paused then  -- a timed pause ends at the first FETCH after its time
   if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
   redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
@@ -43,11 +43,33 @@ if rate then  -- a token bucket: `rate` tokens a second, at most `burst` saved
   if tokens < 1 then return {tostring((1 - tokens) / rate)} end
   wanted = math.min(wanted, math.floor(tokens))
 end
+-- Up to `need` waiting jids, in the order they run: priorities 6-9 (prioritized zset), the
+-- list (priority 5), then priorities 1-4; false when none waits.
+local function take(need)
+  if not prioritized then return redis.call('RPOP', KEYS[2], need) end
+  local jids = redis.call('ZRANGEBYSCORE', KEYS[16], '-inf', '(' .. HIGH, 'LIMIT', 0, need)
+  if #jids > 0 then redis.call('ZREM', KEYS[16], unpack(jids)) end
+  if #jids < need then
+    for _, jid in ipairs(redis.call('RPOP', KEYS[2], need - #jids) or {}) do
+      jids[#jids + 1] = jid
+    end
+  end
+  if #jids < need then
+    local low = redis.call('ZPOPMIN', KEYS[16], need - #jids)
+    for i = 1, #low, 2 do jids[#jids + 1] = low[i] end
+    if redis.call('EXISTS', KEYS[16]) == 0 then
+      redis.call('HDEL', KEYS[4], 'prioritized')
+      prioritized = nil
+    end
+  end
+  return #jids > 0 and jids or false
+end
+
 local reserved, earliest, holders, held = {}, nil, {}, {}
 local expired, started = {}, {}  -- expiring jobs: past their time; handed out before it
 for _ = 1, 100 do  -- more than one round only when queued jids had no record
   local need = wanted - #found / 2
-  local jids = redis.call('RPOP', KEYS[2], need)
+  local jids = take(need)
   if not jids then break end
   local payloads = redis.call('HMGET', KEYS[1], unpack(jids))
   local expiries = expiring and redis.call('ZMSCORE', KEYS[8], unpack(jids)) or {}

@@ -4,7 +4,7 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled, 4 retries, 5 dead, 6 working, 7 meta hash,
 --       8 jid index, 9 queues set, 10-13 due:scheduled, due:retries, due:dead, due:working,
 --       14 final hash, 15 finished zset, 16 due:finished, 17 progress hash, 18 holders hash,
---       19 expiring zset
+--       19 expiring zset, 20 prioritized zset
 -- ARGV: 1 queue name, 2 N
 -- Returns how many jobs the queue still holds (finished ones included). Every state in between
 -- is consistent: a job is either whole or gone.
@@ -20,14 +20,14 @@ local function drop(jids, value)
   budget = budget - #jids
 end
 drop(redis.call('RPOP', KEYS[2], budget) or {}, queue)
-for _, i in ipairs({3, 4, 5, 6, 15}) do
+for _, i in ipairs({3, 4, 5, 6, 15, 20}) do
   if budget <= 0 then break end
   local jids = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
   if #jids > 0 then redis.call('ZREM', KEYS[i], unpack(jids)) end
   drop(jids, i == 15 and '~' .. queue or queue)
 end
 local left = redis.call('LLEN', KEYS[2])
-for _, i in ipairs({3, 4, 5, 6, 15}) do left = left + redis.call('ZCARD', KEYS[i]) end
+for _, i in ipairs({3, 4, 5, 6, 15, 20}) do left = left + redis.call('ZCARD', KEYS[i]) end
 if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19])

@@ -158,3 +158,56 @@ end
 local function publish(events)
   if #events > 0 then redis.call('PUBLISH', EVENTS, table.concat(events, '\n')) end
 end
+
+-- Priorities: a waiting job of priority 5 (the default) is in the queue list; one of another
+-- priority (1-9, higher first) is in the queue's prioritized zset, scored so that ZPOPMIN
+-- gives the highest priority first and, within it, the first to arrive.
+local PRIORITY_STEP = 1099511627776  -- 2^40 arrivals per priority
+local HIGH = 5 * PRIORITY_STEP  -- scores below this are priorities 6-9
+
+-- A stored payload's priority (nil: the default). It follows `enqueued_at` and `reserve_for`
+-- in the payload (see broker/jobs.py), so only its first bytes are read.
+local function priority_of(payload)
+  local _, e = string.find(payload, '^{"enqueued_at":"[^"]*",')
+  local pos = (e or 1) + 1
+  local _, r = string.find(payload, '^"reserve_for":%-?%d+,', pos)
+  if r then pos = r + 1 end
+  return tonumber(string.match(payload, '^"priority":(%d)', pos))
+end
+
+-- Put waiting jobs in line (jids, with their payloads): the default ones pushed on `list`
+-- (LPUSH: FIFO with RPOP), the others into `ranked` after those of their priority (`meta`
+-- counts arrivals and notes that the zset may hold jobs). Returns true when the queue must be
+-- listed and its FETCHes woken: the list was empty, or prioritized jobs came.
+local function line_up(list, ranked, meta, jids, payloads)
+  local plain, scored = {}, {}
+  for i, jid in ipairs(jids) do
+    local priority = priority_of(payloads[i])
+    if priority then
+      scored[#scored + 1] = priority
+      scored[#scored + 1] = jid
+    else
+      plain[#plain + 1] = jid
+    end
+  end
+  local notify = false
+  if #plain > 0 then notify = redis.call('LPUSH', list, unpack(plain)) == #plain end
+  if #scored > 0 then
+    local count = #scored / 2
+    local arrival = redis.call('HINCRBY', meta, 'arrivals', count) - count
+    for i = 1, #scored, 2 do
+      arrival = arrival + 1
+      scored[i] = (10 - scored[i]) * PRIORITY_STEP + arrival
+    end
+    redis.call('ZADD', ranked, unpack(scored))
+    redis.call('HSET', meta, 'prioritized', 1)
+    notify = true
+  end
+  return notify
+end
+
+-- Take a waiting job out of line, wherever it waits; 1 if it was waiting.
+local function leave_line(list, ranked, jid)
+  if redis.call('ZREM', ranked, jid) == 1 then return 1 end
+  return redis.call('LREM', list, -1, jid)
+end

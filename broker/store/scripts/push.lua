@@ -1,8 +1,8 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled zset, 4 jid index, 5 due:scheduled, 6 queues set,
 --       7 finished zset, 8 final hash, 9 progress hash, 10 working, 11 retries, 12 dead,
---       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 (unused),
---       18 expiring zset, then the unique locks named
+--       13 due:finished, 14 awaited zset, 15 cron claims hash, 16 meta hash, 17 prioritized
+--       zset, 18 expiring zset, then the unique locks named
 -- ARGV: 1 pushed channel, 2 queue name, 3 claim ('' or '<field> <tick>': push only if the
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
 --       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
@@ -35,7 +35,8 @@ if ARGV[7] == 'D' then
   return refused
 end
 -- jobs the queue may still take now (max_size), nil when it has no bound
-local room = ARGV[7] ~= '' and tonumber(ARGV[7]) - redis.call('LLEN', KEYS[2]) or nil
+local room = ARGV[7] ~= '' and
+  tonumber(ARGV[7]) - redis.call('LLEN', KEYS[2]) - redis.call('ZCARD', KEYS[17]) or nil
 if ARGV[3] ~= '' then
   local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
   local last = redis.call('HGET', KEYS[15], field)
@@ -70,7 +71,7 @@ end
 
 -- A waiting job taken over by a replace push: it leaves its place and ends replaced.
 local function replace(holder)
-  if redis.call('ZREM', KEYS[3], holder) == 0 and redis.call('LREM', KEYS[2], -1, holder) == 1
+  if redis.call('ZREM', KEYS[3], holder) == 0 and leave_line(KEYS[2], KEYS[17], holder) == 1
     and room then
     room = room + 1
   end
@@ -115,6 +116,7 @@ for i = 1, count do jids[i] = ARGV[5 * i + 3] end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
 local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
+local waiting_payloads = {}
 local earliest = nil
 for i = 1, count do
   local jid, at, unique = ARGV[5 * i + 3], ARGV[5 * i + 5], ARGV[5 * i + 6]
@@ -139,6 +141,7 @@ for i = 1, count do
     if at == '' then
       if room then room = room - 1 end
       waiting[#waiting + 1] = jid
+      waiting_payloads[#waiting] = ARGV[5 * i + 4]
     else
       scheduled[#scheduled + 1] = at
       scheduled[#scheduled + 1] = jid
@@ -165,8 +168,8 @@ if #expiring > 0 then  -- and FETCH knows to look (meta: expiring)
   redis.call('HSET', KEYS[16], 'expiring', 1)
 end
 redis.call('HSET', KEYS[1], unpack(records))
-if #waiting > 0 and redis.call('LPUSH', KEYS[2], unpack(waiting)) == #waiting then
-  -- the queue was empty: list it (a queue with jobs waiting always is) and wake fetchers
+if #waiting > 0 and line_up(KEYS[2], KEYS[17], KEYS[16], waiting, waiting_payloads) then
+  -- the queue was empty (or jobs of a priority came): list it and wake fetchers
   redis.call('SADD', KEYS[6], queue)
   redis.call('PUBLISH', ARGV[1], queue)
 end
