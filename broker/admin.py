@@ -121,8 +121,8 @@ class Admin:
             raise CommandError("QUEUE LATENCY does not support wildcards")
         result: dict[str, float | int] = {}
         for name in names:
-            payload = await self.store.queues.oldest(name) if QUEUE_NAME.fullmatch(name) else None
-            result[name] = _waited(payload, now)
+            payloads = await self.store.queues.oldest(name) if QUEUE_NAME.fullmatch(name) else []
+            result[name] = max((_waited(payload, now) for payload in payloads), default=0)
         return result
 
     async def info(self, now: float) -> dict[str, Any]:
@@ -146,11 +146,9 @@ class Admin:
         return info
 
 
-def _waited(payload: bytes | None, now: float) -> float | int:
-    """Seconds since the job was enqueued; 0 (as the reference writes it) when there is no job
-    or no readable `enqueued_at`."""
-    if payload is None:
-        return 0
+def _waited(payload: bytes, now: float) -> float | int:
+    """Seconds since the job was enqueued; 0 (as the reference writes it) when it has no
+    readable `enqueued_at`."""
     enqueued_at = job_decoder.decode(payload).enqueued_at
     try:
         return max(0.0, now - parse_time(enqueued_at))

@@ -9,7 +9,7 @@ import pytest
 
 from broker.app import App
 from client import AsyncClient
-from tests.conftest import check_store
+from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 
 
@@ -108,3 +108,14 @@ async def test_flush_takes_prioritized_jobs_too(broker: App, redis_url: str) -> 
     assert await w.call("FETCH", "default") is None
     assert json.loads(await w.call("JOB", "STATE flushed-00"))["state"] == "unknown"
     check_store(redis_url)
+
+
+async def test_latency_counts_prioritized_jobs_too(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("waiting-1", priority=2))  # the list itself stays empty
+
+    async def waited() -> bool:
+        return json.loads(await w.call("QUEUE", "LATENCY default"))["default"] > 0.05
+
+    await eventually(waited)
+    assert json.loads(await w.call("QUEUE", "LATENCY empty")) == {"empty": 0}

@@ -106,10 +106,11 @@ class QueueStore:
     async def forget_counters(self) -> None:
         await self.redis.execute("DEL", STATS)
 
-    async def oldest(self, queue: str) -> bytes | None:
+    async def oldest(self, queue: str) -> list[bytes]:
+        """The payloads of the jobs that may have waited longest (see oldest.lua)."""
         k = self.jobs.keys(queue)
-        payload: bytes | None = await self.redis.run(OLDEST, (k.queue, k.jobs), ())
-        return payload
+        found = await self.redis.run(OLDEST, (k.queue, k.jobs, k.prioritized), ())
+        return [payload for payload in found if payload]
 
     async def counts(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
         """(jobs waiting in each queue, its list and its prioritized jobs; total size of each
