@@ -262,6 +262,30 @@ class AsyncClient(ClientBase[AsyncConnection]):
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         await self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
 
+    async def set_queue(
+        self,
+        *queues: str,
+        max_size: int | None = None,
+        draining: bool | None = None,
+        concurrency: int | None = None,
+        rate: float | None = None,
+        burst: int | None = None,
+    ) -> None:
+        """QUEUE SET (Hopper): settings of these queues (`*`: every listed one); a setting left
+        None stays as it is, 0 clears a limit."""
+        settings = {
+            "max_size": max_size,
+            "draining": draining,
+            "concurrency": concurrency,
+            "rate": rate,
+            "burst": burst,
+        }
+        await self._call(commands.queue_settings(queues, settings))
+
+    async def drain(self, on: bool = True) -> None:
+        """DRAIN ON|OFF (Hopper): every queue refuses pushes (`Draining`), or not."""
+        await self._call(commands.drain(on))
+
     def events(
         self,
         *,

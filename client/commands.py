@@ -266,6 +266,23 @@ def latency(names: Sequence[str]) -> Call[dict[str, float]]:
     )
 
 
+def queue_settings(names: Sequence[str], settings: dict[str, Any]) -> Call[None]:
+    """QUEUE SET (Hopper): None leaves a setting as it is; 0 (or False) clears a limit."""
+    words = [
+        f"{name}={('on' if value else 'off') if isinstance(value, bool) else value}"
+        for name, value in settings.items()
+        if value is not None
+    ]
+    if not words:
+        raise ValueError("QUEUE SET needs at least one setting")
+    return Call(_queue_line("SET", [*names, *words]), _ok)
+
+
+def drain(on: bool) -> Call[None]:
+    """DRAIN ON|OFF (Hopper): the whole broker refuses pushes, or takes them again."""
+    return Call(b"DRAIN ON" + CRLF if on else b"DRAIN OFF" + CRLF, _ok)
+
+
 def _queue_line(subcommand: str, names: Sequence[str]) -> bytes:
     if not names:
         raise ValueError(f"QUEUE {subcommand} needs at least one queue name")

@@ -307,3 +307,28 @@ def test_file_settings_outlive_flush_and_a_reload_clears_what_the_file_drops(
         assert time.monotonic() < deadline, "the reload did not clear concurrency"
         time.sleep(0.05)
     w.close()
+
+
+async def test_the_client_sets_queue_rules_and_drains(broker: App) -> None:
+    async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+        await client.push("work", queue="limited")  # INFO shows the settings of listed queues
+        await client.set_queue("limited", max_size=2, concurrency=1, rate=2.5)
+        info = await client.info()
+        assert info["hopper"]["queues"]["limited"] == {
+            "max_size": "2",
+            "concurrency": "1",
+            "rate": "2.5",
+        }
+        await client.set_queue("limited", concurrency=0, draining=True)
+        assert (await client.info())["hopper"]["queues"]["limited"] == {
+            "max_size": "2",
+            "rate": "2.5",
+            "draining": "1",
+        }
+        with pytest.raises(Draining):
+            await client.push("work", queue="limited")
+        await client.drain()
+        with pytest.raises(Draining):
+            await client.push("work")
+        await client.drain(False)
+        assert await client.push("work")
