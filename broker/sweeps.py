@@ -100,12 +100,11 @@ class Sweeps:
         self, queue: str, jids: list[str], wid: str
     ) -> list[tuple[str, Reservation | None]]:
         """Each jid with its reservation if `wid` still holds it, else None."""
-        found = []
-        for jid in jids:
-            reservation = await self.store.jobs.reservation(queue, jid)
-            held = reservation is not None and reservation.holder == wid
-            found.append((jid, reservation if held else None))
-        return found
+        reservations = await self.store.jobs.reservations(queue, jids)
+        return [
+            (jid, reservation if reservation is not None and reservation.holder == wid else None)
+            for jid, reservation in zip(jids, reservations, strict=True)
+        ]
 
     async def purge_dead(self, now: float) -> int:
         """Delete dead jobs whose time is up."""

@@ -196,11 +196,18 @@ class JobStore:
     async def reservation(self, queue: str, jid: str) -> Reservation | None:
         """The reservation of a job, its payload and holder, read together; None if not
         reserved."""
+        return (await self.reservations(queue, [jid]))[0]
+
+    async def reservations(self, queue: str, jids: Sequence[str]) -> list[Reservation | None]:
+        """`reservation()` of each jid, all read in one round trip."""
         k = self.keys(queue)
-        expiry, payload, holder = await self.redis.execute_many(
-            [("ZSCORE", k.working, jid), ("HGET", k.jobs, jid), ("HGET", k.holders, jid)]
+        expiries, payloads, holders = await self.redis.execute_many(
+            [("ZMSCORE", k.working, *jids), ("HMGET", k.jobs, *jids), ("HMGET", k.holders, *jids)]
         )
-        return None if expiry is None else Reservation(expiry, payload, holder_of(holder))
+        return [
+            None if expiry is None else Reservation(expiry, payload, holder_of(holder))
+            for expiry, payload, holder in zip(expiries, payloads, holders, strict=True)
+        ]
 
     async def holders(self, queue: str, jids: Sequence[str]) -> list[str]:
         """The worker holding each job of `jids` ('' for none)."""

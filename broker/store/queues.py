@@ -69,12 +69,8 @@ class QueueStore:
     async def push_limits(self, queue: str) -> str:
         """What the push script is to enforce: 'D' when the queue or the broker drains, else
         the queue's max_size ('' for none)."""
-        size, draining, everything = await self.redis.execute_many(
-            [
-                ("HGET", self.jobs.keys(queue).meta, "max_size"),
-                ("HGET", self.jobs.keys(queue).meta, "draining"),
-                ("EXISTS", DRAINING),
-            ]
+        (size, draining), everything = await self.redis.execute_many(
+            [("HMGET", self.jobs.keys(queue).meta, "max_size", "draining"), ("EXISTS", DRAINING)]
         )
         return "D" if draining or everything else text(size or b"")
 
