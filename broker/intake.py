@@ -16,7 +16,14 @@ from broker.doorbell import Doorbell
 from broker.errors import JID_IN_USE, BrokerError, CommandError
 from broker.jobs import Job, check_queue_name, encode, format_time, parse_time, validate_new
 from broker.middleware import Chains, Context
-from broker.policy import NOT_UNIQUE, backoff_of, expiry_of, settle_priority, unique_of
+from broker.policy import (
+    NOT_UNIQUE,
+    backoff_of,
+    expiry_of,
+    settle_group,
+    settle_priority,
+    unique_of,
+)
 from broker.store.jobs import PushEntry
 from broker.store.redis import Store
 
@@ -118,6 +125,7 @@ class Intake:
             await self.chains.push.run(Context(job, now))
             check_queue_name(job.queue)
         settle_priority(job)
+        settle_group(job)
         unique = unique_of(job, float(at) - now if at else 0.0)
         backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
         expires = expiry_of(job, now)

@@ -3,8 +3,8 @@
 Field order matters for `Job`: the stored payload starts with `{"enqueued_at":"…"` (the broker
 owns that field and restamps it in Lua on every enqueue) followed by `"reserve_for":N` whenever
 the job asks for a reservation of its own, then `"priority":N` for a priority other than the
-default, which lets the scripts stamp and read them without decoding JSON (see
-store/scripts/lib.lua and fetch.lua).
+default, then `"group":"…"` for a job of a group, which lets the scripts stamp and read them
+without decoding JSON (see store/scripts/lib.lua and fetch.lua).
 """
 
 import re
@@ -50,6 +50,7 @@ class Job(msgspec.Struct, omit_defaults=True):
     enqueued_at: str = ""
     reserve_for: int = 0
     priority: int = 0  # 1-9, higher first; 0 (omitted): the default, 5 (Hopper)
+    group: str = ""  # fair turns between groups of a queue (Hopper)
     retry: int | None = None
     jid: str = ""
     queue: str = ""

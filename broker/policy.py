@@ -8,6 +8,7 @@ Pure: what a push asks for, checked, turned into what the broker enforces.
 import hashlib
 import math
 import random
+import re
 from typing import Any, NamedTuple
 
 import msgspec
@@ -27,6 +28,8 @@ MAX_EXPONENT = 1000  # retry counts beyond this grow no further (the cap applies
 MAX_DELAYS = 1000
 MAX_QUEUE_SIZE = 1_000_000_000  # the largest max_size, concurrency or burst a queue takes
 MAX_RATE = 1_000_000.0  # jobs a second, the largest rate a queue takes
+MAX_GROUP = 200  # characters of a group name
+GROUP_NAME = re.compile(rf'[^"\\\x00-\x1f\x7f]{{1,{MAX_GROUP}}}')
 
 
 class Unique(NamedTuple):
@@ -128,6 +131,21 @@ def settle_priority(job: Job) -> None:
     job.priority = 0 if given == DEFAULT_PRIORITY else given
 
 
+def settle_group(job: Job) -> None:
+    """Check a job's group (top-level `group`, or `custom.group`) and store it where the
+    scripts read it. Raises CommandError for a group that is not 1 to MAX_GROUP characters
+    without quotes, backslashes or control characters."""
+    given: Any = job.group or (job.custom or {}).get("group")
+    if given is None or given == "":
+        return
+    if not isinstance(given, str) or not GROUP_NAME.fullmatch(given):
+        raise CommandError(
+            f"group must be a string of 1 to {MAX_GROUP} characters, "
+            "without quotes, backslashes or control characters"
+        )
+    job.group = given
+
+
 def expiry_of(job: Job, now: float) -> float | None:
     """When a job expires (unix seconds; None: never), from Faktory Enterprise's
     `custom.expires_at` (RFC3339, any offset) or `custom.expires_in` (seconds from `now`,
@@ -162,28 +180,47 @@ def _positive(value: Any) -> bool:
     )
 
 
+COUNTS = ("max_size", "concurrency", "burst", "group_concurrency", "group_burst")
+RATES = ("rate", "group_rate")
+JOBTYPE_LIMITS = ("concurrency", "rate", "burst")
+SETTINGS_HELP = (
+    "max_size=N, draining=on|off, concurrency=N, rate=R, burst=N, group_concurrency=N, "
+    "group_rate=R, group_burst=N, <jobtype>.concurrency=N, <jobtype>.rate=R, <jobtype>.burst=N"
+)
+
+
 def queue_setting(word: str) -> tuple[str, str | None]:
-    """One `name=value` of QUEUE SET, checked: (name, value to store, or None to clear).
-    max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs reserved at
-    once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate may give at
-    once; 1 when not set)."""
+    """One `name=value` of QUEUE SET, checked: (name to store, value to store or None to
+    clear). max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs
+    reserved at once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate
+    may give at once; 1 when not set); group_* the same for each group of the queue, and
+    `<jobtype>.<limit>` for the jobs of one jobtype in the queue (stored as t:<jobtype>:<limit>,
+    as the scripts read it)."""
     name, _, value = word.partition("=")
-    if name in ("max_size", "concurrency", "burst") and value.isascii() and value.isdigit():
+    jobtype, dot, limit = name.rpartition(".")
+    stored = f"t:{jobtype}:{limit}" if dot and jobtype and limit in JOBTYPE_LIMITS else name
+    kind = limit if stored != name else name
+    if kind in COUNTS and value.isascii() and value.isdigit():
         if int(value) <= MAX_QUEUE_SIZE:
-            return name, str(int(value)) if int(value) else None
-    elif name == "draining" and value in ("on", "off"):
-        return name, "1" if value == "on" else None
-    elif name == "rate":
+            return stored, str(int(value)) if int(value) else None
+    elif kind == "draining" and value in ("on", "off"):
+        return stored, "1" if value == "on" else None
+    elif kind in RATES:
         try:
             rate = float(value)
         except ValueError:
             rate = -1.0
         if 0 <= rate <= MAX_RATE:
-            return name, repr(rate) if rate else None
-    raise CommandError(
-        f"QUEUE SET: not a setting: {word} (max_size=N, draining=on|off, concurrency=N, "
-        "rate=R, burst=N)"
-    )
+            return stored, repr(rate) if rate else None
+    raise CommandError(f"QUEUE SET: not a setting: {word} ({SETTINGS_HELP})")
+
+
+class JobtypeRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """`[queues.<name>.jobtypes.<jobtype>]`: limits on the jobs of one jobtype in the queue."""
+
+    concurrency: int | None = None
+    rate: float | None = None
+    burst: int | None = None
 
 
 class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -195,14 +232,22 @@ class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     concurrency: int | None = None
     rate: float | None = None
     burst: int | None = None
+    group_concurrency: int | None = None
+    group_rate: float | None = None
+    group_burst: int | None = None
+    jobtypes: dict[str, JobtypeRules] = msgspec.field(default_factory=dict)
 
     def names(self) -> list[str]:
-        """The settings given."""
-        return [name for name, value in msgspec.structs.asdict(self).items() if value is not None]
+        """The settings given, as stored."""
+        return [queue_setting(word)[0] for word in self.words()]
 
     def words(self) -> list[str]:
         """The QUEUE SET words these settings are."""
         values = msgspec.structs.asdict(self)
+        del values["jobtypes"]
+        for jobtype, rules in self.jobtypes.items():
+            for limit, value in msgspec.structs.asdict(rules).items():
+                values[f"{jobtype}.{limit}"] = value
         return [f"{name}={_word(value)}" for name, value in values.items() if value is not None]
 
 
@@ -211,12 +256,16 @@ def check_queue_rules(rules: dict[str, QueueRules]) -> None:
     for queue, rule in rules.items():
         if not QUEUE_NAME.fullmatch(queue):
             raise ValueError(f"queues.{queue}: not a queue name ([a-zA-Z0-9._-]+)")
+        for jobtype in rule.jobtypes:
+            if not jobtype or "=" in jobtype:
+                raise ValueError(f"queues.{queue}.jobtypes: not a jobtype name: {jobtype!r}")
         for word in rule.words():
             try:
                 queue_setting(word)
             except CommandError:
-                name, _, value = word.partition("=")
-                raise ValueError(f"queues.{queue}.{name}: not a valid value: {value}") from None
+                name, _, value = word.rpartition("=")
+                where = f"jobtypes.{name}" if "." in name else name
+                raise ValueError(f"queues.{queue}.{where}: not a valid value: {value}") from None
 
 
 def _word(value: Any) -> str:

@@ -135,6 +135,9 @@ class Auditor:
             listed.update(text(j) for j in page)
         async for flat in self.redis.steps("ZSCAN", k.prioritized):  # waiting too
             listed.update(text(j) for j in flat[::2])
+        for lane in await self._lanes(queue):
+            async for flat in self.redis.steps("ZSCAN", k.lane(lane)):
+                listed.update(text(j) for j in flat[::2])
         suspects = {jid for jid, n in listed.items() if n > 1}
         suspects |= await self._orphans(queue, list(listed))
         async for jid, found in self._records(queue, listed):
@@ -147,6 +150,14 @@ class Auditor:
             await self._inspect(queue, jid)
         await self._check_notes(queue)
         await self._check_expiries(queue)
+
+    async def _lanes(self, queue: str) -> list[str]:
+        """The lanes of a queue that hold waiting jobs (those served and those resting)."""
+        k = self.store.jobs.keys(queue)
+        found = await self.redis.execute_many(
+            [("ZRANGE", k.lanes, 0, -1), ("ZRANGE", k.resting, 0, -1)]
+        )
+        return sorted({text(lane) for reply in found for lane in reply})
 
     async def _records(self, queue: str, listed: Counter[str]) -> AsyncIterator[tuple[str, bool]]:
         """Each record of the queue, with whether it looks wrong (place count, index, JSON)."""
@@ -196,6 +207,7 @@ class Auditor:
                 k.finished,
                 DUE["finished"],
                 k.prioritized,
+                k.meta,
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )

@@ -186,6 +186,7 @@ class JobStore:
                 AWAITED,
                 k.holders,
                 held(wid),
+                k.meta,
             ),
             args,
         )

@@ -16,7 +16,9 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:retries      zset   jid -> time of the next attempt
   hopper:q:{q}:dead         zset   jid -> time to purge
   hopper:q:{q}:meta         hash   the queue's settings: paused (and resume_at, unix seconds,
-                                   for a timed pause), max_size, draining
+                                   for a timed pause), max_size, draining, limits (concurrency,
+                                   rate, burst; group_*; t:<jobtype>:<limit>), and notes for the
+                                   scripts (prioritized, expiring, lanes, laned, turn, ...)
   hopper:q:{q}:finished     zset   jid -> when it finished: done and discarded jobs, kept (their
                                    records stay in jobs) for finished_ttl, finished_max at most
   hopper:q:{q}:final        hash   jid -> note of a finished job: {"state"?,"result"?} when its
@@ -31,6 +33,14 @@ Per queue (hash tag `{q}`):
                                    run; checked (and taken out) at FETCH
   hopper:q:{q}:holders      hash   jid -> wid of the worker holding its reservation, `!wid` once
                                    a cancel was asked for (`!` alone: fetched without a wid)
+  hopper:q:{q}:lane:<id>    zset   jid -> score as in prioritized: the waiting jobs of one lane;
+                                   id `g:<group>` (jobs of a group) or `t:<jobtype>` (jobs held
+                                   back by their jobtype's limits); there while it has jobs
+  hopper:q:{q}:lanes        zset   lane id -> its turn: the lanes that may be served (round-robin)
+  hopper:q:{q}:resting      zset   lane id -> when to look again: lanes held back by their limits
+  hopper:q:{q}:running      hash   lane id -> reservations counted towards its concurrency limit
+  hopper:q:{q}:leases       hash   jid -> the lane ids (JSON) a reserved job counts towards
+  hopper:q:{q}:buckets      hash   lane id -> `<tokens> <refilled at>` of a rate-limited lane
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -87,18 +97,23 @@ class QueueKeys:
     """The keys of one queue, built once and reused."""
 
     __slots__ = (
+        "buckets",
         "dead",
         "expiring",
         "final",
         "finished",
         "holders",
         "jobs",
+        "lanes",
+        "leases",
         "meta",
         "name",
         "prioritized",
         "progress",
         "queue",
+        "resting",
         "retries",
+        "running",
         "scheduled",
         "working",
     )
@@ -119,6 +134,15 @@ class QueueKeys:
         self.holders = f"{base}:holders"
         self.expiring = f"{base}:expiring"
         self.prioritized = f"{base}:prioritized"
+        self.lanes = f"{base}:lanes"
+        self.resting = f"{base}:resting"
+        self.running = f"{base}:running"
+        self.leases = f"{base}:leases"
+        self.buckets = f"{base}:buckets"
+
+    def lane(self, lane: str) -> str:
+        """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib.lua too."""
+        return f"{QUEUE_PREFIX}{{{self.name}}}:lane:{lane}"
 
     def unique(self, digest: str) -> str:
         """The lock of one unique identity (a sha256 digest) in this queue."""
@@ -130,10 +154,11 @@ class QueueKeys:
         return key
 
     def all(self) -> tuple[str, ...]:
-        """Every key of the queue."""
+        """Every key of the queue with a fixed name (not its lanes or unique locks)."""
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
         extra = (self.holders, self.expiring, self.prioritized)
-        return (*live, self.final, self.finished, self.progress, *extra)
+        lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets)
+        return (*live, self.final, self.finished, self.progress, *extra, *lanes)
 
 
 def worker(wid: str) -> str:

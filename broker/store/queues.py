@@ -44,15 +44,22 @@ class QueueStore:
             await self.redis.execute("HSET", meta, "paused", 1, "resume_at", repr(resume_at))
 
     async def configure(self, queue: str, settings: dict[str, str | None]) -> None:
-        """Set (or with None, clear) settings of a queue: max_size, draining."""
+        """Set (or with None, clear) settings of a queue (see policy.queue_setting)."""
         meta = self.jobs.keys(queue).meta
         commands: list[tuple[Any, ...]] = [
             ("HSET", meta, name, value) if value is not None else ("HDEL", meta, name)
             for name, value in settings.items()
         ]
-        await self.redis.execute_many(commands)
+        if any(name.startswith(JOBTYPE_MARK) for name in settings):
+            commands.append(("HKEYS", meta))
+        *_, names = await self.redis.execute_many(commands)
+        if any(name.startswith(JOBTYPE_MARK) for name in settings):  # FETCH looks at jobtypes
+            typed = any(text(name).startswith(JOBTYPE_MARK) for name in names)
+            await self.redis.execute(
+                *(("HSET", meta, TYPED, 1) if typed else ("HDEL", meta, TYPED))
+            )
 
-    async def settings(self, queues: Sequence[str]) -> dict[str, dict[str, str]]:
+    async def settings(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The settings of each queue that has any."""
         found = await self.redis.execute_many([("HGETALL", self.jobs.keys(q).meta) for q in queues])
         shown = {q: _settings(flat) for q, flat in zip(queues, found, strict=True)}
@@ -109,15 +116,19 @@ class QueueStore:
         return [payload for payload in found if payload]
 
     async def counts(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
-        """(jobs waiting in each queue, its list and its prioritized jobs; total size of each
-        sorted set over every queue), in two round trips."""
+        """(jobs waiting in each queue: its list, its prioritized jobs and those in lanes;
+        total size of each sorted set over every queue), in two round trips."""
         n = len(queues)
         commands: list[tuple[Any, ...]] = [("LLEN", self.jobs.keys(q).queue) for q in queues]
         commands += [("ZCARD", self.jobs.keys(q).prioritized) for q in queues]
+        commands += [("HGET", self.jobs.keys(q).meta, "laned") for q in queues]
         commands += [("ZRANGE", DUE[name], 0, -1) for name in SETS]
         replies = await self.redis.execute_many(commands)
-        sizes = {q: replies[i] + replies[n + i] for i, q in enumerate(queues)}
-        holders = dict(zip(SETS, replies[2 * n :], strict=True))
+        sizes = {
+            q: replies[i] + replies[n + i] + int(replies[2 * n + i] or 0)
+            for i, q in enumerate(queues)
+        }
+        holders = dict(zip(SETS, replies[3 * n :], strict=True))
         cards: list[tuple[Any, ...]] = [
             ("ZCARD", self.jobs.keys(text(q)).zset(name)) for name in SETS for q in holders[name]
         ]
@@ -145,11 +156,29 @@ class QueueStore:
         return 0
 
 
-# the meta fields INFO shows (not the rate's bookkeeping, nor the expiring note)
-SETTINGS = ("paused", "resume_at", "max_size", "draining", "concurrency", "rate", "burst")
+# the meta fields INFO shows (not the rates' bookkeeping, nor notes for the scripts)
+SETTINGS = (
+    "paused",
+    "resume_at",
+    "max_size",
+    "draining",
+    "concurrency",
+    "rate",
+    "burst",
+    "group_concurrency",
+    "group_rate",
+    "group_burst",
+)
+JOBTYPE_MARK = "t:"  # meta fields t:<jobtype>:<limit> hold jobtype limits
+TYPED = "jobtype_limits"  # meta note: the queue has some (FETCH looks at jobtypes)
 
 
-def _settings(flat: list[bytes]) -> dict[str, str]:
-    """A queue's settings from its meta hash (not the rate's bookkeeping)."""
+def _settings(flat: list[bytes]) -> dict[str, Any]:
+    """A queue's settings from its meta hash, jobtype limits under `jobtypes`."""
     found = {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-    return {name: found[name] for name in SETTINGS if name in found}
+    shown: dict[str, Any] = {name: found[name] for name in SETTINGS if name in found}
+    for name, value in found.items():
+        if name.startswith(JOBTYPE_MARK):
+            jobtype, _, limit = name[len(JOBTYPE_MARK) :].rpartition(":")
+            shown.setdefault("jobtypes", {}).setdefault(jobtype, {})[limit] = value
+    return shown

@@ -98,7 +98,7 @@ class TrackingStore:
         k = self.jobs.keys(queue)
         where = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.holders, JIDS)
         notes = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
-        finals = (*notes, k.dead, k.expiring, k.prioritized)
+        finals = (*notes, k.dead, k.expiring, k.prioritized, k.meta)
         reply = await self.redis.run(
             CANCEL, (*where, *finals), (queue, jid, now, keep, FINISHED_CHANNEL)
         )

@@ -1,7 +1,7 @@
 -- ack: finish reserved jobs of one queue, atomically per job.
 -- KEYS: 1 jobs hash, 2 working zset, 3 jid index, 4 stats hash, 5 final hash, 6 finished zset,
 --       7 due:finished, 8 progress hash, 9 awaited zset, 10 holders hash, 11 the acking
---       worker's held set
+--       worker's held set, 12 meta hash (its reservations' lanes get their slots back)
 -- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 finished jobs kept per queue
 --       at most (0: none), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
 --       then pairs (position among the jids, result JSON) for those that carry a result
@@ -41,6 +41,7 @@ if listening() then
 end
 redis.call('ZREM', KEYS[2], unpack(done))
 redis.call('HDEL', KEYS[10], unpack(done))
+unlease(KEYS[12], done)
 if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (others' stay, stale)
   local held = {}
   for i, jid in ipairs(done) do held[i] = queue .. ':' .. jid end

@@ -1,7 +1,8 @@
 -- cancel: stop one job of a queue from running (JOB CANCEL), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 scheduled zset, 5 retries zset,
 --       6 holders hash, 7 jid index, 8 final hash, 9 finished zset, 10 due:finished,
---       11 progress hash, 12 awaited zset, 13 dead zset, 14 expiring zset, 15 prioritized zset
+--       11 progress hash, 12 awaited zset, 13 dead zset, 14 expiring zset, 15 prioritized zset,
+--       16 meta hash
 -- ARGV: 1 queue name, 2 jid, 3 now (unix seconds), 4 finished jobs kept per queue at most,
 --       5 finished channel
 -- A waiting, scheduled or retrying job leaves its place and ends cancelled (kept like a done
@@ -26,13 +27,13 @@ if redis.call('ZSCORE', KEYS[3], jid) then
   return 'cancelling'
 end
 local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], jid)
-if removed == 0 then removed = leave_line(KEYS[2], KEYS[15], jid) end
+local payload = redis.call('HGET', KEYS[1], jid)  -- before finish() may drop it
+if removed == 0 then removed = leave_line(KEYS[2], KEYS[15], KEYS[16], jid, payload) end
 if removed == 0 then return '' end
 redis.call('ZREM', KEYS[14], jid)
-local payload = listening() and redis.call('HGET', KEYS[1], jid)  -- before finish() may drop it
 local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
 finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])
 announce(KEYS[12], ARGV[5], {jid})
-if payload then publish({event('cancelled', jid, queue, payload, clock(), '')}) end
+if payload and listening() then publish({event('cancelled', jid, queue, payload, clock(), '')}) end
 return 'cancelled'

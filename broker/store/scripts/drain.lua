@@ -1,4 +1,5 @@
--- drain: take up to N waiting jobs off a queue and delete them (QUEUE REMOVE), atomically.
+-- drain: take up to N waiting jobs off a queue (its list, prioritized zset, then lanes) and
+-- delete them (QUEUE REMOVE), atomically.
 -- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash,
 --       7 expiring zset, 8 prioritized zset
 -- ARGV: 1 queue name, 2 N
@@ -10,6 +11,9 @@ if #jids < tonumber(ARGV[2]) then
   local ranked = redis.call('ZPOPMIN', KEYS[8], tonumber(ARGV[2]) - #jids)
   for i = 1, #ranked, 2 do jids[#jids + 1] = ranked[i] end
 end
+if #jids < tonumber(ARGV[2]) then
+  for _, jid in ipairs(empty_lanes(KEYS[4], tonumber(ARGV[2]) - #jids)) do jids[#jids + 1] = jid end
+end
 if #jids > 0 then
   redis.call('HDEL', KEYS[2], unpack(jids))
   redis.call('HDEL', KEYS[6], unpack(jids))
@@ -17,8 +21,9 @@ if #jids > 0 then
   forget_all(KEYS[3], jids, ARGV[1])
 end
 local left = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[8])
+  + (tonumber(redis.call('HGET', KEYS[4], 'laned')) or 0)
 if left == 0 then
-  redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[4], lanes_of(KEYS[4]).buckets)
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end
   redis.call('SREM', KEYS[5], ARGV[1])
 end

@@ -23,6 +23,7 @@ local expiry = redis.call('ZSCORE', KEYS[2], jid)
 if not expiry then return 0 end
 if ARGV[3] ~= '' and tonumber(expiry) ~= tonumber(ARGV[3]) then return -1 end
 redis.call('ZREM', KEYS[2], jid)
+unlease(KEYS[19], {jid})
 local holder = redis.call('HGET', KEYS[14], jid)
 if holder then
   redis.call('HDEL', KEYS[14], jid)

@@ -20,10 +20,12 @@
 -- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
 -- expired.
 local CONCURRENCY_WAIT = '0.25'  -- seconds before a FETCH held back by concurrency looks again
+local REST_CHECK = 10  -- seconds before a lane resting at its concurrency is looked at anyway
 local found = {}
-local paused, resume, concurrency, rate, burst, tokens, refilled, expiring, prioritized = unpack(
-  redis.call('HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens',
-  'refilled', 'expiring', 'prioritized'))
+local paused, resume, concurrency, rate, burst, tokens, refilled, expiring, prioritized, lanes,
+  typed, group_concurrency, group_rate, group_burst = unpack(redis.call('HMGET', KEYS[4],
+  'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled', 'expiring',
+  'prioritized', 'lanes', 'jobtype_limits', 'group_concurrency', 'group_rate', 'group_burst'))
 if paused then  -- a timed pause ends at the first FETCH after its time
   if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
   redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
@@ -43,9 +45,10 @@ if rate then  -- a token bucket: `rate` tokens a second, at most `burst` saved
   if tokens < 1 then return {tostring((1 - tokens) / rate)} end
   wanted = math.min(wanted, math.floor(tokens))
 end
--- Up to `need` waiting jids, in the order they run: priorities 6-9 (prioritized zset), the
--- list (priority 5), then priorities 1-4; false when none waits.
-local function take(need)
+-- Up to `need` waiting jids of the list and the prioritized zset, in the order they run:
+-- priorities 6-9 (prioritized zset), the list (priority 5), then priorities 1-4; false when
+-- none waits.
+local function take_line(need)
   if not prioritized then return redis.call('RPOP', KEYS[2], need) end
   local jids = redis.call('ZRANGEBYSCORE', KEYS[16], '-inf', '(' .. HIGH, 'LIMIT', 0, need)
   if #jids > 0 then redis.call('ZREM', KEYS[16], unpack(jids)) end
@@ -64,6 +67,156 @@ local function take(need)
   end
   return #jids > 0 and jids or false
 end
+
+-- Fair turns (when the queue has lanes or jobtype limits, see lanes_of() in lib.lua): the list
+-- and each lane that may be served take turns, one job a turn; a lane at its limits rests; a
+-- job of a jobtype at its limits waits in its jobtype's lane. Each step is a few calls,
+-- whatever the number of lanes.
+local l = lanes_of(KEYS[4])
+local limits, running, bucket = {}, {}, {}  -- per lane, read once per call
+local leased = {}  -- jid -> the lanes with a concurrency limit its reservation counts towards
+local hint = nil  -- seconds until a lane that rests may be served
+
+-- A lane's limits {concurrency, rate, burst}, false for none.
+local function limits_of(lane)
+  if limits[lane] == nil then
+    local c, r, b = group_concurrency, group_rate, group_burst
+    if string.sub(lane, 1, 2) == 't:' then
+      c, r, b = unpack(redis.call('HMGET', KEYS[4], lane .. ':concurrency', lane .. ':rate',
+        lane .. ':burst'))
+    end
+    limits[lane] = (c or r) and {tonumber(c), tonumber(r), tonumber(b or 1)} or false
+  end
+  return limits[lane]
+end
+
+-- Seconds before `lane` may give a job: 0 now, math.huge when one of its reservations ends.
+local function wait_of(lane)
+  local spec = limits_of(lane)
+  if not spec then return 0 end
+  local most, pace, most_saved = spec[1], spec[2], spec[3]
+  if most then
+    running[lane] = running[lane] or tonumber(redis.call('HGET', l.running, lane)) or 0
+    if running[lane] >= most then return math.huge end
+  end
+  if pace then
+    if not bucket[lane] then
+      local saved, at = string.match(redis.call('HGET', l.buckets, lane) or '', '^(%S+) (%S+)$')
+      saved, at = tonumber(saved) or most_saved, tonumber(at) or now
+      bucket[lane] = math.min(most_saved, saved + (now - at) * pace)
+    end
+    if bucket[lane] < 1 then return (1 - bucket[lane]) / pace end
+  end
+  return 0
+end
+
+-- A job taken from (or for) `lane` uses one of its slots and tokens.
+local function use(lane, jid)
+  local spec = limits_of(lane)
+  if not spec then return end
+  if spec[1] then
+    running[lane] = running[lane] + 1
+    leased[jid] = leased[jid] or {}
+    table.insert(leased[jid], lane)
+  end
+  if spec[2] then bucket[lane] = bucket[lane] - 1 end
+end
+
+-- `lane` rests for `seconds` (math.huge: until a reservation of it ends, or REST_CHECK).
+local function rest(lane, seconds)
+  redis.call('ZREM', l.ring, lane)
+  redis.call('ZADD', l.resting, now + (seconds == math.huge and REST_CHECK or seconds), lane)
+  seconds = math.min(seconds, tonumber(CONCURRENCY_WAIT))
+  hint = hint and math.min(hint, seconds) or seconds
+end
+
+-- The jobtype lane of a waiting job when its jobtype has limits in this queue, else nil.
+local function typed_lane(jid)
+  if not typed then return nil end
+  local payload = redis.call('HGET', KEYS[1], jid)
+  local lane = payload and 't:' .. jobtype_of(payload)
+  return lane and limits_of(lane) and lane or nil
+end
+
+local function take_fair(need)
+  for _, lane in ipairs(redis.call('ZRANGEBYSCORE', l.resting, '-inf', now, 'LIMIT', 0, need + 8)) do
+    redis.call('ZREM', l.resting, lane)
+    redis.call('ZADD', l.ring, redis.call('HINCRBY', KEYS[4], 'turn', 1), lane)
+  end
+  local jids, line_open = {}, true
+  local line_turn = tonumber(redis.call('HGET', KEYS[4], 'line_turn')) or 0
+  for _ = 1, 4 * need + 8 do
+    if #jids >= need then break end
+    local head = redis.call('ZRANGE', l.ring, 0, 0, 'WITHSCORES')
+    if line_open and (not head[1] or line_turn <= tonumber(head[2])) then
+      local got = take_line(1)
+      if not got then
+        line_open = false
+      else
+        line_turn = redis.call('HINCRBY', KEYS[4], 'turn', 1)
+        local jid = got[1]
+        local lane = typed_lane(jid)
+        local wait = lane and wait_of(lane) or 0
+        if wait > 0 then  -- it waits in its jobtype's lane, at the back of it
+          local priority = head_of(redis.call('HGET', KEYS[1], jid))
+          local arrival = redis.call('HINCRBY', KEYS[4], 'arrivals', 1)
+          enter_lane(l, lane, (10 - (priority or 5)) * PRIORITY_STEP + arrival, jid)
+          rest(lane, wait)
+        else
+          if lane then use(lane, jid) end
+          jids[#jids + 1] = jid
+        end
+      end
+    elseif head[1] then
+      local lane = head[1]
+      local wait = wait_of(lane)
+      local first = wait == 0 and redis.call('ZRANGE', l.lane .. lane, 0, 0)[1]
+      local other = first and string.sub(lane, 1, 2) == 'g:' and typed_lane(first)
+      if other and wait_of(other) > 0 then  -- its first job's jobtype is at its limits
+        wait = math.min(wait_of(other), tonumber(CONCURRENCY_WAIT))
+      end
+      if wait > 0 then
+        rest(lane, wait)
+      elseif not first then  -- an empty lane (mended)
+        redis.call('ZREM', l.ring, lane)
+      else
+        exit_lane(l, lane, first)
+        if redis.call('EXISTS', l.lane .. lane) == 1 then
+          redis.call('ZADD', l.ring, redis.call('HINCRBY', KEYS[4], 'turn', 1), lane)
+        end
+        use(lane, first)
+        if other then use(other, first) end
+        jids[#jids + 1] = first
+      end
+    else
+      break
+    end
+  end
+  redis.call('HSET', KEYS[4], 'line_turn', line_turn)
+  return #jids > 0 and jids or false
+end
+
+-- The lanes' bookkeeping for the jobs handed out (jids): slots, leases, tokens.
+local function settle_lanes(jids)
+  local leases, counts = {}, {}
+  for _, jid in ipairs(jids) do
+    if leased[jid] then
+      leases[#leases + 1] = jid
+      leases[#leases + 1] = cjson.encode(leased[jid])
+      for _, lane in ipairs(leased[jid]) do counts[lane] = (counts[lane] or 0) + 1 end
+    end
+  end
+  if #leases > 0 then redis.call('HSET', l.leases, unpack(leases)) end
+  for lane, n in pairs(counts) do redis.call('HINCRBY', l.running, lane, n) end
+  for lane, left in pairs(bucket) do
+    redis.call('HSET', l.buckets, lane, left .. ' ' .. ARGV[1])
+  end
+  if redis.call('EXISTS', l.ring) == 0 and redis.call('EXISTS', l.resting) == 0 then
+    redis.call('HDEL', KEYS[4], 'lanes', 'laned')
+    lanes = nil
+  end
+end
+local take = (lanes or typed) and take_fair or take_line
 
 local reserved, earliest, holders, held = {}, nil, {}, {}
 local expired, started = {}, {}  -- expiring jobs: past their time; handed out before it
@@ -127,6 +280,16 @@ if #expired > 0 then
 end
 if rate then
   redis.call('HSET', KEYS[4], 'tokens', tokens - #found / 2, 'refilled', now)
+end
+if take ~= take_line then
+  local handed = {}
+  for i = 1, #found, 2 do handed[#handed + 1] = found[i] end
+  settle_lanes(handed)
+  if #found == 0 and not hint then  -- lanes that rest since an earlier call
+    local first = redis.call('ZRANGE', l.resting, 0, 0, 'WITHSCORES')[2]
+    hint = first and math.min(tonumber(first) - now, tonumber(CONCURRENCY_WAIT))
+  end
+  if #found == 0 and hint then return {tostring(math.max(hint, 0.01))} end
 end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))

@@ -16,10 +16,12 @@ local function drop(jids, value)
   redis.call('HDEL', KEYS[17], unpack(jids))
   redis.call('HDEL', KEYS[18], unpack(jids))
   redis.call('ZREM', KEYS[19], unpack(jids))
+  unlease(KEYS[7], jids)
   forget_all(KEYS[8], jids, value)
   budget = budget - #jids
 end
 drop(redis.call('RPOP', KEYS[2], budget) or {}, queue)
+if budget > 0 then drop(empty_lanes(KEYS[7], budget), queue) end
 for _, i in ipairs({3, 4, 5, 6, 15, 20}) do
   if budget <= 0 then break end
   local jids = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
@@ -28,9 +30,12 @@ for _, i in ipairs({3, 4, 5, 6, 15, 20}) do
 end
 local left = redis.call('LLEN', KEYS[2])
 for _, i in ipairs({3, 4, 5, 6, 15, 20}) do left = left + redis.call('ZCARD', KEYS[i]) end
+left = left + (tonumber(redis.call('HGET', KEYS[7], 'laned')) or 0)
 if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
-redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19])
+local l = lanes_of(KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
+  l.running, l.leases, l.buckets)
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end
 return 0

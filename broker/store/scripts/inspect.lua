@@ -2,8 +2,9 @@
 -- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
 --       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
---       14 due:finished, 15 prioritized zset (a waiting job of a priority other than 5 waits
---       there: it counts as being in the queue)
+--       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
+--       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
+--       lane: either counts as being in the queue)
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped
@@ -24,6 +25,19 @@ local function problem(kind, detail) problems[#problems + 1] = {kind, detail or 
 local listed = redis.call('LPOS', KEYS[2], jid, 'COUNT', 0)
 local ranked = redis.call('ZSCORE', KEYS[15], jid)
 if ranked then listed[#listed + 1] = -1 end
+local lane = nil  -- the lane it waits in, if any
+local payload = redis.call('HGET', KEYS[1], jid)
+if payload and redis.call('HGET', KEYS[16], 'lanes') then
+  local l = lanes_of(KEYS[16])
+  local _, group = head_of(payload)
+  for _, id in ipairs({group and 'g:' .. group or nil, 't:' .. jobtype_of(payload)}) do
+    if not lane and redis.call('ZSCORE', l.lane .. id, jid) then
+      lane = id
+      ranked = true
+      listed[#listed + 1] = -2
+    end
+  end
+end
 local held = {}  -- {kind, key, due key, score}, most advanced first
 local order = {{'working', 3, 9}, {'queue', 2}, {'retries', 5, 11}, {'scheduled', 4, 10},
   {'dead', 6, 12}, {'finished', 13, 14}}
@@ -63,13 +77,17 @@ elseif #held > 1 or #listed > 1 then
   problem('two places', table.concat(names, ','))
   if fix then
     local keep = held[1]
-    if keep[1] == 'queue' and ranked then  -- it keeps its place among its priority
+    if keep[1] == 'queue' and lane then  -- it keeps its place in its lane
+      redis.call('LREM', KEYS[2], 0, jid)
+      redis.call('ZREM', KEYS[15], jid)
+    elseif keep[1] == 'queue' and ranked then  -- it keeps its place among its priority
       redis.call('LREM', KEYS[2], 0, jid)
     elseif keep[1] == 'queue' then
       if #listed > 1 then redis.call('LREM', KEYS[2], #listed - 1, jid) end
     else
       redis.call('LREM', KEYS[2], 0, jid)
       redis.call('ZREM', KEYS[15], jid)
+      if lane then exit_lane(lanes_of(KEYS[16]), lane, jid) end
     end
     for i = 2, #held do
       if held[i][1] ~= 'queue' then redis.call('ZREM', KEYS[held[i][2]], jid) end

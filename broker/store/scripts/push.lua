@@ -36,7 +36,8 @@ if ARGV[7] == 'D' then
 end
 -- jobs the queue may still take now (max_size), nil when it has no bound
 local room = ARGV[7] ~= '' and
-  tonumber(ARGV[7]) - redis.call('LLEN', KEYS[2]) - redis.call('ZCARD', KEYS[17]) or nil
+  tonumber(ARGV[7]) - redis.call('LLEN', KEYS[2]) - redis.call('ZCARD', KEYS[17])
+  - (tonumber(redis.call('HGET', KEYS[16], 'laned')) or 0) or nil
 if ARGV[3] ~= '' then
   local field, tick = string.match(ARGV[3], '^(%S+) (%S+)$')
   local last = redis.call('HGET', KEYS[15], field)
@@ -71,17 +72,19 @@ end
 
 -- A waiting job taken over by a replace push: it leaves its place and ends replaced.
 local function replace(holder)
-  if redis.call('ZREM', KEYS[3], holder) == 0 and leave_line(KEYS[2], KEYS[17], holder) == 1
-    and room then
+  local payload = redis.call('HGET', KEYS[1], holder)
+  if redis.call('ZREM', KEYS[3], holder) == 0
+    and leave_line(KEYS[2], KEYS[17], KEYS[16], holder, payload) == 1 and room then
     room = room + 1
   end
   redis.call('ZREM', KEYS[18], holder)
-  local payload = listening() and redis.call('HGET', KEYS[1], holder)
   local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
     index = KEYS[4], progress = KEYS[9]}
   finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
   announce(KEYS[14], ARGV[5], {holder})
-  if payload then publish({event('replaced', holder, queue, payload, clock(), '')}) end
+  if payload and listening() then
+    publish({event('replaced', holder, queue, payload, clock(), '')})
+  end
 end
 
 -- Whether a replace push with `spec` will take the place of a job waiting in the queue list.

@@ -4,16 +4,21 @@
 --       7 jobs hash, 8 prioritized zset
 -- ARGV: 1 jid, 2 queue name, 3 when the job expires ('' = never: FETCH took its entry out)
 -- Guarantees: the job goes back only if this call ended its reservation, and its queue is
--- listed (a QUEUE REMOVE may have run meanwhile). Returns 1 or 0.
+-- listed (a QUEUE REMOVE may have run meanwhile); a job of a group goes back to its lane, and
+-- its reservation's lanes get their slots back. Returns 1 or 0.
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HDEL', KEYS[4], ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
   redis.call('HSET', KEYS[6], 'expiring', 1)
 end
+unlease(KEYS[6], {ARGV[1]})
 local payload = redis.call('HGET', KEYS[7], ARGV[1])
-local priority = payload and priority_of(payload)
-if priority then  -- first of its priority
+local priority, group = nil, nil
+if payload then priority, group = head_of(payload) end
+if group then  -- first of its priority in its group's lane
+  enter_lane(lanes_of(KEYS[6]), 'g:' .. group, (10 - (priority or 5)) * PRIORITY_STEP, ARGV[1])
+elseif priority then  -- first of its priority
   redis.call('ZADD', KEYS[8], (10 - priority) * PRIORITY_STEP, ARGV[1])
   redis.call('HSET', KEYS[6], 'prioritized', 1)
 else

@@ -1,0 +1,189 @@
+"""Fair turns between groups of a queue, and limits per group and per jobtype, over the wire
+with real brokers and a real Redis: jobs held back stay queued, one busy group or jobtype never
+holds the others up, and the limits hold across brokers."""
+
+import json
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from broker.app import App
+from broker.store.keys import QueueKeys
+from tests.conftest import StartBroker, check_store
+from tests.wire import Wire, WireError, job
+
+
+def grouped(jid: str, group: str, queue: str = "fair", **fields: Any) -> dict[str, Any]:
+    return job(jid, queue=queue, custom={"group": group}, **fields)
+
+
+async def fetch_jids(w: Wire, queue: str, n: int) -> list[str]:
+    found = []
+    for _ in range(n):
+        reply = await w.call("FETCH", queue)
+        if reply is None:
+            break
+        found.append(json.loads(reply)["jid"])
+    return found
+
+
+async def test_groups_take_turns(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("PUSHB", [grouped(f"busy-{i:03d}", "busy") for i in range(50)])
+    await w.call("PUSHB", [grouped(f"calm-{g}-000", f"calm{g}") for g in range(4)])
+    await w.call("PUSH", job("plain-0000", queue="fair"))
+    served = await fetch_jids(w, "fair", 6)
+    assert sorted(j.split("-")[0] + j.split("-")[1][:1] for j in served[:6]) == sorted(
+        ["busy0", "calm0", "calm1", "calm2", "calm3", "plain0"]
+    ), served
+    size = json.loads(await w.call("INFO"))["faktory"]["queues"]["fair"]
+    assert size == 50 - 1
+    check_store(redis_url)
+
+
+async def test_a_flooding_group_does_not_starve_a_thousand_others(
+    broker: App, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    flood = [grouped(f"flood-{i:05d}", "flood") for i in range(5000)]
+    for start in range(0, len(flood), 1000):
+        await w.call("PUSHB", flood[start : start + 1000])
+    await w.call("PUSHB", [grouped(f"tenant-{g:04d}", f"t{g}") for g in range(999)])
+    served: list[str] = []
+    while len([j for j in served if j.startswith("tenant")]) < 999:
+        got = await fetch_jids(w, "fair", 100)
+        assert got and len(served) < 2100, len(served)
+        served += got
+        for jid in got:
+            await w.call("ACK", {"jid": jid})
+    # every other group had its first job served within two turns of each
+    assert len(served) <= 2 * 1000, len(served)
+    check_store(redis_url)
+
+
+async def test_fetch_cost_does_not_grow_with_the_number_of_groups(
+    broker: App, rdb: redis.Redis
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+
+    async def calls_per_fetch(queue: str, groups: int) -> float:
+        jobs = [grouped(f"{queue}-{i:06d}", f"g{i % groups}", queue=queue) for i in range(3000)]
+        for start in range(0, len(jobs), 1000):
+            await w.call("PUSHB", jobs[start : start + 1000])
+        rdb.config_resetstat()
+        jids = await fetch_jids(w, queue, 200)
+        assert len(jids) == 200
+        stats = rdb.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info") / 200
+
+    few, many = await calls_per_fetch("few", 10), await calls_per_fetch("many", 3000)
+    assert many <= few * 1.3 + 2, (few, many)
+
+
+async def test_group_concurrency_holds_across_two_brokers(
+    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+) -> None:
+    brokers = [await start_broker(), await start_broker()]
+    admin = await Wire.open(brokers[0].port, hello={})
+    await admin.call("QUEUE", "SET fair group_concurrency=2")
+    jobs = [grouped(f"job-{g}-{i:03d}", f"g{g}") for i in range(30) for g in range(3)]
+    await admin.call("PUSHB", jobs)
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    done = 0
+
+    async def worker(n: int) -> None:
+        nonlocal done
+        w = await Wire.open(brokers[n % 2].port, hello={"wid": f"w{n}"})
+        while done < len(jobs):
+            reply = await w.call("FETCH", "fair")
+            if reply is None:
+                continue
+            group = json.loads(reply)["custom"]["group"]
+            running[group] = running.get(group, 0) + 1
+            most[group] = max(most.get(group, 0), running[group])
+            await trio.sleep(0.005)
+            running[group] -= 1  # before the ACK: the slot is free only after it
+            await w.call("ACK", {"jid": json.loads(reply)["jid"]})
+            done += 1
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                nursery.start_soon(worker, n)
+    assert most == {"g0": 2, "g1": 2, "g2": 2}, most
+    assert not rdb.hgetall(QueueKeys("fair").meta.replace("meta", "running"))
+    check_store(redis_url)
+
+
+async def test_a_jobtype_at_its_limit_waits_without_holding_up_the_others(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("PUSHB", [job(f"slow-{i:03d}", "Slow", queue="mixed") for i in range(20)])
+    await w.call("PUSHB", [job(f"fast-{i:03d}", "Fast", queue="mixed") for i in range(20)])
+    await w.call("QUEUE", "SET mixed Slow.concurrency=2")
+    served = await fetch_jids(w, "mixed", 40)
+    slow = [j for j in served if j.startswith("slow")]
+    assert len(slow) == 2 and len(served) == 22, served
+    state = json.loads(await w.call("JOB", "STATE slow-010"))
+    assert state["state"] == "queued"
+    await w.call("ACK", {"jid": slow[0]})
+    assert (await fetch_jids(w, "mixed", 5))[:1] == ["slow-002"]
+    info = json.loads(await w.call("INFO"))
+    assert info["hopper"]["queues"]["mixed"]["jobtypes"] == {"Slow": {"concurrency": "2"}}
+    assert info["faktory"]["queues"]["mixed"] == 20 - 3
+    check_store(redis_url)
+
+
+async def test_group_rate_paces_each_group(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET fair group_rate=20 group_burst=1")
+    await w.call("PUSHB", [grouped(f"a-{i:06d}", "a") for i in range(100)])
+    await w.call("PUSHB", [grouped(f"b-{i:06d}", "b") for i in range(100)])
+    counts: dict[str, int] = {"a": 0, "b": 0}
+    start = trio.current_time()
+    while trio.current_time() - start < 2:
+        reply = await w.call("FETCH", "fair")
+        if reply is not None:
+            counts[json.loads(reply)["jid"][0]] += 1
+    assert all(36 <= n <= 44 for n in counts.values()), counts
+
+
+async def test_cancel_release_bounds_remove_and_flush_keep_lanes_whole(
+    broker: App, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("PUSHB", [grouped(f"g-{i:06d}", f"g{i % 3}") for i in range(30)])
+    cancelled = json.loads(await w.call("JOB", "CANCEL g-000004"))
+    assert cancelled["state"] == "cancelled"
+    first = (await fetch_jids(w, "fair", 1))[0]
+    assert await broker.manager.store.jobs.release("fair", first)  # as a halted fetch chain
+    again = await fetch_jids(w, "fair", 3)  # first again in its group, at the group's turn
+    assert first in again and [j for j in again if int(j[-1]) % 3 == 0] == [first], again
+    check_store(redis_url)
+    await w.call("QUEUE", "REMOVE fair")
+    info = json.loads(await w.call("INFO"))
+    assert "fair" not in info["faktory"]["queues"]
+    check_store(redis_url)
+    await w.call("QUEUE", "SET fair max_size=5")
+    await w.call("PUSHB", [grouped(f"h-{i:06d}", "h") for i in range(5)])
+    with pytest.raises(WireError, match="FULL"):
+        await w.call("PUSH", grouped("h-000999", "h"))
+    await w.call("FLUSH")
+    assert "fair" not in json.loads(await w.call("INFO"))["faktory"]["queues"]
+    check_store(redis_url)
+
+
+async def test_bad_groups_and_limits_are_refused(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    for group in ["", 'a"b', "x" * 201, 7]:
+        if group == "":
+            continue
+        with pytest.raises(WireError, match="group must be"):
+            await w.call("PUSH", grouped("bad-00001", group))  # type: ignore[arg-type]
+    for word in ["group_rate=-1", "Slow.concurrency=x", ".rate=2", "Slow.speed=3"]:
+        with pytest.raises(WireError, match="not a setting"):
+            await w.call("QUEUE", f"SET fair {word}")
