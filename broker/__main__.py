@@ -24,7 +24,7 @@ ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
     "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
 }
-FILE_ONLY = ("cron", "queues")  # settings only a TOML file can give
+FILE_ONLY = ("cron", "queues", "throttles")  # settings only a TOML file can give
 FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
 log = logging.getLogger("broker")
 
@@ -84,7 +84,7 @@ def load_config(args: argparse.Namespace, env: dict[str, str]) -> Config:
         with open(path, "rb") as f:
             document = tomllib.load(f)
         values.update(document.get("hopper", document))
-        for table in ("cron", "queues"):  # `[[cron]]`, `[queues.<name>]` at top level
+        for table in FILE_ONLY:  # `[[cron]]`, `[queues.<name>]`, `[throttles]` at top level
             if table in document:
                 values[table] = document[table]
     for field in FIELDS:

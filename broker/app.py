@@ -96,7 +96,7 @@ class App:
                 manager.finishes,
                 lambda: self.settings().redis_timeout,
             )
-            await manager.admin.apply(config.queues)
+            await manager.admin.apply(config.queue_rules())
             root.start_soon(self._apply_queue_settings, manager)
             root.start_soon(run_reapers, manager, server.close_worker)
             async with trio.open_nursery() as serving:
@@ -119,7 +119,7 @@ class App:
         while True:
             await self.settings.reloaded()
             try:
-                await manager.admin.apply(self.settings().queues)
+                await manager.admin.apply(self.settings().queue_rules())
             except BrokerError as exc:
                 log.warning("queue settings not applied: %s", exc)
 

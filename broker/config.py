@@ -11,7 +11,7 @@ import msgspec
 import trio
 
 from broker.cron import CronEntry, compile_all
-from broker.policy import QueueRules, check_queue_rules
+from broker.policy import QueueRules, Throttle, check_queue_rules, with_throttles
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
@@ -120,6 +120,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     event_buffer: int = EVENT_BUFFER
     cron: tuple[CronEntry, ...] = ()  # periodic jobs (`[[cron]]` in the TOML file only)
     queues: dict[str, QueueRules] = msgspec.field(default_factory=dict)  # `[queues.<name>]`
+    throttles: dict[str, Throttle] = msgspec.field(default_factory=dict)  # Enterprise's table
 
     @property
     def host(self) -> str:
@@ -159,7 +160,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         compile_all(self.cron)
-        check_queue_rules(self.queues)
+        check_queue_rules(self.queue_rules())
+
+    def queue_rules(self) -> dict[str, QueueRules]:
+        """The queue settings the file gives: `[queues.<name>]` and `[throttles]`."""
+        return with_throttles(self.queues, self.throttles)
 
 
 def split_bind(bind: str) -> tuple[str, int]:

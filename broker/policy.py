@@ -180,12 +180,20 @@ def _positive(value: Any) -> bool:
     )
 
 
-COUNTS = ("max_size", "concurrency", "burst", "group_concurrency", "group_burst")
+COUNTS = (
+    "max_size",
+    "concurrency",
+    "burst",
+    "worker_concurrency",
+    "group_concurrency",
+    "group_burst",
+)
 RATES = ("rate", "group_rate")
 JOBTYPE_LIMITS = ("concurrency", "rate", "burst")
 SETTINGS_HELP = (
-    "max_size=N, draining=on|off, concurrency=N, rate=R, burst=N, group_concurrency=N, "
-    "group_rate=R, group_burst=N, <jobtype>.concurrency=N, <jobtype>.rate=R, <jobtype>.burst=N"
+    "max_size=N, draining=on|off, concurrency=N, rate=R, burst=N, worker_concurrency=N, "
+    "group_concurrency=N, group_rate=R, group_burst=N, <jobtype>.concurrency=N, "
+    "<jobtype>.rate=R, <jobtype>.burst=N"
 )
 
 
@@ -193,7 +201,9 @@ def queue_setting(word: str) -> tuple[str, str | None]:
     """One `name=value` of QUEUE SET, checked: (name to store, value to store or None to
     clear). max_size=N (waiting jobs; 0: no bound), draining=on|off, concurrency=N (jobs
     reserved at once; 0: no limit), rate=R (jobs a second; 0: no limit), burst=N (jobs a rate
-    may give at once; 1 when not set); group_* the same for each group of the queue, and
+    may give at once; 1 when not set), worker_concurrency=N (jobs reserved at once by one
+    worker process, as Faktory Enterprise's `worker` throttle); group_* the same for each
+    group of the queue, and
     `<jobtype>.<limit>` for the jobs of one jobtype in the queue (stored as t:<jobtype>:<limit>,
     as the scripts read it)."""
     name, _, value = word.partition("=")
@@ -232,6 +242,7 @@ class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     concurrency: int | None = None
     rate: float | None = None
     burst: int | None = None
+    worker_concurrency: int | None = None
     group_concurrency: int | None = None
     group_rate: float | None = None
     group_burst: int | None = None
@@ -249,6 +260,38 @@ class QueueRules(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
             for limit, value in msgspec.structs.asdict(rules).items():
                 values[f"{jobtype}.{limit}"] = value
         return [f"{name}={_word(value)}" for name, value in values.items() if value is not None]
+
+
+class Throttle(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of Faktory Enterprise's `[throttles]` table (`<queue> = {concurrency = N,
+    timeout = S}` or `{worker = N, timeout = S}`): the queue's `concurrency` or
+    `worker_concurrency`. `timeout` (seconds a lock may be held) is read and checked; in Hopper
+    a slot is the reservation itself, which its own expiry (reserve_for) frees."""
+
+    concurrency: int | None = None
+    worker: int | None = None
+    timeout: float | None = None
+
+
+def with_throttles(
+    queues: dict[str, QueueRules], throttles: dict[str, Throttle]
+) -> dict[str, QueueRules]:
+    """`[queues.<name>]` with `[throttles]` folded in; raises ValueError naming the setting for
+    a throttle that cannot work or says again what `[queues]` says."""
+    merged = dict(queues)
+    for queue, throttle in throttles.items():
+        where = f"throttles.{queue}"
+        if (throttle.concurrency is None) == (throttle.worker is None):
+            raise ValueError(f"{where}: give one of concurrency or worker")
+        if throttle.timeout is not None and not throttle.timeout > 0:
+            raise ValueError(f"{where}.timeout: must be a number of seconds above 0")
+        rules = merged.get(queue, QueueRules())
+        name = "concurrency" if throttle.concurrency is not None else "worker_concurrency"
+        if getattr(rules, name) is not None:
+            raise ValueError(f"{where}: queues.{queue}.{name} is set too")
+        value = throttle.concurrency if throttle.concurrency is not None else throttle.worker
+        merged[queue] = msgspec.structs.replace(rules, **{name: value})
+    return merged
 
 
 def check_queue_rules(rules: dict[str, QueueRules]) -> None:

@@ -133,6 +133,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
         jid: str | None = None,
         timeout: float | timedelta | None = None,
         priority: int | None = None,
+        group: str | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid (see `Client.push`)."""
@@ -147,6 +148,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
             jid=jid,
             timeout=timeout,
             priority=priority,
+            group=group,
         )
         return await self.push_job(job, wait=wait)
 

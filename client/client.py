@@ -77,6 +77,7 @@ class Client(ClientBase[Connection]):
         jid: str | None = None,
         timeout: float | timedelta | None = None,
         priority: int | None = None,
+        group: str | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text;
@@ -92,6 +93,7 @@ class Client(ClientBase[Connection]):
             jid=jid,
             timeout=timeout,
             priority=priority,
+            group=group,
         )
         return self.push_job(job, wait=wait)
 

@@ -25,6 +25,8 @@ class JobOptions(TypedDict, total=False):
     custom: dict[str, Any] | None
     jid: str | None
     timeout: float | timedelta | None
+    priority: int | None
+    group: str | None
 
 
 def new_jid() -> str:
@@ -63,9 +65,11 @@ def make_job(
     jid: str | None = None,
     timeout: float | timedelta | None = None,
     priority: int | None = None,
+    group: str | None = None,
 ) -> Job:
     """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults;
-    `priority` 1-9 (higher first, 5 when not given) is a Hopper extension.
+    `priority` 1-9 (higher first, 5 when not given) and `group` (jobs of a queue's groups take
+    turns, and group limits apply to each) are Hopper extensions.
 
     `timeout` (seconds or a timedelta) is the job's deadline, carried as `custom.timeout`:
     the bundled Worker aborts the job once it has run that long and fails it with
@@ -84,5 +88,6 @@ def make_job(
         retry=retry,
         reserve_for=reserve_for or 0,
         priority=priority or 0,
+        group=group or "",
         custom=custom,
     )

@@ -3,12 +3,16 @@ with real brokers and a real Redis: jobs held back stay queued, one busy group o
 holds the others up, and the limits hold across brokers."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import trio
 
+from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, check_store
@@ -187,3 +191,77 @@ async def test_bad_groups_and_limits_are_refused(broker: App) -> None:
     for word in ["group_rate=-1", "Slow.concurrency=x", ".rate=2", "Slow.speed=3"]:
         with pytest.raises(WireError, match="not a setting"):
             await w.call("QUEUE", f"SET fair {word}")
+
+
+async def test_a_worker_throttle_limits_each_worker_process(broker: App, redis_url: str) -> None:
+    admin = await Wire.open(broker.port, hello={})
+    await admin.call("QUEUE", "SET bulk worker_concurrency=2")
+    await admin.call("PUSHB", [job(f"bulk-{i:05d}", queue="bulk") for i in range(10)])
+    one = await Wire.open(broker.port, hello={"wid": "w-one"})
+    two = await Wire.open(broker.port, hello={"wid": "w-two"})
+    assert len(await fetch_jids(one, "bulk", 3)) == 2
+    got = await fetch_jids(two, "bulk", 3)
+    assert len(got) == 2
+    await two.call("ACK", {"jid": got[0]})
+    assert len(await fetch_jids(two, "bulk", 3)) == 1
+    assert len(await fetch_jids(admin, "bulk", 1)) == 1  # a connection that is no worker
+    check_store(redis_url)
+
+
+def test_faktory_enterprise_throttles_in_the_file(tmp_path: Path) -> None:
+    settings = tmp_path / "hopper.toml"
+    settings.write_text(
+        "[throttles]\ninstagram = { concurrency = 4, timeout = 60 }\n"
+        'bulk = { worker = 5, timeout = 60 }\n"image-processing" = { concurrency = 4 }\n'
+    )
+    config = load_config(parser().parse_args(["run", "--config", str(settings)]), {})
+    rules = config.queue_rules()
+    assert rules["instagram"].concurrency == 4 and rules["bulk"].worker_concurrency == 5
+    assert rules["image-processing"].concurrency == 4
+    for toml, error in [
+        ("[throttles]\nq = { timeout = 60 }\n", "throttles.q: give one of"),
+        ("[throttles]\nq = { concurrency = 1, timeout = 0 }\n", "throttles.q.timeout"),
+        ("[throttles]\nq = { concurrency = 1 }\n[queues.q]\nconcurrency = 2\n", "is set too"),
+        ("[queues.q.jobtypes.Mail]\nrate = -2.0\n", "queues.q.jobtypes.Mail.rate"),
+    ]:
+        settings.write_text(toml)
+        with pytest.raises(ValueError, match=error):
+            load_config(parser().parse_args(["run", "--config", str(settings)]), {})
+
+
+async def test_a_jobtype_rate_paces_that_jobtype_only(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET api Call.rate=20")
+    await w.call("PUSHB", [job(f"call-{i:05d}", "Call", queue="api") for i in range(100)])
+    await w.call("PUSHB", [job(f"other-{i:05d}", "Other", queue="api") for i in range(50)])
+    counts: dict[str, int] = {"c": 0, "o": 0}
+    start = trio.current_time()
+    while trio.current_time() - start < 2:
+        reply = await w.call("FETCH", "api")
+        if reply is not None:
+            counts[json.loads(reply)["jid"][0]] += 1
+    assert counts["o"] == 50 and 36 <= counts["c"] <= 44, counts
+
+
+async def test_check_finds_and_mends_broken_lane_bookkeeping(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET fair group_concurrency=1")
+    await w.call("PUSHB", [grouped(f"m-{i:06d}", f"g{i % 2}") for i in range(6)])
+    assert len(await fetch_jids(w, "fair", 2)) == 2
+    k = QueueKeys("fair")
+    rdb.hset(k.running, "g:g0", 5)  # would hold the group back for ever
+    rdb.hset(k.leases, "gone-0001", '["g:g1"]')
+    rdb.hset(k.meta, "laned", 9)
+    rdb.zadd(k.lanes, {"g:nobody": 99})
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "check", "--repair", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for problem in ("running count", "stale lease", "lane count", "empty lane"):
+        assert problem in done.stdout, done.stdout
+    check_store(redis_url)
+    assert rdb.hget(k.running, "g:g0") == "1" and rdb.hget(k.meta, "laned") == "4"

@@ -125,6 +125,7 @@ class Auditor:
                 *(k.zset(n) for n in (*ORDER, "finished")),
                 *(DUE[n] for n in (*ORDER, "finished")),
                 k.prioritized,
+                k.meta,
             ),
             (queue, self._flag),
         )

@@ -112,7 +112,7 @@ class QueueStore:
     async def oldest(self, queue: str) -> list[bytes]:
         """The payloads of the jobs that may have waited longest (see oldest.lua)."""
         k = self.jobs.keys(queue)
-        found = await self.redis.run(OLDEST, (k.queue, k.jobs, k.prioritized), ())
+        found = await self.redis.run(OLDEST, (k.queue, k.jobs, k.prioritized, k.meta), ())
         return [payload for payload in found if payload]
 
     async def counts(self, queues: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -165,6 +165,7 @@ SETTINGS = (
     "concurrency",
     "rate",
     "burst",
+    "worker_concurrency",
     "group_concurrency",
     "group_rate",
     "group_burst",

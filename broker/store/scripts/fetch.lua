@@ -8,8 +8,11 @@
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
 -- (until its resume_at, if it has one) or empty; {seconds} when the queue's limits hold its
 -- jobs back (they stay queued): try again after that long. Limits (meta): concurrency (jobs
--- reserved at once), rate and burst (a token bucket, tokens and refilled kept in meta); meta's
--- expiring says the queue may hold jobs with an expiry (set by whatever adds one).
+-- reserved at once), rate and burst (a token bucket, tokens and refilled kept in meta),
+-- worker_concurrency (per wid, counted as lane 'w:<wid>'), group_* (each group's lane) and
+-- t:<jobtype>:<limit> (note jobtype_limits); meta's expiring says the queue may hold jobs with
+-- an expiry (set by whatever adds one), lanes that it may have lanes (see lanes_of() in
+-- lib.lua): then the list and the lanes take turns (take_fair).
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
@@ -23,9 +26,10 @@ local CONCURRENCY_WAIT = '0.25'  -- seconds before a FETCH held back by concurre
 local REST_CHECK = 10  -- seconds before a lane resting at its concurrency is looked at anyway
 local found = {}
 local paused, resume, concurrency, rate, burst, tokens, refilled, expiring, prioritized, lanes,
-  typed, group_concurrency, group_rate, group_burst = unpack(redis.call('HMGET', KEYS[4],
-  'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens', 'refilled', 'expiring',
-  'prioritized', 'lanes', 'jobtype_limits', 'group_concurrency', 'group_rate', 'group_burst'))
+  typed, group_concurrency, group_rate, group_burst, worker_concurrency = unpack(redis.call(
+  'HMGET', KEYS[4], 'paused', 'resume_at', 'concurrency', 'rate', 'burst', 'tokens',
+  'refilled', 'expiring', 'prioritized', 'lanes', 'jobtype_limits', 'group_concurrency',
+  'group_rate', 'group_burst', 'worker_concurrency'))
 if paused then  -- a timed pause ends at the first FETCH after its time
   if not resume or tonumber(resume) > tonumber(ARGV[1]) then return found end
   redis.call('HDEL', KEYS[4], 'paused', 'resume_at')
@@ -44,6 +48,15 @@ if rate then  -- a token bucket: `rate` tokens a second, at most `burst` saved
   tokens = math.min(burst, (tonumber(tokens) or burst) + (now - (tonumber(refilled) or now)) * rate)
   if tokens < 1 then return {tostring((1 - tokens) / rate)} end
   wanted = math.min(wanted, math.floor(tokens))
+end
+local l = lanes_of(KEYS[4])
+-- at most worker_concurrency reserved at once by one worker (its wid counts as lane 'w:<wid>')
+local per_worker = worker_concurrency and ARGV[7] ~= '' and 'w:' .. ARGV[7]
+if per_worker then
+  local free = tonumber(worker_concurrency)
+    - (tonumber(redis.call('HGET', l.running, per_worker)) or 0)
+  if free <= 0 then return {CONCURRENCY_WAIT} end
+  wanted = math.min(wanted, free)
 end
 -- Up to `need` waiting jids of the list and the prioritized zset, in the order they run:
 -- priorities 6-9 (prioritized zset), the list (priority 5), then priorities 1-4; false when
@@ -72,7 +85,6 @@ end
 -- and each lane that may be served take turns, one job a turn; a lane at its limits rests; a
 -- job of a jobtype at its limits waits in its jobtype's lane. Each step is a few calls,
 -- whatever the number of lanes.
-local l = lanes_of(KEYS[4])
 local limits, running, bucket = {}, {}, {}  -- per lane, read once per call
 local leased = {}  -- jid -> the lanes with a concurrency limit its reservation counts towards
 local hint = nil  -- seconds until a lane that rests may be served
@@ -281,9 +293,16 @@ end
 if rate then
   redis.call('HSET', KEYS[4], 'tokens', tokens - #found / 2, 'refilled', now)
 end
-if take ~= take_line then
+if take ~= take_line or per_worker then
   local handed = {}
-  for i = 1, #found, 2 do handed[#handed + 1] = found[i] end
+  for i = 1, #found, 2 do
+    local jid = found[i]
+    handed[#handed + 1] = jid
+    if per_worker then
+      leased[jid] = leased[jid] or {}
+      table.insert(leased[jid], per_worker)
+    end
+  end
   settle_lanes(handed)
   if #found == 0 and not hint then  -- lanes that rest since an earlier call
     local first = redis.call('ZRANGE', l.resting, 0, 0, 'WITHSCORES')[2]
