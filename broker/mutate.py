@@ -38,7 +38,7 @@ class Mutator:
             raise CommandError("unknown mutate operation")
         flt = mutation.filter
         if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(flt)):
-            for queue in await self.store.jobs.queues_with(mutation.target):
+            for queue in await self.store.sets.queues_with(mutation.target):
                 await self._clear(queue, mutation.target)
         elif flt is not None and flt.jids:
             by_queue: dict[str, list[str]] = defaultdict(list)
@@ -47,21 +47,21 @@ class Mutator:
                 if owner is not None:
                     by_queue[owner].append(jid)
             for queue, jids in by_queue.items():
-                entries = await self.store.jobs.scores(queue, mutation.target, jids)
+                entries = await self.store.sets.scores(queue, mutation.target, jids)
                 await self._apply(mutation, queue, entries, now)
         else:
-            for queue in await self.store.jobs.queues_with(mutation.target):
+            for queue in await self.store.sets.queues_with(mutation.target):
                 await self._scan(mutation, queue, now)
 
     async def _clear(self, queue: str, zset: str) -> None:
         for _ in range(MAX_CLEAR_BATCHES):
-            if await self.store.jobs.remove_first(queue, zset, CLEAR_BATCH) < CLEAR_BATCH:
+            if await self.store.sets.remove_first(queue, zset, CLEAR_BATCH) < CLEAR_BATCH:
                 return
 
     async def _scan(self, mutation: Mutation, queue: str, now: float) -> None:
         cursor = 0
         for _ in range(MAX_SCAN_STEPS):
-            cursor, batch = await self.store.jobs.scan(queue, mutation.target, cursor, SCAN_COUNT)
+            cursor, batch = await self.store.sets.scan(queue, mutation.target, cursor, SCAN_COUNT)
             selected = [e for e in batch if e[2] is not None and _selected(mutation, e[2])]
             await self._apply(mutation, queue, selected, now)
             if cursor == 0:
@@ -74,12 +74,12 @@ class Mutator:
             return
         target = mutation.target
         if mutation.cmd == "discard":
-            await self.store.jobs.remove(queue, target, entries)
+            await self.store.sets.remove(queue, target, entries)
         elif mutation.cmd == "kill":
             score = now + self.settings().dead_ttl
-            await self.store.jobs.move(queue, target, "dead", score, entries)
+            await self.store.sets.move(queue, target, "dead", score, entries)
         else:
-            moved = await self.store.jobs.requeue(queue, target, format_time(now), entries)
+            moved = await self.store.sets.requeue(queue, target, format_time(now), entries)
             self.doorbell.ring(queue, moved)
 
 

@@ -44,7 +44,7 @@ class Sweeps:
         moved = 0
         async for queue in self._due_queues(zset, now):
             for _ in range(MAX_BATCHES):
-                count, selected = await self.store.jobs.enqueue_due(queue, zset, now, stamp, batch)
+                count, selected = await self.store.sets.enqueue_due(queue, zset, now, stamp, batch)
                 self.doorbell.ring(queue, count)
                 moved += count
                 if selected < batch:
@@ -58,7 +58,7 @@ class Sweeps:
         reaped = 0
         async for queue in self._due_queues("working", now):
             for _ in range(MAX_BATCHES):
-                expired = await self.store.jobs.expired(queue, "working", now, batch)
+                expired = await self.store.sets.expired(queue, "working", now, batch)
                 holders = await self.store.jobs.holders(queue, [jid for jid, _, _ in expired])
                 for (jid, expiry, payload), holder in zip(expired, holders, strict=True):
                     reservation = Reservation(expiry, payload, holder)
@@ -66,7 +66,7 @@ class Sweeps:
                         reaped += 1
                 if len(expired) < batch:
                     break
-            await self.store.jobs.refresh_due(queue, "working")
+            await self.store.sets.refresh_due(queue, "working")
         return reaped
 
     async def reap_lost(self, now: float) -> int:
@@ -112,7 +112,7 @@ class Sweeps:
         purged = 0
         async for queue in self._due_queues("dead", now):
             for _ in range(MAX_BATCHES):
-                removed = await self.store.jobs.remove_due(queue, "dead", now, batch)
+                removed = await self.store.sets.remove_due(queue, "dead", now, batch)
                 purged += removed
                 if removed < batch:
                     break
@@ -126,7 +126,7 @@ class Sweeps:
         purged = 0
         async for queue in self._due_queues("finished", before):
             for _ in range(MAX_BATCHES):
-                removed = await self.store.jobs.purge_finished(queue, before, batch)
+                removed = await self.store.sets.purge_finished(queue, before, batch)
                 purged += removed
                 if removed < batch:
                     break
@@ -135,14 +135,14 @@ class Sweeps:
 
     async def next_due(self, zset: str) -> float | None:
         """When the earliest entry of `zset` in any queue comes due (None: there is none)."""
-        return await self.store.jobs.next_due(zset)
+        return await self.store.sets.next_due(zset)
 
     async def _due_queues(self, zset: str, now: float) -> AsyncIterator[str]:
         """The queues with entries of `zset` due at `now`, each once per run. A queue visited
         has its due entry moved past `now` (or dropped), so the next page holds new ones."""
         seen: set[str] = set()
         for _ in range(MAX_DUE_PAGES):
-            page = await self.store.jobs.due_queues(zset, now, DUE_PAGE)
+            page = await self.store.sets.due_queues(zset, now, DUE_PAGE)
             fresh = [queue for queue in page if queue not in seen]
             for queue in fresh:
                 seen.add(queue)

@@ -6,6 +6,7 @@ from broker.store.connection import Pipeline
 from broker.store.jobs import JobStore
 from broker.store.keys import CRON, SCHEMA_KEY
 from broker.store.queues import QueueStore
+from broker.store.sets import SetStore
 from broker.store.tracking import TrackingStore
 from broker.store.workers import WorkerStore
 
@@ -16,6 +17,7 @@ class Store:
     def __init__(self, pipeline: Pipeline) -> None:
         self.redis = Redis(pipeline)
         self.jobs = JobStore(self.redis)
+        self.sets = SetStore(self.redis, self.jobs)
         self.queues = QueueStore(self.redis, self.jobs)
         self.tracking = TrackingStore(self.redis, self.jobs)
         self.workers = WorkerStore(self.redis)
