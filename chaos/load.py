@@ -178,13 +178,18 @@ class Client:
 
 
 def job(jid: str, queue: str, reserve_for: int) -> dict[str, Any]:
-    return {
+    """A chaos job; those whose jid ends in 0-3 belong to one of four groups (lanes), so every
+    fault also lands among grouped jobs."""
+    found: dict[str, Any] = {
         "jid": jid,
         "jobtype": "chaos",
         "args": [jid],
         "queue": queue,
         "reserve_for": reserve_for,
     }
+    if jid[-1] in "0123":
+        found["custom"] = {"group": f"g{jid[-1]}"}
+    return found
 
 
 class Producer(threading.Thread):

@@ -86,16 +86,32 @@ async def test_fetch_cost_does_not_grow_with_the_number_of_groups(
     assert many <= few * 1.3 + 2, (few, many)
 
 
-async def test_group_concurrency_holds_across_two_brokers(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+GROUPED = [grouped(f"job-{g}-{i:03d}", f"g{g}") for i in range(30) for g in range(3)]
+TYPED = [job(f"job-{t}-{i:03d}", t, queue="fair") for i in range(30) for t in ("Slow", "Fast")]
+
+
+@pytest.mark.parametrize(
+    ("setting", "jobs", "most"),
+    [
+        ("group_concurrency=2", GROUPED, {"g0": 2, "g1": 2, "g2": 2}),
+        ("Slow.concurrency=3", TYPED, {"Slow": 3}),
+    ],
+    ids=["group", "jobtype"],
+)
+async def test_concurrency_limits_hold_across_two_brokers(
+    start_broker: StartBroker,
+    rdb: redis.Redis,
+    redis_url: str,
+    setting: str,
+    jobs: list[dict[str, Any]],
+    most: dict[str, int],
 ) -> None:
     brokers = [await start_broker(), await start_broker()]
     admin = await Wire.open(brokers[0].port, hello={})
-    await admin.call("QUEUE", "SET fair group_concurrency=2")
-    jobs = [grouped(f"job-{g}-{i:03d}", f"g{g}") for i in range(30) for g in range(3)]
+    await admin.call("QUEUE", f"SET fair {setting}")
     await admin.call("PUSHB", jobs)
     running: dict[str, int] = {}
-    most: dict[str, int] = {}
+    seen: dict[str, int] = {}
     done = 0
 
     async def worker(n: int) -> None:
@@ -105,20 +121,21 @@ async def test_group_concurrency_holds_across_two_brokers(
             reply = await w.call("FETCH", "fair")
             if reply is None:
                 continue
-            group = json.loads(reply)["custom"]["group"]
-            running[group] = running.get(group, 0) + 1
-            most[group] = max(most.get(group, 0), running[group])
+            fetched = json.loads(reply)
+            key = (fetched.get("custom") or {}).get("group") or fetched["jobtype"]
+            running[key] = running.get(key, 0) + 1
+            seen[key] = max(seen.get(key, 0), running[key])
             await trio.sleep(0.005)
-            running[group] -= 1  # before the ACK: the slot is free only after it
-            await w.call("ACK", {"jid": json.loads(reply)["jid"]})
+            running[key] -= 1  # before the ACK: the slot is free only after it
+            await w.call("ACK", {"jid": fetched["jid"]})
             done += 1
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for n in range(10):
                 nursery.start_soon(worker, n)
-    assert most == {"g0": 2, "g1": 2, "g2": 2}, most
-    assert not rdb.hgetall(QueueKeys("fair").meta.replace("meta", "running"))
+    assert {key: seen[key] for key in most} == most, seen
+    assert not rdb.hgetall(QueueKeys("fair").running)
     check_store(redis_url)
 
 
