@@ -1,16 +1,23 @@
 """`AsyncClient`: the client for asyncio and trio programs, with the surface of `Client`."""
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, Unpack
 
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
 from client.backoff import Backoff
 from client.base import FULL_POLL, ClientBase
-from client.commands import Call, MutateCommand, MutateTarget, WorkerState
+from client.commands import (
+    Call,
+    Limits,
+    MutateCommand,
+    MutateTarget,
+    QueueSettings,
+    WorkerState,
+)
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
 from client.jobs import At, format_at, make_job
@@ -267,22 +274,13 @@ class AsyncClient(ClientBase[AsyncConnection]):
     async def set_queue(
         self,
         *queues: str,
-        max_size: int | None = None,
-        draining: bool | None = None,
-        concurrency: int | None = None,
-        rate: float | None = None,
-        burst: int | None = None,
+        jobtypes: Mapping[str, Limits] | None = None,
+        **settings: Unpack[QueueSettings],
     ) -> None:
-        """QUEUE SET (Hopper): settings of these queues (`*`: every listed one); a setting left
-        None stays as it is, 0 clears a limit."""
-        settings = {
-            "max_size": max_size,
-            "draining": draining,
-            "concurrency": concurrency,
-            "rate": rate,
-            "burst": burst,
-        }
-        await self._call(commands.queue_settings(queues, settings))
+        """QUEUE SET (Hopper): settings of these queues (`*`: every listed one), and limits per
+        jobtype in them (`jobtypes={"Mail": {"rate": 20}}`); a setting not given stays as it
+        is, 0 clears a limit."""
+        await self._call(commands.queue_settings(queues, settings, jobtypes))
 
     async def drain(self, on: bool = True) -> None:
         """DRAIN ON|OFF (Hopper): every queue refuses pushes (`Draining`), or not."""

@@ -5,8 +5,8 @@ receives the reply and whether the line was sent again after a lost connection: 
 PUSH that finds its jid taken, or a resent FAIL that finds no job, already succeeded.
 """
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar
 
 import msgspec
 
@@ -266,11 +266,38 @@ def latency(names: Sequence[str]) -> Call[dict[str, float]]:
     )
 
 
-def queue_settings(names: Sequence[str], settings: dict[str, Any]) -> Call[None]:
-    """QUEUE SET (Hopper): None leaves a setting as it is; 0 (or False) clears a limit."""
+class Limits(TypedDict, total=False):
+    """Limits on the jobs of one jobtype in a queue (QUEUE SET `<jobtype>.<limit>=...`)."""
+
+    concurrency: int
+    rate: float
+    burst: int
+
+
+class QueueSettings(Limits, total=False):
+    """What QUEUE SET sets (Hopper); see protocol.md."""
+
+    max_size: int
+    draining: bool
+    worker_concurrency: int
+    group_concurrency: int
+    group_rate: float
+    group_burst: int
+
+
+def queue_settings(
+    names: Sequence[str], settings: QueueSettings, jobtypes: Mapping[str, Limits] | None = None
+) -> Call[None]:
+    """QUEUE SET (Hopper): a setting not given (or None) stays as it is; 0 (or False) clears a
+    limit; `jobtypes` maps a jobtype to its limits in these queues."""
+    given: dict[str, Any] = dict(settings)
+    for jobtype, limits in (jobtypes or {}).items():
+        if not jobtype or any(c.isspace() or c == "=" for c in jobtype):
+            raise ValueError(f"QUEUE SET cannot name the jobtype {jobtype!r}")
+        given.update((f"{jobtype}.{limit}", value) for limit, value in limits.items())
     words = [
         f"{name}={('on' if value else 'off') if isinstance(value, bool) else value}"
-        for name, value in settings.items()
+        for name, value in given.items()
         if value is not None
     ]
     if not words:

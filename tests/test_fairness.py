@@ -15,6 +15,7 @@ import trio
 from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.store.keys import QueueKeys
+from client import AsyncClient
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
 
@@ -282,3 +283,21 @@ async def test_check_finds_and_mends_broken_lane_bookkeeping(
         assert problem in done.stdout, done.stdout
     check_store(redis_url)
     assert rdb.hget(k.running, "g:g0") == "1" and rdb.hget(k.meta, "laned") == "4"
+
+
+async def test_the_client_pushes_groups_and_sets_their_limits(broker: App) -> None:
+    async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+        await client.push("Mail", queue="tenants", group="acme")
+        await client.set_queue(
+            "tenants", group_concurrency=1, jobtypes={"Mail": {"rate": 20.0, "burst": 2}}
+        )
+        assert (await client.info())["hopper"]["queues"]["tenants"] == {
+            "group_concurrency": "1",
+            "jobtypes": {"Mail": {"rate": "20.0", "burst": "2"}},
+        }
+        await client.push("Mail", queue="tenants", group="acme")
+        w = await Wire.open(broker.port, hello={"wid": "w1"})
+        first = await fetch_jids(w, "tenants", 2)  # acme may run one job at a time
+        assert len(first) == 1
+        with pytest.raises(ValueError, match="jobtype"):
+            await client.set_queue("tenants", jobtypes={"Send Mail": {"rate": 1.0}})
