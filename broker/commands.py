@@ -205,6 +205,8 @@ class Commands:
         if not names:
             raise CommandError(f"QUEUE {sub} needs at least one queue name")
         if sub == "SET":
+            if not options:
+                raise CommandError("QUEUE SET needs at least one <setting>=<value>")
             await self.manager.admin.configure(names, options)
         elif sub == "PAUSE" and options:
             if len(options) != 1 or not options[0].startswith("for="):

@@ -89,6 +89,7 @@ class Auditor:
         self.repair = repair
         self.report = Report()
         self._seen: set[str] = set()  # jids the queue walk looked at: the index walk skips them
+        self._lane_keys: dict[str, list[str]] = {}  # queue -> ids of the lane keys SCAN found
 
     async def run(self) -> Report:
         schema = await self.store.schema()
@@ -112,6 +113,9 @@ class Auditor:
             name = keys.queue_of_key(text(key))
             if name is not None:
                 names.add(name)
+                lane = keys.lane_of_key(name, text(key))
+                if lane is not None:
+                    self._lane_keys.setdefault(name, []).append(lane)
         return sorted(names)
 
     async def _check_queue(self, queue: str) -> None:
@@ -127,7 +131,7 @@ class Auditor:
                 k.prioritized,
                 k.meta,
             ),
-            (queue, self._flag),
+            (queue, self._flag, *self._lane_keys.get(queue, ())),
         )
         self._note(queue, "", problems)
         listed: Counter[str] = Counter()

@@ -264,7 +264,7 @@ class JobStore:
         the new jid, or None when the job is gone."""
         k = self.keys(queue)
         places = (k.jobs, k.queue, k.working, k.scheduled, k.retries, k.dead)
-        where = (*places, JIDS, k.holders, k.expiring)
+        where = (*places, JIDS, k.holders, k.expiring, k.prioritized, k.meta)
         for attempt in range(MAX_RENAMES):
             payload = await self.payload(queue, jid)
             if payload is None:

@@ -40,7 +40,9 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:resting      zset   lane id -> when to look again: lanes held back by their limits
   hopper:q:{q}:running      hash   lane id -> reservations counted towards its concurrency limit
   hopper:q:{q}:leases       hash   jid -> the lane ids (JSON) a reserved job counts towards
-  hopper:q:{q}:buckets      hash   lane id -> `<tokens> <refilled at>` of a rate-limited lane
+  hopper:q:{q}:buckets      hash   lane id -> `<tokens> <refilled at>` of a rate-limited lane,
+                                   until its bucket is full again (a missing one is full)
+  hopper:q:{q}:refills      zset   lane id -> when its bucket is full (FETCH forgets a few due)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -111,6 +113,7 @@ class QueueKeys:
         "prioritized",
         "progress",
         "queue",
+        "refills",
         "resting",
         "retries",
         "running",
@@ -139,6 +142,7 @@ class QueueKeys:
         self.running = f"{base}:running"
         self.leases = f"{base}:leases"
         self.buckets = f"{base}:buckets"
+        self.refills = f"{base}:refills"
 
     def lane(self, lane: str) -> str:
         """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib.lua too."""
@@ -157,7 +161,7 @@ class QueueKeys:
         """Every key of the queue with a fixed name (not its lanes or unique locks)."""
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
         extra = (self.holders, self.expiring, self.prioritized)
-        lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets)
+        lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets, self.refills)
         return (*live, self.final, self.finished, self.progress, *extra, *lanes)
 
 
@@ -177,3 +181,9 @@ def queue_of_key(key: str) -> str | None:
         return None
     end = key.find("}", len(QUEUE_PREFIX))
     return key[len(QUEUE_PREFIX) + 1 : end] if end > 0 else None
+
+
+def lane_of_key(queue: str, key: str) -> str | None:
+    """The lane id of a `hopper:q:{<queue>}:lane:<id>` key, or None for any other key."""
+    prefix = f"{QUEUE_PREFIX}{{{queue}}}:lane:"
+    return key[len(prefix) :] if key.startswith(prefix) else None

@@ -11,6 +11,7 @@ from broker.store.keys import DRAINING, DUE, JIDS, QUEUES, SETS, STATS
 DRAIN = Script("drain")
 FLUSH = Script("flush")
 OLDEST = Script("oldest")
+CONFIGURE = Script("configure")
 
 
 class QueueStore:
@@ -44,20 +45,11 @@ class QueueStore:
             await self.redis.execute("HSET", meta, "paused", 1, "resume_at", repr(resume_at))
 
     async def configure(self, queue: str, settings: dict[str, str | None]) -> None:
-        """Set (or with None, clear) settings of a queue (see policy.queue_setting)."""
-        meta = self.jobs.keys(queue).meta
-        commands: list[tuple[Any, ...]] = [
-            ("HSET", meta, name, value) if value is not None else ("HDEL", meta, name)
-            for name, value in settings.items()
-        ]
-        if any(name.startswith(JOBTYPE_MARK) for name in settings):
-            commands.append(("HKEYS", meta))
-        *_, names = await self.redis.execute_many(commands)
-        if any(name.startswith(JOBTYPE_MARK) for name in settings):  # FETCH looks at jobtypes
-            typed = any(text(name).startswith(JOBTYPE_MARK) for name in names)
-            await self.redis.execute(
-                *(("HSET", meta, TYPED, 1) if typed else ("HDEL", meta, TYPED))
-            )
+        """Set (or with None, clear) settings of a queue (see policy.queue_setting), in one
+        step (configure.lua)."""
+        if settings:
+            pairs = [part for name, value in settings.items() for part in (name, value or "")]
+            await self.redis.run(CONFIGURE, (self.jobs.keys(queue).meta,), pairs)
 
     async def settings(self, queues: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The settings of each queue that has any."""
@@ -171,7 +163,6 @@ SETTINGS = (
     "group_burst",
 )
 JOBTYPE_MARK = "t:"  # meta fields t:<jobtype>:<limit> hold jobtype limits
-TYPED = "jobtype_limits"  # meta note: the queue has some (FETCH looks at jobtypes)
 
 
 def _settings(flat: list[bytes]) -> dict[str, Any]:

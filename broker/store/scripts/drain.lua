@@ -23,7 +23,7 @@ end
 local left = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[8])
   + (tonumber(redis.call('HGET', KEYS[4], 'laned')) or 0)
 if left == 0 then
-  redis.call('DEL', KEYS[4], lanes_of(KEYS[4]).buckets)
+  redis.call('DEL', KEYS[4], lanes_of(KEYS[4]).buckets, lanes_of(KEYS[4]).refills)
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end
   redis.call('SREM', KEYS[5], ARGV[1])
 end

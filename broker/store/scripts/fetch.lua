@@ -122,10 +122,14 @@ local function wait_of(lane)
   return 0
 end
 
+local used = {}  -- jid -> the lanes whose slot or token it took (given back if not handed out)
+
 -- A job taken from (or for) `lane` uses one of its slots and tokens.
 local function use(lane, jid)
   local spec = limits_of(lane)
   if not spec then return end
+  used[jid] = used[jid] or {}
+  table.insert(used[jid], lane)
   if spec[1] then
     running[lane] = running[lane] + 1
     leased[jid] = leased[jid] or {}
@@ -134,10 +138,20 @@ local function use(lane, jid)
   if spec[2] then bucket[lane] = bucket[lane] - 1 end
 end
 
+-- A job taken out of line but not handed out (expired, or no record) gives back what it used.
+local function unuse(jid)
+  for _, lane in ipairs(used[jid] or {}) do
+    local spec = limits[lane]
+    if spec[1] then running[lane] = running[lane] - 1 end
+    if spec[2] then bucket[lane] = bucket[lane] + 1 end
+  end
+  used[jid], leased[jid] = nil, nil
+end
+
 -- `lane` rests for `seconds` (math.huge: until a reservation of it ends, or REST_CHECK).
 local function rest(lane, seconds)
   redis.call('ZREM', l.ring, lane)
-  redis.call('ZADD', l.resting, now + (seconds == math.huge and REST_CHECK or seconds), lane)
+  redis.call('ZADD', l.resting, now + math.min(seconds, REST_CHECK), lane)
   seconds = math.min(seconds, tonumber(CONCURRENCY_WAIT))
   hint = hint and math.min(hint, seconds) or seconds
 end
@@ -157,8 +171,10 @@ local function take_fair(need)
   end
   local jids, line_open = {}, true
   local line_turn = tonumber(redis.call('HGET', KEYS[4], 'line_turn')) or 0
+  local steps = 0
   for _ = 1, 4 * need + 8 do
     if #jids >= need then break end
+    steps = steps + 1
     local head = redis.call('ZRANGE', l.ring, 0, 0, 'WITHSCORES')
     if line_open and (not head[1] or line_turn <= tonumber(head[2])) then
       local got = take_line(1)
@@ -205,6 +221,7 @@ local function take_fair(need)
     end
   end
   redis.call('HSET', KEYS[4], 'line_turn', line_turn)
+  if #jids == 0 and steps == 4 * need + 8 then hint = 0 end  -- out of steps, not of jobs: look again now
   return #jids > 0 and jids or false
 end
 
@@ -220,8 +237,20 @@ local function settle_lanes(jids)
   end
   if #leases > 0 then redis.call('HSET', l.leases, unpack(leases)) end
   for lane, n in pairs(counts) do redis.call('HINCRBY', l.running, lane, n) end
+  local full = redis.call('ZRANGEBYSCORE', l.refills, '-inf', now, 'LIMIT', 0, 8)
+  if #full > 0 then  -- buckets full again are forgotten (a missing bucket is a full one)
+    redis.call('HDEL', l.buckets, unpack(full))
+    redis.call('ZREM', l.refills, unpack(full))
+  end
   for lane, left in pairs(bucket) do
-    redis.call('HSET', l.buckets, lane, left .. ' ' .. ARGV[1])
+    local spec = limits[lane]
+    if left >= spec[3] then
+      redis.call('HDEL', l.buckets, lane)
+      redis.call('ZREM', l.refills, lane)
+    else
+      redis.call('HSET', l.buckets, lane, left .. ' ' .. ARGV[1])
+      redis.call('ZADD', l.refills, now + (spec[3] - left) / spec[2], lane)
+    end
   end
   if redis.call('EXISTS', l.ring) == 0 and redis.call('EXISTS', l.resting) == 0 then
     redis.call('HDEL', KEYS[4], 'lanes', 'laned')
@@ -248,6 +277,7 @@ for _ = 1, 100 do  -- more than one round only when queued jids had no record
         started[#started + 1] = jid
       end
     end
+    if not payload then unuse(jid) end
     if payload then
       local seconds = tonumber(
         string.match(payload, '^{"enqueued_at":"[^"]*","reserve_for":(%-?%d+)')

@@ -29,8 +29,7 @@ local lane = nil  -- the lane it waits in, if any
 local payload = redis.call('HGET', KEYS[1], jid)
 if payload and redis.call('HGET', KEYS[16], 'lanes') then
   local l = lanes_of(KEYS[16])
-  local _, group = head_of(payload)
-  for _, id in ipairs({group and 'g:' .. group or nil, 't:' .. jobtype_of(payload)}) do
+  for _, id in ipairs(lane_ids(payload)) do
     if not lane and redis.call('ZSCORE', l.lane .. id, jid) then
       lane = id
       ranked = true
@@ -67,7 +66,9 @@ end
 if #held == 0 then
   problem('no place')
   if fix then
-    if redis.call('LPUSH', KEYS[2], jid) == 1 then redis.call('PUBLISH', ARGV[4], queue) end
+    if line_up(KEYS[2], KEYS[15], KEYS[16], {jid}, {payload}) then  -- in its lane, if any
+      redis.call('PUBLISH', ARGV[4], queue)
+    end
     redis.call('SADD', KEYS[8], queue)
     held = {{'queue', 2}}
   end

@@ -142,7 +142,9 @@ end
 -- custom and args, see broker/jobs.py); one with escapes is decoded.
 local function jobtype_of(payload)
   if not payload then return '' end
-  local found = string.match(payload, '"jobtype":"([^"\\]*)"')
+  local _, e = string.find(payload, '"jobtype":"', 1, true)
+  if not e then return '' end
+  local found = string.match(payload, '^([^"\\]*)"', e + 1)
   if found then return found end
   local ok, job = pcall(cjson.decode, payload)
   if ok and type(job) == 'table' and type(job.jobtype) == 'string' then return job.jobtype end
@@ -183,13 +185,15 @@ end
 -- zset of jids scored like prioritized; `lanes` lists those that may be served now, scored by
 -- their turn (round-robin: a served lane goes to the back), `resting` those held back by their
 -- limits, scored by when to look again. `running` counts the reservations of each lane that
--- has a concurrency limit, `leases` says which lanes a reserved job counts towards (JSON), and
--- `buckets` holds each rate-limited lane's tokens. Lane ids: 'g:<group>', 't:<jobtype>'.
+-- has a concurrency limit, `leases` says which lanes a reserved job counts towards (JSON),
+-- `buckets` holds each rate-limited lane's tokens until they are full again (`refills`: when).
+-- Lane ids: 'g:<group>', 't:<jobtype>'.
 -- Their keys share the queue's hash tag and are named from its meta key (keys.py).
 local function lanes_of(meta)
   local base = string.sub(meta, 1, -5)
   return {meta = meta, lane = base .. 'lane:', ring = base .. 'lanes', resting = base .. 'resting',
-    running = base .. 'running', leases = base .. 'leases', buckets = base .. 'buckets'}
+    running = base .. 'running', leases = base .. 'leases', buckets = base .. 'buckets',
+    refills = base .. 'refills'}
 end
 
 -- A job joins `lane` (l from lanes_of) with `score`; a lane that does not rest takes its turn
@@ -295,6 +299,14 @@ local function line_up(list, ranked, meta, jids, payloads)
   return notify
 end
 
+-- The lanes a waiting job (its payload) may wait in: its group's, then its jobtype's.
+local function lane_ids(payload)
+  local _, group = head_of(payload)
+  local ids = {'t:' .. jobtype_of(payload)}
+  if group then table.insert(ids, 1, 'g:' .. group) end
+  return ids
+end
+
 -- Take a waiting job out of line, wherever it waits (its payload names its lane); 1 if it was
 -- waiting.
 local function leave_line(list, ranked, meta, jid, payload)
@@ -302,7 +314,8 @@ local function leave_line(list, ranked, meta, jid, payload)
   if redis.call('LREM', list, -1, jid) == 1 then return 1 end
   if not payload or not redis.call('HGET', meta, 'lanes') then return 0 end
   local l = lanes_of(meta)
-  local _, group = head_of(payload)
-  if group and exit_lane(l, 'g:' .. group, jid) == 1 then return 1 end
-  return exit_lane(l, 't:' .. jobtype_of(payload), jid)
+  for _, id in ipairs(lane_ids(payload)) do
+    if exit_lane(l, id, jid) == 1 then return 1 end
+  end
+  return 0
 end

@@ -3,14 +3,15 @@
 -- KEYS: 1 queue list, 2 queues set, 3-7 working, scheduled, retries, dead, finished,
 --       8-12 due:working, due:scheduled, due:retries, due:dead, due:finished, 13 prioritized,
 --       14 meta hash (its lanes' keys are named from it, see lanes_of() in lib.lua)
--- ARGV: 1 queue name, 2 '1' to repair
+-- ARGV: 1 queue name, 2 '1' to repair, then the ids of the lane keys a SCAN found
 -- Returns the problems: {'not listed', ''} for waiting jobs in a queue INFO does not list,
 -- {'not due', <set>} for a set whose earliest entry is earlier than the queue's due time;
 -- for lanes: {'empty lane', id} (listed as served or resting, holding nothing: dropped),
 -- {'lane twice', id} (both served and resting: it rests), {'lane count', '<noted> <held>'}
 -- (the count of jobs in lanes is wrong: set right), {'stale lease', jid} (a lease of a job
 -- not reserved: dropped), {'running count', id} (a lane's running count is not the number
--- of its leases: set right).
+-- of its leases: set right), {'stranded lane', id} (a lane key with jobs listed neither as
+-- served nor resting: it takes its turn).
 local queue, fix = ARGV[1], ARGV[2] == '1'
 local names = {'working', 'scheduled', 'retries', 'dead', 'finished'}
 local problems = {}
@@ -31,6 +32,17 @@ for i = 3, 7 do
   end
 end
 local l = lanes_of(KEYS[14])
+for i = 3, #ARGV do
+  local lane = ARGV[i]
+  if not redis.call('ZSCORE', l.ring, lane) and not redis.call('ZSCORE', l.resting, lane)
+    and redis.call('EXISTS', l.lane .. lane) == 1 then
+    problems[#problems + 1] = {'stranded lane', lane}
+    if fix then
+      redis.call('ZADD', l.ring, redis.call('HINCRBY', KEYS[14], 'turn', 1), lane)
+      redis.call('HSET', KEYS[14], 'lanes', 1)
+    end
+  end
+end
 local held = 0
 for _, set in ipairs({l.resting, l.ring}) do
   for _, lane in ipairs(redis.call('ZRANGE', set, 0, -1)) do

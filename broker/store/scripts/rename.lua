@@ -1,7 +1,7 @@
 -- rename: give a job a new jid, wherever it is in its queue (a jid that named jobs in two
 -- queues: schema 1 allowed it, hopper check --repair mends it), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
---       8 holders hash, 9 expiring zset
+--       8 holders hash, 9 expiring zset, 10 prioritized zset, 11 meta hash
 -- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid
 -- Returns 1, or 0 when the job is gone or the new jid is taken (nothing changes).
 local old, new = ARGV[2], ARGV[3]
@@ -22,6 +22,24 @@ local expires = redis.call('ZSCORE', KEYS[9], old)
 if expires then
   redis.call('ZREM', KEYS[9], old)
   redis.call('ZADD', KEYS[9], expires, new)
+end
+local ranked = redis.call('ZSCORE', KEYS[10], old)
+if ranked then
+  redis.call('ZREM', KEYS[10], old)
+  redis.call('ZADD', KEYS[10], ranked, new)
+end
+local l = lanes_of(KEYS[11])
+local lease = redis.call('HGET', l.leases, old)
+if lease then
+  redis.call('HDEL', l.leases, old)
+  redis.call('HSET', l.leases, new, lease)
+end
+for _, id in ipairs(lane_ids(ARGV[4])) do
+  local score = redis.call('ZSCORE', l.lane .. id, old)
+  if score then
+    redis.call('ZREM', l.lane .. id, old)
+    redis.call('ZADD', l.lane .. id, score, new)
+  end
 end
 local holder = redis.call('HGET', KEYS[8], old)
 if holder then
