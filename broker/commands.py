@@ -38,9 +38,6 @@ BEAT_REPLIES = {
     "quiet": protocol.bulk(b'{"state":"quiet"}'),
     "terminate": protocol.bulk(b'{"state":"terminate"}'),
 }
-ENTERPRISE = {
-    "BATCH": "batch subsystem is only available in Faktory Enterprise",
-}
 DEFAULT_WAIT = 30.0  # seconds a JOB WAIT without a timeout waits
 STOPS = ("END", "EVENTS")  # the verbs that end a connection's run of commands
 
@@ -153,8 +150,6 @@ class Commands:
     async def dispatch(self, session: Session, command: Command) -> bytes:
         handler = TABLE.get(command.verb)
         if handler is None:
-            if command.verb in ENTERPRISE:
-                raise CommandError(ENTERPRISE[command.verb])
             raise CommandError(f"unknown command {command.verb}")
         return await handler(self, session, command.arg)
 
@@ -262,6 +257,22 @@ class Commands:
             " or LOG <json>"
         )
 
+    async def batch(self, session: Session, arg: bytes) -> bytes:
+        """BATCH NEW <json> | OPEN <bid> | COMMIT <bid> | STATUS <bid> (Faktory Enterprise)."""
+        sub, _, rest = arg.partition(b" ")
+        sub, batches = sub.upper(), self.manager.batches
+        if sub == b"NEW":
+            return protocol.bulk((await batches.new(rest, self.clock())).encode())
+        bid = rest.strip().decode("utf-8", "replace")
+        if sub == b"OPEN" and bid:
+            return protocol.bulk((await batches.open(bid)).encode())
+        if sub == b"COMMIT" and bid:
+            await batches.commit(bid, self.clock())
+            return protocol.OK
+        if sub == b"STATUS" and bid:
+            return protocol.bulk(encode(await batches.status(bid)))
+        raise CommandError("BATCH needs NEW <json>, OPEN <bid>, COMMIT <bid> or STATUS <bid>")
+
     async def drain(self, session: Session, arg: bytes) -> bytes:
         """DRAIN ON|OFF (Hopper): the whole broker refuses pushes, or takes them again."""
         word = arg.strip().upper()
@@ -329,6 +340,7 @@ TABLE: dict[str, Handler] = {
     "JOB": Commands.job,
     "DRAIN": Commands.drain,
     "CRON": Commands.cron,
+    "BATCH": Commands.batch,
 }
 
 Run = Callable[[Commands, Session, list[Command], bool], Awaitable[list[bytes]]]

@@ -57,6 +57,10 @@ MAX_RESULT_BYTES = 64 * 1024  # the JSON result an ACK may carry
 MAX_LOG_LINES = 100  # log lines kept per job (JOB LOG), the oldest dropped first
 MAX_LOG_LINE = 1000  # characters of one log line kept
 MAX_WAIT = 3600.0  # seconds a JOB WAIT may wait for a job to finish
+BATCH_TTL = 1800.0  # seconds an uncommitted batch lives (Faktory Enterprise: 30 minutes)
+BATCH_FINISHED_TTL = 86_400.0  # seconds a batch's record stays once both its stages finished
+BATCH_MAX_AGE = 30 * 86_400.0  # seconds after COMMIT a batch that never finishes is purged:
+# beyond 25 retries (about three weeks), so a batch whose jobs still retry is not lost
 EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly; beyond,
 # new events are dropped and the subscriber is told how many it missed
 
@@ -118,6 +122,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_log_line: int = MAX_LOG_LINE
     max_wait: float = MAX_WAIT
     event_buffer: int = EVENT_BUFFER
+    batch_ttl: float = BATCH_TTL
+    batch_finished_ttl: float = BATCH_FINISHED_TTL
+    batch_max_age: float = BATCH_MAX_AGE
     cron: tuple[CronEntry, ...] = ()  # periodic jobs (`[[cron]]` in the TOML file only)
     queues: dict[str, QueueRules] = msgspec.field(default_factory=dict)  # `[queues.<name>]`
     throttles: dict[str, Throttle] = msgspec.field(default_factory=dict)  # Enterprise's table
@@ -154,6 +161,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout must be positive")
         for name in ("finished_ttl", "finished_max", "max_log_lines"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("batch_ttl", "batch_finished_ttl", "batch_max_age"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):

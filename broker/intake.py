@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
+from broker.batches import member_of, no_such_batch
 from broker.config import Settings
 from broker.doorbell import Doorbell
 from broker.errors import JID_IN_USE, BrokerError, CommandError
@@ -68,7 +69,11 @@ class Intake:
         self._limits.clear()
 
     async def push_many(
-        self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
+        self,
+        jobs: Sequence[Job],
+        now: float,
+        claim: tuple[str, float] | None = None,
+        callback: tuple[str, str] | None = None,
     ) -> list[BrokerError | None]:
         """Push each job independently, in order; returns each job's error, or None.
 
@@ -76,13 +81,16 @@ class Intake:
         (a cron entry id and tick, for at most PUSH_BATCH jobs of one queue) nothing is pushed
         unless that tick is later than the entry's last (CLAIMED for each job otherwise); the
         claim is recorded once the script runs, even if it refuses a job (jid in use, not
-        unique, full); a job refused before (validation, middleware) records none.
+        unique, full); a job refused before (validation, middleware) records none. With
+        `callback` (bid, kind) the one job is that batch's callback, stored only while the
+        batch may push it (CLAIMED otherwise); any other job joins the batch its custom.bid
+        names (`No such batch <bid>` when there is none).
         """
         outcomes: list[BrokerError | None] = [None] * len(jobs)
         by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
         for i, job in enumerate(jobs):
             try:
-                entry = await self._prepare(job, now)
+                entry = await self._prepare(job, now, callback)
             except BrokerError as exc:
                 outcomes[i] = exc
             else:
@@ -95,17 +103,19 @@ class Intake:
                 limits = await self.limits(queue)
                 stored = await self.store.jobs.push(queue, entries, now, keep, claim, limits)
                 enqueued = 0
-                for (i, (jid, _, at, _, _)), result in zip(chunk, stored, strict=True):
+                for (i, (jid, _, at, _, _, batch)), result in zip(chunk, stored, strict=True):
                     if result == 1:
                         enqueued += not at
                     else:
-                        outcomes[i] = _refusal(result, jid, queue)
+                        outcomes[i] = _refusal(result, jid, queue, batch)
                 self.doorbell.ring(queue, enqueued)
         return outcomes
 
-    async def _prepare(self, job: Job, now: float) -> PushEntry:
+    async def _prepare(
+        self, job: Job, now: float, callback: tuple[str, str] | None = None
+    ) -> PushEntry:
         """Validate a pushed job and encode it: (jid, payload, score in scheduled or '', the
-        unique lock it asks for).
+        unique lock it asks for, when it expires, its batch).
 
         `enqueued_at` is the broker's: set now for a job enqueued now, stamped by the store
         when a scheduled job is enqueued later.
@@ -129,11 +139,14 @@ class Intake:
         unique = unique_of(job, float(at) - now if at else 0.0)
         backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
         expires = expiry_of(job, now)
-        return job.jid, encode(job), at, unique, expires
+        batch = callback or member_of(job)
+        return job.jid, encode(job), at, unique, expires, batch
 
 
-def _refusal(result: int, jid: str, queue: str) -> BrokerError:
+def _refusal(result: int, jid: str, queue: str, batch: tuple[str, str] | None) -> BrokerError:
     """The error for a push script result other than 1 (stored)."""
+    if result == 6 and batch is not None:
+        return no_such_batch(batch[0])
     if result == 2:
         return NOT_UNIQUE
     if result == 3:

@@ -5,9 +5,10 @@ expiry, lost worker) | scheduled (JOB SNOOZE); scheduled and retries -> queue wh
 gone after its TTL; a finished job's final record -> gone after finished_ttl. The rooms this
 manager owns: the periodic moves (sweeps.py), MUTATE (mutate.py), queue pause/remove/latency,
 FLUSH and INFO (admin.py), jobs by jid and JOB CANCEL (tracking.py), the worker registry
-(workers.py), the periodic jobs (crontab.py). Every move is one store call backed by one Lua script;
-middleware runs at the seams where the job exists. Operations take `now` (unix seconds) so that
-time is a parameter; the broker's clock is Redis's (clock.py).
+(workers.py), the periodic jobs (crontab.py), batches (batches.py). Every move is one store
+call backed by one Lua script; middleware runs at the seams where the job exists. Operations
+take `now` (unix seconds) so that time is a parameter; the broker's clock is Redis's
+(clock.py).
 """
 
 import random
@@ -19,6 +20,7 @@ import trio
 
 from broker import retry
 from broker.admin import Admin
+from broker.batches import Batches
 from broker.clock import Clock
 from broker.config import Settings
 from broker.crontab import Crontab
@@ -85,6 +87,8 @@ class Manager:
         self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
         self.cron = Crontab(store, settings, self.push_many)
+        self.batches = Batches(store, settings, self.push_many)
+        store.jobs.on_batch_due = self.batches.wake
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
 
@@ -97,11 +101,15 @@ class Manager:
             raise error
 
     async def push_many(
-        self, jobs: Sequence[Job], now: float, claim: tuple[str, float] | None = None
+        self,
+        jobs: Sequence[Job],
+        now: float,
+        claim: tuple[str, float] | None = None,
+        callback: tuple[str, str] | None = None,
     ) -> list[BrokerError | None]:
         """Push each job independently, in order; returns each job's error, or None (see
         intake.py)."""
-        return await self.intake.push_many(jobs, now, claim)
+        return await self.intake.push_many(jobs, now, claim, callback)
 
     # -- fetch --------------------------------------------------------------------------------
 
@@ -243,7 +251,9 @@ class Manager:
             by_queue[queue].append((jid, result))
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
-            await self.store.jobs.ack(queue, done, day, now, keep, wid)
+            _, due = await self.store.jobs.ack(queue, done, day, now, keep, wid)
+            if due:  # a batch callback: pushed before the ACK's reply, as Enterprise does
+                await self.batches.fire(now)
             if queue in self._held_back:  # a FETCH held back by the queue's limits may go on
                 self.doorbell.ring(queue)
         return outcomes
@@ -270,6 +280,8 @@ class Manager:
             return await self.fail_reservation(queue, report.jid, reservation, report, now, wid)
 
         await self._end(report.jid, queue, step)
+        if self.batches.due:  # a batch callback came due: pushed before the FAIL's reply
+            await self.batches.fire(now)
 
     async def snooze(self, jid: str, seconds: float, queue: str | None, now: float) -> None:
         """Hand a reserved job back to run again `seconds` from now, without using a retry

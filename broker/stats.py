@@ -19,7 +19,7 @@ class TaskStats(msgspec.Struct):
     reaped: int = 0
 
 
-TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished", "Cron")
+TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished", "Cron", "Batches")
 SETS = ("scheduled", "retries", "dead", "working")  # INFO's sets, in the reference's order
 
 
@@ -61,6 +61,7 @@ def render_info(
         "Workers": {"size": workers, "reaped": t["Workers"].reaped},
         "Finished": {"purged": t["Finished"].reaped, "cycles": t["Finished"].cycles},
         "Cron": {"enqueued": t["Cron"].enqueued, "cycles": t["Cron"].cycles},
+        "Batches": {"moved": t["Batches"].reaped, "cycles": t["Batches"].cycles},
     }
     return {
         "now": format_time(now),

@@ -4,7 +4,7 @@ This module holds no lifecycle rules: the manager decides where a job goes, thes
 which keys a move touches and decode the replies.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -40,8 +40,9 @@ MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also
 MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
-# jid, payload, at score or '', unique lock, when it expires (None: never)
-PushEntry = tuple[str, bytes, str, Unique | None, float | None]
+# jid, payload, at score or '', unique lock, when it expires (None: never), batch: (bid, kind)
+# with kind '' for a job of the batch, 'complete' or 'success' for its callback (None: none)
+PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
 
 
@@ -59,6 +60,7 @@ class JobStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._keys: dict[str, QueueKeys] = {}
+        self.on_batch_due: Callable[[], None] = lambda: None  # the batches room wakes its loop
 
     def keys(self, queue: str) -> QueueKeys:
         found = self._keys.get(queue)
@@ -79,8 +81,9 @@ class JobStore:
         claim: tuple[str, float] | None = None,
         limits: str = "",
     ) -> list[int]:
-        """Store jobs of one queue: (jid, payload, at score or '', unique lock or None). Each
-        result: 1 stored, 0 jid already live, 2 not unique, 4 the queue is full; all 3 when
+        """Store jobs of one queue (see PushEntry). Each result: 1 stored, 0 jid already live,
+        2 not unique, 4 the queue is full, 6 no such batch, 3 a batch callback that may not be
+        pushed (already pushed, or no longer due); all 3 when
         `claim` (a cron entry id and tick) was already made for that tick or a later one, all
         5 when `limits` is 'D' (draining); otherwise `limits` is the queue's max_size ('' for
         none)."""
@@ -88,12 +91,15 @@ class JobStore:
         locks: list[str] = []
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
-        for jid, payload, at, unique, expires in entries:
-            spec = ""
+        for jid, payload, at, unique, expires, batch in entries:
+            spec = joins = ""
             if unique is not None:
                 locks.append(k.unique(unique.digest))
                 spec = f"{PUSH_KEYS + len(locks)} {unique.ttl_ms} {unique.mode}"
-            args += (jid, payload, at, spec, "" if expires is None else repr(expires))
+            if batch is not None:
+                locks.append(keys.batch(batch[0]))
+                joins = f"{PUSH_KEYS + len(locks)} {batch[1]}".rstrip()
+            args += (jid, payload, at, spec, "" if expires is None else repr(expires), joins)
         results = await self.redis.run(
             PUSH,
             (
@@ -157,17 +163,17 @@ class JobStore:
         now: float,
         keep: int,
         wid: str = "",
-    ) -> list[str]:
+    ) -> tuple[list[str], int]:
         """Finish reserved jobs of one queue, each (jid, result JSON or b''), keeping at most
         `keep` finished jobs per queue; `wid` is the acking worker's. Returns the jids whose
-        reservation existed."""
+        reservation existed, and how many batch callbacks came due."""
         k = self.keys(queue)
         args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, wid, len(acks)]
         args += (jid for jid, _ in acks)
         for position, (_, result) in enumerate(acks, 1):
             if result:
                 args += (position, result)
-        done = await self.redis.run(
+        done, due = await self.redis.run(
             ACK,
             (
                 k.jobs,
@@ -185,7 +191,7 @@ class JobStore:
             ),
             args,
         )
-        return [text(jid) for jid in done]
+        return [text(jid) for jid in done], int(due)
 
     # -- failures -----------------------------------------------------------------------------
 
@@ -231,7 +237,8 @@ class JobStore:
 
         `read_expiry` is the reservation the new payload was computed from (None: any), and
         `holder` the worker that held it then ('' unknown); `errtype` goes with the event.
-        Returns 1 done, 0 not reserved, -1 the reservation changed since it was read.
+        Returns 1 done, 0 not reserved, -1 the reservation changed since it was read; when a
+        batch callback came due, `on_batch_due` is called.
         """
         k = self.keys(queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
@@ -243,6 +250,9 @@ class JobStore:
             (*keys_, *finals, *others),
             (*args, FINISHED_CHANNEL, holder, errtype, "" if expires is None else repr(expires)),
         )
+        if result == 2:
+            self.on_batch_due()
+            return 1
         return result
 
     async def release(self, queue: str, jid: str, expires: float | None = None) -> bool:

@@ -43,6 +43,9 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:buckets      hash   lane id -> `<tokens> <refilled at>` of a rate-limited lane,
                                    until its bucket is full again (a missing one is full)
   hopper:q:{q}:refills      zset   lane id -> when its bucket is full (FETCH forgets a few due)
+  hopper:q:{q}:batched      hash   jid -> `<bid>` for a job of a batch not yet run, `!<bid>` once
+                                   it failed, `<kind>:<bid>` for a batch's complete | success
+                                   callback job (the last two named in lib.lua too)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -64,6 +67,10 @@ Global (hash tag `{g}`):
                                    the lost-worker pass fails what it still holds
   hopper:g:{g}:held:<wid>   set    `queue:jid` of the jobs the worker fetched; an entry may
                                    outlive its reservation (ACKed elsewhere): holders decides
+  hopper:g:{g}:batch:<bid>  hash   one batch (Faktory Enterprise): counts, states, callbacks
+                                   (see lib.lua); bid is `b-` + 14 URL-safe characters
+  hopper:g:{g}:batches:due  zset   `<kind> <bid>` -> when it came due: a callback to push now
+  hopper:g:{g}:batches:expiry zset bid -> when its record is purged
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
   hopper:events             pub/sub channel: job events (lines of JSON), published by the
@@ -85,6 +92,9 @@ AWAITED = f"{GLOBAL}:awaited"
 HOLDING = f"{GLOBAL}:holding"
 CRON = f"{GLOBAL}:cron"
 DRAINING = f"{GLOBAL}:draining"
+BATCHES_DUE = f"{GLOBAL}:batches:due"  # named in scripts/lib.lua too
+BATCHES_EXPIRY = f"{GLOBAL}:batches:expiry"
+BATCH_PREFIX = f"{GLOBAL}:batch:"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
 FINISHED_CHANNEL = f"{PREFIX}:finished"
@@ -99,6 +109,7 @@ class QueueKeys:
     """The keys of one queue, built once and reused."""
 
     __slots__ = (
+        "batched",
         "buckets",
         "dead",
         "expiring",
@@ -143,6 +154,7 @@ class QueueKeys:
         self.leases = f"{base}:leases"
         self.buckets = f"{base}:buckets"
         self.refills = f"{base}:refills"
+        self.batched = f"{base}:batched"
 
     def lane(self, lane: str) -> str:
         """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib.lua too."""
@@ -162,7 +174,7 @@ class QueueKeys:
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
         extra = (self.holders, self.expiring, self.prioritized)
         lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets, self.refills)
-        return (*live, self.final, self.finished, self.progress, *extra, *lanes)
+        return (*live, self.final, self.finished, self.progress, *extra, *lanes, self.batched)
 
 
 def worker(wid: str) -> str:
@@ -173,6 +185,11 @@ def worker(wid: str) -> str:
 def held(wid: str) -> str:
     """The set of `queue:jid` a worker fetched; it shares the hash tag of HOLDING."""
     return f"{GLOBAL}:held:{wid}"
+
+
+def batch(bid: str) -> str:
+    """The record of one batch; `bid` is checked by broker/batches.py before it gets here."""
+    return f"{BATCH_PREFIX}{bid}"
 
 
 def queue_of_key(key: str) -> str | None:

@@ -2,6 +2,7 @@
 worker registry, each in its own module, over one auto-pipelining connection."""
 
 from broker.store.base import Redis, text
+from broker.store.batches import BatchStore
 from broker.store.connection import Pipeline
 from broker.store.jobs import JobStore
 from broker.store.keys import CRON, SCHEMA_KEY
@@ -21,6 +22,7 @@ class Store:
         self.queues = QueueStore(self.redis, self.jobs)
         self.tracking = TrackingStore(self.redis, self.jobs)
         self.workers = WorkerStore(self.redis)
+        self.batches = BatchStore(self.redis)
 
     async def time(self) -> float:
         """Redis's clock, in unix seconds."""

@@ -5,7 +5,8 @@
 -- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 finished jobs kept per queue
 --       at most (0: none), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
 --       then pairs (position among the jids, result JSON) for those that carry a result
--- Returns the jids whose reservation existed: those jobs are done and counted as processed;
+-- Returns {the jids whose reservation existed, the number of batch callbacks that came due}:
+-- those jobs are done and counted as processed (and towards their batches: batch_count());
 -- their records stay, in the finished set, with the result noted (see finish() in lib.lua),
 -- or go. A job whose cancel was asked for is done all the same (it ran). An ACK for an unknown
 -- or expired reservation changes nothing. Each kind of read or write is one call for the whole
@@ -29,7 +30,7 @@ for i, jid in ipairs(jids) do
     end
   end
 end
-if #done == 0 then return done end
+if #done == 0 then return {done, 0} end
 if listening() then
   local at, events = clock(), {}
   local payloads = redis.call('HMGET', KEYS[1], unpack(done))
@@ -50,7 +51,8 @@ end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4])
+batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3])
 announce(KEYS[9], ARGV[5], done)
 redis.call('HINCRBY', KEYS[4], 'processed', #done)
 redis.call('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)
-return done
+return {done, batch_due.n}

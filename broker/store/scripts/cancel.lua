@@ -34,6 +34,7 @@ redis.call('ZREM', KEYS[14], jid)
 local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
 finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])
+batch_count(KEYS[16], KEYS[7], {jid}, 'end', ARGV[3])
 announce(KEYS[12], ARGV[5], {jid})
 if payload and listening() then publish({event('cancelled', jid, queue, payload, clock(), '')}) end
 return 'cancelled'

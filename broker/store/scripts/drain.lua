@@ -3,6 +3,7 @@
 -- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash,
 --       7 expiring zset, 8 prioritized zset
 -- ARGV: 1 queue name, 2 N
+-- A job of a batch counts as ended there (see batch_count() in lib.lua).
 -- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
 -- its settings (paused, limits) go, but for the note that it may hold jobs with an expiry; its
 -- scheduled, retrying, reserved, dead and finished jobs are not touched.
@@ -19,6 +20,7 @@ if #jids > 0 then
   redis.call('HDEL', KEYS[6], unpack(jids))
   redis.call('ZREM', KEYS[7], unpack(jids))
   forget_all(KEYS[3], jids, ARGV[1])
+  batch_count(KEYS[4], KEYS[3], jids, 'end', tonumber(clock()))
 end
 local left = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[8])
   + (tonumber(redis.call('HGET', KEYS[4], 'laned')) or 0)

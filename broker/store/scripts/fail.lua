@@ -10,7 +10,9 @@
 --       seconds), 9 finished jobs kept per queue at most (0: none), 10 finished channel,
 --       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event),
 --       13 when the job expires ('' = never): a job that will run again is checked at FETCH
--- Returns 1 when this call ended the reservation, 0 when there is none, -1 when it is not the
+-- Returns 1 when this call ended the reservation (2: and a batch callback came due, see
+-- batch_count() in lib.lua: a dead job counts as failed, a discarded or cancelled one as
+-- ended), 0 when there is none, -1 when it is not the
 -- one the caller read (extended, or ended and made again since): the caller computed the new
 -- payload from what it read, so it must read again. Only the caller that got 1 owns the job's
 -- next step, so two reapers never move one job twice and no stale copy is ever written back.
@@ -41,6 +43,11 @@ local state = 'discarded'
 if holder and string.sub(holder, 1, 1) == '!' then
   target, state = '', 'cancelled'
 end
+if target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch counts it
+  local outcome = (target == 'retries' or target == 'dead') and 'fail' or 'end'
+  batch_count(KEYS[19], KEYS[5], {jid}, outcome, ARGV[8])
+end
+local ended = batch_due.n > 0 and 2 or 1
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}
 local place = sets[target]
 if listening() then
@@ -59,7 +66,7 @@ if place then
       redis.call('ZADD', KEYS[18], ARGV[13], jid)
       redis.call('HSET', KEYS[19], 'expiring', 1)
     end
-    return 1
+    return ended
   end
 else
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], jid, ARGV[7]) end
@@ -68,4 +75,4 @@ else
   finish(k, queue, {jid}, {jid, note(state, '')}, ARGV[8], ARGV[9])
 end
 announce(KEYS[13], ARGV[10], {jid})
-return 1
+return ended

@@ -310,6 +310,7 @@ if #expired > 0 then
     index = KEYS[13], progress = KEYS[14]}
   local payloads = listening() and redis.call('HMGET', KEYS[1], unpack(expired))
   finish(k, ARGV[6], expired, notes, ARGV[1], ARGV[8])
+  batch_count(KEYS[4], KEYS[13], expired, 'end', now)
   announce(KEYS[15], ARGV[9], expired)
   redis.call('HINCRBY', KEYS[9], 'expired', #expired)
   if payloads then

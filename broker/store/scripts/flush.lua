@@ -17,6 +17,7 @@ local function drop(jids, value)
   redis.call('HDEL', KEYS[18], unpack(jids))
   redis.call('ZREM', KEYS[19], unpack(jids))
   unlease(KEYS[7], jids)
+  redis.call('HDEL', batch_keys(KEYS[7], KEYS[8]).batched, unpack(jids))
   forget_all(KEYS[8], jids, value)
   budget = budget - #jids
 end
@@ -35,7 +36,7 @@ if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
 local l = lanes_of(KEYS[7])
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
-  l.running, l.leases, l.buckets, l.refills)
+  l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched)
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end
 return 0

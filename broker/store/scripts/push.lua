@@ -7,11 +7,16 @@
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
 --       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
 --       within the last second: '' none, 'D' draining (the queue or the broker), else its
---       max_size; then 5-tuples (jid, payload, at, unique, expires);
+--       max_size; then 6-tuples (jid, payload, at, unique, expires, batch);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
---       start | ttl | replace; expires '' or when the job expires (unix seconds).
+--       start | ttl | replace; expires '' or when the job expires (unix seconds); batch '' or
+--       '<batch record KEYS index>' (a job of the batch: custom.bid) or '<index> <kind>' (the
+--       batch's complete | success callback, pushed only while batch_next() says so).
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
+-- 6 refused because its batch does not exist (expired, purged). A callback whose batch may not
+-- push it now (already pushed, or no longer ready: reopened) gets 3; either way its entry
+-- '<kind> <bid>' leaves the batches' due zset, and a callback pushed moves its state to 1.
 -- With a claim already made for that tick or a later one: every result is 3, and while the
 -- queue or the broker drains every result is 5: nothing changes. A queue with a max_size takes
 -- jobs to enqueue now only while its list is shorter: 4 for each one beyond (scheduled jobs,
@@ -24,14 +29,15 @@
 -- always; replace, as start, and a replace push finds a waiting replace holder: that holder
 -- ends 'replaced' and the new job takes the lock. A lock no longer held is taken over.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
--- schedule appear together; a scheduled job's queue is in the due index no later than it is
+-- schedule appear together, and so do a batch job's batched entry and its batch's total and
+-- pending counts; a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
 -- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
 local queue = ARGV[2]
 if ARGV[7] == 'D' then
   local refused = {}
-  for i = 1, (#ARGV - 7) / 5 do refused[i] = 5 end
+  for i = 1, (#ARGV - 7) / 6 do refused[i] = 5 end
   return refused
 end
 -- jobs the queue may still take now (max_size), nil when it has no bound
@@ -43,7 +49,7 @@ if ARGV[3] ~= '' then
   local last = redis.call('HGET', KEYS[15], field)
   if last and tonumber(last) >= tonumber(tick) then
     local refused = {}
-    for i = 1, (#ARGV - 7) / 5 do refused[i] = 3 end
+    for i = 1, (#ARGV - 7) / 6 do refused[i] = 3 end
     return refused
   end
   redis.call('HSET', KEYS[15], field, tick)
@@ -81,6 +87,7 @@ local function replace(holder)
   local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
     index = KEYS[4], progress = KEYS[9]}
   finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
+  batch_count(KEYS[16], KEYS[4], {holder}, 'end', ARGV[6])
   announce(KEYS[14], ARGV[5], {holder})
   if payload and listening() then
     publish({event('replaced', holder, queue, payload, clock(), '')})
@@ -113,21 +120,60 @@ local function lock(jid, spec)
   return true
 end
 
-local count = (#ARGV - 7) / 5
+local bk = nil  -- the batch keys, named at the first job of a batch
+-- Whether a job may join the batch `spec` names ('<index>' or '<index> <kind>'): 1 yes, 6 its
+-- batch does not exist, 3 (a callback) the batch may not push it now. Reads only.
+local function batch_join(spec)
+  local index, kind = string.match(spec, '^(%d+) ?(%a*)$')
+  local b = KEYS[tonumber(index)]
+  if kind == '' then return redis.call('EXISTS', b) == 1 and 1 or 6 end
+  local s = batch_read(b)
+  if not s then return 6 end
+  return batch_next(s) == kind and 1 or 3
+end
+
+-- After the job `jid` was stored (result 1) or refused (result), with the batch `spec`: a job
+-- of the batch is counted and named in batched; a callback leaves the due zset (once decided)
+-- and, pushed, moves its state to 1.
+local function batch_joined(spec, jid, result)
+  local index, kind = string.match(spec, '^(%d+) ?(%a*)$')
+  local b = KEYS[tonumber(index)]
+  local bid = string.match(b, ':batch:(.+)$')
+  bk = bk or batch_keys(KEYS[16], KEYS[4])
+  if kind == '' then
+    if result ~= 1 then return end
+    redis.call('HINCRBY', b, 'total', 1)
+    redis.call('HINCRBY', b, 'pending', 1)
+    redis.call('HSET', bk.batched, jid, bid)
+    return
+  end
+  if result == 1 or result == 3 or result == 6 then
+    redis.call('ZREM', bk.due, kind .. ' ' .. bid)
+  end
+  if result == 1 then
+    redis.call('HSET', b, kind .. '_st', 1)
+    redis.call('HSET', bk.batched, jid, kind .. ':' .. bid)
+  end
+end
+
+local count = (#ARGV - 7) / 6
 local jids = {}
-for i = 1, count do jids[i] = ARGV[5 * i + 3] end
+for i = 1, count do jids[i] = ARGV[6 * i + 2] end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
 local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
 local waiting_payloads = {}
 local earliest = nil
 for i = 1, count do
-  local jid, at, unique = ARGV[5 * i + 3], ARGV[5 * i + 5], ARGV[5 * i + 6]
+  local jid, at, unique = ARGV[6 * i + 2], ARGV[6 * i + 4], ARGV[6 * i + 5]
+  local batch = ARGV[6 * i + 7]
   local owner = owners[i]
   if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
     results[i] = 0
   elseif room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
     results[i] = 4
+  elseif batch ~= '' and batch_join(batch) ~= 1 then
+    results[i] = batch_join(batch)
   elseif unique ~= '' and not lock(jid, unique) then
     results[i] = 2
   else
@@ -136,21 +182,22 @@ for i = 1, count do
     index[#index + 1] = jid
     index[#index + 1] = queue
     records[#records + 1] = jid
-    records[#records + 1] = ARGV[5 * i + 4]
-    if ARGV[5 * i + 7] ~= '' then
-      expiring[#expiring + 1] = ARGV[5 * i + 7]
+    records[#records + 1] = ARGV[6 * i + 3]
+    if ARGV[6 * i + 6] ~= '' then
+      expiring[#expiring + 1] = ARGV[6 * i + 6]
       expiring[#expiring + 1] = jid
     end
     if at == '' then
       if room then room = room - 1 end
       waiting[#waiting + 1] = jid
-      waiting_payloads[#waiting] = ARGV[5 * i + 4]
+      waiting_payloads[#waiting] = ARGV[6 * i + 3]
     else
       scheduled[#scheduled + 1] = at
       scheduled[#scheduled + 1] = jid
       if not earliest or tonumber(at) < tonumber(earliest) then earliest = at end
     end
   end
+  if batch ~= '' then batch_joined(batch, jid, results[i]) end
 end
 if #index == 0 then return results end
 local stored = {}
@@ -184,7 +231,7 @@ if listening() then
   local now, events = clock(), {}
   for i = 1, count do
     if results[i] == 1 then
-      local jid, payload, at = ARGV[5 * i + 3], ARGV[5 * i + 4], ARGV[5 * i + 5]
+      local jid, payload, at = ARGV[6 * i + 2], ARGV[6 * i + 3], ARGV[6 * i + 4]
       if at == '' then
         events[#events + 1] = event('pushed', jid, queue, payload, now, '')
       else

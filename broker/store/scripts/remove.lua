@@ -6,6 +6,7 @@
 -- ARGV: 1 queue name, 2 the index value of these jobs (the queue, or ~queue for finished ones),
 --       then the entries (see pick() in lib.lua): 'due' <bound> <limit> | 'all' <limit> |
 --       'jids' <jid> <score> ...
+-- A job of a batch counts as ended there (see batch_count() in lib.lua).
 -- Returns how many were removed. Guarantees: a job is deleted only if this call took it out of
 -- the set (at the score the caller read, for 'jids'). With 'due' and 'all' the queue's due index
 -- entry is made exact.
@@ -17,6 +18,7 @@ if #chosen > 0 then
   redis.call('HDEL', KEYS[6], unpack(chosen))
   redis.call('ZREM', KEYS[7], unpack(chosen))
   forget_all(KEYS[3], chosen, ARGV[2])
+  batch_count(KEYS[1], KEYS[3], chosen, 'end', tonumber(clock()))
 end
 if ARGV[3] ~= 'jids' then refresh_due(KEYS[4], KEYS[2], ARGV[1]) end
 return #chosen

@@ -1,0 +1,81 @@
+"""Batches (Faktory Enterprise) in Redis: each change one script (scripts/batch_*.lua; a job's
+own counts are kept by push, ack, fail and the other job moves, see batch_count() in lib.lua).
+"""
+
+from typing import Any
+
+from broker.store import keys
+from broker.store.base import Redis, Script, text
+from broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY
+
+NEW = Script("batch_new")
+COMMIT = Script("batch_commit")
+PURGE = Script("batch_purge")
+
+KINDS = ("complete", "success")
+
+
+class BatchStore:
+    """Typed batch operations for the batches room (broker/batches.py)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def create(
+        self,
+        bid: str,
+        created_at: str,
+        expires_at: float,
+        keep: float,
+        parent: str,
+        description: str,
+        callbacks: tuple[bytes, bytes],
+    ) -> int:
+        """Create a batch with its (complete, success) callback jobs (b'' for none): 1 done,
+        0 the parent does not exist, -1 the bid is taken."""
+        record = keys.batch(bid)
+        parent_record = keys.batch(parent) if parent else record
+        args = (bid, created_at, repr(expires_at), repr(keep), parent, description, *callbacks)
+        result: int = await self.redis.run(NEW, (record, BATCHES_EXPIRY, parent_record), args)
+        return result
+
+    async def commit(self, bid: str, now: float, purge_at: float) -> int | None:
+        """Commit a batch: how many callbacks came due (None: no such batch)."""
+        due: int = await self.redis.run(
+            COMMIT, (keys.batch(bid), BATCHES_DUE, BATCHES_EXPIRY), (bid, now, repr(purge_at))
+        )
+        return None if due < 0 else due
+
+    async def exists(self, bid: str) -> bool:
+        return bool(await self.redis.execute("EXISTS", keys.batch(bid)))
+
+    async def record(self, bid: str) -> dict[str, Any] | None:
+        """A batch's record as stored (bytes values), None when there is none."""
+        flat = await self.redis.execute("HGETALL", keys.batch(bid))
+        if not flat:
+            return None
+        return {text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+    async def due(self, most: int) -> list[tuple[str, str]]:
+        """Callbacks marked due, (kind, bid), the earliest first."""
+        found = await self.redis.execute("ZRANGE", BATCHES_DUE, 0, most - 1)
+        return [tuple(text(m).split(" ", 1)) for m in found]  # type: ignore[misc]
+
+    async def drop_due(self, kind: str, bid: str) -> None:
+        """Forget a due callback of a batch that is gone (nothing can mark it again)."""
+        await self.redis.execute("ZREM", BATCHES_DUE, f"{kind} {bid}")
+
+    async def purge(self, now: float, most: int) -> int:
+        """Delete up to `most` batch records whose time is up; how many went."""
+        removed: int = await self.redis.run(PURGE, (BATCHES_EXPIRY, BATCHES_DUE), (now, most))
+        return removed
+
+    async def next_purge(self) -> float | None:
+        found = await self.redis.execute("ZRANGE", BATCHES_EXPIRY, 0, 0, "WITHSCORES")
+        return float(found[1]) if found else None
+
+    async def flush(self) -> None:
+        """Delete every batch (FLUSH)."""
+        async for key in self.redis.keys(f"{BATCH_PREFIX}*"):
+            await self.redis.execute("DEL", key)
+        await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY)
