@@ -2,7 +2,7 @@
 COMMIT and STATUS, and the callbacks pushed once a committed batch's jobs ran.
 
 A job joins a batch by `custom.bid` on PUSH (intake.py asks member_of()); the push, ack, fail
-and other job scripts count it (batch_count() in lib.lua) and mark a callback due the moment
+and other job scripts count it (batch_count() in lib_batches.lua) and mark a callback due the moment
 it may fire. fire() pushes due callbacks through the normal push with the batch as a claim:
 the push script stores a callback only while its batch may push it, and moves its state to 1
 in the same step, so a callback is pushed once whichever brokers try, and a broker that dies

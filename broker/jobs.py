@@ -4,7 +4,7 @@ Field order matters for `Job`: the stored payload starts with `{"enqueued_at":"â
 owns that field and restamps it in Lua on every enqueue) followed by `"reserve_for":N` whenever
 the job asks for a reservation of its own, then `"priority":N` for a priority other than the
 default, then `"group":"â€¦"` for a job of a group, which lets the scripts stamp and read them
-without decoding JSON (see store/scripts/lib.lua and fetch.lua).
+without decoding JSON (see store/scripts/lib_lanes.lua and fetch.lua).
 """
 
 import re

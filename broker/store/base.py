@@ -8,11 +8,15 @@ from typing import Any
 from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
-_LIB = resources.files("broker.store").joinpath("scripts/lib.lua").read_text()
+LIBRARIES = ("lib", "lib_lanes", "lib_batches")  # helpers prepended to every script, in order
+_LIB = "".join(
+    resources.files("broker.store").joinpath(f"scripts/{name}.lua").read_text()
+    for name in LIBRARIES
+)
 
 
 class Script:
-    """A Lua script from scripts/ (the helpers of lib.lua prepended), called by its SHA1."""
+    """A Lua script from scripts/ (the helpers of LIBRARIES prepended), called by its SHA1."""
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -1,5 +1,6 @@
 """Batches (Faktory Enterprise) in Redis: each change one script (scripts/batch_*.lua; a job's
-own counts are kept by push, ack, fail and the other job moves, see batch_count() in lib.lua).
+own counts are kept by push, ack, fail and the other job moves, see batch_count() in
+lib_batches.lua).
 """
 
 from typing import Any

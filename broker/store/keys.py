@@ -45,7 +45,7 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:refills      zset   lane id -> when its bucket is full (FETCH forgets a few due)
   hopper:q:{q}:batched      hash   jid -> `<bid>` for a job of a batch not yet run, `!<bid>` once
                                    it failed, `<kind>:<bid>` for a batch's complete | success
-                                   callback job (the last two named in lib.lua too)
+                                   callback job (the last two named in lib_batches.lua too)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -68,7 +68,7 @@ Global (hash tag `{g}`):
   hopper:g:{g}:held:<wid>   set    `queue:jid` of the jobs the worker fetched; an entry may
                                    outlive its reservation (ACKed elsewhere): holders decides
   hopper:g:{g}:batch:<bid>  hash   one batch (Faktory Enterprise): counts, states, callbacks
-                                   (see lib.lua); bid is `b-` + 14 URL-safe characters
+                                   (see lib_batches.lua); bid is `b-` + 14 URL-safe characters
   hopper:g:{g}:batches:due  zset   `<kind> <bid>` -> when it came due: a callback to push now
   hopper:g:{g}:batches:expiry zset bid -> when its record is purged
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
@@ -92,7 +92,7 @@ AWAITED = f"{GLOBAL}:awaited"
 HOLDING = f"{GLOBAL}:holding"
 CRON = f"{GLOBAL}:cron"
 DRAINING = f"{GLOBAL}:draining"
-BATCHES_DUE = f"{GLOBAL}:batches:due"  # named in scripts/lib.lua too
+BATCHES_DUE = f"{GLOBAL}:batches:due"  # named in scripts/lib_batches.lua too
 BATCHES_EXPIRY = f"{GLOBAL}:batches:expiry"
 BATCH_PREFIX = f"{GLOBAL}:batch:"
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
@@ -157,7 +157,8 @@ class QueueKeys:
         self.batched = f"{base}:batched"
 
     def lane(self, lane: str) -> str:
-        """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib.lua too."""
+        """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib_lanes.lua
+        too."""
         return f"{QUEUE_PREFIX}{{{self.name}}}:lane:{lane}"
 
     def unique(self, digest: str) -> str:

@@ -4,8 +4,8 @@
 -- Returns -1 when the batch does not exist, else the number of callbacks that came due.
 -- Guarantees: from this step on the batch may push its callbacks: one that may fire now
 -- (every job ran, or none was pushed) is marked due in the same step (batch_look() in
--- lib.lua). Committing again (after BATCH OPEN) is allowed and changes nothing else; a batch
--- already finished keeps its purge time.
+-- lib_batches.lua). Committing again (after BATCH OPEN) is allowed and changes nothing else;
+-- a batch already finished keeps its purge time.
 local s = batch_read(KEYS[1])
 if not s then return -1 end
 redis.call('HSET', KEYS[1], 'committed', 1)

@@ -1,5 +1,5 @@
 -- configure: set and clear settings of one queue (QUEUE SET, the file's [queues]), atomically.
--- KEYS: 1 meta hash (the queue's lane keys are named from it, see lanes_of() in lib.lua)
+-- KEYS: 1 meta hash (the queue's lane keys are named from it, see lanes_of() in lib_lanes.lua)
 -- ARGV: pairs (setting, value; '' clears it), see broker/policy.py queue_setting()
 -- Guarantees: the note jobtype_limits (FETCH looks at jobtypes) is there exactly while some
 -- t:<jobtype>:<limit> setting is; when a lane limit (group_*, t:*) changes, every resting lane

@@ -3,7 +3,7 @@
 -- KEYS: 1 queue list, 2 jobs hash, 3 jid index, 4 meta hash, 5 queues set, 6 progress hash,
 --       7 expiring zset, 8 prioritized zset
 -- ARGV: 1 queue name, 2 N
--- A job of a batch counts as ended there (see batch_count() in lib.lua).
+-- A job of a batch counts as ended there (see batch_count() in lib_batches.lua).
 -- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
 -- its settings (paused, limits) go, but for the note that it may hold jobs with an expiry; its
 -- scheduled, retrying, reserved, dead and finished jobs are not touched.

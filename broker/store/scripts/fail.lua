@@ -11,7 +11,7 @@
 --       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event),
 --       13 when the job expires ('' = never): a job that will run again is checked at FETCH
 -- Returns 1 when this call ended the reservation (2: and a batch callback came due, see
--- batch_count() in lib.lua: a dead job counts as failed, a discarded or cancelled one as
+-- batch_count() in lib_batches.lua: a dead job counts as failed, a discarded or cancelled one as
 -- ended), 0 when there is none, -1 when it is not the
 -- one the caller read (extended, or ended and made again since): the caller computed the new
 -- payload from what it read, so it must read again. Only the caller that got 1 owns the job's

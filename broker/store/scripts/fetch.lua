@@ -12,7 +12,7 @@
 -- worker_concurrency (per wid, counted as lane 'w:<wid>'), group_* (each group's lane) and
 -- t:<jobtype>:<limit> (note jobtype_limits); meta's expiring says the queue may hold jobs with
 -- an expiry (set by whatever adds one), lanes that it may have lanes (see lanes_of() in
--- lib.lua): then the list and the lanes take turns (take_fair).
+-- lib_lanes.lua): then the list and the lanes take turns (take_fair).
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
@@ -81,7 +81,7 @@ local function take_line(need)
   return #jids > 0 and jids or false
 end
 
--- Fair turns (when the queue has lanes or jobtype limits, see lanes_of() in lib.lua): the list
+-- Fair turns (when the queue has lanes or jobtype limits, see lanes_of() in lib_lanes.lua): the list
 -- and each lane that may be served take turns, one job a turn; a lane at its limits rests; a
 -- job of a jobtype at its limits waits in its jobtype's lane. Each step is a few calls,
 -- whatever the number of lanes.

@@ -2,7 +2,7 @@
 -- asked) repaired atomically (hopper check).
 -- KEYS: 1 queue list, 2 queues set, 3-7 working, scheduled, retries, dead, finished,
 --       8-12 due:working, due:scheduled, due:retries, due:dead, due:finished, 13 prioritized,
---       14 meta hash (its lanes' keys are named from it, see lanes_of() in lib.lua)
+--       14 meta hash (its lanes' keys are named from it, see lanes_of() in lib_lanes.lua)
 -- ARGV: 1 queue name, 2 '1' to repair, then the ids of the lane keys a SCAN found
 -- Returns the problems: {'not listed', ''} for waiting jobs in a queue INFO does not list,
 -- {'not due', <set>} for a set whose earliest entry is earlier than the queue's due time;

@@ -6,7 +6,7 @@
 -- ARGV: 1 queue name, 2 the index value of these jobs (the queue, or ~queue for finished ones),
 --       then the entries (see pick() in lib.lua): 'due' <bound> <limit> | 'all' <limit> |
 --       'jids' <jid> <score> ...
--- A job of a batch counts as ended there (see batch_count() in lib.lua).
+-- A job of a batch counts as ended there (see batch_count() in lib_batches.lua).
 -- Returns how many were removed. Guarantees: a job is deleted only if this call took it out of
 -- the set (at the score the caller read, for 'jids'). With 'due' and 'all' the queue's due index
 -- entry is made exact.

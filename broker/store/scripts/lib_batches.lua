@@ -1,0 +1,120 @@
+-- lib_batches: helpers for batches, prepended to every script after lib_lanes.lua (see
+-- Script in store/base.py).
+
+-- Batches (Faktory Enterprise): a batch's record is the hash `hopper:g:{g}:batch:<bid>`
+-- (keys.py), named here from the due zset `hopper:g:{g}:batches:due` (members '<kind> <bid>':
+-- a callback that may be pushed now). A job of a batch is named in its queue's `batched` hash
+-- (named from the queue's meta key): jid -> '<bid>' until it ran, '!<bid>' once it failed;
+-- a callback job: jid -> '<kind>:<bid>' (kind complete | success).
+-- Record fields: total, pending (jobs not yet ACKed), ran (jobs that ran at least once),
+-- failed (jobs whose last run failed), committed, complete / success (the callback jobs),
+-- complete_st / success_st ('' | 1 | 2), kids_c / kids_s (children whose complete / success
+-- stage has not finished), told_c / told_s (this batch's stages finished, parent told), keep
+-- (seconds a finished record is kept), parent, description, created_at.
+local batch_due = {n = 0}  -- callbacks this script call marked due
+
+local function batch_keys(meta, index)
+  local due = string.sub(index, 1, -5) .. 'batches:due'
+  return {batched = string.sub(meta, 1, -5) .. 'batched', due = due,
+    expiry = string.sub(index, 1, -5) .. 'batches:expiry'}
+end
+
+local function batch_record(due, bid)
+  return string.sub(due, 1, -12) .. 'batch:' .. bid
+end
+
+-- A batch's state as numbers and flags (nil when the record is gone).
+local function batch_read(b)
+  local f = redis.call('HMGET', b, 'committed', 'total', 'pending', 'ran', 'kids_c', 'kids_s',
+    'complete', 'success', 'complete_st', 'success_st', 'told_c', 'told_s', 'parent', 'keep')
+  if not f[2] then return nil end
+  local s = {committed = f[1] == '1', total = tonumber(f[2]), pending = tonumber(f[3]),
+    ran = tonumber(f[4]), kids_c = tonumber(f[5] or 0), kids_s = tonumber(f[6] or 0),
+    has_c = f[7] ~= false, has_s = f[8] ~= false, cst = f[9] or '', sst = f[10] or '',
+    told_c = f[11] == '1', told_s = f[12] == '1', parent = f[13], keep = tonumber(f[14] or 0)}
+  s.complete = s.committed and s.ran >= s.total and s.kids_c <= 0
+  s.succeeded = s.committed and s.pending <= 0 and s.kids_s <= 0
+  return s
+end
+
+-- The callback a batch may push now: 'complete', 'success' or nil. Success waits for the
+-- complete callback's ACK when there is one.
+local function batch_next(s)
+  if not s then return nil end
+  if s.has_c and s.cst == '' then return s.complete and 'complete' or nil end
+  if s.has_s and s.sst == '' and s.succeeded and (not s.has_c or s.cst == '2') then
+    return 'success'
+  end
+  return nil
+end
+
+-- Look at batch `bid` after a change: a callback it may push now is marked due; a stage that
+-- finished (its callback ACKed, or reached with no callback) is told to the parent once, which
+-- is looked at in turn; a batch whose stages both finished is purged `keep` seconds later.
+local function batch_look(k, bid, now)
+  for _ = 1, 100 do  -- up the chain of parents
+    local b = batch_record(k.due, bid)
+    local s = batch_read(b)
+    if not s then return end
+    local which = batch_next(s)
+    if which then
+      batch_due.n = batch_due.n + redis.call('ZADD', k.due, 'NX', now, which .. ' ' .. bid)
+    end
+    local done_c = s.has_c and s.cst == '2' or not s.has_c and s.complete
+    local done_s = s.has_s and s.sst == '2' or not s.has_s and s.succeeded
+    local tell_c, tell_s = done_c and not s.told_c, done_s and not s.told_s
+    if tell_c then redis.call('HSET', b, 'told_c', 1) end
+    if tell_s then redis.call('HSET', b, 'told_s', 1) end
+    if (tell_c or tell_s) and (done_c and done_s) then
+      redis.call('ZADD', k.expiry, now + s.keep, bid)
+    end
+    if not (s.parent and (tell_c or tell_s)) then return end
+    local p = batch_record(k.due, s.parent)
+    if redis.call('EXISTS', p) == 0 then return end
+    if tell_c then redis.call('HINCRBY', p, 'kids_c', -1) end
+    if tell_s then redis.call('HINCRBY', p, 'kids_s', -1) end
+    bid = s.parent
+  end
+end
+
+-- Jobs of a queue count towards their batches: outcome 'ok' (ACKed), 'fail' (failed, may run
+-- again), 'end' (ended other than by ACK, for good: dead purge, discard, cancel, expiry, ...).
+-- A callback job's ACK moves its state to 2. Jobs of no batch cost one HMGET.
+local function batch_count(meta, index, jids, outcome, now)
+  if #jids == 0 then return end
+  local k = batch_keys(meta, index)
+  local marks = redis.call('HMGET', k.batched, unpack(jids))
+  for i, mark in ipairs(marks) do
+    if mark then
+      local jid = jids[i]
+      local kind, bid = string.match(mark, '^(%a+):(.+)$')
+      if kind then  -- a callback job
+        if outcome ~= 'fail' then redis.call('HDEL', k.batched, jid) end
+        local b = batch_record(k.due, bid)
+        if outcome == 'ok' and redis.call('EXISTS', b) == 1 then
+          redis.call('HSET', b, kind .. '_st', 2)
+          batch_look(k, bid, now)
+        end
+      else
+        local failed = string.sub(mark, 1, 1) == '!'
+        bid = failed and string.sub(mark, 2) or mark
+        if outcome ~= 'fail' then
+          redis.call('HDEL', k.batched, jid)
+        elseif not failed then
+          redis.call('HSET', k.batched, jid, '!' .. bid)
+        end
+        local b = batch_record(k.due, bid)
+        if redis.call('EXISTS', b) == 1 and (outcome == 'ok' or not failed) then
+          if outcome == 'ok' then
+            redis.call('HINCRBY', b, 'pending', -1)
+            redis.call('HINCRBY', b, failed and 'failed' or 'ran', failed and -1 or 1)
+          else
+            redis.call('HINCRBY', b, 'ran', 1)
+            redis.call('HINCRBY', b, 'failed', 1)
+          end
+          batch_look(k, bid, now)
+        end
+      end
+    end
+  end
+end
