@@ -277,9 +277,8 @@ _batch_status_decoder = msgspec.json.Decoder(BatchStatus)
 
 def batch_new(spec: NewBatch) -> Call[str]:
     """BATCH NEW (Faktory Enterprise): the new batch's bid. A resent one made a batch of its
-    own that was never committed: the broker forgets it (30 minutes), its callbacks never run."""
-    if spec.success is None and spec.complete is None:
-        raise ValueError("a batch needs a success or a complete callback job")
+    own that was never committed: the broker forgets it (30 minutes), its callbacks never run.
+    `batches.batch_spec` builds a checked `spec`."""
     return Call(b"BATCH NEW " + encode(spec) + CRLF, _bid)
 
 
