@@ -8,7 +8,9 @@ with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or loc
 
 from broker.jobs import Failure, Job, JobEvent, JobState
 from client.aio import AsyncClient
+from client.batches import AsyncBatch, Batch, batch_id, callback_bid, callback_parent_bid
 from client.client import Client
+from client.commands import BatchStatus
 from client.control import (
     DeadlineExceeded,
     JobCancelled,
@@ -19,6 +21,7 @@ from client.control import (
 )
 from client.errors import (
     AuthenticationError,
+    BatchNotOpen,
     ClientError,
     ConnectionLost,
     Draining,
@@ -34,8 +37,12 @@ from client.jobs import make_job, new_jid
 from client.worker import Worker
 
 __all__ = [
+    "AsyncBatch",
     "AsyncClient",
     "AuthenticationError",
+    "Batch",
+    "BatchNotOpen",
+    "BatchStatus",
     "Client",
     "ClientError",
     "ConnectionLost",
@@ -57,6 +64,9 @@ __all__ = [
     "UnknownJob",
     "UnknownJobtype",
     "Worker",
+    "batch_id",
+    "callback_bid",
+    "callback_parent_bid",
     "check_cancelled",
     "current_job",
     "job_cancelled",

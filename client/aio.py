@@ -10,7 +10,9 @@ from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
 from client.backoff import Backoff
 from client.base import FULL_POLL, ClientBase
+from client.batches import AsyncBatch, batch_spec
 from client.commands import (
+    BatchStatus,
     Call,
     Limits,
     MutateCommand,
@@ -285,6 +287,29 @@ class AsyncClient(ClientBase[AsyncConnection]):
     async def drain(self, on: bool = True) -> None:
         """DRAIN ON|OFF (Hopper): every queue refuses pushes (`Draining`), or not."""
         await self._call(commands.drain(on))
+
+    def batch(
+        self,
+        *,
+        description: str = "",
+        success: Job | None = None,
+        complete: Job | None = None,
+        parent_bid: str = "",
+    ) -> AsyncBatch:
+        """A new batch (Faktory Enterprise), with a `success` and/or `complete` callback job
+        (`make_job(...)`): `async with client.batch(...) as batch:` sends BATCH NEW, jobs pushed
+        through `batch` join it, and a clean exit commits it (an exception does not). A
+        `parent_bid` makes it a child batch; see client/batches.py."""
+        return AsyncBatch(self, spec=batch_spec(description, success, complete, parent_bid))
+
+    def open_batch(self, bid: str) -> AsyncBatch:
+        """An existing batch, to add jobs to it: `async with client.open_batch(bid) as batch:` sends
+        BATCH OPEN, and commits it again on a clean exit."""
+        return AsyncBatch(self, bid=bid)
+
+    async def batch_status(self, bid: str) -> BatchStatus:
+        """BATCH STATUS: the batch's counters and the state of its callbacks."""
+        return await self._call(commands.batch_status(bid))
 
     def events(
         self,

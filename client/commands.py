@@ -247,6 +247,69 @@ def _heartbeat(reply: Reply) -> Heartbeat:
     return Heartbeat(_WORKER_STATES.get(answer.state, "quiet"), answer.drop)
 
 
+class BatchStatus(msgspec.Struct, kw_only=True):
+    """The reply of BATCH STATUS, Faktory Enterprise's fields. `complete_st` and `success_st`
+    are each callback's state: "" not pushed yet, "1" pushed, "2" ACKed. `parent_bid` and
+    `description` are None when the broker leaves them out (a top-level batch, none given)."""
+
+    bid: str
+    parent_bid: str | None = None
+    description: str | None = None
+    created_at: str = ""
+    total: int = 0
+    pending: int = 0
+    failed: int = 0
+    complete_st: str = ""
+    success_st: str = ""
+
+
+class NewBatch(msgspec.Struct, omit_defaults=True):
+    """The argument of BATCH NEW: a success and/or a complete callback job."""
+
+    parent_bid: str = ""
+    description: str = ""
+    success: Job | None = None
+    complete: Job | None = None
+
+
+_batch_status_decoder = msgspec.json.Decoder(BatchStatus)
+
+
+def batch_new(spec: NewBatch) -> Call[str]:
+    """BATCH NEW (Faktory Enterprise): the new batch's bid. A resent one made a batch of its
+    own that was never committed: the broker forgets it (30 minutes), its callbacks never run.
+    `batches.batch_spec` builds a checked `spec`."""
+    return Call(b"BATCH NEW " + encode(spec) + CRLF, _bid)
+
+
+def batch_open(bid: str) -> Call[str]:
+    """BATCH OPEN: the bid again (the reply Enterprise's clients expect)."""
+    return Call(b"BATCH OPEN " + _bid_word(bid) + CRLF, _bid)
+
+
+def batch_commit(bid: str) -> Call[None]:
+    """BATCH COMMIT: the batch's callbacks may fire once its jobs ran (committing again is
+    allowed, so a resent COMMIT does no harm)."""
+    return Call(b"BATCH COMMIT " + _bid_word(bid) + CRLF, _ok)
+
+
+def batch_status(bid: str) -> Call[BatchStatus]:
+    return Call(
+        b"BATCH STATUS " + _bid_word(bid) + CRLF,
+        lambda reply, resent: _batch_status_decoder.decode(data(reply)),
+    )
+
+
+def _bid(reply: Reply, resent: bool) -> str:
+    return data(reply).decode()
+
+
+def _bid_word(bid: str) -> bytes:
+    if not bid or any(c.isspace() for c in bid):
+        raise ValueError(f"not a batch id: {bid!r}")
+    return bid.encode()
+
+
 def info() -> Call[dict[str, Any]]:
     return Call(b"INFO" + CRLF, lambda reply, resent: _info_decoder.decode(data(reply)))
 

@@ -65,5 +65,10 @@ class JobFailed(ClientError):
         self.state = state
 
 
+class BatchNotOpen(ClientError):
+    """A batch used before it was opened (`with`, or `open()`) or after it was committed
+    (open it again to add jobs), as Faktory's Go client refuses it."""
+
+
 class ResultTimeout(ClientError, TimeoutError):
     """The job was not over within the time given."""

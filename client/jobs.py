@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
+import msgspec
+
 from broker.jobs import DEFAULT_QUEUE, Job, format_time
 
 JID_BYTES = 12  # 16 URL-safe characters, like the Go client's jids
@@ -91,3 +93,10 @@ def make_job(
         group=group or "",
         custom=custom,
     )
+
+
+def in_batch(job: Job, bid: str) -> Job:
+    """A copy of the job that joins batch `bid` (its `custom.bid`); an empty bid: the job."""
+    if not bid:
+        return job
+    return msgspec.structs.replace(job, custom={**(job.custom or {}), "bid": bid})

@@ -18,7 +18,7 @@ from client.backoff import Backoff
 from client.commands import Call
 from client.connection import Connection
 from client.errors import ConnectionLost
-from client.jobs import JobOptions, make_job
+from client.jobs import JobOptions, in_batch, make_job
 from client.transports import sleep
 from client.wire import Reply
 
@@ -38,7 +38,8 @@ Refusals = dict[str, str]
 class Lines:
     """What a pipeline has built, written and heard back about; no I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, bid: str = "") -> None:
+        self.bid = bid  # the batch every job pushed joins ("": none)
         self.refused: Refusals = {}
         self._unsent: list[tuple[Call[Refusals], int]] = []  # (call, jobs it pushes)
         self._unsent_bytes = 0
@@ -53,11 +54,11 @@ class Lines:
 
     def add_job(self, job: Job) -> bool:
         """Queue a PUSH; True when enough lines are queued to write them."""
-        return self._add(commands.pipelined_push(job), 1)
+        return self._add(commands.pipelined_push(in_batch(job, self.bid)), 1)
 
     def add_jobs(self, jobs: Iterable[Job]) -> Iterator[None]:
         """Queue PUSHB lines of up to PUSHB_JOBS jobs; yields whenever they are to be written."""
-        iterator = iter(jobs)
+        iterator = (in_batch(job, self.bid) for job in jobs)
         while chunk := list(itertools.islice(iterator, PUSHB_JOBS)):
             if self._add(commands.push_bulk(chunk), len(chunk)):
                 yield
@@ -100,12 +101,13 @@ class Pipeline:
     them by `flush()` and at the end of the `with` block. Jobs the broker refused are in
     `refused` ({jid: error}); every other push was accepted. A lost connection is replaced and
     the unconfirmed lines written again, for up to the client's `retry_for` (then
-    ConnectionLost: those pushes may or may not have landed). One thread at a time.
+    ConnectionLost: those pushes may or may not have landed). One thread at a time. With a
+    `bid` (from `Batch.pipeline()`) every job pushed joins that batch.
     """
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: "Client", bid: str = "") -> None:
         self.client = client
-        self.lines = Lines()
+        self.lines = Lines(bid)
         self._conn: Connection | None = None
 
     @property
@@ -179,9 +181,9 @@ class Pipeline:
 class AsyncPipeline:
     """`Pipeline` for async code, from `AsyncClient.pipeline()`: the same, awaited."""
 
-    def __init__(self, client: "AsyncClient") -> None:
+    def __init__(self, client: "AsyncClient", bid: str = "") -> None:
         self.client = client
-        self.lines = Lines()
+        self.lines = Lines(bid)
         self._conn: AsyncConnection | None = None
 
     @property

@@ -9,9 +9,19 @@ import pytest
 from broker.jobs import parse_time
 from client import ConnectionLost, ServerError, make_job, new_jid
 from client.backoff import MAX_DELAY, Backoff
-from client.commands import beat, fetch, mutate, push
+from client.batches import batch_spec
+from client.commands import (
+    batch_commit,
+    batch_new,
+    batch_open,
+    batch_status,
+    beat,
+    fetch,
+    mutate,
+    push,
+)
 from client.execution import describe
-from client.jobs import format_at
+from client.jobs import format_at, in_batch
 from client.pipeline import PUSHB_JOBS, SEND_LINES, UNREAD_JOBS, Lines
 from client.url import DEFAULT_URL, Endpoint, env_url, parse_url
 from client.wire import ReplyReader
@@ -165,3 +175,43 @@ def test_pipeline_lines_write_in_batches_and_read_before_replies_could_pile_up()
     lines.settle(b"{}")
     lines.settle(b'{"x": "jid x is already in use"}')  # not resent: a refusal
     assert lines.refused == {"x": "jid x is already in use"}
+
+
+def test_batch_lines_and_replies() -> None:
+    done = make_job("Done", [1], jid="cb-000001", queue="cbs")
+    call = batch_new(batch_spec("import", success=done, parent_bid="b-PPPPPPPPPPPPPP"))
+    verb, _, payload = call.line.rstrip(b"\r\n").partition(b" {")
+    assert verb == b"BATCH NEW" and call.line.endswith(b"\r\n")
+    sent = json.loads(b"{" + payload)
+    assert sent == {
+        "parent_bid": "b-PPPPPPPPPPPPPP",
+        "description": "import",
+        "success": {"jid": "cb-000001", "queue": "cbs", "jobtype": "Done", "args": [1]},
+    }
+    assert call.parse(b"b-AAAAAAAAAAAAAA", False) == "b-AAAAAAAAAAAAAA"
+    with pytest.raises(ServerError, match="No such batch"):
+        batch_open("b-x").parse(ServerError("ERR", "No such batch b-x"), False)
+    assert batch_open("b-x").line == b"BATCH OPEN b-x\r\n"
+    assert batch_commit("b-x").parse(b"OK", True) is None
+    found = batch_status("b-x").parse(
+        b'{"bid":"b-x","created_at":"2026-01-01T00:00:00.000000Z","total":2,"pending":1,'
+        b'"failed":0,"complete_st":"1","success_st":"","extra":true}',
+        False,
+    )
+    assert (found.parent_bid, found.description, found.total, found.complete_st) == (
+        None,
+        None,
+        2,
+        "1",
+    )
+    with pytest.raises(ValueError, match="callback"):
+        batch_spec("nothing")
+    with pytest.raises(ValueError, match="not a batch id"):
+        batch_commit("")
+
+
+def test_in_batch_copies_the_job() -> None:
+    job = make_job("work", custom={"k": 1})
+    member = in_batch(job, "b-x")
+    assert member.custom == {"k": 1, "bid": "b-x"} and job.custom == {"k": 1}
+    assert in_batch(job, "") is job
