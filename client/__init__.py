@@ -11,6 +11,7 @@ from client.aio import AsyncClient
 from client.client import Client
 from client.control import (
     DeadlineExceeded,
+    Fatal,
     JobCancelled,
     Snooze,
     check_cancelled,
@@ -42,6 +43,7 @@ __all__ = [
     "DeadlineExceeded",
     "Draining",
     "Failure",
+    "Fatal",
     "Interrupted",
     "Job",
     "JobCancelled",
