@@ -20,7 +20,7 @@ from client import AsyncClient, JobEvent, JobFailed
 from client.http import HttpConfig, HttpWorker, load, plan
 from client.http.config import Callback, ConfigError, Route
 from client.http.deliver import retry_after
-from tests.conftest import eventually
+from tests.conftest import StartBroker, eventually
 
 WAIT = 10.0  # seconds: the bound of every wait here
 SECRET = "callback-secret"
@@ -369,3 +369,27 @@ def test_the_command_refuses_a_bad_file_with_exit_code_2(
     file.write_text('[default]\nurl = "http://127.0.0.1:1/x"\n')
     assert main([str(file), "--url", "nonsense://x"]) == 2
     assert "hopper-http-worker" in capsys.readouterr().err
+
+
+async def test_the_command_exits_1_when_refused_and_2_when_it_cannot_listen(
+    start_broker: StartBroker, tmp_path: Path
+) -> None:
+    from client.http.cli import main
+
+    guarded = await start_broker(password="right")
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    file = tmp_path / "http.toml"
+    file.write_text('[default]\nurl = "http://127.0.0.1:1/x"\n')
+    wrong = f"tcp://:wrong@127.0.0.1:{guarded.port}"
+    with trio.fail_after(WAIT):
+        assert await trio.to_thread.run_sync(main, [str(file), "--url", wrong]) == 1
+        file.write_text(
+            f'[default]\nurl = "http://x/"\naccepted = true\n'
+            f'[callback]\nlisten = "127.0.0.1:{port}"\nsecret = "s"\n'
+        )
+        right = f"tcp://:right@127.0.0.1:{guarded.port}"
+        assert await trio.to_thread.run_sync(main, [str(file), "--url", right]) == 2
+    taken.close()

@@ -48,11 +48,14 @@ class Callbacks:
     def forget(self, jid: str) -> None:
         self.waiting.pop(jid, None)
 
-    async def serve(self, host: str, port: int, task_status: trio.TaskStatus[int]) -> None:
-        """Listen on host:port (0: a free port) until cancelled; started with the port."""
+    async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
+        """Bind host:port (0: a free port; OSError if taken); sets `port`."""
         listeners = await trio.open_tcp_listeners(port, host=host or None)
         self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
+        return listeners
+
+    async def serve(self, listeners: list[trio.SocketListener]) -> None:
+        """Answer callbacks until cancelled."""
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:

@@ -50,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hopper-http-worker: {exc}", file=sys.stderr)
         return 2
     options = {} if args.grace is None else {"grace": args.grace}
+    code = 0
     try:
         HttpWorker(plan, **options).run()
-    except ClientError as exc:
-        log.error("worker stopped: %s", exc)
-        return 1
-    return 0
+    except* ClientError as refused:
+        log.error("worker stopped: %s", refused.exceptions[0])
+        code = 1
+    except* OSError as failed:  # the callback endpoint cannot listen
+        print(f"hopper-http-worker: callback.listen: {failed.exceptions[0]}", file=sys.stderr)
+        code = 2
+    return code

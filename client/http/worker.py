@@ -49,17 +49,22 @@ class HttpWorker:
         """`run()` for trio programs; with `nursery.start` returns once the callback
         endpoint listens and the broker has registered the worker."""
         worker = self.worker
+        settings = self.plan.config.callback
+        listeners: list[trio.SocketListener] = []
+        if self.callbacks is not None and settings is not None:
+            host, _, port = settings.listen.rpartition(":")
+            listeners = await self.callbacks.listen(host, int(port))  # OSError: taken
+            self.callback_url = (
+                settings.url or f"http://{host or '127.0.0.1'}:{self.callbacks.port}"
+            )
         limits = httpx.Limits(max_connections=worker.concurrency)
         async with (
             httpx.AsyncClient(limits=limits, follow_redirects=False) as http,
             AsyncClient(worker.url, worker.password, ssl_context=worker.ssl_context) as broker,
             trio.open_nursery() as nursery,
         ):
-            settings = self.plan.config.callback
-            if self.callbacks is not None and settings is not None:
-                host, _, port = settings.listen.rpartition(":")
-                bound = await nursery.start(self.callbacks.serve, host, int(port))
-                self.callback_url = settings.url or f"http://{host or '127.0.0.1'}:{bound}"
+            if self.callbacks is not None:
+                nursery.start_soon(self.callbacks.serve, listeners)
             delivery = Delivery(self.plan, http, broker, self.callbacks, self.callback_url)
             worker.register(ANY_JOBTYPE, delivery)
             await nursery.start(self._work, handle_signals, nursery.cancel_scope)
