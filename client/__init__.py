@@ -13,6 +13,7 @@ from client.client import Client
 from client.commands import BatchStatus
 from client.control import (
     DeadlineExceeded,
+    Fatal,
     JobCancelled,
     Snooze,
     check_cancelled,
@@ -49,6 +50,7 @@ __all__ = [
     "DeadlineExceeded",
     "Draining",
     "Failure",
+    "Fatal",
     "Interrupted",
     "Job",
     "JobCancelled",

@@ -1,6 +1,7 @@
 """Job control inside a worker: snoozing, deadlines and cooperative cancellation.
 
-A job function raises `Snooze(seconds)` to hand its job back for later. A job may carry a
+A job function raises `Snooze(seconds)` to hand its job back for later, or `Fatal` to fail it
+for good. A job may carry a
 deadline (`custom.timeout`, seconds). A running job is stopped when the broker no longer lets
 the worker hold it (cancelled, its reservation lost), when its deadline passes, or when the
 worker's grace at shutdown is over: an async job is cancelled; a sync job (a thread cannot be
@@ -34,6 +35,12 @@ class Snooze(Exception):
             raise ValueError(f"a job snoozes for 0 to {MAX_SNOOZE} seconds, not {seconds!r}")
         super().__init__(f"snoozed for {value:g} s")
         self.seconds = value
+
+
+class Fatal(Exception):
+    """Raised by a job function: the job failed and must not be retried. The Worker FAILs it,
+    then moves it from the retry set to the dead set (MUTATE kill), where it keeps its failure;
+    a job pushed with `retry` 0 is discarded by the FAIL as usual."""
 
 
 class JobCancelled(Exception):

@@ -14,6 +14,7 @@ from client.bridge import AsyncioThread
 from client.control import Hold, hold_job
 from client.threads import ThreadPool
 
+ANY_JOBTYPE = "*"  # registered for it, a function runs the jobs no other function is for
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
 
 Next = Callable[[], Awaitable[None]]
@@ -66,9 +67,13 @@ class Runner:
         self.threads = threads
         self.asyncio_thread = asyncio_thread
 
+    def function(self, job: Job) -> JobFunction | None:
+        """The function registered for the job's jobtype, else the one for "*" (any)."""
+        return self.functions.get(job.jobtype) or self.functions.get(ANY_JOBTYPE)
+
     def is_sync(self, job: Job) -> bool:
         """Whether the job's function runs in a thread."""
-        entry = self.functions.get(job.jobtype)
+        entry = self.function(job)
         return entry is not None and not entry.is_async
 
     async def run(self, job: Job, hold: Hold | None = None) -> Any:
@@ -87,7 +92,7 @@ class Runner:
         return returned[0]
 
     async def _call(self, job: Job, returned: list[Any]) -> None:
-        entry = self.functions.get(job.jobtype)
+        entry = self.function(job)
         if entry is None:
             raise UnknownJobtype(f"no function is registered for jobtype {job.jobtype!r}")
         args = job.args or ()

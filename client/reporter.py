@@ -17,7 +17,7 @@ from client import commands
 from client.aio import AsyncClient, AsyncConnection
 from client.backoff import Backoff
 from client.commands import Call
-from client.control import Snooze
+from client.control import Fatal, Snooze
 from client.errors import ClientError, ConnectionLost, ServerError
 from client.execution import describe
 from client.wire import Reply
@@ -30,11 +30,12 @@ REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers w
 class Report:
     """The ACK, FAIL or SNOOZE of one job, until the broker has taken it."""
 
-    __slots__ = ("call", "jid", "refused", "resent")
+    __slots__ = ("call", "jid", "refused", "resent", "then")
 
-    def __init__(self, jid: str, call: Call[None]) -> None:
+    def __init__(self, jid: str, call: Call[None], then: Call[None] | None = None) -> None:
         self.jid = jid
         self.call = call
+        self.then = then  # sent once the broker has taken `call` (MUTATE kill after a FAIL)
         self.resent = False  # written again on a new connection
         self.refused: Backoff | None = None
 
@@ -56,19 +57,22 @@ class Reporter:
 
     def report(self, jid: str, error: BaseException | None, result: Any = None) -> None:
         """ACK the job (with what its function returned, unless None), FAIL it with the
-        error, or SNOOZE it when the error is Snooze. A result that is not JSON is left out
-        (logged)."""
+        error, SNOOZE it when the error is Snooze, FAIL then kill it (to the dead set) when it
+        is Fatal. A result that is not JSON is left out (logged)."""
+        then = None
         if isinstance(error, Snooze):
             call = commands.snooze(jid, error.seconds)
         elif error is not None:
             call = commands.fail(jid, *describe(error))
+            if isinstance(error, Fatal):
+                then = commands.mutate("kill", "retries", jids=[jid])
         else:
             try:
                 call = commands.ack(jid, result)
             except (TypeError, ValueError) as exc:
                 log.warning("worker %s: result of %s not sent: %s", self.client.wid, jid, exc)
                 call = commands.ack(jid)
-        self._add(Report(jid, call), wake=not self.held)
+        self._add(Report(jid, call, then), wake=not self.held)
         self.unsettled += 1
 
     def take(self) -> list[Report]:
@@ -91,6 +95,10 @@ class Reporter:
                     return
                 except ServerError:
                     pass  # refused for too long: given up
+        else:
+            if report.then is not None:  # still unsettled: the follow-up is its second half
+                self._add(Report(report.jid, report.then), wake=True)
+                return
         self.unsettled -= 1
         if not self.unsettled:
             self._settled.set()

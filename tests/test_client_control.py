@@ -16,6 +16,7 @@ from broker.app import App
 from client import (
     AsyncClient,
     Client,
+    Fatal,
     JobCancelled,
     JobFailed,
     Snooze,
@@ -287,6 +288,32 @@ async def test_snoozing_a_job_whose_cancel_was_requested_ends_it_cancelled(
         release.set()
         with trio.fail_after(WAIT), pytest.raises(JobFailed, match="cancelled"):
             await client.result(jid)
+    worker.terminate()
+
+
+# -- fatal failures and the catch-all function ---------------------------------------------
+
+
+async def test_fatal_sends_the_job_to_the_dead_set_and_star_catches_any_jobtype(
+    broker: App, nursery: trio.Nursery
+) -> None:
+    worker = make_worker(broker)
+
+    @worker.job("*")
+    async def anything(*args: Any) -> str:
+        if current_job().jobtype == "hopeless":
+            raise Fatal("no point retrying")
+        return f"{current_job().jobtype}{args}"
+
+    await nursery.start(worker.arun)
+    async with AsyncClient(url(broker)) as client:
+        with trio.fail_after(WAIT):
+            assert await client.result(await client.push("whatever", [1])) == "whatever(1,)"
+            jid = await client.push("hopeless", retry=5)
+            with pytest.raises(JobFailed, match="dead: Fatal: no point retrying"):
+                await client.result(jid)
+        state = await client.state(jid)
+        assert state.failure is not None and state.failure.remaining == 5
     worker.terminate()
 
 

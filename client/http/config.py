@@ -1,0 +1,168 @@
+"""The HTTP worker's TOML file: where each jobtype goes, with what credentials and time limits.
+
+```toml
+url = "tcp://localhost:7419"      # the broker (default: $HOPPER_URL, $FAKTORY_URL, localhost)
+queues = ["webhooks"]
+concurrency = 20                  # requests (and callbacks awaited) at once
+timeout = 10                      # seconds per request, unless its route says otherwise
+
+[default]                         # jobtypes without a route of their own (none: they fail)
+url = "https://api.example.com/jobs"
+
+[routes.send_email]
+url = "https://mailer.example.com/send"
+timeout = 5
+auth = { bearer_env = "MAILER_TOKEN" }
+```
+"""
+
+import base64
+import os
+import tomllib
+from typing import NamedTuple
+
+import msgspec
+
+DEFAULT_TIMEOUT = 30.0  # seconds a request may take, all of it
+MAX_ERROR_BODY = 900  # characters of an answer kept in the error (the broker keeps 1,000)
+
+
+class ConfigError(Exception):
+    """The file is missing, not TOML, or says something that cannot work."""
+
+
+class Auth(msgspec.Struct, forbid_unknown_fields=True):
+    """A bearer token, or a user and password (basic); each secret from the file or from the
+    environment variable named by its `_env` field."""
+
+    bearer: str | None = None
+    bearer_env: str | None = None
+    username: str | None = None
+    password: str | None = None
+    password_env: str | None = None
+
+    def header(self, where: str) -> str:
+        """The Authorization header's value."""
+        token = _secret(self.bearer, self.bearer_env, f"{where}.bearer")
+        if token is not None:
+            if self.username is not None or self.password or self.password_env:
+                raise ConfigError(f"{where}: give a bearer token or a username, not both")
+            return f"Bearer {token}"
+        if self.username is None:
+            raise ConfigError(f"{where}: needs bearer, bearer_env or username")
+        password = _secret(self.password, self.password_env, f"{where}.password") or ""
+        pair = f"{self.username}:{password}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
+
+
+class Route(msgspec.Struct, forbid_unknown_fields=True):
+    """Where the jobs of a jobtype are POSTed."""
+
+    url: str
+    timeout: float | None = None  # seconds (default: the file's `timeout`)
+    auth: Auth | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    accepted: bool = False  # a 202 answer means: the outcome comes later, by callback
+
+
+class Callback(msgspec.Struct, forbid_unknown_fields=True):
+    """The endpoint where downstreams report the outcome of accepted jobs."""
+
+    listen: str = "127.0.0.1:7420"  # host:port (port 0: any free port)
+    url: str = ""  # base URL downstreams reach it at (default: http://<listen>)
+    secret: str | None = None  # what they send as `Authorization: Bearer <secret>`
+    secret_env: str | None = None
+    wait: float = 3600.0  # seconds to wait for a callback before failing the job
+    extend: float = 60.0  # seconds between extensions of the job's reservation while waiting
+
+
+class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The whole file."""
+
+    url: str | None = None
+    queues: list[str] = msgspec.field(default_factory=lambda: ["default"])
+    concurrency: int = 10
+    timeout: float = DEFAULT_TIMEOUT
+    max_error_body: int = MAX_ERROR_BODY
+    default: Route | None = None
+    routes: dict[str, Route] = msgspec.field(default_factory=dict)
+    callback: Callback | None = None
+
+
+class Target(NamedTuple):
+    """A route made ready to use: its URL, timeout, headers (credentials in) and mode."""
+
+    url: str
+    timeout: float
+    headers: dict[str, str]
+    accepted: bool
+
+
+class Plan(NamedTuple):
+    """A checked configuration: the targets by jobtype, the default's, the callback secret."""
+
+    config: HttpConfig
+    targets: dict[str, Target]
+    default: Target | None
+    secret: str | None
+
+    def target(self, jobtype: str) -> Target | None:
+        return self.targets.get(jobtype, self.default)
+
+
+def load(path: str) -> Plan:
+    """Read and check the file, taking secrets from the environment now."""
+    try:
+        with open(path, "rb") as file:
+            raw = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        config = msgspec.convert(raw, HttpConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return plan(config)
+
+
+def plan(config: HttpConfig) -> Plan:
+    """Check a configuration and resolve its credentials."""
+    if not config.queues or config.concurrency < 1 or config.timeout <= 0:
+        raise ConfigError("needs queues, a concurrency of 1 or more and a timeout above 0")
+    routes = config.routes.items()
+    targets = {name: _target(route, config, f"routes.{name}") for name, route in routes}
+    default = None if config.default is None else _target(config.default, config, "default")
+    accepted = any(t.accepted for t in [*targets.values(), default] if t is not None)
+    secret = None
+    if config.callback is not None:
+        secret = _secret(config.callback.secret, config.callback.secret_env, "callback.secret")
+        if not secret:
+            raise ConfigError("callback: needs secret or secret_env")
+        if config.callback.wait <= 0 or config.callback.extend <= 0:
+            raise ConfigError("callback: wait and extend must be above 0")
+    elif accepted:
+        raise ConfigError("a route with accepted = true needs a [callback] section")
+    return Plan(config, targets, default, secret)
+
+
+def _target(route: Route, config: HttpConfig, where: str) -> Target:
+    if not route.url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.url: not an http(s) URL: {route.url!r}")
+    timeout = config.timeout if route.timeout is None else route.timeout
+    if timeout <= 0:
+        raise ConfigError(f"{where}.timeout: must be above 0")
+    headers = dict(route.headers)
+    if route.auth is not None:
+        headers["Authorization"] = route.auth.header(f"{where}.auth")
+    return Target(route.url, timeout, headers, route.accepted)
+
+
+def _secret(value: str | None, env: str | None, where: str) -> str | None:
+    """A secret given in the file, or read from the named environment variable."""
+    if value is not None and env is not None:
+        raise ConfigError(f"{where}: give the value or the variable, not both")
+    if env is None:
+        return value
+    found = os.environ.get(env)
+    if found is None:
+        raise ConfigError(f"{where}: the environment variable {env} is not set")
+    return found
