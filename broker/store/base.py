@@ -8,21 +8,42 @@ from typing import Any
 from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
-LIBRARIES = ("lib", "lib_lanes", "lib_batches")  # helpers prepended to every script, in order
-_LIB = "".join(
-    resources.files("broker.store").joinpath(f"scripts/{name}.lua").read_text()
-    for name in LIBRARIES
-)
+LIBRARIES = ("lib", "lib_lanes", "lib_batches")  # helpers shared by every script, in order
+
+
+class Library:
+    """Every script of scripts/ as one Redis function library (Redis 7): the helpers of
+    LIBRARIES are defined once, when Redis loads it, not at each call as an EVAL prelude would
+    be. Each script becomes a function `<name>_<digest>` of the library `hopper_<digest>`
+    (digest: of the whole source), so brokers of different versions sharing a Redis each call
+    their own. Each call begins by clearing the helpers' per-call state (batch_due)."""
+
+    def __init__(self) -> None:
+        folder = resources.files("broker.store").joinpath("scripts")
+        read = {f.name.removesuffix(".lua"): f.read_text() for f in folder.iterdir()}
+        helpers = "".join(read[name] for name in LIBRARIES)
+        bodies = {name: body for name, body in sorted(read.items()) if name not in LIBRARIES}
+        self.digest = hashlib.sha1((helpers + "".join(bodies.values())).encode()).hexdigest()[:12]
+        functions = "".join(
+            f"redis.register_function('{self.function(name)}', function(KEYS, ARGV)\n"
+            f"batch_due.n = 0\n{body}\nend)\n"
+            for name, body in bodies.items()
+        )
+        self.source = f"#!lua name=hopper_{self.digest}\n{helpers}{functions}"
+
+    def function(self, script: str) -> str:
+        return f"{script}_{self.digest}"
+
+
+LIBRARY = Library()
 
 
 class Script:
-    """A Lua script from scripts/ (the helpers of LIBRARIES prepended), called by its SHA1."""
+    """A Lua script of scripts/, called as its function in LIBRARY."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        body = resources.files("broker.store").joinpath(f"scripts/{name}.lua").read_text()
-        self.source = _LIB + body
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.function = LIBRARY.function(name)
 
 
 def text(value: bytes) -> str:
@@ -51,10 +72,14 @@ class Redis:
         return replies
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Call a script; loads it when Redis does not know it (after a restart, say)."""
-        reply = await self.pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-        if isinstance(reply, ReplyError) and reply.reply.startswith("NOSCRIPT"):
-            reply = await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
+        """Call a script; loads the library when Redis does not have it (a new Redis, say)."""
+        call = ("FCALL", script.function, len(keys), *keys, *args)
+        reply = await self.pipeline.execute(*call)
+        if isinstance(reply, ReplyError) and "Function not found" in reply.reply:
+            loaded = await self.pipeline.execute("FUNCTION", "LOAD", LIBRARY.source)
+            if isinstance(loaded, ReplyError) and "already exists" not in loaded.reply:
+                raise loaded
+            reply = await self.pipeline.execute(*call)
         if isinstance(reply, ReplyError):
             raise reply
         return reply

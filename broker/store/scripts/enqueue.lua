@@ -9,7 +9,7 @@
 -- caller read for 'jids', so concurrent loops and MUTATEs on several brokers move each job once.
 -- An entry without a record is dropped. With 'due' the queue's due index entry is made exact.
 local queue = ARGV[2]
-local chosen = pick(KEYS[2], 4)
+local chosen = pick(KEYS[2], ARGV, 4)
 local moved = {}
 if #chosen > 0 then
   redis.call('ZREM', KEYS[2], unpack(chosen))

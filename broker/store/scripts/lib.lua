@@ -1,5 +1,6 @@
--- lib: helpers prepended to every script, before lib_lanes.lua and lib_batches.lua (see
--- Script in store/base.py).
+-- lib: helpers shared by every script, with lib_lanes.lua and lib_batches.lua: the three make
+-- the top of Hopper's Redis function library, each script one function in it (see
+-- store/base.py). They are defined once, when Redis loads the library.
 
 -- The payload with `enqueued_at` set to `text` as its first field. A stored payload keeps
 -- `enqueued_at` first whenever it has one (broker/jobs.py orders Job's fields so), so the old
@@ -25,24 +26,24 @@ local function forget(jids, jid, queue)
   if redis.call('HGET', jids, jid) == queue then redis.call('HDEL', jids, jid) end
 end
 
--- The entries a script acts on, from ARGV[first] on: 'due' <now> <limit> selects those of
--- `set` whose score is <= now; 'all' <limit> the first ones of `set`; 'jids' <jid> <score> ... the
--- given jids, each only while its score in `set` is still the one the caller read (so a caller
+-- The entries a script acts on, from args[first] on (args: its ARGV): 'due' <now> <limit>
+-- selects those of `set` whose score is <= now; 'all' <limit> the first ones of `set`; 'jids'
+-- <jid> <score> ... the given jids, each only while its score in `set` is still the one the caller read (so a caller
 -- never acts on an entry that moved and came back). Returns the jids that are in `set` now.
-local function pick(set, first)
-  local mode = ARGV[first]
+local function pick(set, args, first)
+  local mode = args[first]
   if mode == 'due' then
-    return redis.call('ZRANGEBYSCORE', set, '-inf', ARGV[first + 1], 'LIMIT', 0, ARGV[first + 2])
+    return redis.call('ZRANGEBYSCORE', set, '-inf', args[first + 1], 'LIMIT', 0, args[first + 2])
   elseif mode == 'all' then
-    return redis.call('ZRANGE', set, 0, tonumber(ARGV[first + 1]) - 1)
+    return redis.call('ZRANGE', set, 0, tonumber(args[first + 1]) - 1)
   end
   local jids = {}
-  for i = first + 1, #ARGV, 2 do jids[#jids + 1] = ARGV[i] end
+  for i = first + 1, #args, 2 do jids[#jids + 1] = args[i] end
   if #jids == 0 then return jids end
   local scores = redis.call('ZMSCORE', set, unpack(jids))
   local chosen, seen = {}, {}
   for i, jid in ipairs(jids) do
-    local read = ARGV[first + 2 * i]
+    local read = args[first + 2 * i]
     if scores[i] and tonumber(scores[i]) == tonumber(read) and not seen[jid] then
       seen[jid] = true
       chosen[#chosen + 1] = jid

@@ -1,5 +1,5 @@
--- lib_batches: helpers for batches, prepended to every script after lib_lanes.lua (see
--- Script in store/base.py).
+-- lib_batches: helpers for batches, in the function library after lib_lanes.lua (see
+-- store/base.py).
 
 -- Batches (Faktory Enterprise): a batch's record is the hash `hopper:g:{g}:batch:<bid>`
 -- (keys.py), named here from the due zset `hopper:g:{g}:batches:due` (members '<kind> <bid>':
@@ -11,7 +11,7 @@
 -- complete_st / success_st ('' | 1 | 2), kids_c / kids_s (children whose complete / success
 -- stage has not finished), told_c / told_s (this batch's stages finished, parent told), keep
 -- (seconds a finished record is kept), parent, description, created_at.
-local batch_due = {n = 0}  -- callbacks this script call marked due
+local batch_due = {n = 0}  -- callbacks this call marked due (reset as each call begins)
 
 local function batch_keys(meta, index)
   local due = string.sub(index, 1, -5) .. 'batches:due'

@@ -1,5 +1,5 @@
--- lib_lanes: helpers for priorities and lanes, prepended to every script after lib.lua
--- (see Script in store/base.py).
+-- lib_lanes: helpers for priorities and lanes, in the function library after lib.lua (see
+-- store/base.py).
 
 -- Priorities: a waiting job of priority 5 (the default) is in the queue list; one of another
 -- priority (1-9, higher first) is in the queue's prioritized zset, scored so that ZPOPMIN

@@ -5,7 +5,7 @@
 -- Guarantees: a job enters the target only if this call took it out of the source at the score
 -- the caller read; the queue is in the target's due index no later than the new score.
 -- Returns how many moved.
-local chosen = pick(KEYS[1], 3)
+local chosen = pick(KEYS[1], ARGV, 3)
 for _, jid in ipairs(chosen) do
   redis.call('ZREM', KEYS[1], jid)
   redis.call('ZADD', KEYS[2], ARGV[2], jid)

@@ -10,7 +10,7 @@
 -- Returns how many were removed. Guarantees: a job is deleted only if this call took it out of
 -- the set (at the score the caller read, for 'jids'). With 'due' and 'all' the queue's due index
 -- entry is made exact.
-local chosen = pick(KEYS[2], 3)
+local chosen = pick(KEYS[2], ARGV, 3)
 if #chosen > 0 then
   redis.call('ZREM', KEYS[2], unpack(chosen))
   redis.call('HDEL', KEYS[1], unpack(chosen))
