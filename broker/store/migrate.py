@@ -46,8 +46,18 @@ class SchemaError(BrokerError):
     """Redis holds data this broker cannot use (written by a newer Hopper)."""
 
 
+MIN_REDIS = (7, 0)  # Redis functions (FUNCTION LOAD, FCALL)
+
+
 async def migrate(store: Store) -> None:
-    """Make sure Redis holds the current schema; migrate an older one (see the module doc)."""
+    """Make sure Redis can run Hopper's function library (7.0 or later) and holds the current
+    schema; migrate an older one (see the module doc)."""
+    version = await store.redis_version()
+    if version < MIN_REDIS:
+        raise SchemaError(
+            f"Redis {'.'.join(map(str, version))} is too old: Hopper needs Redis "
+            f"{'.'.join(map(str, MIN_REDIS))} or later (its job moves are a function library)"
+        )
     token = secrets.token_hex(8)
     while True:
         schema = await store.schema()

@@ -29,6 +29,14 @@ class Store:
         seconds, micros = await self.redis.execute("TIME")
         return int(seconds) + int(micros) / 1_000_000
 
+    async def redis_version(self) -> tuple[int, ...]:
+        """The Redis server's version, as numbers."""
+        info = text(await self.redis.execute("INFO", "server"))
+        for line in info.splitlines():
+            if line.startswith("redis_version:"):
+                return tuple(int(part) for part in line.split(":", 1)[1].strip().split("."))
+        return ()
+
     async def schema(self) -> int | None:
         """The storage schema number written in Redis, if any."""
         found = await self.redis.execute("GET", SCHEMA_KEY)
