@@ -8,9 +8,10 @@ The clients behave as a careful real client does:
 So a job runs twice only if its push or its ACK was in flight when something failed; the ledger
 keeps those jids, and a test checks that every duplicate is one of them.
 
-As a process (`python -m chaos.load PORT QUEUE WID LOG [--threads N] [--hold N]`) a worker writes
-`S <jid>` to LOG before it runs a job and `D <jid>` after the ACK, so a test that kills it with
-SIGKILL knows what was in flight.
+As a process (`python -m chaos.load PORT QUEUE WID LOG [--threads N] [--hold N] [--fail]`) a
+worker writes `S <jid>` to LOG before it runs a job, `D <jid>` after the ACK and `F <jid>` after a
+FAIL, so a test that kills it with SIGKILL knows what was in flight. With `--fail` a job fails
+its first planned_failures(jid) attempts (counted by the broker: failure.retry_count).
 """
 
 import argparse
@@ -19,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -120,6 +122,11 @@ class Ledger:
             if self.log:
                 self.log.write(f"S {jid}\n")
 
+    def failed(self, jid: str) -> None:
+        if self.log:
+            with self.lock:
+                self.log.write(f"F {jid}\n")
+
     def finished(self, jid: str) -> None:
         with self.lock:
             self.done.add(jid)
@@ -192,6 +199,19 @@ def job(jid: str, queue: str, reserve_for: int) -> dict[str, Any]:
     return found
 
 
+def planned_failures(jid: str) -> int:
+    """How many attempts of a job fail before one succeeds, in a run with failures: fixed by
+    the jid (about a quarter of the jobs fail once, an eighth twice)."""
+    return (0, 0, 0, 0, 0, 1, 1, 2)[zlib.crc32(jid.encode()) % 8]
+
+
+def attempt_of(job: dict[str, Any]) -> int:
+    """The attempt a fetched job is at (0: its first run), as the broker counted the failures
+    (an expired reservation counts as one)."""
+    failure = job.get("failure")
+    return int(failure["retry_count"]) + 1 if failure else 0
+
+
 class Producer(threading.Thread):
     """Pushes `prefix-0000000`, `prefix-0000001`, ... one at a time until stopped."""
 
@@ -242,10 +262,18 @@ class Producer(threading.Thread):
 
 
 class Worker(threading.Thread):
-    """FETCH, run (note it), ACK until acknowledged; BEAT now and then; until stopped."""
+    """FETCH, run (note it), ACK until acknowledged (or, with `fail`, FAIL the planned
+    failures); BEAT now and then; until stopped."""
 
     def __init__(
-        self, port: int, ledger: Ledger, queue: str, wid: str, work: float = 0.0, hold: int = 0
+        self,
+        port: int,
+        ledger: Ledger,
+        queue: str,
+        wid: str,
+        work: float = 0.0,
+        hold: int = 0,
+        fail: bool = False,
     ) -> None:
         super().__init__(daemon=True)
         self.client = Client(port, ledger, {"wid": wid, "hostname": "chaos"})
@@ -254,6 +282,7 @@ class Worker(threading.Thread):
         self.wid = wid
         self.work = work  # seconds each job takes
         self.hold = hold  # > 0: fetch this many jobs and keep them without ACK (until killed)
+        self.failing = fail  # FAIL the first planned_failures(jid) attempts of a job
         self.stop = threading.Event()
         self.failure: BaseException | None = None
 
@@ -275,7 +304,8 @@ class Worker(threading.Thread):
             payload = self.attempt("FETCH", self.queue)
             if payload is None:
                 continue
-            jid = json.loads(payload)["jid"]
+            fetched = json.loads(payload)
+            jid = fetched["jid"]
             self.ledger.started(jid)
             if self.hold:
                 held += 1
@@ -284,6 +314,10 @@ class Worker(threading.Thread):
                 continue
             if self.work:
                 time.sleep(self.work)
+            if self.failing and attempt_of(fetched) < planned_failures(jid):
+                self.fail(jid)
+                self.ledger.failed(jid)
+                continue
             self.ack(jid)
             self.ledger.finished(jid)
 
@@ -310,6 +344,23 @@ class Worker(threading.Thread):
                 self.ledger.unsure_acks.add(jid)
                 time.sleep(RETRY_DELAY)
         raise RuntimeError(f"ACK {jid} did not get through in {GIVE_UP}s")
+
+    def fail(self, jid: str) -> None:
+        """FAIL until answered; `Job not found` means an earlier attempt whose reply was lost
+        landed, or the reservation is gone (expired): the job comes back either way."""
+        deadline = time.monotonic() + GIVE_UP
+        while time.monotonic() < deadline:
+            try:
+                self.client.call("FAIL", {"jid": jid, "errtype": "Planned", "message": "chaos"})
+                return
+            except WireError as exc:
+                if "not found" in str(exc):
+                    return
+                self.ledger.error(exc)
+            except Lost:
+                pass
+            time.sleep(RETRY_DELAY)
+        raise RuntimeError(f"FAIL {jid} did not get through in {GIVE_UP}s")
 
 
 def read_log(path: str) -> tuple[Counter[str], set[str]]:
@@ -344,11 +395,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=float, default=0.0, help="seconds each job takes")
     parser.add_argument("--hold", type=int, default=0, help="keep this many jobs, never ACK")
+    parser.add_argument("--fail", action="store_true", help="FAIL the planned failures")
     args = parser.parse_args()
     with open(args.log, "a", buffering=1) as log:
         ledger = Ledger(log)
         workers = [
-            Worker(args.port, ledger, args.queue, args.wid, args.work, args.hold)
+            Worker(args.port, ledger, args.queue, args.wid, args.work, args.hold, args.fail)
             for _ in range(args.threads)
         ]
         for worker in workers:
