@@ -49,7 +49,7 @@ if rate then  -- a token bucket: `rate` tokens a second, at most `burst` saved
   if tokens < 1 then return {tostring((1 - tokens) / rate)} end
   wanted = math.min(wanted, math.floor(tokens))
 end
-local l = lanes_of(KEYS[4])
+local l = (lanes or typed or worker_concurrency) and lanes_of(KEYS[4]) or nil  -- lane keys, if used
 -- at most worker_concurrency reserved at once by one worker (its wid counts as lane 'w:<wid>')
 local per_worker = worker_concurrency and ARGV[7] ~= '' and 'w:' .. ARGV[7]
 if per_worker then
