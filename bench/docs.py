@@ -96,6 +96,23 @@ READING = """\
   Priorities (a later step of the same issue) were measured the same way: 29.7-35.3 µs per
   `EVALSHA` before and 28.7-34.6 after over five alternating runs, and end to end c=10
   10,782 / 12,085 jobs/s before against 12,026 / 13,201 after: no cost to see.
+- **What lanes, batches and the function library cost the plain path** (issues 13 and 14:
+  fair groups, group/jobtype/worker limits, Enterprise batches). A job of no group and no
+  batch in a queue without lane limits pays two more Redis calls per job inside the scripts
+  (ACK asks for the job's lease and its batch with one HMGET each: 28 calls per job against
+  26, `INFO commandstats` over a 20,000-job `bench/rawload.py` run; round trips stay at 3
+  script calls per job). With these features the shared Lua helpers grew to about 440 lines,
+  and running them as the prelude of every EVALSHA cost about 3 µs per call (7.1-7.6 µs for
+  an empty script with all helpers against 2.4-3.3 µs bare, on a quiet Redis); so the
+  scripts now form one Redis function library (FUNCTION LOAD once, FCALL per call), which
+  defines the helpers once. Measured per command on this box while other work shared it
+  (3,000 single PUSHes, then FETCHes, then ACKs over one connection, Redis µs per script
+  call, alternating runs): before these features PUSH 41.6-47.0, FETCH 46.4-52.8, ACK
+  51.9-64.7; after them, as a function library, PUSH 35.8-42.3, FETCH 54.5-58.6, ACK
+  51.7-59.1 (the same per job in total: a lighter PUSH, a FETCH that reads more settings and
+  defines its lane helpers, an ACK with its two lookups). Before the function library (the
+  same features as EVALSHA with the prelude): 53.3-59.3 against 40.8-43.5 µs per script
+  call in the mixed run.
 - **Raw protocol.** One command per round trip per connection: what any unpipelined Faktory
   client costs the broker. Each command pays a loopback receive and send (on this machine a
   bare trio echo server over 10 connections spends 12-15 µs of CPU per request before doing
