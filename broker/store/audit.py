@@ -43,7 +43,7 @@ BATCH_CHECK = Script("batch_check")
 BATCH = 500  # entries read per Redis call
 BATCH_REPAIR_AGE = 30 * 86_400.0  # seconds from now a batch found without expiry is kept
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
-PLACES = (*ORDER, "finished")  # every sorted set a record can be in
+PLACES = (*ORDER, "finished", "blocked")  # every sorted set a record can be in
 
 
 class Problem(msgspec.Struct):
@@ -216,6 +216,7 @@ class Auditor:
                 DUE["finished"],
                 k.prioritized,
                 k.meta,
+                k.blocked,
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )
@@ -252,6 +253,7 @@ class Auditor:
         for hash_, zset, kind in (
             (k.final, k.finished, "note without job"),
             (k.holders, k.working, "holder without reservation"),
+            (k.waits, k.blocked, "dependencies without blocked job"),
         ):
             async for flat in self.redis.steps("HSCAN", hash_):
                 jids = [text(j) for j in flat[::2]]

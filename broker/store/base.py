@@ -8,7 +8,8 @@ from typing import Any
 from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
-LIBRARIES = ("lib", "lib_lanes", "lib_batches")  # helpers prepended to every script, in order
+# helpers prepended to every script, in order
+LIBRARIES = ("lib", "lib_lanes", "lib_workflows", "lib_batches")
 _LIB = "".join(
     resources.files("broker.store").joinpath(f"scripts/{name}.lua").read_text()
     for name in LIBRARIES

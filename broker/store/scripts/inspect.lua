@@ -3,7 +3,7 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
 --       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
 --       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
---       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
+--       than 5 waits in the prioritized zset, 17 blocked zset (waiting for dependencies), one of a group or of a held back jobtype in its
 --       lane: either counts as being in the queue)
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
@@ -39,7 +39,7 @@ if payload and redis.call('HGET', KEYS[16], 'lanes') then
 end
 local held = {}  -- {kind, key, due key, score}, most advanced first
 local order = {{'working', 3, 9}, {'queue', 2}, {'retries', 5, 11}, {'scheduled', 4, 10},
-  {'dead', 6, 12}, {'finished', 13, 14}}
+  {'blocked', 17}, {'dead', 6, 12}, {'finished', 13, 14}}
 for _, place in ipairs(order) do
   if place[1] == 'queue' then
     if #listed > 0 then held[#held + 1] = place end
@@ -54,7 +54,7 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
     problem('no record', held[1][1])
     if fix then
       redis.call('LREM', KEYS[2], 0, jid)
-      for _, i in ipairs({3, 4, 5, 6, 13, 15}) do redis.call('ZREM', KEYS[i], jid) end
+      for _, i in ipairs({3, 4, 5, 6, 13, 15, 17}) do redis.call('ZREM', KEYS[i], jid) end
     end
   end
   if owner == queue or owner == finished_mark then
@@ -96,7 +96,7 @@ elseif #held > 1 or #listed > 1 then
   end
 end
 local first = held[1]
-if first and first[1] ~= 'queue' then
+if first and first[1] ~= 'queue' and first[3] then
   local due = redis.call('ZSCORE', KEYS[first[3]], queue)
   if not due or tonumber(due) > tonumber(first[4]) then
     problem('not due', first[1])
