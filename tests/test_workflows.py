@@ -12,6 +12,7 @@ import trio
 
 from broker.app import App
 from broker.store.keys import WF_DUE, QueueKeys
+from client import AsyncClient, Client, make_job, results_of
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
@@ -193,4 +194,33 @@ async def test_flush_forgets_workflows(broker: App, rdb: redis.Redis, redis_url:
     for queue in ("default", "later"):
         k = QueueKeys(queue)
         assert not rdb.exists(k.blocked, k.waits, k.dependants)
+    check_store(redis_url)
+
+
+async def test_the_bundled_clients(broker: App, redis_url: str) -> None:
+    target = f"tcp://127.0.0.1:{broker.port}"
+
+    def work() -> None:
+        with Client(target) as client:
+            first = client.push("work", jid="cli-first-1")
+            client.push("work", jid="cli-second-1", after=[first], after_policy="run")
+            assert client.state("cli-second-1").state == "blocked"
+            got = client.fetch()
+            assert got is not None and got.jid == first
+            client.ack(first)
+            released = client.fetch()
+            assert released is not None and results_of(released) == {first: None}
+            client.ack(released.jid)
+
+    await trio.to_thread.run_sync(work)
+    async with AsyncClient(target) as client:
+        root = make_job("work", jid="cli-root-01")
+        leaf = make_job("work", jid="cli-leaf-01", after=[root.jid])
+        assert await client.push_workflow([leaf, root]) == {}
+        got = await client.fetch()
+        assert got is not None and got.jid == root.jid
+        await client.ack(root.jid)
+        got = await client.fetch()
+        assert got is not None and results_of(got) == {root.jid: None}
+        await client.ack(got.jid)
     check_store(redis_url)
