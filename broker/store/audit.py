@@ -181,7 +181,7 @@ class Auditor:
                 for i, (jid, payload) in enumerate(zip(jids, flat[1::2], strict=True)):
                     self.report.jobs += 1
                     places = (jid in listed) + sum(s[i] is not None for s in scores)
-                    finished = scores[-1][i] is not None
+                    finished = scores[PLACES.index("finished")][i] is not None
                     owner = None if owners[i] is None else text(owners[i])
                     if not _readable(payload):
                         self.report.problems.append(Problem("unreadable record", queue, jid))
