@@ -90,7 +90,7 @@ class Manager:
         self.cron = Crontab(store, settings, self.push_many)
         self.batches = Batches(store, settings, self.push_many)
         store.jobs.on_batch_due = self.batches.wake
-        self.workflows = Workflows(store, settings, self.kept)
+        self.workflows = Workflows(store, settings, self.kept, self.tracking.find)
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
 

@@ -94,6 +94,10 @@ class Tracking:
     async def state(self, jid: str) -> JobState:
         return (await self._find(jid))[0]
 
+    async def find(self, jid: str) -> tuple[JobState, Job | None]:
+        """A job's state and its decoded record (None: unknown)."""
+        return await self._find(jid)
+
     async def _find(self, jid: str) -> tuple[JobState, Job | None]:
         owner = await self.store.tracking.owner(jid)
         if owner is None:

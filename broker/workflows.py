@@ -10,17 +10,31 @@ that settles the ends marked due across queues (settle), once whatever the numbe
 """
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
 
 from broker.config import Settings
 from broker.errors import BrokerError, CommandError
-from broker.jobs import Job
+from broker.jobs import Job, JobState
 from broker.store.redis import Store
 
 POLICIES = ("fail", "run")
 MAX_AFTER = 100  # dependencies one job may have
 MAX_SETTLE = 1000  # wf:due entries one script call takes
 MAX_PASSES = 100  # script calls one settle() makes
+MAX_GRAPH = 1000  # jobs JOB WORKFLOW reports
+
+Find = Callable[[str], Awaitable[tuple[JobState, Job | None]]]
+
+
+class Graph(msgspec.Struct, omit_defaults=True):
+    """The answer of JOB WORKFLOW: the job and every job it depends on, transitively."""
+
+    jid: str
+    states: dict[str, str]  # jid -> state (unknown: no longer kept)
+    after: dict[str, list[str]]  # jid -> its dependencies (jobs that have some)
+    truncated: bool = False  # more than MAX_GRAPH jobs: the rest left out
 
 
 def after_of(job: Job) -> str:
@@ -90,10 +104,33 @@ def refusal(code: int, jid: str) -> BrokerError | None:
 class Workflows:
     """The workflows room: the loop settling dependencies' ends across queues."""
 
-    def __init__(self, store: Store, settings: Settings, kept: Callable[[], int]) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, kept: Callable[[], int], find: Find
+    ) -> None:
         self.store = store
         self.settings = settings
         self.kept = kept
+        self.find = find
+
+    async def graph(self, jid: str) -> Graph:
+        """JOB WORKFLOW <jid>: the states of the job and of all it waits or waited for (read
+        from each job's custom.after, breadth first, MAX_GRAPH jobs at most)."""
+        found = Graph(jid, {}, {})
+        todo = [jid]
+        while todo:
+            if len(found.states) >= MAX_GRAPH:
+                found.truncated = True
+                break
+            current = todo.pop(0)
+            if current in found.states:
+                continue
+            state, job = await self.find(current)
+            found.states[current] = state.state
+            after = (job.custom or {}).get("after") if job is not None else None
+            if isinstance(after, list) and after:
+                found.after[current] = [str(d) for d in after]
+                todo += [str(d) for d in after]
+        return found
 
     async def settle(self, now: float) -> int:
         """Settle the ends marked due (wf:due); returns how many."""

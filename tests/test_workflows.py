@@ -41,6 +41,14 @@ async def test_three_levels_run_in_order_with_results(broker: App, redis_url: st
     await w.call("PUSH", after("jobs-b-1", ["jobs-a-1", "jobs-a-2"]))
     await w.call("PUSH", after("jobs-c-1", ["jobs-b-1"]))
     assert (await state(w, "jobs-b-1"))["state"] == "blocked"
+    graph = json.loads(await w.call("JOB", "WORKFLOW jobs-c-1"))
+    assert graph["states"] == {
+        "jobs-c-1": "blocked",
+        "jobs-b-1": "blocked",
+        "jobs-a-1": "queued",
+        "jobs-a-2": "queued",
+    }
+    assert graph["after"] == {"jobs-c-1": ["jobs-b-1"], "jobs-b-1": ["jobs-a-1", "jobs-a-2"]}
     first = await take(w)
     assert first is not None and first["jid"] == "jobs-a-1"
     await w.call("ACK", {"jid": "jobs-a-1", "result": {"n": 1}})
@@ -55,6 +63,8 @@ async def test_three_levels_run_in_order_with_results(broker: App, redis_url: st
     c = await take(w)
     assert c is not None and c["custom"]["_results"] == {"jobs-b-1": "bee"}
     await w.call("ACK", {"jid": "jobs-c-1"})
+    graph = json.loads(await w.call("JOB", "WORKFLOW jobs-c-1"))
+    assert set(graph["states"].values()) == {"done"}
     # a dependency that already finished counts as met at push, with its result
     await w.call("PUSH", after("jobs-d-1", ["jobs-b-1"]))
     d = await take(w)
