@@ -11,7 +11,10 @@ import redis
 import trio
 
 from broker.app import App
+from broker.store.audit import Auditor
+from broker.store.connection import Address, Pipeline
 from broker.store.keys import WF_DUE, QueueKeys
+from broker.store.redis import Store
 from client import AsyncClient, Client, make_job, results_of
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
@@ -234,3 +237,25 @@ async def test_the_bundled_clients(broker: App, redis_url: str) -> None:
         assert got is not None and results_of(got) == {root.jid: None}
         await client.ack(got.jid)
     check_store(redis_url)
+
+
+async def test_hopper_check_sees_blocked_jobs_and_stray_waits(
+    broker: App, nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    pipeline = Pipeline(Address(redis_url))
+    await nursery.start(pipeline.run)
+    store = Store(pipeline)
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-h-1"))
+    await w.call("PUSH", after("jobs-h-2", ["jobs-h-1"]))
+    assert (await Auditor(store).run()).problems == []  # a blocked job is in its place
+    rdb.hset(QueueKeys("default").waits, "jobs-h-9", "1 fail ")
+    found = await Auditor(store, repair=True).run()
+    assert [(p.kind, p.jid) for p in found.problems] == [
+        ("dependencies without blocked job", "jobs-h-9")
+    ]
+    assert found.clean and (await Auditor(store).run()).problems == []
+    await w.call("QUEUE", "REMOVE default")  # the blocked job stays, the queue listed
+    assert rdb.sismember("hopper:g:{g}:queues", "default")
+    await w.call("FLUSH")
+    assert not rdb.exists(QueueKeys("default").blocked)
