@@ -3,8 +3,9 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
 --       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
 --       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
---       than 5 waits in the prioritized zset, 17 blocked zset (waiting for dependencies), one of a group or of a held back jobtype in its
---       lane: either counts as being in the queue)
+--       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
+--       lane: either counts as being in the queue), 17 blocked zset (jobs waiting for their
+--       dependencies, lib_workflows.lua: a place too)
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped

@@ -17,7 +17,8 @@ local function wf_queue(base) return string.match(base, '{(.*)}:$') end
 local function wf_splice(payload, results)
   if results == '' then return payload end
   local _, e = string.find(payload, '"custom":{', 1, true)
-  return string.sub(payload, 1, e) .. '"_results":{' .. results .. '},' .. string.sub(payload, e + 1)
+  local spliced = '"_results":{' .. results .. '},'
+  return string.sub(payload, 1, e) .. spliced .. string.sub(payload, e + 1)
 end
 
 -- A blocked job whose dependencies are met goes into line (or its schedule), results spliced.

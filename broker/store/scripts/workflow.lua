@@ -27,7 +27,8 @@ for _, entry in ipairs(taken) do
     batch_count(base .. 'meta', KEYS[2], {jid}, 'end', now)
     announce(KEYS[3], ARGV[3], {jid})
     if payload and listening() then
-      publish({event('cancelled', jid, queue, payload, clock(), ',"dependency":' .. cjson.encode(dep))})
+      local extra = ',"dependency":' .. cjson.encode(dep)
+      publish({event('cancelled', jid, queue, payload, clock(), extra)})
     end
   end
 end
