@@ -233,8 +233,8 @@ class Commands:
         raise CommandError("TRACK needs SET <json> or GET <jid>")
 
     async def job(self, session: Session, arg: bytes) -> bytes:
-        """JOB STATE|CANCEL <jid> | JOB WAIT <jid> [seconds] | JOB SNOOZE <jid> <seconds> |
-        JOB LOG <json> (Hopper extensions)."""
+        """JOB STATE|CANCEL|WORKFLOW <jid> | JOB WAIT <jid> [seconds] | JOB SNOOZE <jid>
+        <seconds> | JOB LOG <json> (Hopper extensions)."""
         words = arg.decode("utf-8", "replace").split(" ")
         sub, jid = words[0].upper(), words[1] if len(words) > 1 else ""
         tracking = self.manager.tracking
@@ -243,6 +243,8 @@ class Commands:
             return protocol.OK
         if sub == "STATE" and len(words) == 2 and jid:
             return protocol.bulk(encode(await tracking.state(jid)))
+        if sub == "WORKFLOW" and len(words) == 2 and jid:
+            return protocol.bulk(encode(await self.manager.workflows.graph(jid)))
         if sub == "CANCEL" and len(words) == 2 and jid:
             return protocol.bulk(encode(await tracking.cancel(jid)))
         if sub == "WAIT" and len(words) in (2, 3) and jid:
@@ -253,8 +255,8 @@ class Commands:
             await self.manager.snooze(jid, seconds, session.recall(jid), self.clock())
             return protocol.OK
         raise CommandError(
-            "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>"
-            " or LOG <json>"
+            "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>,"
+            " WORKFLOW <jid> or LOG <json>"
         )
 
     async def batch(self, session: Session, arg: bytes) -> bytes:

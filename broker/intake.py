@@ -27,6 +27,7 @@ from broker.policy import (
 )
 from broker.store.jobs import PushEntry
 from broker.store.redis import Store
+from broker.workflows import after_of, graph_order, refusal
 
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
 LIMITS_TTL = 1.0  # seconds a queue's push limits (max_size, draining) read from Redis are used
@@ -84,32 +85,78 @@ class Intake:
         unique, full); a job refused before (validation, middleware) records none. With
         `callback` (bid, kind) the one job is that batch's callback, stored only while the
         batch may push it (CLAIMED otherwise); any other job joins the batch its custom.bid
-        names (`No such batch <bid>` when there is none).
+        names (`No such batch <bid>` when there is none). Jobs that refer to each other by
+        custom.after form a graph (see workflows.py), stored all or nothing.
         """
         outcomes: list[BrokerError | None] = [None] * len(jobs)
         by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
+        prepared: list[tuple[int, PushEntry]] = []
         for i, job in enumerate(jobs):
             try:
-                entry = await self._prepare(job, now, callback)
+                prepared.append((i, await self._prepare(job, now, callback)))
             except BrokerError as exc:
                 outcomes[i] = exc
-            else:
-                by_queue[job.queue].append((i, entry))
-        keep = self.kept()
+        graph = self._graph(jobs, prepared, outcomes)
+        if graph is not None:
+            if graph:
+                await self._store(jobs[graph[0][0]].queue, graph, now, claim, outcomes, True)
+            return outcomes
+        for i, entry in prepared:
+            by_queue[jobs[i].queue].append((i, entry))
         for queue, items in by_queue.items():
             for start in range(0, len(items), PUSH_BATCH):
-                chunk = items[start : start + PUSH_BATCH]
-                entries = [entry for _, entry in chunk]
-                limits = await self.limits(queue)
-                stored = await self.store.jobs.push(queue, entries, now, keep, claim, limits)
-                enqueued = 0
-                for (i, (jid, _, at, _, _, batch)), result in zip(chunk, stored, strict=True):
-                    if result == 1:
-                        enqueued += not at
-                    else:
-                        outcomes[i] = _refusal(result, jid, queue, batch)
-                self.doorbell.ring(queue, enqueued)
+                await self._store(queue, items[start : start + PUSH_BATCH], now, claim, outcomes)
         return outcomes
+
+    async def _store(
+        self,
+        queue: str,
+        chunk: list[tuple[int, PushEntry]],
+        now: float,
+        claim: tuple[str, float] | None,
+        outcomes: list[BrokerError | None],
+        graph: bool = False,
+    ) -> None:
+        """One push script call for jobs of one queue; refusals noted in `outcomes`."""
+        entries = [entry for _, entry in chunk]
+        limits = await self.limits(queue)
+        stored = await self.store.jobs.push(queue, entries, now, self.kept(), claim, limits, graph)
+        enqueued = 0
+        for (i, (jid, _, at, _, _, batch, _)), (result, named) in zip(chunk, stored, strict=True):
+            if result == 1:
+                enqueued += not at
+            else:
+                outcomes[i] = refusal(result, named) or _refusal(result, jid, queue, batch)
+        self.doorbell.ring(queue, enqueued)
+
+    @staticmethod
+    def _graph(
+        jobs: Sequence[Job],
+        prepared: list[tuple[int, PushEntry]],
+        outcomes: list[BrokerError | None],
+    ) -> list[tuple[int, PushEntry]] | None:
+        """The jobs of a PUSHB that refer to each other, dependencies first, when they do
+        (None otherwise): every job is then refused if one is, they must share a queue and at
+        most PUSH_BATCH of them; [] when refused (outcomes say why)."""
+        try:
+            afters = [e[6] if e else "" for e in _by(prepared, jobs)]
+            order = graph_order([j.jid for j in jobs], afters)
+        except BrokerError as exc:
+            outcomes[:] = [exc] * len(jobs)
+            return []
+        if order is None:
+            return None
+        if any(outcomes):
+            outcomes[:] = [o or refusal(9, "") for o in outcomes]
+            return []
+        if len({j.queue for j in jobs}) > 1 or len(jobs) > PUSH_BATCH:
+            wrong = (
+                f"a workflow pushed in one PUSHB must be in one queue, {PUSH_BATCH} jobs at most"
+            )
+            outcomes[:] = [CommandError(wrong)] * len(jobs)
+            return []
+        entries = dict(prepared)
+        return [(i, entries[i]) for i in order]
 
     async def _prepare(
         self, job: Job, now: float, callback: tuple[str, str] | None = None
@@ -140,7 +187,16 @@ class Intake:
         backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
         expires = expiry_of(job, now)
         batch = callback or member_of(job)
-        return job.jid, encode(job), at, unique, expires, batch
+        after = after_of(job)
+        return job.jid, encode(job), at, unique, expires, batch, after
+
+
+def _by(prepared: list[tuple[int, PushEntry]], jobs: Sequence[Job]) -> list[PushEntry | None]:
+    """The prepared entry of each job, by position (None: refused before)."""
+    found: list[PushEntry | None] = [None] * len(jobs)
+    for i, entry in prepared:
+        found[i] = entry
+    return found
 
 
 def _refusal(result: int, jid: str, queue: str, batch: tuple[str, str] | None) -> BrokerError:

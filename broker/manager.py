@@ -44,6 +44,7 @@ from broker.store.redis import Store
 from broker.sweeps import Sweeps
 from broker.tracking import Tracking
 from broker.workers import Workers
+from broker.workflows import Workflows
 
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
@@ -89,6 +90,7 @@ class Manager:
         self.cron = Crontab(store, settings, self.push_many)
         self.batches = Batches(store, settings, self.push_many)
         store.jobs.on_batch_due = self.batches.wake
+        self.workflows = Workflows(store, settings, self.kept, self.tracking.find)
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
 
@@ -254,9 +256,14 @@ class Manager:
             _, due = await self.store.jobs.ack(queue, done, day, now, keep, wid)
             if due:  # a batch callback: pushed before the ACK's reply, as Enterprise does
                 await self.batches.fire(now)
+                await self.workflows.settle(now)  # and dependants released before it too
             if queue in self._held_back:  # a FETCH held back by the queue's limits may go on
                 self.doorbell.ring(queue)
         return outcomes
+
+    async def follow_ups(self, now: float) -> int:
+        """One pass of the batches loop: due batch callbacks and purges, workflows' ends due."""
+        return await self.batches.tick(now) + await self.workflows.settle(now)
 
     def kept(self) -> int:
         """How many finished jobs each queue keeps (0 when finished_ttl is 0)."""
@@ -282,6 +289,7 @@ class Manager:
         await self._end(report.jid, queue, step)
         if self.batches.due:  # a batch callback came due: pushed before the FAIL's reply
             await self.batches.fire(now)
+            await self.workflows.settle(now)
 
     async def snooze(self, jid: str, seconds: float, queue: str | None, now: float) -> None:
         """Hand a reserved job back to run again `seconds` from now, without using a retry

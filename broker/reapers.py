@@ -106,5 +106,5 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
         )
         nursery.start_soon(every, lambda c: c.worker_reaper_interval, "Workers", workers, manager)
         nursery.start_soon(
-            every, lambda c: c.scheduler_interval, "Batches", manager.batches.tick, manager
+            every, lambda c: c.scheduler_interval, "Batches", manager.follow_ups, manager
         )

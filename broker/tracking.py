@@ -42,6 +42,7 @@ PLACES = {  # where a live job is -> its state
     "scheduled": "scheduled",
     "retries": "retrying",
     "dead": "dead",
+    "blocked": "blocked",  # waiting for its dependencies (workflows.py)
 }
 TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
     "queued": "enqueued",
@@ -49,6 +50,7 @@ TRACK_STATES = {  # Hopper's state -> Faktory Enterprise's (TRACK GET)
     "working": "working",
     "retrying": "failed",
     "dead": "dead",
+    "blocked": "enqueued",
     "done": "success",
     "discarded": "failed",
     "cancelled": "failed",
@@ -91,6 +93,10 @@ class Tracking:
 
     async def state(self, jid: str) -> JobState:
         return (await self._find(jid))[0]
+
+    async def find(self, jid: str) -> tuple[JobState, Job | None]:
+        """A job's state and its decoded record (None: unknown)."""
+        return await self._find(jid)
 
     async def _find(self, jid: str) -> tuple[JobState, Job | None]:
         owner = await self.store.tracking.owner(jid)

@@ -34,7 +34,7 @@ from client.errors import (
     UnknownJob,
 )
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
-from client.jobs import make_job, new_jid
+from client.jobs import make_job, new_jid, results_of
 from client.worker import Worker
 
 __all__ = [
@@ -74,5 +74,6 @@ __all__ = [
     "job_cancelled",
     "make_job",
     "new_jid",
+    "results_of",
     "wait_cancelled",
 ]

@@ -143,6 +143,8 @@ class AsyncClient(ClientBase[AsyncConnection]):
         timeout: float | timedelta | None = None,
         priority: int | None = None,
         group: str | None = None,
+        after: Iterable[str] = (),
+        after_policy: str | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid (see `Client.push`)."""
@@ -158,6 +160,8 @@ class AsyncClient(ClientBase[AsyncConnection]):
             timeout=timeout,
             priority=priority,
             group=group,
+            after=after,
+            after_policy=after_policy,
         )
         return await self.push_job(job, wait=wait)
 
@@ -179,6 +183,11 @@ class AsyncClient(ClientBase[AsyncConnection]):
         async with self.pipeline() as pipe:
             await pipe.push_bulk(jobs)
         return pipe.refused
+
+    async def push_workflow(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """Push jobs that refer to each other in one PUSHB, all or nothing (see
+        `Client.push_workflow`)."""
+        return await self._call(commands.push_bulk(list(jobs)))
 
     async def fetch(self, *queues: str) -> Job | None:
         """Reserve the next job of the first non-empty queue; None after the broker's wait."""

@@ -87,6 +87,8 @@ class Client(ClientBase[Connection]):
         timeout: float | timedelta | None = None,
         priority: int | None = None,
         group: str | None = None,
+        after: Iterable[str] = (),
+        after_policy: str | None = None,
         wait: float = 0.0,
     ) -> str:
         """Push one job and return its jid; `at` is a datetime, a timedelta or RFC3339 text;
@@ -103,6 +105,8 @@ class Client(ClientBase[Connection]):
             timeout=timeout,
             priority=priority,
             group=group,
+            after=after,
+            after_policy=after_policy,
         )
         return self.push_job(job, wait=wait)
 
@@ -125,6 +129,11 @@ class Client(ClientBase[Connection]):
         with self.pipeline() as pipe:
             pipe.push_bulk(jobs)
         return pipe.refused
+
+    def push_workflow(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """Push jobs that refer to each other (`after`) in one PUSHB: stored all or nothing
+        (Hopper: one queue, 1,000 jobs at most); returns {jid: error} of the refused."""
+        return self._call(commands.push_bulk(list(jobs)))
 
     def fetch(self, *queues: str) -> Job | None:
         """Reserve the next job of the first non-empty queue; None after the broker's wait."""

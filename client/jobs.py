@@ -68,6 +68,8 @@ def make_job(
     timeout: float | timedelta | None = None,
     priority: int | None = None,
     group: str | None = None,
+    after: Iterable[str] = (),
+    after_policy: str | None = None,
 ) -> Job:
     """A job ready to push; `retry` and `reserve_for` left as None take the server's defaults;
     `priority` 1-9 (higher first, 5 when not given) and `group` (jobs of a queue's groups take
@@ -76,11 +78,19 @@ def make_job(
     `timeout` (seconds or a timedelta) is the job's deadline, carried as `custom.timeout`:
     the bundled Worker aborts the job once it has run that long and fails it with
     DeadlineExceeded (retried like any failure).
+
+    `after` (Hopper, workflows) names jobs that must succeed before this one runs
+    (`custom.after`); `after_policy` "fail" (the broker's default) or "run" says what a
+    dependency that dies does to it. The job then finds their results with `results_of`.
     """
     if isinstance(args, str | bytes):
         raise TypeError("args must be a sequence of arguments, not a string")
     if timeout is not None:
         custom = {**(custom or {}), "timeout": job_timeout(timeout)}
+    if after:
+        custom = {**(custom or {}), "after": list(after)}
+        if after_policy is not None:
+            custom["after_policy"] = after_policy
     return Job(
         jid=jid or new_jid(),
         jobtype=jobtype,
@@ -93,6 +103,13 @@ def make_job(
         group=group or "",
         custom=custom,
     )
+
+
+def results_of(job: Job) -> dict[str, Any]:
+    """The ACK results of a released job's dependencies, {jid: result} (`custom._results`,
+    written by the broker; a dependency that left no result says None)."""
+    found = (job.custom or {}).get("_results")
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def in_batch(job: Job, bid: str) -> Job:

@@ -43,7 +43,7 @@ BATCH_CHECK = Script("batch_check")
 BATCH = 500  # entries read per Redis call
 BATCH_REPAIR_AGE = 30 * 86_400.0  # seconds from now a batch found without expiry is kept
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
-PLACES = (*ORDER, "finished")  # every sorted set a record can be in
+PLACES = (*ORDER, "finished", "blocked")  # every sorted set a record can be in
 
 
 class Problem(msgspec.Struct):
@@ -181,7 +181,7 @@ class Auditor:
                 for i, (jid, payload) in enumerate(zip(jids, flat[1::2], strict=True)):
                     self.report.jobs += 1
                     places = (jid in listed) + sum(s[i] is not None for s in scores)
-                    finished = scores[-1][i] is not None
+                    finished = scores[PLACES.index("finished")][i] is not None
                     owner = None if owners[i] is None else text(owners[i])
                     if not _readable(payload):
                         self.report.problems.append(Problem("unreadable record", queue, jid))
@@ -216,6 +216,7 @@ class Auditor:
                 DUE["finished"],
                 k.prioritized,
                 k.meta,
+                k.blocked,
             ),
             (queue, jid, self._flag, PUSHED_CHANNEL),
         )
@@ -252,6 +253,7 @@ class Auditor:
         for hash_, zset, kind in (
             (k.final, k.finished, "note without job"),
             (k.holders, k.working, "holder without reservation"),
+            (k.waits, k.blocked, "dependencies without blocked job"),
         ):
             async for flat in self.redis.steps("HSCAN", hash_):
                 jids = [text(j) for j in flat[::2]]

@@ -8,7 +8,7 @@ from typing import Any
 from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
-LIBRARIES = ("lib", "lib_lanes", "lib_batches")  # helpers shared by every script, in order
+LIBRARIES = ("lib", "lib_lanes", "lib_workflows", "lib_batches")  # helpers every script shares
 
 
 class Library:
@@ -16,7 +16,7 @@ class Library:
     LIBRARIES are defined once, when Redis loads it, not at each call as an EVAL prelude would
     be. Each script becomes a function `<name>_<digest>` of the library `hopper_<digest>`
     (digest: of the whole source), so brokers of different versions sharing a Redis each call
-    their own. Each call begins by clearing the helpers' per-call state (batch_due)."""
+    their own. Each call begins by clearing the helpers' per-call state (begin_call)."""
 
     def __init__(self) -> None:
         folder = resources.files("broker.store").joinpath("scripts")
@@ -26,7 +26,7 @@ class Library:
         self.digest = hashlib.sha1((helpers + "".join(bodies.values())).encode()).hexdigest()[:12]
         functions = "".join(
             f"redis.register_function('{self.function(name)}', function(KEYS, ARGV)\n"
-            f"batch_due.n = 0\n{body}\nend)\n"
+            f"begin_call()\n{body}\nend)\n"
             for name, body in bodies.items()
         )
         self.source = f"#!lua name=hopper_{self.digest}\n{helpers}{functions}"

@@ -7,7 +7,7 @@ from typing import Any
 
 from broker.store import keys
 from broker.store.base import Redis, Script, text
-from broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY
+from broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY, WF_DUE
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")
@@ -76,7 +76,7 @@ class BatchStore:
         return float(found[1]) if found else None
 
     async def flush(self) -> None:
-        """Delete every batch (FLUSH)."""
+        """Delete every batch, and the workflows' ends due (FLUSH)."""
         async for key in self.redis.keys(f"{BATCH_PREFIX}*"):
             await self.redis.execute("DEL", key)
-        await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY)
+        await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY, WF_DUE)

@@ -34,6 +34,7 @@ ACK = Script("ack")
 FAIL = Script("fail")
 RELEASE = Script("release")
 RENAME = Script("rename")
+WORKFLOW = Script("workflow")
 
 MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
 MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also has
@@ -41,8 +42,9 @@ MARK = FINISHED_MARK.encode()
 
 Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload (None: no record)
 # jid, payload, at score or '', unique lock, when it expires (None: never), batch: (bid, kind)
-# with kind '' for a job of the batch, 'complete' or 'success' for its callback (None: none)
-PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None]
+# with kind '' for a job of the batch, 'complete' or 'success' for its callback (None: none),
+# its dependencies: '' or JSON [policy, jid, ...] (workflows, see scripts/lib_workflows.lua)
+PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None, str]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
 
 
@@ -80,18 +82,21 @@ class JobStore:
         keep: int,
         claim: tuple[str, float] | None = None,
         limits: str = "",
-    ) -> list[int]:
+        graph: bool = False,
+    ) -> list[tuple[int, str]]:
         """Store jobs of one queue (see PushEntry). Each result: 1 stored, 0 jid already live,
         2 not unique, 4 the queue is full, 6 no such batch, 3 a batch callback that may not be
         pushed (already pushed, or no longer due); all 3 when
         `claim` (a cron entry id and tick) was already made for that tick or a later one, all
         5 when `limits` is 'D' (draining); otherwise `limits` is the queue's max_size ('' for
-        none)."""
+        none). Each comes with the jid it names ('' but for 7 unknown dependency, 8 dependency
+        failed). A `graph` is stored all or nothing (9: refused with another job)."""
         k = self.keys(queue)
         locks: list[str] = []
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
-        for jid, payload, at, unique, expires, batch in entries:
+        args.append("G" if graph else "")
+        for jid, payload, at, unique, expires, batch, after in entries:
             spec = joins = ""
             if unique is not None:
                 locks.append(k.unique(unique.digest))
@@ -99,7 +104,8 @@ class JobStore:
             if batch is not None:
                 locks.append(keys.batch(batch[0]))
                 joins = f"{PUSH_KEYS + len(locks)} {batch[1]}".rstrip()
-            args += (jid, payload, at, spec, "" if expires is None else repr(expires), joins)
+            expiry = "" if expires is None else repr(expires)
+            args += (jid, payload, at, spec, expiry, joins, after)
         results = await self.redis.run(
             PUSH,
             (
@@ -125,7 +131,7 @@ class JobStore:
             ),
             args,
         )
-        return [int(r) for r in results]
+        return [(int(r[0]), text(r[1])) if isinstance(r, list) else (int(r), "") for r in results]
 
     async def fetch(
         self,
@@ -192,6 +198,13 @@ class JobStore:
             args,
         )
         return [text(jid) for jid in done], int(due)
+
+    async def settle(self, now: float, keep: int, most: int) -> int:
+        """Settle up to `most` ends of dependencies marked due (workflow.lua): how many."""
+        took: int = await self.redis.run(
+            WORKFLOW, (keys.WF_DUE, JIDS, AWAITED), (now, keep, FINISHED_CHANNEL, most)
+        )
+        return took
 
     # -- failures -----------------------------------------------------------------------------
 

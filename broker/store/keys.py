@@ -46,6 +46,11 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:batched      hash   jid -> `<bid>` for a job of a batch not yet run, `!<bid>` once
                                    it failed, `<kind>:<bid>` for a batch's complete | success
                                    callback job (the last two named in lib_batches.lua too)
+  hopper:q:{q}:blocked      zset   jid -> when it may run (0: at once): jobs waiting for their
+                                   dependencies (custom.after), in no other place
+  hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
+  hopper:q:{q}:dependants   hash   jid -> JSON [queue, jid, ...] of the jobs waiting for it
+                                   (these three named in lib_workflows.lua too)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -71,6 +76,8 @@ Global (hash tag `{g}`):
                                    (see lib_batches.lua); bid is `b-` + 14 URL-safe characters
   hopper:g:{g}:batches:due  zset   `<kind> <bid>` -> when it came due: a callback to push now
   hopper:g:{g}:batches:expiry zset bid -> when its record is purged
+  hopper:g:{g}:wf:due       zset   JSON [outcome, queue, jid, dep, result] -> when: the end of a
+                                   dependency to settle in its dependant's queue (workflow.lua)
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
   hopper:events             pub/sub channel: job events (lines of JSON), published by the
@@ -95,6 +102,7 @@ DRAINING = f"{GLOBAL}:draining"
 BATCHES_DUE = f"{GLOBAL}:batches:due"  # named in scripts/lib_batches.lua too
 BATCHES_EXPIRY = f"{GLOBAL}:batches:expiry"
 BATCH_PREFIX = f"{GLOBAL}:batch:"
+WF_DUE = f"{GLOBAL}:wf:due"  # named in scripts/lib_workflows.lua too
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
 FINISHED_CHANNEL = f"{PREFIX}:finished"
@@ -110,8 +118,10 @@ class QueueKeys:
 
     __slots__ = (
         "batched",
+        "blocked",
         "buckets",
         "dead",
+        "dependants",
         "expiring",
         "final",
         "finished",
@@ -129,6 +139,7 @@ class QueueKeys:
         "retries",
         "running",
         "scheduled",
+        "waits",
         "working",
     )
 
@@ -155,6 +166,9 @@ class QueueKeys:
         self.buckets = f"{base}:buckets"
         self.refills = f"{base}:refills"
         self.batched = f"{base}:batched"
+        self.blocked = f"{base}:blocked"
+        self.waits = f"{base}:waits"
+        self.dependants = f"{base}:dependants"
 
     def lane(self, lane: str) -> str:
         """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib_lanes.lua
@@ -166,7 +180,7 @@ class QueueKeys:
         return f"{QUEUE_PREFIX}{{{self.name}}}:unique:{digest}"
 
     def zset(self, name: str) -> str:
-        """The sorted set called `name`: scheduled, retries, dead, working or finished."""
+        """The sorted set called `name`: scheduled, retries, dead, working, finished, blocked."""
         key: str = getattr(self, name)
         return key
 
@@ -175,7 +189,8 @@ class QueueKeys:
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
         extra = (self.holders, self.expiring, self.prioritized)
         lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets, self.refills)
-        return (*live, self.final, self.finished, self.progress, *extra, *lanes, self.batched)
+        flows = (self.batched, self.blocked, self.waits, self.dependants)
+        return (*live, self.final, self.finished, self.progress, *extra, *lanes, *flows)
 
 
 def worker(wid: str) -> str:

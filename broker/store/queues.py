@@ -94,7 +94,7 @@ class QueueStore:
         keys = (k.jobs, k.queue, k.scheduled, k.retries, k.dead, k.working, k.meta, JIDS, QUEUES)
         dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
         notes = (k.final, k.finished, DUE["finished"], k.progress)
-        finals = (*notes, k.holders, k.expiring, k.prioritized)
+        finals = (*notes, k.holders, k.expiring, k.prioritized, k.blocked)
         left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
         return left
 

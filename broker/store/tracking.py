@@ -52,7 +52,7 @@ class TrackingStore:
         """What the queue holds of `jid`, live or finished, read in one step."""
         k = self.jobs.keys(queue)
         where = (k.jobs, k.working, k.scheduled, k.retries, k.dead, k.finished, k.final, k.progress)
-        reply = await self.redis.run(STATE, (*where, k.holders), (jid,))
+        reply = await self.redis.run(STATE, (*where, k.holders, k.blocked), (jid,))
         payload, place, score, note, progress, holder = (r or None for r in reply)
         return Found(payload, text(place or b""), score, note, progress, holder)
 

@@ -5,7 +5,8 @@
 -- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 finished jobs kept per queue
 --       at most (0: none), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
 --       then pairs (position among the jids, result JSON) for those that carry a result
--- Returns {the jids whose reservation existed, the number of batch callbacks that came due}:
+-- Returns {the jids whose reservation existed, the number of batch callbacks and workflow
+-- settlements (wf:due) that came due}:
 -- those jobs are done and counted as processed (and towards their batches: batch_count());
 -- their records stay, in the finished set, with the result noted (see finish() in lib.lua),
 -- or go. A job whose cancel was asked for is done all the same (it ran). An ACK for an unknown
@@ -55,4 +56,4 @@ batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3])
 announce(KEYS[9], ARGV[5], done)
 redis.call('HINCRBY', KEYS[4], 'processed', #done)
 redis.call('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)
-return {done, batch_due.n}
+return {done, batch_due.n + wf_due.n}

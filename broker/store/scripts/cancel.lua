@@ -5,8 +5,8 @@
 --       16 meta hash
 -- ARGV: 1 queue name, 2 jid, 3 now (unix seconds), 4 finished jobs kept per queue at most,
 --       5 finished channel
--- A waiting, scheduled or retrying job leaves its place and ends cancelled (kept like a done
--- one, see finish() in lib.lua). A reserved job stays with its worker, marked in holders
+-- A waiting, blocked (lib_workflows.lua), scheduled or retrying job leaves its place and ends
+-- cancelled (kept like a done one, see finish() in lib.lua). A reserved job stays with its worker, marked in holders
 -- ('!wid'): the worker hears of it at its next BEAT, and whatever ends the reservation other
 -- than an ACK ends the job cancelled (fail.lua). A due index entry left behind stays correct
 -- (no later than the earliest entry). Returns 'cancelled', 'cancelling', or '' when there is
@@ -26,7 +26,10 @@ if redis.call('ZSCORE', KEYS[3], jid) then
   end
   return 'cancelling'
 end
+local blocked = wf_base(KEYS[1]) .. 'blocked'  -- a dependant waiting for others (workflows)
 local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], jid)
+  + redis.call('ZREM', blocked, jid)
+redis.call('HDEL', wf_base(KEYS[1]) .. 'waits', jid)
 local payload = redis.call('HGET', KEYS[1], jid)  -- before finish() may drop it
 if removed == 0 then removed = leave_line(KEYS[2], KEYS[15], KEYS[16], jid, payload) end
 if removed == 0 then return '' end

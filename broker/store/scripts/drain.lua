@@ -4,7 +4,8 @@
 --       7 expiring zset, 8 prioritized zset
 -- ARGV: 1 queue name, 2 N
 -- A job of a batch counts as ended there (see batch_count() in lib_batches.lua).
--- Returns {deleted, left waiting}. Once the queue has no job waiting it is no longer listed and
+-- Returns {deleted, left waiting}. Once the queue has no job waiting (nor blocked, see
+-- lib_workflows.lua) it is no longer listed and
 -- its settings (paused, limits) go, but for the note that it may hold jobs with an expiry; its
 -- scheduled, retrying, reserved, dead and finished jobs are not touched.
 local jids = redis.call('RPOP', KEYS[1], ARGV[2]) or {}
@@ -27,6 +28,8 @@ local left = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[8])
 if left == 0 then
   redis.call('DEL', KEYS[4], lanes_of(KEYS[4]).buckets, lanes_of(KEYS[4]).refills)
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end
-  redis.call('SREM', KEYS[5], ARGV[1])
+  if redis.call('EXISTS', wf_base(KEYS[2]) .. 'blocked') == 0 then  -- else FLUSH must find it
+    redis.call('SREM', KEYS[5], ARGV[1])
+  end
 end
 return {#jids, left}

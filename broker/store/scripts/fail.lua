@@ -12,10 +12,10 @@
 --       13 when the job expires ('' = never): a job that will run again is checked at FETCH
 -- Returns 1 when this call ended the reservation (2: and a batch callback came due, see
 -- batch_count() in lib_batches.lua: a dead job counts as failed, a discarded or cancelled one as
--- ended), 0 when there is none, -1 when it is not the
--- one the caller read (extended, or ended and made again since): the caller computed the new
--- payload from what it read, so it must read again. Only the caller that got 1 owns the job's
--- next step, so two reapers never move one job twice and no stale copy is ever written back.
+-- ended; or the end of a job others wait for came due in wf:due: wf_count()), 0 when there is
+-- none, -1 when it is not the one the caller read (extended, or ended and made again since): the
+-- caller computed the new payload from what it read, so it must read again. Only the caller that
+-- got 1 owns the job's next step, so two reapers never move one job twice and no stale copy is ever written back.
 -- A job whose cancel was asked for ends cancelled, whatever the target: it is never retried.
 -- A discarded or cancelled job is kept like a done one (see finish() in lib.lua); JOB WAITs
 -- hear of discarded, cancelled and dead jobs. Events: failed (to retries), snoozed, dead,
@@ -47,7 +47,8 @@ if target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch
   local outcome = (target == 'retries' or target == 'dead') and 'fail' or 'end'
   batch_count(KEYS[19], KEYS[5], {jid}, outcome, ARGV[8])
 end
-local ended = batch_due.n > 0 and 2 or 1
+if target == 'dead' then wf_count(KEYS[19], KEYS[5], {jid}, 'end', ARGV[8]) end  -- for good
+local ended = (batch_due.n + wf_due.n) > 0 and 2 or 1
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}
 local place = sets[target]
 if listening() then

@@ -4,7 +4,7 @@
 -- KEYS: 1 jobs hash, 2 queue list, 3 scheduled, 4 retries, 5 dead, 6 working, 7 meta hash,
 --       8 jid index, 9 queues set, 10-13 due:scheduled, due:retries, due:dead, due:working,
 --       14 final hash, 15 finished zset, 16 due:finished, 17 progress hash, 18 holders hash,
---       19 expiring zset, 20 prioritized zset
+--       19 expiring zset, 20 prioritized zset, 21 blocked zset (lib_workflows.lua)
 -- ARGV: 1 queue name, 2 N
 -- Returns how many jobs the queue still holds (finished ones included). Every state in between
 -- is consistent: a job is either whole or gone.
@@ -23,20 +23,21 @@ local function drop(jids, value)
 end
 drop(redis.call('RPOP', KEYS[2], budget) or {}, queue)
 if budget > 0 then drop(empty_lanes(KEYS[7], budget), queue) end
-for _, i in ipairs({3, 4, 5, 6, 15, 20}) do
+for _, i in ipairs({3, 4, 5, 6, 15, 20, 21}) do
   if budget <= 0 then break end
   local jids = redis.call('ZRANGE', KEYS[i], 0, budget - 1)
   if #jids > 0 then redis.call('ZREM', KEYS[i], unpack(jids)) end
   drop(jids, i == 15 and '~' .. queue or queue)
 end
 local left = redis.call('LLEN', KEYS[2])
-for _, i in ipairs({3, 4, 5, 6, 15, 20}) do left = left + redis.call('ZCARD', KEYS[i]) end
+for _, i in ipairs({3, 4, 5, 6, 15, 20, 21}) do left = left + redis.call('ZCARD', KEYS[i]) end
 left = left + (tonumber(redis.call('HGET', KEYS[7], 'laned')) or 0)
 if left > 0 then return left end
 forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
 local l = lanes_of(KEYS[7])
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
-  l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched)
+  l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched,
+  wf_base(KEYS[1]) .. 'waits', wf_base(KEYS[1]) .. 'dependants')
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end
 return 0

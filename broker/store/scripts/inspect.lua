@@ -4,7 +4,8 @@
 --       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
 --       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
 --       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
---       lane: either counts as being in the queue)
+--       lane: either counts as being in the queue), 17 blocked zset (jobs waiting for their
+--       dependencies, lib_workflows.lua: a place too)
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped
@@ -39,7 +40,7 @@ if payload and redis.call('HGET', KEYS[16], 'lanes') then
 end
 local held = {}  -- {kind, key, due key, score}, most advanced first
 local order = {{'working', 3, 9}, {'queue', 2}, {'retries', 5, 11}, {'scheduled', 4, 10},
-  {'dead', 6, 12}, {'finished', 13, 14}}
+  {'blocked', 17}, {'dead', 6, 12}, {'finished', 13, 14}}
 for _, place in ipairs(order) do
   if place[1] == 'queue' then
     if #listed > 0 then held[#held + 1] = place end
@@ -54,7 +55,7 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
     problem('no record', held[1][1])
     if fix then
       redis.call('LREM', KEYS[2], 0, jid)
-      for _, i in ipairs({3, 4, 5, 6, 13, 15}) do redis.call('ZREM', KEYS[i], jid) end
+      for _, i in ipairs({3, 4, 5, 6, 13, 15, 17}) do redis.call('ZREM', KEYS[i], jid) end
     end
   end
   if owner == queue or owner == finished_mark then
@@ -96,7 +97,7 @@ elseif #held > 1 or #listed > 1 then
   end
 end
 local first = held[1]
-if first and first[1] ~= 'queue' then
+if first and first[1] ~= 'queue' and first[3] then
   local due = redis.call('ZSCORE', KEYS[first[3]], queue)
   if not due or tonumber(due) > tonumber(first[4]) then
     problem('not due', first[1])

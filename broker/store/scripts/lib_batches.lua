@@ -79,9 +79,11 @@ end
 
 -- Jobs of a queue count towards their batches: outcome 'ok' (ACKed), 'fail' (failed, may run
 -- again), 'end' (ended other than by ACK, for good: dead purge, discard, cancel, expiry, ...).
--- A callback job's ACK moves its state to 2. Jobs of no batch cost one HMGET.
+-- A callback job's ACK moves its state to 2. Jobs of no batch cost one HMGET. The jobs waiting
+-- for these (workflows) are settled here too (wf_count(), lib_workflows.lua), but for 'fail'.
 local function batch_count(meta, index, jids, outcome, now)
   if #jids == 0 then return end
+  if outcome ~= 'fail' then wf_count(meta, index, jids, outcome, now) end
   local k = batch_keys(meta, index)
   local marks = redis.call('HMGET', k.batched, unpack(jids))
   for i, mark in ipairs(marks) do
@@ -117,4 +119,10 @@ local function batch_count(meta, index, jids, outcome, now)
       end
     end
   end
+end
+
+-- Each call of a script begins with the helpers' per-call state cleared (store/base.py).
+local function begin_call()
+  batch_due.n = 0
+  wf_due.n = 0
 end

@@ -7,11 +7,16 @@
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
 --       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
 --       within the last second: '' none, 'D' draining (the queue or the broker), else its
---       max_size; then 6-tuples (jid, payload, at, unique, expires, batch);
+--       max_size, 8 'G' for a graph (all or nothing: see below) or ''; then 7-tuples (jid,
+--       payload, at, unique, expires, batch, after);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
 --       start | ttl | replace; expires '' or when the job expires (unix seconds); batch '' or
 --       '<batch record KEYS index>' (a job of the batch: custom.bid) or '<index> <kind>' (the
---       batch's complete | success callback, pushed only while batch_next() says so).
+--       batch's complete | success callback, pushed only while batch_next() says so); after ''
+--       or JSON [policy, dep jid, ...] (workflows: wf_check() and wf_join() in lib_workflows.lua).
+-- A job with dependencies not all met waits in `blocked` instead of its place; 7 refused: a
+-- dependency is unknown, 8: one did not succeed and the policy is fail ({code, dep jid} for
+-- either). With 'G' nothing is stored unless every job may be: the others then get 9.
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
 -- 6 refused because its batch does not exist (expired, purged). A callback whose batch may not
@@ -37,7 +42,7 @@
 local queue = ARGV[2]
 if ARGV[7] == 'D' then
   local refused = {}
-  for i = 1, (#ARGV - 7) / 6 do refused[i] = 5 end
+  for i = 1, (#ARGV - 8) / 7 do refused[i] = 5 end
   return refused
 end
 -- jobs the queue may still take now (max_size), nil when it has no bound
@@ -49,7 +54,7 @@ if ARGV[3] ~= '' then
   local last = redis.call('HGET', KEYS[15], field)
   if last and tonumber(last) >= tonumber(tick) then
     local refused = {}
-    for i = 1, (#ARGV - 7) / 6 do refused[i] = 3 end
+    for i = 1, (#ARGV - 8) / 7 do refused[i] = 3 end
     return refused
   end
   redis.call('HSET', KEYS[15], field, tick)
@@ -156,48 +161,114 @@ local function batch_joined(spec, jid, result)
   end
 end
 
-local count = (#ARGV - 7) / 6
+local function arg(i, f) return ARGV[8 + 7 * (i - 1) + f] end
+local count = (#ARGV - 8) / 7
 local jids = {}
-for i = 1, count do jids[i] = ARGV[6 * i + 2] end
+for i = 1, count do jids[i] = arg(i, 1) end
 local owners = redis.call('HMGET', KEYS[4], unpack(jids))
 local results, taken = {}, {}
+
+-- Whether a unique job could take its lock now (as lock(), reading only).
+local function lockable(spec)
+  local index, _, mode = string.match(spec, '^(%d+) (%d+) (%a+)$')
+  local key = KEYS[tonumber(index)]
+  local value = not locked[key] and redis.call('GET', key)
+  if locked[key] then return false end
+  if not (value and holds(value)) then return true end
+  return mode == 'replace' and string.match(value, '^(%a+):') == 'replace'
+end
+
+-- The verdict on job i: 1 (stored; its lock taken unless `dry`) or a refusal (and a jid).
+local function verdict(i, dry)
+  local jid, at, unique, batch, after = arg(i, 1), arg(i, 3), arg(i, 4), arg(i, 6), arg(i, 7)
+  local owner = owners[i]
+  if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then return 0 end
+  if room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
+    return 4
+  end
+  if batch ~= '' and batch_join(batch) ~= 1 then return batch_join(batch) end
+  if after ~= '' then
+    local code, dep = wf_check(KEYS[4], queue, after, taken)
+    if code ~= 1 then return code, dep end
+  end
+  if unique ~= '' then
+    if dry then
+      if not lockable(unique) then return 2 end
+      locked[KEYS[tonumber(string.match(unique, '^%d+'))]] = true
+    elseif not lock(jid, unique) then
+      return 2
+    end
+  end
+  return 1
+end
+
+if ARGV[8] == 'G' then  -- a graph: all or nothing
+  local before, refused = room, false
+  for i = 1, count do
+    local code, dep = verdict(i, true)
+    results[i] = dep and {code, dep} or code
+    if code == 1 then
+      taken[arg(i, 1)] = true
+      if room and arg(i, 3) == '' then room = room - 1 end
+    else
+      refused = true
+    end
+  end
+  if refused then
+    for i = 1, count do
+      if results[i] == 1 then results[i] = 9 end
+    end
+    return results
+  end
+  room, taken, locked = before, {}, {}
+end
+
 local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
 local waiting_payloads = {}
 local earliest = nil
+local blocked, waits = {}, {}
+local base = wf_base(KEYS[1])
 for i = 1, count do
-  local jid, at, unique = ARGV[6 * i + 2], ARGV[6 * i + 4], ARGV[6 * i + 5]
-  local batch = ARGV[6 * i + 7]
-  local owner = owners[i]
-  if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then
-    results[i] = 0
-  elseif room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
-    results[i] = 4
-  elseif batch ~= '' and batch_join(batch) ~= 1 then
-    results[i] = batch_join(batch)
-  elseif unique ~= '' and not lock(jid, unique) then
-    results[i] = 2
-  else
+  local jid, at, batch, after = arg(i, 1), arg(i, 3), arg(i, 6), arg(i, 7)
+  local payload = arg(i, 2)
+  local code, dep = verdict(i, false)
+  results[i] = dep and {code, dep} or code
+  if code == 1 then
     taken[jid] = true
-    results[i] = 1
     index[#index + 1] = jid
     index[#index + 1] = queue
+    local unmet, got, policy = 0, '', ''
+    if after ~= '' then
+      unmet, got, policy = wf_join(base, KEYS[4], jid, after, taken)
+      if unmet == 0 then payload = wf_splice(payload, got) end
+    end
     records[#records + 1] = jid
-    records[#records + 1] = ARGV[6 * i + 3]
-    if ARGV[6 * i + 6] ~= '' then
-      expiring[#expiring + 1] = ARGV[6 * i + 6]
+    records[#records + 1] = payload
+    if arg(i, 5) ~= '' then
+      expiring[#expiring + 1] = arg(i, 5)
       expiring[#expiring + 1] = jid
     end
-    if at == '' then
+    if unmet > 0 then
+      blocked[#blocked + 1] = at == '' and 0 or at
+      blocked[#blocked + 1] = jid
+      waits[#waits + 1] = jid
+      waits[#waits + 1] = unmet .. ' ' .. policy .. ' ' .. got
+    elseif at == '' then
       if room then room = room - 1 end
       waiting[#waiting + 1] = jid
-      waiting_payloads[#waiting] = ARGV[6 * i + 3]
+      waiting_payloads[#waiting] = payload
     else
       scheduled[#scheduled + 1] = at
       scheduled[#scheduled + 1] = jid
       if not earliest or tonumber(at) < tonumber(earliest) then earliest = at end
     end
   end
-  if batch ~= '' then batch_joined(batch, jid, results[i]) end
+  if batch ~= '' then batch_joined(batch, jid, code) end
+end
+if #blocked > 0 then
+  redis.call('ZADD', base .. 'blocked', unpack(blocked))
+  redis.call('HSET', base .. 'waits', unpack(waits))
+  redis.call('SADD', KEYS[6], queue)  -- listed: FLUSH finds it
 end
 if #index == 0 then return results end
 local stored = {}
@@ -231,7 +302,7 @@ if listening() then
   local now, events = clock(), {}
   for i = 1, count do
     if results[i] == 1 then
-      local jid, payload, at = ARGV[6 * i + 2], ARGV[6 * i + 3], ARGV[6 * i + 4]
+      local jid, payload, at = arg(i, 1), arg(i, 2), arg(i, 3)
       if at == '' then
         events[#events + 1] = event('pushed', jid, queue, payload, now, '')
       else

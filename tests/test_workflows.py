@@ -1,0 +1,261 @@
+"""Workflows over the wire: jobs with dependencies (custom.after) run in dependency order with
+their dependencies' results, a dying dependency under both policies, refused cycles and unknown
+dependencies, a graph pushed atomically with PUSHB, cancels, and dependants in other queues
+released once with two brokers."""
+
+import json
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from broker.app import App
+from broker.store.audit import Auditor
+from broker.store.connection import Address, Pipeline
+from broker.store.keys import WF_DUE, QueueKeys
+from broker.store.redis import Store
+from client import AsyncClient, Client, make_job, results_of
+from tests.conftest import StartBroker, check_store, eventually
+from tests.wire import Wire, WireError, job
+
+
+def after(jid: str, deps: list[str], policy: str = "", **fields: Any) -> dict[str, Any]:
+    custom: dict[str, Any] = {"after": deps}
+    if policy:
+        custom["after_policy"] = policy
+    return job(jid, custom=custom, **fields)
+
+
+async def take(w: Wire, queue: str = "default") -> dict[str, Any] | None:
+    found = await w.call("FETCH", queue)
+    return None if found is None else json.loads(found)
+
+
+async def state(w: Wire, jid: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(await w.call("JOB", f"STATE {jid}"))
+    return found
+
+
+async def test_three_levels_run_in_order_with_results(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-a-1"))
+    await w.call("PUSH", job("jobs-a-2"))
+    await w.call("PUSH", after("jobs-b-1", ["jobs-a-1", "jobs-a-2"]))
+    await w.call("PUSH", after("jobs-c-1", ["jobs-b-1"]))
+    assert (await state(w, "jobs-b-1"))["state"] == "blocked"
+    graph = json.loads(await w.call("JOB", "WORKFLOW jobs-c-1"))
+    assert graph["states"] == {
+        "jobs-c-1": "blocked",
+        "jobs-b-1": "blocked",
+        "jobs-a-1": "queued",
+        "jobs-a-2": "queued",
+    }
+    assert graph["after"] == {"jobs-c-1": ["jobs-b-1"], "jobs-b-1": ["jobs-a-1", "jobs-a-2"]}
+    first = await take(w)
+    assert first is not None and first["jid"] == "jobs-a-1"
+    await w.call("ACK", {"jid": "jobs-a-1", "result": {"n": 1}})
+    second = await take(w)
+    assert second is not None and second["jid"] == "jobs-a-2"
+    assert await take(w) is None  # b-1 still waits for a-2
+    await w.call("ACK", {"jid": "jobs-a-2", "result": [2]})
+    b = await take(w)
+    assert b is not None and b["jid"] == "jobs-b-1"
+    assert b["custom"]["_results"] == {"jobs-a-1": {"n": 1}, "jobs-a-2": [2]}
+    await w.call("ACK", {"jid": "jobs-b-1", "result": "bee"})
+    c = await take(w)
+    assert c is not None and c["custom"]["_results"] == {"jobs-b-1": "bee"}
+    await w.call("ACK", {"jid": "jobs-c-1"})
+    graph = json.loads(await w.call("JOB", "WORKFLOW jobs-c-1"))
+    assert set(graph["states"].values()) == {"done"}
+    # a dependency that already finished counts as met at push, with its result
+    await w.call("PUSH", after("jobs-d-1", ["jobs-b-1"]))
+    d = await take(w)
+    assert d is not None and d["custom"]["_results"] == {"jobs-b-1": "bee"}
+    await w.call("ACK", {"jid": "jobs-d-1"})
+    check_store(redis_url)
+
+
+@pytest.mark.parametrize("policy", ["fail", "run"])
+async def test_a_dying_dependency(broker: App, redis_url: str, policy: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job(f"jobs-dies-{policy}", retry=0))
+    await w.call("PUSH", after(f"jobs-next-{policy}", [f"jobs-dies-{policy}"], policy))
+    await w.call("PUSH", after(f"jobs-last-{policy}", [f"jobs-next-{policy}"]))
+    got = await take(w)
+    assert got is not None
+    await w.call("FAIL", {"jid": got["jid"], "message": "boom"})
+    if policy == "fail":
+        assert (await state(w, f"jobs-next-{policy}"))["state"] == "cancelled"
+        assert (await state(w, f"jobs-last-{policy}"))["state"] == "cancelled"  # cascades
+        assert await take(w) is None
+        with pytest.raises(WireError, match="did not succeed"):
+            await w.call("PUSH", after(f"jobs-late-{policy}", [f"jobs-dies-{policy}"]))
+    else:
+        released = await take(w)
+        assert released is not None and released["jid"] == f"jobs-next-{policy}"
+        assert "_results" not in released["custom"]
+        await w.call("ACK", {"jid": released["jid"]})
+        last = await take(w)
+        assert last is not None and last["jid"] == f"jobs-last-{policy}"
+        await w.call("ACK", {"jid": last["jid"]})
+    check_store(redis_url)
+
+
+async def test_cancel_of_a_dependency_and_of_a_blocked_job(
+    broker: App, redis_url: str, rdb: redis.Redis
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-x-1", at="2099-01-01T00:00:00Z"))
+    await w.call("PUSH", after("jobs-y-1", ["jobs-x-1"]))
+    await w.call("PUSH", after("jobs-z-1", ["jobs-y-1"], "run"))
+    await w.call("JOB", "CANCEL jobs-y-1")  # a blocked job: its dependants apply their policy
+    z = await eventually(lambda: take(w))
+    assert z["jid"] == "jobs-z-1"
+    await w.call("ACK", {"jid": "jobs-z-1"})
+    await w.call("JOB", "CANCEL jobs-x-1")
+    assert rdb.zcard(QueueKeys("default").blocked) == 0
+    assert rdb.hlen(QueueKeys("default").dependants) == 0
+    check_store(redis_url)
+
+
+async def test_cycles_and_unknown_dependencies_are_refused(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    with pytest.raises(WireError, match="unknown dependency nope"):
+        await w.call("PUSH", after("jobs-u-1", ["nope"]))
+    with pytest.raises(WireError, match="depends on itself"):
+        await w.call("PUSH", after("jobs-self-1", ["jobs-self-1"]))
+    with pytest.raises(WireError, match="after_policy"):
+        await w.call("PUSH", after("jobs-p-1", ["jobs-u-1"], "maybe"))
+    cycle = [
+        after("jobs-k-1", ["jobs-k-3"]),
+        after("jobs-k-2", ["jobs-k-1"]),
+        after("jobs-k-3", ["jobs-k-2"]),
+        job("jobs-k-4"),
+    ]
+    errors = json.loads(await w.call("PUSHB", cycle))
+    assert set(errors) == {"jobs-k-1", "jobs-k-2", "jobs-k-3", "jobs-k-4"}
+    assert "cycle" in errors["jobs-k-1"]
+    assert (await state(w, "jobs-k-4"))["state"] == "unknown"
+    check_store(redis_url)
+
+
+async def test_a_graph_in_one_pushb_is_all_or_nothing(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-taken-1"))
+    graph = [
+        after("jobs-g-3", ["jobs-g-1", "jobs-g-2"]),
+        job("jobs-g-1"),
+        after("jobs-g-2", ["jobs-g-1"]),
+        job("jobs-taken-1"),
+    ]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert "already in use" in errors["jobs-taken-1"]
+    assert set(errors) == {"jobs-g-1", "jobs-g-2", "jobs-g-3", "jobs-taken-1"}
+    assert (await state(w, "jobs-g-1"))["state"] == "unknown"
+    graph[-1] = after("jobs-g-4", ["jobs-g-3", "jobs-taken-1"])
+    assert json.loads(await w.call("PUSHB", graph)) == {}
+    order = []
+    while (got := await take(w)) is not None:
+        order.append(got["jid"])
+        await w.call("ACK", {"jid": got["jid"], "result": got["jid"]})
+    assert order == ["jobs-taken-1", "jobs-g-1", "jobs-g-2", "jobs-g-3", "jobs-g-4"]
+    mixed = [job("jobs-m-1", queue="other"), after("jobs-m-2", ["jobs-m-1"])]
+    errors = json.loads(await w.call("PUSHB", mixed))
+    assert "one queue" in errors["jobs-m-1"] or "one queue" in errors["jobs-m-2"]
+    check_store(redis_url)
+
+
+async def test_dependants_in_other_queues_released_once_by_two_brokers(
+    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+) -> None:
+    brokers = [await start_broker(), await start_broker()]
+    wires = [await Wire.open(b.port, hello={"wid": f"w{i}"}) for i, b in enumerate(brokers)]
+    for n in range(20):
+        await wires[0].call("PUSH", job(f"jobs-src-{n}", queue="src"))
+        await wires[1].call("PUSH", after(f"jobs-dst-{n}", [f"jobs-src-{n}"], queue="dst"))
+        await wires[1].call("PUSH", after(f"jobs-gone-{n}", [f"jobs-src-{n}"], "run", queue="dst2"))
+
+    async def work(i: int) -> None:
+        for _ in range(10):
+            got = await take(wires[i], "src")
+            assert got is not None
+            await wires[i].call("ACK", {"jid": got["jid"], "result": i})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work, 0)
+        nursery.start_soon(work, 1)
+    await eventually(lambda: rdb.zcard(WF_DUE) == 0)
+    seen = []
+    for queue in ("dst", "dst2"):
+        while (got := await take(wires[len(seen) % 2], queue)) is not None:
+            seen.append(got["jid"])
+            assert list(got["custom"]["_results"]) == [got["custom"]["after"][0]]
+            await wires[0].call("ACK", {"jid": got["jid"]})
+    assert sorted(seen) == sorted(
+        [f"jobs-dst-{n}" for n in range(20)] + [f"jobs-gone-{n}" for n in range(20)]
+    )
+    assert rdb.zcard(QueueKeys("dst").blocked) == 0
+    check_store(redis_url)
+
+
+async def test_flush_forgets_workflows(broker: App, rdb: redis.Redis, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-f-1"))
+    await w.call("PUSH", after("jobs-f-2", ["jobs-f-1"], queue="later"))
+    await w.call("FLUSH")
+    for queue in ("default", "later"):
+        k = QueueKeys(queue)
+        assert not rdb.exists(k.blocked, k.waits, k.dependants)
+    check_store(redis_url)
+
+
+async def test_the_bundled_clients(broker: App, redis_url: str) -> None:
+    target = f"tcp://127.0.0.1:{broker.port}"
+
+    def work() -> None:
+        with Client(target) as client:
+            first = client.push("work", jid="cli-first-1")
+            client.push("work", jid="cli-second-1", after=[first], after_policy="run")
+            assert client.state("cli-second-1").state == "blocked"
+            got = client.fetch()
+            assert got is not None and got.jid == first
+            client.ack(first)
+            released = client.fetch()
+            assert released is not None and results_of(released) == {first: None}
+            client.ack(released.jid)
+
+    await trio.to_thread.run_sync(work)
+    async with AsyncClient(target) as client:
+        root = make_job("work", jid="cli-root-01")
+        leaf = make_job("work", jid="cli-leaf-01", after=[root.jid])
+        assert await client.push_workflow([leaf, root]) == {}
+        got = await client.fetch()
+        assert got is not None and got.jid == root.jid
+        await client.ack(root.jid)
+        got = await client.fetch()
+        assert got is not None and results_of(got) == {root.jid: None}
+        await client.ack(got.jid)
+    check_store(redis_url)
+
+
+async def test_hopper_check_sees_blocked_jobs_and_stray_waits(
+    broker: App, nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    pipeline = Pipeline(Address(redis_url))
+    await nursery.start(pipeline.run)
+    store = Store(pipeline)
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-h-1"))
+    await w.call("PUSH", after("jobs-h-2", ["jobs-h-1"]))
+    assert (await Auditor(store).run()).problems == []  # a blocked job is in its place
+    rdb.hset(QueueKeys("default").waits, "jobs-h-9", "1 fail ")
+    found = await Auditor(store, repair=True).run()
+    assert [(p.kind, p.jid) for p in found.problems] == [
+        ("dependencies without blocked job", "jobs-h-9")
+    ]
+    assert found.clean and (await Auditor(store).run()).problems == []
+    await w.call("QUEUE", "REMOVE default")  # the blocked job stays, the queue listed
+    assert rdb.sismember("hopper:g:{g}:queues", "default")
+    await w.call("FLUSH")
+    assert not rdb.exists(QueueKeys("default").blocked)
