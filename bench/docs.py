@@ -113,6 +113,11 @@ READING = """\
   defines its lane helpers, an ACK with its two lookups). Before the function library (the
   same features as EVALSHA with the prelude): 53.3-59.3 against 40.8-43.5 µs per script
   call in the mixed run.
+  End to end (`python -m bench --systems hopper --workloads end_to_end` from a checkout of
+  each, alternating, while other work shared the box, so only a rough check): async c=10
+  5,499 / 7,140 jobs/s before against 7,803 / 6,033 after; c=50 12,642 / 16,807 against
+  11,710 / 11,383; threads c=10 4,379 / 5,658 against 6,418 / 4,918. Workflows (merged
+  after these runs) add one more HMGET to ACK and FAIL for jobs nobody waits for.
 - **Raw protocol.** One command per round trip per connection: what any unpipelined Faktory
   client costs the broker. Each command pays a loopback receive and send (on this machine a
   bare trio echo server over 10 connections spends 12-15 µs of CPU per request before doing
