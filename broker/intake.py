@@ -44,7 +44,7 @@ class Intake:
         settings: Settings,
         chains: Chains,
         doorbell: Doorbell,
-        kept: Callable[[], int],
+        kept: Callable[[], str],
     ) -> None:
         self.store = store
         self.settings = settings

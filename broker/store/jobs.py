@@ -79,7 +79,7 @@ class JobStore:
         queue: str,
         entries: Sequence[PushEntry],
         now: float,
-        keep: int,
+        keep: str,
         claim: tuple[str, float] | None = None,
         limits: str = "",
         graph: bool = False,
@@ -140,12 +140,12 @@ class JobStore:
         reserve: tuple[int, int, int],
         count: int = 1,
         wid: str = "",
-        keep: int = 0,
+        keep: str = "0",
     ) -> tuple[list[tuple[str, bytes]], float | None]:
         """Reserve up to `count` of the oldest jobs of `queue` for worker `wid` (or for a
         connection that is no worker): ([(jid, payload)], oldest first; when the queue's
         limits held jobs back, seconds until it may give more, else None). Expired jobs are
-        not handed out: they end expired (kept: `keep` finished jobs per queue at most).
+        not handed out: they end expired (`keep`: the keep policy, Manager.kept).
 
         Empty when the queue is paused or empty.
         """
@@ -167,11 +167,11 @@ class JobStore:
         acks: Sequence[tuple[str, bytes]],
         day: str,
         now: float,
-        keep: int,
+        keep: str,
         wid: str = "",
     ) -> tuple[list[str], int]:
-        """Finish reserved jobs of one queue, each (jid, result JSON or b''), keeping at most
-        `keep` finished jobs per queue; `wid` is the acking worker's. Returns the jids whose
+        """Finish reserved jobs of one queue, each (jid, result JSON or b''), kept and archived
+        as `keep` says (Manager.kept); `wid` is the acking worker's. Returns the jids whose
         reservation existed, and how many batch callbacks came due."""
         k = self.keys(queue)
         args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, wid, len(acks)]
@@ -199,7 +199,7 @@ class JobStore:
         )
         return [text(jid) for jid in done], int(due)
 
-    async def settle(self, now: float, keep: int, most: int) -> int:
+    async def settle(self, now: float, keep: str, most: int) -> int:
         """Settle up to `most` ends of dependencies marked due (workflow.lua): how many."""
         took: int = await self.redis.run(
             WORKFLOW, (keys.WF_DUE, JIDS, AWAITED), (now, keep, FINISHED_CHANNEL, most)
@@ -239,14 +239,14 @@ class JobStore:
         score: float,
         payload: bytes,
         now: float,
-        keep: int,
+        keep: str,
         holder: str = "",
         errtype: str = "",
         expires: float | None = None,
     ) -> int:
         """End a reservation other than by ACK; target is 'retries', 'dead', 'scheduled' (a
-        snooze, not a failure) or '' (discard the job, kept finished like a done one: at most
-        `keep` per queue). A job whose cancel was asked for ends cancelled instead.
+        snooze, not a failure) or '' (discard the job, kept finished like a done one, as
+        `keep` says). A job whose cancel was asked for ends cancelled instead.
 
         `read_expiry` is the reservation the new payload was computed from (None: any), and
         `holder` the worker that held it then ('' unknown); `errtype` goes with the event.

@@ -91,7 +91,7 @@ local function replace(holder)
   redis.call('ZREM', KEYS[18], holder)
   local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
     index = KEYS[4], progress = KEYS[9]}
-  finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4])
+  finish(k, queue, {holder}, {holder, note('replaced', '')}, ARGV[6], ARGV[4], 'replaced')
   batch_count(KEYS[16], KEYS[4], {holder}, 'end', ARGV[6])
   announce(KEYS[14], ARGV[5], {holder})
   if payload and listening() then
