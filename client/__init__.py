@@ -34,6 +34,7 @@ from client.errors import (
     UnknownJob,
 )
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
+from client.history import HistoryEntry, HistoryPage
 from client.jobs import make_job, new_jid, results_of
 from client.worker import Worker
 
@@ -51,6 +52,8 @@ __all__ = [
     "Draining",
     "Failure",
     "Fatal",
+    "HistoryEntry",
+    "HistoryPage",
     "Interrupted",
     "Job",
     "JobCancelled",

@@ -53,7 +53,8 @@ end
 -- Archive `jids` of `queue` that ended now in `state` at `at`: `payloads` their records (nil
 -- for one already gone: not archived), `extras` raw JSON members (',"k":v') per jid or nil.
 -- `mode`: '' archives nothing, 'a' the whole payload, 'n' the payload without its args.
--- Each job gets its own score (at + i µs) so that a page's cursor is exact.
+-- Each job gets its own score (at in whole µs, + i µs) so that a page's cursor is exact and an
+-- entry's time, as HISTORY writes it (µs), finds the entry again as a bound.
 local function archive(jobs, index, queue, mode, state, at, jids, payloads, extras)
   if mode == '' or #jids == 0 then return end
   local h = history_keys(jobs, index)
@@ -67,11 +68,11 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   end
   if #again > 0 then unindex(h, again, again_entries) end
   local entries, scored, types, first = {}, {}, {}, nil
-  at = tonumber(at)
+  local micros = math.floor(tonumber(at) * 1e6 + 0.5)
   for i, jid in ipairs(jids) do
     local payload = payloads[i]
     if payload then
-      local score = at + (i - 1) / 1e6
+      local score = (micros + i - 1) / 1e6
       first = first or score
       if mode == 'n' then
         local ok, job = pcall(cjson.decode, payload)
