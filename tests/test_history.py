@@ -4,13 +4,16 @@ keep ending, and retention rules that delete exactly what they say (by age, and 
 every queue together) with work that follows what they delete."""
 
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import trio
 
+from broker.__main__ import load_config, parser
 from broker.app import App
-from broker.config import Retention
+from broker.config import DEFAULT_RETENTION, Retention
 from client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
@@ -261,3 +264,24 @@ async def test_the_clients_walk_the_history(broker: App) -> None:
             return [e.jid for e in client.history(jobtype="Report", state="done").jobs]
 
     assert await trio.to_thread.run_sync(sync_side) == [f"client-{i}" for i in range(4, -1, -1)]
+
+
+async def test_flush_empties_the_history_and_the_file_sets_retention(
+    broker: App, tmp_path: Path
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"flushed-{i}", queue=f"fq{i % 2}") for i in range(30)])
+    for i in range(30):
+        await run(w, f"fq{i % 2}")
+    assert len((await history(w, count=100))["jobs"]) == 30
+    await w.call("FLUSH")
+    assert (await history(w, count=100))["jobs"] == []
+    assert await broker.manager.store.history.counts() == {"done": 0}
+    path = tmp_path / "hopper.toml"
+    path.write_text("[retention.done]\nttl = 3600\nmax = 5\n[retention.dead]\nttl = 60\nmax = 1\n")
+    config = load_config(parser().parse_args(["run", "--config", str(path)]), {})
+    assert config.retention_of("done") == Retention(3600.0, 5)
+    assert config.retention_of("expired") == DEFAULT_RETENTION["expired"]
+    path.write_text("[retention.running]\nttl = 1\nmax = 1\n")
+    with pytest.raises(ValueError, match=r"retention\.running: not a final state"):
+        load_config(parser().parse_args(["run", "--config", str(path)]), {}).check()

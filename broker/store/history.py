@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from broker.store.base import Redis, Script, text
 from broker.store.jobs import JobStore
-from broker.store.keys import DUE_ENDED, HISTORY_COUNT
+from broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT
 
 PAGE = Script("history_page")
 PURGE = Script("history_purge")
@@ -79,6 +79,16 @@ class HistoryStore:
         """Archived jobs kept per final state, every queue together."""
         found = await self.redis.execute("HGETALL", HISTORY_COUNT)
         return {text(found[i]): int(found[i + 1]) for i in range(0, len(found), 2)}
+
+    async def clear(self, step: int) -> None:
+        """Delete every archived job (FLUSH), `step` at a time; a bounded amount of work (what
+        the archive held when it began)."""
+        held = await self.counts()
+        for state in FINAL_STATES:
+            for queue in await self.queues(state):
+                for _ in range(held.get(state, 0) // step + 1):
+                    if await self.purge(queue, state, "+inf", step) < step:
+                        break
 
     async def purge(
         self, queue: str, state: str, bound: float | str, most: int, keep: int | None = None
