@@ -14,6 +14,7 @@ import trio
 from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.config import DEFAULT_RETENTION, Retention
+from broker.store.audit import Auditor
 from client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
@@ -285,3 +286,31 @@ async def test_flush_empties_the_history_and_the_file_sets_retention(
     path.write_text("[retention.running]\nttl = 1\nmax = 1\n")
     with pytest.raises(ValueError, match=r"retention\.running: not a final state"):
         load_config(parser().parse_args(["run", "--config", str(path)]), {}).check()
+
+
+async def test_check_finds_and_repairs_a_broken_history(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"audited-{i}", "Audit") for i in range(4)])
+    for _ in range(4):
+        await run(w)
+    ended = "hopper:q:{default}:ended:done"
+    rdb.zrem(ended, "audited-0")  # an entry not indexed
+    rdb.zadd(f"{ended}:Audit", {"no-such-entry": 1.0})  # an index entry without entry
+    rdb.hincrby("hopper:g:{g}:history:count", "done", 7)  # a wrong count
+    rdb.zrem("hopper:g:{g}:due:ended:done", "default")  # a due entry missing
+    store = broker.manager.store
+    found = await Auditor(store).run()
+    kinds = sorted(p.kind for p in found.problems)
+    assert kinds == [
+        "history count wrong",
+        "history due entry missing",
+        "history entry not indexed",
+        "history index entry without entry",
+    ]
+    assert not found.clean
+    assert (await Auditor(store, repair=True).run()).clean
+    assert (await Auditor(store).run()).problems == []
+    assert len((await history(w, jobtype="Audit"))["jobs"]) == 4
+    check_store(redis_url)

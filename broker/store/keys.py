@@ -119,7 +119,14 @@ CANCEL_MARK = "!"  # holders value prefix: a cancel of the reserved job was aske
 
 SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets live jobs are in
 DUE = {name: f"{GLOBAL}:due:{name}" for name in (*SETS, "finished")}
-FINAL_STATES = ("done", "dead", "discarded", "cancelled", "expired", "replaced")
+FINAL_STATES = (
+    "done",
+    "dead",
+    "discarded",
+    "cancelled",
+    "expired",
+    "replaced",
+)  # lib_history.lua too
 HISTORY_COUNT = f"{GLOBAL}:history:count"
 DUE_ENDED = {state: f"{GLOBAL}:due:ended:{state}" for state in FINAL_STATES}
 

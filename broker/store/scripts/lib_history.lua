@@ -14,6 +14,8 @@
 -- retried and done) replaces its entry. States: done, dead, discarded, cancelled, expired,
 -- replaced.
 
+local FINAL_STATES = {'done', 'dead', 'discarded', 'cancelled', 'expired', 'replaced'}  -- keys.py
+
 -- A payload's jobtype: the first "jobtype" key is the job's own (scalar fields come before
 -- custom and args, see broker/jobs.py; in an entry, the entry's own comes first); one with
 -- escapes is decoded.
