@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import trio
 
 from broker.config import Settings
 from broker.errors import CommandError
@@ -107,13 +108,17 @@ class History:
         since = "-inf" if query.since is None else repr(_seconds(query.since, "since"))
         cursor = _cursor(query.cursor)
         queues = [query.queue] if query.queue else await self._queues(states)
-        picked: list[tuple[float, bytes, bytes, str, str]] = []  # score, jid, raw score, ...
-        for queue in queues:
+        picked: list[tuple[float, bytes, bytes, str]] = []  # score, jid, raw score, queue
+
+        async def read(queue: str) -> None:
             pages = await self.store.history.page(
                 queue, states, query.jobtype, query.count, until, since, cursor
             )
-            for state, page in zip(states, pages, strict=True):
-                picked += [(score, jid.encode(), raw, queue, state) for jid, score, raw in page]
+            picked.extend((s, jid.encode(), raw, queue) for page in pages for jid, s, raw in page)
+
+        async with trio.open_nursery() as nursery:  # every queue's read in one round trip
+            for queue in queues:
+                nursery.start_soon(read, queue)
         newest = heapq.nlargest(query.count, picked, key=lambda e: (e[0], e[1]))
         jobs = await self._entries([(e[3], e[1].decode()) for e in newest])
         if len(newest) < query.count:  # every source had fewer: nothing more
@@ -173,10 +178,15 @@ class History:
         for queue, jid in chosen:
             by_queue.setdefault(queue, []).append(jid)
         read: dict[tuple[str, str], bytes] = {}
-        for queue, jids in by_queue.items():
+
+        async def entries(queue: str, jids: list[str]) -> None:
             for jid, entry in zip(jids, await self.store.history.entries(queue, jids), strict=True):
                 if entry is not None:  # purged between the two reads
                     read[queue, jid] = entry
+
+        async with trio.open_nursery() as nursery:
+            for queue, jids in by_queue.items():
+                nursery.start_soon(entries, queue, jids)
         return [self._entry(q, j, read[q, j]) for q, j in chosen if (q, j) in read]
 
     def _entry(self, queue: str, jid: str, raw: bytes) -> HistoryEntry:

@@ -40,15 +40,19 @@ end
 -- theirs or nil: each entry says) from their indexes and the counts; the caller deletes or
 -- replaces the entries themselves.
 local function unindex(h, jids, entries, state)
-  local counts = {}
+  local counts, members = {}, {}  -- per state; per index key
   for i, jid in ipairs(jids) do
     local entry = entries[i]
     local ended = state or string.match(entry, '^{"state":"(%a+)"')
     local key = h.ended .. ended
-    redis.call('ZREM', key, jid)
-    if entry then redis.call('ZREM', key .. ':' .. jobtype_of(entry), jid) end
+    local keys = {key, entry and key .. ':' .. jobtype_of(entry)}
+    for _, index in ipairs(keys) do
+      members[index] = members[index] or {}
+      table.insert(members[index], jid)
+    end
     counts[ended] = (counts[ended] or 0) + 1
   end
+  for index, gone in pairs(members) do redis.call('ZREM', index, unpack(gone)) end
   for ended, n in pairs(counts) do redis.call('HINCRBY', h.count, ended, -n) end
 end
 
