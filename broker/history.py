@@ -11,8 +11,8 @@ asked for: its cost grows with the number of such queues (documented in protocol
 """
 
 import heapq
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -23,10 +23,12 @@ from broker.jobs import QUEUE_NAME, format_time, parse_time
 from broker.store.keys import FINAL_STATES
 from broker.store.redis import Store
 
+T = TypeVar("T")
 PAGE_SIZE = 50  # entries of a page when the query does not say
 MAX_PAGE = 1000  # entries of a page at most
 RETAIN_STEP = 1000  # archived jobs one purge call deletes at most
-RETAIN_CALLS = 1000  # purge calls of one state in one pass at most (the next pass goes on)
+RETAIN_CALLS = 1000  # purge steps of one state in one pass at most (the next pass goes on)
+RETAIN_QUEUES = 100  # queues one step of retention by count deletes from at most
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -116,9 +118,7 @@ class History:
             )
             picked.extend((s, jid.encode(), raw, queue) for page in pages for jid, s, raw in page)
 
-        async with trio.open_nursery() as nursery:  # every queue's read in one round trip
-            for queue in queues:
-                nursery.start_soon(read, queue)
+        await _each(queues, read)  # every queue's read in one round trip
         newest = heapq.nlargest(query.count, picked, key=lambda e: (e[0], e[1]))
         jobs = await self._entries([(e[3], e[1].decode()) for e in newest])
         if len(newest) < query.count:  # every source had fewer: nothing more
@@ -147,17 +147,33 @@ class History:
         return deleted
 
     async def _by_count(self, state: str, most: int) -> int:
+        """The oldest entries beyond `most`, every queue together: per step, the time T of
+        the step-th oldest among the queues that hold the oldest (capped at the next queue's
+        oldest, so no entry left is older than one deleted), then each of them up to T."""
         deleted = 0
         for _ in range(RETAIN_CALLS):
             over = (await self.store.history.counts()).get(state, 0) - most
-            oldest = await self.store.history.oldest(state, 2)
+            oldest = await self.store.history.oldest(state, RETAIN_QUEUES + 1)
             if over <= 0 or not oldest:
                 break
-            # the oldest queue's entries up to the next queue's oldest are the oldest of all
-            bound: float | str = oldest[1][1] if len(oldest) > 1 else "+inf"
-            step = min(over, RETAIN_STEP)
-            deleted += await self.store.history.purge(oldest[0][0], state, bound, step, most)
+            step, queues = min(over, RETAIN_STEP), [q for q, _ in oldest[:RETAIN_QUEUES]]
+            scores = sorted(await self._first_scores(queues, state, step))
+            bound = scores[min(step, len(scores)) - 1] if scores else 0.0
+            if len(oldest) > RETAIN_QUEUES:
+                bound = min(bound, oldest[RETAIN_QUEUES][1])
+            for queue in queues:
+                deleted += await self.store.history.purge(queue, state, bound, step, most)
         return deleted
+
+    async def _first_scores(self, queues: list[str], state: str, most: int) -> list[float]:
+        """The times of the `most` oldest entries of `state` of each queue, read at once."""
+        scores: list[float] = []
+
+        async def read(queue: str) -> None:
+            scores.extend(await self.store.history.first_scores(queue, state, most))
+
+        await _each(queues, read)
+        return scores
 
     async def _queues(self, states: Sequence[str]) -> list[str]:
         found: set[str] = set()
@@ -184,9 +200,7 @@ class History:
                 if entry is not None:  # purged between the two reads
                     read[queue, jid] = entry
 
-        async with trio.open_nursery() as nursery:
-            for queue, jids in by_queue.items():
-                nursery.start_soon(entries, queue, jids)
+        await _each(list(by_queue.items()), lambda pair: entries(*pair))
         return [self._entry(q, j, read[q, j]) for q, j in chosen if (q, j) in read]
 
     def _entry(self, queue: str, jid: str, raw: bytes) -> HistoryEntry:
@@ -210,6 +224,13 @@ class History:
             failure=job.failure,
             result=entry.result,
         )
+
+
+async def _each(items: Sequence[T], call: Callable[[T], Awaitable[None]]) -> None:
+    """`call(item)` for every item at once: on the pipelined connection, one round trip."""
+    async with trio.open_nursery() as nursery:
+        for item in items:
+            nursery.start_soon(call, item)
 
 
 def _states(state: str | list[str] | None) -> list[str]:

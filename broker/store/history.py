@@ -68,6 +68,13 @@ class HistoryStore:
         flat = await self.redis.execute("ZRANGE", DUE_ENDED[state], 0, most - 1, "WITHSCORES")
         return [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
+    async def first_scores(self, queue: str, state: str, most: int) -> list[float]:
+        """When the `most` oldest archived jobs of `queue` in `state` ended, oldest first."""
+        flat = await self.redis.execute(
+            "ZRANGE", self.keys(queue).ended(state), 0, most - 1, "WITHSCORES"
+        )
+        return [float(score) for score in flat[1::2]]
+
     async def older_than(self, state: str, bound: float, most: int) -> list[str]:
         """Queues that may have archived jobs of `state` that ended at or before `bound`."""
         found = await self.redis.execute(
