@@ -9,7 +9,7 @@ from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares
-LIBRARIES = ("lib_history", "lib", "lib_lanes", "lib_workflows", "lib_batches")
+LIBRARIES = ("lib_history", "lib", "lib_lanes", "lib_workflows", "lib_batches", "lib_push")
 
 
 class Library:

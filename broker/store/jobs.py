@@ -29,6 +29,7 @@ from broker.store.keys import (
 )
 
 PUSH = Script("push")
+PUSH_GRAPH = Script("push_graph")
 FETCH = Script("fetch")
 ACK = Script("ack")
 FAIL = Script("fail")
@@ -91,9 +92,41 @@ class JobStore:
         5 when `limits` is 'D' (draining); otherwise `limits` is the queue's max_size ('' for
         none). Each comes with the jid it names ('' but for 7 unknown dependency, 8 dependency
         failed). A `graph` is stored all or nothing (9: refused with another job)."""
+        claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
+        keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
+        return _push_results(await self.redis.run(PUSH, keys_, args))
+
+    async def push_graph(
+        self, segments: Sequence[tuple[str, Sequence[PushEntry], str]], now: float, keep: str
+    ) -> list[tuple[int, str]]:
+        """Store a workflow whose jobs are in several queues, all or nothing: `segments` are
+        (queue, its jobs, its limits as for push()); the results, in the segments' order, are
+        push()'s (9: refused with another job)."""
+        keys_: list[str] = []
+        sizes: list[int] = []
+        args: list[Any] = []
+        for queue, entries, limits in segments:
+            more_keys, more_args = self._push_call(queue, entries, now, keep, "", limits, False)
+            keys_ += more_keys
+            args += more_args
+            sizes += (len(more_keys), len(more_args))
+        return _push_results(
+            await self.redis.run(PUSH_GRAPH, keys_, (len(segments), *sizes, *args))
+        )
+
+    def _push_call(
+        self,
+        queue: str,
+        entries: Sequence[PushEntry],
+        now: float,
+        keep: str,
+        claimed: str,
+        limits: str,
+        graph: bool,
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of push_queue() (scripts/lib_push.lua) for jobs of one queue."""
         k = self.keys(queue)
         locks: list[str] = []
-        claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
         args.append("G" if graph else "")
         for jid, payload, at, unique, expires, batch, after in entries:
@@ -106,32 +139,28 @@ class JobStore:
                 joins = f"{PUSH_KEYS + len(locks)} {batch[1]}".rstrip()
             expiry = "" if expires is None else repr(expires)
             args += (jid, payload, at, spec, expiry, joins, after)
-        results = await self.redis.run(
-            PUSH,
-            (
-                k.jobs,
-                k.queue,
-                k.scheduled,
-                JIDS,
-                DUE["scheduled"],
-                QUEUES,
-                k.finished,
-                k.final,
-                k.progress,
-                k.working,
-                k.retries,
-                k.dead,
-                DUE["finished"],
-                AWAITED,
-                CRON,
-                k.meta,
-                k.prioritized,
-                k.expiring,
-                *locks,
-            ),
-            args,
-        )
-        return [(int(r[0]), text(r[1])) if isinstance(r, list) else (int(r), "") for r in results]
+        keys_ = [
+            k.jobs,
+            k.queue,
+            k.scheduled,
+            JIDS,
+            DUE["scheduled"],
+            QUEUES,
+            k.finished,
+            k.final,
+            k.progress,
+            k.working,
+            k.retries,
+            k.dead,
+            DUE["finished"],
+            AWAITED,
+            CRON,
+            k.meta,
+            k.prioritized,
+            k.expiring,
+            *locks,
+        ]
+        return keys_, args
 
     async def fetch(
         self,
@@ -307,3 +336,8 @@ class JobStore:
 def holder_of(value: bytes | None) -> str:
     """The wid a holders entry names ('' for none), without its cancel mark."""
     return "" if value is None else text(value).removeprefix(CANCEL_MARK)
+
+
+def _push_results(results: list[Any]) -> list[tuple[int, str]]:
+    """push_queue()'s results: a code, or {code, the jid it names}."""
+    return [(int(r[0]), text(r[1])) if isinstance(r, list) else (int(r), "") for r in results]
