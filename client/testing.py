@@ -30,11 +30,14 @@ START_TIMEOUT = 30.0  # seconds for the broker (and its Redis) to listen, or the
 STOP_TIMEOUT = 20.0  # seconds for the broker or the worker to stop before it is killed/left
 WAIT_STEP = 0.02  # seconds between looks at the jobs `WorkerRun.wait` waits for
 # a job in one of these states has run (a retrying one failed and comes back later)
+# short broker waits, so a worker stops at once and a job pushed for soon runs soon
+BROKER_ARGS = ("--fetch-timeout", "0.2", "--scheduler-interval", "0.1")
 FINISHED = frozenset({"done", "dead", "discarded", "cancelled", "retrying"})
 
 
 class TestBroker:
-    """`hopper run` on 127.0.0.1 and a free port, storing in `data_dir` (embedded Redis)."""
+    """`hopper run` on 127.0.0.1 and a free port, storing in `data_dir` (embedded Redis);
+    `args` are more `hopper run` flags (they win over BROKER_ARGS)."""
 
     __test__ = False  # not a test class for pytest
 
@@ -43,7 +46,8 @@ class TestBroker:
         self.port = _free_port()
         self.url = f"tcp://127.0.0.1:{self.port}"
         self.log = data_dir / "broker.log"
-        self.args = ["--bind", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir), *args]
+        self.args = ["--bind", f"127.0.0.1:{self.port}", "--data-dir", str(data_dir)]
+        self.args += [*BROKER_ARGS, *args]
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
