@@ -35,17 +35,18 @@ def hopper_tasks(request: pytest.FixtureRequest) -> "Tasks":
     target = str(request.config.getini("hopper_tasks"))
     module_name, _, name = target.partition(":")
     if not module_name or not name:
-        raise pytest.UsageError(
-            "set `hopper_tasks = package.module:name` in the pytest ini file "
-            "or define a hopper_tasks fixture"
+        pytest.fail(
+            "hopper_tasks: set `hopper_tasks = package.module:name` in the pytest ini file "
+            "or define a hopper_tasks fixture",
+            pytrace=False,
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise pytest.UsageError(f"hopper_tasks: cannot import {module_name!r}: {exc}") from exc
+        pytest.fail(f"hopper_tasks: cannot import {module_name!r}: {exc}", pytrace=False)
     tasks = getattr(module, name, None)
     if not isinstance(tasks, Tasks):
-        raise pytest.UsageError(f"hopper_tasks: {target} is not a Tasks registry")
+        pytest.fail(f"hopper_tasks: {target} is not a Tasks registry", pytrace=False)
     return tasks
 
 
