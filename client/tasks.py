@@ -13,11 +13,12 @@ otherwise, args = the positional arguments), so jobs pushed by `client.push` or 
 languages reach the same functions.
 """
 
+import asyncio
 import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack, cast
 
 import msgspec
 import trio
@@ -135,7 +136,7 @@ class Tasks:
         self.watchers: list[Pushed] = []
         self._lock = threading.Lock()
         self._client: Client | None = None
-        self._async_client: AsyncClient | None = None
+        self._async_clients: dict[object, AsyncClient] = {}  # by event loop
 
     def task(
         self, *, name: str | None = None, **options: Unpack[JobOptions]
@@ -167,18 +168,25 @@ class Tasks:
 
     @property
     def async_client(self) -> AsyncClient:
-        """The async client that `apush` uses (made on first use; one event loop at a time)."""
+        """The async client that `apush` uses in the running event loop (one per loop, made on
+        first use; those of finished loops are dropped)."""
+        loop = _running_loop()
         with self._lock:
-            if self._async_client is None:
-                self._async_client = AsyncClient(self.url, self.password)
-            return self._async_client
+            client = self._async_clients.get(loop)
+            if client is None:
+                self._async_clients = {
+                    key: kept for key, kept in self._async_clients.items() if not _finished(key)
+                }
+                client = self._async_clients[loop] = AsyncClient(self.url, self.password)
+            return client
 
     def connect(self, url: str | None = None, password: str | None = None) -> None:
         """Push to another broker from now on (closes the clients made so far)."""
         with self._lock:
             if self._client is not None:
                 self._client.close()
-            self._client = self._async_client = None
+            self._client = None
+            self._async_clients = {}
             self.url, self.password = url, password
 
     def worker(self, **settings: Any) -> Worker:
@@ -227,6 +235,25 @@ def _check_parameters(jobtype: str, fn: Callable[..., Any]) -> None:
                 f"task {jobtype}: parameter {parameter.name!r} is keyword-only, "
                 "but a job's args are positional"
             )
+
+
+def _running_loop() -> object:
+    """The running event loop: asyncio's, else trio's token (RuntimeError outside both)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return trio.lowlevel.current_trio_token()
+
+
+def _finished(loop: object) -> bool:
+    """Whether an event loop from `_running_loop` has ended."""
+    if isinstance(loop, asyncio.AbstractEventLoop):
+        return loop.is_closed()
+    try:
+        cast(trio.lowlevel.TrioToken, loop).run_sync_soon(lambda: None)
+    except trio.RunFinishedError:
+        return True
+    return False
 
 
 def _as_received(job: Job) -> list[Any]:

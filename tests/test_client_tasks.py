@@ -113,14 +113,14 @@ def test_sync_and_asyncio_pushes(broker_process) -> None:  # type: ignore[no-unt
     async def from_asyncio() -> str:
         return await send_welcome.apush("eve@example.com")
 
-    from_loop = asyncio.run(from_asyncio())
+    from_loops = [asyncio.run(from_asyncio()), trio.run(send_welcome.apush, "x@example.com")]
+    from_loops.append(asyncio.run(from_asyncio()))  # a new loop gets a client of its own
     with Client(process.url) as client:
-        states = [client.state(j) for j in (jid, at, from_loop)]
+        states = [client.state(j) for j in (jid, at, *from_loops)]
     assert [(s.state, s.queue) for s in states] == [
         ("queued", "critical"),
         ("scheduled", "critical"),
-        ("queued", "critical"),
-    ]
+    ] + [("queued", "critical")] * 3
 
 
 def test_eager_mode_runs_inline_as_a_worker_would() -> None:
