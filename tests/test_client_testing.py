@@ -1,6 +1,7 @@
 """Tasks across real processes, and the pytest plugin run by a sample application's own test
 suite (tests/sample_app) in a pytest subprocess, against a broker the plugin starts."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -65,3 +66,16 @@ def test_a_missing_registry_is_a_one_line_usage_error(tmp_path: Path) -> None:
     done = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)], tmp_path)
     assert done.returncode != 0
     assert "set `hopper_tasks = package.module:name` in the pytest ini file" in done.stdout
+
+
+def test_the_docs_testing_example_runs_as_written(tmp_path: Path) -> None:
+    """docs/client.md's tasks.py, pytest.ini and test_tasks.py, copied as they are."""
+    docs = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    blocks = re.findall(r"```(?:python|ini)\n(.*?)```", docs, re.DOTALL)
+    for name in ("tasks.py", "test_tasks.py"):
+        code = next(block for block in blocks if block.startswith(f'"""{name}:'))
+        (tmp_path / name).write_text(code)
+    (tmp_path / "pytest.ini").write_text(next(b for b in blocks if b.startswith("[pytest]")))
+    done = run(["-m", "pytest", "-q", "-p", "no:cacheprovider"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed" in done.stdout
