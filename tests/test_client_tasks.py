@@ -8,6 +8,7 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
+import faktory
 import pytest
 import trio
 
@@ -98,6 +99,13 @@ async def test_a_worker_runs_every_task_with_its_defaults(
         assert await client.result(first, timeout=10) == "Ada <ada@example.com>"
         assert await client.result(second, timeout=10) == [64]
         assert await client.result(plain, timeout=10) == "friend <bob@example.com>"
+
+        def faktory_push() -> bool:  # a job from another client reaches the task too
+            with faktory.connection(url(broker)) as other:
+                return bool(other.queue("send_welcome", args=["fay@example.com"], jid="fay-0001"))
+
+        assert await trio.to_thread.run_sync(faktory_push)
+        assert await client.result("fay-0001", timeout=10) == "friend <fay@example.com>"
         later = await send_welcome.apush_at(timedelta(hours=1), "later@example.com")
         assert (await client.state(later)).state == "scheduled"
     worker.terminate()

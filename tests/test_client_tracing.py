@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from client import Tasks
+from client import Tasks, current_job
 from client.testing import WorkerRun
 from tests.conftest import BrokerProcess, clean_env
 
@@ -83,10 +83,32 @@ def test_the_worker_continues_the_producers_trace(
     assert record.duration >= 0  # type: ignore[attr-defined]
 
 
+def test_a_retried_job_logs_its_attempt(
+    broker_process,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker: BrokerProcess = broker_process()
+    jobs = Tasks()
+
+    @jobs.task(retry=3)
+    def flaky() -> None:
+        if current_job().failure is None:
+            raise RuntimeError("first time")
+
+    caplog.set_level(logging.INFO, logger="client.worker")
+    with WorkerRun(jobs, broker.url) as run:
+        jid = flaky.push()
+        assert [state.state for state in run.wait(failed_ok=True)] == ["retrying"]
+        run.client.mutate("requeue", "retries", jids=[jid])
+        assert [state.state for state in run.wait()] == ["done"]
+    lines = [(r.attempt, r.outcome) for r in caplog.records if getattr(r, "jid", None) == jid]
+    assert lines == [(1, "failed"), (2, "done")]
+
+
 NO_OTEL = """
 import sys
 sys.modules["opentelemetry"] = None  # as if it were not installed
-from client import Tasks
+from client import Tasks, current_job
 from client.tracing import inject
 
 assert inject(None) is None and inject({"a": 1}) == {"a": 1}
