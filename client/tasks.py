@@ -50,6 +50,10 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, tasks: "Tasks", fn: Callable[P, R], jobtype: str, options: JobOptions):
+        try:
+            make_job(jobtype, (), **options)  # bad options fail here, not at each push
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"task {jobtype}: {exc}") from None
         self.tasks = tasks
         self.fn = fn
         self.jobtype = jobtype

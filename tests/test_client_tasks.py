@@ -68,6 +68,10 @@ def test_options_change_one_push_not_the_task() -> None:
     job = bulk.make("x@example.com")
     assert (job.queue, job.retry, job.custom) == ("bulk", 0, {"timeout": 30})
     assert task.make("x@example.com").queue == "critical"
+    with pytest.raises(ValueError, match="task send_welcome: timeout must be a finite number"):
+        task.options(timeout=-1)
+    with pytest.raises(TypeError, match=r"task send_welcome: .*unexpected keyword argument 'queu'"):
+        task.options(queu="bulk")  # type: ignore[call-arg]
 
 
 def test_declaring_refuses_keyword_only_parameters_and_twins() -> None:
