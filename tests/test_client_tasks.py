@@ -157,8 +157,14 @@ def test_eager_mode_runs_inline_as_a_worker_would() -> None:
     double.push(21)  # an async task from sync code: run on a trio loop of its own
     assert seen == [([1, 2], "critical"), 42]  # the args went through JSON, like a worker's
     trio.run(double.apush, 4)
-    asyncio.run(double.apush(5))
-    assert seen[-2:] == [8, 10]
+    assert seen[-1] == 8
+
+    @jobs.task()
+    async def triple(n: int) -> None:  # no trio inside: runs on asyncio's loop too
+        seen.append(n * 3)
+
+    asyncio.run(triple.apush(5))
+    assert seen[-1] == 15
     with pytest.raises(RuntimeError, match="boom"):
         fail.push()
     with pytest.raises(LookupError):
