@@ -41,9 +41,15 @@ def test_the_worker_continues_the_producers_trace(
     jobs = Tasks()
     inside: list[int] = []
 
+    @jobs.task()
+    async def audit(email: str) -> None:  # pushed by a job: the trace goes on
+        inside.append(trace.get_current_span().get_span_context().span_id)
+
     @jobs.task(queue="mail")
     def send_welcome(email: str) -> None:
         inside.append(trace.get_current_span().get_span_context().span_id)
+        if email.startswith("ada"):
+            audit.push(email)
 
     caplog.set_level(logging.INFO, logger="client.worker")
     with WorkerRun(jobs, broker.url) as run:
@@ -69,6 +75,11 @@ def test_the_worker_continues_the_producers_trace(
         "hopper.jobtype": "send_welcome",
     }
     assert job_span.context.span_id in inside  # the job's own code runs inside the span
+    (audit_span,) = [span for span in ended.values() if span.name == "audit process"]
+    assert audit_span.parent is not None
+    assert audit_span.parent.span_id == job_span.context.span_id
+    assert audit_span.context.trace_id == job_span.context.trace_id
+    assert audit_span.context.span_id in inside
     assert other.parent is None  # pushed outside a trace: a trace of its own
     assert "POST /signup" in ended
 
