@@ -13,7 +13,7 @@ import sys
 
 from client.errors import ClientError
 from client.tasks import Tasks
-from client.url import parse_url
+from client.url import parse_urls
 from client.worker import Worker
 
 log = logging.getLogger("client.cli")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.grace is not None:
         worker.grace = args.grace
     try:
-        parse_url(worker.url, worker.password)
+        parse_urls(worker.url, worker.password)
     except ValueError as exc:
         print(f"hopper-worker: {exc}", file=sys.stderr)
         return 2
