@@ -46,6 +46,7 @@ class App:
         self.ssl_context = server_context(config)
         self.redis_url = config.redis_url
         self.port = 0
+        self.dashboard: Dashboard | None = None
         self.dashboard_port = 0  # 0: no dashboard (off, or its port could not be bound)
         self.manager: Manager | None = None
         self.server: Server | None = None

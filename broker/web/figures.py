@@ -88,16 +88,16 @@ class History:
 
     async def run(self) -> None:
         while True:
-            try:
-                figures = await read_figures(self.manager)
-            except BrokerError:
-                self._last = None  # Redis away: a gap, not a spike, when it returns
-            else:
-                self.take(figures)
+            await self.sample()
             await trio.sleep(HISTORY_INTERVAL)
 
-    def take(self, figures: Figures) -> None:
+    async def sample(self) -> None:
         """Note the totals now; the first sample after a gap only sets the baseline."""
+        try:
+            figures = await read_figures(self.manager)
+        except BrokerError:
+            self._last = None  # Redis away: a gap, not a spike, when it returns
+            return
         totals = (figures.processed, figures.failures)
         if self._last is not None:
             processed, failed = (
