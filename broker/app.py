@@ -103,9 +103,8 @@ class App:
             root.start_soon(self._apply_queue_settings, manager)
             root.start_soon(run_reapers, manager, server.close_worker)
             if config.dashboard_bind != DASHBOARD_OFF:
-                self.dashboard_port = await root.start(
-                    Dashboard(manager, server, self.settings).run
-                )
+                self.dashboard = Dashboard(manager, server, self.settings)
+                self.dashboard_port = await root.start(self.dashboard.run)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
                 log.info(
