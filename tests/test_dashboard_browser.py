@@ -5,6 +5,7 @@ screenshots (into HOPPER_SCREENSHOTS, which `make screenshots` points at docs/sc
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def drive(port: int, broker_port: int, shots: Path) -> None:
         page.goto(base + "/workers")
         worker = page.locator("tr[data-wid=w-7f3a]")
         expect(worker).to_contain_text("slow-0001")
+        expect(worker).to_contain_text(re.compile(r"since \d+s ago"))
         page.screenshot(path=shots / "workers.png", full_page=True)
         worker.locator("button:text('Quiet')").click()
         expect(worker.locator("td.state")).to_have_text("quiet")

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from broker.errors import BrokerError
-from broker.jobs import JobState, encode, parse_time
+from broker.jobs import JobState, encode, format_time, parse_time
 from broker.manager import Manager
 from broker.web.auth import AUTH_COOKIE
 from broker.web.chart import Chart
@@ -87,7 +87,7 @@ class WorkerView(msgspec.Struct):
     rss_kb: str
     connections: str
     beat_age: float
-    jobs: list[JobState]
+    jobs: list[tuple[JobState, str]]  # each held job, and since when (see _since)
 
 
 async def workers(request: Request) -> Response:
@@ -107,9 +107,9 @@ async def _worker(manager: Manager, wid: str, record: dict[str, str]) -> WorkerV
         hello = {}
     jobs = []
     for _, jid in await manager.workers.held(wid, MAX_HELD):
-        state = await manager.tracking.state(jid)
-        if state.state == "working" and state.wid == wid:
-            jobs.append(state)
+        state, found = await manager.tracking.find(jid)
+        if state.state == "working" and state.wid == wid and found is not None:
+            jobs.append((state, _since(manager, state, found.reserve_for)))
     return WorkerView(
         wid=wid,
         state=record.get("state", "running"),
@@ -121,6 +121,17 @@ async def _worker(manager: Manager, wid: str, record: dict[str, str]) -> WorkerV
         beat_age=max(0.0, manager.clock() - float(record.get("beat", 0))),
         jobs=jobs,
     )
+
+
+def _since(manager: Manager, state: JobState, reserve_for: int) -> str:
+    """When a working job was fetched: its reservation's end less its length (a reservation
+    extended by TRACK SET makes it look later)."""
+    default, least, most = manager.settings().reservation
+    length = min(max(reserve_for or default, least), most)
+    try:
+        return format_time(parse_time(state.reserved_until) - length)
+    except ValueError:
+        return ""
 
 
 async def job(request: Request) -> Response:
