@@ -82,6 +82,8 @@ async def test_open_dashboard_pages_and_csrf(start_broker: StartBroker, rdb: red
         assert reply.status_code == 303 and reply.headers["location"] == "/queues"
         assert 'badge warn">paused' in (await http.get("/queues")).text
         assert await wire.call("FETCH", "q1") is None  # paused, as QUEUE PAUSE does
+        odd = await http.post("/queues/act", data={**good, "op": "explode"})
+        assert odd.status_code == 400 and "no such queue action: explode" in odd.text
     await wire.aclose()
 
 

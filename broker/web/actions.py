@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, CommandError
 from broker.manager import Manager
 from broker.web.auth import AUTH_COOKIE, SESSION_TTL, Guard
 from broker.web.views import manager_of, page, safe_next
@@ -23,6 +23,8 @@ async def _queue(manager: Manager, form: FormData) -> None:
         await manager.admin.pause([name], op == "pause")
     elif op == "clear":
         await manager.admin.remove([name])
+    else:
+        raise CommandError(f"no such queue action: {op}")
 
 
 async def _drain(manager: Manager, form: FormData) -> None:

@@ -61,6 +61,7 @@ class Dashboard:
         web.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         web.accesslog = None
         web.errorlog = logging.getLogger("broker.web.hypercorn")
+        web.errorlog.setLevel(logging.WARNING)  # its "Running on": said below, once
         try:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(serve, self.app, web)

@@ -94,11 +94,11 @@ class History:
     async def sample(self) -> None:
         """Note the totals now; the first sample after a gap only sets the baseline."""
         try:
-            figures = await read_figures(self.manager)
+            faktory = (await self.manager.admin.info(self.manager.clock()))["faktory"]
         except BrokerError:
             self._last = None  # Redis away: a gap, not a spike, when it returns
             return
-        totals = (figures.processed, figures.failures)
+        totals = (faktory["total_processed"], faktory["total_failures"])
         if self._last is not None:
             processed, failed = (
                 max(0, now - then) for now, then in zip(totals, self._last, strict=True)
