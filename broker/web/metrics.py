@@ -2,19 +2,19 @@
 broker-wide figures read through the manager at each scrape (docs/dashboard.md says which are
 which, and how to add up several brokers)."""
 
+from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import msgspec
 import trio
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from broker.commands import RUNS, TABLE
@@ -27,7 +27,7 @@ from broker.web.figures import Figures, read_figures
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 VERBS = (*TABLE, *RUNS, "END", "EVENTS")  # anything else is counted as `other`
 MAX_TRACKED = 100_000  # jobs handed out whose jobtype this process remembers until ACK/FAIL
-MAX_SERIES = 1000  # (queue, jobtype) pairs counted apart; beyond, as `other`
+MAX_SERIES = 1000  # (queue, jobtype) pairs counted apart by each counter; beyond, as `other`
 LAG_INTERVAL = 0.25  # seconds between the event loop's lag measurements
 UNKNOWN = ""  # queue or jobtype of a job this process did not hand out
 
@@ -37,48 +37,34 @@ class _Kind(msgspec.Struct):
 
 
 _kind = msgspec.json.Decoder(_Kind)
-disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: noise
 
 
-class Metrics:
-    """The registry behind /metrics; also the command path's observer (commands.Observer)."""
+class Metrics(Collector):
+    """The registry behind /metrics, and this process's figures in it: it is the command
+    path's observer (commands.Observer), counting in plain numbers (one event loop: no lock)
+    that become metric families only when scraped."""
 
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.latency = Histogram(
-            "hopper_command_duration_seconds",
-            "Seconds from a command's start to its reply, by verb (this process)",
-            ["verb"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._by_verb = {verb: self.latency.labels(verb) for verb in (*VERBS, "other")}
-        labels = ["queue", "jobtype"]
-        self.processed = Counter(
-            "hopper_jobs_processed", "Jobs ACKed through this process", labels, registry=r
-        )
-        self.failed = Counter(
-            "hopper_jobs_failed", "Jobs FAILed through this process", labels, registry=r
-        )
-        self.lag = Gauge(
-            "hopper_event_loop_lag_seconds",
-            "How late the event loop last woke a sleeping task (this process)",
-            registry=r,
-        )
+        self.stats: Stats = manager.stats
         self.shared = SharedCollector()
-        r.register(ProcessCollector(manager.stats))
-        r.register(self.shared)
-        self._kinds: dict[str, tuple[str, str]] = {}  # jid -> (queue, jobtype), from FETCH
-        self._series: set[tuple[str, str]] = set()
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+        self.registry.register(self.shared)
+        self.lag = 0.0
+        # verb -> [count per bucket (the last: beyond them)], and the seconds summed
+        self._latency = {verb: [0] * (len(LATENCY_BUCKETS) + 1) for verb in (*VERBS, "other")}
+        self._seconds = dict.fromkeys(self._latency, 0.0)
+        self._kinds: OrderedDict[str, tuple[str, str]] = OrderedDict()  # jid -> its labels
+        self._jobs: dict[tuple[bool, str, str], int] = {}  # (ACKed?, queue, jobtype) -> count
 
     # -- commands.Observer ------------------------------------------------------------------
 
     def command(self, verb: str, seconds: float, count: int) -> None:
-        child = self._by_verb.get(verb) or self._by_verb["other"]
-        for _ in range(count):
-            child.observe(seconds)
+        if verb not in self._seconds:
+            verb = "other"
+        self._latency[verb][bisect_left(LATENCY_BUCKETS, seconds)] += count
+        self._seconds[verb] += seconds * count
 
     def fetched(self, found: Sequence[Fetched]) -> None:
         for job in found:
@@ -87,18 +73,15 @@ class Metrics:
             except msgspec.DecodeError:
                 jobtype = UNKNOWN
             if len(self._kinds) >= MAX_TRACKED:  # forget the oldest (its ACK went elsewhere)
-                del self._kinds[next(iter(self._kinds))]
+                self._kinds.popitem(last=False)
             self._kinds[job.jid] = (job.queue, jobtype)
 
     def finished(self, jobs: Sequence[tuple[str, str | None]], ok: bool) -> None:
-        counter = self.processed if ok else self.failed
         for jid, queue in jobs:
-            labels = self._kinds.pop(jid, (queue or UNKNOWN, UNKNOWN))
-            if labels not in self._series:
-                if len(self._series) >= MAX_SERIES:
-                    labels = ("other", "other")
-                self._series.add(labels)
-            counter.labels(*labels).inc()
+            key = (ok, *(self._kinds.pop(jid, None) or (queue or UNKNOWN, UNKNOWN)))
+            if key not in self._jobs and len(self._jobs) >= 2 * MAX_SERIES:
+                key = (ok, "other", "other")
+            self._jobs[key] = self._jobs.get(key, 0) + 1
 
     # -- scrapes ------------------------------------------------------------------------------
 
@@ -115,37 +98,66 @@ class Metrics:
         while True:
             started = trio.current_time()
             await trio.sleep(LAG_INTERVAL)
-            self.lag.set(max(0.0, trio.current_time() - started - LAG_INTERVAL))
-
-
-class ProcessCollector(Collector):
-    """This process's counters of INFO (stats.py): connections, commands, its loops."""
-
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
+            self.lag = max(0.0, trio.current_time() - started - LAG_INTERVAL)
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.stats
+        latency = HistogramMetricFamily(
+            "hopper_command_duration_seconds",
+            "Seconds from a command's start to its reply, by verb (this process)",
+            labels=["verb"],
+        )
+        for verb, counts in self._latency.items():
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            latency.add_metric([verb], buckets, self._seconds[verb])
+        yield latency
+        labels = ["queue", "jobtype"]
+        processed = CounterMetricFamily(
+            "hopper_jobs_processed", "Jobs ACKed through this process", labels=labels
+        )
+        failed = CounterMetricFamily(
+            "hopper_jobs_failed", "Jobs FAILed through this process", labels=labels
+        )
+        for (ok, queue, jobtype), count in self._jobs.items():
+            (processed if ok else failed).add_metric([queue, jobtype], count)
+        yield from (processed, failed)
         yield GaugeMetricFamily(
-            "hopper_connections", "Client connections open to this process", stats.connections
+            "hopper_event_loop_lag_seconds",
+            "How late the event loop last woke a sleeping task (this process)",
+            self.lag,
         )
-        yield CounterMetricFamily(
-            "hopper_commands", "Commands received by this process", stats.commands
-        )
-        cycles = CounterMetricFamily(
-            "hopper_loop_cycles", "Passes of this process's periodic loops", labels=["loop"]
-        )
-        seconds = CounterMetricFamily(
-            "hopper_loop_seconds", "Seconds spent in this process's periodic loops", labels=["loop"]
-        )
-        moved = CounterMetricFamily(
-            "hopper_loop_moved", "Jobs moved by this process's periodic loops", labels=["loop"]
-        )
-        for name, task in stats.tasks.items():
-            cycles.add_metric([name], task.cycles)
-            seconds.add_metric([name], task.wall_time_sec)
-            moved.add_metric([name], task.enqueued)
-        yield from (cycles, seconds, moved)
+        yield from _stats(self.stats)
+
+
+def _bound(bound: float) -> str:
+    """A bucket's upper bound as the exposition format writes it."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def _stats(stats: Stats) -> Iterator[Metric]:
+    """This process's counters of INFO (stats.py): connections, commands, its loops."""
+    yield GaugeMetricFamily(
+        "hopper_connections", "Client connections open to this process", stats.connections
+    )
+    yield CounterMetricFamily(
+        "hopper_commands", "Commands received by this process", stats.commands
+    )
+    cycles = CounterMetricFamily(
+        "hopper_loop_cycles", "Passes of this process's periodic loops", labels=["loop"]
+    )
+    seconds = CounterMetricFamily(
+        "hopper_loop_seconds", "Seconds spent in this process's periodic loops", labels=["loop"]
+    )
+    moved = CounterMetricFamily(
+        "hopper_loop_moved", "Jobs moved by this process's periodic loops", labels=["loop"]
+    )
+    for name, task in stats.tasks.items():
+        cycles.add_metric([name], task.cycles)
+        seconds.add_metric([name], task.wall_time_sec)
+        moved.add_metric([name], task.enqueued)
+    yield from (cycles, seconds, moved)
 
 
 class SharedCollector(Collector):
