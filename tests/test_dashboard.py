@@ -134,3 +134,19 @@ async def test_workers_page_and_signals(start_broker: StartBroker) -> None:
         bad = {"wid": "w-quiet", "state": "running", "csrf": csrf}
         assert (await http.post("/workers/act", data=bad)).status_code == 400
     await worker.aclose()
+
+
+async def test_job_page_escapes_and_shows_the_result(start_broker: StartBroker) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={"hostname": "h"})
+    hostile = job("jobid-0002", "<b>Bold</b>", args=["<script>alert(1)</script>"])
+    assert await wire.call("PUSH", hostile) == b"OK"
+    assert await wire.call("FETCH", "default")
+    assert await wire.call("ACK", {"jid": "jobid-0002", "result": {"rows": 7}}) == b"OK"
+    async with client(app) as http:
+        page = (await http.get("/jobs/jobid-0002")).text
+        assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "<b>Bold" not in page and "&lt;b&gt;Bold" in page
+        assert 'id="job-state">done<' in page and "&#34;rows&#34;: 7" in page
+        assert (await http.get("/login")).headers["location"] == "/"  # no password: no login
+    await wire.aclose()

@@ -169,7 +169,10 @@ async def coming(request: Request) -> Response:
 
 
 async def login_page(request: Request) -> Response:
-    return page(request, "login.html", next=safe_next(request.query_params.get("next", "/")))
+    target = safe_next(request.query_params.get("next", "/"))
+    if not request.app.state.dashboard.guard.password():  # nothing to log in to
+        return RedirectResponse(target, status_code=303)
+    return page(request, "login.html", next=target)
 
 
 def safe_next(path: str) -> str:
