@@ -150,3 +150,27 @@ async def test_job_page_escapes_and_shows_the_result(start_broker: StartBroker) 
         assert 'id="job-state">done<' in page and "&#34;rows&#34;: 7" in page
         assert (await http.get("/login")).headers["location"] == "/"  # no password: no login
     await wire.aclose()
+
+
+async def test_history_pages(start_broker: StartBroker) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={"hostname": "h"})
+    for i in range(60):
+        assert await wire.call("PUSH", job(f"past-{i:04d}", "Old", queue="old")) == b"OK"
+        assert await wire.call("FETCH", "old")
+        assert await wire.call("ACK", {"jid": f"past-{i:04d}"}) == b"OK"
+    async with client(app) as http:
+        first = (await http.get("/history", params={"queue": "old", "state": "done"})).text
+        assert first.count('<tr data-jid="past-') == 50 and 'data-jid="past-0059"' in first
+        older = re.search(r'href="(/history\?[^"]+)" class="older"', first)
+        assert older, first
+        second = (await http.get(older.group(1).replace("&amp;", "&"))).text
+        assert second.count('<tr data-jid="past-') == 10 and 'data-jid="past-0000"' in second
+        assert 'class="older"' not in second
+        none = (await http.get("/history", params={"state": "dead"})).text
+        assert "No archived job matches." in none
+        bad = await http.get("/history", params={"queue": "no such queue!"})
+        assert bad.status_code == 400
+        job_page = (await http.get("/jobs/past-0003")).text
+        assert "History: done" in job_page
+    await wire.aclose()

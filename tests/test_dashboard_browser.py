@@ -27,6 +27,7 @@ PAGES = {
     "/retries": "Retries",
     "/scheduled": "Scheduled",
     "/dead": "Dead",
+    "/history": "History",
     "/batches": "Batches",
     "/limits": "Limits",
 }
@@ -143,6 +144,9 @@ def drive(port: int, broker_port: int, shots: Path) -> None:
         expect(page.locator("#job-state")).to_have_text("dead")
         expect(page.locator("pre.backtrace")).to_contain_text("db.py:99 in get")
         page.screenshot(path=shots / "job.png", full_page=True)
+        page.goto(f"{base}/history?state=done")
+        expect(page.locator("tr[data-jid=img-11-01] td.state")).to_have_text("done")
+        page.screenshot(path=shots / "history.png", full_page=True)
         page.fill("header input[name=jid]", "report-0001")
         page.press("header input[name=jid]", "Enter")
         expect(page.locator("#job-state")).to_have_text("scheduled")
@@ -167,6 +171,6 @@ async def test_dashboard_in_a_browser(start_broker: StartBroker, tmp_path: Path)
     shots.mkdir(parents=True, exist_ok=True)
     args: tuple[Any, ...] = (app.dashboard_port, app.port, shots)
     await trio.to_thread.run_sync(drive, *args)
-    for name in ("login", "overview", "queues", "workers", "job", "overview-phone"):
+    for name in ("login", "overview", "queues", "workers", "job", "history", "overview-phone"):
         assert (shots / f"{name}.png").stat().st_size > 1000
     await worker.aclose()

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from broker.config import Config, split_bind
 from broker.manager import Manager
 from broker.server import Server
-from broker.web import actions, views
+from broker.web import actions, past, views
 from broker.web.auth import Guard, GuardMiddleware
 from broker.web.figures import History
 from broker.web.metrics import Metrics
@@ -43,6 +43,7 @@ class Dashboard:
         routes = [
             *views.routes(),
             *actions.routes(),
+            *past.routes(),
             Route("/metrics", self._metrics),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]

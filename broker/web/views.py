@@ -13,6 +13,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from broker.errors import BrokerError
+from broker.history import HistoryQuery
 from broker.jobs import JobState, encode, format_time, parse_time
 from broker.manager import Manager
 from broker.web.auth import AUTH_COOKIE
@@ -30,6 +31,7 @@ NAV = (
     ("/retries", "Retries", "jobs waiting to run again, with filters and actions"),
     ("/scheduled", "Scheduled", "jobs waiting for their time, with filters and actions"),
     ("/dead", "Dead", "jobs out of retries, with filters and actions"),
+    ("/history", "History", ""),
     ("/cron", "Cron", ""),
     ("/batches", "Batches", "batches with their counts"),
     ("/limits", "Limits", "queue and jobtype limits in force"),
@@ -136,14 +138,22 @@ def _since(manager: Manager, state: JobState, reserve_for: int) -> str:
 
 async def job(request: Request) -> Response:
     jid = request.path_params["jid"]
+    manager = manager_of(request)
     try:
-        state, found = await manager_of(request).tracking.find(jid)
+        state, found = await manager.tracking.find(jid)
+        archived = (await manager.history.query(HistoryQuery(jid=jid))).jobs
     except BrokerError as exc:
         return redis_down(request, exc)
-    status = 404 if found is None else 200
-    payload = msgspec.json.format(encode(found), indent=2).decode() if found else ""
-    result = msgspec.json.format(bytes(state.result), indent=2).decode() if state.result else ""
-    return page(request, "job.html", status, state=state, payload=payload, result=result)
+    status = 404 if found is None and not archived else 200
+    payload = _pretty(encode(found)) if found else ""
+    result = _pretty(bytes(state.result)) if state.result else ""
+    past = [(entry, _pretty(bytes(entry.job))) for entry in archived]
+    context = {"state": state, "payload": payload, "result": result, "archived": past}
+    return page(request, "job.html", status, **context)
+
+
+def _pretty(document: bytes) -> str:
+    return msgspec.json.format(document, indent=2).decode()
 
 
 async def find_job(request: Request) -> Response:
