@@ -56,6 +56,7 @@ FINISHED_TTL = 86_400.0  # seconds a finished job (done, discarded) stays answer
 FINISHED_MAX = 100_000  # finished jobs kept per queue at most, the oldest dropped first: a
 # bound on memory at high throughput (each costs its payload plus ~150 bytes)
 MAX_RESULT_BYTES = 64 * 1024  # the JSON result an ACK may carry
+PUSH_REPLICAS_TIMEOUT = 1.0  # seconds a push waits for its replicas (push_replicas) at most
 MAX_LOG_LINES = 100  # log lines kept per job (JOB LOG), the oldest dropped first
 MAX_LOG_LINE = 1000  # characters of one log line kept
 MAX_WAIT = 3600.0  # seconds a JOB WAIT may wait for a job to finish
@@ -146,6 +147,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     finished_ttl: float = FINISHED_TTL
     finished_max: int = FINISHED_MAX
+    push_replicas: int = 0  # Redis replicas a pushed job must reach before +OK (WAIT); 0: none
+    push_replicas_timeout: float = PUSH_REPLICAS_TIMEOUT
     max_result_bytes: int = MAX_RESULT_BYTES
     max_log_lines: int = MAX_LOG_LINES
     max_log_line: int = MAX_LOG_LINE
@@ -215,6 +218,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.push_replicas < 0 or self.push_replicas_timeout <= 0:
+            raise ValueError("push_replicas must not be negative, push_replicas_timeout positive")
         if self.history_interval <= 0:
             raise ValueError("history_interval must be positive")
         for state, rule in self.retention.items():
