@@ -25,10 +25,12 @@ from broker.jobs import (
     mutation_decoder,
 )
 from broker.manager import Manager
+from broker.pages import ListQuery
 from broker.protocol import Command
 from broker.session import Session
 
 log = logging.getLogger(__name__)
+list_decoder = msgspec.json.Decoder(ListQuery)
 T = TypeVar("T")
 
 INTERNAL_ERROR = protocol.error("ERR internal error")
@@ -234,13 +236,16 @@ class Commands:
 
     async def job(self, session: Session, arg: bytes) -> bytes:
         """JOB STATE|CANCEL|WORKFLOW <jid> | JOB WAIT <jid> [seconds] | JOB SNOOZE <jid>
-        <seconds> | JOB LOG <json> (Hopper extensions)."""
+        <seconds> | JOB LOG <json> | JOB LIST <json> (Hopper extensions)."""
         words = arg.decode("utf-8", "replace").split(" ")
         sub, jid = words[0].upper(), words[1] if len(words) > 1 else ""
         tracking = self.manager.tracking
         if sub == "LOG":
             await tracking.log(arg[4:])
             return protocol.OK
+        if sub == "LIST":
+            query = _decode_as(list_decoder, arg[5:], "JOB LIST")
+            return protocol.bulk(encode(await self.manager.listing.page(query)))
         if sub == "STATE" and len(words) == 2 and jid:
             return protocol.bulk(encode(await tracking.state(jid)))
         if sub == "WORKFLOW" and len(words) == 2 and jid:
@@ -256,7 +261,7 @@ class Commands:
             return protocol.OK
         raise CommandError(
             "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>,"
-            " WORKFLOW <jid> or LOG <json>"
+            " WORKFLOW <jid>, LOG <json> or LIST <json>"
         )
 
     async def batch(self, session: Session, arg: bytes) -> bytes:
@@ -320,6 +325,14 @@ def _seconds(word: str, verb: str) -> float:
     if not math.isfinite(seconds):
         raise CommandError(f"{verb}: not a number of seconds: {word}")
     return seconds
+
+
+def _decode_as(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
+    """The argument decoded, or `<VERB>: <why>`."""
+    try:
+        return decode_input(decoder, arg)
+    except msgspec.DecodeError as exc:
+        raise CommandError(f"{verb}: {exc}") from None
 
 
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
