@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from broker.app import App
+from broker.listing import Listing
 from broker.pages import MAX_LIMIT, SCAN_WINDOW, ListQuery, Page
 from tests.wire import Wire, WireError, job
 
@@ -31,6 +32,11 @@ def _rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + "Z"
 
 
+def listing(broker: App) -> Listing:
+    assert broker.manager is not None
+    return broker.manager.listing
+
+
 async def walk(broker: App, between: Any = None, **query: Any) -> list[tuple[float, str]]:
     """Every (score, jid) a walk over the pages lists, in order; `between(page)` runs after
     each page. Asserts each page is bounded."""
@@ -38,7 +44,7 @@ async def walk(broker: App, between: Any = None, **query: Any) -> list[tuple[flo
     cursor = ""
     limit = query.get("limit", 50)
     for _ in range(10_000):
-        page = await broker.manager.listing.page(ListQuery(cursor=cursor, **query))
+        page = await listing(broker).page(ListQuery(cursor=cursor, **query))
         assert len(page.jobs) <= limit
         assert page.scanned <= max(limit, SCAN_WINDOW)
         listed += [(entry.score, entry.jid) for entry in page.jobs]
@@ -103,7 +109,7 @@ async def test_filter_scans_a_bounded_window(broker: App) -> None:
     wire = await Wire.open(broker.port, hello={})
     jids = await fill_scheduled(wire, 3000)
     await wire.call("PUSH", job("job-rare", "rare", at=_rfc3339(time.time() + 7200)))
-    first = await broker.manager.listing.page(ListQuery(target="scheduled", jobtype="rare"))
+    first = await listing(broker).page(ListQuery(target="scheduled", jobtype="rare"))
     assert first.jobs == [] and first.cursor is not None and first.scanned <= SCAN_WINDOW
     assert [jid for _, jid in await walk(broker, target="scheduled", jobtype="rare")] == [
         "job-rare"
