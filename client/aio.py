@@ -23,6 +23,7 @@ from client.commands import (
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
 from client.jobs import At, format_at, make_job
+from client.listing import JobPage, ListOptions, ListTarget, list_jobs
 from client.pipeline import AsyncPipeline
 from client.transports import Stream, open_stream, sleep
 from client.url import Endpoint
@@ -281,6 +282,12 @@ class AsyncClient(ClientBase[AsyncConnection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         await self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    async def list_jobs(self, target: ListTarget, **options: Unpack[ListOptions]) -> JobPage:
+        """One page of the jobs in a set (JOB LIST, Hopper): "retries", "scheduled", "dead" or
+        "working", across queues, filtered; pass the page's `cursor` back for the next one
+        (see ListOptions)."""
+        return await self._call(list_jobs(target, **options))
 
     async def set_queue(
         self,

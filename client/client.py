@@ -24,6 +24,7 @@ from client.connection import Connection
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import EventStream, events_line
 from client.jobs import At, format_at, make_job
+from client.listing import JobPage, ListOptions, ListTarget, list_jobs
 from client.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -227,6 +228,12 @@ class Client(ClientBase[Connection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    def list_jobs(self, target: ListTarget, **options: Unpack[ListOptions]) -> JobPage:
+        """One page of the jobs in a set (JOB LIST, Hopper): "retries", "scheduled", "dead" or
+        "working", across queues, filtered; pass the page's `cursor` back for the next one
+        (see ListOptions)."""
+        return self._call(list_jobs(target, **options))
 
     def set_queue(
         self,
