@@ -64,6 +64,24 @@ BATCH_MAX_AGE = 30 * 86_400.0  # seconds after COMMIT a batch that never finishe
 EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly; beyond,
 # new events are dropped and the subscriber is told how many it missed
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# Settings that cannot work at 0 or below (a loop that would spin, a limit that refuses all).
+POSITIVE = (
+    "max_line_bytes",
+    "max_connections",
+    "idle_timeout",
+    "line_timeout",
+    "handshake_timeout",
+    "default_reservation",
+    "scheduler_interval",
+    "reaper_interval",
+    "dead_purge_interval",
+    "worker_ttl",
+    "worker_reaper_interval",
+    "reaper_batch",
+)
+
 # Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
 RESTART_ONLY = frozenset(
     {
@@ -160,6 +178,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("appendfsync must be always, everysec or no")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout must be positive")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"redis_url must start with {', '.join(REDIS_SCHEMES)}: {self.redis_url}"
+            )
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("fetch_timeout", "shutdown_grace", "dead_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         for name in ("finished_ttl", "finished_max", "max_log_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
