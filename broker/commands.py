@@ -288,6 +288,15 @@ class Commands:
         await self.manager.admin.drain(word == b"ON")
         return protocol.OK
 
+    async def worker(self, session: Session, arg: bytes) -> bytes:
+        """WORKER QUIET|TERMINATE <wid> (Hopper): ask a worker to quiet or stop, as Faktory's
+        Web UI does; its next BEAT is answered with the state."""
+        words = arg.decode("utf-8", "replace").split()
+        if len(words) != 2 or words[0].upper() not in ("QUIET", "TERMINATE"):
+            raise CommandError("WORKER needs QUIET <wid> or TERMINATE <wid>")
+        state = await self.manager.workers.signal(words[1], words[0].lower())
+        return protocol.bulk(encode({"wid": words[1], "state": state}))
+
     async def cron(self, session: Session, arg: bytes) -> bytes:
         """CRON LIST (Hopper extension): the periodic jobs with their next and last ticks."""
         if arg.strip().upper() != b"LIST":
@@ -355,6 +364,7 @@ TABLE: dict[str, Handler] = {
     "JOB": Commands.job,
     "DRAIN": Commands.drain,
     "CRON": Commands.cron,
+    "WORKER": Commands.worker,
     "BATCH": Commands.batch,
 }
 

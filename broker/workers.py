@@ -52,6 +52,14 @@ class Workers:
         self._note(wid, current)
         return current
 
+    async def signal(self, wid: str, state: str) -> str:
+        """WORKER QUIET|TERMINATE (Hopper): the worker's next BEAT is told; returns its state."""
+        current = await self.store.workers.signal(wid, state)
+        if current is None:
+            raise CommandError(f"unknown worker {wid}")
+        self._note(wid, current)
+        return current
+
     async def reap(self, now: float) -> list[str]:
         """Forget workers whose last beat is older than worker_ttl; returns their wids."""
         config = self.settings()

@@ -35,7 +35,7 @@ from client.errors import (
 )
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
 from client.jobs import make_job, new_jid, results_of
-from client.listing import JobPage, ListedJob
+from client.operations import JobPage, ListedJob
 from client.worker import Worker
 
 __all__ = [

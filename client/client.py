@@ -4,7 +4,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Literal, Self, TypeVar, Unpack
 
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
@@ -24,7 +24,7 @@ from client.connection import Connection
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import EventStream, events_line
 from client.jobs import At, format_at, make_job
-from client.listing import JobPage, ListOptions, ListTarget, list_jobs
+from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from client.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -234,6 +234,11 @@ class Client(ClientBase[Connection]):
         "working", across queues, filtered; pass the page's `cursor` back for the next one
         (see ListOptions)."""
         return self._call(list_jobs(target, **options))
+
+    def signal_worker(self, wid: str, state: Literal["quiet", "terminate"]) -> WorkerState:
+        """Ask a worker process to quiet (fetch no more) or terminate (WORKER, Hopper; as
+        Faktory's Web UI does): its next heartbeat is told. Returns its state."""
+        return self._call(signal_worker(wid, state))
 
     def set_queue(
         self,

@@ -2,6 +2,7 @@
 drain`): the installed console script against a real broker process."""
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -11,8 +12,8 @@ from client import Client
 from tests.admin_cli import hopper, one_line_error
 from tests.conftest import BrokerProcess, free_port
 
-COMMANDS = ("info", "queues", "workers", "pause", "resume", "drain", "jobs", "job", "retry",
-            "kill", "delete")  # fmt: skip
+COMMANDS = ("info", "queues", "workers", "quiet", "terminate", "pause", "resume", "drain",
+            "jobs", "job", "retry", "kill", "delete")  # fmt: skip
 
 
 @pytest.fixture
@@ -140,6 +141,14 @@ def test_workers(url: str, client: Client) -> None:
         assert shown["wid"] == "w-cli" and [job["jid"] for job in shown["jobs"]] == [jid]
         status, out = run(url, "workers")
         assert status == 0 and "w-cli" in out and jid in out
+        assert run(url, "quiet", "w-cli") == (0, "w-cli: quiet\n")
+        assert worker.beat() == "quiet"
+        assert as_json(url, "terminate", "--all") == {"states": {"w-cli": "terminate"},
+                                                      "missing": []}  # fmt: skip
+        assert worker.beat() == "terminate"
+        assert run(url, "quiet", "w-cli") == (0, "w-cli: terminate\n")  # never backwards
+    one_line_error(hopper("quiet", "w-gone", HOPPER_URL=url), 1, "no worker w-gone")
+    one_line_error(hopper("quiet", HOPPER_URL=url), 2, "give worker ids or --all")
 
 
 def test_broker_down_bad_url_and_password(broker_process: Callable[..., BrokerProcess]) -> None:
@@ -167,4 +176,5 @@ def test_help_everywhere() -> None:
         done = hopper(command, "--help")
         assert done.returncode == 0 and done.stdout.startswith(f"usage: hopper {command}")
         assert "--url" in done.stdout and "--json" in done.stdout
-    assert all(f"    {command} " in hopper("--help").stdout for command in COMMANDS)
+    listed = hopper("--help").stdout
+    assert all(re.search(rf"^    {command}\b", listed, re.MULTILINE) for command in COMMANDS)

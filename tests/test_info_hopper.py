@@ -3,10 +3,12 @@
 import json
 from typing import Any
 
+import pytest
+
 from broker.app import App
 from broker.jobs import parse_time
 from tests.conftest import eventually
-from tests.wire import Wire, job
+from tests.wire import Wire, WireError, job
 
 
 async def info(wire: Wire) -> dict[str, Any]:
@@ -63,3 +65,20 @@ async def test_workers_and_what_they_hold(broker: App) -> None:
         return bool((await info(client))["hopper"]["workers"] == {"total": 0, "listed": []})
 
     await eventually(gone)
+
+
+async def test_worker_quiet_and_terminate(broker: App) -> None:
+    worker = await Wire.open(broker.port, hello={"wid": "w-two"})
+    admin = await Wire.open(broker.port, hello={})
+    assert json.loads(await admin.call("WORKER QUIET", "w-two")) == {
+        "wid": "w-two",
+        "state": "quiet",
+    }
+    assert json.loads(await worker.call("BEAT", {"wid": "w-two"})) == {"state": "quiet"}
+    assert await worker.call("FETCH", "default") is None  # a quiet worker gets no job
+    assert json.loads(await admin.call("WORKER terminate", "w-two"))["state"] == "terminate"
+    assert json.loads(await admin.call("WORKER QUIET", "w-two"))["state"] == "terminate"
+    with pytest.raises(WireError, match="unknown worker w-none"):
+        await admin.call("WORKER QUIET", "w-none")
+    with pytest.raises(WireError, match="WORKER needs QUIET <wid> or TERMINATE <wid>"):
+        await admin.call("WORKER STOP", "w-two")

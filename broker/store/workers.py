@@ -8,6 +8,7 @@ BEAT = Script("beat")
 LOST = Script("lost")
 WORKER_JOIN = Script("worker_join")
 WORKER_LEAVE = Script("worker_leave")
+WORKER_STATE = Script("worker_state")
 
 
 class WorkerStore:
@@ -33,6 +34,12 @@ class WorkerStore:
     async def beat(self, wid: str, now: float, rss_kb: int, state: str) -> str | None:
         """Record a heartbeat; the state after it, or None for an unknown worker."""
         reply = await self.redis.run(BEAT, (keys.worker(wid), WORKERS), (wid, now, rss_kb, state))
+        return None if reply is None else text(reply)
+
+    async def signal(self, wid: str, state: str) -> str | None:
+        """Move a worker's state forward (quiet, terminate) without a heartbeat; the state
+        after it, or None for an unknown worker."""
+        reply = await self.redis.run(WORKER_STATE, (keys.worker(wid),), (state,))
         return None if reply is None else text(reply)
 
     async def state(self, wid: str) -> str | None:

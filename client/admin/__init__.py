@@ -1,11 +1,11 @@
-"""`hopper info|queues|workers|jobs|job|retry|kill|delete|pause|resume|drain`: the operators'
-commands, over the protocol with the bundled Client (see docs/operations.md; exit statuses in
-cli.py)."""
+"""The operators' `hopper` commands (info, queues, workers, quiet, terminate, pause, resume,
+drain, jobs, job, retry, kill, delete), over the protocol with the bundled Client; see
+docs/operations.md, and cli.py for the exit statuses."""
 
-from client.admin import actions, jobs, overview, queues
+from client.admin import actions, jobs, overview, queues, workers
 from client.admin.cli import Subcommands, common_options, run
 
-MODULES = (overview, queues, jobs, actions)
+MODULES = (overview, workers, queues, jobs, actions)
 COMMANDS = frozenset(name for module in MODULES for name in module.NAMES)
 
 __all__ = ["COMMANDS", "add_commands", "run"]

@@ -10,7 +10,7 @@ import msgspec
 from client.admin.cli import NOT_FOUND, OK, Subcommands, fail
 from client.admin.output import emit_json, stamp, table, when
 from client.client import Client
-from client.listing import JobPage, ListedJob
+from client.operations import JobPage, ListedJob
 
 NAMES = ("jobs", "job")
 TARGETS = ("retries", "scheduled", "dead", "working")

@@ -1,5 +1,5 @@
-"""`hopper info`, `hopper queues`, `hopper workers`: what the broker's INFO says, for people
-(tables) or scripts (--json)."""
+"""`hopper info`, `hopper queues`: what the broker's INFO says, for people (tables) or
+scripts (--json)."""
 
 import argparse
 from typing import Any
@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 
 from client.admin.cli import OK, Subcommands
-from client.admin.output import duration, emit_json, stamp, table
+from client.admin.output import duration, emit_json, table
 from client.client import Client
 
-NAMES = ("info", "queues", "workers")
+NAMES = ("info", "queues")
 SETS = ("working", "scheduled", "retries", "dead")
 
 
@@ -31,14 +31,6 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "it is paused or draining, and its limits (QUEUE SET).",
     )
     queues.set_defaults(handler=show_queues)
-    workers = commands.add_parser(
-        "workers",
-        parents=[common],
-        help="the connected worker processes and the jobs they hold",
-        description="One line per worker process (wid, host, pid, state, jobs held, last "
-        "heartbeat), then the jobs each holds with since when.",
-    )
-    workers.set_defaults(handler=show_workers)
 
 
 def show_info(client: Client, args: argparse.Namespace) -> int:
@@ -126,35 +118,3 @@ def _limits(shown: dict[str, Any]) -> dict[str, Any]:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else ""
-
-
-def show_workers(client: Client, args: argparse.Namespace) -> int:
-    workers = client.info().get("hopper", {}).get("workers", {"total": 0, "listed": []})
-    if args.json:
-        emit_json(workers)
-        return OK
-    listed = workers["listed"]
-    table(
-        ("WID", "HOST", "PID", "STATE", "JOBS", "LAST BEAT"),
-        [
-            (w["wid"], w["hostname"], w["pid"], w["state"],
-             f"{len(w['jobs'])}{'+' if w.get('more') else ''}", stamp(w["beat_at"]))
-            for w in listed
-        ],
-        "no workers connected",
-    )  # fmt: skip
-    held = [(w["wid"], job) for w in listed for job in w["jobs"]]
-    if held:
-        print()
-        table(
-            ("WID", "JID", "QUEUE", "JOBTYPE", "SINCE", "RESERVED UNTIL"),
-            [
-                (wid, job["jid"], job["queue"], job["jobtype"], stamp(job["since"]),
-                 stamp(job["reserved_until"]))
-                for wid, job in held
-            ],
-            "",
-        )  # fmt: skip
-    if workers["total"] > len(listed):
-        print(f"({workers['total'] - len(listed)} more workers not listed)")
-    return OK

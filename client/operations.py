@@ -1,5 +1,6 @@
-"""JOB LIST (a Hopper extension), shared by both clients: one page of the retries, scheduled,
-dead or working jobs, filtered, after a cursor; see protocol.md (Jobs by set)."""
+"""Hopper's operator extensions, shared by both clients: JOB LIST (one page of the retries,
+scheduled, dead or working jobs, filtered, after a cursor) and WORKER QUIET|TERMINATE; see
+protocol.md."""
 
 from collections.abc import Sequence
 from typing import Literal, TypedDict, Unpack
@@ -8,7 +9,7 @@ import msgspec
 
 from broker.jobs import Job, encode
 from broker.pages import DEFAULT_LIMIT, ListQuery
-from client.commands import Call, data
+from client.commands import Call, WorkerState, data
 from client.wire import CRLF, Reply
 
 ListTarget = Literal["retries", "scheduled", "dead", "working"]
@@ -65,3 +66,21 @@ def list_jobs(target: ListTarget, **options: Unpack[ListOptions]) -> Call[JobPag
 
 def _page(reply: Reply, resent: bool) -> JobPage:
     return _page_decoder.decode(data(reply))
+
+
+class WorkerSignal(msgspec.Struct, frozen=True):
+    """The reply of WORKER QUIET|TERMINATE: the worker's state after it."""
+
+    wid: str
+    state: WorkerState
+
+
+_signal_decoder = msgspec.json.Decoder(WorkerSignal)
+
+
+def signal_worker(wid: str, state: Literal["quiet", "terminate"]) -> Call[WorkerState]:
+    """WORKER QUIET|TERMINATE: the worker's next BEAT is told (states only move forward)."""
+    if not wid or any(c.isspace() for c in wid):
+        raise ValueError(f"not a worker id: {wid!r}")
+    line = f"WORKER {state.upper()} {wid}".encode() + CRLF
+    return Call(line, lambda reply, resent: _signal_decoder.decode(data(reply)).state)
