@@ -40,6 +40,13 @@ async def test_async_pages_and_filters(broker: App) -> None:
         assert [entry.jid for entry in newest.jobs] == ["jid-00029", "jid-00028"]
         with pytest.raises(ServerError, match="target must be one of"):
             await client.list_jobs("nowhere", limit=1)  # type: ignore[arg-type]
+    async with AsyncClient(url(broker), wid="w-async") as worker:
+        assert await worker.beat() == "running"
+        async with AsyncClient(url(broker)) as admin:
+            assert await admin.signal_worker("w-async", "quiet") == "quiet"
+            with pytest.raises(ServerError, match="unknown worker w-other"):
+                await admin.signal_worker("w-other", "terminate")
+        assert await worker.beat() == "quiet"
 
 
 async def test_sync_client(broker: App) -> None:

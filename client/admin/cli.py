@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 
 from client.client import Client
 from client.errors import AuthenticationError, ConnectionLost, ServerError
-from client.url import parse_url
+from client.url import Endpoint, parse_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE = 0, 1, 2, 3
 TIMEOUT = 10.0  # seconds to wait for a reply (--timeout)
@@ -89,8 +89,8 @@ def fail(status: int, message: str) -> int:
     return status
 
 
-def _where(endpoint: object) -> str:
-    return repr(endpoint).removeprefix("Endpoint(").removesuffix(")")
+def _where(endpoint: Endpoint) -> str:
+    return f"{'tcp+tls' if endpoint.tls else 'tcp'}://{endpoint.host}:{endpoint.port}"
 
 
 def _reason(exc: ConnectionLost) -> str:
