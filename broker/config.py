@@ -14,6 +14,7 @@ from broker.cron import CronEntry, compile_all
 from broker.policy import QueueRules, Throttle, check_queue_rules, with_throttles
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
+MAX_PORT = 65535
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
 DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working directory
 # Seconds a starting broker waits for Redis to answer (an external Redis, or the embedded
@@ -161,8 +162,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return self.default_reservation, self.min_reservation, self.max_reservation
 
     def check(self) -> None:
-        """Raise ValueError for settings that cannot work together."""
-        host, _ = split_bind(self.bind)
+        """Raise ValueError for settings that cannot work (alone or together)."""
+        try:
+            host, port = split_bind(self.bind)
+        except ValueError:
+            raise ValueError(f"bind: not host:port: {self.bind!r}") from None
+        if not 0 <= port <= MAX_PORT:
+            raise ValueError(f"bind: port {port} is not from 0 to {MAX_PORT}")
         if not self.password and not self.allow_open_bind and not is_loopback(host):
             raise ValueError(
                 f"refusing to listen on {host} without a password; set a password or "

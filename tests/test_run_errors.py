@@ -96,3 +96,14 @@ def test_every_setting_has_help_with_its_unit() -> None:
             assert "seconds" in HELP[name], name
         if name.endswith("bytes"):
             assert "bytes" in HELP[name], name
+
+
+def test_bad_bind_and_tls_files(tmp_path: Path) -> None:
+    line = one_line_error(hopper("run", "--bind", "127.0.0.1:abc"), 2, "bind: not host:port")
+    assert line.endswith("(from --bind)")
+    one_line_error(hopper("run", "--bind", "127.0.0.1:70000"), 2, "port 70000 is not from 0")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for cert in (str(junk), str(tmp_path / "missing.pem")):
+        done = hopper("run", "--tls-cert", cert, "--tls-key", cert, "--data-dir", str(tmp_path))
+        one_line_error(done, 1, f"cannot load tls_cert {cert}")
