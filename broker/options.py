@@ -18,7 +18,7 @@ ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
     "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
 }
-FILE_ONLY = ("cron", "queues", "throttles")  # settings only a TOML file can give
+FILE_ONLY = ("cron", "queues", "throttles", "retention")  # settings only a TOML file gives
 FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
 CONFIG_VARIABLE = "HOPPER_CONFIG"
 # HOPPER_* variables that other Hopper tools read: not broker settings, yet not typos.
@@ -71,6 +71,11 @@ HELP = {
     "batch_ttl": "seconds an uncommitted batch lives",
     "batch_finished_ttl": "seconds a batch's record is kept once both its stages finished",
     "batch_max_age": "seconds after COMMIT a batch that never finishes is purged",
+    "history": "archive every job that reaches a final state (HISTORY); turn off with "
+    "HOPPER_HISTORY=false or history = false in the file",
+    "history_args": "keep each archived job's args in the history; turn off with "
+    "HOPPER_HISTORY_ARGS=false or history_args = false in the file",
+    "history_interval": "seconds between passes of the history's retention loop",
 }
 
 
