@@ -110,3 +110,8 @@ def test_bad_bind_and_tls_files(tmp_path: Path) -> None:
     for cert in (str(junk), str(tmp_path / "missing.pem")):
         done = hopper("run", "--tls-cert", cert, "--tls-key", cert, "--data-dir", str(tmp_path))
         one_line_error(done, 1, f"cannot load tls_cert {cert}")
+
+
+def test_check_without_a_data_directory(tmp_path: Path) -> None:
+    done = hopper("check", "--data-dir", str(tmp_path / "none"))
+    one_line_error(done, 1, f"no data directory {tmp_path / 'none'}")
