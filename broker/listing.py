@@ -9,6 +9,7 @@ exactly the entries it is given as read.
 from typing import Any
 
 import msgspec
+import trio
 
 from broker.config import Settings
 from broker.jobs import format_time, job_decoder
@@ -40,10 +41,17 @@ class Listing:
         if query.filtered:
             window = max(query.limit, SCAN_WINDOW // max(len(queues), 1))
         desc = query.descending
+        read: dict[str, list[Entry]] = {}
+
+        async def read_queue(queue: str) -> None:
+            read[queue] = await self.store.listing.page(queue, query.target, desc, after, window)
+
+        async with trio.open_nursery() as nursery:  # the reads share one round trip
+            for queue in queues:
+                nursery.start_soon(read_queue, queue)
         seen: list[Seen] = []
         bound = None  # every queue's set is read up to here (None: to its end)
-        for queue in queues:
-            entries = await self.store.listing.page(queue, query.target, desc, after, window)
+        for queue, entries in read.items():
             seen += [(sort_key(score, jid), queue, (jid, score, p)) for jid, score, p in entries]
             if len(entries) == window:
                 last = sort_key(entries[-1][1], entries[-1][0])
