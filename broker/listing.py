@@ -6,8 +6,6 @@ spread over the queues when a filter must read them. Changes go through MUTATE, 
 exactly the entries it is given as read.
 """
 
-from typing import Any
-
 import msgspec
 import trio
 
@@ -20,7 +18,50 @@ from broker.store.redis import Store
 
 INFO_WORKERS = 1000  # workers INFO lists at most (by wid); `total` says how many there are
 INFO_HELD = 100  # jobs INFO lists per worker at most; `more` says it holds others
-_hello = msgspec.json.Decoder(dict[str, Any])
+
+
+class Hello(msgspec.Struct):
+    """What INFO shows of a worker's first HELLO."""
+
+    hostname: str = ""
+    pid: int = 0
+    labels: list[str] = msgspec.field(default_factory=list)
+
+
+class HeldJob(msgspec.Struct, frozen=True):
+    """A job whose reservation a worker holds; `since` is when it began (its expiry less the
+    job's reservation: later if TRACK SET extended it)."""
+
+    jid: str
+    queue: str
+    jobtype: str
+    since: str
+    reserved_until: str
+
+
+class WorkerShown(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One worker process in INFO; `more`: it holds other jobs than those listed."""
+
+    wid: str
+    hostname: str
+    pid: int
+    labels: list[str]
+    state: str
+    beat_at: str
+    rss_kb: int
+    connections: int
+    jobs: list[HeldJob]
+    more: bool = False
+
+
+class WorkersShown(msgspec.Struct, frozen=True):
+    """INFO's `hopper.workers`: how many are registered, the first INFO_WORKERS of them."""
+
+    total: int
+    listed: list[WorkerShown]
+
+
+_hello = msgspec.json.Decoder(Hello)
 
 Seen = tuple[tuple[float, bytes], str, Entry]  # (sort key, queue, entry)
 
@@ -61,44 +102,42 @@ class Listing:
             seen = [s for s in seen if (s[0] >= bound if desc else s[0] <= bound)]
         return _page(query, seen, bound is not None)
 
-    async def workers(self) -> dict[str, Any]:
-        """The registered workers (INFO_WORKERS at most) with what each holds: {"total",
-        "listed": [...]} (see protocol.md, INFO)."""
+    async def workers(self) -> WorkersShown:
+        """The registered workers (INFO_WORKERS at most) with what each holds (see
+        protocol.md, INFO)."""
         total, records = await self.store.listing.workers(INFO_WORKERS, INFO_HELD)
-        return {"total": total, "listed": [self._worker(record) for record in records]}
+        return WorkersShown(total, [self._worker(record) for record in records])
 
-    def _worker(self, record: WorkerRecord) -> dict[str, Any]:
+    def _worker(self, record: WorkerRecord) -> WorkerShown:
         try:
             hello = _hello.decode(record.info)
-        except msgspec.DecodeError:
-            hello = {}
-        shown: dict[str, Any] = {
-            "wid": record.wid,
-            "hostname": hello.get("hostname", ""),
-            "pid": hello.get("pid", 0),
-            "labels": hello.get("labels", []),
-            "state": record.state,
-            "beat_at": format_time(record.beat),
-            "rss_kb": record.rss_kb,
-            "connections": record.connections,
-            "jobs": [self._held(*held) for held in record.held],
-        }
-        if record.more:
-            shown["more"] = True
-        return shown
+        except msgspec.DecodeError:  # a HELLO of other types than the reference's
+            hello = Hello()
+        return WorkerShown(
+            wid=record.wid,
+            hostname=hello.hostname,
+            pid=hello.pid,
+            labels=hello.labels,
+            state=record.state,
+            beat_at=format_time(record.beat),
+            rss_kb=record.rss_kb,
+            connections=record.connections,
+            jobs=[self._held(*held) for held in record.held],
+            more=record.more,
+        )
 
-    def _held(self, queue: str, jid: str, expiry: bytes, payload: bytes | None) -> dict[str, Any]:
+    def _held(self, queue: str, jid: str, expiry: bytes, payload: bytes | None) -> HeldJob:
         until = float(expiry)
         default, lowest, highest = self.settings().reservation
         job = job_decoder.decode(payload) if payload else None
         seconds = min(max((job.reserve_for if job else 0) or default, lowest), highest)
-        return {
-            "jid": jid,
-            "queue": queue,
-            "jobtype": job.jobtype if job else "",
-            "since": format_time(until - seconds),
-            "reserved_until": format_time(until),
-        }
+        return HeldJob(
+            jid=jid,
+            queue=queue,
+            jobtype=job.jobtype if job else "",
+            since=format_time(until - seconds),
+            reserved_until=format_time(until),
+        )
 
 
 def _page(query: ListQuery, seen: list[Seen], more: bool) -> Page:

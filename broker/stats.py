@@ -102,7 +102,7 @@ def render_info(
 
 
 def render_hopper(
-    draining: bool, expired: int, settings: dict[str, dict[str, Any]], workers: dict[str, Any]
+    draining: bool, expired: int, settings: dict[str, dict[str, Any]], workers: msgspec.Struct
 ) -> dict[str, Any]:
     """INFO's `hopper` key: the broker-wide drain, expired jobs, each queue's settings, the
     queues paused and draining now, and the connected workers with the jobs they hold."""
