@@ -41,7 +41,7 @@ HELP = {
     "tls_cert": "PEM certificate chain file; with tls_key the port speaks TLS only",
     "tls_key": "PEM private key file of tls_cert",
     "allow_open_bind": "allow listening on a non-loopback address without a password",
-    "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    "log_level": "lowest severity logged: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "max_line_bytes": "bytes of the longest command line; longer closes the connection",
     "max_connections": "client connections open at once; more are refused",
     "idle_timeout": "seconds without a command before a connection is closed",
@@ -92,7 +92,9 @@ def add_flags(command: argparse.ArgumentParser, names: Sequence[str] | None = No
         if names is not None and field.name not in names:
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = field.default if field.default not in ("", False) else "none"
+        default = field.default if field.default != "" else "none"
+        if field.type is bool:
+            default = "on" if field.default else "off"
         text = f"{HELP[field.name]} (default: {default})"
         if field.type is bool:
             command.add_argument(flag, action="store_const", const=True, default=None, help=text)
