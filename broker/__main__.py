@@ -41,6 +41,8 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line: `hopper run: <what> (see hopper run --help)`."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            message += f" (a value starting with - goes after --: {self.prog} ... -- -value)"
         self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
@@ -83,6 +85,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         flags = _flags(top, args.command)
         close = difflib.get_close_matches(extra[0].split("=", 1)[0], flags, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
+        if not close and not extra[0].startswith("--"):
+            hint = f"; a value starting with - goes after --: {command} ... -- {extra[0]}"
         top.exit(USAGE, f"{command}: unknown argument {extra[0]}{hint} (see {command} --help)\n")
     return args
 

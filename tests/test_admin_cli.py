@@ -35,7 +35,7 @@ def run(url: str, *args: str) -> tuple[int, str]:
 
 
 def as_json(url: str, *args: str) -> object:
-    status, out = run(url, *args, "--json")
+    status, out = run(url, *args) if "--json" in args else run(url, *args, "--json")
     assert status == 0, out
     return json.loads(out)
 
@@ -105,21 +105,26 @@ def test_jobs_pages_and_filters(url: str, client: Client) -> None:
 
 def test_job_by_jid(url: str, client: Client) -> None:
     jid = client.push("Mail", ["x"])
-    state = as_json(url, "job", jid)
+    state = as_json(url, "job", "--json", "--", jid)  # `--`: a jid may start with -
     assert isinstance(state, dict) and state["state"] == "queued" and state["jobtype"] == "Mail"
-    status, out = run(url, "job", jid)
+    status, out = run(url, "job", "--", jid)
     assert status == 0 and "state: queued" in out
     one_line_error(hopper("job", "no-such-jid", HOPPER_URL=url), 1, "no job no-such-jid")
+    dashed = client.push("Mail", [], jid="-dashed-jid-1")
+    assert run(url, "job", "--", dashed)[0] == 0
+    one_line_error(hopper("job", dashed, HOPPER_URL=url), 2, "a value starting with - goes after")
+    line = one_line_error(hopper("retry", dashed, HOPPER_URL=url), 2, f"unknown argument {dashed}")
+    assert f"goes after --: hopper retry ... -- {dashed}" in line
 
 
 def test_retry_kill_delete(url: str, client: Client) -> None:
     disk = failing(client, url, 4, "Disk", "disk full")
     net = failing(client, url, 3, "Net", "connection reset")
-    assert run(url, "retry", disk[0]) == (0, "retried 1 job\n")
+    assert run(url, "retry", "--", disk[0]) == (0, "retried 1 job\n")
     assert client.state(disk[0]).state == "queued"
     assert run(url, "kill", "--in", "retries", "--error", "RESET") == (0, "killed 3 jobs\n")
     assert {client.state(jid).state for jid in net} == {"dead"}
-    done = hopper("delete", disk[1], "missing-jid-1", HOPPER_URL=url)
+    done = hopper("delete", "--", disk[1], "missing-jid-1", HOPPER_URL=url)
     assert done.stdout == "deleted 1 job\n"
     one_line_error(done, 1, "no job missing-jid-1 in retries, scheduled or dead")
     assert client.state(disk[1]).state == "unknown"
