@@ -124,6 +124,10 @@ def test_retry_kill_delete(url: str, client: Client) -> None:
     assert client.state(disk[0]).state == "queued"
     assert run(url, "kill", "--in", "retries", "--error", "RESET") == (0, "killed 3 jobs\n")
     assert {client.state(jid).state for jid in net} == {"dead"}
+    before = as_json(url, "jobs", "dead")
+    one_line_error(hopper("kill", "--in", "dead", "--all", HOPPER_URL=url), 2, "invalid choice")
+    one_line_error(hopper("kill", "--", net[0], HOPPER_URL=url), 1, "in retries or scheduled")
+    assert as_json(url, "jobs", "dead") == before  # killing dead jobs is refused, not done
     done = hopper("delete", "--", disk[1], "missing-jid-1", HOPPER_URL=url)
     assert done.stdout == "deleted 1 job\n"
     one_line_error(done, 1, "no job missing-jid-1 in retries, scheduled or dead")
@@ -132,7 +136,6 @@ def test_retry_kill_delete(url: str, client: Client) -> None:
     assert result == {"action": "delete", "count": 3, "missing": []}
     assert run(url, "retry", "--in", "retries", "--jobtype", "Nothing") == (1, "retried 0 jobs\n")
     one_line_error(hopper("retry", HOPPER_URL=url), 2, "give jids, or --in SET")
-    one_line_error(hopper("kill", "--in", "dead", "--all", HOPPER_URL=url), 2, "--in retries")
 
 
 def test_workers(url: str, client: Client) -> None:

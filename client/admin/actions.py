@@ -21,7 +21,7 @@ ACTIONS: dict[str, tuple[MutateCommand, str, str]] = {  # name -> (MUTATE cmd, d
 
 
 def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
-    for name, (_, _, text) in ACTIONS.items():
+    for name, (cmd, _, text) in ACTIONS.items():
         action = commands.add_parser(
             name,
             parents=[common],
@@ -32,8 +32,8 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
             "status 1 when a jid is in none of the sets, or nothing matched.",
         )
         action.add_argument("jids", nargs="*", metavar="JID", help="jobs to act on")
-        action.add_argument("--in", dest="target", choices=tuple(SETS.values()), metavar="SET",
-                            help="the set to act on: retries, scheduled or dead")  # fmt: skip
+        action.add_argument("--in", dest="target", choices=_sources(cmd), metavar="SET",
+                            help=f"the set to act on: {', '.join(_sources(cmd))}")  # fmt: skip
         add_filters(action)
         action.add_argument("--all", action="store_true", help="every job of the set --in")
         action.set_defaults(handler=run_action, action=name)
@@ -52,14 +52,14 @@ def run_action(client: Client, args: argparse.Namespace) -> int:
         raise UsageError(
             "give jids, or --in SET with --all or a filter (--queue, --jobtype, --error)"
         )
-    if cmd == "kill" and args.target == "dead":
-        raise UsageError("kill moves jobs to the dead set: --in retries or scheduled")
     if args.json:
         emit_json({"action": args.action, "count": count, "missing": missing})
     else:
         print(f"{done} {count} job{'' if count == 1 else 's'}")
+    *others, last = _sources(cmd)
+    where = args.target or f"{', '.join(others)} or {last}"
     for jid in missing:
-        fail(NOT_FOUND, f"no job {jid} in {args.target or 'retries, scheduled or dead'}")
+        fail(NOT_FOUND, f"no job {jid} in {where}")
     return NOT_FOUND if missing or not count else OK
 
 
@@ -69,13 +69,18 @@ def _by_jid(client: Client, args: argparse.Namespace, cmd: MutateCommand) -> tup
     missing = []
     for jid in dict.fromkeys(args.jids):
         target = SETS.get(client.state(jid).state)
-        if target is None or (args.target and target != args.target):
+        if target not in _sources(cmd) or (args.target and target != args.target):
             missing.append(jid)
         else:
             found[target].append(jid)
     for target, jids in found.items():
         client.mutate(cmd, target, jids=jids)
     return sum(len(jids) for jids in found.values()), missing
+
+
+def _sources(cmd: MutateCommand) -> tuple[MutateTarget, ...]:
+    """The sets an action takes jobs from (kill: not the dead set itself)."""
+    return tuple(target for target in SETS.values() if cmd != "kill" or target != "dead")
 
 
 def _matching(client: Client, args: argparse.Namespace, cmd: MutateCommand) -> int:
