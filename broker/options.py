@@ -23,7 +23,13 @@ FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
 CONFIG_VARIABLE = "HOPPER_CONFIG"
 # HOPPER_* variables that other Hopper tools read: not broker settings, yet not typos.
 OTHER_VARIABLES = frozenset(
-    {"HOPPER_URL", "HOPPER_CHAOS", "HOPPER_CHAOS_FIGURES", "HOPPER_FUZZ_SEED"}
+    {
+        "HOPPER_URL",  # the clients and the admin commands
+        "HOPPER_CALLBACK_SECRET",  # docs/http-worker.md's example secret_env
+        "HOPPER_CHAOS",  # the test suites
+        "HOPPER_CHAOS_FIGURES",
+        "HOPPER_FUZZ_SEED",
+    }
 )
 KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
