@@ -1,15 +1,22 @@
-"""`hopper run`: argv, environment and TOML file -> Config -> run the app; nothing else."""
+"""`hopper`: the broker's commands (`run`, `check`) and, from client.admin, the operators'
+commands that speak the protocol (`info`, `queues`, `jobs`, ...); nothing else.
+
+Exit statuses: 0 ok; 1 a runtime failure (the broker could not start or stopped on an error,
+`check` found problems) or, for the admin commands, nothing found; 2 a usage or settings error;
+3 (admin commands) the broker cannot be reached or refused the password. Every error is one
+line on stderr.
+"""
 
 import argparse
+import difflib
 import logging
 import os
 import resource
+import shutil
 import signal
 import sys
-import tomllib
-from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import NoReturn
 
 import msgspec
 import trio
@@ -19,29 +26,40 @@ from broker.app import App
 from broker.check import check
 from broker.config import FD_RESERVE, Config
 from broker.errors import StartError
+from broker.options import add_flags, load_config
+from client import admin  # the CLI entry point is the one place broker meets client
+from client.admin.cli import Subcommands
 
-ENV_ALIASES = {
-    "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
-    "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
-}
-FILE_ONLY = ("cron", "queues", "throttles", "retention")  # settings only a TOML file can give
-FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
+USAGE = 2  # exit status of a usage or settings error
+CHECK_SETTINGS = ("redis_url", "data_dir", "redis_server")
 log = logging.getLogger("broker")
 
+__all__ = ["load_config", "main", "parser"]
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="hopper", description="Hopper job broker")
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line: `hopper run: <what> (see hopper run --help)`."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            message += f" (a value starting with - goes after --: {self.prog} ... -- -value)"
+        self.exit(USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def parser() -> Parser:
+    top = Parser(prog="hopper", description="Hopper job broker and its operators' commands.")
     top.add_argument("--version", action="version", version=f"hopper {__version__}")
-    commands = top.add_subparsers(dest="command", required=True)
+    commands: Subcommands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
         help="run the broker",
         description="Run the broker. Each setting is also read from the environment variable "
         "HOPPER_<NAME> and from the TOML file given by --config; flags win over the "
-        "environment, which wins over the file.",
+        "environment, which wins over the file. An unknown key in the file or an unknown "
+        "HOPPER_* variable is an error.",
     )
-    _settings_flags(run, FIELDS)
-    check = commands.add_parser(
+    add_flags(run)
+    check_command = commands.add_parser(
         "check",
         help="check the store's integrity",
         description="Walk the whole store (in batches, safe while brokers run) and report every "
@@ -49,59 +67,36 @@ def parser() -> argparse.ArgumentParser:
         "entry missing or pointing nowhere, a queue with work no loop would visit. Exit status "
         "0 when sound, 1 when problems remain.",
     )
-    check.add_argument(
+    check_command.add_argument(
         "--repair", action="store_true", help="fix what can be fixed without losing a job"
     )
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
-    _settings_flags(check, [f for f in FIELDS if f.name in CHECK_SETTINGS])
+    check_command.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_flags(check_command, CHECK_SETTINGS)
+    admin.add_commands(commands)
     return top
 
 
-CHECK_SETTINGS = ("redis_url", "data_dir", "redis_server")
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line, or exit 2 with one line; an unknown flag gets the close one named."""
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra:
+        command = f"hopper {args.command}"
+        flags = _flags(top, args.command)
+        close = difflib.get_close_matches(extra[0].split("=", 1)[0], flags, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        if not close and not extra[0].startswith("--"):
+            hint = f"; a value starting with - goes after --: {command} ... -- {extra[0]}"
+        top.exit(USAGE, f"{command}: unknown argument {extra[0]}{hint} (see {command} --help)\n")
+    return args
 
 
-def _settings_flags(
-    command: argparse.ArgumentParser, fields: Sequence[msgspec.structs.FieldInfo]
-) -> None:
-    command.add_argument("--config", metavar="FILE", help="TOML settings file (env HOPPER_CONFIG)")
-    for field in fields:
-        flag = "--" + field.name.replace("_", "-")
-        if field.type is bool:
-            command.add_argument(flag, action="store_const", const=True, default=None)
-        else:
-            command.add_argument(flag, metavar=field.name.upper(), default=None, help=_help(field))
-
-
-def _help(field: msgspec.structs.FieldInfo) -> str:
-    return f"default: {field.default!r}"
-
-
-def load_config(args: argparse.Namespace, env: dict[str, str]) -> Config:
-    """Flags, then environment, then the TOML file, then defaults."""
-    values: dict[str, Any] = {}
-    path = args.config or env.get("HOPPER_CONFIG")
-    if path:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-        values.update(document.get("hopper", document))
-        for table in FILE_ONLY:  # `[[cron]]`, `[queues.<name>]`, `[throttles]` at top level
-            if table in document:
-                values[table] = document[table]
-    for field in FIELDS:
-        for name in ENV_ALIASES.get(field.name, (f"HOPPER_{field.name.upper()}",)):
-            if env.get(name):
-                values[field.name] = env[name]
-                break
-        flag = getattr(args, field.name, None)
-        if flag is not None:
-            values[field.name] = flag
-    password = str(values.get("password", ""))
-    if password.startswith("/"):
-        with open(password) as f:
-            values["password"] = f.read().strip()
-    config = msgspec.convert(values, Config, strict=False)
-    config.check()
-    return config
+def _flags(top: argparse.ArgumentParser, command: str) -> list[str]:
+    for action in top._subparsers._group_actions if top._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            return [flag for a in sub._actions for flag in a.option_strings]
+    return []
 
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
@@ -137,11 +132,16 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = parse(argv)
+    if args.command in admin.COMMANDS:
+        sys.exit(admin.run(args))
     try:
         config = load_config(args, dict(os.environ))
-    except (OSError, ValueError, msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
-        sys.exit(f"hopper: {exc}")
+    except ValueError as exc:
+        _fail(USAGE, str(exc))
+    if not config.redis_url and shutil.which(config.redis_server) is None:
+        _fail(1, f"redis_server: cannot find the program {config.redis_server!r}; install it, "
+              "give its path (--redis-server) or use an external Redis (--redis-url)")  # fmt: skip
     logging.basicConfig(
         level=config.log_level.upper() if args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -154,7 +154,12 @@ def main(argv: list[str] | None = None) -> None:
             raise_fd_limit(config.max_connections + FD_RESERVE)
             trio.run(serve, args, config)
     except* StartError as failed:
-        sys.exit(f"hopper: {_first(failed)}")
+        _fail(1, str(_first(failed)))
+    sys.exit(status)
+
+
+def _fail(status: int, message: str) -> NoReturn:
+    print(f"hopper: {message}", file=sys.stderr)
     sys.exit(status)
 
 

@@ -17,8 +17,9 @@ from broker.clock import Clock
 from broker.doorbell import Doorbell
 from broker.errors import CommandError
 from broker.jobs import QUEUE_NAME, check_queue_name, format_day, job_decoder, parse_time
+from broker.listing import Listing
 from broker.policy import QueueRules, queue_setting
-from broker.stats import Stats, render_info
+from broker.stats import Stats, render_hopper, render_info
 from broker.store.redis import Store
 
 ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
@@ -33,6 +34,7 @@ class Admin:
         doorbell: Doorbell,
         stats: Stats,
         clock: Clock,
+        listing: Listing,
         limits_changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
@@ -40,6 +42,7 @@ class Admin:
         self.doorbell = doorbell
         self.stats = stats
         self.clock = clock
+        self.listing = listing
         self.configured: list[str] = []  # the queues the configuration file has settings for
         self._rules: dict[str, QueueRules] = {}  # those settings, as last applied
 
@@ -144,7 +147,7 @@ class Admin:
         info = render_info(
             self.stats, sizes, sets, counters, day, now, memory, workers, self.clock.offset
         )
-        info["hopper"] = {"draining": draining, "expired": expired, "queues": settings}
+        info["hopper"] = render_hopper(draining, expired, settings, await self.listing.workers())
         return info
 
 

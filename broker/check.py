@@ -6,13 +6,13 @@ With an embedded Redis (no redis_url) it uses the running broker's redis-server,
 data directory's own for the time of the check when no broker runs.
 """
 
-import sys
 from pathlib import Path
 
 import msgspec
 import trio
 
 from broker.config import Config
+from broker.errors import StartError
 from broker.redis_server import EmbeddedRedis, answers_ping
 from broker.store.audit import Auditor, Report
 from broker.store.connection import Address, Pipeline
@@ -36,7 +36,7 @@ async def _embedded_url(config: Config, nursery: trio.Nursery) -> str:
     if await answers_ping(embedded.url):
         return embedded.url
     if not Path(config.data_dir).is_dir():
-        sys.exit(f"hopper: no data directory {config.data_dir}")
+        raise StartError(f"no data directory {config.data_dir}")
     url: str = await nursery.start(embedded.run)
     return url
 

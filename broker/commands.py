@@ -27,10 +27,12 @@ from broker.jobs import (
     mutation_decoder,
 )
 from broker.manager import Fetched, Manager
+from broker.pages import ListQuery
 from broker.protocol import Command
 from broker.session import Session
 
 log = logging.getLogger(__name__)
+list_decoder = msgspec.json.Decoder(ListQuery)
 T = TypeVar("T")
 
 INTERNAL_ERROR = protocol.error("ERR internal error")
@@ -263,13 +265,16 @@ class Commands:
 
     async def job(self, session: Session, arg: bytes) -> bytes:
         """JOB STATE|CANCEL|WORKFLOW <jid> | JOB WAIT <jid> [seconds] | JOB SNOOZE <jid>
-        <seconds> | JOB LOG <json> (Hopper extensions)."""
+        <seconds> | JOB LOG <json> | JOB LIST <json> (Hopper extensions)."""
         words = arg.decode("utf-8", "replace").split(" ")
         sub, jid = words[0].upper(), words[1] if len(words) > 1 else ""
         tracking = self.manager.tracking
         if sub == "LOG":
             await tracking.log(arg[4:])
             return protocol.OK
+        if sub == "LIST":
+            query = _decode_as(list_decoder, arg[5:], "JOB LIST")
+            return protocol.bulk(encode(await self.manager.listing.page(query)))
         if sub == "STATE" and len(words) == 2 and jid:
             return protocol.bulk(encode(await tracking.state(jid)))
         if sub == "WORKFLOW" and len(words) == 2 and jid:
@@ -285,7 +290,7 @@ class Commands:
             return protocol.OK
         raise CommandError(
             "JOB needs STATE <jid>, WAIT <jid> [seconds], CANCEL <jid>, SNOOZE <jid> <seconds>,"
-            " WORKFLOW <jid> or LOG <json>"
+            " WORKFLOW <jid>, LOG <json> or LIST <json>"
         )
 
     async def batch(self, session: Session, arg: bytes) -> bytes:
@@ -311,6 +316,15 @@ class Commands:
             raise CommandError("DRAIN needs ON or OFF")
         await self.manager.admin.drain(word == b"ON")
         return protocol.OK
+
+    async def worker(self, session: Session, arg: bytes) -> bytes:
+        """WORKER QUIET|TERMINATE <wid> (Hopper): ask a worker to quiet or stop, as Faktory's
+        Web UI does; its next BEAT is answered with the state."""
+        words = arg.decode("utf-8", "replace").split()
+        if len(words) != 2 or words[0].upper() not in ("QUIET", "TERMINATE"):
+            raise CommandError("WORKER needs QUIET <wid> or TERMINATE <wid>")
+        state = await self.manager.workers.signal(words[1], words[0].lower())
+        return protocol.bulk(encode({"wid": words[1], "state": state}))
 
     async def cron(self, session: Session, arg: bytes) -> bytes:
         """CRON LIST (Hopper extension): the periodic jobs with their next and last ticks."""
@@ -356,6 +370,14 @@ def _seconds(word: str, verb: str) -> float:
     return seconds
 
 
+def _decode_as(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
+    """The argument decoded, or `<VERB>: <why>`."""
+    try:
+        return decode_input(decoder, arg)
+    except msgspec.DecodeError as exc:
+        raise CommandError(f"{verb}: {exc}") from None
+
+
 def _decode(decoder: msgspec.json.Decoder[T], arg: bytes, verb: str) -> T:
     """The argument decoded, or the reference's `invalid <VERB> <payload>` error."""
     try:
@@ -376,6 +398,7 @@ TABLE: dict[str, Handler] = {
     "JOB": Commands.job,
     "DRAIN": Commands.drain,
     "CRON": Commands.cron,
+    "WORKER": Commands.worker,
     "HISTORY": Commands.history,
     "BATCH": Commands.batch,
 }

@@ -14,6 +14,7 @@ from broker.cron import CronEntry, compile_all
 from broker.policy import QueueRules, Throttle, check_queue_rules, with_throttles
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
+MAX_PORT = 65535
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
 DEFAULT_DASHBOARD = "127.0.0.1:7420"  # the web dashboard and /metrics (docs/dashboard.md)
 DASHBOARD_OFF = "off"  # dashboard_bind value that serves no dashboard
@@ -79,6 +80,24 @@ RETENTION = {
 }
 EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly; beyond,
 # new events are dropped and the subscriber is told how many it missed
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# Settings that cannot work at 0 or below (a loop that would spin, a limit that refuses all).
+POSITIVE = (
+    "max_line_bytes",
+    "max_connections",
+    "idle_timeout",
+    "line_timeout",
+    "handshake_timeout",
+    "default_reservation",
+    "scheduler_interval",
+    "reaper_interval",
+    "dead_purge_interval",
+    "worker_ttl",
+    "worker_reaper_interval",
+    "reaper_batch",
+)
 
 # Settings read once, when the broker starts; a reload (SIGHUP) keeps their old values.
 RESTART_ONLY = frozenset(
@@ -185,8 +204,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return self.default_reservation, self.min_reservation, self.max_reservation
 
     def check(self) -> None:
-        """Raise ValueError for settings that cannot work together."""
-        host, _ = split_bind(self.bind)
+        """Raise ValueError for settings that cannot work (alone or together)."""
+        try:
+            host, port = split_bind(self.bind)
+        except ValueError:
+            raise ValueError(f"bind: not host:port: {self.bind!r}") from None
+        if not 0 <= port <= MAX_PORT:
+            raise ValueError(f"bind: port {port} is not from 0 to {MAX_PORT}")
         if not self.password and not self.allow_open_bind and not is_loopback(host):
             raise ValueError(
                 f"refusing to listen on {host} without a password; set a password or "
@@ -209,6 +233,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("appendfsync must be always, everysec or no")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout must be positive")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"redis_url must start with {', '.join(REDIS_SCHEMES)}: {self.redis_url}"
+            )
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("fetch_timeout", "shutdown_grace", "dead_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         for name in ("finished_ttl", "finished_max", "max_log_lines"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

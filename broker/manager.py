@@ -36,6 +36,7 @@ from broker.jobs import (
     format_day,
     job_decoder,
 )
+from broker.listing import Listing
 from broker.middleware import Chains, Context
 from broker.mutate import Mutator
 from broker.policy import expiry_of
@@ -84,7 +85,10 @@ class Manager:
         self.workers = Workers(store, settings)
         self.mutator = Mutator(store, settings, self.doorbell)
         self.intake = Intake(store, settings, self.chains, self.doorbell, self.kept)
-        self.admin = Admin(store, self.doorbell, self.stats, clock, self.intake.forget_limits)
+        self.listing = Listing(store, settings)
+        self.admin = Admin(
+            store, self.doorbell, self.stats, clock, self.listing, self.intake.forget_limits
+        )
         self.finishes = Doorbell()  # JOB WAITs, by jid
         self.tracking = Tracking(store, settings, clock, self.finishes, self.kept)
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)

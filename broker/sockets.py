@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from broker.errors import StartError
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
@@ -74,9 +76,13 @@ class RawStream(trio.abc.Stream):
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
-    """Non-blocking listening sockets on every address of `host` (one port for all)."""
+    """Non-blocking listening sockets on every address of `host` (one port for all); StartError
+    when it cannot listen (address in use, unknown host)."""
     sockets: list[socket.socket] = []
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         for family, kind, proto, _, address in infos:
             sock = socket.socket(family, kind, proto)
@@ -89,9 +95,11 @@ def listen(host: str, port: int) -> list[socket.socket]:
             sock.bind(address)
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
-    except BaseException:
+    except BaseException as exc:
         for sock in sockets:
             sock.close()
+        if isinstance(exc, OSError):
+            raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         raise
     return sockets
 

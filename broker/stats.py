@@ -101,6 +101,21 @@ def render_info(
     }
 
 
+def render_hopper(
+    draining: bool, expired: int, settings: dict[str, dict[str, Any]], workers: msgspec.Struct
+) -> dict[str, Any]:
+    """INFO's `hopper` key: the broker-wide drain, expired jobs, each queue's settings, the
+    queues paused and draining now, and the connected workers with the jobs they hold."""
+    return {
+        "draining": draining,
+        "expired": expired,
+        "queues": settings,
+        "paused": sorted(q for q, shown in settings.items() if "paused" in shown),
+        "draining_queues": sorted(q for q, shown in settings.items() if shown.get("draining")),
+        "workers": workers,
+    }
+
+
 def _task(task: TaskStats, size: int) -> dict[str, Any]:
     return {
         "enqueued": task.enqueued,

@@ -40,6 +40,7 @@ from client.errors import (
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
 from client.history import HistoryEntry, HistoryPage
 from client.jobs import make_job, new_jid, results_of
+from client.operations import JobPage, ListedJob
 from client.tasks import Task, Tasks
 from client.tracing import continue_trace
 from client.worker import Worker
@@ -65,7 +66,9 @@ __all__ = [
     "JobCancelled",
     "JobEvent",
     "JobFailed",
+    "JobPage",
     "JobState",
+    "ListedJob",
     "Middleware",
     "NotUnique",
     "QueueFull",

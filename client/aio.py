@@ -4,7 +4,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Literal, Self, TypeVar, Unpack
 
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
@@ -24,6 +24,7 @@ from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
 from client.history import FinalState, HistoryPage, history
 from client.jobs import At, format_at, make_job
+from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from client.pipeline import AsyncPipeline
 from client.transports import Stream, open_stream, sleep
 from client.url import Endpoint
@@ -320,6 +321,17 @@ class AsyncClient(ClientBase[AsyncConnection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         await self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    async def list_jobs(self, target: ListTarget, **options: Unpack[ListOptions]) -> JobPage:
+        """One page of the jobs in a set (JOB LIST, Hopper): "retries", "scheduled", "dead" or
+        "working", across queues, filtered; pass the page's `cursor` back for the next one
+        (see ListOptions)."""
+        return await self._call(list_jobs(target, **options))
+
+    async def signal_worker(self, wid: str, state: Literal["quiet", "terminate"]) -> WorkerState:
+        """Ask a worker process to quiet (fetch no more) or terminate (WORKER, Hopper; as
+        Faktory's Web UI does): its next heartbeat is told. Returns its state."""
+        return await self._call(signal_worker(wid, state))
 
     async def set_queue(
         self,

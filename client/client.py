@@ -4,7 +4,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self, TypeVar, Unpack
+from typing import Any, Literal, Self, TypeVar, Unpack
 
 from broker.jobs import DEFAULT_QUEUE, Job, JobState
 from client import commands
@@ -25,6 +25,7 @@ from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import EventStream, events_line
 from client.history import FinalState, HistoryPage, history
 from client.jobs import At, format_at, make_job
+from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from client.pipeline import Pipeline
 
 T = TypeVar("T")
@@ -268,6 +269,17 @@ class Client(ClientBase[Connection]):
     ) -> None:
         """Clear, kill, discard or requeue the jobs of a set that match the filter."""
         self._call(commands.mutate(cmd, target, jids=jids, jobtype=jobtype, regexp=regexp))
+
+    def list_jobs(self, target: ListTarget, **options: Unpack[ListOptions]) -> JobPage:
+        """One page of the jobs in a set (JOB LIST, Hopper): "retries", "scheduled", "dead" or
+        "working", across queues, filtered; pass the page's `cursor` back for the next one
+        (see ListOptions)."""
+        return self._call(list_jobs(target, **options))
+
+    def signal_worker(self, wid: str, state: Literal["quiet", "terminate"]) -> WorkerState:
+        """Ask a worker process to quiet (fetch no more) or terminate (WORKER, Hopper; as
+        Faktory's Web UI does): its next heartbeat is told. Returns its state."""
+        return self._call(signal_worker(wid, state))
 
     def set_queue(
         self,

@@ -34,11 +34,13 @@ def test_settings_refuse_an_open_dashboard_without_a_password() -> None:
     Config(dashboard_bind="off", bind="127.0.0.1:7419").check()
 
 
-def test_cli_refuses_an_open_dashboard(tmp_path: object) -> None:
+def test_cli_refuses_an_open_dashboard(capsys: pytest.CaptureFixture[str]) -> None:
     from broker.__main__ import main
 
-    with pytest.raises(SystemExit, match="refusing to serve the dashboard"):
+    with pytest.raises(SystemExit) as exited:
         main(["run", "--dashboard-bind", "0.0.0.0:0"])
+    assert exited.value.code == 2
+    assert "refusing to serve the dashboard" in capsys.readouterr().err
 
 
 async def test_off_and_port_in_use(start_broker: StartBroker) -> None:

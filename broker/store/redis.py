@@ -7,6 +7,7 @@ from broker.store.connection import Pipeline
 from broker.store.history import HistoryStore
 from broker.store.jobs import JobStore
 from broker.store.keys import CRON, SCHEMA_KEY
+from broker.store.listing import ListingStore
 from broker.store.queues import QueueStore
 from broker.store.sets import SetStore
 from broker.store.tracking import TrackingStore
@@ -24,6 +25,7 @@ class Store:
         self.tracking = TrackingStore(self.redis, self.jobs)
         self.workers = WorkerStore(self.redis)
         self.batches = BatchStore(self.redis)
+        self.listing = ListingStore(self.redis, self.jobs)
         self.history = HistoryStore(self.redis, self.jobs)
 
     async def time(self) -> float:

@@ -14,14 +14,11 @@ from starlette.templating import Jinja2Templates
 
 from broker.errors import BrokerError
 from broker.history import HistoryQuery
-from broker.jobs import JobState, encode, format_time, parse_time
+from broker.jobs import encode, parse_time
 from broker.manager import Manager
 from broker.web.auth import AUTH_COOKIE
 from broker.web.chart import Chart
 from broker.web.figures import read_figures
-
-MAX_WORKERS = 500  # workers listed at most, the most recently beating first
-MAX_HELD = 20  # jobs shown per worker at most
 
 # The navigation: (path, title, what the page will hold once it exists; '' when it does).
 NAV = (
@@ -78,62 +75,13 @@ async def queues(request: Request) -> Response:
     return page(request, "queues.html", figures=figures)
 
 
-class WorkerView(msgspec.Struct):
-    """One worker as the workers page shows it."""
-
-    wid: str
-    state: str
-    hostname: str
-    pid: object
-    labels: list[str]
-    rss_kb: str
-    connections: str
-    beat_age: float
-    jobs: list[tuple[JobState, str]]  # each held job, and since when (see _since)
-
-
 async def workers(request: Request) -> Response:
-    manager = manager_of(request)
+    """The connected workers with the jobs each holds: the listing INFO shows (hopper.workers)."""
     try:
-        listed = await manager.workers.listing(MAX_WORKERS)
-        shown = [await _worker(manager, wid, record) for wid, record in listed]
+        shown = await manager_of(request).listing.workers()
     except BrokerError as exc:
         return redis_down(request, exc)
-    return page(request, "workers.html", workers=shown)
-
-
-async def _worker(manager: Manager, wid: str, record: dict[str, str]) -> WorkerView:
-    try:
-        hello = msgspec.json.decode(record.get("info", "{}"))
-    except msgspec.DecodeError:
-        hello = {}
-    jobs = []
-    for _, jid in await manager.workers.held(wid, MAX_HELD):
-        state, found = await manager.tracking.find(jid)
-        if state.state == "working" and state.wid == wid and found is not None:
-            jobs.append((state, _since(manager, state, found.reserve_for)))
-    return WorkerView(
-        wid=wid,
-        state=record.get("state", "running"),
-        hostname=str(hello.get("hostname", "")),
-        pid=hello.get("pid", ""),
-        labels=[str(label) for label in hello.get("labels") or []],
-        rss_kb=record.get("rss_kb", ""),
-        connections=record.get("connections", ""),
-        beat_age=max(0.0, manager.clock() - float(record.get("beat", 0))),
-        jobs=jobs,
-    )
-
-
-def _since(manager: Manager, state: JobState, reserve_for: int) -> str:
-    """When a working job was fetched: its reservation's end less its length (a reservation
-    extended by TRACK SET makes it look later)."""
-    default, least, most = manager.settings().reservation
-    length = min(max(reserve_for or default, least), most)
-    try:
-        return format_time(parse_time(state.reserved_until) - length)
-    except ValueError:
-        return ""
+    return page(request, "workers.html", workers=shown.listed, more=shown.total - len(shown.listed))
 
 
 async def job(request: Request) -> Response:

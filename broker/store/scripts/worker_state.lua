@@ -1,9 +1,9 @@
--- worker_signal: an operator asks a worker to go quiet or terminate (the dashboard); the
--- worker hears it in the reply to its next BEAT.
+-- worker_state: an operator asks a worker to quiet or terminate (WORKER QUIET|TERMINATE, as
+-- Faktory's Web UI does); its next BEAT is answered with the state.
 -- KEYS: 1 worker hash
 -- ARGV: 1 requested state (quiet or terminate)
--- States only move running -> quiet -> terminate; the heartbeat is left as it was. Returns the
--- state after the request, or false when the worker is not registered.
+-- States only move running -> quiet -> terminate. Returns the state after the request, or
+-- false when the worker is not registered. The heartbeat time is left alone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local rank = {running = 0, quiet = 1, terminate = 2}
 local state = redis.call('HGET', KEYS[1], 'state') or 'running'
