@@ -1,8 +1,8 @@
 """Process workers: N worker processes from one command, under one supervisor.
 
 Each child is `python -m client.child ...`, a fresh interpreter started by exec (no socket,
-thread or event loop of the supervisor's crosses over: only the standard streams and its end
-of a socket pair, the *link*) that runs the Worker `hopper-worker ARGV` would run, with its own
+thread or event loop of the supervisor's crosses over: only stdout, stderr and its end of a
+socket pair, the *link*) that runs the Worker `hopper-worker ARGV` would run, with its own
 connections and a wid of its own (a new one for each child started). The child is in a process
 group of its own, so a terminal's Ctrl-C reaches the supervisor alone, which passes it on once.
 
@@ -23,6 +23,7 @@ import functools
 import logging
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -173,7 +174,7 @@ class Supervisor:
         ]  # fmt: skip
         try:
             process = await trio.lowlevel.open_process(
-                command, pass_fds=(theirs.fileno(),), process_group=0
+                command, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), process_group=0
             )
         finally:
             theirs.close()

@@ -16,11 +16,13 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+import trio
 
 from broker.app import App
 from broker.store import keys
 from broker.store.keys import QueueKeys
 from client import AsyncClient, Job
+from client.supervisor import Supervisor
 from tests.conftest import StartBroker, eventually, live_jids
 
 pytestmark = pytest.mark.slow
@@ -364,3 +366,29 @@ async def test_a_refused_password_stops_every_child_and_exits_1(
     await eventually(supervisor.exited, timeout=30)
     assert supervisor.process.returncode == 1
     assert "Invalid password" in supervisor.log.read_text()
+
+
+async def test_a_supervisor_in_code(
+    broker: App,
+    module_dir: Path,
+    rdb: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    nursery: trio.Nursery,
+) -> None:
+    monkeypatch.chdir(module_dir)  # the children import `jobs` from there, as hopper-worker
+    monkeypatch.setenv("MARKS", str(module_dir))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    supervisor = Supervisor(["jobs", "--url", url(broker)], processes=2)
+    exit_codes = []
+
+    async def supervise() -> None:
+        exit_codes.append(await supervisor.arun())
+
+    nursery.start_soon(supervise)
+    await eventually(lambda: len(workers(rdb)) == 2, timeout=30)
+    assert {child.wid for child in supervisor.children} == workers(rdb).keys()
+    async with AsyncClient(url(broker)) as producer:
+        assert await producer.result(await producer.push("nap", [0]), timeout=30) is None
+    supervisor.terminate()
+    await eventually(lambda: exit_codes == [0], timeout=30)
+    assert workers(rdb) == {}
