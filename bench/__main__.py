@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from bench import chart, docs, idle, report, scale, workloads
+from bench import chart, docs, history, idle, report, scale, workloads
 from bench.machine import describe
 from bench.results import Result
 from bench.servers import ROOT
 from bench.systems import SYSTEMS, System
 
-WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections", "idle")
+WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections", "idle", "history")
 LATENCY_RATE = 1000.0  # jobs/s of the latency probe
 BATCH_JOBS_FACTOR = 5  # batches push ~10× faster: more jobs keep the run as long
 
@@ -43,10 +43,13 @@ class Size:
     idle_connections: int
     idle_queues: int  # queues a broker knows while it is measured idle
     idle_seconds: float
+    history_jobs: int  # archived jobs the history is queried over
 
 
-FULL = Size(50_000, 3.0, 20_000, (1, 10, 50), 5.0, 20.0, 100_000, 1_000_000, 2_000, 5_000, 20.0)
-QUICK = Size(5_000, 1.0, 2_000, (1, 10), 1.0, 5.0, 10_000, 50_000, 200, 500, 3.0)
+FULL = Size(
+    50_000, 3.0, 20_000, (1, 10, 50), 5.0, 20.0, 100_000, 1_000_000, 2_000, 5_000, 20.0, 1_000_000
+)
+QUICK = Size(5_000, 1.0, 2_000, (1, 10), 1.0, 5.0, 10_000, 50_000, 200, 500, 3.0, 20_000)
 
 
 class Bench:
@@ -129,6 +132,8 @@ class Bench:
                 idle.measure,
                 *(size.idle_queues, size.idle_seconds),
             )
+        if "history" in self.workloads:
+            self.attempt(Result("history", "hopper"), history.measure, size.history_jobs)
 
 
 def best(tries: list[Result]) -> Result:

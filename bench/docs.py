@@ -53,6 +53,14 @@ METHOD = """\
   Before the storage model of schema 2 (which keeps a due index) the loops visited every
   queue ever seen: 32.9 % of a core for 5,000 queues and 81.4 % for 50,000, one scheduler
   pass taking 0.53 s and 6.0 s, and the scheduled job came after up to 2.9 s and 14.5 s.
+- **7. History** (Hopper): {history_jobs:,} jobs run through PUSHB, FETCH and ACK (1 in 50
+  dead) over 10 queues and 4 jobtypes on a broker with `finished_ttl = 0`, so that Redis
+  `used_memory` grows by the archive alone: bytes per archived job, with args and (a tenth
+  as many jobs, `history_args = false`) without. Then HISTORY pages over the wire, 50 tries
+  each (p99): one queue; queue + jobtype + state; every queue merged; a deep page (`until`
+  1,000 entries back); 1,000 entries at once; by jid; and 20 pages followed by cursor.
+  Retention: a reload lowering `max` by 10 %, Redis CPU (`FCALL` µs) per entry deleted
+  (`bench/history.py`; standalone: `python -m bench.history --jobs 1000000`).
 - **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
   shape of the client the reference Faktory figures were taken with), and the server CPU
   (broker + Redis) per job from `/proc`. The reference column is the Go server measured

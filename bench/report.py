@@ -173,7 +173,36 @@ def scale_table(results: Sequence[Result]) -> str:
                 "s",
             ],
         ]
-    for r in select(results, "depth") + select(results, "connections") + select(results, "idle"):
+    if (h := one(results, "history")) is not None:
+        rows += [
+            [
+                f"{h.jobs:,} archived jobs: memory per job",
+                number(h.extra.get("bytes_per_job"), 0),
+                "B",
+            ],
+            [
+                "… without args (history_args off)",
+                number(h.extra.get("bytes_per_job_no_args"), 0),
+                "B",
+            ],
+            *(
+                [f"… HISTORY {name} p99", number(value, 2), "ms"]
+                for key, value in h.extra.items()
+                if key.endswith(" p99_ms") and (name := key.removesuffix(" p99_ms"))
+            ),
+            [
+                "… a page followed by cursor",
+                number(h.extra.get("cursor walk per page ms"), 2),
+                "ms",
+            ],
+            [
+                "… retention: Redis CPU per entry deleted",
+                number(h.extra.get("retention µs per deleted"), 1),
+                "µs",
+            ],
+        ]
+    scaled = ("depth", "connections", "idle", "history")
+    for r in (r for name in scaled for r in select(results, name)):
         if r.status == "failed":
             rows.append([f"{r.workload}: failed", r.error[:80], ""])
     return table(["Hopper at scale", "value", "unit"], rows)
@@ -268,6 +297,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | None]:
     compared = comparisons(results)
     ok = measured(results)
     depth, crowd, idle = one(ok, "depth"), one(ok, "connections"), one(ok, "idle")
+    archived = one(ok, "history")
     pushb = compared["enqueue_batch"].hopper
     return {
         "end_to_end_ratio": compared["end_to_end"].ratio,
@@ -277,6 +307,7 @@ def summary(results: Sequence[Result]) -> dict[str, float | None]:
         "rss_1m_mb": depth.extra.get("broker_rss_mb") if depth else None,
         "rss_2k_conn_mb": crowd.extra.get("broker_rss_mb") if crowd else None,
         "idle_queues_cpu_pct": idle.extra.get("total_pct") if idle else None,
+        "history_page_p99_ms": archived.p99_ms if archived else None,
     }
 
 

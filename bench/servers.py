@@ -142,27 +142,30 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
             client.close()
 
 
-def start_hopper(workdir: Path, attempts: int = START_ATTEMPTS) -> tuple[Popen, int]:
-    """`hopper run` on a free loopback port; tried again on a new port if it exits at start
-    (another process may take the port between free_port() and the broker's bind)."""
+def start_hopper(
+    workdir: Path, attempts: int = START_ATTEMPTS, flags: Sequence[str] = ()
+) -> tuple[Popen, int]:
+    """`hopper run` on a free loopback port (with more `flags`); tried again on a new port if it
+    exits at start (another process may take the port between free_port() and the bind)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log, port = workdir / "hopper.log", free_port()
     argv = [str(HOPPER), "run", "--bind", f"127.0.0.1:{port}", "--data-dir", str(workdir)]
-    process = spawn([*argv, "--log-level", "WARNING"], log)
+    process = spawn([*argv, "--log-level", "WARNING", *flags], log)
     try:
         wait_until(functools.partial(hopper_answers, port), process, log)
     except RuntimeError:
         stop(process)
         if attempts <= 1:
             raise
-        return start_hopper(workdir, attempts - 1)
+        return start_hopper(workdir, attempts - 1, flags)
     return process, port
 
 
 @contextmanager
-def hopper_server(workdir: Path) -> Iterator[HopperServer]:
-    """A Hopper broker with its embedded Redis in `workdir`, stopped on leaving the block."""
-    process, port = start_hopper(workdir)
+def hopper_server(workdir: Path, flags: Sequence[str] = ()) -> Iterator[HopperServer]:
+    """A Hopper broker with its embedded Redis in `workdir` (and more `flags`), stopped on
+    leaving the block."""
+    process, port = start_hopper(workdir, flags=flags)
     client = redis.Redis(unix_socket_path=str(workdir / "redis.sock"))
     try:
         redis_pid = int((workdir / "redis.pid").read_text())

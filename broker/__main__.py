@@ -24,7 +24,7 @@ ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
     "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),
 }
-FILE_ONLY = ("cron", "queues", "throttles")  # settings only a TOML file can give
+FILE_ONLY = ("cron", "queues", "throttles", "retention")  # settings only a TOML file can give
 FIELDS = [f for f in msgspec.structs.fields(Config) if f.name not in FILE_ONLY]
 log = logging.getLogger("broker")
 

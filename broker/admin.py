@@ -105,7 +105,7 @@ class Admin:
         return deleted
 
     async def flush(self) -> None:
-        """FLUSH: every job, queue, batch and counter; workers stay registered."""
+        """FLUSH: every job, queue, batch, archived job and counter; workers stay registered."""
         for queue in await self.store.queues.holding():
             left = await self.store.queues.flush(queue, ADMIN_BATCH)
             for _ in range(left // ADMIN_BATCH + 1):  # what the queue held when FLUSH began
@@ -114,6 +114,7 @@ class Admin:
                 left = await self.store.queues.flush(queue, ADMIN_BATCH)
         await self.store.queues.forget_counters()
         await self.store.batches.flush()
+        await self.store.history.clear(ADMIN_BATCH)
         await self.apply(self._rules)  # the file's queue settings outlive a FLUSH
 
     async def latency(self, names: Sequence[str], now: float) -> dict[str, float | int]:

@@ -14,6 +14,7 @@ import msgspec
 
 from broker import protocol
 from broker.errors import BrokerError, CommandError
+from broker.history import query_decoder
 from broker.jobs import (
     ack_decoder,
     beat_decoder,
@@ -289,6 +290,11 @@ class Commands:
             raise CommandError("CRON needs LIST")
         return protocol.bulk(encode(await self.manager.cron.listing(self.clock())))
 
+    async def history(self, session: Session, arg: bytes) -> bytes:
+        """HISTORY <json> (Hopper extension): archived jobs by jid, or a page newest first."""
+        query = _decode(query_decoder, arg or b"{}", "HISTORY")
+        return protocol.bulk(encode(await self.manager.history.query(query)))
+
     async def mutate(self, session: Session, arg: bytes) -> bytes:
         try:
             mutation = decode_input(mutation_decoder, arg)
@@ -342,6 +348,7 @@ TABLE: dict[str, Handler] = {
     "JOB": Commands.job,
     "DRAIN": Commands.drain,
     "CRON": Commands.cron,
+    "HISTORY": Commands.history,
     "BATCH": Commands.batch,
 }
 

@@ -61,6 +61,19 @@ BATCH_TTL = 1800.0  # seconds an uncommitted batch lives (Faktory Enterprise: 30
 BATCH_FINISHED_TTL = 86_400.0  # seconds a batch's record stays once both its stages finished
 BATCH_MAX_AGE = 30 * 86_400.0  # seconds after COMMIT a batch that never finishes is purged:
 # beyond 25 retries (about three weeks), so a batch whose jobs still retry is not lost
+HISTORY_INTERVAL = 10.0  # seconds between passes of the history's retention loop
+# How long the history keeps the jobs that ended in each final state, and how many at most
+# (every queue together; the oldest go first): seconds, count. A done job costs about the size
+# of its payload plus ~250 bytes (docs/benchmarks.md); these defaults bound the history to a
+# few hundred MB at most with small payloads.
+RETENTION = {
+    "done": (86_400.0, 100_000),
+    "dead": (DEAD_TTL, 100_000),
+    "discarded": (7 * 86_400.0, 100_000),
+    "cancelled": (7 * 86_400.0, 100_000),
+    "expired": (7 * 86_400.0, 100_000),
+    "replaced": (7 * 86_400.0, 100_000),
+}
 EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly; beyond,
 # new events are dropped and the subscriber is told how many it missed
 
@@ -77,6 +90,17 @@ RESTART_ONLY = frozenset(
         "redis_start_timeout",
     }
 )
+
+
+class Retention(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How long the history keeps the jobs that ended in one final state (`ttl`, seconds; 0:
+    not at all) and how many at most, every queue together (`max`; 0: none)."""
+
+    ttl: float
+    max: int
+
+
+DEFAULT_RETENTION = {state: Retention(ttl, most) for state, (ttl, most) in RETENTION.items()}
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +149,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     batch_ttl: float = BATCH_TTL
     batch_finished_ttl: float = BATCH_FINISHED_TTL
     batch_max_age: float = BATCH_MAX_AGE
+    history: bool = True  # archive every job that reaches a final state (HISTORY)
+    history_args: bool = True  # keep each archived job's args (off: the rest of its payload)
+    history_interval: float = HISTORY_INTERVAL
+    # `[retention.<state>]` in the TOML file: ttl (seconds) and max per final state
+    retention: dict[str, Retention] = msgspec.field(default_factory=dict)
     cron: tuple[CronEntry, ...] = ()  # periodic jobs (`[[cron]]` in the TOML file only)
     queues: dict[str, QueueRules] = msgspec.field(default_factory=dict)  # `[queues.<name>]`
     throttles: dict[str, Throttle] = msgspec.field(default_factory=dict)  # Enterprise's table
@@ -169,8 +198,29 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.history_interval <= 0:
+            raise ValueError("history_interval must be positive")
+        for state, rule in self.retention.items():
+            if state not in DEFAULT_RETENTION:
+                raise ValueError(
+                    f"retention.{state}: not a final state (one of {', '.join(DEFAULT_RETENTION)})"
+                )
+            if rule.ttl < 0 or rule.max < 0:
+                raise ValueError(f"retention.{state}: ttl and max must not be negative")
         compile_all(self.cron)
         check_queue_rules(self.queue_rules())
+
+    @property
+    def history_mode(self) -> str:
+        """How the scripts archive a job that ends (archive() in scripts/lib_history.lua): ''
+        not at all, 'a' with its args, 'n' without them."""
+        if not self.history:
+            return ""
+        return "a" if self.history_args else "n"
+
+    def retention_of(self, state: str) -> Retention:
+        """The history's retention for jobs that ended in `state` (the file's, or the default)."""
+        return self.retention.get(state) or DEFAULT_RETENTION[state]
 
     def queue_rules(self) -> dict[str, QueueRules]:
         """The queue settings the file gives: `[queues.<name>]` and `[throttles]`."""

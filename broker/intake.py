@@ -44,7 +44,7 @@ class Intake:
         settings: Settings,
         chains: Chains,
         doorbell: Doorbell,
-        kept: Callable[[], int],
+        kept: Callable[[], str],
     ) -> None:
         self.store = store
         self.settings = settings
@@ -99,7 +99,7 @@ class Intake:
         graph = self._graph(jobs, prepared, outcomes)
         if graph is not None:
             if graph:
-                await self._store(jobs[graph[0][0]].queue, graph, now, claim, outcomes, True)
+                await self._store_graph(jobs, graph, now, claim, outcomes)
             return outcomes
         for i, entry in prepared:
             by_queue[jobs[i].queue].append((i, entry))
@@ -121,6 +121,40 @@ class Intake:
         entries = [entry for _, entry in chunk]
         limits = await self.limits(queue)
         stored = await self.store.jobs.push(queue, entries, now, self.kept(), claim, limits, graph)
+        self._settle(queue, chunk, stored, outcomes)
+
+    async def _store_graph(
+        self,
+        jobs: Sequence[Job],
+        graph: list[tuple[int, PushEntry]],
+        now: float,
+        claim: tuple[str, float] | None,
+        outcomes: list[BrokerError | None],
+    ) -> None:
+        """A workflow pushed in one PUSHB: one script call, all or nothing, whatever the
+        number of queues its jobs are in."""
+        by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
+        for i, entry in graph:
+            by_queue[jobs[i].queue].append((i, entry))
+        if len(by_queue) == 1:
+            await self._store(jobs[graph[0][0]].queue, graph, now, claim, outcomes, True)
+            return
+        segments = [
+            (queue, [entry for _, entry in items], await self.limits(queue))
+            for queue, items in by_queue.items()
+        ]
+        stored = iter(await self.store.jobs.push_graph(segments, now, self.kept()))
+        for queue, items in by_queue.items():
+            self._settle(queue, items, [next(stored) for _ in items], outcomes)
+
+    def _settle(
+        self,
+        queue: str,
+        chunk: list[tuple[int, PushEntry]],
+        stored: list[tuple[int, str]],
+        outcomes: list[BrokerError | None],
+    ) -> None:
+        """Note the push script's results: refusals in `outcomes`; wake FETCHes for the rest."""
         enqueued = 0
         for (i, (jid, _, at, _, _, batch, _)), (result, named) in zip(chunk, stored, strict=True):
             if result == 1:
@@ -136,8 +170,8 @@ class Intake:
         outcomes: list[BrokerError | None],
     ) -> list[tuple[int, PushEntry]] | None:
         """The jobs of a PUSHB that refer to each other, dependencies first, when they do
-        (None otherwise): every job is then refused if one is, they must share a queue and at
-        most PUSH_BATCH of them; [] when refused (outcomes say why)."""
+        (None otherwise): every job is then refused if one is, at most PUSH_BATCH of them (in
+        any queues); [] when refused (outcomes say why)."""
         try:
             afters = [e[6] if e else "" for e in _by(prepared, jobs)]
             order = graph_order([j.jid for j in jobs], afters)
@@ -149,10 +183,8 @@ class Intake:
         if any(outcomes):
             outcomes[:] = [o or refusal(9, "") for o in outcomes]
             return []
-        if len({j.queue for j in jobs}) > 1 or len(jobs) > PUSH_BATCH:
-            wrong = (
-                f"a workflow pushed in one PUSHB must be in one queue, {PUSH_BATCH} jobs at most"
-            )
+        if len(jobs) > PUSH_BATCH:
+            wrong = f"a workflow pushed in one PUSHB holds {PUSH_BATCH} jobs at most"
             outcomes[:] = [CommandError(wrong)] * len(jobs)
             return []
         entries = dict(prepared)

@@ -26,6 +26,7 @@ from broker.config import Settings
 from broker.crontab import Crontab
 from broker.doorbell import Doorbell
 from broker.errors import JOB_NOT_FOUND, BrokerError, CommandError, Discard
+from broker.history import History
 from broker.intake import Intake
 from broker.jobs import (
     FailPayload,
@@ -91,6 +92,7 @@ class Manager:
         self.batches = Batches(store, settings, self.push_many)
         store.jobs.on_batch_due = self.batches.wake
         self.workflows = Workflows(store, settings, self.kept, self.tracking.find)
+        self.history = History(store, settings)
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
 
@@ -265,10 +267,13 @@ class Manager:
         """One pass of the batches loop: due batch callbacks and purges, workflows' ends due."""
         return await self.batches.tick(now) + await self.workflows.settle(now)
 
-    def kept(self) -> int:
-        """How many finished jobs each queue keeps (0 when finished_ttl is 0)."""
+    def kept(self) -> str:
+        """The finishing scripts' keep policy (keep_policy() in scripts/lib.lua): how many
+        finished jobs each queue keeps (0 when finished_ttl is 0), and whether the history
+        archives them ('a': with their args, 'n': without)."""
         config = self.settings()
-        return config.finished_max if config.finished_ttl > 0 else 0
+        most = config.finished_max if config.finished_ttl > 0 else 0
+        return f"{most} {config.history_mode}"
 
     async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
         payload = await self.store.jobs.payload(queue, jid)
@@ -353,7 +358,7 @@ class Manager:
         day, keep, holder = format_day(now), self.kept(), reservation.holder
         if reservation.payload is None:  # a reservation without a record: nothing to retry
             return await self.store.jobs.fail(
-                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", now, 0, holder
+                queue, jid, reservation.expiry, day, retry.DROP, 0, b"", now, "0", holder
             )
         job = job_decoder.decode(reservation.payload)
         retry.record_failure(job, report, now)

@@ -76,8 +76,11 @@ class Mutator:
         if mutation.cmd == "discard":
             await self.store.sets.remove(queue, target, entries)
         elif mutation.cmd == "kill":
-            score = now + self.settings().dead_ttl
-            await self.store.sets.move(queue, target, "dead", score, entries)
+            config = self.settings()
+            score = now + config.dead_ttl
+            await self.store.sets.move(
+                queue, target, "dead", score, entries, now, config.history_mode
+            )
         else:
             moved = await self.store.sets.requeue(queue, target, format_time(now), entries)
             self.doorbell.ring(queue, moved)

@@ -104,6 +104,9 @@ async def run_reapers(manager: Manager, close_worker: Callable[[str], None]) -> 
             manager.sweeps.purge_finished,
             manager,
         )
+        nursery.start_soon(
+            every, lambda c: c.history_interval, "History", manager.history.retain, manager
+        )
         nursery.start_soon(every, lambda c: c.worker_reaper_interval, "Workers", workers, manager)
         nursery.start_soon(
             every, lambda c: c.scheduler_interval, "Batches", manager.follow_ups, manager

@@ -19,7 +19,17 @@ class TaskStats(msgspec.Struct):
     reaped: int = 0
 
 
-TASKS = ("Scheduled", "Retries", "Dead", "Busy", "Workers", "Finished", "Cron", "Batches")
+TASKS = (
+    "Scheduled",
+    "Retries",
+    "Dead",
+    "Busy",
+    "Workers",
+    "Finished",
+    "History",
+    "Cron",
+    "Batches",
+)
 SETS = ("scheduled", "retries", "dead", "working")  # INFO's sets, in the reference's order
 
 
@@ -60,6 +70,7 @@ def render_info(
         "Busy": {"size": sets["working"], "reaped": t["Busy"].reaped},
         "Workers": {"size": workers, "reaped": t["Workers"].reaped},
         "Finished": {"purged": t["Finished"].reaped, "cycles": t["Finished"].cycles},
+        "History": {"purged": t["History"].reaped, "cycles": t["History"].cycles},
         "Cron": {"enqueued": t["Cron"].enqueued, "cycles": t["Cron"].cycles},
         "Batches": {"moved": t["Batches"].reaped, "cycles": t["Batches"].cycles},
     }

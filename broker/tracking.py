@@ -83,13 +83,13 @@ class Tracking:
         settings: Settings,
         clock: Clock,
         finishes: Doorbell,
-        kept: Callable[[], int],
+        kept: Callable[[], str],
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
         self.finishes = finishes  # rung (through Redis) with the jid of each awaited finish
-        self.kept = kept  # finished jobs kept per queue (Manager.kept)
+        self.kept = kept  # the keep policy of finished jobs (Manager.kept)
 
     async def state(self, jid: str) -> JobState:
         return (await self._find(jid))[0]

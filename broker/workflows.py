@@ -105,7 +105,7 @@ class Workflows:
     """The workflows room: the loop settling dependencies' ends across queues."""
 
     def __init__(
-        self, store: Store, settings: Settings, kept: Callable[[], int], find: Find
+        self, store: Store, settings: Settings, kept: Callable[[], str], find: Find
     ) -> None:
         self.store = store
         self.settings = settings

@@ -1,9 +1,13 @@
 """Hopper's Python client: push jobs and run workers against any Faktory-protocol broker.
 
-from client import Client, Worker
+from client import Tasks
 
-with Client() as client:                      # HOPPER_URL / FAKTORY_URL, or localhost
-    client.push("send_email", ["ada@example.com"])
+jobs = Tasks()                                # HOPPER_URL / FAKTORY_URL, or localhost
+
+@jobs.task(queue="critical", retry=5)
+def send_welcome(email: str) -> None: ...
+
+send_welcome.push("ada@example.com")          # producers; `hopper-worker module:jobs` runs it
 """
 
 from broker.jobs import Failure, Job, JobEvent, JobState
@@ -34,7 +38,10 @@ from client.errors import (
     UnknownJob,
 )
 from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
+from client.history import HistoryEntry, HistoryPage
 from client.jobs import make_job, new_jid, results_of
+from client.tasks import Task, Tasks
+from client.tracing import continue_trace
 from client.worker import Worker
 
 __all__ = [
@@ -51,6 +58,8 @@ __all__ = [
     "Draining",
     "Failure",
     "Fatal",
+    "HistoryEntry",
+    "HistoryPage",
     "Interrupted",
     "Job",
     "JobCancelled",
@@ -63,6 +72,8 @@ __all__ = [
     "ResultTimeout",
     "ServerError",
     "Snooze",
+    "Task",
+    "Tasks",
     "UnknownJob",
     "UnknownJobtype",
     "Worker",
@@ -70,6 +81,7 @@ __all__ = [
     "callback_bid",
     "callback_parent_bid",
     "check_cancelled",
+    "continue_trace",
     "current_job",
     "job_cancelled",
     "make_job",

@@ -22,6 +22,7 @@ from client.commands import (
 )
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
+from client.history import FinalState, HistoryPage, history
 from client.jobs import At, format_at, make_job
 from client.pipeline import AsyncPipeline
 from client.transports import Stream, open_stream, sleep
@@ -245,6 +246,33 @@ class AsyncClient(ClientBase[AsyncConnection]):
     async def log(self, jid: str, line: str) -> None:
         """Add a line to the job's log (kept with its state; the oldest lines go first)."""
         await self._call(commands.log_line(jid, line))
+
+    async def history(
+        self,
+        jid: str | None = None,
+        *,
+        queue: str | None = None,
+        jobtype: str | None = None,
+        state: FinalState | list[FinalState] | None = None,
+        since: float | str | None = None,
+        until: float | str | None = None,
+        count: int = 50,
+        cursor: str | None = None,
+    ) -> HistoryPage:
+        """The history (Hopper): the archived entries of `jid`, or a page of archived jobs
+        newest first, filtered by queue, jobtype, final state(s) and time range (unix seconds
+        or RFC 3339); pass the page's `cursor` for the next one."""
+        call = history(
+            jid,
+            queue=queue,
+            jobtype=jobtype,
+            state=state,
+            since=since,
+            until=until,
+            count=count,
+            cursor=cursor,
+        )
+        return await self._call(call)
 
     async def info(self) -> dict[str, Any]:
         """The broker's INFO document."""

@@ -1,6 +1,6 @@
-"""`hopper-worker MODULE[:NAME]`: run the Worker a module defines, until a signal stops it;
-with `--processes N` (or a recycling flag), N such workers in child processes under one
-supervisor (client/supervisor.py).
+"""`hopper-worker MODULE[:NAME]`: run the Worker a module defines (or the worker of its
+Tasks registry), until a signal stops it; with `--processes N` (or a recycling flag), N such
+workers in child processes under one supervisor (client/supervisor.py).
 
 Exit codes: 0 after a clean shutdown, 1 when the broker refused the worker, 2 for usage
 errors (bad arguments, a module that cannot be imported or holds no Worker).
@@ -14,6 +14,7 @@ import sys
 
 from client.errors import ClientError
 from client.supervisor import Supervisor
+from client.tasks import Tasks
 from client.url import parse_url
 from client.worker import Worker
 
@@ -30,7 +31,9 @@ def parser() -> argparse.ArgumentParser:
         description="Run the jobs registered on a Worker defined in a Python module. "
         "TERM/INT stop it gracefully (twice: at once), TSTP quiets it.",
     )
-    cli.add_argument("target", help="module[:name] of a Worker, e.g. myapp.jobs:worker")
+    cli.add_argument(
+        "target", help="module[:name] of a Worker or a Tasks registry, e.g. myapp.jobs:worker"
+    )
     cli.add_argument("-q", "--queues", help="comma-separated queues, highest priority first")
     cli.add_argument("-c", "--concurrency", type=int, help="jobs run at the same time")
     cli.add_argument("--prefetch", type=int, help="jobs fetched ahead while jobs run short")
@@ -55,7 +58,8 @@ def positive(text: str) -> int:
 
 
 def load(target: str) -> Worker:
-    """The Worker named by `module[:name]`; without a name, the module's only Worker."""
+    """The Worker named by `module[:name]`, or the worker of the Tasks registry it names;
+    without a name, the module's only Worker or registry."""
     module_name, _, name = target.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -65,13 +69,18 @@ def load(target: str) -> Worker:
         raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
     if name:
         found = getattr(module, name, None)
-        if not isinstance(found, Worker):
-            raise UsageError(f"{target!r} is not a Worker")
-        return found
-    workers = {id(value): value for value in vars(module).values() if isinstance(value, Worker)}
-    if len(workers) != 1:
-        raise UsageError(f"{module_name!r} holds {len(workers)} Workers: name one, {target}:NAME")
-    return next(iter(workers.values()))
+        if not isinstance(found, Worker | Tasks):
+            raise UsageError(f"{target!r} is not a Worker or a Tasks registry")
+    else:
+        kinds = Worker | Tasks
+        workers = {id(value): value for value in vars(module).values() if isinstance(value, kinds)}
+        if len(workers) != 1:
+            raise UsageError(
+                f"{module_name!r} holds {len(workers)} Workers or registries: "
+                f"name one, {target}:NAME"
+            )
+        found = next(iter(workers.values()))
+    return found.worker() if isinstance(found, Tasks) else found
 
 
 def configure(args: argparse.Namespace) -> Worker:

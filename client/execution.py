@@ -1,11 +1,12 @@
 """How one job runs: its registered function, in a thread if it is sync, inside middleware."""
 
+import contextlib
 import functools
 import inspect
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -27,6 +28,16 @@ _current_job: ContextVar[Job] = ContextVar("current_job")
 def current_job() -> Job:
     """The job being run by this task or thread; LookupError outside a job."""
     return _current_job.get()
+
+
+@contextlib.contextmanager
+def running_job(job: Job) -> Iterator[None]:
+    """`current_job()` is `job` inside the block (jobs run outside a worker: eager mode)."""
+    token = _current_job.set(job)
+    try:
+        yield
+    finally:
+        _current_job.reset(token)
 
 
 class UnknownJobtype(Exception):

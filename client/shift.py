@@ -284,7 +284,15 @@ def _log_outcome(job: Job, duration: float, error: BaseException | None, dropped
         outcome = "dropped"
     elif isinstance(error, Snooze):
         outcome = "snoozed"
-    fields = {"jid": job.jid, "jobtype": job.jobtype, "duration": duration, "outcome": outcome}
+    attempt = job.failure.retry_count + 2 if job.failure else 1
+    fields = {
+        "jid": job.jid,
+        "jobtype": job.jobtype,
+        "queue": job.queue,
+        "attempt": attempt,
+        "duration": duration,
+        "outcome": outcome,
+    }
     if quiet:
         log.info("job %s %s %s in %.3f s", job.jobtype, job.jid, outcome, duration, extra=fields)
     else:

@@ -31,6 +31,8 @@ from broker.config import Config
 from broker.middleware import Chains
 from broker.store.keys import QueueKeys
 
+collect_ignore = ["sample_app"]  # an application's own test suite, run by test_client_testing.py
+
 
 def _redis_ready(path: str) -> bool:
     try:

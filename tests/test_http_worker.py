@@ -287,6 +287,7 @@ def test_configurations_that_cannot_work_are_refused(tmp_path: Path) -> None:
         '[routes.a]\nurl = "http://x"\nauth = { bearer_env = "NO_SUCH_VARIABLE_HERE" }': "not set",
         '[routes.a]\nurl = "http://x"\naccepted = true': "needs a \\[callback\\]",
         '[callback]\nlisten = "127.0.0.1:0"': "needs secret",
+        '[routes.a]\nurl = "http://x"\nconcurrency = 0': "concurrency: must be 1 or more",
     }
     for text, error in bad.items():
         file = tmp_path / "bad.toml"
@@ -356,6 +357,26 @@ async def test_no_more_requests_at_once_than_the_concurrency(
         for jid in jids:
             await client.result(jid)
     assert downstream.most == 2 and len(downstream.seen("/gate")) == 6
+    worker.terminate()
+
+
+async def test_a_route_takes_no_more_requests_than_its_own_concurrency(
+    broker: App, client: AsyncClient, downstream: Downstream, nursery: trio.Nursery
+) -> None:
+    gate = route(downstream, "/gate", concurrency=2)
+    worker = await start(nursery, broker, downstream, routes={"render": gate}, concurrency=8)
+    held = [await client.push("render", [n]) for n in range(5)]
+    assert await trio.to_thread.run_sync(downstream.full.wait, WAIT)
+    others = [await client.push("call", [n]) for n in range(3)]
+    with trio.fail_after(WAIT):  # the other routes go on while this one is full
+        for jid in others:
+            await client.result(jid)
+    assert downstream.most == 2 and len(downstream.seen("/gate")) == 2
+    downstream.release.set()
+    with trio.fail_after(WAIT):
+        for jid in held:
+            await client.result(jid)
+    assert downstream.most == 2 and len(downstream.seen("/gate")) == 5
     worker.terminate()
 
 

@@ -160,9 +160,39 @@ async def test_a_graph_in_one_pushb_is_all_or_nothing(broker: App, redis_url: st
         order.append(got["jid"])
         await w.call("ACK", {"jid": got["jid"], "result": got["jid"]})
     assert order == ["jobs-taken-1", "jobs-g-1", "jobs-g-2", "jobs-g-3", "jobs-g-4"]
-    mixed = [job("jobs-m-1", queue="other"), after("jobs-m-2", ["jobs-m-1"])]
-    errors = json.loads(await w.call("PUSHB", mixed))
-    assert "one queue" in errors["jobs-m-1"] or "one queue" in errors["jobs-m-2"]
+    check_store(redis_url)
+
+
+async def test_a_graph_across_queues_is_one_atomic_push(broker: App, redis_url: str) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-busy-1", queue="mail"))
+    graph = [  # render -> (mail, bill) -> report, in three queues, listed in any order
+        after("jobs-x-report", ["jobs-x-mail", "jobs-x-bill"], queue="reports"),
+        after("jobs-x-mail", ["jobs-x-render"], queue="mail"),
+        job("jobs-x-render", queue="render"),
+        after("jobs-x-bill", ["jobs-x-render"], queue="reports"),
+        job("jobs-busy-1", queue="render"),  # in use (in mail): every job refused
+    ]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert "already in use" in errors["jobs-busy-1"]
+    assert set(errors) == {j["jid"] for j in graph}
+    assert all("another job of the workflow" in errors[j["jid"]] for j in graph[:4])
+    for j in graph[:4]:
+        assert (await state(w, j["jid"]))["state"] == "unknown"
+    graph[-1] = after("jobs-x-audit", ["jobs-x-render"], queue="mail")
+    assert json.loads(await w.call("PUSHB", graph)) == {}
+    assert (await state(w, "jobs-x-mail"))["state"] == "blocked"
+    assert await take(w, "mail") is not None  # jobs-busy-1: the only one ready there
+    await w.call("ACK", {"jid": "jobs-busy-1"})
+    order = []
+    for queue in ("render", "mail", "reports", "mail", "reports"):
+        got = await take(w, queue)
+        assert got is not None, (queue, order)
+        order.append(got["jid"])
+        await w.call("ACK", {"jid": got["jid"], "result": got["jid"]})  # releases before +OK
+    assert order[0] == "jobs-x-render" and order[-1] == "jobs-x-report"
+    assert set(order[1:4]) == {"jobs-x-mail", "jobs-x-audit", "jobs-x-bill"}
+    assert (await state(w, "jobs-x-report"))["state"] == "done"
     check_store(redis_url)
 
 

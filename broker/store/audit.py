@@ -21,6 +21,7 @@ import msgspec
 from broker.jobs import job_decoder
 from broker.store import keys
 from broker.store.base import Script, text
+from broker.store.history_audit import HistoryAuditor
 from broker.store.keys import (
     DUE,
     FINISHED_MARK,
@@ -105,7 +106,11 @@ class Auditor:
         await self._check_index()
         await self._check_workers()
         await self._check_batches()
+        await HistoryAuditor(self.store, self._history_problem, repair=self.repair).run()
         return self.report
+
+    def _history_problem(self, kind: str, queue: str, jid: str) -> None:
+        self.report.problems.append(Problem(kind, queue, jid, repaired=self.repair))
 
     # -- queues -------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ from typing import Any
 from broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
-LIBRARIES = ("lib", "lib_lanes", "lib_workflows", "lib_batches")  # helpers every script shares
+# helpers every script shares
+LIBRARIES = ("lib_history", "lib", "lib_lanes", "lib_workflows", "lib_batches", "lib_push")
 
 
 class Library:

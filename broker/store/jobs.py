@@ -29,6 +29,7 @@ from broker.store.keys import (
 )
 
 PUSH = Script("push")
+PUSH_GRAPH = Script("push_graph")
 FETCH = Script("fetch")
 ACK = Script("ack")
 FAIL = Script("fail")
@@ -79,7 +80,7 @@ class JobStore:
         queue: str,
         entries: Sequence[PushEntry],
         now: float,
-        keep: int,
+        keep: str,
         claim: tuple[str, float] | None = None,
         limits: str = "",
         graph: bool = False,
@@ -91,9 +92,41 @@ class JobStore:
         5 when `limits` is 'D' (draining); otherwise `limits` is the queue's max_size ('' for
         none). Each comes with the jid it names ('' but for 7 unknown dependency, 8 dependency
         failed). A `graph` is stored all or nothing (9: refused with another job)."""
+        claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
+        keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
+        return _push_results(await self.redis.run(PUSH, keys_, args))
+
+    async def push_graph(
+        self, segments: Sequence[tuple[str, Sequence[PushEntry], str]], now: float, keep: str
+    ) -> list[tuple[int, str]]:
+        """Store a workflow whose jobs are in several queues, all or nothing: `segments` are
+        (queue, its jobs, its limits as for push()); the results, in the segments' order, are
+        push()'s (9: refused with another job)."""
+        keys_: list[str] = []
+        sizes: list[int] = []
+        args: list[Any] = []
+        for queue, entries, limits in segments:
+            more_keys, more_args = self._push_call(queue, entries, now, keep, "", limits, False)
+            keys_ += more_keys
+            args += more_args
+            sizes += (len(more_keys), len(more_args))
+        return _push_results(
+            await self.redis.run(PUSH_GRAPH, keys_, (len(segments), *sizes, *args))
+        )
+
+    def _push_call(
+        self,
+        queue: str,
+        entries: Sequence[PushEntry],
+        now: float,
+        keep: str,
+        claimed: str,
+        limits: str,
+        graph: bool,
+    ) -> tuple[list[str], list[Any]]:
+        """The KEYS and ARGV of push_queue() (scripts/lib_push.lua) for jobs of one queue."""
         k = self.keys(queue)
         locks: list[str] = []
-        claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
         args.append("G" if graph else "")
         for jid, payload, at, unique, expires, batch, after in entries:
@@ -106,32 +139,28 @@ class JobStore:
                 joins = f"{PUSH_KEYS + len(locks)} {batch[1]}".rstrip()
             expiry = "" if expires is None else repr(expires)
             args += (jid, payload, at, spec, expiry, joins, after)
-        results = await self.redis.run(
-            PUSH,
-            (
-                k.jobs,
-                k.queue,
-                k.scheduled,
-                JIDS,
-                DUE["scheduled"],
-                QUEUES,
-                k.finished,
-                k.final,
-                k.progress,
-                k.working,
-                k.retries,
-                k.dead,
-                DUE["finished"],
-                AWAITED,
-                CRON,
-                k.meta,
-                k.prioritized,
-                k.expiring,
-                *locks,
-            ),
-            args,
-        )
-        return [(int(r[0]), text(r[1])) if isinstance(r, list) else (int(r), "") for r in results]
+        keys_ = [
+            k.jobs,
+            k.queue,
+            k.scheduled,
+            JIDS,
+            DUE["scheduled"],
+            QUEUES,
+            k.finished,
+            k.final,
+            k.progress,
+            k.working,
+            k.retries,
+            k.dead,
+            DUE["finished"],
+            AWAITED,
+            CRON,
+            k.meta,
+            k.prioritized,
+            k.expiring,
+            *locks,
+        ]
+        return keys_, args
 
     async def fetch(
         self,
@@ -140,12 +169,12 @@ class JobStore:
         reserve: tuple[int, int, int],
         count: int = 1,
         wid: str = "",
-        keep: int = 0,
+        keep: str = "0",
     ) -> tuple[list[tuple[str, bytes]], float | None]:
         """Reserve up to `count` of the oldest jobs of `queue` for worker `wid` (or for a
         connection that is no worker): ([(jid, payload)], oldest first; when the queue's
         limits held jobs back, seconds until it may give more, else None). Expired jobs are
-        not handed out: they end expired (kept: `keep` finished jobs per queue at most).
+        not handed out: they end expired (`keep`: the keep policy, Manager.kept).
 
         Empty when the queue is paused or empty.
         """
@@ -167,11 +196,11 @@ class JobStore:
         acks: Sequence[tuple[str, bytes]],
         day: str,
         now: float,
-        keep: int,
+        keep: str,
         wid: str = "",
     ) -> tuple[list[str], int]:
-        """Finish reserved jobs of one queue, each (jid, result JSON or b''), keeping at most
-        `keep` finished jobs per queue; `wid` is the acking worker's. Returns the jids whose
+        """Finish reserved jobs of one queue, each (jid, result JSON or b''), kept and archived
+        as `keep` says (Manager.kept); `wid` is the acking worker's. Returns the jids whose
         reservation existed, and how many batch callbacks came due."""
         k = self.keys(queue)
         args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, wid, len(acks)]
@@ -199,7 +228,7 @@ class JobStore:
         )
         return [text(jid) for jid in done], int(due)
 
-    async def settle(self, now: float, keep: int, most: int) -> int:
+    async def settle(self, now: float, keep: str, most: int) -> int:
         """Settle up to `most` ends of dependencies marked due (workflow.lua): how many."""
         took: int = await self.redis.run(
             WORKFLOW, (keys.WF_DUE, JIDS, AWAITED), (now, keep, FINISHED_CHANNEL, most)
@@ -239,14 +268,14 @@ class JobStore:
         score: float,
         payload: bytes,
         now: float,
-        keep: int,
+        keep: str,
         holder: str = "",
         errtype: str = "",
         expires: float | None = None,
     ) -> int:
         """End a reservation other than by ACK; target is 'retries', 'dead', 'scheduled' (a
-        snooze, not a failure) or '' (discard the job, kept finished like a done one: at most
-        `keep` per queue). A job whose cancel was asked for ends cancelled instead.
+        snooze, not a failure) or '' (discard the job, kept finished like a done one, as
+        `keep` says). A job whose cancel was asked for ends cancelled instead.
 
         `read_expiry` is the reservation the new payload was computed from (None: any), and
         `holder` the worker that held it then ('' unknown); `errtype` goes with the event.
@@ -307,3 +336,8 @@ class JobStore:
 def holder_of(value: bytes | None) -> str:
     """The wid a holders entry names ('' for none), without its cancel mark."""
     return "" if value is None else text(value).removeprefix(CANCEL_MARK)
+
+
+def _push_results(results: list[Any]) -> list[tuple[int, str]]:
+    """push_queue()'s results: a code, or {code, the jid it names}."""
+    return [(int(r[0]), text(r[1])) if isinstance(r, list) else (int(r), "") for r in results]

@@ -51,6 +51,11 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
   hopper:q:{q}:dependants   hash   jid -> JSON [queue, jid, ...] of the jobs waiting for it
                                    (these three named in lib_workflows.lua too)
+  hopper:q:{q}:history      hash   jid -> archived entry of a job that reached a final state
+                                   (done, dead, discarded, cancelled, expired, replaced)
+  hopper:q:{q}:ended:<s>    zset   jid -> when it ended: the archived jobs of state s
+  hopper:q:{q}:ended:<s>:<jobtype>  zset  the same, for one jobtype (these named in
+                                   lib_history.lua too)
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
@@ -76,6 +81,9 @@ Global (hash tag `{g}`):
                                    (see lib_batches.lua); bid is `b-` + 14 URL-safe characters
   hopper:g:{g}:batches:due  zset   `<kind> <bid>` -> when it came due: a callback to push now
   hopper:g:{g}:batches:expiry zset bid -> when its record is purged
+  hopper:g:{g}:history:count hash  final state -> archived jobs kept, every queue together
+  hopper:g:{g}:due:ended:<s> zset  queue -> a time at or before its oldest archived job of
+                                   state s (these two named in lib_history.lua too)
   hopper:g:{g}:wf:due       zset   JSON [outcome, queue, jid, dep, result] -> when: the end of a
                                    dependency to settle in its dependant's queue (workflow.lua)
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
@@ -111,6 +119,16 @@ CANCEL_MARK = "!"  # holders value prefix: a cancel of the reserved job was aske
 
 SETS = ("scheduled", "retries", "dead", "working")  # the sorted sets live jobs are in
 DUE = {name: f"{GLOBAL}:due:{name}" for name in (*SETS, "finished")}
+FINAL_STATES = (
+    "done",
+    "dead",
+    "discarded",
+    "cancelled",
+    "expired",
+    "replaced",
+)  # lib_history.lua too
+HISTORY_COUNT = f"{GLOBAL}:history:count"
+DUE_ENDED = {state: f"{GLOBAL}:due:ended:{state}" for state in FINAL_STATES}
 
 
 class QueueKeys:
@@ -125,6 +143,7 @@ class QueueKeys:
         "expiring",
         "final",
         "finished",
+        "history",
         "holders",
         "jobs",
         "lanes",
@@ -169,6 +188,12 @@ class QueueKeys:
         self.blocked = f"{base}:blocked"
         self.waits = f"{base}:waits"
         self.dependants = f"{base}:dependants"
+        self.history = f"{base}:history"
+
+    def ended(self, state: str, jobtype: str | None = None) -> str:
+        """The archived jobs that ended in `state` (of one jobtype: after the state's key)."""
+        key = f"{QUEUE_PREFIX}{{{self.name}}}:ended:{state}"
+        return key if jobtype is None else f"{key}:{jobtype}"
 
     def lane(self, lane: str) -> str:
         """The waiting jobs of one lane (`g:<group>` or `t:<jobtype>`); named in lib_lanes.lua

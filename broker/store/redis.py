@@ -4,6 +4,7 @@ worker registry, each in its own module, over one auto-pipelining connection."""
 from broker.store.base import Redis, text
 from broker.store.batches import BatchStore
 from broker.store.connection import Pipeline
+from broker.store.history import HistoryStore
 from broker.store.jobs import JobStore
 from broker.store.keys import CRON, SCHEMA_KEY
 from broker.store.queues import QueueStore
@@ -23,6 +24,7 @@ class Store:
         self.tracking = TrackingStore(self.redis, self.jobs)
         self.workers = WorkerStore(self.redis)
         self.batches = BatchStore(self.redis)
+        self.history = HistoryStore(self.redis, self.jobs)
 
     async def time(self) -> float:
         """Redis's clock, in unix seconds."""

@@ -95,16 +95,24 @@ class SetStore:
         return removed
 
     async def move(
-        self, queue: str, source: str, target: str, score: float, entries: Sequence[Entry]
+        self,
+        queue: str,
+        source: str,
+        target: str,
+        score: float,
+        entries: Sequence[Entry],
+        now: float,
+        history: str,
     ) -> int:
-        """Move the given entries (if still as read) to another set with a new score."""
+        """Move the given entries (if still as read) to another set with a new score; `history`
+        archives those moved to dead (see Config.history_mode)."""
         if not entries:
             return 0
         k = self.keys(queue)
         moved: int = await self.redis.run(
             MOVE,
-            (k.zset(source), k.zset(target), DUE[target], k.expiring),
-            (queue, score, "jids", *_pairs(entries)),
+            (k.zset(source), k.zset(target), DUE[target], k.expiring, k.jobs, JIDS),
+            (queue, score, now, history, "jids", *_pairs(entries)),
         )
         return moved
 

@@ -92,7 +92,7 @@ class TrackingStore:
         removed: int = await self.redis.execute("ZREMRANGEBYSCORE", AWAITED, "-inf", now)
         return removed
 
-    async def cancel(self, queue: str, jid: str, now: float, keep: int) -> str:
+    async def cancel(self, queue: str, jid: str, now: float, keep: str) -> str:
         """Cancel a job of `queue`: 'cancelled' (it will not run), 'cancelling' (its worker is
         asked to stop it), or '' (nothing to cancel: dead, finished or gone)."""
         k = self.jobs.keys(queue)

@@ -12,6 +12,7 @@ url = "https://api.example.com/jobs"
 [routes.send_email]
 url = "https://mailer.example.com/send"
 timeout = 5
+concurrency = 4                   # requests to this route at once (default: no limit of its own)
 auth = { bearer_env = "MAILER_TOKEN" }
 ```
 """
@@ -22,6 +23,7 @@ import tomllib
 from typing import NamedTuple
 
 import msgspec
+import trio
 
 DEFAULT_TIMEOUT = 30.0  # seconds a request may take, all of it
 MAX_ERROR_BODY = 900  # characters of an answer kept in the error (the broker keeps 1,000)
@@ -63,6 +65,7 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
     auth: Auth | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     accepted: bool = False  # a 202 answer means: the outcome comes later, by callback
+    concurrency: int | None = None  # requests to this route at once (None: the worker's only)
 
 
 class Callback(msgspec.Struct, forbid_unknown_fields=True):
@@ -90,12 +93,14 @@ class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Target(NamedTuple):
-    """A route made ready to use: its URL, timeout, headers (credentials in) and mode."""
+    """A route made ready to use: its URL, timeout, headers (credentials in), mode, and the
+    limiter of its own concurrency (None: none)."""
 
     url: str
     timeout: float
     headers: dict[str, str]
     accepted: bool
+    limiter: trio.CapacityLimiter | None = None
 
 
 class Plan(NamedTuple):
@@ -153,7 +158,10 @@ def _target(route: Route, config: HttpConfig, where: str) -> Target:
     headers = dict(route.headers)
     if route.auth is not None:
         headers["Authorization"] = route.auth.header(f"{where}.auth")
-    return Target(route.url, timeout, headers, route.accepted)
+    if route.concurrency is not None and route.concurrency < 1:
+        raise ConfigError(f"{where}.concurrency: must be 1 or more")
+    limiter = None if route.concurrency is None else trio.CapacityLimiter(route.concurrency)
+    return Target(route.url, timeout, headers, route.accepted, limiter)
 
 
 def _secret(value: str | None, env: str | None, where: str) -> str | None:

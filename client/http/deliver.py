@@ -7,6 +7,7 @@ start of the body as its error. On a route with `accepted = true`, 202 means the
 comes later by callback (see callbacks.py); meanwhile the job's reservation is extended.
 """
 
+import contextlib
 import email.utils
 import logging
 import math
@@ -98,7 +99,8 @@ class Delivery:
         callbacks = self.callbacks if target.accepted else None
         outcome = None if callbacks is None else callbacks.expect(job.jid)
         try:
-            status, headers, body = await self._post(job, target, outcome is not None)
+            async with target.limiter or contextlib.nullcontext():
+                status, headers, body = await self._post(job, target, outcome is not None)
             if status == 202 and outcome is not None:
                 return await self._await(job, outcome)
             return self._judge(status, headers, body)

@@ -2,8 +2,8 @@
 -- KEYS: 1 jobs hash, 2 working zset, 3 jid index, 4 stats hash, 5 final hash, 6 finished zset,
 --       7 due:finished, 8 progress hash, 9 awaited zset, 10 holders hash, 11 the acking
 --       worker's held set, 12 meta hash (its reservations' lanes get their slots back)
--- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 finished jobs kept per queue
---       at most (0: none), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
+-- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 the keep policy (keep_policy()
+--       in lib.lua), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
 --       then pairs (position among the jids, result JSON) for those that carry a result
 -- Returns {the jids whose reservation existed, the number of batch callbacks and workflow
 -- settlements (wf:due) that came due}:
@@ -18,12 +18,13 @@ local jids, results = {}, {}
 for i = 1, count do jids[i] = ARGV[7 + i] end
 for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
-local done, notes, seen, kept = {}, {}, {}, {}
+local done, notes, seen, kept, extras = {}, {}, {}, {}, {}
 for i, jid in ipairs(jids) do
   if reserved[i] and not seen[jid] then
     seen[jid] = true
     done[#done + 1] = jid
     kept[#done] = results[i] or ''
+    extras[#done] = ',"reserved_until":' .. reserved[i] .. (results[i] and ',"result":' .. results[i] or '')
     local text = note('done', results[i] or '')
     if text ~= '' then
       notes[#notes + 1] = jid
@@ -51,7 +52,7 @@ if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (other
 end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
-finish(k, queue, done, notes, ARGV[3], ARGV[4])
+finish(k, queue, done, notes, ARGV[3], ARGV[4], 'done', extras)
 batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3])
 announce(KEYS[9], ARGV[5], done)
 redis.call('HINCRBY', KEYS[4], 'processed', #done)

@@ -3,7 +3,7 @@
 --       6 holders hash, 7 jid index, 8 final hash, 9 finished zset, 10 due:finished,
 --       11 progress hash, 12 awaited zset, 13 dead zset, 14 expiring zset, 15 prioritized zset,
 --       16 meta hash
--- ARGV: 1 queue name, 2 jid, 3 now (unix seconds), 4 finished jobs kept per queue at most,
+-- ARGV: 1 queue name, 2 jid, 3 now (unix seconds), 4 the keep policy (lib.lua),
 --       5 finished channel
 -- A waiting, blocked (lib_workflows.lua), scheduled or retrying job leaves its place and ends
 -- cancelled (kept like a done one, see finish() in lib.lua). A reserved job stays with its worker, marked in holders
@@ -36,7 +36,7 @@ if removed == 0 then return '' end
 redis.call('ZREM', KEYS[14], jid)
 local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[9], due = KEYS[10],
   index = KEYS[7], progress = KEYS[11]}
-finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4])
+finish(k, queue, {jid}, {jid, note('cancelled', '')}, ARGV[3], ARGV[4], 'cancelled')
 batch_count(KEYS[16], KEYS[7], {jid}, 'end', ARGV[3])
 announce(KEYS[12], ARGV[5], {jid})
 if payload and listening() then publish({event('cancelled', jid, queue, payload, clock(), '')}) end

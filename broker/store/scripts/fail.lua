@@ -7,7 +7,7 @@
 -- ARGV: 1 queue name, 2 jid, 3 the reservation's expiry as the caller read it ('' = any),
 --       4 day, 5 target 'retries' | 'dead' | 'scheduled' (a snooze: no failure) | '' (discard
 --       the job), 6 score in the target set, 7 the new payload (with its failure), 8 now (unix
---       seconds), 9 finished jobs kept per queue at most (0: none), 10 finished channel,
+--       seconds), 9 the keep policy (keep_policy() in lib.lua), 10 finished channel,
 --       11 the holder as the caller read it ('' = unknown), 12 errtype (for the event),
 --       13 when the job expires ('' = never): a job that will run again is checked at FETCH
 -- Returns 1 when this call ended the reservation (2: and a batch callback came due, see
@@ -49,6 +49,7 @@ if target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch
 end
 if target == 'dead' then wf_count(KEYS[19], KEYS[5], {jid}, 'end', ARGV[8]) end  -- for good
 local ended = (batch_due.n + wf_due.n) > 0 and 2 or 1
+local until_ = ',"reserved_until":' .. expiry
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}
 local place = sets[target]
 if listening() then
@@ -62,7 +63,10 @@ if place then
   redis.call('HSET', KEYS[1], jid, ARGV[7])
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)
   redis.call('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
-  if target ~= 'dead' then
+  if target == 'dead' then
+    local _, mode = keep_policy(ARGV[9])
+    archive(KEYS[1], KEYS[5], queue, mode, 'dead', ARGV[8], {jid}, {ARGV[7]}, {until_})
+  else
     if ARGV[13] ~= '' then
       redis.call('ZADD', KEYS[18], ARGV[13], jid)
       redis.call('HSET', KEYS[19], 'expiring', 1)
@@ -73,7 +77,7 @@ else
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], jid, ARGV[7]) end
   local k = {jobs = KEYS[1], final = KEYS[9], finished = KEYS[10], due = KEYS[11],
     index = KEYS[5], progress = KEYS[12]}
-  finish(k, queue, {jid}, {jid, note(state, '')}, ARGV[8], ARGV[9])
+  finish(k, queue, {jid}, {jid, note(state, '')}, ARGV[8], ARGV[9], state, {until_})
 end
 announce(KEYS[13], ARGV[10], {jid})
 return ended

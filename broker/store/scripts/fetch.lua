@@ -3,7 +3,7 @@
 --       7 the worker's held set, 8 expiring zset, 9 stats hash, 10 final hash, 11 finished zset,
 --       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset, 16 prioritized zset
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
---       7 wid ('' = a connection that is no worker), 8 finished jobs kept per queue,
+--       7 wid ('' = a connection that is no worker), 8 the keep policy (lib.lua),
 --       9 finished channel
 -- Returns {jid1, payload1, jid2, payload2, ...}, oldest first, empty when the queue is paused
 -- (until its resume_at, if it has one) or empty; {seconds} when the queue's limits hold its
@@ -309,7 +309,7 @@ if #expired > 0 then
   local k = {jobs = KEYS[1], final = KEYS[10], finished = KEYS[11], due = KEYS[12],
     index = KEYS[13], progress = KEYS[14]}
   local payloads = listening() and redis.call('HMGET', KEYS[1], unpack(expired))
-  finish(k, ARGV[6], expired, notes, ARGV[1], ARGV[8])
+  finish(k, ARGV[6], expired, notes, ARGV[1], ARGV[8], 'expired')
   batch_count(KEYS[4], KEYS[13], expired, 'end', now)
   announce(KEYS[15], ARGV[9], expired)
   redis.call('HINCRBY', KEYS[9], 'expired', #expired)

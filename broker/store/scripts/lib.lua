@@ -64,15 +64,29 @@ local function forget_all(index, jids, value)
   if #ours > 0 then redis.call('HDEL', index, unpack(ours)) end
 end
 
--- Jobs of `queue` finish now, at `at` (unix seconds): their records stay where they are, the
--- finished set holds them (scored by `at`, purged finished_ttl later), and their index entries
--- say ~queue; `notes` (flat {jid, note, ...}) are kept in the final hash for those that have a
--- state other than done, or a result. With `most` <= 0 nothing is kept: records, progress and
--- index entries go now. Beyond `most` per queue the oldest finished jobs go. KEYS of the
--- caller, in a table: jobs, final, finished, due (of finished), index, progress.
-local function finish(k, queue, jids, notes, at, most)
+-- The keep policy every finishing script gets from the broker (Manager.keep): '<n> <mode>',
+-- n the finished jobs kept per queue at most (0: none), mode how the history archives them
+-- ('' none, 'a' with their args, 'n' without; see archive() in lib_history.lua).
+local function keep_policy(keep)
+  local most, mode = string.match(keep, '^(%d+) ?(%a?)$')
+  return tonumber(most), mode
+end
+
+-- Jobs of `queue` finish now, at `at` (unix seconds), in `state`: they are archived (history),
+-- their records stay where they are, the finished set holds them (scored by `at`, purged
+-- finished_ttl later), and their index entries say ~queue; `notes` (flat {jid, note, ...}) are
+-- kept in the final hash for those that have a state other than done, or a result; `extras`
+-- (per jid, or nil) are what the archive adds to each entry. With no job kept (keep) records,
+-- progress and index entries go now. Beyond the number kept per queue the oldest finished jobs
+-- go. KEYS of the caller, in a table: jobs, final, finished, due (of finished), index,
+-- progress.
+local function finish(k, queue, jids, notes, at, keep, state, extras)
   if #jids == 0 then return end
-  most = tonumber(most)
+  local most, mode = keep_policy(keep)
+  if mode ~= '' then
+    local payloads = redis.call('HMGET', k.jobs, unpack(jids))
+    archive(k.jobs, k.index, queue, mode, state, at, jids, payloads, extras)
+  end
   if most <= 0 then
     redis.call('HDEL', k.jobs, unpack(jids))
     redis.call('HDEL', k.progress, unpack(jids))
@@ -138,19 +152,6 @@ end
 local function clock()
   local now = redis.call('TIME')
   return now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-end
-
--- A payload's jobtype: the first "jobtype" key is the job's own (scalar fields come before
--- custom and args, see broker/jobs.py); one with escapes is decoded.
-local function jobtype_of(payload)
-  if not payload then return '' end
-  local _, e = string.find(payload, '"jobtype":"', 1, true)
-  if not e then return '' end
-  local found = string.match(payload, '^([^"\\]*)"', e + 1)
-  if found then return found end
-  local ok, job = pcall(cjson.decode, payload)
-  if ok and type(job) == 'table' and type(job.jobtype) == 'string' then return job.jobtype end
-  return ''
 end
 
 -- One event line; `extra` holds more members as raw JSON (',"k":v') or ''.

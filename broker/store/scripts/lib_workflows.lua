@@ -93,13 +93,13 @@ local function wf_count(key, index, jids, outcome, now)
   end
 end
 
--- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` holds
--- jids stored earlier in this call (this queue). Returns 1, or 7 and an unknown dependency, or
+-- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` maps
+-- the jids stored in this call (earlier, or anywhere in a graph) to their queues. Returns 1, or 7 and an unknown dependency, or
 -- 8 and a dependency that did not succeed (policy fail). Reads only.
 local function wf_check(index, queue, spec, here)
   local a = cjson.decode(spec)
   for i = 2, #a do
-    local owner = here[a[i]] and queue or redis.call('HGET', index, a[i])
+    local owner = here[a[i]] or redis.call('HGET', index, a[i])
     if not owner then return 7, a[i] end
     local finished = string.sub(owner, 1, 1) == '~'
     local base = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
@@ -117,13 +117,13 @@ end
 
 -- Push: the stored job `jid` of `base` waits for its dependencies (checked by wf_check): each
 -- live one names it among its dependants; returns the number unmet and the results of those
--- that succeeded. A dead or failed one counts as met (policy run).
+-- that succeeded. A dead or failed one counts as met (policy run). `here` as in wf_check.
 local function wf_join(base, index, jid, spec, here)
   local a = cjson.decode(spec)
   local queue, unmet, got = wf_queue(base), 0, {}
   for i = 2, #a do
     local dep = a[i]
-    local owner = here[dep] and queue or redis.call('HGET', index, dep)
+    local owner = here[dep] or redis.call('HGET', index, dep)
     local finished = string.sub(owner, 1, 1) == '~'
     local b = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
     if finished then

@@ -23,7 +23,7 @@ for _, entry in ipairs(taken) do
     local payload = redis.call('HGET', base .. 'jobs', jid)
     local k = {jobs = base .. 'jobs', final = base .. 'final', finished = base .. 'finished',
       due = g .. 'due:finished', index = KEYS[2], progress = base .. 'progress'}
-    finish(k, queue, {jid}, {jid, note('cancelled', '')}, now, ARGV[2])
+    finish(k, queue, {jid}, {jid, note('cancelled', '')}, now, ARGV[2], 'cancelled')
     batch_count(base .. 'meta', KEYS[2], {jid}, 'end', now)
     announce(KEYS[3], ARGV[3], {jid})
     if payload and listening() then

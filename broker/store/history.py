@@ -1,0 +1,108 @@
+"""The history: the archive of jobs that reached a final state, written by the finishing scripts
+(archive() in scripts/lib_history.lua), read a page at a time and purged by its retention rules.
+"""
+
+from collections.abc import Sequence
+
+from broker.store.base import Redis, Script, text
+from broker.store.jobs import JobStore
+from broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT
+
+PAGE = Script("history_page")
+PURGE = Script("history_purge")
+
+Scored = tuple[str, float, bytes]  # jid, when it ended (zset score), that score as Redis wrote it
+
+
+class HistoryStore:
+    """Typed reads and purges of the archive."""
+
+    def __init__(self, redis: Redis, jobs: JobStore) -> None:
+        self.redis = redis
+        self.keys = jobs.keys
+
+    async def page(
+        self,
+        queue: str,
+        states: Sequence[str],
+        jobtype: str | None,
+        most: int,
+        until: str,
+        since: str,
+        cursor: tuple[bytes, str] | None,
+    ) -> list[list[Scored]]:
+        """Per state, up to `most` archived jobs of `queue` (of `jobtype`, if given) that ended
+        in [since, until] after `cursor` (score as Redis wrote it, jid), newest first."""
+        k = self.keys(queue)
+        after = cursor or (b"", "")
+        found = await self.redis.run(
+            PAGE, [k.ended(s, jobtype) for s in states], (most, until, since, *after)
+        )
+        return [
+            [(text(flat[i]), float(flat[i + 1]), flat[i + 1]) for i in range(0, len(flat), 2)]
+            for flat in found
+        ]
+
+    async def entries(self, queue: str, jids: Sequence[str]) -> list[bytes | None]:
+        """The archived entries of `jids` in `queue` (None: none)."""
+        if not jids:
+            return []
+        found: list[bytes | None] = await self.redis.execute(
+            "HMGET", self.keys(queue).history, *jids
+        )
+        return found
+
+    async def find(self, queues: Sequence[str], jid: str) -> list[tuple[str, bytes]]:
+        """The archived entries of `jid`, in every queue of `queues` that has one."""
+        commands = [("HGET", self.keys(q).history, jid) for q in queues]
+        found = await self.redis.execute_many(commands)
+        return [(q, entry) for q, entry in zip(queues, found, strict=True) if entry is not None]
+
+    async def queues(self, state: str) -> list[str]:
+        """The queues that may have archived jobs of `state`, oldest first (due index)."""
+        return [text(q) for q in await self.redis.execute("ZRANGE", DUE_ENDED[state], 0, -1)]
+
+    async def oldest(self, state: str, most: int) -> list[tuple[str, float]]:
+        """The `most` queues whose archived jobs of `state` are the oldest, with a time at or
+        before each one's oldest."""
+        flat = await self.redis.execute("ZRANGE", DUE_ENDED[state], 0, most - 1, "WITHSCORES")
+        return [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def first_scores(self, queue: str, state: str, most: int) -> list[float]:
+        """When the `most` oldest archived jobs of `queue` in `state` ended, oldest first."""
+        flat = await self.redis.execute(
+            "ZRANGE", self.keys(queue).ended(state), 0, most - 1, "WITHSCORES"
+        )
+        return [float(score) for score in flat[1::2]]
+
+    async def older_than(self, state: str, bound: float, most: int) -> list[str]:
+        """Queues that may have archived jobs of `state` that ended at or before `bound`."""
+        found = await self.redis.execute(
+            "ZRANGEBYSCORE", DUE_ENDED[state], "-inf", bound, "LIMIT", 0, most
+        )
+        return [text(q) for q in found]
+
+    async def counts(self) -> dict[str, int]:
+        """Archived jobs kept per final state, every queue together."""
+        found = await self.redis.execute("HGETALL", HISTORY_COUNT)
+        return {text(found[i]): int(found[i + 1]) for i in range(0, len(found), 2)}
+
+    async def clear(self, step: int) -> None:
+        """Delete every archived job (FLUSH), `step` at a time; a bounded amount of work (what
+        the archive held when it began)."""
+        held = await self.counts()
+        for state in FINAL_STATES:
+            for queue in await self.queues(state):
+                for _ in range(held.get(state, 0) // step + 1):
+                    if await self.purge(queue, state, "+inf", step) < step:
+                        break
+
+    async def purge(
+        self, queue: str, state: str, bound: float | str, most: int, keep: int | None = None
+    ) -> int:
+        """Delete up to `most` of the oldest archived jobs of `queue` in `state` that ended at
+        or before `bound`; with `keep`, only as many as the count of `state` is over it."""
+        k = self.keys(queue)
+        keys = (k.history, k.ended(state), HISTORY_COUNT, DUE_ENDED[state])
+        args = (queue, state, bound, most, "" if keep is None else keep)
+        return int(await self.redis.run(PURGE, keys, args))

@@ -1,0 +1,316 @@
+"""The history over the wire: every final state archived with its figures, queries by jid,
+queue, jobtype, state and time range newest first, pages that neither skip nor repeat while jobs
+keep ending, and retention rules that delete exactly what they say (by age, and by count over
+every queue together) with work that follows what they delete."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from broker.__main__ import load_config, parser
+from broker.app import App
+from broker.config import DEFAULT_RETENTION, Retention
+from broker.store.audit import Auditor
+from client import AsyncClient, Client
+from tests.conftest import StartBroker, check_store
+from tests.wire import Wire, WireError, job
+
+QUIET = {"history_interval": 3600.0}  # the retention loop only when a test runs it
+
+
+async def history(w: Wire, **query: Any) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(await w.call("HISTORY", query))
+    return found
+
+
+async def run(w: Wire, queue: str = "default", result: Any = None) -> str:
+    """Fetch one job and ACK it (with `result`); returns its jid."""
+    fetched = json.loads(await w.call("FETCH", queue))
+    ack: dict[str, Any] = {"jid": fetched["jid"]}
+    if result is not None:
+        ack["result"] = result
+    await w.call("ACK", ack)
+    return str(fetched["jid"])
+
+
+async def fail(w: Wire, queue: str = "default") -> str:
+    fetched = json.loads(await w.call("FETCH", queue))
+    report = {"jid": fetched["jid"], "errtype": "Boom", "message": "it broke", "backtrace": ["x"]}
+    await w.call("FAIL", report)
+    return str(fetched["jid"])
+
+
+async def test_every_final_state_is_archived(start_broker: StartBroker, redis_url: str) -> None:
+    broker = await start_broker(**QUIET)
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("PUSH", job("hist-done", "Mail", args=[1, "a"], reserve_for=600))
+    await run(w, result={"sent": True})
+    await w.call("PUSH", job("hist-discarded", retry=0))
+    await fail(w)
+    await w.call(
+        "PUSH", job("hist-dead", retry=1, custom={"backoff": {"kind": "fixed", "delay": 0}})
+    )
+    await fail(w)  # to retries, due at once
+    await w.call("PUSH", job("hist-cancelled", queue="other"))
+    assert json.loads(await w.call("JOB", "CANCEL hist-cancelled"))["state"] == "cancelled"
+    await w.call("PUSH", job("hist-expired", queue="other", custom={"expires_in": 0.001}))
+    unique = {"unique_for": 60, "unique_until": "replace"}
+    await w.call("PUSH", job("hist-replaced", "Sync", queue="u", args=[1], custom=unique))
+    await w.call("PUSH", job("hist-replacer", "Sync", queue="u", args=[1], custom=unique))
+    with trio.fail_after(10):
+        while (await history(w, jid="hist-expired"))["jobs"] == []:
+            await w.call("FETCH", "other")  # past its expiry: FETCH ends it
+    with trio.fail_after(10):
+        while (await history(w, jid="hist-dead"))["jobs"] == []:
+            found = json.loads(await w.call("FETCH", "default") or "null")
+            if found:
+                await w.call("FAIL", {"jid": found["jid"], "errtype": "Boom", "message": "again"})
+    states = {}
+    for jid in (
+        "hist-done",
+        "hist-discarded",
+        "hist-dead",
+        "hist-cancelled",
+        "hist-expired",
+        "hist-replaced",
+    ):
+        (entry,) = (await history(w, jid=jid))["jobs"]
+        states[jid] = entry
+    assert {jid: e["state"] for jid, e in states.items()} == {
+        "hist-done": "done",
+        "hist-discarded": "discarded",
+        "hist-dead": "dead",
+        "hist-cancelled": "cancelled",
+        "hist-expired": "expired",
+        "hist-replaced": "replaced",
+    }
+    done = states["hist-done"]
+    assert done["jobtype"] == "Mail" and done["queue"] == "default"
+    assert done["job"]["args"] == [1, "a"] and done["result"] == {"sent": True}
+    assert done["attempts"] == 1 and 0 <= done["run_seconds"] < 5
+    assert done["ended_at"].endswith("Z") and "failure" not in done
+    dead = states["hist-dead"]
+    assert dead["attempts"] == 2 and dead["failure"]["errtype"] == "Boom"
+    assert states["hist-discarded"]["attempts"] == 1
+    assert (
+        states["hist-cancelled"]["attempts"] == 0 and states["hist-cancelled"]["queue"] == "other"
+    )
+    check_store(redis_url)
+
+
+async def test_args_can_be_left_out(start_broker: StartBroker) -> None:
+    broker = await start_broker(history_args=False, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("noargs-1", args=["secret"], custom={"k": 1}))
+    await run(w)
+    (entry,) = (await history(w, jid="noargs-1"))["jobs"]
+    assert "args" not in entry["job"] and entry["job"]["custom"] == {"k": 1}
+
+
+async def test_history_off_archives_nothing(start_broker: StartBroker) -> None:
+    broker = await start_broker(history=False, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("nohist-1"))
+    await run(w)
+    assert (await history(w, jid="nohist-1"))["jobs"] == []
+    assert (await history(w))["jobs"] == []
+
+
+async def test_queries_filter_by_queue_jobtype_state_and_time(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    for i in range(6):
+        queue, jobtype = ("a", "Mail") if i % 2 else ("b", "Sms")
+        await w.call("PUSH", job(f"filter-{i}", jobtype, queue=queue, retry=0))
+        if i == 4:
+            await fail(w, queue)
+        else:
+            await run(w, queue)
+    everything = (await history(w))["jobs"]
+    assert [e["jid"] for e in everything] == [f"filter-{i}" for i in reversed(range(6))]
+    assert [e["jid"] for e in (await history(w, queue="a"))["jobs"]] == [
+        "filter-5",
+        "filter-3",
+        "filter-1",
+    ]
+    sms = await history(w, jobtype="Sms", state="done")
+    assert [e["jid"] for e in sms["jobs"]] == ["filter-2", "filter-0"]
+    assert [e["jid"] for e in (await history(w, state=["discarded"]))["jobs"]] == ["filter-4"]
+    middle = everything[3]["ended_at"], everything[1]["ended_at"]
+    ranged = await history(w, since=middle[0], until=middle[1])
+    assert [e["jid"] for e in ranged["jobs"]] == ["filter-4", "filter-3", "filter-2"]
+    for bad, message in (
+        ({"state": "running"}, "not a final state"),
+        ({"count": 0}, "count must be between"),
+        ({"cursor": "nope"}, "not a cursor"),
+        ({"since": "yesterday"}, "unix seconds or RFC 3339"),
+        ({"queue": "no such"}, "no such queue"),
+        ({"colour": "red"}, "invalid HISTORY"),
+    ):
+        try:
+            await w.call("HISTORY", bad)
+        except WireError as exc:
+            assert message in str(exc), (bad, str(exc))
+        else:
+            raise AssertionError(f"HISTORY {bad} was accepted")
+
+
+async def test_pages_walk_every_entry_once_while_jobs_keep_ending(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"page-{i:04d}", queue=f"q{i % 3}") for i in range(300)])
+    fetched = [json.loads(await w.call("FETCH", f"q{i % 3}"))["jid"] for i in range(300)]
+    acks = b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched)
+    await w.send(acks)  # pipelined: many end in one script call, at one time
+    assert [await w.reply() for _ in fetched] == [b"OK"] * 300
+    seen: list[str] = []
+    page = await history(w, count=7)
+    for late in range(100):
+        seen += [e["jid"] for e in page["jobs"]]
+        if not page["cursor"]:
+            break
+        await w.call("PUSH", job(f"latejob-{late}", queue="q1"))  # newer: not in this walk
+        await run(w, "q1")
+        page = await history(w, count=7, cursor=page["cursor"])
+    assert sorted(seen) == sorted(fetched)  # each once, none of the later ones
+
+
+async def test_retention_by_age_deletes_exactly_the_old(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    broker = await start_broker(retention={"done": Retention(ttl=100.0, max=1000)}, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    for i in range(20):
+        await w.call("PUSH", job(f"agejob-{i:02d}"))
+        await run(w)
+    entries = (await history(w, count=100))["jobs"]
+    newest_first = [e["jid"] for e in entries]
+    cutoff = float(await _score(rdb, "default", "agejob-09"))
+    deleted = await broker.manager.history.retain(cutoff + 100.0)
+    assert deleted == 10
+    left = [e["jid"] for e in (await history(w, count=100))["jobs"]]
+    assert left == newest_first[:10]
+    assert await broker.manager.history.retain(cutoff + 100.0) == 0
+
+
+async def test_retention_by_count_keeps_the_newest_of_every_queue(
+    start_broker: StartBroker,
+) -> None:
+    broker = await start_broker(retention={"done": Retention(ttl=86_400.0, max=25)}, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    for i in range(60):
+        await w.call("PUSH", job(f"countjob-{i:02d}", queue=("x", "y", "z")[i % 3]))
+        await run(w, ("x", "y", "z")[i % 3])
+    await w.call("PUSH", job("countdead", retry=0))
+    await fail(w)  # another state: its own rule
+    newest = [e["jid"] for e in (await history(w, state="done", count=25))["jobs"]]
+    assert await broker.manager.history.retain(broker.manager.clock()) == 35
+    left = [e["jid"] for e in (await history(w, state="done", count=100))["jobs"]]
+    assert left == newest
+    assert (await history(w, jid="countdead"))["jobs"][0]["state"] == "discarded"
+
+
+async def test_retention_work_follows_deletions_not_what_is_kept(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    idle = {name: 3600.0 for name in ("scheduler_interval", "reaper_interval")}
+    idle |= {"dead_purge_interval": 3600.0, "worker_reaper_interval": 3600.0}
+    broker = await start_broker(**QUIET, **idle)
+    w = await Wire.open(broker.port, hello={})
+
+    async def calls_of_a_pass() -> int:
+        rdb.config_resetstat()
+        await broker.manager.history.retain(broker.manager.clock())
+        stats = rdb.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_config")
+
+    await w.call("PUSHB", [job(f"fewjobs-{i}", queue=f"k{i}") for i in range(5)])
+    for i in range(5):
+        await run(w, f"k{i}")
+    few = await calls_of_a_pass()
+    await w.call("PUSHB", [job(f"manyjobs-{i}", queue=f"k{i % 5}") for i in range(2000)])
+    for i in range(5):
+        for _ in range(400):
+            await run(w, f"k{i}")
+    assert await calls_of_a_pass() == few
+
+
+async def _score(rdb: redis.Redis, queue: str, jid: str) -> float:
+    found = rdb.zscore(f"hopper:q:{{{queue}}}:ended:done", jid)
+    assert found is not None
+    return float(found)
+
+
+async def test_the_clients_walk_the_history(broker: App) -> None:
+    async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+        for i in range(5):
+            await client.push("Report", [i], queue="reports", jid=f"client-{i}")
+        for _ in range(5):
+            found = await client.fetch("reports")
+            assert found is not None
+            await client.ack(found.jid)
+        page = await client.history(queue="reports", count=2)
+        seen = [e.jid for e in page.jobs]
+        while page.cursor is not None:
+            page = await client.history(queue="reports", count=2, cursor=page.cursor)
+            seen += [e.jid for e in page.jobs]
+        assert seen == [f"client-{i}" for i in reversed(range(5))]
+        (entry,) = (await client.history("client-3")).jobs
+        assert entry.state == "done" and entry.job["args"] == [3] and entry.result is None
+
+    def sync_side() -> list[str]:
+        with Client(f"tcp://127.0.0.1:{broker.port}") as client:
+            return [e.jid for e in client.history(jobtype="Report", state="done").jobs]
+
+    assert await trio.to_thread.run_sync(sync_side) == [f"client-{i}" for i in range(4, -1, -1)]
+
+
+async def test_flush_empties_the_history_and_the_file_sets_retention(
+    broker: App, tmp_path: Path
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"flushed-{i}", queue=f"fq{i % 2}") for i in range(30)])
+    for i in range(30):
+        await run(w, f"fq{i % 2}")
+    assert len((await history(w, count=100))["jobs"]) == 30
+    await w.call("FLUSH")
+    assert (await history(w, count=100))["jobs"] == []
+    assert await broker.manager.store.history.counts() == {"done": 0}
+    path = tmp_path / "hopper.toml"
+    path.write_text("[retention.done]\nttl = 3600\nmax = 5\n[retention.dead]\nttl = 60\nmax = 1\n")
+    config = load_config(parser().parse_args(["run", "--config", str(path)]), {})
+    assert config.retention_of("done") == Retention(3600.0, 5)
+    assert config.retention_of("expired") == DEFAULT_RETENTION["expired"]
+    path.write_text("[retention.running]\nttl = 1\nmax = 1\n")
+    with pytest.raises(ValueError, match=r"retention\.running: not a final state"):
+        load_config(parser().parse_args(["run", "--config", str(path)]), {}).check()
+
+
+async def test_check_finds_and_repairs_a_broken_history(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"audited-{i}", "Audit") for i in range(4)])
+    for _ in range(4):
+        await run(w)
+    ended = "hopper:q:{default}:ended:done"
+    rdb.zrem(ended, "audited-0")  # an entry not indexed
+    rdb.zadd(f"{ended}:Audit", {"no-such-entry": 1.0})  # an index entry without entry
+    rdb.hincrby("hopper:g:{g}:history:count", "done", 7)  # a wrong count
+    rdb.zrem("hopper:g:{g}:due:ended:done", "default")  # a due entry missing
+    store = broker.manager.store
+    found = await Auditor(store).run()
+    kinds = sorted(p.kind for p in found.problems)
+    assert kinds == [
+        "history count wrong",
+        "history due entry missing",
+        "history entry not indexed",
+        "history index entry without entry",
+    ]
+    assert not found.clean
+    assert (await Auditor(store, repair=True).run()).clean
+    assert (await Auditor(store).run()).problems == []
+    assert len((await history(w, jobtype="Audit"))["jobs"]) == 4
+    check_store(redis_url)
