@@ -188,12 +188,14 @@ class Supervisor:
 
     async def _watch(self, child: Child) -> None:
         """Follow a child until it exits: its messages, then its exit."""
-        async with trio.open_nursery() as listening:
-            listening.start_soon(self._listen, child)
-            code = child.code = await child.process.wait()
-            listening.cancel_scope.cancel()
-        child.link.close()
-        self.children.discard(child)
+        try:
+            async with trio.open_nursery() as listening:
+                listening.start_soon(self._listen, child)
+                code = child.code = await child.process.wait()
+                listening.cancel_scope.cancel()
+        finally:  # also when the supervisor is cancelled: the child sees its link close
+            child.link.close()
+            self.children.discard(child)
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         level = logging.INFO if code == 0 else logging.WARNING
         log.log(level, "supervisor: %s %s", child, how)
