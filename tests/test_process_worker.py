@@ -120,8 +120,9 @@ async def test_a_child_killed_is_replaced_and_its_job_comes_back(
     assert supervisor.process.returncode == 0, supervisor.log.read_text()
 
 
-async def test_ctrl_c_gives_every_child_its_grace_once_then_all_exit(
-    broker: App, supervisors: Supervisors, rdb: redis.Redis
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+async def test_a_stop_gives_every_child_its_grace_once_then_all_exit(
+    broker: App, supervisors: Supervisors, rdb: redis.Redis, how: str
 ) -> None:
     supervisor = supervisors.start("jobs", "--url", url(broker), "--processes", "4", "--grace", "3")
     await eventually(lambda: len(workers(rdb)) == 4, timeout=30)
@@ -130,9 +131,11 @@ async def test_ctrl_c_gives_every_child_its_grace_once_then_all_exit(
         short = [await producer.push("nap", [1]) for _ in range(2)]
         long = [await producer.push("nap", [60]) for _ in range(2)]
     await eventually(lambda: all(supervisor.mark(jid, "started") for jid in short + long))
-    # Ctrl-C in a terminal: INT to the whole foreground process group. The children are in
-    # groups of their own, so each hears it once, from the supervisor: the grace holds.
-    os.killpg(supervisor.process.pid, signal.SIGINT)
+    if how == "sigterm":
+        supervisor.process.send_signal(signal.SIGTERM)
+    else:  # INT to the whole foreground process group. The children are in groups of their
+        # own, so each hears it once, from the supervisor: the grace holds.
+        os.killpg(supervisor.process.pid, signal.SIGINT)
     await eventually(supervisor.exited, timeout=30)
     assert supervisor.process.returncode == 0, supervisor.log.read_text()
     assert all(supervisor.mark(jid, "finished") for jid in short)
@@ -143,6 +146,28 @@ async def test_ctrl_c_gives_every_child_its_grace_once_then_all_exit(
         failure = stored(rdb, jid).failure
         assert failure is not None and failure.errtype == "Interrupted"
     assert workers(rdb) == {}
+
+
+async def test_a_second_term_ends_the_grace_of_every_child(
+    broker: App, supervisors: Supervisors, rdb: redis.Redis
+) -> None:
+    supervisor = supervisors.start(
+        "jobs", "--url", url(broker), "--processes", "2", "--grace", "600"
+    )
+    wids = await eventually(lambda: len(found := workers(rdb)) == 2 and found, timeout=30)
+    async with AsyncClient(url(broker)) as producer:
+        jids = [await producer.push("nap", [600]) for _ in range(2)]
+    await eventually(lambda: all(supervisor.mark(jid, "started") for jid in jids))
+    supervisor.process.send_signal(signal.SIGTERM)
+    await eventually(
+        lambda: all(rdb.hget(keys.worker(wid), "state") == "terminate" for wid in wids)
+    )
+    supervisor.process.send_signal(signal.SIGTERM)
+    await eventually(supervisor.exited, timeout=30)  # far short of the grace
+    assert supervisor.process.returncode == 0, supervisor.log.read_text()
+    for jid in jids:
+        failure = stored(rdb, jid).failure
+        assert failure is not None and failure.errtype == "Interrupted"
 
 
 async def test_tstp_quiets_every_child(
