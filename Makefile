@@ -4,12 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest chaos clean
+.PHONY: install run test lint typecheck pytest chaos clean screenshots
 
 install: $(STAMP)
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "redis-server not found: installing it with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+	  echo "chromium not found: installing it with apt-get (the dashboard's browser tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +38,10 @@ test: lint typecheck pytest
 # The reliability suite with its long fault, fuzz and load runs (< 15 min); fails on any loss.
 chaos: install
 	$(BIN)/python -m chaos
+
+# The dashboard's screenshots in docs/screenshots, taken by its browser test (docs/dashboard.md).
+screenshots: install
+	HOPPER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/test_dashboard_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

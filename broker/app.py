@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 
 from broker.clock import RedisClock
-from broker.config import REDIS_TIMEOUT, Config, Settings
+from broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
 from broker.doorbell import Doorbell
 from broker.errors import BrokerError, StartError
 from broker.events import EventHub
@@ -22,6 +22,7 @@ from broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from broker.store.migrate import migrate
 from broker.store.redis import Store
 from broker.tls import server_context
+from broker.web.app import Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class App:
         self.ssl_context = server_context(config)
         self.redis_url = config.redis_url
         self.port = 0
+        self.dashboard: Dashboard | None = None
+        self.dashboard_port = 0  # 0: no dashboard (off, or its port could not be bound)
         self.manager: Manager | None = None
         self.server: Server | None = None
         self._stop = trio.Event()
@@ -99,6 +102,9 @@ class App:
             await manager.admin.apply(config.queue_rules())
             root.start_soon(self._apply_queue_settings, manager)
             root.start_soon(run_reapers, manager, server.close_worker)
+            if config.dashboard_bind != DASHBOARD_OFF:
+                self.dashboard = Dashboard(manager, server, self.settings)
+                self.dashboard_port = await root.start(self.dashboard.run)
             async with trio.open_nursery() as serving:
                 self.port = await serving.start(server.run)
                 log.info(

@@ -7,8 +7,9 @@ logged and answered `-ERR internal error`. A run of consecutive PUSH commands re
 
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -25,7 +26,7 @@ from broker.jobs import (
     fail_decoder,
     mutation_decoder,
 )
-from broker.manager import Manager
+from broker.manager import Fetched, Manager
 from broker.protocol import Command
 from broker.session import Session
 
@@ -43,12 +44,26 @@ DEFAULT_WAIT = 30.0  # seconds a JOB WAIT without a timeout waits
 STOPS = ("END", "EVENTS")  # the verbs that end a connection's run of commands
 
 
+class Observer(Protocol):
+    """What watches the command path (the dashboard's metrics): cheap synchronous calls."""
+
+    def command(self, verb: str, seconds: float, count: int) -> None:
+        """`count` commands of `verb` got their replies `seconds` after they began."""
+
+    def fetched(self, found: Sequence[Fetched]) -> None:
+        """Jobs handed out."""
+
+    def finished(self, jobs: Sequence[tuple[str, str | None]], ok: bool) -> None:
+        """Jobs (jid, queue if known) ACKed (`ok`) or FAILed."""
+
+
 class Commands:
     """Dispatches commands of identified connections to the manager."""
 
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
         self.clock = manager.clock
+        self.observer: Observer | None = None  # set by the dashboard (broker/web/metrics.py)
 
     async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], int, bool]:
         """Run commands in order: (their replies, how many ran, whether they stopped at END or
@@ -64,9 +79,12 @@ class Commands:
             if command.verb in STOPS:
                 return replies, i, True
             runner = RUNS.get(command.verb)
+            started = time.perf_counter()
             if runner is None:
                 replies.append(await self._reply(session, command))
                 i += 1
+                if self.observer is not None:
+                    self.observer.command(command.verb, time.perf_counter() - started, 1)
                 continue
             end = i + 1
             while end < len(batch) and _same_run(batch[end], command):
@@ -78,6 +96,8 @@ class Commands:
             except Exception:
                 log.exception("command %s failed", command.verb)
                 done = [INTERNAL_ERROR] * (end - i)
+            if self.observer is not None:
+                self.observer.command(command.verb, time.perf_counter() - started, len(done))
             replies += done
             i += len(done)
             if i < end:
@@ -126,6 +146,9 @@ class Commands:
             positions.append(i)
         outcomes = await self.manager.ack_many(items, self.clock(), session.wid)
         _fill_errors(replies, positions, outcomes)
+        if self.observer is not None:
+            pairs = zip(items, outcomes, strict=True)
+            self.observer.finished([(jid, q) for (jid, q, _), e in pairs if e is None], True)
         return replies
 
     async def fetch_run(
@@ -146,6 +169,8 @@ class Commands:
             return [protocol.NULL] * len(fetches) if may_wait else []
         for fetched in found:
             session.remember(fetched.jid, fetched.queue)
+        if self.observer is not None:
+            self.observer.fetched(found)
         return [protocol.bulk(fetched.payload) for fetched in found]
 
     async def dispatch(self, session: Session, command: Command) -> bytes:
@@ -169,7 +194,10 @@ class Commands:
 
     async def fail(self, session: Session, arg: bytes) -> bytes:
         report = _decode(fail_decoder, arg, "FAIL")
-        await self.manager.fail(report, session.recall(report.jid), self.clock(), session.wid)
+        queue = session.recall(report.jid)
+        await self.manager.fail(report, queue, self.clock(), session.wid)
+        if self.observer is not None:
+            self.observer.finished([(report.jid, queue)], False)
         return protocol.OK
 
     async def beat(self, session: Session, arg: bytes) -> bytes:

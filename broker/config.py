@@ -15,6 +15,8 @@ from broker.policy import QueueRules, Throttle, check_queue_rules, with_throttle
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 DEFAULT_BIND = f"127.0.0.1:{DEFAULT_PORT}"  # loopback unless told otherwise
+DEFAULT_DASHBOARD = "127.0.0.1:7420"  # the web dashboard and /metrics (docs/dashboard.md)
+DASHBOARD_OFF = "off"  # dashboard_bind value that serves no dashboard
 DEFAULT_DATA_DIR = ".hopper"  # embedded Redis data, relative to the working directory
 # Seconds a starting broker waits for Redis to answer (an external Redis, or the embedded
 # redis-server loading its AOF) before it exits with the reason: room for a Redis started at the
@@ -54,6 +56,7 @@ FINISHED_TTL = 86_400.0  # seconds a finished job (done, discarded) stays answer
 FINISHED_MAX = 100_000  # finished jobs kept per queue at most, the oldest dropped first: a
 # bound on memory at high throughput (each costs its payload plus ~150 bytes)
 MAX_RESULT_BYTES = 64 * 1024  # the JSON result an ACK may carry
+PUSH_REPLICAS_TIMEOUT = 1.0  # seconds a push waits for its replicas (push_replicas) at most
 MAX_LOG_LINES = 100  # log lines kept per job (JOB LOG), the oldest dropped first
 MAX_LOG_LINE = 1000  # characters of one log line kept
 MAX_WAIT = 3600.0  # seconds a JOB WAIT may wait for a job to finish
@@ -88,6 +91,7 @@ RESTART_ONLY = frozenset(
         "tls_cert",
         "tls_key",
         "redis_start_timeout",
+        "dashboard_bind",
     }
 )
 
@@ -117,6 +121,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tls_key: str = ""
     allow_open_bind: bool = False  # allow a non-loopback bind without a password
     log_level: str = "INFO"
+    dashboard_bind: str = DEFAULT_DASHBOARD  # `off`: no dashboard
+    dashboard_password: str = ""  # empty: the broker's password protects the dashboard
 
     max_line_bytes: int = MAX_LINE_BYTES
     max_connections: int = MAX_CONNECTIONS
@@ -141,6 +147,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     finished_ttl: float = FINISHED_TTL
     finished_max: int = FINISHED_MAX
+    push_replicas: int = 0  # Redis replicas a pushed job must reach before +OK (WAIT); 0: none
+    push_replicas_timeout: float = PUSH_REPLICAS_TIMEOUT
     max_result_bytes: int = MAX_RESULT_BYTES
     max_log_lines: int = MAX_LOG_LINES
     max_log_line: int = MAX_LOG_LINE
@@ -167,6 +175,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return split_bind(self.bind)[1]
 
     @property
+    def web_password(self) -> str:
+        """The password of the dashboard: its own, else the broker's ('' for none)."""
+        return self.dashboard_password or self.password
+
+    @property
     def reservation(self) -> tuple[int, int, int]:
         """(default, minimum, maximum) reservation seconds, as the fetch script takes them."""
         return self.default_reservation, self.min_reservation, self.max_reservation
@@ -179,6 +192,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 f"refusing to listen on {host} without a password; set a password or "
                 "allow_open_bind (--allow-open-bind) to accept connections from anywhere"
             )
+        if self.dashboard_bind != DASHBOARD_OFF:
+            web_host, _ = split_bind(self.dashboard_bind)
+            if not self.web_password and not self.allow_open_bind and not is_loopback(web_host):
+                raise ValueError(
+                    f"refusing to serve the dashboard on {web_host} without a password; set "
+                    "password or dashboard_password, or allow_open_bind"
+                )
         if self.min_reservation < 1 or self.min_reservation > self.max_reservation:
             raise ValueError("min_reservation must be between 1 and max_reservation")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -198,6 +218,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("max_result_bytes", "max_log_line", "max_wait", "event_buffer"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.push_replicas < 0 or self.push_replicas_timeout <= 0:
+            raise ValueError("push_replicas must not be negative, push_replicas_timeout positive")
         if self.history_interval <= 0:
             raise ValueError("history_interval must be positive")
         for state, rule in self.retention.items():

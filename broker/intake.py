@@ -89,6 +89,7 @@ class Intake:
         custom.after form a graph (see workflows.py), stored all or nothing.
         """
         outcomes: list[BrokerError | None] = [None] * len(jobs)
+        since = self.store.connection()
         by_queue: dict[str, list[tuple[int, PushEntry]]] = defaultdict(list)
         prepared: list[tuple[int, PushEntry]] = []
         for i, job in enumerate(jobs):
@@ -100,13 +101,30 @@ class Intake:
         if graph is not None:
             if graph:
                 await self._store_graph(jobs, graph, now, claim, outcomes)
+            await self._replicated(outcomes, since)
             return outcomes
         for i, entry in prepared:
             by_queue[jobs[i].queue].append((i, entry))
         for queue, items in by_queue.items():
             for start in range(0, len(items), PUSH_BATCH):
                 await self._store(queue, items[start : start + PUSH_BATCH], now, claim, outcomes)
+        await self._replicated(outcomes, since)
         return outcomes
+
+    async def _replicated(self, outcomes: list[BrokerError | None], since: int) -> None:
+        """With push_replicas, the jobs stored are answered +OK only once that many replicas
+        have them (WAIT); otherwise they get an error saying so (they stay stored)."""
+        config = self.settings()
+        wanted = config.push_replicas
+        if not wanted or all(outcome is not None for outcome in outcomes):
+            return
+        acked = await self.store.replicated(wanted, config.push_replicas_timeout, since)
+        if acked < wanted:
+            unsafe = BrokerError(
+                f"stored, but copied to {acked} of {wanted} Redis replicas within "
+                f"{config.push_replicas_timeout:g} s: lost if the Redis master fails now"
+            )
+            outcomes[:] = [outcome or unsafe for outcome in outcomes]
 
     async def _store(
         self,

@@ -52,6 +52,32 @@ class Workers:
         self._note(wid, current)
         return current
 
+    async def listing(self, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to `limit` connected workers with their records, most recently beating first."""
+        return await self.store.workers.records(limit)
+
+    async def held(self, wid: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` (queue, jid) the worker fetched; an entry may be stale (the job since
+        finished or moved on): JOB STATE tells."""
+        found: list[tuple[str, str]] = []
+        cursor = 0
+        for _ in range(limit):  # bounded: each step returns at least nothing new
+            cursor, pairs = await self.store.workers.held(wid, cursor, limit)
+            found += pairs
+            if not cursor or len(found) >= limit:
+                break
+        return found[:limit]
+
+    async def signal(self, wid: str, state: str) -> str:
+        """An operator asks a worker to go quiet or terminate (told at its next BEAT)."""
+        if state not in STATES[1:]:
+            raise CommandError(f"a worker can be told quiet or terminate, not {state}")
+        current = await self.store.workers.signal(wid, state)
+        if current is None:
+            raise CommandError(f"unknown worker {wid}")
+        self._note(wid, current)
+        return current
+
     async def reap(self, now: float) -> list[str]:
         """Forget workers whose last beat is older than worker_ttl; returns their wids."""
         config = self.settings()

@@ -122,8 +122,19 @@ class AsyncClient(ClientBase[AsyncConnection]):
             return call.parse(reply, backoff.attempts > 0)
 
     async def _open(self) -> AsyncConnection:
-        """A new connection, handshake done (not from the pool)."""
-        return await AsyncConnection.open(self, self.endpoint, self.identity)
+        """A new connection, handshake done (not from the pool), to the first broker of the
+        list that answers (see _in_turn)."""
+        failed: ConnectionLost | None = None
+        for endpoint in self._in_turn():
+            try:
+                conn = await AsyncConnection.open(self, endpoint, self.identity)
+            except ConnectionLost as exc:
+                failed = exc
+                continue
+            self._answered(endpoint)
+            return conn
+        assert failed is not None
+        raise failed
 
     def pipeline(self) -> AsyncPipeline:
         """Push without waiting for each reply: `async with client.pipeline() as pipe:`,

@@ -4,10 +4,10 @@ import os
 import ssl
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from client.url import Endpoint, parse_url
+from client.url import Endpoint, parse_urls
 from client.wire import Identity
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a reply; must exceed the broker's FETCH wait (2 s)
@@ -30,7 +30,7 @@ class ClientBase(Generic[C]):
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         password: str | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT,
@@ -41,17 +41,33 @@ class ClientBase(Generic[C]):
         ssl_context: ssl.SSLContext | None = None,
         max_idle: int = MAX_IDLE,
     ) -> None:
-        self.endpoint: Endpoint = parse_url(url, password)
+        self.endpoints = parse_urls(url, password)
+        self._current = 0  # the endpoint new connections go to; the next one after a failure
         self.identity = Identity(wid=wid, labels=tuple(labels))
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
         self.max_idle = max_idle
-        if ssl_context is None and self.endpoint.tls:
+        if ssl_context is None and any(e.tls for e in self.endpoints):
             ssl_context = ssl.create_default_context()
         self.ssl_context = ssl_context
         self._idle: deque[C] = deque()
         _clients.add(self)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The broker new connections go to (one of several that share a Redis)."""
+        return self.endpoints[self._current]
+
+    def _in_turn(self) -> list[Endpoint]:
+        """The brokers a new connection tries, in order: the one that answered last, then the
+        others of the list (several brokers on one Redis serve the same jobs)."""
+        first = self._current
+        return [*self.endpoints[first:], *self.endpoints[:first]]
+
+    def _answered(self, endpoint: Endpoint) -> None:
+        """`endpoint` took a connection: the next ones try it first."""
+        self._current = self.endpoints.index(endpoint)
 
     @property
     def wid(self) -> str:

@@ -15,7 +15,7 @@ import sys
 from client.errors import ClientError
 from client.supervisor import Supervisor
 from client.tasks import Tasks
-from client.url import parse_url
+from client.url import parse_urls
 from client.worker import Worker
 
 log = logging.getLogger("client.cli")
@@ -97,7 +97,7 @@ def configure(args: argparse.Namespace) -> Worker:
     if args.grace is not None:
         worker.grace = args.grace
     try:
-        parse_url(worker.url, worker.password)
+        parse_urls(worker.url, worker.password)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return worker

@@ -34,7 +34,9 @@ class Client(ClientBase[Connection]):
     """Push jobs and talk to a Faktory-protocol broker from blocking code.
 
     `url` is `tcp://[:password@]host:port` (`tcp+tls://` for TLS); None reads HOPPER_URL or
-    FAKTORY_URL. Safe to share between threads: each command borrows a pooled connection.
+    FAKTORY_URL. Several brokers sharing one Redis: a comma-separated list (or a list) of
+    URLs; a new connection goes to the first that answers, the last that did first.
+    Safe to share between threads: each command borrows a pooled connection.
     A command whose connection breaks is sent again on a new one, with backoff, for up to
     `retry_for` seconds; then ConnectionLost is raised. `-CODE message` replies raise
     ServerError. `close()` closes idle connections; the client reconnects if used again.
@@ -61,13 +63,24 @@ class Client(ClientBase[Connection]):
             return call.parse(reply, backoff.attempts > 0)
 
     def _open(self) -> Connection:
-        return Connection.open(
-            self.endpoint,
-            self.identity,
-            timeout=self.timeout,
-            connect_timeout=self.connect_timeout,
-            ssl_context=self.ssl_context,
-        )
+        """A new connection to the first broker of the list that answers (see _in_turn)."""
+        failed: ConnectionLost | None = None
+        for endpoint in self._in_turn():
+            try:
+                conn = Connection.open(
+                    endpoint,
+                    self.identity,
+                    timeout=self.timeout,
+                    connect_timeout=self.connect_timeout,
+                    ssl_context=self.ssl_context,
+                )
+            except ConnectionLost as exc:
+                failed = exc
+                continue
+            self._answered(endpoint)
+            return conn
+        assert failed is not None
+        raise failed
 
     def pipeline(self) -> Pipeline:
         """Push without waiting for each reply: `with client.pipeline() as pipe:`,

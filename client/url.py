@@ -1,7 +1,8 @@
-"""Where the broker is: `tcp://[user:password@]host:port` URLs and the environment."""
+"""Where the broker is: `tcp://[user:password@]host:port` URLs and the environment; several
+brokers sharing one Redis as a comma-separated list (`tcp://a:7419,tcp://b:7419`)."""
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -54,3 +55,16 @@ def parse_url(url: str | None = None, password: str | None = None) -> Endpoint:
         password=unquote(parts.password or "") if password is None else password,
         username=unquote(parts.username or ""),
     )
+
+
+def parse_urls(
+    url: str | Sequence[str] | None = None, password: str | None = None
+) -> tuple[Endpoint, ...]:
+    """Every broker `url` names (a URL, a comma-separated list of them, or a sequence; the
+    environment's when None), in order; `password` as in parse_url."""
+    text = env_url() if url is None else url
+    urls = text.split(",") if isinstance(text, str) else list(text)
+    found = tuple(parse_url(u.strip(), password) for u in urls if u.strip())
+    if not found:
+        raise ValueError("no broker URL given")
+    return found

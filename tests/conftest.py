@@ -111,6 +111,7 @@ def test_config(redis_url: str, **overrides: Any) -> Config:
         "dead_purge_interval": 0.05,
         "worker_reaper_interval": 0.05,
         "shutdown_grace": 1.0,
+        "dashboard_bind": "off",  # tests of the dashboard turn it on (port 0)
     }
     values.update(overrides)
     return Config(**values)

@@ -155,6 +155,8 @@ class Pipeline:
     `timeout()` gives `redis_timeout` in seconds; it is read at each use, so it may change.
     """
 
+    connections = 0  # connections made so far (a reconnect is a new one)
+
     def __init__(self, address: Address, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT):
         self.address = address
         self.timeout = timeout
@@ -228,6 +230,7 @@ class Pipeline:
                 await trio.sleep(delay)
                 continue
             attempt = 0
+            self.connections += 1  # WAIT counts the writes of this connection only
             if not started:
                 task_status.started()
                 started = True

@@ -31,6 +31,17 @@ class Store:
         seconds, micros = await self.redis.execute("TIME")
         return int(seconds) + int(micros) / 1_000_000
 
+    def connection(self) -> int:
+        """Which connection to Redis this is (a number that changes when it reconnects)."""
+        return self.redis.pipeline.connections
+
+    async def replicated(self, replicas: int, timeout: float, since: int) -> int:
+        """How many replicas acknowledged every write sent so far, waiting up to `timeout`
+        seconds for `replicas` of them (WAIT); 0 when the connection changed after `since`
+        (connection()): the writes of an earlier connection cannot be vouched for."""
+        acked = int(await self.redis.execute("WAIT", replicas, max(int(timeout * 1000), 1)))
+        return acked if self.connection() == since else 0
+
     async def redis_version(self) -> tuple[int, ...]:
         """The Redis server's version, as numbers."""
         info = text(await self.redis.execute("INFO", "server"))

@@ -8,6 +8,7 @@ BEAT = Script("beat")
 LOST = Script("lost")
 WORKER_JOIN = Script("worker_join")
 WORKER_LEAVE = Script("worker_leave")
+WORKER_SIGNAL = Script("worker_signal")
 
 
 class WorkerStore:
@@ -34,6 +35,23 @@ class WorkerStore:
         """Record a heartbeat; the state after it, or None for an unknown worker."""
         reply = await self.redis.run(BEAT, (keys.worker(wid), WORKERS), (wid, now, rss_kb, state))
         return None if reply is None else text(reply)
+
+    async def signal(self, wid: str, state: str) -> str | None:
+        """Move a worker's state forward without a heartbeat; the state after it, or None for
+        an unknown worker."""
+        reply = await self.redis.run(WORKER_SIGNAL, (keys.worker(wid),), (state,))
+        return None if reply is None else text(reply)
+
+    async def records(self, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """Up to `limit` registered workers, most recently beating first, each with its record
+        (state, info, rss_kb, beat, connections), in two round trips."""
+        wids = [text(w) for w in await self.redis.execute("ZREVRANGE", WORKERS, 0, limit - 1)]
+        found = await self.redis.execute_many([("HGETALL", keys.worker(w)) for w in wids])
+        records = [
+            (wid, {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)})
+            for wid, flat in zip(wids, found, strict=True)
+        ]
+        return [(wid, record) for wid, record in records if record]
 
     async def state(self, wid: str) -> str | None:
         found = await self.redis.execute("HGET", keys.worker(wid), "state")

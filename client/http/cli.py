@@ -12,7 +12,7 @@ import sys
 from client.errors import ClientError
 from client.http.config import ConfigError, load
 from client.http.worker import HttpWorker
-from client.url import parse_url
+from client.url import parse_urls
 
 log = logging.getLogger("client.http")
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             config.concurrency = args.concurrency
         if args.url:
             config.url = args.url
-        parse_url(config.url, None)
+        parse_urls(config.url, None)
     except (ConfigError, ValueError) as exc:
         print(f"hopper-http-worker: {exc}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ class Route(msgspec.Struct, forbid_unknown_fields=True):
 class Callback(msgspec.Struct, forbid_unknown_fields=True):
     """The endpoint where downstreams report the outcome of accepted jobs."""
 
-    listen: str = "127.0.0.1:7420"  # host:port (port 0: any free port)
+    listen: str = "127.0.0.1:7421"  # host:port (port 0: any free port; 7420: the dashboard)
     url: str = ""  # base URL downstreams reach it at (default: http://<listen>)
     secret: str | None = None  # what they send as `Authorization: Bearer <secret>`
     secret_env: str | None = None

@@ -1,0 +1,44 @@
+"""The history page (HISTORY: jobs that reached a final state, newest first, a page at a time
+by cursor, so it stays fast however many are archived)."""
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from broker.errors import BrokerError, CommandError
+from broker.history import HistoryQuery
+from broker.store.keys import FINAL_STATES
+from broker.web.views import manager_of, page, redis_down
+
+PAGE = 50  # entries a history page shows
+
+
+async def history(request: Request) -> Response:
+    params = request.query_params
+    chosen = {name: params.get(name, "").strip() for name in ("queue", "jobtype", "state")}
+    query = HistoryQuery(
+        queue=chosen["queue"] or None,
+        jobtype=chosen["jobtype"] or None,
+        state=chosen["state"] or None,
+        cursor=params.get("cursor") or None,
+        count=PAGE,
+    )
+    try:
+        found = await manager_of(request).history.query(query)
+    except CommandError as exc:
+        return page(request, "error.html", 400, message=exc.message)
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    later = {**{k: v for k, v in chosen.items() if v}, "cursor": found.cursor}
+    return page(
+        request,
+        "history.html",
+        entries=found.jobs,
+        chosen=chosen,
+        states=FINAL_STATES,
+        older=found.cursor and later,
+    )
+
+
+def routes() -> list[Route]:
+    return [Route("/history", history)]

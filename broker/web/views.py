@@ -1,0 +1,210 @@
+"""The dashboard's pages (GET): each reads through the manager and renders a template. A
+request with `X-Partial: 1` (the live update, every few seconds) gets only the page's main
+part."""
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from broker.errors import BrokerError
+from broker.history import HistoryQuery
+from broker.jobs import JobState, encode, format_time, parse_time
+from broker.manager import Manager
+from broker.web.auth import AUTH_COOKIE
+from broker.web.chart import Chart
+from broker.web.figures import read_figures
+
+MAX_WORKERS = 500  # workers listed at most, the most recently beating first
+MAX_HELD = 20  # jobs shown per worker at most
+
+# The navigation: (path, title, what the page will hold once it exists; '' when it does).
+NAV = (
+    ("/", "Overview", ""),
+    ("/queues", "Queues", ""),
+    ("/workers", "Workers", ""),
+    ("/retries", "Retries", "jobs waiting to run again, with filters and actions"),
+    ("/scheduled", "Scheduled", "jobs waiting for their time, with filters and actions"),
+    ("/dead", "Dead", "jobs out of retries, with filters and actions"),
+    ("/history", "History", ""),
+    ("/cron", "Cron", ""),
+    ("/batches", "Batches", "batches with their counts"),
+    ("/limits", "Limits", "queue and jobtype limits in force"),
+)
+
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals["nav"] = NAV
+
+
+def manager_of(request: Request) -> Manager:
+    manager: Manager = request.app.state.dashboard.manager
+    return manager
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    """A page, or only its main part for a live update."""
+    context["partial"] = request.headers.get("x-partial") == "1"
+    context["csrf"] = request.state.csrf
+    context["logged_in"] = AUTH_COOKIE in request.cookies
+    response: Response = templates.TemplateResponse(request, template, context, status_code=status)
+    return response
+
+
+def redis_down(request: Request, exc: BrokerError) -> Response:
+    return page(request, "error.html", 503, message=f"Redis did not answer: {exc.message}")
+
+
+async def overview(request: Request) -> Response:
+    dashboard = request.app.state.dashboard
+    try:
+        figures = await read_figures(dashboard.manager)
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    chart = Chart(list(dashboard.history.samples))
+    stats = dashboard.manager.stats
+    return page(request, "overview.html", figures=figures, chart=chart, stats=stats)
+
+
+async def queues(request: Request) -> Response:
+    try:
+        figures = await read_figures(manager_of(request))
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    return page(request, "queues.html", figures=figures)
+
+
+class WorkerView(msgspec.Struct):
+    """One worker as the workers page shows it."""
+
+    wid: str
+    state: str
+    hostname: str
+    pid: object
+    labels: list[str]
+    rss_kb: str
+    connections: str
+    beat_age: float
+    jobs: list[tuple[JobState, str]]  # each held job, and since when (see _since)
+
+
+async def workers(request: Request) -> Response:
+    manager = manager_of(request)
+    try:
+        listed = await manager.workers.listing(MAX_WORKERS)
+        shown = [await _worker(manager, wid, record) for wid, record in listed]
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    return page(request, "workers.html", workers=shown)
+
+
+async def _worker(manager: Manager, wid: str, record: dict[str, str]) -> WorkerView:
+    try:
+        hello = msgspec.json.decode(record.get("info", "{}"))
+    except msgspec.DecodeError:
+        hello = {}
+    jobs = []
+    for _, jid in await manager.workers.held(wid, MAX_HELD):
+        state, found = await manager.tracking.find(jid)
+        if state.state == "working" and state.wid == wid and found is not None:
+            jobs.append((state, _since(manager, state, found.reserve_for)))
+    return WorkerView(
+        wid=wid,
+        state=record.get("state", "running"),
+        hostname=str(hello.get("hostname", "")),
+        pid=hello.get("pid", ""),
+        labels=[str(label) for label in hello.get("labels") or []],
+        rss_kb=record.get("rss_kb", ""),
+        connections=record.get("connections", ""),
+        beat_age=max(0.0, manager.clock() - float(record.get("beat", 0))),
+        jobs=jobs,
+    )
+
+
+def _since(manager: Manager, state: JobState, reserve_for: int) -> str:
+    """When a working job was fetched: its reservation's end less its length (a reservation
+    extended by TRACK SET makes it look later)."""
+    default, least, most = manager.settings().reservation
+    length = min(max(reserve_for or default, least), most)
+    try:
+        return format_time(parse_time(state.reserved_until) - length)
+    except ValueError:
+        return ""
+
+
+async def job(request: Request) -> Response:
+    jid = request.path_params["jid"]
+    manager = manager_of(request)
+    try:
+        state, found = await manager.tracking.find(jid)
+        archived = (await manager.history.query(HistoryQuery(jid=jid))).jobs
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    status = 404 if found is None and not archived else 200
+    payload = _pretty(encode(found)) if found else ""
+    result = _pretty(bytes(state.result)) if state.result else ""
+    past = [(entry, _pretty(bytes(entry.job))) for entry in archived]
+    context = {"state": state, "payload": payload, "result": result, "archived": past}
+    return page(request, "job.html", status, **context)
+
+
+def _pretty(document: bytes) -> str:
+    return msgspec.json.format(document, indent=2).decode()
+
+
+async def find_job(request: Request) -> Response:
+    """The header's jid box."""
+    jid = request.query_params.get("jid", "").strip()
+    return RedirectResponse(f"/jobs/{jid}" if jid else "/", status_code=303)
+
+
+async def cron(request: Request) -> Response:
+    manager = manager_of(request)
+    try:
+        entries = await manager.cron.listing(manager.clock())
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    return page(request, "cron.html", entries=entries)
+
+
+async def coming(request: Request) -> Response:
+    """A page whose feature has not landed yet: what it will show."""
+    path = request.url.path
+    title, holds = next((t, h) for p, t, h in NAV if p == path)
+    return page(request, "coming.html", title=title, holds=holds)
+
+
+async def login_page(request: Request) -> Response:
+    target = safe_next(request.query_params.get("next", "/"))
+    if not request.app.state.dashboard.guard.password():  # nothing to log in to
+        return RedirectResponse(target, status_code=303)
+    return page(request, "login.html", next=target)
+
+
+def safe_next(path: str) -> str:
+    """Where to go after logging in: a path of this site only."""
+    return path if path.startswith("/") and not path.startswith("//") else "/"
+
+
+def ago(when: str) -> str:
+    """`2026-01-01T00:00:00Z` as seconds from now, for templates ('' when unreadable)."""
+    try:
+        seconds = time.time() - parse_time(when)
+    except ValueError:
+        return ""
+    return f"{seconds:.0f}s ago" if seconds >= 0 else f"in {-seconds:.0f}s"
+
+
+templates.env.filters["ago"] = ago
+
+
+def routes() -> list[Route]:
+    ready = [Route(p, view) for p, view in (("/", overview), ("/queues", queues))]
+    ready += [Route("/workers", workers), Route("/cron", cron)]
+    ready += [Route("/jobs/{jid}", job), Route("/find", find_job)]
+    ready += [Route(p, coming) for p, _, holds in NAV if holds]
+    return [*ready, Route("/login", login_page)]
