@@ -1,6 +1,7 @@
 """Process workers over their life: recycling at a limit, which children are replaced, and
 the Supervisor in code; real processes against a real broker."""
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -112,3 +113,28 @@ async def test_a_child_stopped_on_its_own_is_not_replaced(
     supervisor.process.send_signal(signal.SIGTERM)
     await eventually(supervisor.exited, timeout=30)
     assert supervisor.process.returncode == 0, supervisor.log.read_text()
+
+
+def sockets(pid: int) -> set[str]:
+    """The sockets a process holds open (`socket:[inode]`)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:"):
+                found.add(target)
+    return found
+
+
+async def test_a_child_holds_no_socket_of_the_supervisor_nor_of_its_siblings(
+    broker: App, supervisors: Supervisors, rdb: redis.Redis
+) -> None:
+    if not Path("/proc/self/fd").exists():
+        pytest.skip("no /proc")
+    supervisor = supervisors.start("jobs", "--url", url(broker), "--processes", "3")
+    pids = (await eventually(lambda: len(f := workers(rdb)) == 3 and f, timeout=30)).values()
+    held = {pid: sockets(pid) for pid in [supervisor.process.pid, *pids]}
+    for pid in pids:
+        others = set().union(*(sockets_ for other, sockets_ in held.items() if other != pid))
+        assert held[pid] and not held[pid] & others  # its own connections and link end only
+    supervisor.process.send_signal(signal.SIGTERM)
+    await eventually(supervisor.exited, timeout=30)
