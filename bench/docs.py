@@ -25,7 +25,10 @@ METHOD = """\
   each system's default execution mode and in its fastest documented one, with logging at
   WARNING (per-job INFO lines would measure the logger). A warm-up job proves the worker up
   before the clock starts. `c` is the number of jobs the worker process runs at once
-  (threads, tasks or pool size; for dramatiq's "2 processes" mode, 2 × c/2 threads).
+  (threads, tasks or pool size; for dramatiq's "2 processes" mode, 2 × c/2 threads; for
+  Hopper's, `hopper-worker --processes 2 -c c/2`: a supervisor and two worker processes of
+  c/2 threads). Hopper's "5 ms CPU jobs" modes run the sync job after it spins 5 ms of its
+  thread's CPU time (`BENCH_SPIN_MS`), on 1,000 jobs (N × 0.05).
 - **Producers** are separate processes using the system's documented enqueue call
   (`bench/peers/*.py`, `bench/hopper_client.py`, `bench/hopper_faktory.py`).
 - **1. Enqueue**: one producer, no worker, as many jobs as it can push in a few seconds;
@@ -126,6 +129,18 @@ READING = """\
   5,499 / 7,140 jobs/s before against 7,803 / 6,033 after; c=50 12,642 / 16,807 against
   11,710 / 11,383; threads c=10 4,379 / 5,658 against 6,418 / 4,918. Workflows (merged
   after these runs) add one more HMGET to ACK and FAIL for jobs nobody waits for.
+- **Process workers** (issue 18). Sync jobs run in threads and share one GIL: CPU-bound
+  jobs get one core per worker process, whatever its concurrency. Measured with the
+  harness's own runs while other work shared the box (`python -m bench --systems hopper
+  --workloads end_to_end --repeat 3`, then the two CPU modes alternating, best of 3, on
+  2026-12-01 at load average 3-4 on the 2 cores): 5 ms CPU jobs, c=10, 178 jobs/s with
+  threads (0.9 core of job work) against 274 with `--processes 2` (1.4 cores; at most 2 cores
+  / 5 ms = 400 with both cores free). No-op jobs: c=10 3,369 (threads) against 3,881 (2
+  processes), c=50 10,299 against 7,800 (two workers' FETCHes and ACKs instead of one
+  worker's). The single worker's path is unchanged (the command line only gains flags):
+  `--workloads end_to_end` at c=10 with the `hopper-worker` of the commit before and after,
+  alternating, 4,078 / 4,810 / 5,274 against 4,408 / 4,226 / 5,639 jobs/s async and 3,421 /
+  3,658 / 3,441 against 3,281 / 3,645 / 4,239 threads.
 - **Raw protocol.** One command per round trip per connection: what any unpipelined Faktory
   client costs the broker. Each command pays a loopback receive and send (on this machine a
   bare trio echo server over 10 connections spends 12-15 µs of CPU per request before doing

@@ -1,9 +1,13 @@
 """Hopper through the bundled client: `Client.push`, `push_bulk`, and two Workers.
 
 `sync_worker` runs the job as a plain function (in a thread: the client's default),
-`async_worker` as a trio task (its fastest documented mode). Both read HOPPER_URL.
+`async_worker` as a trio task (its fastest documented mode). Both read HOPPER_URL. With
+BENCH_SPIN_MS set (the CPU-bound modes), the sync job first spins that many milliseconds of
+its thread's CPU time, then records: the end-to-end time covers every job's work.
 """
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,10 +17,15 @@ from client.pipeline import Pipeline
 
 sync_worker = Worker()
 async_worker = Worker()
+SPIN = float(os.environ.get("BENCH_SPIN_MS", "0")) / 1000  # seconds of CPU per job
 
 
 @sync_worker.job("noop")
 def noop(sent: float) -> None:
+    if SPIN:
+        until = time.thread_time() + SPIN
+        while time.thread_time() < until:
+            pass
     record(sent)
 
 

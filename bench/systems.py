@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 CONCURRENCIES = (1, 10, 50)
 LATENCY_CONCURRENCY = 10  # worker concurrency of the latency probe (or the mode's highest below)
@@ -61,6 +61,14 @@ class System:
 
 
 HOPPER_WORKER = "{bin}/hopper-worker -c {c} --log-level WARNING bench.hopper_client:"
+CPU_BOUND: dict[str, Any] = {  # each job spins 5 ms of CPU (bench/hopper_client.py)
+    "concurrencies": (10,),
+    "jobs_scale": 0.05,
+    "env": {"BENCH_SPIN_MS": "5"},
+}
+HOPPER_WORKER_2 = (  # a process worker: a supervisor and 2 worker processes of c/2 slots
+    "{bin}/hopper-worker --processes 2 -c {half} --log-level WARNING bench.hopper_client:"
+)
 HUEY = "{py} -m huey.bin.huey_consumer bench.peers.huey.huey -q -k thread -w {c}"
 DRAMATIQ = "{py} -m dramatiq bench.peers.dramatiq --processes 1 --threads {c}"
 DRAMATIQ_2 = "{py} -m dramatiq bench.peers.dramatiq --processes 2 --threads {half}"
@@ -77,6 +85,9 @@ SYSTEMS = (
         modes=(
             Mode("threads", HOPPER_WORKER + "sync_worker"),
             Mode("async", HOPPER_WORKER + "async_worker"),
+            Mode("2 processes", HOPPER_WORKER_2 + "sync_worker", concurrencies=(10, 50)),
+            Mode("threads, 5 ms CPU jobs", HOPPER_WORKER + "sync_worker", **CPU_BOUND),
+            Mode("2 processes, 5 ms CPU jobs", HOPPER_WORKER_2 + "sync_worker", **CPU_BOUND),
         ),
         fast="async",
         pipeline=True,

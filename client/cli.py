@@ -1,5 +1,6 @@
 """`hopper-worker MODULE[:NAME]`: run the Worker a module defines (or the worker of its
-Tasks registry), until a signal stops it.
+Tasks registry), until a signal stops it; with `--processes N` (or a recycling flag), N such
+workers in child processes under one supervisor (client/supervisor.py).
 
 Exit codes: 0 after a clean shutdown, 1 when the broker refused the worker, 2 for usage
 errors (bad arguments, a module that cannot be imported or holds no Worker).
@@ -12,6 +13,7 @@ import os
 import sys
 
 from client.errors import ClientError
+from client.supervisor import Supervisor
 from client.tasks import Tasks
 from client.url import parse_urls
 from client.worker import Worker
@@ -38,7 +40,21 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--url", help="broker URL (default: $HOPPER_URL, $FAKTORY_URL, localhost)")
     cli.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
     cli.add_argument("--log-level", default="INFO", help="default: INFO")
+    cli.add_argument("--processes", type=positive, help="run N worker processes (supervised)")
+    cli.add_argument("--max-jobs", type=positive, help="replace a worker process after N jobs")
+    cli.add_argument("--max-memory", type=positive, help="replace a worker process above N MiB")
     return cli
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
 
 
 def load(target: str) -> Worker:
@@ -67,16 +83,9 @@ def load(target: str) -> Worker:
     return found.worker() if isinstance(found, Tasks) else found
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        worker = load(args.target)
-    except UsageError as exc:
-        print(f"hopper-worker: {exc}", file=sys.stderr)
-        return 2
+def configure(args: argparse.Namespace) -> Worker:
+    """The Worker named on the command line, with the flags applied; UsageError if unusable."""
+    worker = load(args.target)
     if args.queues:
         worker.queues = tuple(q for q in args.queues.split(",") if q)
     if args.concurrency:
@@ -90,8 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_urls(worker.url, worker.password)
     except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        worker = configure(args)
+    except UsageError as exc:
         print(f"hopper-worker: {exc}", file=sys.stderr)
         return 2
+    if args.processes or args.max_jobs or args.max_memory:
+        supervisor = Supervisor(
+            sys.argv[1:] if argv is None else argv,
+            args.processes or 1,
+            max_jobs=args.max_jobs or 0,
+            max_memory=args.max_memory or 0,
+            grace=worker.grace,
+        )
+        return supervisor.run()
     try:
         worker.run()
     except ClientError as exc:
