@@ -129,6 +129,28 @@ READING = """\
   5,499 / 7,140 jobs/s before against 7,803 / 6,033 after; c=50 12,642 / 16,807 against
   11,710 / 11,383; threads c=10 4,379 / 5,658 against 6,418 / 4,918. Workflows (merged
   after these runs) add one more HMGET to ACK and FAIL for jobs nobody waits for.
+- **What the history costs** (issue 14). Archiving a job that ends is written by the script
+  that ends it: for a plain ACK, 7 more Redis calls inside the script (29 to 36 per job over a
+  5,000-job `bench/rawload.py` run, `INFO commandstats`: the payloads and any earlier entry of
+  the jids read, the entry written, its two index entries, the count and the due entry); Redis
+  µs per script call 44.6 before against 51.0 after on this box while other work shared it.
+  `history = false` removes it all. Memory (`python -m bench.history`, 1,000,000 jobs over 10
+  queues and 4 jobtypes, three small args, `finished_ttl = 0` so that only the archive is
+  counted): 682 bytes per archived job with args, 645 without (`history_args = false`; the
+  args of these jobs are small, so the payload's other fields dominate). Bound it with
+  `[retention.<state>] max`: the defaults (100,000 per state) cost about 70 MB per state at
+  this size; 1,000,000 done jobs about 680 MB. Pages over 1,000,000 entries, over the wire, 50
+  tries each, p50 / p99 ms (load average 4-6 from other work, which makes the p99s spiky): one
+  queue 3.9 / 161.6, queue + jobtype + state 2.7 / 4.7, every queue merged 7.6 / 13.5, a deep
+  page (`until` 1,000 entries back) 1.8 / 3.9, 1,000 entries at once 22.0 / 145.1, by jid (10
+  queues probed) 3.1 / 148.0; 20 pages followed by cursor 15.8 ms each. Retention: a pass with
+  nothing to delete makes the same few commands whatever is kept (about 25; tested in
+  `tests/test_history.py`); lowering `max` by 10 % deleted 98,000 entries at 19.9 µs of Redis
+  CPU each, in steps of 1,000 across the interleaved queues.
+- **`push_replicas`** (issue 17's durability setting): a `WAIT` after each push. Mixed raw
+  load (`bench/rawload.py`, 5 pushers + 5 fetchers, a master and one replica on loopback,
+  alternating runs, loaded box): 1,362 / 1,562 jobs/s without against 1,095 / 1,032 with
+  `push_replicas = 1` (20-34 % fewer; 366-373 against 419-453 µs of broker CPU per job).
 - **Process workers** (issue 18). Sync jobs run in threads and share one GIL: CPU-bound
   jobs get one core per worker process, whatever its concurrency. Measured with the
   harness's own runs while other work shared the box (`python -m bench --systems hopper
