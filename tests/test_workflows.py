@@ -196,6 +196,24 @@ async def test_a_graph_across_queues_is_one_atomic_push(broker: App, redis_url: 
     check_store(redis_url)
 
 
+async def test_a_graph_naming_one_jid_in_two_queues_stores_nothing(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    graph = [  # jobs-d-1 twice, in two queues: refused, and so is every other job
+        job("jobs-d-1", queue="left"),
+        job("jobs-d-1", queue="right"),
+        after("jobs-d-2", ["jobs-d-1"], queue="third"),
+    ]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert set(errors) == {"jobs-d-1", "jobs-d-2"}
+    assert "another job of the workflow" in errors["jobs-d-2"]
+    for jid in ("jobs-d-1", "jobs-d-2"):
+        assert (await state(w, jid))["state"] == "unknown"
+    assert not any(rdb.exists(QueueKeys(q).jobs) for q in ("left", "right", "third"))
+    check_store(redis_url)
+
+
 async def test_dependants_in_other_queues_released_once_by_two_brokers(
     start_broker: StartBroker, rdb: redis.Redis, redis_url: str
 ) -> None:
