@@ -177,6 +177,31 @@ async def test_pages_walk_every_entry_once_while_jobs_keep_ending(broker: App) -
     assert sorted(seen) == sorted(fetched)  # each once, none of the later ones
 
 
+async def test_pages_walk_more_than_a_thousand_entries_of_one_time(
+    broker: App, rdb: redis.Redis
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    unique = {"unique_for": 60, "unique_until": "replace"}
+    holders = [job(f"tied-{i:04d}", "Tie", args=[i], custom=unique) for i in range(1100)]
+    await w.call("PUSHB", holders)
+    replacers = [job(f"tier-{i:04d}", "Tie", args=[i], custom=unique) for i in range(1100)]
+    await w.call("PUSHB", replacers)  # one PUSHB, one time: 1,100 replaced at one score
+    scored = rdb.zrange("hopper:q:{default}:ended:replaced", 0, -1, withscores=True)
+    assert len(scored) == 1100 and len({score for _, score in scored}) == 1
+    seen: list[str] = []
+    page = await history(w, state="replaced", count=100)
+    while True:
+        seen += [e["jid"] for e in page["jobs"]]
+        if not page["cursor"]:
+            break
+        if len(seen) == 600:  # the cursor's own entry leaves the index between two pages
+            await w.call("PUSH", job(seen[-1], priority=9))
+            assert await run(w) == seen[-1]
+        page = await history(w, state="replaced", count=100, cursor=page["cursor"])
+    assert seen == [f"tied-{i:04d}" for i in reversed(range(1100))]  # each once, ties by jid
+    assert (await history(w, jid="tied-0500"))["jobs"][0]["state"] == "done"
+
+
 async def test_retention_by_age_deletes_exactly_the_old(
     start_broker: StartBroker, rdb: redis.Redis
 ) -> None:
