@@ -111,6 +111,25 @@ async def test_args_can_be_left_out(start_broker: StartBroker) -> None:
     assert "args" not in entry["job"] and entry["job"]["custom"] == {"k": 1}
 
 
+async def test_args_left_out_keep_every_other_byte(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    broker = await start_broker(history_args=False, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    custom = {"id": 12345678901234567, "ratio": 0.1234567890123456, "tags": [], "jobtype": "X"}
+    args = [{"args": [1], "x": '"args":['}]
+    await w.call("PUSH", job("noargs-2", "Real", args=args, custom=custom))
+    stored = rdb.hget("hopper:q:{default}:jobs", "noargs-2")
+    await run(w)
+    (entry,) = (await history(w, jid="noargs-2"))["jobs"]
+    assert entry["jobtype"] == "Real" and entry["job"]["custom"] == custom
+    assert "args" not in entry["job"]
+    archived = rdb.hget("hopper:q:{default}:history", "noargs-2")
+    assert stored is not None and archived is not None
+    assert archived.endswith(stored[: stored.index(',"args":')] + "}}")
+    assert rdb.zcard("hopper:q:{default}:ended:done:Real") == 1
+
+
 async def test_history_off_archives_nothing(start_broker: StartBroker) -> None:
     broker = await start_broker(history=False, **QUIET)
     w = await Wire.open(broker.port, hello={})
