@@ -15,6 +15,7 @@ from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.config import DEFAULT_RETENTION, Retention
 from broker.store.audit import Auditor
+from broker.store.history_audit import HistoryAuditor
 from client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
@@ -279,6 +280,27 @@ async def test_retention_work_follows_deletions_not_what_is_kept(
         for _ in range(400):
             await run(w, f"k{i}")
     assert await calls_of_a_pass() == few
+
+
+async def test_check_finds_nothing_while_retention_deletes(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"racing-{i:03d}", "Race") for i in range(600)])
+    fetched = [json.loads(await w.call("FETCH", "default"))["jid"] for _ in range(600)]
+    await w.send(b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched))
+    assert [await w.reply() for _ in fetched] == [b"OK"] * 600
+    store, problems = broker.manager.store, []
+
+    async def retention(cancel: trio.CancelScope) -> None:  # a broker's loop, one at a time
+        while await store.history.purge("default", "done", "+inf", 1):
+            pass
+        cancel.cancel()
+
+    with trio.CancelScope() as audits:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retention, audits)
+            while True:
+                await HistoryAuditor(store, lambda *p: problems.append(p), repair=False).run()
+    assert problems == []
 
 
 async def _score(rdb: redis.Redis, queue: str, jid: str) -> float:
