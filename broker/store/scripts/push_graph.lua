@@ -20,19 +20,24 @@ for i = 1, count do
   segments[i] = {keys, args}
   for j = 9, nargs, 7 do here[args[j]] = args[2] end  -- jid -> its queue
 end
-local results, refused, named = {}, false, {}
-for i, segment in ipairs(segments) do
-  results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'check'})
-  for j, result in ipairs(results[i]) do
-    local jid = segment[2][9 + 7 * (j - 1)]
-    if result == 1 and named[jid] then results[i][j] = 0 end  -- in an earlier queue's segment
-    named[jid] = true
-    if results[i][j] ~= 1 then refused = true end
+local results, refused, ending = {}, false, {}  -- ending: holders the replace pushes end
+for pass = 1, 2 do  -- again once a replace push is found: a dependency on its holder fails
+  local known, named = next(ending) ~= nil, {}
+  refused = false
+  for i, segment in ipairs(segments) do
+    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'check', ending = ending})
+    for j, result in ipairs(results[i]) do
+      local jid = segment[2][9 + 7 * (j - 1)]
+      if result == 1 and named[jid] then results[i][j] = 0 end  -- in an earlier queue's segment
+      named[jid] = true
+      if results[i][j] ~= 1 then refused = true end
+    end
   end
+  if known or next(ending) == nil then break end
 end
 if not refused then
   for i, segment in ipairs(segments) do
-    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'write'})
+    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'write', ending = ending})
   end
 end
 local flat = {}
