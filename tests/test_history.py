@@ -4,6 +4,7 @@ keep ending, and retention rules that delete exactly what they say (by age, and 
 every queue together) with work that follows what they delete."""
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,37 @@ async def test_every_final_state_is_archived(start_broker: StartBroker, redis_ur
         states["hist-cancelled"]["attempts"] == 0 and states["hist-cancelled"]["queue"] == "other"
     )
     check_store(redis_url)
+
+
+async def test_run_seconds_count_from_the_fetch_of_an_extended_reservation(
+    broker: App,
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    again = {"track": 1, "backoff": {"kind": "fixed", "delay": 0}}
+    await w.call("PUSH", job("extended-1", reserve_for=60, retry=1, custom=again))
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    extend = json.dumps({"jid": "extended-1", "reserve_until": until})
+    for run_ in range(2):
+        fetched = json.loads(await w.call("FETCH", "default"))
+        assert fetched["jid"] == "extended-1"
+        assert await w.call("TRACK", f"SET {extend}") == b"OK"  # 3,540 s more than asked
+        if run_ == 0:
+            await w.call("FAIL", {"jid": "extended-1", "errtype": "Boom", "message": "again"})
+            await broker.manager.sweeps.enqueue_due("retries", broker.manager.clock())
+        else:
+            await w.call("TRACK", 'SET {"jid":"extended-1","percent":50}')  # more progress
+    await w.call("ACK", {"jid": "extended-1"})
+    (entry,) = (await history(w, jid="extended-1"))["jobs"]
+    assert entry["attempts"] == 2 and 0 < entry["run_seconds"] < 5, entry
+    await w.call("PUSH", job("extended-2", reserve_for=60, retry=1, custom=again))
+    await w.call("FETCH", "default")
+    assert await w.call("TRACK", f"SET {extend.replace('extended-1', 'extended-2')}") == b"OK"
+    await w.call("FAIL", {"jid": "extended-2", "errtype": "Boom", "message": "again"})
+    await broker.manager.sweeps.enqueue_due("retries", broker.manager.clock())
+    assert json.loads(await w.call("FETCH", "default"))["jid"] == "extended-2"
+    await w.call("ACK", {"jid": "extended-2"})  # this reservation was not extended
+    (entry,) = (await history(w, jid="extended-2"))["jobs"]
+    assert 0 < entry["run_seconds"] < 5, entry
 
 
 async def test_args_can_be_left_out(start_broker: StartBroker) -> None:
