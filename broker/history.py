@@ -11,6 +11,7 @@ asked for: its cost grows with the number of such queues (documented in protocol
 """
 
 import heapq
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +30,7 @@ MAX_PAGE = 1000  # entries of a page at most
 RETAIN_STEP = 1000  # archived jobs one purge call deletes at most
 RETAIN_CALLS = 1000  # purge steps of one state in one pass at most (the next pass goes on)
 RETAIN_QUEUES = 100  # queues one step of retention by count deletes from at most
+SCORE = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")  # a cursor's score (Redis's %.17g)
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -256,10 +258,6 @@ def _cursor(cursor: str | None) -> tuple[bytes, str] | None:
     if cursor is None:
         return None
     score, sep, jid = cursor.partition("|")
-    try:
-        float(score)
-    except ValueError:
-        raise CommandError("HISTORY: not a cursor this broker gave") from None
-    if not sep:
+    if not sep or not SCORE.fullmatch(score):  # a score as Redis writes it: finite, plain
         raise CommandError("HISTORY: not a cursor this broker gave")
     return score.encode(), jid

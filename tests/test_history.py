@@ -198,6 +198,8 @@ async def test_queries_filter_by_queue_jobtype_state_and_time(broker: App) -> No
         ({"state": "running"}, "not a final state"),
         ({"count": 0}, "count must be between"),
         ({"cursor": "nope"}, "not a cursor"),
+        ({"cursor": "nan|filter-1"}, "not a cursor"),
+        ({"cursor": "1_000|filter-1"}, "not a cursor"),
         ({"since": "yesterday"}, "unix seconds or RFC 3339"),
         ({"queue": "no such"}, "no such queue"),
         ({"colour": "red"}, "invalid HISTORY"),
