@@ -214,6 +214,22 @@ async def test_a_graph_naming_one_jid_in_two_queues_stores_nothing(
     check_store(redis_url)
 
 
+async def test_a_graph_whose_dependant_is_invalid_stores_nothing(
+    broker: App, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    for queue in ("other", "default"):  # across queues, and in one
+        graph = [
+            job("jobs-i-first"),
+            after("jobs-i-then", ["jobs-i-first"], queue=queue, at="not a time"),
+        ]
+        errors = json.loads(await w.call("PUSHB", graph))
+        assert "invalid timestamp" in errors["jobs-i-then"]
+        assert "another job of the workflow" in errors["jobs-i-first"], queue
+        assert (await state(w, "jobs-i-first"))["state"] == "unknown"
+    check_store(redis_url)
+
+
 async def test_a_graph_that_replaces_a_dependency_stores_nothing(
     broker: App, redis_url: str
 ) -> None:
