@@ -163,6 +163,23 @@ async def test_args_left_out_keep_every_other_byte(
     assert rdb.zcard("hopper:q:{default}:ended:done:Real") == 1
 
 
+async def test_a_jid_archived_again_without_its_record_keeps_its_entry_whole(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("againjob-1", "First"))
+    await run(w)  # archived done
+    await w.call("PUSH", job("againjob-1", "Second", at="2099-01-01T00:00:00Z"))
+    rdb.hdel("hopper:q:{default}:jobs", "againjob-1")  # its record lost: nothing to archive
+    kill = {"cmd": "kill", "target": "scheduled", "filter": {"jids": ["againjob-1"]}}
+    await w.call("MUTATE", kill)
+    (entry,) = (await history(w, jid="againjob-1"))["jobs"]
+    assert entry["state"] == "done" and entry["jobtype"] == "First"
+    assert [e["jid"] for e in (await history(w, state="done"))["jobs"]] == ["againjob-1"]
+    found = await Auditor(broker.manager.store).run()
+    assert [p.kind for p in found.problems if p.kind.startswith("history")] == []
+
+
 async def test_history_off_archives_nothing(start_broker: StartBroker) -> None:
     broker = await start_broker(history=False, **QUIET)
     w = await Wire.open(broker.port, hello={})

@@ -104,7 +104,7 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   local old = redis.call('HMGET', h.history, unpack(jids))
   local again, again_entries = {}, {}
   for i, jid in ipairs(jids) do
-    if old[i] then
+    if old[i] and payloads[i] then  -- replaced below (one without a payload keeps its entry)
       again[#again + 1] = jid
       again_entries[#again_entries + 1] = old[i]
     end
