@@ -354,6 +354,31 @@ async def test_check_finds_nothing_while_retention_deletes(broker: App) -> None:
     assert problems == []
 
 
+async def test_retention_by_count_over_many_queues_reads_what_it_deletes(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    idle = {name: 3600.0 for name in ("scheduler_interval", "reaper_interval")}
+    idle |= {"dead_purge_interval": 3600.0, "worker_reaper_interval": 3600.0}
+    rule = {"done": Retention(ttl=86_400.0, max=19_000)}
+    broker = await start_broker(retention=rule, **QUIET, **idle)
+    w = await Wire.open(broker.port, hello={})
+    for start in range(0, 20_000, 1000):  # 100 queues, their jobs ending in turn
+        pushed = [job(f"wide-{i:05d}", queue=f"w{i % 100}") for i in range(start, start + 1000)]
+        await w.call("PUSHB", pushed)
+    await w.send(b"".join(b"FETCH w%d\r\n" % (i % 100) for i in range(20_000)))
+    fetched = [json.loads(await w.reply())["jid"] for _ in range(20_000)]
+    await w.send(b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched))
+    assert [await w.reply() for _ in fetched] == [b"OK"] * 20_000
+    scored = {jid: await _score(rdb, f"w{int(jid[5:]) % 100}", jid) for jid in fetched}
+    oldest = set(sorted(scored, key=scored.__getitem__)[:1000])
+    before = rdb.info("stats")["total_net_output_bytes"]
+    assert await broker.manager.history.retain(broker.manager.clock()) == 1000
+    read = rdb.info("stats")["total_net_output_bytes"] - before
+    assert read < 200 * 1000, read  # not the 1,000 oldest of each of the 100 queues (~840 kB)
+    kept = {jid for q in range(100) for jid in rdb.hkeys(f"hopper:q:{{w{q}}}:history")}
+    assert len(kept) == 19_000 and not kept & oldest  # the oldest 1,000, every queue together
+
+
 async def _score(rdb: redis.Redis, queue: str, jid: str) -> float:
     found = rdb.zscore(f"hopper:q:{{{queue}}}:ended:done", jid)
     assert found is not None
