@@ -11,6 +11,8 @@ asked for: its cost grows with the number of such queues (documented in protocol
 """
 
 import heapq
+import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +31,7 @@ MAX_PAGE = 1000  # entries of a page at most
 RETAIN_STEP = 1000  # archived jobs one purge call deletes at most
 RETAIN_CALLS = 1000  # purge steps of one state in one pass at most (the next pass goes on)
 RETAIN_QUEUES = 100  # queues one step of retention by count deletes from at most
+SCORE = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")  # a cursor's score (Redis's %.17g)
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -157,23 +160,37 @@ class History:
             if over <= 0 or not oldest:
                 break
             step, queues = min(over, RETAIN_STEP), [q for q, _ in oldest[:RETAIN_QUEUES]]
-            scores = sorted(await self._first_scores(queues, state, step))
-            bound = scores[min(step, len(scores)) - 1] if scores else 0.0
+            bound = await self._step_bound(queues, state, step)
             if len(oldest) > RETAIN_QUEUES:
                 bound = min(bound, oldest[RETAIN_QUEUES][1])
             for queue in queues:
                 deleted += await self.store.history.purge(queue, state, bound, step, most)
         return deleted
 
-    async def _first_scores(self, queues: list[str], state: str, most: int) -> list[float]:
-        """The times of the `most` oldest entries of `state` of each queue, read at once."""
-        scores: list[float] = []
+    async def _step_bound(self, queues: list[str], state: str, step: int) -> float:
+        """The time of the step-th oldest entry of `state` in `queues` (their newest when they
+        hold fewer), reading about 2 * step times, not step per queue: a share of each queue's
+        oldest, then the rest up to that time of the queues whose share ended before it."""
+        share = min(step, -(-2 * step // len(queues)))
+        firsts: dict[str, list[float]] = {}
 
-        async def read(queue: str) -> None:
-            scores.extend(await self.store.history.first_scores(queue, state, most))
+        async def first(queue: str) -> None:
+            firsts[queue] = await self.store.history.first_scores(queue, state, share)
 
-        await _each(queues, read)
-        return scores
+        await _each(queues, first)
+        scores = sorted(s for found in firsts.values() for s in found)
+        if not scores:
+            return 0.0
+        bound = scores[step - 1] if len(scores) >= step else math.inf  # fewer: read on
+        more = [q for q, found in firsts.items() if len(found) == share and found[-1] < bound]
+
+        async def rest(queue: str) -> None:
+            scores.extend(await self.store.history.first_scores(queue, state, step, share, bound))
+
+        if more:
+            await _each(more, rest)
+            scores.sort()
+        return scores[min(step, len(scores)) - 1]
 
     async def _queues(self, states: Sequence[str]) -> list[str]:
         found: set[str] = set()
@@ -256,10 +273,6 @@ def _cursor(cursor: str | None) -> tuple[bytes, str] | None:
     if cursor is None:
         return None
     score, sep, jid = cursor.partition("|")
-    try:
-        float(score)
-    except ValueError:
-        raise CommandError("HISTORY: not a cursor this broker gave") from None
-    if not sep:
+    if not sep or not SCORE.fullmatch(score):  # a score as Redis writes it: finite, plain
         raise CommandError("HISTORY: not a cursor this broker gave")
     return score.encode(), jid

@@ -6,6 +6,7 @@ one script call, which also enforces what only Redis can decide at once: a live 
 unique lock, a full or draining queue, a cron tick already enqueued.
 """
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -191,7 +192,8 @@ class Intake:
         (None otherwise): every job is then refused if one is, at most PUSH_BATCH of them (in
         any queues); [] when refused (outcomes say why)."""
         try:
-            afters = [e[6] if e else "" for e in _by(prepared, jobs)]
+            found = zip(_by(prepared, jobs), jobs, strict=True)
+            afters = [e[6] if e else _after(j) for e, j in found]
             order = graph_order([j.jid for j in jobs], afters)
         except BrokerError as exc:
             outcomes[:] = [exc] * len(jobs)
@@ -247,6 +249,15 @@ def _by(prepared: list[tuple[int, PushEntry]], jobs: Sequence[Job]) -> list[Push
     for i, entry in prepared:
         found[i] = entry
     return found
+
+
+def _after(job: Job) -> str:
+    """The dependencies of a job refused before it was prepared (an invalid job still names the
+    jobs of its graph, which are then refused with it), as after_of() gives them, or ''."""
+    after = (job.custom or {}).get("after")
+    if not isinstance(after, list):
+        return ""
+    return json.dumps(["fail", *(d for d in after if isinstance(d, str) and d != job.jid)])
 
 
 def _refusal(result: int, jid: str, queue: str, batch: tuple[str, str] | None) -> BrokerError:

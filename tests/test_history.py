@@ -4,6 +4,7 @@ keep ending, and retention rules that delete exactly what they say (by age, and 
 every queue together) with work that follows what they delete."""
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from broker.__main__ import load_config, parser
 from broker.app import App
 from broker.config import DEFAULT_RETENTION, Retention
 from broker.store.audit import Auditor
+from broker.store.history_audit import HistoryAuditor
 from client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
@@ -102,6 +104,37 @@ async def test_every_final_state_is_archived(start_broker: StartBroker, redis_ur
     check_store(redis_url)
 
 
+async def test_run_seconds_count_from_the_fetch_of_an_extended_reservation(
+    broker: App,
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    again = {"track": 1, "backoff": {"kind": "fixed", "delay": 0}}
+    await w.call("PUSH", job("extended-1", reserve_for=60, retry=1, custom=again))
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    extend = json.dumps({"jid": "extended-1", "reserve_until": until})
+    for run_ in range(2):
+        fetched = json.loads(await w.call("FETCH", "default"))
+        assert fetched["jid"] == "extended-1"
+        assert await w.call("TRACK", f"SET {extend}") == b"OK"  # 3,540 s more than asked
+        if run_ == 0:
+            await w.call("FAIL", {"jid": "extended-1", "errtype": "Boom", "message": "again"})
+            await broker.manager.sweeps.enqueue_due("retries", broker.manager.clock())
+        else:
+            await w.call("TRACK", 'SET {"jid":"extended-1","percent":50}')  # more progress
+    await w.call("ACK", {"jid": "extended-1"})
+    (entry,) = (await history(w, jid="extended-1"))["jobs"]
+    assert entry["attempts"] == 2 and 0 < entry["run_seconds"] < 5, entry
+    await w.call("PUSH", job("extended-2", reserve_for=60, retry=1, custom=again))
+    await w.call("FETCH", "default")
+    assert await w.call("TRACK", f"SET {extend.replace('extended-1', 'extended-2')}") == b"OK"
+    await w.call("FAIL", {"jid": "extended-2", "errtype": "Boom", "message": "again"})
+    await broker.manager.sweeps.enqueue_due("retries", broker.manager.clock())
+    assert json.loads(await w.call("FETCH", "default"))["jid"] == "extended-2"
+    await w.call("ACK", {"jid": "extended-2"})  # this reservation was not extended
+    (entry,) = (await history(w, jid="extended-2"))["jobs"]
+    assert 0 < entry["run_seconds"] < 5, entry
+
+
 async def test_args_can_be_left_out(start_broker: StartBroker) -> None:
     broker = await start_broker(history_args=False, **QUIET)
     w = await Wire.open(broker.port, hello={})
@@ -109,6 +142,42 @@ async def test_args_can_be_left_out(start_broker: StartBroker) -> None:
     await run(w)
     (entry,) = (await history(w, jid="noargs-1"))["jobs"]
     assert "args" not in entry["job"] and entry["job"]["custom"] == {"k": 1}
+
+
+async def test_args_left_out_keep_every_other_byte(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    broker = await start_broker(history_args=False, **QUIET)
+    w = await Wire.open(broker.port, hello={})
+    custom = {"id": 12345678901234567, "ratio": 0.1234567890123456, "tags": [], "jobtype": "X"}
+    args = [{"args": [1], "x": '"args":['}]
+    await w.call("PUSH", job("noargs-2", "Real", args=args, custom=custom))
+    stored = rdb.hget("hopper:q:{default}:jobs", "noargs-2")
+    await run(w)
+    (entry,) = (await history(w, jid="noargs-2"))["jobs"]
+    assert entry["jobtype"] == "Real" and entry["job"]["custom"] == custom
+    assert "args" not in entry["job"]
+    archived = rdb.hget("hopper:q:{default}:history", "noargs-2")
+    assert stored is not None and archived is not None
+    assert archived.endswith(stored[: stored.index(',"args":')] + "}}")
+    assert rdb.zcard("hopper:q:{default}:ended:done:Real") == 1
+
+
+async def test_a_jid_archived_again_without_its_record_keeps_its_entry_whole(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("againjob-1", "First"))
+    await run(w)  # archived done
+    await w.call("PUSH", job("againjob-1", "Second", at="2099-01-01T00:00:00Z"))
+    rdb.hdel("hopper:q:{default}:jobs", "againjob-1")  # its record lost: nothing to archive
+    kill = {"cmd": "kill", "target": "scheduled", "filter": {"jids": ["againjob-1"]}}
+    await w.call("MUTATE", kill)
+    (entry,) = (await history(w, jid="againjob-1"))["jobs"]
+    assert entry["state"] == "done" and entry["jobtype"] == "First"
+    assert [e["jid"] for e in (await history(w, state="done"))["jobs"]] == ["againjob-1"]
+    found = await Auditor(broker.manager.store).run()
+    assert [p.kind for p in found.problems if p.kind.startswith("history")] == []
 
 
 async def test_history_off_archives_nothing(start_broker: StartBroker) -> None:
@@ -146,6 +215,8 @@ async def test_queries_filter_by_queue_jobtype_state_and_time(broker: App) -> No
         ({"state": "running"}, "not a final state"),
         ({"count": 0}, "count must be between"),
         ({"cursor": "nope"}, "not a cursor"),
+        ({"cursor": "nan|filter-1"}, "not a cursor"),
+        ({"cursor": "1_000|filter-1"}, "not a cursor"),
         ({"since": "yesterday"}, "unix seconds or RFC 3339"),
         ({"queue": "no such"}, "no such queue"),
         ({"colour": "red"}, "invalid HISTORY"),
@@ -175,6 +246,31 @@ async def test_pages_walk_every_entry_once_while_jobs_keep_ending(broker: App) -
         await run(w, "q1")
         page = await history(w, count=7, cursor=page["cursor"])
     assert sorted(seen) == sorted(fetched)  # each once, none of the later ones
+
+
+async def test_pages_walk_more_than_a_thousand_entries_of_one_time(
+    broker: App, rdb: redis.Redis
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    unique = {"unique_for": 60, "unique_until": "replace"}
+    holders = [job(f"tied-{i:04d}", "Tie", args=[i], custom=unique) for i in range(1100)]
+    await w.call("PUSHB", holders)
+    replacers = [job(f"tier-{i:04d}", "Tie", args=[i], custom=unique) for i in range(1100)]
+    await w.call("PUSHB", replacers)  # one PUSHB, one time: 1,100 replaced at one score
+    scored = rdb.zrange("hopper:q:{default}:ended:replaced", 0, -1, withscores=True)
+    assert len(scored) == 1100 and len({score for _, score in scored}) == 1
+    seen: list[str] = []
+    page = await history(w, state="replaced", count=100)
+    while True:
+        seen += [e["jid"] for e in page["jobs"]]
+        if not page["cursor"]:
+            break
+        if len(seen) == 600:  # the cursor's own entry leaves the index between two pages
+            await w.call("PUSH", job(seen[-1], priority=9))
+            assert await run(w) == seen[-1]
+        page = await history(w, state="replaced", count=100, cursor=page["cursor"])
+    assert seen == [f"tied-{i:04d}" for i in reversed(range(1100))]  # each once, ties by jid
+    assert (await history(w, jid="tied-0500"))["jobs"][0]["state"] == "done"
 
 
 async def test_retention_by_age_deletes_exactly_the_old(
@@ -235,6 +331,52 @@ async def test_retention_work_follows_deletions_not_what_is_kept(
         for _ in range(400):
             await run(w, f"k{i}")
     assert await calls_of_a_pass() == few
+
+
+async def test_check_finds_nothing_while_retention_deletes(broker: App) -> None:
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSHB", [job(f"racing-{i:03d}", "Race") for i in range(600)])
+    fetched = [json.loads(await w.call("FETCH", "default"))["jid"] for _ in range(600)]
+    await w.send(b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched))
+    assert [await w.reply() for _ in fetched] == [b"OK"] * 600
+    store, problems = broker.manager.store, []
+
+    async def retention(cancel: trio.CancelScope) -> None:  # a broker's loop, one at a time
+        while await store.history.purge("default", "done", "+inf", 1):
+            pass
+        cancel.cancel()
+
+    with trio.CancelScope() as audits:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retention, audits)
+            while True:
+                await HistoryAuditor(store, lambda *p: problems.append(p), repair=False).run()
+    assert problems == []
+
+
+async def test_retention_by_count_over_many_queues_reads_what_it_deletes(
+    start_broker: StartBroker, rdb: redis.Redis
+) -> None:
+    idle = {name: 3600.0 for name in ("scheduler_interval", "reaper_interval")}
+    idle |= {"dead_purge_interval": 3600.0, "worker_reaper_interval": 3600.0}
+    rule = {"done": Retention(ttl=86_400.0, max=19_000)}
+    broker = await start_broker(retention=rule, **QUIET, **idle)
+    w = await Wire.open(broker.port, hello={})
+    for start in range(0, 20_000, 1000):  # 100 queues, their jobs ending in turn
+        pushed = [job(f"wide-{i:05d}", queue=f"w{i % 100}") for i in range(start, start + 1000)]
+        await w.call("PUSHB", pushed)
+    await w.send(b"".join(b"FETCH w%d\r\n" % (i % 100) for i in range(20_000)))
+    fetched = [json.loads(await w.reply())["jid"] for _ in range(20_000)]
+    await w.send(b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched))
+    assert [await w.reply() for _ in fetched] == [b"OK"] * 20_000
+    scored = {jid: await _score(rdb, f"w{int(jid[5:]) % 100}", jid) for jid in fetched}
+    oldest = set(sorted(scored, key=scored.__getitem__)[:1000])
+    before = rdb.info("stats")["total_net_output_bytes"]
+    assert await broker.manager.history.retain(broker.manager.clock()) == 1000
+    read = rdb.info("stats")["total_net_output_bytes"] - before
+    assert read < 200 * 1000, read  # not the 1,000 oldest of each of the 100 queues (~840 kB)
+    kept = {jid for q in range(100) for jid in rdb.hkeys(f"hopper:q:{{w{q}}}:history")}
+    assert len(kept) == 19_000 and not kept & oldest  # the oldest 1,000, every queue together
 
 
 async def _score(rdb: redis.Redis, queue: str, jid: str) -> float:

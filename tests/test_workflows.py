@@ -196,6 +196,65 @@ async def test_a_graph_across_queues_is_one_atomic_push(broker: App, redis_url: 
     check_store(redis_url)
 
 
+async def test_a_graph_naming_one_jid_in_two_queues_stores_nothing(
+    broker: App, rdb: redis.Redis, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    graph = [  # jobs-d-1 twice, in two queues: refused, and so is every other job
+        job("jobs-d-1", queue="left"),
+        job("jobs-d-1", queue="right"),
+        after("jobs-d-2", ["jobs-d-1"], queue="third"),
+    ]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert set(errors) == {"jobs-d-1", "jobs-d-2"}
+    assert "another job of the workflow" in errors["jobs-d-2"]
+    for jid in ("jobs-d-1", "jobs-d-2"):
+        assert (await state(w, jid))["state"] == "unknown"
+    assert not any(rdb.exists(QueueKeys(q).jobs) for q in ("left", "right", "third"))
+    check_store(redis_url)
+
+
+async def test_a_graph_whose_dependant_is_invalid_stores_nothing(
+    broker: App, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    for queue in ("other", "default"):  # across queues, and in one
+        graph = [
+            job("jobs-i-first"),
+            after("jobs-i-then", ["jobs-i-first"], queue=queue, at="not a time"),
+        ]
+        errors = json.loads(await w.call("PUSHB", graph))
+        assert "invalid timestamp" in errors["jobs-i-then"]
+        assert "another job of the workflow" in errors["jobs-i-first"], queue
+        assert (await state(w, "jobs-i-first"))["state"] == "unknown"
+    check_store(redis_url)
+
+
+async def test_a_graph_that_replaces_a_dependency_stores_nothing(
+    broker: App, redis_url: str
+) -> None:
+    w = await Wire.open(broker.port, hello={})
+    unique = {"unique_for": 60, "unique_until": "replace"}
+    for other in ("other", "sync"):  # across queues, and in the replaced job's own queue
+        await w.call("PUSH", job("jobs-r-held", "Sync", args=[1], queue="sync", custom=unique))
+        graph = [  # jobs-r-new takes jobs-r-held's place: jobs-r-after's dependency fails
+            job("jobs-r-new", "Sync", args=[1], queue="sync", custom=unique),
+            after("jobs-r-after", ["jobs-r-held", "jobs-r-new"], queue=other),
+        ]
+        errors = json.loads(await w.call("PUSHB", graph))
+        assert "jobs-r-held did not succeed" in errors["jobs-r-after"], other
+        assert "another job of the workflow" in errors["jobs-r-new"]
+        assert (await state(w, "jobs-r-held"))["state"] == "queued"
+        for j in graph:
+            assert (await state(w, j["jid"]))["state"] == "unknown"
+        graph[1] = after("jobs-r-after", ["jobs-r-held", "jobs-r-new"], "run", queue=other)
+        assert json.loads(await w.call("PUSHB", graph)) == {}  # policy run: met, all stored
+        assert (await state(w, "jobs-r-held"))["state"] == "replaced"
+        assert (await state(w, "jobs-r-after"))["state"] == "blocked"
+        await w.call("FLUSH")
+    check_store(redis_url)
+
+
 async def test_dependants_in_other_queues_released_once_by_two_brokers(
     start_broker: StartBroker, rdb: redis.Redis, redis_url: str
 ) -> None:

@@ -68,11 +68,18 @@ class HistoryStore:
         flat = await self.redis.execute("ZRANGE", DUE_ENDED[state], 0, most - 1, "WITHSCORES")
         return [(text(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def first_scores(self, queue: str, state: str, most: int) -> list[float]:
-        """When the `most` oldest archived jobs of `queue` in `state` ended, oldest first."""
-        flat = await self.redis.execute(
-            "ZRANGE", self.keys(queue).ended(state), 0, most - 1, "WITHSCORES"
-        )
+    async def first_scores(
+        self, queue: str, state: str, most: int, skip: int = 0, bound: float | None = None
+    ) -> list[float]:
+        """When the `most` oldest archived jobs of `queue` in `state` ended (after the `skip`
+        oldest, up to `bound` if given), oldest first."""
+        key = self.keys(queue).ended(state)
+        if bound is None:
+            flat = await self.redis.execute("ZRANGE", key, skip, skip + most - 1, "WITHSCORES")
+        else:
+            flat = await self.redis.execute(
+                "ZRANGE", key, "-inf", bound, "BYSCORE", "LIMIT", skip, most, "WITHSCORES"
+            )
         return [float(score) for score in flat[1::2]]
 
     async def older_than(self, state: str, bound: float, most: int) -> list[str]:

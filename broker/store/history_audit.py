@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from broker.store import keys
 from broker.store.base import Script, text
-from broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT, JIDS
+from broker.store.keys import FINAL_STATES, HISTORY_COUNT, JIDS
 from broker.store.redis import Store
 
 HISTORY_CHECK = Script("history_check")
@@ -67,13 +67,13 @@ class HistoryAuditor:
             self.note(text(found[i]), queue, text(found[i + 1]))
 
     async def _oldest_is_due(self, queue: str, key: str, state: str) -> None:
-        """The queue's due entry for `state` must be no later than the oldest entry of `key`."""
-        oldest = await self.redis.execute("ZRANGE", key, 0, 0, "WITHSCORES")
-        due = await self.redis.execute("ZSCORE", DUE_ENDED[state], queue)
-        if oldest and (due is None or float(due) > float(oldest[1])):
-            self.note("history due entry missing", queue, state)
-            if self.repair:
-                await self.redis.execute("ZADD", DUE_ENDED[state], "LT", oldest[1], queue)
+        """The queue's due entry for `state` must be no later than the oldest entry of `key`
+        (both read in one step, history_check.lua: retention moves them together)."""
+        k = self.store.jobs.keys(queue)
+        args = ("1" if self.repair else "0", "due", state, queue)
+        found = await self.redis.run(HISTORY_CHECK, (k.jobs, JIDS, key), args)
+        for i in range(0, len(found), 2):
+            self.note(text(found[i]), queue, text(found[i + 1]))
 
     async def _counts(self, queues: list[str]) -> None:
         """Each state's count against what its indexes hold, in one step (history_check.lua)."""

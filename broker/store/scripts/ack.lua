@@ -18,13 +18,15 @@ local jids, results = {}, {}
 for i = 1, count do jids[i] = ARGV[7 + i] end
 for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
+local progress = redis.call('HMGET', KEYS[8], unpack(jids))
 local done, notes, seen, kept, extras = {}, {}, {}, {}, {}
 for i, jid in ipairs(jids) do
   if reserved[i] and not seen[jid] then
     seen[jid] = true
     done[#done + 1] = jid
     kept[#done] = results[i] or ''
-    extras[#done] = ',"reserved_until":' .. reserved[i] .. (results[i] and ',"result":' .. results[i] or '')
+    extras[#done] = ',"reserved_until":' .. reservation(progress[i], reserved[i])
+      .. (results[i] and ',"result":' .. results[i] or '')
     local text = note('done', results[i] or '')
     if text ~= '' then
       notes[#notes + 1] = jid

@@ -49,7 +49,7 @@ if target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch
 end
 if target == 'dead' then wf_count(KEYS[19], KEYS[5], {jid}, 'end', ARGV[8]) end  -- for good
 local ended = (batch_due.n + wf_due.n) > 0 and 2 or 1
-local until_ = ',"reserved_until":' .. expiry
+local until_ = ',"reserved_until":' .. reservation(redis.call('HGET', KEYS[12], jid), expiry)
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}
 local place = sets[target]
 if listening() then

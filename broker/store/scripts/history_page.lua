@@ -3,9 +3,10 @@
 -- ARGV: 1 most entries per zset, 2 until (newest end, '+inf' none), 3 since ('-inf' none),
 --       4 the cursor's score ('' = from the start), 5 the cursor's jid
 -- Returns, per zset in KEYS order, {jid, score, jid, score, ...}: the entries after the cursor
--- in the order (score, jid) both descending (the order the caller merges pages in). Work per
--- zset: one range read, and one more for entries sharing the cursor's score (bounded).
-local TIES = 1000  -- entries sharing one score read at most (scores are µs apart per job)
+-- in the order (score, jid) both descending (the order the caller merges pages in, and the
+-- order of a zset's ranks read in REV). Work per zset: a few O(log n) reads and the page's,
+-- however many entries share the cursor's score (a binary search among them when the
+-- cursor's own entry left the zset).
 local most = tonumber(ARGV[1])
 local function below(a, b)  -- a sorts before b bytewise (as Redis sorts members)
   local n = math.min(#a, #b)
@@ -15,26 +16,23 @@ local function below(a, b)  -- a sorts before b bytewise (as Redis sorts members
   end
   return #a < #b
 end
+-- The REV rank of the first entry of `key` after (score, jid) in that order.
+local function after_cursor(key, score, jid)
+  local own = redis.call('ZSCORE', key, jid)
+  if own and tonumber(own) == tonumber(score) then return redis.call('ZREVRANK', key, jid) + 1 end
+  local lo = redis.call('ZCOUNT', key, '(' .. score, '+inf')  -- the first entry of that score
+  local hi = lo + redis.call('ZCOUNT', key, score, score)  -- past its last (jids descending)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if below(redis.call('ZRANGE', key, mid, mid, 'REV')[1], jid) then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
 local pages = {}
 for i, key in ipairs(KEYS) do
-  local out, top = {}, ARGV[2]
-  if ARGV[4] ~= '' then
-    local ties = redis.call('ZRANGE', key, ARGV[4], ARGV[4], 'BYSCORE', 'REV', 'LIMIT', 0, TIES,
-      'WITHSCORES')
-    for t = 1, #ties, 2 do
-      if #out < 2 * most and below(ties[t], ARGV[5]) then
-        out[#out + 1] = ties[t]
-        out[#out + 1] = ties[t + 1]
-      end
-    end
-    top = '(' .. ARGV[4]
-  end
-  local need = most - #out / 2
-  if need > 0 then
-    local rest = redis.call('ZRANGE', key, top, ARGV[3], 'BYSCORE', 'REV', 'LIMIT', 0, need,
-      'WITHSCORES')
-    for _, v in ipairs(rest) do out[#out + 1] = v end
-  end
-  pages[i] = out
+  local first = redis.call('ZCOUNT', key, '(' .. ARGV[2], '+inf')  -- newer than until
+  if ARGV[4] ~= '' then first = math.max(first, after_cursor(key, ARGV[4], ARGV[5])) end
+  local stop = math.min(first + most, redis.call('ZCOUNT', key, ARGV[3], '+inf'))  -- since
+  pages[i] = stop > first and redis.call('ZRANGE', key, first, stop - 1, 'REV', 'WITHSCORES') or {}
 end
 return pages

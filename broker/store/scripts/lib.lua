@@ -116,6 +116,14 @@ local function finish(k, queue, jids, notes, at, keep, state, extras)
   end
 end
 
+-- The expiry FETCH gave a reservation whose expiry is now `expiry`: the same, unless TRACK
+-- extended it (`progress`, the job's progress text, or nil/false, notes it: progress.lua).
+local function reservation(progress, expiry)
+  local fetched, now = string.match(progress or '', '"reserved":%["([^"]+)","([^"]+)"%]')
+  if fetched and tonumber(now) == tonumber(expiry) then return fetched end
+  return expiry
+end
+
 -- Tell JOB WAITs (on any broker) that these jobs finished or died: publish the awaited ones.
 local function announce(awaited, channel, jids)
   if #jids == 0 then return end

@@ -30,6 +30,43 @@ local function jobtype_of(payload)
   return ''
 end
 
+-- The payload without its top-level "args" member, cut as text so that every other byte stays
+-- as stored (decoding and encoding again would round numbers to 14 digits and turn [] into
+-- {}): a scan of the top level, skipping strings and nested values.
+local function without_args(payload)
+  local depth, pos, key = 0, 1, nil  -- key: where a top-level "args" member begins
+  while true do
+    local s = string.find(payload, '["{}%[%]]', pos)
+    if not s then return payload end
+    local c = string.byte(payload, s)
+    if c == 34 then  -- '"': to the string's closing quote
+      local e = s
+      repeat
+        e = string.find(payload, '["\\]', e + 1)
+        if not e then return payload end
+        local escaped = string.byte(payload, e) == 92
+        if escaped then e = e + 1 end
+      until not escaped
+      if depth == 1 and not key and string.sub(payload, s, e + 1) == '"args":' then
+        if not string.find('[{', string.sub(payload, e + 2, e + 2), 1, true) then
+          return payload  -- not a list (a job's args always is): kept
+        end
+        key = s
+      end
+      pos = e + 1
+    elseif c == 123 or c == 91 then  -- '{' '['
+      depth, pos = depth + 1, s + 1
+    else
+      depth, pos = depth - 1, s + 1
+      if key and depth == 1 then  -- the end of args' value: cut the member and one comma
+        local before, after = string.sub(payload, 1, key - 1), string.sub(payload, s + 1)
+        if string.sub(before, -1) == ',' then return string.sub(before, 1, -2) .. after end
+        return before .. string.gsub(after, '^,', '')
+      end
+    end
+  end
+end
+
 local function history_keys(jobs, index)
   local q, g = string.sub(jobs, 1, -5), string.sub(index, 1, -5)
   return {history = q .. 'history', ended = q .. 'ended:', count = g .. 'history:count',
@@ -67,7 +104,7 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   local old = redis.call('HMGET', h.history, unpack(jids))
   local again, again_entries = {}, {}
   for i, jid in ipairs(jids) do
-    if old[i] then
+    if old[i] and payloads[i] then  -- replaced below (one without a payload keeps its entry)
       again[#again + 1] = jid
       again_entries[#again_entries + 1] = old[i]
     end
@@ -80,14 +117,8 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
     if payload then
       local score = (micros + i - 1) / 1e6
       first = first or score
-      if mode == 'n' then
-        local ok, job = pcall(cjson.decode, payload)
-        if ok and type(job) == 'table' then
-          job.args = nil
-          payload = cjson.encode(job)
-        end
-      end
       local jobtype = jobtype_of(payload)
+      if mode == 'n' then payload = without_args(payload) end
       entries[#entries + 1] = jid
       entries[#entries + 1] = '{"state":"' .. state .. '","at":' .. string.format('%.6f', score)
         .. ',"jobtype":' .. cjson.encode(jobtype) .. (extras and extras[i] or '')

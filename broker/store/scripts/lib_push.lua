@@ -41,9 +41,11 @@
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
 -- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
--- With `graph` ({here = {jid -> queue of every job of the graph}, phase = 'check' | 'write'})
--- 'check' only gives the verdicts (nothing written), 'write' stores without a dry run;
--- dependencies are looked up in `here` first.
+-- With `graph` ({here = {jid -> queue of every job of the graph}, phase = 'check' | 'write',
+-- ending = {jid -> true}}) 'check' only gives the verdicts (nothing written), 'write' stores
+-- without a dry run; dependencies are looked up in `here` first. A graph's dry run notes in
+-- `ending` the holders its replace pushes end, and a dependency on one of them does not
+-- succeed (checked again once one is found), so the write never refuses what the check took.
 local function push_queue(KEYS, ARGV, graph)
   local queue = ARGV[2]
   if ARGV[7] == 'D' then
@@ -167,6 +169,7 @@ local function push_queue(KEYS, ARGV, graph)
     end
   end
 
+  local ending = graph and graph.ending or {}  -- holders a graph's replace pushes end
   local function arg(i, f) return ARGV[8 + 7 * (i - 1) + f] end
   local count = (#ARGV - 8) / 7
   local jids = {}
@@ -174,14 +177,18 @@ local function push_queue(KEYS, ARGV, graph)
   local owners = redis.call('HMGET', KEYS[4], unpack(jids))
   local results, taken = {}, {}
 
-  -- Whether a unique job could take its lock now (as lock(), reading only).
+  -- Whether a unique job could take its lock now (as lock(), reading only); the holder it
+  -- would replace goes in `ending`.
   local function lockable(spec)
     local index, _, mode = string.match(spec, '^(%d+) (%d+) (%a+)$')
     local key = KEYS[tonumber(index)]
     local value = not locked[key] and redis.call('GET', key)
     if locked[key] then return false end
     if not (value and holds(value)) then return true end
-    return mode == 'replace' and string.match(value, '^(%a+):') == 'replace'
+    local held_mode, holder = string.match(value, '^(%a+):(.*)$')
+    if not (mode == 'replace' and held_mode == 'replace') then return false end
+    ending[holder] = true
+    return true
   end
 
   -- The verdict on job i: 1 (stored; its lock taken unless `dry`) or a refusal (and a jid).
@@ -194,7 +201,7 @@ local function push_queue(KEYS, ARGV, graph)
     end
     if batch ~= '' and batch_join(batch) ~= 1 then return batch_join(batch) end
     if after ~= '' then
-      local code, dep = wf_check(KEYS[4], queue, after, graph and graph.here or taken)
+      local code, dep = wf_check(KEYS[4], queue, after, graph and graph.here or taken, ending)
       if code ~= 1 then return code, dep end
     end
     if unique ~= '' then
@@ -211,15 +218,20 @@ local function push_queue(KEYS, ARGV, graph)
   local phase = graph and graph.phase  -- a graph across queues (push_graph.lua)
   if ARGV[8] == 'G' or phase == 'check' then  -- a graph: all or nothing
     local before, refused = room, false
-    for i = 1, count do
-      local code, dep = verdict(i, true)
-      results[i] = dep and {code, dep} or code
-      if code == 1 then
-        taken[arg(i, 1)] = queue
-        if room and arg(i, 3) == '' then room = room - 1 end
-      else
-        refused = true
+    for pass = 1, 2 do  -- again once a replace push is found: a dependency on its holder fails
+      local known = next(ending) ~= nil
+      room, taken, locked, refused = before, {}, {}, false
+      for i = 1, count do
+        local code, dep = verdict(i, true)
+        results[i] = dep and {code, dep} or code
+        if code == 1 then
+          taken[arg(i, 1)] = queue
+          if room and arg(i, 3) == '' then room = room - 1 end
+        else
+          refused = true
+        end
       end
+      if graph or known or next(ending) == nil then break end
     end
     if refused then
       for i = 1, count do

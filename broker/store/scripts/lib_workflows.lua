@@ -94,9 +94,11 @@ local function wf_count(key, index, jids, outcome, now)
 end
 
 -- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` maps
--- the jids stored in this call (earlier, or anywhere in a graph) to their queues. Returns 1, or 7 and an unknown dependency, or
--- 8 and a dependency that did not succeed (policy fail). Reads only.
-local function wf_check(index, queue, spec, here)
+-- the jids stored in this call (earlier, or anywhere in a graph) to their queues; `ending` (or
+-- nil) holds the live jobs this call ends (a graph's replace pushes): they do not succeed.
+-- Returns 1, or 7 and an unknown dependency, or 8 and a dependency that did not succeed
+-- (policy fail). Reads only.
+local function wf_check(index, queue, spec, here, ending)
   local a = cjson.decode(spec)
   for i = 2, #a do
     local owner = here[a[i]] or redis.call('HGET', index, a[i])
@@ -104,7 +106,9 @@ local function wf_check(index, queue, spec, here)
     local finished = string.sub(owner, 1, 1) == '~'
     local base = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
     local failed
-    if finished then
+    if ending and ending[a[i]] then
+      failed = true
+    elseif finished then
       local text = redis.call('HGET', base .. 'final', a[i])
       failed = text and not string.find(text, '^{"state":"done"')
     else

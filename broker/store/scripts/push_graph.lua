@@ -6,8 +6,9 @@
 -- Returns every segment's results, one per job, in order: all 1 (every job stored), or none
 -- stored: the refused ones with their codes, the others 9 (refused with another job).
 -- Guarantees: every job is checked against the store (and a dependency on any job of the
--- graph, whatever its queue, counts as known) before anything is written; then every segment
--- is written in the same step, so no job of the graph can run or be seen alone.
+-- graph, whatever its queue, counts as known; a jid named in two queues is refused, 0, as
+-- push_queue() refuses one named twice in one queue) before anything is written; then every
+-- segment is written in the same step, so no job of the graph can run or be seen alone.
 local count = tonumber(ARGV[1])
 local segments, k, a, here = {}, 0, 1 + 2 * count, {}
 for i = 1, count do
@@ -19,16 +20,24 @@ for i = 1, count do
   segments[i] = {keys, args}
   for j = 9, nargs, 7 do here[args[j]] = args[2] end  -- jid -> its queue
 end
-local results, refused = {}, false
-for i, segment in ipairs(segments) do
-  results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'check'})
-  for _, result in ipairs(results[i]) do
-    if result ~= 1 then refused = true end
+local results, refused, ending = {}, false, {}  -- ending: holders the replace pushes end
+for pass = 1, 2 do  -- again once a replace push is found: a dependency on its holder fails
+  local known, named = next(ending) ~= nil, {}
+  refused = false
+  for i, segment in ipairs(segments) do
+    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'check', ending = ending})
+    for j, result in ipairs(results[i]) do
+      local jid = segment[2][9 + 7 * (j - 1)]
+      if result == 1 and named[jid] then results[i][j] = 0 end  -- in an earlier queue's segment
+      named[jid] = true
+      if results[i][j] ~= 1 then refused = true end
+    end
   end
+  if known or next(ending) == nil then break end
 end
 if not refused then
   for i, segment in ipairs(segments) do
-    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'write'})
+    results[i] = push_queue(segment[1], segment[2], {here = here, phase = 'write', ending = ending})
   end
 end
 local flat = {}
