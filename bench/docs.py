@@ -130,10 +130,11 @@ READING = """\
   11,710 / 11,383; threads c=10 4,379 / 5,658 against 6,418 / 4,918. Workflows (merged
   after these runs) add one more HMGET to ACK and FAIL for jobs nobody waits for.
 - **What the history costs** (issue 14). Archiving a job that ends is written by the script
-  that ends it: for a plain ACK, 7 more Redis calls inside the script (29 to 36 per job over a
-  5,000-job `bench/rawload.py` run, `INFO commandstats`: the payloads and any earlier entry of
-  the jids read, the entry written, its two index entries, the count and the due entry); Redis
-  µs per script call 44.6 before against 51.0 after on this box while other work shared it.
+  that ends it: for a plain ACK, 8 more Redis calls inside the script (29 to 37 per job over a
+  5,000-job `bench/rawload.py` run, `INFO commandstats`: the payloads, any earlier entry of the
+  jids and the reservations' first expiries read, the entry written, its two index entries,
+  the count and the due entry); Redis µs per script call 44.6 before against 51.0 after (the
+  first 7) on this box while other work shared it.
   `history = false` removes it all. Memory (`python -m bench.history`, 1,000,000 jobs over 10
   queues and 4 jobtypes, three small args, `finished_ttl = 0` so that only the archive is
   counted): 682 bytes per archived job with args, 645 without (`history_args = false`; the
