@@ -17,7 +17,7 @@ from broker.pages import Listed, ListQuery
 from broker.web.views import manager_of, page, redis_down
 
 PAGE = 50  # entries a page shows
-ARGS_SHOWN = 80  # characters of a job's args shown in the table
+ARGS_SHOWN = 60  # characters of a job's args shown in the table
 FILTERS = ("queue", "jobtype", "error")
 
 # target -> (title, heading of the time column, what the set holds, its actions)

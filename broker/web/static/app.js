@@ -19,7 +19,7 @@ document.addEventListener("change", (event) => {
   const box = event.target;
   if (box.matches("input.select-page")) {
     const table = box.closest("table");
-    table.querySelectorAll("input[name=jid]").forEach((row) => { row.checked = box.checked; });
+    table.querySelectorAll("input[type=checkbox][name=jid]").forEach((row) => { row.checked = box.checked; });
   }
   document.querySelectorAll("form#selection").forEach((form) => {
     const count = selected(form).length;
