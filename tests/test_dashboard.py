@@ -9,6 +9,7 @@ import redis
 
 from broker.app import App
 from broker.config import Config
+from broker.web import set_actions
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, job
 
@@ -237,7 +238,9 @@ async def test_set_pages_and_filters(start_broker: StartBroker) -> None:
     await wire.aclose()
 
 
-async def test_set_pages_walk_by_cursor(start_broker: StartBroker) -> None:
+async def test_set_pages_walk_by_cursor(
+    start_broker: StartBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = await start_broker(dashboard_bind="127.0.0.1:0")
     wire = await Wire.open(app.port, hello={"hostname": "h"})
     for i in range(1100):  # the last few of another jobtype, after a filter's scan window
@@ -263,6 +266,17 @@ async def test_set_pages_walk_by_cursor(start_broker: StartBroker) -> None:
         more = (await http.get(found.group(1).replace("&amp;", "&"))).text
         assert listed(more) == [f"many-{i:04d}" for i in range(1095, 1100)]
         assert 'class="first"' in more and 'class="next"' not in more
+        # "all matching" acts a page at a time and says when it stopped at its bound
+        monkeypatch.setattr(set_actions, "MAX_PAGES", 1)
+        every = {"op": "delete", "all": "1", "jobtype": "Common", "csrf": await token(http)}
+        reply = await http.post("/scheduled/act", data=every)
+        assert reply.headers["location"] == "/scheduled?done=delete%3A1000%3Amore"
+        said = (await http.get(reply.headers["location"])).text
+        assert "Deleted 1000 jobs. It stopped at its bound: more may match" in said
+        reply = await http.post("/scheduled/act", data=every)
+        assert reply.headers["location"] == "/scheduled?done=delete%3A95"
+        left = listed((await http.get("/scheduled")).text)
+        assert left == [f"many-{i:04d}" for i in range(1095, 1100)]
     await wire.aclose()
 
 
@@ -277,6 +291,10 @@ async def test_set_actions(start_broker: StartBroker) -> None:
         assert (await http.post("/retries/act", data=one)).status_code == 403
         assert (await http.post("/retries/act", data={**one, "csrf": "0" * 32})).status_code == 403
         assert "retry-0001" in listed((await http.get("/retries")).text)
+        for target in ("scheduled", "dead"):
+            no_token = {"op": "delete", "all": "1"}
+            assert (await http.post(f"/{target}/act", data=no_token)).status_code == 403
+        assert len(listed((await http.get("/dead")).text)) == 2
         # one: retry now, back to the page (its filters kept) saying what was done
         back = "/retries?queue=mail"
         reply = await http.post("/retries/act", data={**one, "csrf": csrf, "back": back})

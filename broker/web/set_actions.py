@@ -16,7 +16,7 @@ from broker.pages import MAX_LIMIT
 from broker.web.actions import Act, action
 from broker.web.sets import ACTIONS, FILTERS, SETS, query_of
 
-MAX_SELECTED = 1000  # jids one request acts on at most (a page shows far fewer)
+MAX_SELECTED = 500  # jids one request acts on at most (a page shows far fewer)
 MAX_PAGES = 1000  # listing pages one "all matching" request walks: a million entries
 
 
