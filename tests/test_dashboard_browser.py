@@ -33,6 +33,9 @@ PAGES = {
     "/batches": "Batches",
     "/limits": "Limits",
 }
+# A request the page makes after a turn of its clock: a live update started in that turn has
+# its answer by the time this one has (then an assertion that none changed the page holds).
+SETTLE = "fetch(location.href, {headers: {'X-Partial': '1'}}).then((reply) => reply.text())"
 WAIT_MS = 15_000  # the longest a page may take to show an effect (live updates: every 5 s)
 
 pytestmark = [
@@ -197,11 +200,17 @@ def drive(port: int, broker_port: int, shots: Path) -> None:
             "MUTATE", {"cmd": "kill", "target": "scheduled", "filter": {"jids": ["later-0000"]}}
         )
         page.clock.run_for(12_000)  # two turns: the selection holds them back
+        page.evaluate(SETTLE)
         expect(ticked).to_be_checked()
         expect(page.locator("tr[data-jid=later-0000]")).to_have_count(0)
         ticked.uncheck()
         page.clock.run_for(6_000)
         expect(page.locator("tr[data-jid=later-0000]")).to_have_count(1, timeout=WAIT_MS)
+        page.fill("input[name=jobtype]", "ImportCsv")  # typed, not applied, then elsewhere
+        page.locator("main h1").click()
+        page.clock.run_for(12_000)
+        page.evaluate(SETTLE)
+        expect(page.locator("input[name=jobtype]")).to_have_value("ImportCsv")
 
         # job pages: a running job's progress and log, a dead job's failure, cancel
         page.goto(f"{base}/jobs/slow-0001")

@@ -29,11 +29,14 @@ document.addEventListener("change", (event) => {
 });
 
 // Every data-live seconds, fetch this page's main part again (X-Partial) and put it in place,
-// unless the reader is typing in it or has rows selected. A failed fetch waits for the next turn.
+// unless the reader is typing in it, has typed a filter not yet applied, or has rows selected.
+// A failed fetch waits for the next turn.
 function busy(main) {
   const active = document.activeElement;
   const typing = main.contains(active) && active.matches("input:not([type=checkbox]), select");
-  return typing || main.querySelector("input[type=checkbox]:checked") !== null;
+  const typed = [...main.querySelectorAll("input[type=text], input:not([type])")]
+    .some((input) => input.value !== input.defaultValue);
+  return typing || typed || main.querySelector("input[type=checkbox]:checked") !== null;
 }
 
 function refresh(main) {
