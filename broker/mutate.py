@@ -31,15 +31,16 @@ class Mutator:
         self.settings = settings
         self.doorbell = doorbell
 
-    async def run(self, mutation: Mutation, now: float) -> None:
+    async def run(self, mutation: Mutation, now: float) -> int:
+        """Apply one MUTATE; returns how many jobs it moved or deleted."""
         if mutation.target not in TARGETS:
             raise CommandError("invalid target for mutation command")
         if mutation.cmd not in COMMANDS:
             raise CommandError("unknown mutate operation")
-        flt = mutation.filter
+        flt, done = mutation.filter, 0
         if mutation.cmd == "clear" or (mutation.cmd == "discard" and _matches_all(flt)):
             for queue in await self.store.sets.queues_with(mutation.target):
-                await self._clear(queue, mutation.target)
+                done += await self._clear(queue, mutation.target)
         elif flt is not None and flt.jids:
             by_queue: dict[str, list[str]] = defaultdict(list)
             found = await self.store.jobs.queues_of(flt.jids)
@@ -48,42 +49,46 @@ class Mutator:
                     by_queue[owner].append(jid)
             for queue, jids in by_queue.items():
                 entries = await self.store.sets.scores(queue, mutation.target, jids)
-                await self._apply(mutation, queue, entries, now)
+                done += await self._apply(mutation, queue, entries, now)
         else:
             for queue in await self.store.sets.queues_with(mutation.target):
-                await self._scan(mutation, queue, now)
+                done += await self._scan(mutation, queue, now)
+        return done
 
-    async def _clear(self, queue: str, zset: str) -> None:
+    async def _clear(self, queue: str, zset: str) -> int:
+        done = 0
         for _ in range(MAX_CLEAR_BATCHES):
-            if await self.store.sets.remove_first(queue, zset, CLEAR_BATCH) < CLEAR_BATCH:
-                return
+            removed = await self.store.sets.remove_first(queue, zset, CLEAR_BATCH)
+            done += removed
+            if removed < CLEAR_BATCH:
+                break
+        return done
 
-    async def _scan(self, mutation: Mutation, queue: str, now: float) -> None:
-        cursor = 0
+    async def _scan(self, mutation: Mutation, queue: str, now: float) -> int:
+        cursor, done = 0, 0
         for _ in range(MAX_SCAN_STEPS):
             cursor, batch = await self.store.sets.scan(queue, mutation.target, cursor, SCAN_COUNT)
             selected = [e for e in batch if e[2] is not None and _selected(mutation, e[2])]
-            await self._apply(mutation, queue, selected, now)
+            done += await self._apply(mutation, queue, selected, now)
             if cursor == 0:
-                return
+                break
+        return done
 
-    async def _apply(
-        self, mutation: Mutation, queue: str, entries: list[Entry], now: float
-    ) -> None:
+    async def _apply(self, mutation: Mutation, queue: str, entries: list[Entry], now: float) -> int:
         if not entries:
-            return
+            return 0
         target = mutation.target
         if mutation.cmd == "discard":
-            await self.store.sets.remove(queue, target, entries)
-        elif mutation.cmd == "kill":
+            return await self.store.sets.remove(queue, target, entries)
+        if mutation.cmd == "kill":
             config = self.settings()
             score = now + config.dead_ttl
-            await self.store.sets.move(
+            return await self.store.sets.move(
                 queue, target, "dead", score, entries, now, config.history_mode
             )
-        else:
-            moved = await self.store.sets.requeue(queue, target, format_time(now), entries)
-            self.doorbell.ring(queue, moved)
+        moved = await self.store.sets.requeue(queue, target, format_time(now), entries)
+        self.doorbell.ring(queue, moved)
+        return moved
 
 
 def _matches_all(flt: MutateFilter | None) -> bool:

@@ -9,6 +9,7 @@ import redis
 
 from broker.app import App
 from broker.config import Config
+from broker.web import set_actions
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, job
 
@@ -175,4 +176,163 @@ async def test_history_pages(start_broker: StartBroker) -> None:
         assert bad.status_code == 400
         job_page = (await http.get("/jobs/past-0003")).text
         assert "History: done" in job_page
+    await wire.aclose()
+
+
+async def fill_sets(wire: Wire) -> None:
+    """Three jobs in retries, three scheduled, two dead."""
+    failures = [
+        ("retry-0001", "Mail", "mail", "TimeoutError", "upstream slow"),
+        ("retry-0002", "Mail", "mail", "KeyError", "no such user"),
+        ("retry-0003", "Sync", "other", "TimeoutError", "db slow"),
+        ("dead-0001", "Mail", "mail", "ValueError", "bad address"),
+        ("dead-0002", "Sync", "other", "ValueError", "bad row"),
+    ]
+    for jid, jobtype, queue, errtype, message in failures:
+        retry = -1 if jid.startswith("dead") else 5
+        pushed = job(jid, jobtype, queue=queue, retry=retry, args=[jid, "x" * 200])
+        assert await wire.call("PUSH", pushed) == b"OK"
+        assert await wire.call("FETCH", queue)
+        failed = {"jid": jid, "errtype": errtype, "message": message}
+        assert await wire.call("FAIL", failed) == b"OK"
+    for i in range(1, 4):
+        later = job(f"sched-000{i}", "Report", queue="reports", at=f"2099-01-0{i}T00:00:00Z")
+        assert await wire.call("PUSH", later) == b"OK"
+
+
+def listed(page: str) -> list[str]:
+    return re.findall(r'<tr data-jid="([^"]+)"', page)
+
+
+async def test_set_pages_and_filters(start_broker: StartBroker) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={"hostname": "h"})
+    await fill_sets(wire)
+    async with client(app) as http:
+        retries = (await http.get("/retries")).text
+        assert sorted(listed(retries)) == ["retry-0001", "retry-0002", "retry-0003"]
+        assert "<strong>KeyError</strong>: no such user" in retries
+        assert "…</code>" in retries  # args shortened
+        assert "Kill all" in retries and "Next attempt" in retries
+        assert sorted(listed((await http.get("/dead")).text)) == ["dead-0001", "dead-0002"]
+        dead = (await http.get("/dead")).text
+        assert "Kill" not in dead and "Died" in dead and "bad address" in dead
+        scheduled = (await http.get("/scheduled")).text
+        assert listed(scheduled) == ["sched-0001", "sched-0002", "sched-0003"]
+        assert "2099-01-02T00:00:00Z" in scheduled and "Runs at" in scheduled
+        by_type = (await http.get("/retries", params={"jobtype": "Mail"})).text
+        assert sorted(listed(by_type)) == ["retry-0001", "retry-0002"]
+        assert "Looked at 3 entries." in by_type
+        by_error = (await http.get("/retries", params={"error": "timeout"})).text
+        assert sorted(listed(by_error)) == ["retry-0001", "retry-0003"]
+        assert listed((await http.get("/retries", params={"queue": "other"})).text) == [
+            "retry-0003"
+        ]
+        none = (await http.get("/dead", params={"jobtype": "Nothing"})).text
+        assert listed(none) == [] and "No job in dead matches." in none
+        partial = await http.get("/retries", headers={"X-Partial": "1"})
+        assert "<nav>" not in partial.text and len(listed(partial.text)) == 3
+        bad = await http.get("/retries", params={"queue": "no such queue!"})
+        assert bad.status_code == 400 and "queue names must match" in bad.text
+        assert (await http.get("/dead", params={"cursor": "nope"})).status_code == 400
+    await wire.aclose()
+
+
+async def test_set_pages_walk_by_cursor(
+    start_broker: StartBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={"hostname": "h"})
+    for i in range(1100):  # the last few of another jobtype, after a filter's scan window
+        jobtype = "Rare" if i >= 1095 else "Common"
+        at = f"2099-01-01T00:{i // 60:02d}:{i % 60:02d}Z"
+        assert await wire.call("PUSH", job(f"many-{i:04d}", jobtype, at=at)) == b"OK"
+    async with client(app) as http:
+        seen: list[str] = []
+        address: str | None = "/scheduled"
+        for _ in range(30):
+            if address is None:
+                break
+            text = (await http.get(address)).text
+            seen += listed(text)
+            found = re.search(r'href="([^"]+)" class="next"', text)
+            address = found.group(1).replace("&amp;", "&") if found else None
+        assert seen == [f"many-{i:04d}" for i in range(1100)]  # each once, in order
+        rare = (await http.get("/scheduled", params={"jobtype": "Rare"})).text
+        assert listed(rare) == [] and "Looked at 1000 entries, more to look at." in rare
+        assert "No match among these entries" in rare
+        found = re.search(r'href="([^"]+)" class="next"', rare)
+        assert found, rare
+        more = (await http.get(found.group(1).replace("&amp;", "&"))).text
+        assert listed(more) == [f"many-{i:04d}" for i in range(1095, 1100)]
+        assert 'class="first"' in more and 'class="next"' not in more
+        # "all matching" acts a page at a time and says when it stopped at its bound
+        monkeypatch.setattr(set_actions, "MAX_PAGES", 1)
+        every = {"op": "delete", "all": "1", "jobtype": "Common", "csrf": await token(http)}
+        reply = await http.post("/scheduled/act", data=every)
+        assert reply.headers["location"] == "/scheduled?done=delete%3A1000%3Amore"
+        said = (await http.get(reply.headers["location"])).text
+        assert "Deleted 1000 jobs. It stopped at its bound: more may match" in said
+        reply = await http.post("/scheduled/act", data=every)
+        assert reply.headers["location"] == "/scheduled?done=delete%3A95"
+        left = listed((await http.get("/scheduled")).text)
+        assert left == [f"many-{i:04d}" for i in range(1095, 1100)]
+    await wire.aclose()
+
+
+async def test_set_actions(start_broker: StartBroker) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={"hostname": "h"})
+    await fill_sets(wire)
+    async with client(app) as http:
+        csrf = await token(http, "/retries")
+        # CSRF: refused without the token or with a wrong one, nothing moves
+        one = {"op": "retry", "jid": "retry-0001"}
+        assert (await http.post("/retries/act", data=one)).status_code == 403
+        assert (await http.post("/retries/act", data={**one, "csrf": "0" * 32})).status_code == 403
+        assert "retry-0001" in listed((await http.get("/retries")).text)
+        for target in ("scheduled", "dead"):
+            no_token = {"op": "delete", "all": "1"}
+            assert (await http.post(f"/{target}/act", data=no_token)).status_code == 403
+        assert len(listed((await http.get("/dead")).text)) == 2
+        # one: retry now, back to the page (its filters kept) saying what was done
+        back = "/retries?queue=mail"
+        reply = await http.post("/retries/act", data={**one, "csrf": csrf, "back": back})
+        assert reply.status_code == 303
+        assert reply.headers["location"] == "/retries?queue=mail&done=retry%3A1"
+        shown = (await http.get(reply.headers["location"])).text
+        assert "Retried 1 job." in shown and listed(shown) == ["retry-0002"]
+        assert b"retry-0001" in await wire.call("FETCH", "mail")
+        # a selection: kill two (one of them no longer there: counted as not done)
+        kill = {"op": "kill", "jid": ["retry-0002", "retry-0003", "retry-0001"], "csrf": csrf}
+        reply = await http.post("/retries/act", data=kill)
+        assert reply.headers["location"] == "/retries?done=kill%3A2"
+        assert listed((await http.get("/retries")).text) == []
+        dead = listed((await http.get("/dead")).text)
+        assert sorted(dead) == ["dead-0001", "dead-0002", "retry-0002", "retry-0003"]
+        # delete one dead job; kill is not an action of the dead set
+        reply = await http.post(
+            "/dead/act", data={"op": "delete", "jid": "dead-0001", "csrf": csrf}
+        )
+        assert reply.headers["location"] == "/dead?done=delete%3A1"
+        assert "dead-0001" not in listed((await http.get("/dead")).text)
+        refused = await http.post(
+            "/dead/act", data={"op": "kill", "jid": "dead-0002", "csrf": csrf}
+        )
+        assert refused.status_code == 400 and "no such action on dead: kill" in refused.text
+        empty = await http.post("/dead/act", data={"op": "delete", "csrf": csrf})
+        assert empty.status_code == 400 and "no job selected" in empty.text
+        # all matching a filter: only those, however many pages
+        every = {"op": "retry", "all": "1", "jobtype": "Sync", "csrf": csrf, "back": "/dead"}
+        reply = await http.post("/dead/act", data=every)
+        assert reply.headers["location"] == "/dead?done=retry%3A2"
+        assert "Retried 2 jobs." in (await http.get(reply.headers["location"])).text
+        assert sorted(listed((await http.get("/dead")).text)) == ["retry-0002"]
+        kill_all = {"op": "kill", "all": "1", "csrf": csrf}
+        reply = await http.post("/scheduled/act", data=kill_all)
+        assert reply.headers["location"] == "/scheduled?done=kill%3A3"
+        assert listed((await http.get("/scheduled")).text) == []
+        assert len(listed((await http.get("/dead")).text)) == 4
+        forged = await http.get("/dead", params={"done": "<b>pwned</b>:1"})
+        assert "pwned" not in forged.text
     await wire.aclose()

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from broker.app import App
+from broker.jobs import format_time
 from tests.conftest import StartBroker
 from tests.wire import SyncWire, Wire, job
 
@@ -31,6 +33,9 @@ PAGES = {
     "/batches": "Batches",
     "/limits": "Limits",
 }
+# A request the page makes after a turn of its clock: a live update started in that turn has
+# its answer by the time this one has (then an assertion that none changed the page holds).
+SETTLE = "fetch(location.href, {headers: {'X-Partial': '1'}}).then((reply) => reply.text())"
 WAIT_MS = 15_000  # the longest a page may take to show an effect (live updates: every 5 s)
 
 pytestmark = [
@@ -67,12 +72,35 @@ async def fill(app: App) -> Wire:
         await w.call("FETCH", "default")
         await w.call("FAIL", {**dead, "backtrace": ["sync.py:7 in sync", "db.py:99 in get"]})
         await w.call("MUTATE", requeue)
+    await fill_sets(w)
     await w.call("PUSH", job("slow-0001", "Transcode", queue="video", args=["movie.mp4"]))
     await w.call("FETCH", "video")
     track = {"jid": "slow-0001", "percent": 40, "desc": "pass 2 of 5"}
     await w.call("TRACK", f"SET {json.dumps(track)}")
     await w.call("JOB", 'LOG {"jid":"slow-0001","line":"opened movie.mp4"}')
     return w
+
+
+async def fill_sets(w: Wire) -> None:
+    """Retries (an hour away: the test is over before they run again), scheduled, dead."""
+    hour = {"backoff": {"kind": "fixed", "delay": 3600}}
+    failures = [
+        ("charge-0001", "ChargeCard", "billing", 3, "CardDeclined", "card declined: do not honor"),
+        ("charge-0002", "ChargeCard", "billing", 3, "CardDeclined", "card declined: expired"),
+        ("charge-0003", "ChargeCard", "billing", 3, "GatewayTimeout", "no answer in 30 s"),
+        ("hook-0001", "PostWebhook", "hooks", 3, "ConnectionError", "connection refused"),
+        ("import-0001", "ImportCsv", "imports", -1, "ValueError", "row 17: bad date '31/02'"),
+        ("import-0002", "ImportCsv", "imports", -1, "UnicodeDecodeError", "byte 0xff at 4"),
+    ]
+    for jid, jobtype, queue, retry, errtype, message in failures:
+        args = [jid, {"customer": 4711, "amount": 1999, "currency": "EUR"}]
+        pushed = job(jid, jobtype, queue=queue, retry=retry, args=args, custom=hour)
+        await w.call("PUSH", pushed)
+        await w.call("FETCH", queue)
+        await w.call("FAIL", {"jid": jid, "errtype": errtype, "message": message})
+    for i, (jobtype, queue) in enumerate([("SendDigest", "mail-later"), ("Cleanup", "chores")]):
+        at = format_time(time.time() + 3600 * (i + 1))
+        await w.call("PUSH", job(f"later-000{i}", jobtype, queue=queue, args=[i], at=at))
 
 
 def drive(port: int, broker_port: int, shots: Path) -> None:
@@ -136,6 +164,54 @@ def drive(port: int, broker_port: int, shots: Path) -> None:
         worker.locator("button:text('Quiet')").click()
         expect(worker.locator("td.state")).to_have_text("quiet")
 
+        # retries: two selected and retried at once, one killed; scheduled; dead: one deleted
+        page.goto(base + "/retries")
+        for jid in ("charge-0001", "charge-0002"):
+            page.locator(f"tr[data-jid={jid}] input[type=checkbox]").check()
+        expect(page.locator("form#selection .selected-count")).to_have_text("2")
+        page.screenshot(path=shots / "retries.png", full_page=True)
+        page.locator("form#selection button:text('Retry now')").click()
+        expect(page.locator(".done")).to_have_text("Retried 2 jobs.")
+        expect(page.locator("tr[data-jid^=charge-000]")).to_have_count(1)
+        page.locator("tr[data-jid=charge-0003] button:text('Kill')").click()
+        expect(page.locator(".done")).to_have_text("Killed 1 job.")
+        expect(page.locator("tr[data-jid=charge-0003]")).to_have_count(0)
+        page.fill("input[name=error]", "refused")
+        page.press("input[name=error]", "Enter")
+        expect(page.locator("tbody tr[data-jid]")).to_have_count(1)
+        expect(page.locator("tr[data-jid=hook-0001]")).to_contain_text("ConnectionError")
+        page.goto(base + "/scheduled")
+        expect(page.locator("tr[data-jid=report-0001]")).to_contain_text("Report")
+        expect(page.locator("tr[data-jid=later-0001]")).to_contain_text("(in 2 h)")
+        page.screenshot(path=shots / "scheduled.png", full_page=True)
+        page.goto(base + "/dead")
+        expect(page.locator("tr[data-jid=charge-0003]")).to_contain_text("GatewayTimeout")
+        page.screenshot(path=shots / "dead.png", full_page=True)
+        page.locator("tr[data-jid=import-0002] button:text('Delete')").click()
+        expect(page.locator(".done")).to_have_text("Deleted 1 job.")
+        expect(page.locator("tr[data-jid=import-0002]")).to_have_count(0)
+        expect(page.locator("tr[data-jid=import-0001]")).to_have_count(1)
+        # live updates (the page's clock driven here) keep a selection; without one they run
+        page.clock.install()
+        page.reload()
+        ticked = page.locator("tr[data-jid=import-0001] input[type=checkbox]")
+        ticked.check()
+        SyncWire(broker_port, hello={"hostname": "h"}).call(
+            "MUTATE", {"cmd": "kill", "target": "scheduled", "filter": {"jids": ["later-0000"]}}
+        )
+        page.clock.run_for(12_000)  # two turns: the selection holds them back
+        page.evaluate(SETTLE)
+        expect(ticked).to_be_checked()
+        expect(page.locator("tr[data-jid=later-0000]")).to_have_count(0)
+        ticked.uncheck()
+        page.clock.run_for(6_000)
+        expect(page.locator("tr[data-jid=later-0000]")).to_have_count(1, timeout=WAIT_MS)
+        page.fill("input[name=jobtype]", "ImportCsv")  # typed, not applied, then elsewhere
+        page.locator("main h1").click()
+        page.clock.run_for(12_000)
+        page.evaluate(SETTLE)
+        expect(page.locator("input[name=jobtype]")).to_have_value("ImportCsv")
+
         # job pages: a running job's progress and log, a dead job's failure, cancel
         page.goto(f"{base}/jobs/slow-0001")
         expect(page.locator("main")).to_contain_text("pass 2 of 5")
@@ -161,6 +237,10 @@ def drive(port: int, broker_port: int, shots: Path) -> None:
         overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{overflow}px wider than a phone"
         phone.screenshot(path=shots / "overview-phone.png", full_page=True)
+        phone.goto(base + "/retries")
+        expect(phone.locator("main h1")).to_have_text("Retries")
+        overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"retries: {overflow}px wider than a phone"
         browser.close()
 
 
@@ -171,6 +251,7 @@ async def test_dashboard_in_a_browser(start_broker: StartBroker, tmp_path: Path)
     shots.mkdir(parents=True, exist_ok=True)
     args: tuple[Any, ...] = (app.dashboard_port, app.port, shots)
     await trio.to_thread.run_sync(drive, *args)
-    for name in ("login", "overview", "queues", "workers", "job", "history", "overview-phone"):
+    names = ("login", "overview", "queues", "workers", "retries", "scheduled", "dead", "job")
+    for name in (*names, "history", "overview-phone"):
         assert (shots / f"{name}.png").stat().st_size > 1000
     await worker.aclose()

@@ -1,7 +1,9 @@
 """The dashboard's state-changing requests (POST): each checks the CSRF token (auth.Guard),
-makes the same manager call as the protocol command it mirrors, and goes back to the page."""
+makes the same manager call as the protocol command it mirrors, and goes back to the page
+(with `done=` in its address when the action says what it did)."""
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
 
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -13,7 +15,7 @@ from broker.manager import Manager
 from broker.web.auth import AUTH_COOKIE, SESSION_TTL, Guard
 from broker.web.views import manager_of, page, safe_next
 
-Act = Callable[[Manager, FormData], Awaitable[None]]
+Act = Callable[[Manager, FormData], Awaitable[str | None]]  # returns what it did, if it says
 
 
 async def _queue(manager: Manager, form: FormData) -> None:
@@ -42,16 +44,21 @@ async def _cancel(manager: Manager, form: FormData) -> None:
     await manager.tracking.cancel(str(form.get("jid", "")))
 
 
-def _action(act: Act, back: str) -> Callable[[Request], Awaitable[Response]]:
+def action(act: Act, back: str) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of a form's action: CSRF check, the act, back to the form's `back` page
+    (else `back`)."""
+
     async def endpoint(request: Request) -> Response:
         guard: Guard = request.app.state.dashboard.guard
         form = await guard.form(request)
         try:
-            await act(manager_of(request), form)
+            done = await act(manager_of(request), form)
         except BrokerError as exc:
             return page(request, "error.html", 400, message=exc.message)
-        target = str(form.get("back", "")) or back
-        return RedirectResponse(safe_next(target), status_code=303)
+        target = safe_next(str(form.get("back", "")) or back)
+        if done:
+            target += ("&" if "?" in target else "?") + urlencode({"done": done})
+        return RedirectResponse(target, status_code=303)
 
     return endpoint
 
@@ -83,7 +90,7 @@ def routes() -> list[Route]:
         ("/workers/act", _worker, "/workers"),
         ("/jobs/cancel", _cancel, "/"),
     ]
-    posts = [Route(path, _action(act, back), methods=["POST"]) for path, act, back in acts]
+    posts = [Route(path, action(act, back), methods=["POST"]) for path, act, back in acts]
     return [
         *posts,
         Route("/login", login, methods=["POST"]),

@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from broker.config import Config, split_bind
 from broker.manager import Manager
 from broker.server import Server
-from broker.web import actions, past, views
+from broker.web import actions, past, set_actions, sets, views
 from broker.web.auth import Guard, GuardMiddleware
 from broker.web.figures import History
 from broker.web.metrics import Metrics
@@ -44,6 +44,8 @@ class Dashboard:
             *views.routes(),
             *actions.routes(),
             *past.routes(),
+            *sets.routes(),
+            *set_actions.routes(),
             Route("/metrics", self._metrics),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]

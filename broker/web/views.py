@@ -25,9 +25,9 @@ NAV = (
     ("/", "Overview", ""),
     ("/queues", "Queues", ""),
     ("/workers", "Workers", ""),
-    ("/retries", "Retries", "jobs waiting to run again, with filters and actions"),
-    ("/scheduled", "Scheduled", "jobs waiting for their time, with filters and actions"),
-    ("/dead", "Dead", "jobs out of retries, with filters and actions"),
+    ("/retries", "Retries", ""),
+    ("/scheduled", "Scheduled", ""),
+    ("/dead", "Dead", ""),
     ("/history", "History", ""),
     ("/cron", "Cron", ""),
     ("/batches", "Batches", "batches with their counts"),
@@ -139,12 +139,22 @@ def safe_next(path: str) -> str:
 
 
 def ago(when: str) -> str:
-    """`2026-01-01T00:00:00Z` as seconds from now, for templates ('' when unreadable)."""
+    """`2026-01-01T00:00:00Z` as time from now (`12s ago`, `in 3 h`), for templates ('' when
+    unreadable)."""
     try:
         seconds = time.time() - parse_time(when)
     except ValueError:
         return ""
-    return f"{seconds:.0f}s ago" if seconds >= 0 else f"in {-seconds:.0f}s"
+    size = abs(seconds)
+    if size < 100:
+        span = f"{size:.0f}s"
+    elif size < 100 * 60:
+        span = f"{size / 60:.0f} min"
+    elif size < 48 * 3600:
+        span = f"{size / 3600:.0f} h"
+    else:
+        span = f"{size / 86400:.0f} d"
+    return f"{span} ago" if seconds >= 0 else f"in {span}"
 
 
 templates.env.filters["ago"] = ago
