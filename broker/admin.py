@@ -130,13 +130,18 @@ class Admin:
             result[name] = max((_waited(payload, now) for payload in payloads), default=0)
         return result
 
-    async def info(self, now: float) -> dict[str, Any]:
+    async def settings_in_force(self, now: float) -> dict[str, dict[str, Any]]:
+        """Each queue's settings (QUEUE SET, the file's, a pause): those that have some."""
         queues = await self.store.queues.listed()
         settings = await self.store.queues.settings(sorted({*queues, *self.configured}))
         for shown in settings.values():  # a timed pause that is over (ends at the next FETCH)
             if float(shown.get("resume_at", "inf")) <= now:
                 del shown["paused"], shown["resume_at"]
-        settings = {queue: shown for queue, shown in settings.items() if shown}
+        return {queue: shown for queue, shown in settings.items() if shown}
+
+    async def info(self, now: float) -> dict[str, Any]:
+        queues = await self.store.queues.listed()
+        settings = await self.settings_in_force(now)
         draining = await self.store.queues.draining()
         expired = await self.store.queues.expired()
         sizes, sets = await self.store.queues.counts(queues)

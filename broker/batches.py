@@ -195,6 +195,16 @@ class Batches:
             success_st=_str(record.get("success_st")),
         )
 
+    async def recent(self, most: int) -> list[BatchStatus]:
+        """Up to `most` batches (the dashboard), those kept longest first; gone ones skipped."""
+        found = []
+        for bid in await self.store.batches.recent(most):
+            try:
+                found.append(await self.status(bid))
+            except BrokerError:  # purged since
+                continue
+        return found
+
     async def fire(self, now: float) -> int:
         """Push the callbacks marked due; returns how many this broker pushed. One that is
         refused for another reason than its claim (jid in use, queue full) stays due."""

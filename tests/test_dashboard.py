@@ -1,5 +1,6 @@
 """The dashboard over real HTTP (no browser): settings and refusals, login, CSRF, actions."""
 
+import json
 import re
 import socket
 
@@ -335,4 +336,25 @@ async def test_set_actions(start_broker: StartBroker) -> None:
         assert len(listed((await http.get("/dead")).text)) == 4
         forged = await http.get("/dead", params={"done": "<b>pwned</b>:1"})
         assert "pwned" not in forged.text
+    await wire.aclose()
+
+
+async def test_batches_and_limits_pages(start_broker: StartBroker) -> None:
+    app = await start_broker(dashboard_bind="127.0.0.1:0")
+    wire = await Wire.open(app.port, hello={})
+    callback = {"jobtype": "Done", "args": [], "queue": "cb"}
+    spec = {"description": "import <b>", "success": callback}
+    bid = (await wire.call("BATCH", "NEW " + json.dumps(spec))).decode()
+    await wire.call("PUSH", job("batched-001", custom={"bid": bid}))
+    await wire.call("PUSH", job("mailjob-01", "Mail", queue="mail"))  # listed: INFO shows it
+    await wire.call("QUEUE", "SET mail concurrency=3 Mail.rate=20")
+    async with client(app) as http:
+        page = (await http.get("/batches")).text
+        assert f'data-bid="{bid}"' in page and "import &lt;b&gt;" in page
+        row = page.split(f'data-bid="{bid}"')[1].split("</tr>")[0]
+        assert re.findall(r'class="num">(\d+)<', row) == ["1", "1", "0"]  # total, pending, failed
+        assert row.count("<td>waiting</td>") == 2
+        limits = (await http.get("/limits")).text
+        mail = limits.split('data-queue="mail"')[1].split("</tr>")[0]
+        assert "concurrency = 3" in mail and "<code>Mail</code>" in mail and "rate = 20" in mail
     await wire.aclose()

@@ -71,6 +71,10 @@ class BatchStore:
         removed: int = await self.redis.run(PURGE, (BATCHES_EXPIRY, BATCHES_DUE), (now, most))
         return removed
 
+    async def recent(self, most: int) -> list[str]:
+        """Up to `most` bids, those kept longest first (the newest, for batches of one TTL)."""
+        return [text(b) for b in await self.redis.execute("ZREVRANGE", BATCHES_EXPIRY, 0, most - 1)]
+
     async def next_purge(self) -> float | None:
         found = await self.redis.execute("ZRANGE", BATCHES_EXPIRY, 0, 0, "WITHSCORES")
         return float(found[1]) if found else None

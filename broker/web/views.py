@@ -20,19 +20,21 @@ from broker.web.auth import AUTH_COOKIE
 from broker.web.chart import Chart
 from broker.web.figures import read_figures
 
-# The navigation: (path, title, what the page will hold once it exists; '' when it does).
+# The navigation: (path, title); a feature that adds a page adds its entry here.
 NAV = (
-    ("/", "Overview", ""),
-    ("/queues", "Queues", ""),
-    ("/workers", "Workers", ""),
-    ("/retries", "Retries", ""),
-    ("/scheduled", "Scheduled", ""),
-    ("/dead", "Dead", ""),
-    ("/history", "History", ""),
-    ("/cron", "Cron", ""),
-    ("/batches", "Batches", "batches with their counts"),
-    ("/limits", "Limits", "queue and jobtype limits in force"),
+    ("/", "Overview"),
+    ("/queues", "Queues"),
+    ("/workers", "Workers"),
+    ("/retries", "Retries"),
+    ("/scheduled", "Scheduled"),
+    ("/dead", "Dead"),
+    ("/history", "History"),
+    ("/cron", "Cron"),
+    ("/batches", "Batches"),
+    ("/limits", "Limits"),
 )
+
+MAX_BATCHES = 200  # batches the batches page lists at most
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals["nav"] = NAV
@@ -119,11 +121,24 @@ async def cron(request: Request) -> Response:
     return page(request, "cron.html", entries=entries)
 
 
-async def coming(request: Request) -> Response:
-    """A page whose feature has not landed yet: what it will show."""
-    path = request.url.path
-    title, holds = next((t, h) for p, t, h in NAV if p == path)
-    return page(request, "coming.html", title=title, holds=holds)
+async def batches(request: Request) -> Response:
+    """The batches kept (BATCH STATUS of each, the newest first)."""
+    manager = manager_of(request)
+    try:
+        found = await manager.batches.recent(MAX_BATCHES)
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    return page(request, "batches.html", batches=found, most=MAX_BATCHES)
+
+
+async def limits(request: Request) -> Response:
+    """Each queue's settings in force: limits, bounds, pauses (what INFO's hopper.queues says)."""
+    manager = manager_of(request)
+    try:
+        settings = await manager.admin.settings_in_force(manager.clock())
+    except BrokerError as exc:
+        return redis_down(request, exc)
+    return page(request, "limits.html", settings=settings)
 
 
 async def login_page(request: Request) -> Response:
@@ -163,6 +178,6 @@ templates.env.filters["ago"] = ago
 def routes() -> list[Route]:
     ready = [Route(p, view) for p, view in (("/", overview), ("/queues", queues))]
     ready += [Route("/workers", workers), Route("/cron", cron)]
+    ready += [Route("/batches", batches), Route("/limits", limits)]
     ready += [Route("/jobs/{jid}", job), Route("/find", find_job)]
-    ready += [Route(p, coming) for p, _, holds in NAV if holds]
     return [*ready, Route("/login", login_page)]
