@@ -137,17 +137,18 @@ READING = """\
   first 7) on this box while other work shared it.
   `history = false` removes it all. Memory (`python -m bench.history`, 1,000,000 jobs over 10
   queues and 4 jobtypes, three small args, `finished_ttl = 0` so that only the archive is
-  counted): 682 bytes per archived job with args, 645 without (`history_args = false`; the
+  counted): 682 bytes per archived job with args, 644 without (`history_args = false`; the
   args of these jobs are small, so the payload's other fields dominate). Bound it with
   `[retention.<state>] max`: the defaults (100,000 per state) cost about 70 MB per state at
   this size; 1,000,000 done jobs about 680 MB. Pages over 1,000,000 entries, over the wire, 50
-  tries each, p50 / p99 ms (load average 4-6 from other work, which makes the p99s spiky): one
-  queue 3.9 / 161.6, queue + jobtype + state 2.7 / 4.7, every queue merged 7.6 / 13.5, a deep
-  page (`until` 1,000 entries back) 1.8 / 3.9, 1,000 entries at once 22.0 / 145.1, by jid (10
-  queues probed) 3.1 / 148.0; 20 pages followed by cursor 15.8 ms each. Retention: a pass with
-  nothing to delete makes the same few commands whatever is kept (about 25; tested in
-  `tests/test_history.py`); lowering `max` by 10 % deleted 98,000 entries at 19.9 µs of Redis
-  CPU each, in steps of 1,000 across the interleaved queues.
+  tries each, p50 / p99 ms (2026-12-01, load average 1-4 from other work): one queue
+  1.7 / 6.9, queue + jobtype + state 1.5 / 2.8, every queue merged 4.9 / 10.3, a deep page
+  (`until` 1,000 entries back) 1.8 / 3.2, 1,000 entries at once 14.8 / 21.2, by jid (10
+  queues probed) 0.8 / 1.6; 20 pages followed by cursor 5.2 ms each. Retention: a pass with
+  nothing to delete makes the same few commands whatever is kept (tested in
+  `tests/test_history.py`); lowering `max` by 10 % deleted 98,000 entries at 7.9 µs of Redis
+  CPU each, in steps of 1,000 across the interleaved queues. (A first run, before the review
+  fixes and under load 4-6: p99s up to 161 ms from pauses of the box, 19.9 µs per deletion.)
 - **`push_replicas`** (issue 17's durability setting): a `WAIT` after each push. Mixed raw
   load (`bench/rawload.py`, 5 pushers + 5 fetchers, a master and one replica on loopback,
   alternating runs, loaded box): 1,362 / 1,562 jobs/s without against 1,095 / 1,032 with
