@@ -133,7 +133,7 @@ class Supervisor:
             stable = served and trio.current_time() - child.started >= STABLE_AFTER
             failures = 0 if stable else failures + 1
             delay = min(FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY)
-            delay = delay if failures else 0.0
+            delay = delay if failures else 0.0  # it had served a while: at once
             log.error("%s exited with status %s; restarting in %gs", child, status, delay)
             child = None
             with trio.move_on_after(delay):
@@ -159,6 +159,8 @@ class Supervisor:
             theirs.close()
         child = self.children[slot] = Child(slot, process, mine)
         log.info("started %s", child)
+        if self._stopping.is_set():  # told to stop while it was starting: _forward missed it
+            process.terminate()
         return child
 
     async def _forward(self, signals: AsyncIterator[int]) -> None:
