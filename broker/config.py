@@ -36,8 +36,8 @@ HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
 FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
 SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
 # Broker processes sharing the port (docs/processes.md); 0: one per CPU this process may use,
-# since a broker process at full load keeps one core busy and Redis, not the brokers, is the
-# shared ceiling.
+# less one for the embedded Redis: a broker process at full load keeps one core busy, and so
+# does Redis (single-threaded), the ceiling they all share.
 PROCESSES = 0
 # Seconds Redis may stay silent while it owes a reply before its connection counts as dead
 # (a half-open connection: a path that stopped forwarding, a host gone without a reset); also
@@ -138,7 +138,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     bind: str = DEFAULT_BIND
     reuse_port: bool = False  # bind with SO_REUSEPORT: other processes may share the port
-    processes: int = PROCESSES  # broker processes behind the port; 0: one per usable CPU
+    processes: int = PROCESSES  # broker processes behind the port; 0: by the CPUs (above)
     password: str = ""
     redis_url: str = ""  # empty: start an embedded redis-server in data_dir
     data_dir: str = DEFAULT_DATA_DIR
@@ -204,8 +204,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def process_count(self) -> int:
-        """How many broker processes to run: `processes`, or one per CPU this process may use."""
-        return self.processes or len(os.sched_getaffinity(0))
+        """How many broker processes to run: `processes`, or one per CPU this process may use,
+        less one for the embedded Redis (none with redis_url), at least one."""
+        embedded = 0 if self.redis_url else 1
+        return self.processes or max(1, len(os.sched_getaffinity(0)) - embedded)
 
     @property
     def web_password(self) -> str:

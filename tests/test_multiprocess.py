@@ -16,7 +16,7 @@ import pytest
 import redis
 import trio
 
-from tests.conftest import check_store, clean_env, eventually, live_jobs
+from tests.conftest import check_store, clean_env, eventually, free_port, live_jobs
 from tests.wire import Wire, WireError, job
 
 pytestmark = pytest.mark.slow
@@ -223,3 +223,26 @@ def test_a_first_start_that_fails_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.splitlines()  # the first child's error, once; no other starts
     assert line.startswith("hopper: cannot reach redis at "), line
+
+
+async def test_reuse_port_lets_two_brokers_share_a_port(tmp_path: Path, redis_url: str) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "broker", "run", "--processes", "1", "--reuse-port"]
+    command += ["--bind", f"127.0.0.1:{port}", "--redis-url", redis_url, "--dashboard-bind", "off"]
+    logs = [tmp_path / f"broker{n}.log" for n in range(2)]
+    brokers = []
+    for log in logs:
+        with log.open("wb") as out:
+            brokers.append(
+                subprocess.Popen(
+                    command, cwd=ROOT, env=clean_env(), stdout=out, stderr=subprocess.STDOUT
+                )
+            )
+    try:
+        await eventually(lambda: all("Hopper listening" in log.read_text() for log in logs), 20)
+        pids = {broker.pid for broker in brokers}
+        assert await reached_pids(port, pids) == pids
+    finally:
+        for broker in brokers:
+            broker.terminate()
+            assert broker.wait(20) == 0
