@@ -104,7 +104,7 @@ def _flags(top: argparse.ArgumentParser, command: str) -> list[str]:
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
     app = App(config)
-    link = socket.socket(fileno=args.supervisor_fd) if args.supervisor_fd is not None else None
+    link = _supervisor_link(args.supervisor_fd)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -136,6 +136,16 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
                         return
 
             nursery.start_soon(watch)
+
+
+def _supervisor_link(fd: int | None) -> socket.socket | None:
+    """A supervised broker's end of its link to the supervisor (processes.py), if any."""
+    if fd is None:
+        return None
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartError(f"{LINK_FLAG} {fd}: {exc.strerror or exc}") from None
 
 
 def main(argv: list[str] | None = None) -> None:
