@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     if not config.redis_url and shutil.which(config.redis_server) is None:
         _fail(1, f"redis_server: cannot find the program {config.redis_server!r}; install it, "
               "give its path (--redis-server) or use an external Redis (--redis-url)")  # fmt: skip
-    several = args.command == "run" and (config.process_count > 1 or args.supervisor_fd)
+    several = args.command == "run" and (config.process_count > 1 or args.supervisor_fd is not None)
     logging.basicConfig(
         level=config.log_level.upper() if args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s"
