@@ -7,7 +7,7 @@ that never listens, so a child that restarts always finds it (port 0 is resolved
 `python -m broker run` children with the same arguments plus `--reuse-port --processes 1`, the
 Redis URL, the port, and the dashboard in the first child only. Each child has a socketpair
 link: it writes READY once serving, and its end reads end-of-file when the supervisor dies
-(SIGKILL included), on which it stops gracefully. A child started first alone: when it cannot
+(SIGKILL included), on which it stops gracefully. The first child starts alone: when it cannot
 start, the supervisor exits with its status (its one-line error is on stderr). Later, a child
 that dies is started again, at once if it had served STABLE_AFTER, else after a delay doubling
 up to MAX_RESTART_DELAY. SIGTERM and SIGINT are passed to every child (each stops within its
