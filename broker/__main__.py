@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 from functools import partial
 from typing import NoReturn
@@ -27,6 +28,7 @@ from broker.check import check
 from broker.config import FD_RESERVE, Config
 from broker.errors import StartError
 from broker.options import add_flags, load_config
+from broker.processes import LINK_FLAG, Ready, Supervisor, follow_supervisor
 from client import admin  # the CLI entry point is the one place broker meets client
 from client.admin.cli import Subcommands
 
@@ -59,6 +61,7 @@ def parser() -> Parser:
         "HOPPER_* variable is an error.",
     )
     add_flags(run)
+    run.add_argument(LINK_FLAG, type=int, help=argparse.SUPPRESS)  # set by the supervisor
     check_command = commands.add_parser(
         "check",
         help="check the store's integrity",
@@ -101,16 +104,20 @@ def _flags(top: argparse.ArgumentParser, command: str) -> list[str]:
 
 async def serve(args: argparse.Namespace, config: Config) -> None:
     app = App(config)
+    link = _supervisor_link(args.supervisor_fd)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def run_app() -> None:
                 try:
-                    await app.run()
+                    await app.run(task_status=Ready(link) if link else trio.TASK_STATUS_IGNORED)
                 finally:
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(run_app)
+            if link:
+                link.setblocking(False)
+                nursery.start_soon(follow_supervisor, link, app.stop)
 
             async def watch() -> None:
                 async for signum in signals:
@@ -131,7 +138,18 @@ async def serve(args: argparse.Namespace, config: Config) -> None:
             nursery.start_soon(watch)
 
 
+def _supervisor_link(fd: int | None) -> socket.socket | None:
+    """A supervised broker's end of its link to the supervisor (processes.py), if any."""
+    if fd is None:
+        return None
+    try:
+        return socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartError(f"{LINK_FLAG} {fd}: {exc.strerror or exc}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     if args.command in admin.COMMANDS:
         sys.exit(admin.run(args))
@@ -142,14 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     if not config.redis_url and shutil.which(config.redis_server) is None:
         _fail(1, f"redis_server: cannot find the program {config.redis_server!r}; install it, "
               "give its path (--redis-server) or use an external Redis (--redis-url)")  # fmt: skip
+    several = args.command == "run" and (config.process_count > 1 or args.supervisor_fd is not None)
     logging.basicConfig(
         level=config.log_level.upper() if args.command == "run" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s"
+        + ("[%(process)d]" if several else "")
+        + ": %(message)s",
     )
     status = 0
     try:
         if args.command == "check":
             status = trio.run(partial(check, config, repair=args.repair, as_json=args.json))
+        elif config.process_count > 1:
+            status = trio.run(Supervisor(config, argv).run)
         else:
             raise_fd_limit(config.max_connections + FD_RESERVE)
             trio.run(serve, args, config)

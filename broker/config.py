@@ -6,6 +6,7 @@ then these defaults; the first that says something wins (see __main__.py).
 """
 
 import ipaddress
+import os
 
 import msgspec
 import trio
@@ -34,6 +35,10 @@ LINE_TIMEOUT = 60.0  # seconds for a started command line to arrive, or a reply 
 HANDSHAKE_TIMEOUT = 2.0  # seconds to send HELLO (reference: DoS mitigation)
 FETCH_TIMEOUT = 2.0  # seconds a FETCH waits for a job before answering $-1 (reference)
 SHUTDOWN_GRACE = 5.0  # seconds running commands get to finish on SIGTERM
+# Broker processes sharing the port (docs/processes.md); 0: one per CPU this process may use,
+# less one for the embedded Redis: a broker process at full load keeps one core busy, and so
+# does Redis (single-threaded), the ceiling they all share.
+PROCESSES = 0
 # Seconds Redis may stay silent while it owes a reply before its connection counts as dead
 # (a half-open connection: a path that stopped forwarding, a host gone without a reset); also
 # the silence after which a quiet connection is probed with a PING. Far above any command the
@@ -111,6 +116,8 @@ RESTART_ONLY = frozenset(
         "tls_key",
         "redis_start_timeout",
         "dashboard_bind",
+        "reuse_port",
+        "processes",
     }
 )
 
@@ -130,6 +137,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a broker process is told; see README's configuration table."""
 
     bind: str = DEFAULT_BIND
+    reuse_port: bool = False  # bind with SO_REUSEPORT: other processes may share the port
+    processes: int = PROCESSES  # broker processes behind the port; 0: by the CPUs (above)
     password: str = ""
     redis_url: str = ""  # empty: start an embedded redis-server in data_dir
     data_dir: str = DEFAULT_DATA_DIR
@@ -194,6 +203,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return split_bind(self.bind)[1]
 
     @property
+    def process_count(self) -> int:
+        """How many broker processes to run: `processes`, or one per CPU this process may use,
+        less one for the embedded Redis (none with redis_url), at least one."""
+        embedded = 0 if self.redis_url else 1
+        return self.processes or max(1, len(os.sched_getaffinity(0)) - embedded)
+
+    @property
     def web_password(self) -> str:
         """The password of the dashboard: its own, else the broker's ('' for none)."""
         return self.dashboard_password or self.password
@@ -223,6 +239,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                     f"refusing to serve the dashboard on {web_host} without a password; set "
                     "password or dashboard_password, or allow_open_bind"
                 )
+        if self.processes < 0:
+            raise ValueError("processes must not be negative (0: one per CPU)")
         if self.min_reservation < 1 or self.min_reservation > self.max_reservation:
             raise ValueError("min_reservation must be between 1 and max_reservation")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -37,6 +37,10 @@ HELP = {
     "bind": "address to listen on, host:port",
     "password": "password clients must give (also FAKTORY_PASSWORD); a value starting "
     "with / names a file holding it",
+    "reuse_port": "bind the port with SO_REUSEPORT so that several broker processes on this "
+    "host share it",
+    "processes": "broker processes sharing the port over one Redis; 0: one per CPU this "
+    "process may use, less one for the embedded Redis (docs/processes.md)",
     "redis_url": "external Redis, redis://host:port/db, rediss:// or unix:///path.sock (also "
     "REDIS_URL); none: an embedded redis-server in data_dir",
     "data_dir": "directory of the embedded Redis (AOF, socket, log) and the broker's lock",

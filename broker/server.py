@@ -80,7 +80,7 @@ class Server:
         Reports the bound port once listening.
         """
         config = self.config()
-        listeners = listen(config.host, config.port)
+        listeners = listen(config.host, config.port, reuse_port=config.reuse_port)
         try:
             async with trio.open_nursery() as connections:
                 task_status.started(listeners[0].getsockname()[1])

@@ -75,9 +75,21 @@ class RawStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-def listen(host: str, port: int) -> list[socket.socket]:
-    """Non-blocking listening sockets on every address of `host` (one port for all); StartError
-    when it cannot listen (address in use, unknown host)."""
+def listen(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of `host` (one port for all); with
+    `reuse_port`, bound with SO_REUSEPORT so that other processes doing the same share the port
+    (the kernel spreads new connections over them). StartError when it cannot listen (address in
+    use, unknown host)."""
+    return _bind(host, port, reuse_port=reuse_port, listening=True)
+
+
+def reserve(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound with SO_REUSEPORT that do not listen: they hold the port (port 0: a free
+    one) for processes that listen on it with `reuse_port`, and take no connection."""
+    return _bind(host, port, reuse_port=True, listening=False)
+
+
+def _bind(host: str, port: int, *, reuse_port: bool, listening: bool) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -88,12 +100,15 @@ def listen(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
+            if listening:
+                sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
     except BaseException as exc:
         for sock in sockets:

@@ -1,6 +1,7 @@
 """Counters behind INFO: job figures come from Redis (every broker's), the rest is this
 process's."""
 
+import os
 import time
 from typing import Any
 
@@ -92,6 +93,7 @@ def render_info(
             "description": "Hopper",
             "faktory_version": "1.10.0",
             "hopper_version": __version__,
+            "pid": os.getpid(),
             "uptime": int(time.monotonic() - stats.started),
             "connections": stats.connections,
             "command_count": stats.commands,

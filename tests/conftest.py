@@ -260,11 +260,12 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture
 def broker_process(redis_url: str) -> Iterator[Callable[..., BrokerProcess]]:
-    """Factory of broker processes on the test Redis (or embedded, with --data-dir)."""
+    """Factory of broker processes on the test Redis (or embedded, with --data-dir); each one
+    process (--processes 1: what it proves holds of one; test_multiprocess.py runs several)."""
     started: list[BrokerProcess] = []
 
     def make(*args: str, embedded: bool = False, **env: str) -> BrokerProcess:
-        base = [] if embedded else ["--redis-url", redis_url]
+        base = ["--processes", "1"] + ([] if embedded else ["--redis-url", redis_url])
         broker = BrokerProcess(
             [*base, "--scheduler-interval", "0.1", "--reaper-interval", "0.1", *args],
             clean_env(**env),

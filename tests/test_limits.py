@@ -248,9 +248,9 @@ class LimitedBroker:
     def __init__(self, redis_url: str, *args: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))}
-        command = [sys.executable, "-m", "broker", "run", "--bind", f"127.0.0.1:{self.port}"]
+        command = [sys.executable, "-m", "broker", "run", "--processes", "1", "--bind"]
         self.process = subprocess.Popen(
-            [*command, "--redis-url", redis_url, *args],
+            [*command, f"127.0.0.1:{self.port}", "--redis-url", redis_url, *args],
             env=env,
             preexec_fn=_soft_fd_limit_1024,
             stdout=subprocess.DEVNULL,

@@ -279,6 +279,17 @@ async def test_reservation_not_expired_is_kept(manager: Manager, rdb: redis.Redi
     assert rdb.zcard(K.working) == 1
 
 
+async def test_a_queue_due_with_nothing_expired_is_passed(
+    manager: Manager, rdb: redis.Redis
+) -> None:
+    # another broker reaped the queue's reservations first: the due index still names it
+    await manager.push(new("jid-0001"), NOW)
+    await manager.fetch(["default"], "w", NOW)
+    rdb.zadd(keys.DUE["working"], {"default": NOW})
+    assert await manager.sweeps.reap_expired(NOW + 1) == 0
+    assert rdb.zcard(K.working) == 1 and rdb.zscore(keys.DUE["working"], "default") == NOW + 1800
+
+
 async def test_dead_jobs_are_purged(manager: Manager, rdb: redis.Redis) -> None:
     await manager.push(new("jid-0001", retry=-1), NOW)
     await fail(manager, "jid-0001")

@@ -255,6 +255,8 @@ class JobStore:
 
     async def holders(self, queue: str, jids: Sequence[str]) -> list[str]:
         """The worker holding each job of `jids` ('' for none)."""
+        if not jids:  # HMGET needs a field
+            return []
         found = await self.redis.execute("HMGET", self.keys(queue).holders, *jids)
         return [holder_of(h) for h in found]
 
