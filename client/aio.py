@@ -22,7 +22,7 @@ from client.commands import (
 )
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import AsyncEventStream, events_line
-from client.history import FinalState, HistoryPage, history
+from client.history import HistoryFilters, HistoryPage, history
 from client.jobs import At, format_at, make_job
 from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from client.pipeline import AsyncPipeline
@@ -260,31 +260,12 @@ class AsyncClient(ClientBase[AsyncConnection]):
         await self._call(commands.log_line(jid, line))
 
     async def history(
-        self,
-        jid: str | None = None,
-        *,
-        queue: str | None = None,
-        jobtype: str | None = None,
-        state: FinalState | list[FinalState] | None = None,
-        since: float | str | None = None,
-        until: float | str | None = None,
-        count: int = 50,
-        cursor: str | None = None,
+        self, jid: str | None = None, **filters: Unpack[HistoryFilters]
     ) -> HistoryPage:
         """The history (Hopper): the archived entries of `jid`, or a page of archived jobs
         newest first, filtered by queue, jobtype, final state(s) and time range (unix seconds
         or RFC 3339); pass the page's `cursor` for the next one."""
-        call = history(
-            jid,
-            queue=queue,
-            jobtype=jobtype,
-            state=state,
-            since=since,
-            until=until,
-            count=count,
-            cursor=cursor,
-        )
-        return await self._call(call)
+        return await self._call(history(jid, **filters))
 
     async def info(self) -> dict[str, Any]:
         """The broker's INFO document."""

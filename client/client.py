@@ -23,7 +23,7 @@ from client.commands import (
 from client.connection import Connection
 from client.errors import ConnectionLost, QueueFull, ResultTimeout
 from client.events import EventStream, events_line
-from client.history import FinalState, HistoryPage, history
+from client.history import HistoryFilters, HistoryPage, history
 from client.jobs import At, format_at, make_job
 from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from client.pipeline import Pipeline
@@ -207,32 +207,11 @@ class Client(ClientBase[Connection]):
         """Add a line to the job's log (kept with its state; the oldest lines go first)."""
         self._call(commands.log_line(jid, line))
 
-    def history(
-        self,
-        jid: str | None = None,
-        *,
-        queue: str | None = None,
-        jobtype: str | None = None,
-        state: FinalState | list[FinalState] | None = None,
-        since: float | str | None = None,
-        until: float | str | None = None,
-        count: int = 50,
-        cursor: str | None = None,
-    ) -> HistoryPage:
+    def history(self, jid: str | None = None, **filters: Unpack[HistoryFilters]) -> HistoryPage:
         """The history (Hopper): the archived entries of `jid`, or a page of archived jobs
         newest first, filtered by queue, jobtype, final state(s) and time range (unix seconds
         or RFC 3339); pass the page's `cursor` for the next one."""
-        call = history(
-            jid,
-            queue=queue,
-            jobtype=jobtype,
-            state=state,
-            since=since,
-            until=until,
-            count=count,
-            cursor=cursor,
-        )
-        return self._call(call)
+        return self._call(history(jid, **filters))
 
     def info(self) -> dict[str, Any]:
         """The broker's INFO document."""

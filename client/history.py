@@ -10,7 +10,7 @@ discarded, cancelled, expired, replaced), by jid or a page at a time, newest fir
         page = client.history(queue="mail", state="dead", count=100, cursor=page.cursor)
 """
 
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import msgspec
 
@@ -57,20 +57,23 @@ class _Query(msgspec.Struct, omit_defaults=True):
 _page_decoder = msgspec.json.Decoder(HistoryPage)
 
 
-def history(
-    jid: str | None = None,
-    *,
-    queue: str | None = None,
-    jobtype: str | None = None,
-    state: FinalState | list[FinalState] | None = None,
-    since: float | str | None = None,
-    until: float | str | None = None,
-    count: int = 50,
-    cursor: str | None = None,
-) -> Call[HistoryPage]:
-    """HISTORY: the entries of `jid` (every queue), or a page filtered by queue, jobtype,
-    final state(s) and time range (`since`/`until`: unix seconds or RFC 3339)."""
-    query = _Query(jid, queue, jobtype, state, since, until, cursor, count)
+class HistoryFilters(TypedDict, total=False):
+    """What a HISTORY page is filtered by: queue, jobtype, final state(s), time range
+    (`since`/`until`: unix seconds or RFC 3339), page size (`count`, 1-1000, default 50) and
+    the previous page's `cursor`."""
+
+    queue: str
+    jobtype: str
+    state: FinalState | list[FinalState]
+    since: float | str
+    until: float | str
+    count: int
+    cursor: str
+
+
+def history(jid: str | None = None, **filters: Unpack[HistoryFilters]) -> Call[HistoryPage]:
+    """HISTORY: the entries of `jid` (every queue), or a page filtered by `filters`."""
+    query = msgspec.convert({"jid": jid, **filters}, _Query)
     return Call(b"HISTORY " + msgspec.json.encode(query) + CRLF, _page)
 
 

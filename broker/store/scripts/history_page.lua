@@ -8,14 +8,6 @@
 -- however many entries share the cursor's score (a binary search among them when the
 -- cursor's own entry left the zset).
 local most = tonumber(ARGV[1])
-local function below(a, b)  -- a sorts before b bytewise (as Redis sorts members)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 -- The REV rank of the first entry of `key` after (score, jid) in that order.
 local function after_cursor(key, score, jid)
   local own = redis.call('ZSCORE', key, jid)
@@ -24,7 +16,7 @@ local function after_cursor(key, score, jid)
   local hi = lo + redis.call('ZCOUNT', key, score, score)  -- past its last (jids descending)
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
-    if below(redis.call('ZRANGE', key, mid, mid, 'REV')[1], jid) then hi = mid else lo = mid + 1 end
+    if bytes_before(redis.call('ZRANGE', key, mid, mid, 'REV')[1], jid) then hi = mid else lo = mid + 1 end
   end
   return lo
 end

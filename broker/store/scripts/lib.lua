@@ -10,6 +10,17 @@ local function stamp(payload, text)
   return '{"enqueued_at":"' .. text .. '",' .. rest
 end
 
+-- Whether the string a sorts before b bytewise, as Redis orders members (Lua's own `<` follows
+-- the locale).
+local function bytes_before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
 -- Make `queue`'s entry in the due index `due` exact for the sorted set `set`: the score of its
 -- earliest entry, or no entry once the set is empty.
 local function refresh_due(due, set, queue)

@@ -8,14 +8,6 @@
 -- among the entries of its score (O(log n) reads), so a page costs the same wherever it is.
 local key, order, score, jid = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 local wanted = tonumber(ARGV[4])
-local function precedes(a, b)  -- a < b, bytewise (Lua's own comparison follows the locale)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 local split  -- ascending rank of the first entry after the cursor ('asc') or at/after it
 if score == '' then
   split = order == 'asc' and 0 or redis.call('ZCARD', key)
@@ -25,7 +17,7 @@ else
   while lo < hi do
     local mid = math.floor((lo + hi) / 2)
     local member = redis.call('ZRANGE', key, mid, mid)[1]
-    if precedes(member, jid) or (order == 'asc' and member == jid) then
+    if bytes_before(member, jid) or (order == 'asc' and member == jid) then
       lo = mid + 1
     else
       hi = mid
