@@ -14,10 +14,10 @@ install: $(STAMP)
 	  echo "chromium not found: installing it with apt-get (the dashboard's browser tests)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 run: install
@@ -28,6 +28,7 @@ lint: install
 	$(BIN)/ruff format --check broker client tests chaos bench
 
 typecheck: install
+	@mkdir -p .typecheck && ln -sfn ../broker .typecheck/hopper_broker && ln -sfn ../client .typecheck/hopper_client
 	$(BIN)/mypy
 
 pytest: install
@@ -44,7 +45,7 @@ screenshots: install
 	HOPPER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider tests/test_dashboard_browser.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .typecheck
 
 # The benchmark harness (issue 6), in its own virtualenv so the peers' dependencies never
 # touch .venv: `make bench` (about 12 minutes), `make bench ARGS=--quick` (about 1 minute).

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from client import Client, Worker, make_job
+from hopper_client import Client, Worker, make_job
 
 TICK = os.sysconf("SC_CLK_TCK")
 BULK = 100  # jobs per push_bulk in the end-to-end runs (as bench/ does)

@@ -30,7 +30,7 @@ METHOD = """\
   c/2 threads). Hopper's "5 ms CPU jobs" modes run the sync job after it spins 5 ms of its
   thread's CPU time (`BENCH_SPIN_MS`), on 1,000 jobs (N × 0.05).
 - **Producers** are separate processes using the system's documented enqueue call
-  (`bench/peers/*.py`, `bench/hopper_client.py`, `bench/hopper_faktory.py`).
+  (`bench/peers/*.py`, `bench/bundled_client.py`, `bench/hopper_faktory.py`).
 - **1. Enqueue**: one producer, no worker, as many jobs as it can push in a few seconds;
   single calls, and the documented bulk call in batches of 100 where the library has one.
 - **2. End to end**: the worker is up and idle; one producer pushes N = {end_to_end_jobs:,}

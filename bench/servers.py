@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from broker.redis_server import EmbeddedRedis
+from hopper_broker.redis_server import EmbeddedRedis
 
 Popen = subprocess.Popen[bytes]
 

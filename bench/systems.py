@@ -60,14 +60,14 @@ class System:
         return next(m for m in self.modes if m.name == name)
 
 
-HOPPER_WORKER = "{bin}/hopper-worker -c {c} --log-level WARNING bench.hopper_client:"
-CPU_BOUND: dict[str, Any] = {  # each job spins 5 ms of CPU (bench/hopper_client.py)
+HOPPER_WORKER = "{bin}/hopper-worker -c {c} --log-level WARNING bench.bundled_client:"
+CPU_BOUND: dict[str, Any] = {  # each job spins 5 ms of CPU (bench/bundled_client.py)
     "concurrencies": (10,),
     "jobs_scale": 0.05,
     "env": {"BENCH_SPIN_MS": "5"},
 }
 HOPPER_WORKER_2 = (  # a process worker: a supervisor and 2 worker processes of c/2 slots
-    "{bin}/hopper-worker --processes 2 -c {half} --log-level WARNING bench.hopper_client:"
+    "{bin}/hopper-worker --processes 2 -c {half} --log-level WARNING bench.bundled_client:"
 )
 HUEY = "{py} -m huey.bin.huey_consumer bench.peers.huey.huey -q -k thread -w {c}"
 DRAMATIQ = "{py} -m dramatiq bench.peers.dramatiq --processes 1 --threads {c}"
@@ -79,7 +79,7 @@ SYSTEMS = (
     System(
         "hopper",
         "hopper",
-        "bench.hopper_client",
+        "bench.bundled_client",
         "hopper",
         batch=True,
         modes=(

@@ -22,19 +22,19 @@ from typing import NoReturn
 import msgspec
 import trio
 
-from broker import __version__
-from broker.app import App
-from broker.check import check
-from broker.config import FD_RESERVE, Config
-from broker.errors import StartError
-from broker.options import add_flags, load_config
-from broker.processes import LINK_FLAG, Ready, Supervisor, follow_supervisor
-from client import admin  # the CLI entry point is the one place broker meets client
-from client.admin.cli import Subcommands
+from hopper_broker import __version__
+from hopper_broker.app import App
+from hopper_broker.check import check
+from hopper_broker.config import FD_RESERVE, Config
+from hopper_broker.errors import StartError
+from hopper_broker.options import add_flags, load_config
+from hopper_broker.processes import LINK_FLAG, Ready, Supervisor, follow_supervisor
+from hopper_client import admin  # the CLI entry point is the one place broker meets client
+from hopper_client.admin.cli import Subcommands
 
 USAGE = 2  # exit status of a usage or settings error
 CHECK_SETTINGS = ("redis_url", "data_dir", "redis_server")
-log = logging.getLogger("broker")
+log = logging.getLogger("hopper_broker")
 
 __all__ = ["load_config", "main", "parser"]
 

@@ -13,14 +13,20 @@ entry together), and both have a bounded amount of work: jobs pushed while they 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from broker.clock import Clock
-from broker.doorbell import Doorbell
-from broker.errors import CommandError
-from broker.jobs import QUEUE_NAME, check_queue_name, format_day, job_decoder, parse_time
-from broker.listing import Listing
-from broker.policy import QueueRules, queue_setting
-from broker.stats import Stats, render_hopper, render_info
-from broker.store.redis import Store
+from hopper_broker.clock import Clock
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.listing import Listing
+from hopper_broker.policy import QueueRules, queue_setting
+from hopper_broker.stats import Stats, render_hopper, render_info
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import (
+    QUEUE_NAME,
+    check_queue_name,
+    format_day,
+    job_decoder,
+    parse_time,
+)
 
 ADMIN_BATCH = 1000  # jobs deleted per script call by QUEUE REMOVE and FLUSH
 

@@ -6,23 +6,24 @@ from collections.abc import Callable
 
 import trio
 
-from broker.clock import RedisClock
-from broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
-from broker.doorbell import Doorbell
-from broker.errors import BrokerError, StartError
-from broker.events import EventHub
-from broker.manager import Manager
-from broker.middleware import Chains
-from broker.reapers import run_reapers
-from broker.redis_server import EmbeddedRedis
-from broker.server import Server
-from broker.stats import Stats
-from broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
-from broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
-from broker.store.migrate import migrate
-from broker.store.redis import Store
-from broker.tls import server_context
-from broker.web.app import Dashboard
+from hopper_broker.clock import RedisClock
+from hopper_broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.errors import StartError
+from hopper_broker.events import EventHub
+from hopper_broker.manager import Manager
+from hopper_broker.middleware import Chains
+from hopper_broker.reapers import run_reapers
+from hopper_broker.redis_server import EmbeddedRedis
+from hopper_broker.server import Server
+from hopper_broker.stats import Stats
+from hopper_broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
+from hopper_broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
+from hopper_broker.store.migrate import migrate
+from hopper_broker.store.redis import Store
+from hopper_broker.tls import server_context
+from hopper_broker.web.app import Dashboard
+from hopper_client.schema.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

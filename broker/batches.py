@@ -23,12 +23,19 @@ from typing import Any
 
 import msgspec
 
-from broker.config import Settings
-from broker.errors import BrokerError, CommandError
-from broker.jobs import Job, check_queue_name, decode_pushed, encode, job_decoder, validate_new
-from broker.policy import backoff_of, unique_of
-from broker.store.batches import KINDS
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.policy import backoff_of, unique_of
+from hopper_broker.store.batches import KINDS
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_client.schema.jobs import (
+    Job,
+    check_queue_name,
+    decode_pushed,
+    encode,
+    job_decoder,
+    validate_new,
+)
 
 log = logging.getLogger(__name__)
 

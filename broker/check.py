@@ -11,12 +11,12 @@ from pathlib import Path
 import msgspec
 import trio
 
-from broker.config import Config
-from broker.errors import StartError
-from broker.redis_server import EmbeddedRedis, answers_ping
-from broker.store.audit import Auditor, Report
-from broker.store.connection import Address, Pipeline
-from broker.store.redis import Store
+from hopper_broker.config import Config
+from hopper_broker.errors import StartError
+from hopper_broker.redis_server import EmbeddedRedis, answers_ping
+from hopper_broker.store.audit import Auditor, Report
+from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.redis import Store
 
 
 async def check(config: Config, *, repair: bool, as_json: bool) -> int:

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import trio
 
-from broker.errors import BrokerError
-from broker.store.redis import Store
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,13 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from broker import protocol
-from broker.errors import BrokerError, CommandError
-from broker.history import query_decoder
-from broker.jobs import (
+from hopper_broker import protocol
+from hopper_broker.history import query_decoder
+from hopper_broker.manager import Fetched, Manager
+from hopper_broker.protocol import Command
+from hopper_broker.session import Session
+from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_client.schema.jobs import (
     ack_decoder,
     beat_decoder,
     decode_input,
@@ -26,10 +29,7 @@ from broker.jobs import (
     fail_decoder,
     mutation_decoder,
 )
-from broker.manager import Fetched, Manager
-from broker.pages import ListQuery
-from broker.protocol import Command
-from broker.session import Session
+from hopper_client.schema.pages import ListQuery
 
 log = logging.getLogger(__name__)
 list_decoder = msgspec.json.Decoder(ListQuery)

@@ -11,8 +11,8 @@ import os
 import msgspec
 import trio
 
-from broker.cron import CronEntry, compile_all
-from broker.policy import QueueRules, Throttle, check_queue_rules, with_throttles
+from hopper_broker.cron import CronEntry, compile_all
+from hopper_broker.policy import QueueRules, Throttle, check_queue_rules, with_throttles
 
 DEFAULT_PORT = 7419  # the Faktory protocol's port
 MAX_PORT = 65535

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from broker.errors import BrokerError
-from broker.jobs import Job, check_queue_name, validate_new
-from broker.policy import backoff_of, unique_of
+from hopper_broker.policy import backoff_of, unique_of
+from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.jobs import Job, check_queue_name, validate_new
 
 # (name, lowest, highest) of the six fields, seconds first; 5-field schedules omit seconds.
 FIELDS = (

@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from broker.config import Settings
-from broker.cron import CronEntry, Periodic, compile_all
-from broker.errors import BrokerError
-from broker.jobs import Job, format_time
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.cron import CronEntry, Periodic, compile_all
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.jobs import Job, format_time
 
 log = logging.getLogger(__name__)
 

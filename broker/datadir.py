@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from broker.errors import StartError
+from hopper_broker.errors import StartError
 
 LOCK_FILE = "hopper.lock"
 

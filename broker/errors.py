@@ -1,28 +1,7 @@
-"""Coded errors: every error a client can see is a BrokerError rendered as `-CODE message`."""
+"""The broker's own errors: middleware's Halt and Discard, broken framing, Redis out of reach,
+and a start that cannot happen. The coded errors clients see are in hopper_client.schema.errors."""
 
-# Texts clients may act on (the bundled client does); keep them stable.
-SHUTTING_DOWN = "shutdown in progress"
-JID_IN_USE = "jid {} is already in use"
-JOB_NOT_FOUND = "Job not found {}"
-
-
-class BrokerError(Exception):
-    """An error with a protocol code; rendered on the wire as `-CODE message`."""
-
-    code = "ERR"
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    def render(self) -> str:
-        return f"{self.code} {self.message}"
-
-
-class CommandError(BrokerError):
-    """A command was understood but cannot be carried out (bad argument, unknown jid, ...)."""
+from hopper_client.schema.errors import BrokerError
 
 
 class Halt(BrokerError):

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import trio
 
-from broker.errors import CommandError
-from broker.jobs import decode_input, encode
-from broker.store.connection import CONNECTION_ERRORS, Address, Subscriber
-from broker.store.keys import EVENTS_CHANNEL
+from hopper_broker.store.connection import CONNECTION_ERRORS, Address, Subscriber
+from hopper_broker.store.keys import EVENTS_CHANNEL
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import decode_input, encode
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from broker.config import Settings
-from broker.errors import CommandError
-from broker.jobs import QUEUE_NAME, format_time, parse_time
-from broker.store.keys import FINAL_STATES
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.store.keys import FINAL_STATES
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import QUEUE_NAME, format_time, parse_time
 
 T = TypeVar("T")
 PAGE_SIZE = 50  # entries of a page when the query does not say

@@ -12,13 +12,11 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from broker.batches import member_of, no_such_batch
-from broker.config import Settings
-from broker.doorbell import Doorbell
-from broker.errors import JID_IN_USE, BrokerError, CommandError
-from broker.jobs import Job, check_queue_name, encode, format_time, parse_time, validate_new
-from broker.middleware import Chains, Context
-from broker.policy import (
+from hopper_broker.batches import member_of, no_such_batch
+from hopper_broker.config import Settings
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.middleware import Chains, Context
+from hopper_broker.policy import (
     NOT_UNIQUE,
     backoff_of,
     expiry_of,
@@ -26,9 +24,18 @@ from broker.policy import (
     settle_priority,
     unique_of,
 )
-from broker.store.jobs import PushEntry
-from broker.store.redis import Store
-from broker.workflows import after_of, graph_order, refusal
+from hopper_broker.store.jobs import PushEntry
+from hopper_broker.store.redis import Store
+from hopper_broker.workflows import after_of, graph_order, refusal
+from hopper_client.schema.errors import JID_IN_USE, BrokerError, CommandError
+from hopper_client.schema.jobs import (
+    Job,
+    check_queue_name,
+    encode,
+    format_time,
+    parse_time,
+    validate_new,
+)
 
 PUSH_BATCH = 1000  # jobs per push script call, so one PUSHB cannot stall Redis for long
 LIMITS_TTL = 1.0  # seconds a queue's push limits (max_size, draining) read from Redis are used

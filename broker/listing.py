@@ -9,12 +9,20 @@ exactly the entries it is given as read.
 import msgspec
 import trio
 
-from broker.config import Settings
-from broker.jobs import format_time, job_decoder
-from broker.pages import SCAN_WINDOW, Listed, ListQuery, Page, make_cursor, parse_cursor, sort_key
-from broker.store.jobs import Entry
-from broker.store.listing import WorkerRecord
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.store.jobs import Entry
+from hopper_broker.store.listing import WorkerRecord
+from hopper_broker.store.redis import Store
+from hopper_client.schema.jobs import format_time, job_decoder
+from hopper_client.schema.pages import (
+    SCAN_WINDOW,
+    Listed,
+    ListQuery,
+    Page,
+    make_cursor,
+    parse_cursor,
+    sort_key,
+)
 
 INFO_WORKERS = 1000  # workers INFO lists at most (by wid); `total` says how many there are
 INFO_HELD = 100  # jobs INFO lists per worker at most; `more` says it holds others

@@ -18,17 +18,29 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 import trio
 
-from broker import retry
-from broker.admin import Admin
-from broker.batches import Batches
-from broker.clock import Clock
-from broker.config import Settings
-from broker.crontab import Crontab
-from broker.doorbell import Doorbell
-from broker.errors import JOB_NOT_FOUND, BrokerError, CommandError, Discard
-from broker.history import History
-from broker.intake import Intake
-from broker.jobs import (
+from hopper_broker import retry
+from hopper_broker.admin import Admin
+from hopper_broker.batches import Batches
+from hopper_broker.clock import Clock
+from hopper_broker.config import Settings
+from hopper_broker.crontab import Crontab
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.errors import Discard
+from hopper_broker.history import History
+from hopper_broker.intake import Intake
+from hopper_broker.listing import Listing
+from hopper_broker.middleware import Chains, Context
+from hopper_broker.mutate import Mutator
+from hopper_broker.policy import expiry_of
+from hopper_broker.stats import Stats
+from hopper_broker.store.jobs import Reservation
+from hopper_broker.store.redis import Store
+from hopper_broker.sweeps import Sweeps
+from hopper_broker.tracking import Tracking
+from hopper_broker.workers import Workers
+from hopper_broker.workflows import Workflows
+from hopper_client.schema.errors import JOB_NOT_FOUND, BrokerError, CommandError
+from hopper_client.schema.jobs import (
     FailPayload,
     Job,
     check_queue_name,
@@ -36,17 +48,6 @@ from broker.jobs import (
     format_day,
     job_decoder,
 )
-from broker.listing import Listing
-from broker.middleware import Chains, Context
-from broker.mutate import Mutator
-from broker.policy import expiry_of
-from broker.stats import Stats
-from broker.store.jobs import Reservation
-from broker.store.redis import Store
-from broker.sweeps import Sweeps
-from broker.tracking import Tracking
-from broker.workers import Workers
-from broker.workflows import Workflows
 
 MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up

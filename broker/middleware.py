@@ -8,7 +8,7 @@ or, on fetch only, raise `Discard` to drop the fetched job and fetch the next on
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from broker.jobs import Job
+from hopper_client.schema.jobs import Job
 
 
 @dataclass

@@ -7,13 +7,13 @@ it was read (same jid, same score).
 
 from collections import defaultdict
 
-from broker.config import Settings
-from broker.doorbell import Doorbell
-from broker.errors import CommandError
-from broker.glob import Glob
-from broker.jobs import MutateFilter, Mutation, format_time, job_decoder
-from broker.store.jobs import Entry
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.glob import Glob
+from hopper_broker.store.jobs import Entry
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import MutateFilter, Mutation, format_time, job_decoder
 
 TARGETS = ("retries", "scheduled", "dead")
 COMMANDS = ("clear", "kill", "discard", "requeue")

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from broker.config import Config
+from hopper_broker.config import Config
 
 ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from broker.errors import BrokerError, CommandError
-from broker.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
+from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_client.schema.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
 DEFAULT_PRIORITY = 5  # a job without a priority has this one

@@ -4,8 +4,8 @@ becomes when `processes` is above 1, and the supervised broker's side of its lin
 The supervisor owns what is single on a host: the data directory's lock and the embedded
 redis-server (without redis_url), and the port, which it holds with a bound SO_REUSEPORT socket
 that never listens, so a child that restarts always finds it (port 0 is resolved once). It runs
-`python -m broker run` children with the same arguments plus `--reuse-port --processes 1`, the
-Redis URL, the port, and the dashboard in the first child only. Each child has a socketpair
+`python -m hopper_broker run` children with the same arguments plus `--reuse-port --processes 1`,
+the Redis URL, the port, and the dashboard in the first child only. Each child has a socketpair
 link: it writes READY once serving, and its end reads end-of-file when the supervisor dies
 (SIGKILL included), on which it stops gracefully. The first child starts alone: when it cannot
 start, the supervisor exits with its status (its one-line error is on stderr). Later, a child
@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Callable
 
 import trio
 
-from broker.config import Config
-from broker.redis_server import EmbeddedRedis
-from broker.sockets import reserve
-from broker.tls import server_context
+from hopper_broker.config import Config
+from hopper_broker.redis_server import EmbeddedRedis
+from hopper_broker.sockets import reserve
+from hopper_broker.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,14 @@ class Supervisor:
             overrides += ["--dashboard-bind", "off"]
         overrides += [LINK_FLAG, str(theirs.fileno())]
         cut = self.argv.index("--") if "--" in self.argv else len(self.argv)
-        command = [sys.executable, "-m", "broker", *self.argv[:cut], *overrides, *self.argv[cut:]]
+        command = [
+            sys.executable,
+            "-m",
+            "hopper_broker",
+            *self.argv[:cut],
+            *overrides,
+            *self.argv[cut:],
+        ]
         try:
             process = await trio.lowlevel.open_process(command, pass_fds=(theirs.fileno(),))
         except BaseException:

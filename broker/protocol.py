@@ -6,7 +6,7 @@ Replies are a RESP2 subset: simple strings, errors, bulk strings and the null bu
 
 from typing import NamedTuple
 
-from broker.errors import ProtocolError
+from hopper_broker.errors import ProtocolError
 
 
 class Command(NamedTuple):

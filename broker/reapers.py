@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from broker.config import Config
-from broker.errors import BrokerError
-from broker.manager import Manager
+from hopper_broker.config import Config
+from hopper_broker.manager import Manager
+from hopper_client.schema.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

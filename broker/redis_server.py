@@ -10,10 +10,10 @@ from pathlib import Path
 import hiredis
 import trio
 
-from broker.config import REDIS_START_TIMEOUT
-from broker.datadir import locked
-from broker.errors import StartError
-from broker.store.connection import CONNECTION_ERRORS, Address
+from hopper_broker.config import REDIS_START_TIMEOUT
+from hopper_broker.datadir import locked
+from hopper_broker.errors import StartError
+from hopper_broker.store.connection import CONNECTION_ERRORS, Address
 
 log = logging.getLogger(__name__)
 

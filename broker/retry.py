@@ -2,9 +2,9 @@
 
 import random
 
-from broker.errors import CommandError
-from broker.jobs import DEFAULT_RETRY, FailPayload, Failure, Job, format_time
-from broker.policy import MAX_BACKOFF, backoff_of
+from hopper_broker.policy import MAX_BACKOFF, backoff_of
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import DEFAULT_RETRY, FailPayload, Failure, Job, format_time
 
 MAX_ERRTYPE = 100  # characters kept of a failure's errtype (reference limit)
 MAX_MESSAGE = 1000  # characters kept of a failure's message (reference limit)

@@ -14,15 +14,16 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from broker import protocol
-from broker.commands import Commands
-from broker.config import MAX_HELLO_BYTES, Config
-from broker.errors import SHUTTING_DOWN, BrokerError, ProtocolError
-from broker.events import EventHub
-from broker.manager import Manager
-from broker.protocol import Command, LineReader
-from broker.session import Session
-from broker.sockets import RawStream, accept_forever, listen
+from hopper_broker import protocol
+from hopper_broker.commands import Commands
+from hopper_broker.config import MAX_HELLO_BYTES, Config
+from hopper_broker.errors import ProtocolError
+from hopper_broker.events import EventHub
+from hopper_broker.manager import Manager
+from hopper_broker.protocol import Command, LineReader
+from hopper_broker.session import Session
+from hopper_broker.sockets import RawStream, accept_forever, listen
+from hopper_client.schema.errors import SHUTTING_DOWN, BrokerError
 
 log = logging.getLogger(__name__)
 

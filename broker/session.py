@@ -1,27 +1,20 @@
 """Per-connection state and the HELLO handshake; pure, no I/O."""
 
-import hashlib
 import hmac
 import secrets
 from collections import OrderedDict
 
 import msgspec
 
-from broker.errors import CommandError, ProtocolError
-from broker.jobs import Hello, decode_input, hello_decoder
-from broker.protocol import Command
+from hopper_broker.errors import ProtocolError
+from hopper_broker.protocol import Command
+from hopper_client.schema.auth import password_hash
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import Hello, decode_input, hello_decoder
 
 MIN_ITERATIONS = 4000  # the reference draws the hash iterations from [4000, 8095]
 ITERATION_SPREAD = 4096
 MAX_HINTS = 10_000  # fetched jids a connection remembers the queue of
-
-
-def password_hash(password: str, salt: str, iterations: int) -> str:
-    """sha256(password + salt), then sha256 of the digest, `iterations` applications in all."""
-    digest = hashlib.sha256((password + salt).encode()).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha256(digest).digest()
-    return digest.hex()
 
 
 class Session:

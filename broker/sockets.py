@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from broker.errors import StartError
+from hopper_broker.errors import StartError
 
 log = logging.getLogger(__name__)
 

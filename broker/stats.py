@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from broker import __version__
-from broker.jobs import format_time
+from hopper_broker import __version__
+from hopper_client.schema.jobs import format_time
 
 
 class TaskStats(msgspec.Struct):

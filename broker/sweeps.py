@@ -10,11 +10,11 @@ their reservation's end; dead jobs and kept finished ones are purged when their 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from broker.config import Settings
-from broker.doorbell import Doorbell
-from broker.jobs import FailPayload, format_time
-from broker.store.jobs import Reservation
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.store.jobs import Reservation
+from hopper_broker.store.redis import Store
+from hopper_client.schema.jobs import FailPayload, format_time
 
 EXPIRED_ERRTYPE = "ReservationExpired"
 EXPIRED_MESSAGE = "Faktory job reservation expired"

@@ -2,8 +2,8 @@
 
 import ssl
 
-from broker.config import Config
-from broker.errors import StartError
+from hopper_broker.config import Config
+from hopper_broker.errors import StartError
 
 
 def server_context(config: Config) -> ssl.SSLContext | None:

@@ -15,11 +15,14 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from broker.clock import Clock
-from broker.config import Settings
-from broker.doorbell import Doorbell
-from broker.errors import CommandError
-from broker.jobs import (
+from hopper_broker.clock import Clock
+from hopper_broker.config import Settings
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.store.keys import CANCEL_MARK
+from hopper_broker.store.redis import Store
+from hopper_broker.store.tracking import Found
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import (
     OVER,
     Job,
     JobState,
@@ -32,9 +35,6 @@ from broker.jobs import (
     job_decoder,
     parse_time,
 )
-from broker.store.keys import CANCEL_MARK
-from broker.store.redis import Store
-from broker.store.tracking import Found
 
 PLACES = {  # where a live job is -> its state
     "queue": "queued",

@@ -8,9 +8,9 @@ this one within that time, and nothing is remembered for ever.
 
 import trio
 
-from broker.config import Settings
-from broker.errors import CommandError
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import CommandError
 
 STATES = ("running", "quiet", "terminate")  # the only order a worker's state moves in
 STATE_TTL = 1.0  # seconds a worker's state read from Redis is trusted by this process

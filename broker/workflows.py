@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from broker.config import Settings
-from broker.errors import BrokerError, CommandError
-from broker.jobs import Job, JobState
-from broker.store.redis import Store
+from hopper_broker.config import Settings
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_client.schema.jobs import Job, JobState
 
 POLICIES = ("fail", "run")
 MAX_AFTER = 100  # dependencies one job may have

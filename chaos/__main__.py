@@ -34,7 +34,8 @@ def run_suite(figures: str) -> int:
     files = sorted(f for name in SUITE for f in glob.glob(f"tests/{name}*.py"))
     env = {**os.environ, "HOPPER_CHAOS": "1", FIGURES_VARIABLE: figures}
     pytest = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], env=env
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25", *files],
+        env=env,
     )
     try:
         return pytest.wait(BUDGET)

@@ -1,6 +1,6 @@
 """Hopper's Python client: push jobs and run workers against any Faktory-protocol broker.
 
-from client import Tasks
+from hopper_client import Tasks
 
 jobs = Tasks()                                # HOPPER_URL / FAKTORY_URL, or localhost
 
@@ -10,12 +10,11 @@ def send_welcome(email: str) -> None: ...
 send_welcome.push("ada@example.com")          # producers; `hopper-worker module:jobs` runs it
 """
 
-from broker.jobs import Failure, Job, JobEvent, JobState
-from client.aio import AsyncClient
-from client.batches import AsyncBatch, Batch, batch_id, callback_bid, callback_parent_bid
-from client.client import Client
-from client.commands import BatchStatus
-from client.control import (
+from hopper_client.aio import AsyncClient
+from hopper_client.batches import AsyncBatch, Batch, batch_id, callback_bid, callback_parent_bid
+from hopper_client.client import Client
+from hopper_client.commands import BatchStatus
+from hopper_client.control import (
     DeadlineExceeded,
     Fatal,
     JobCancelled,
@@ -24,7 +23,7 @@ from client.control import (
     job_cancelled,
     wait_cancelled,
 )
-from client.errors import (
+from hopper_client.errors import (
     AuthenticationError,
     BatchNotOpen,
     ClientError,
@@ -37,13 +36,14 @@ from client.errors import (
     ServerError,
     UnknownJob,
 )
-from client.execution import Interrupted, Middleware, UnknownJobtype, current_job
-from client.history import HistoryEntry, HistoryPage
-from client.jobs import make_job, new_jid, results_of
-from client.operations import JobPage, ListedJob
-from client.tasks import Task, Tasks
-from client.tracing import continue_trace
-from client.worker import Worker
+from hopper_client.execution import Interrupted, Middleware, UnknownJobtype, current_job
+from hopper_client.history import HistoryEntry, HistoryPage
+from hopper_client.jobs import make_job, new_jid, results_of
+from hopper_client.operations import JobPage, ListedJob
+from hopper_client.schema.jobs import Failure, Job, JobEvent, JobState
+from hopper_client.tasks import Task, Tasks
+from hopper_client.tracing import continue_trace
+from hopper_client.worker import Worker
 
 __all__ = [
     "AsyncBatch",

@@ -1,7 +1,7 @@
-"""`python -m client MODULE[:NAME]`: the worker CLI (see client/cli.py)."""
+"""`python -m hopper_client MODULE[:NAME]`: the worker CLI (see client/cli.py)."""
 
 import sys
 
-from client.cli import main
+from hopper_client.cli import main
 
 sys.exit(main())

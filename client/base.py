@@ -7,8 +7,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from client.url import Endpoint, parse_urls
-from client.wire import Identity
+from hopper_client.url import Endpoint, parse_urls
+from hopper_client.wire import Identity
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a reply; must exceed the broker's FETCH wait (2 s)
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection and finish the handshake

@@ -16,17 +16,17 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, Unpack
 
-from broker.jobs import Job
-from client import commands
-from client.commands import BatchStatus, Call, NewBatch
-from client.errors import BatchNotOpen
-from client.execution import current_job
-from client.jobs import JobOptions, in_batch, make_job
-from client.pipeline import AsyncPipeline, Pipeline
+from hopper_client import commands
+from hopper_client.commands import BatchStatus, Call, NewBatch
+from hopper_client.errors import BatchNotOpen
+from hopper_client.execution import current_job
+from hopper_client.jobs import JobOptions, in_batch, make_job
+from hopper_client.pipeline import AsyncPipeline, Pipeline
+from hopper_client.schema.jobs import Job
 
 if TYPE_CHECKING:
-    from client.aio import AsyncClient
-    from client.client import Client
+    from hopper_client.aio import AsyncClient
+    from hopper_client.client import Client
 
 C = TypeVar("C")  # Client or AsyncClient
 

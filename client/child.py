@@ -1,4 +1,4 @@
-"""One worker process of a Supervisor (`python -m client.child`, started by the supervisor).
+"""One worker process of a Supervisor (`python -m hopper_client.child`, started by the supervisor).
 
 It runs the Worker that `hopper-worker ARGV` would run, under the wid the supervisor chose,
 follows the life-cycle moves the supervisor sends over its link (client/supervisor.py), and
@@ -19,11 +19,11 @@ import sys
 
 import trio
 
-from broker.jobs import Job
-from client import cli
-from client.errors import ClientError
-from client.execution import Next, rss_kb
-from client.supervisor import (
+from hopper_client import cli
+from hopper_client.errors import ClientError
+from hopper_client.execution import Next, rss_kb
+from hopper_client.schema.jobs import Job
+from hopper_client.supervisor import (
     EXIT_REFUSED,
     EXIT_USAGE,
     FORCE,
@@ -33,9 +33,9 @@ from client.supervisor import (
     receive,
     send,
 )
-from client.worker import Worker
+from hopper_client.worker import Worker
 
-log = logging.getLogger("client.supervisor")
+log = logging.getLogger("hopper_client.supervisor")
 
 DRAIN_POLL = 0.1  # seconds between looks at a retiring worker's busy slots
 
@@ -77,7 +77,7 @@ class Retirement:
 
 
 def parser() -> argparse.ArgumentParser:
-    child = argparse.ArgumentParser(prog="python -m client.child")
+    child = argparse.ArgumentParser(prog="python -m hopper_client.child")
     child.add_argument("--link", type=int, required=True, help="fd of the supervisor's link")
     child.add_argument("--wid", required=True)
     child.add_argument("--max-jobs", type=int, default=0)

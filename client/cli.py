@@ -12,13 +12,13 @@ import logging
 import os
 import sys
 
-from client.errors import ClientError
-from client.supervisor import Supervisor
-from client.tasks import Tasks
-from client.url import parse_urls
-from client.worker import Worker
+from hopper_client.errors import ClientError
+from hopper_client.supervisor import Supervisor
+from hopper_client.tasks import Tasks
+from hopper_client.url import parse_urls
+from hopper_client.worker import Worker
 
-log = logging.getLogger("client.cli")
+log = logging.getLogger("hopper_client.cli")
 
 
 class UsageError(Exception):

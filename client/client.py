@@ -6,12 +6,11 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar, Unpack
 
-from broker.jobs import DEFAULT_QUEUE, Job, JobState
-from client import commands
-from client.backoff import Backoff
-from client.base import FULL_POLL, ClientBase
-from client.batches import Batch, batch_spec
-from client.commands import (
+from hopper_client import commands
+from hopper_client.backoff import Backoff
+from hopper_client.base import FULL_POLL, ClientBase
+from hopper_client.batches import Batch, batch_spec
+from hopper_client.commands import (
     BatchStatus,
     Call,
     Limits,
@@ -20,13 +19,14 @@ from client.commands import (
     QueueSettings,
     WorkerState,
 )
-from client.connection import Connection
-from client.errors import ConnectionLost, QueueFull, ResultTimeout
-from client.events import EventStream, events_line
-from client.history import HistoryFilters, HistoryPage, history
-from client.jobs import At, format_at, make_job
-from client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
-from client.pipeline import Pipeline
+from hopper_client.connection import Connection
+from hopper_client.errors import ConnectionLost, QueueFull, ResultTimeout
+from hopper_client.events import EventStream, events_line
+from hopper_client.history import HistoryFilters, HistoryPage, history
+from hopper_client.jobs import At, format_at, make_job
+from hopper_client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
+from hopper_client.pipeline import Pipeline
+from hopper_client.schema.jobs import DEFAULT_QUEUE, Job, JobState
 
 T = TypeVar("T")
 

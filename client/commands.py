@@ -10,8 +10,9 @@ from typing import Any, Generic, Literal, NamedTuple, TypedDict, TypeVar
 
 import msgspec
 
-from broker.errors import JID_IN_USE, JOB_NOT_FOUND
-from broker.jobs import (
+from hopper_client.errors import ClientError, JobFailed, ServerError, UnknownJob
+from hopper_client.schema.errors import JID_IN_USE, JOB_NOT_FOUND
+from hopper_client.schema.jobs import (
     OVER,
     Ack,
     Beat,
@@ -26,8 +27,7 @@ from broker.jobs import (
     job_decoder,
     job_state_decoder,
 )
-from client.errors import ClientError, JobFailed, ServerError, UnknownJob
-from client.wire import CRLF, Reply
+from hopper_client.wire import CRLF, Reply
 
 T = TypeVar("T")
 

@@ -5,9 +5,17 @@ import socket
 import ssl
 from ssl import SSLCertVerificationError as CertificateError
 
-from client.errors import ConnectionLost
-from client.url import Endpoint
-from client.wire import CRLF, READ_SIZE, Identity, Reply, ReplyReader, check_welcome, hello_line
+from hopper_client.errors import ConnectionLost
+from hopper_client.url import Endpoint
+from hopper_client.wire import (
+    CRLF,
+    READ_SIZE,
+    Identity,
+    Reply,
+    ReplyReader,
+    check_welcome,
+    hello_line,
+)
 
 
 class Connection:

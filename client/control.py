@@ -16,7 +16,7 @@ from typing import Literal
 
 import trio
 
-from broker.jobs import Job
+from hopper_client.schema.jobs import Job
 
 MAX_SNOOZE = 365 * 86_400  # seconds a job may snooze at most (Hopper's limit)
 

@@ -1,7 +1,7 @@
 """What the client raises: server replies (`-CODE message`), lost connections, jobs that
 failed or did not finish in time."""
 
-from broker.jobs import JobState
+from hopper_client.schema.jobs import JobState
 
 
 class ClientError(Exception):

@@ -10,17 +10,17 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from broker.jobs import JobEvent, encode, job_event_decoder
-from client.backoff import Backoff
-from client.commands import data, value
-from client.errors import ConnectionLost, ServerError
-from client.transports import sleep
-from client.wire import CRLF, Reply
+from hopper_client.backoff import Backoff
+from hopper_client.commands import data, value
+from hopper_client.errors import ConnectionLost, ServerError
+from hopper_client.schema.jobs import JobEvent, encode, job_event_decoder
+from hopper_client.transports import sleep
+from hopper_client.wire import CRLF, Reply
 
 if TYPE_CHECKING:
-    from client.aio import AsyncClient, AsyncConnection
-    from client.client import Client
-    from client.connection import Connection
+    from hopper_client.aio import AsyncClient, AsyncConnection
+    from hopper_client.client import Client
+    from hopper_client.connection import Connection
 
 QUIET = 365 * 86_400.0  # seconds a stream waits for its next event: as long as it takes
 GAP = JobEvent("missed")  # what a reconnected stream yields first

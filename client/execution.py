@@ -10,10 +10,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
-from broker.jobs import Job
-from client.bridge import AsyncioThread
-from client.control import Hold, hold_job
-from client.threads import ThreadPool
+from hopper_client.bridge import AsyncioThread
+from hopper_client.control import Hold, hold_job
+from hopper_client.schema.jobs import Job
+from hopper_client.threads import ThreadPool
 
 ANY_JOBTYPE = "*"  # registered for it, a function runs the jobs no other function is for
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
@@ -134,7 +134,7 @@ def describe(error: BaseException) -> tuple[str, str, list[str]]:
 @functools.cache
 def _machinery() -> tuple[str, ...]:
     """Directories of the code between the worker and a job function."""
-    modules = ("client", "trio", "outcome", "concurrent.futures")
+    modules = (__name__.partition(".")[0], "trio", "outcome", "concurrent.futures")
     return tuple(
         os.path.dirname(module.__file__) + os.sep
         for name in modules

@@ -7,15 +7,15 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from broker.jobs import Job
-from client import commands
-from client.aio import AsyncClient, AsyncConnection
-from client.backoff import Backoff
-from client.errors import ClientError, ConnectionLost, ServerError
-from client.reporter import Report, Reporter
-from client.wire import Reply
+from hopper_client import commands
+from hopper_client.aio import AsyncClient, AsyncConnection
+from hopper_client.backoff import Backoff
+from hopper_client.errors import ClientError, ConnectionLost, ServerError
+from hopper_client.reporter import Report, Reporter
+from hopper_client.schema.jobs import Job
+from hopper_client.wire import Reply
 
-log = logging.getLogger("client.worker")
+log = logging.getLogger("hopper_client.worker")
 
 SHORT = 0.010  # seconds: jobs that run shorter on average are fetched ahead of free slots
 WRITES_AHEAD = 2  # writes whose replies may be awaited at once

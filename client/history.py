@@ -14,8 +14,8 @@ from typing import Any, TypedDict, Unpack
 
 import msgspec
 
-from client.commands import Call, data
-from client.wire import CRLF, Reply
+from hopper_client.commands import Call, data
+from hopper_client.wire import CRLF, Reply
 
 FinalState = str  # done, dead, discarded, cancelled, expired, replaced
 

@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 import msgspec
 
-from broker.jobs import DEFAULT_QUEUE, Job, format_time
+from hopper_client.schema.jobs import DEFAULT_QUEUE, Job, format_time
 
 JID_BYTES = 12  # 16 URL-safe characters, like the Go client's jids
 

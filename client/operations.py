@@ -7,10 +7,10 @@ from typing import Literal, TypedDict, Unpack
 
 import msgspec
 
-from broker.jobs import Job, encode
-from broker.pages import DEFAULT_LIMIT, ListQuery
-from client.commands import Call, WorkerState, data
-from client.wire import CRLF, Reply
+from hopper_client.commands import Call, WorkerState, data
+from hopper_client.schema.jobs import Job, encode
+from hopper_client.schema.pages import DEFAULT_LIMIT, ListQuery
+from hopper_client.wire import CRLF, Reply
 
 ListTarget = Literal["retries", "scheduled", "dead", "working"]
 

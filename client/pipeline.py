@@ -12,19 +12,19 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, Unpack
 
-from broker.jobs import Job
-from client import commands
-from client.backoff import Backoff
-from client.commands import Call
-from client.connection import Connection
-from client.errors import ConnectionLost
-from client.jobs import JobOptions, in_batch, make_job
-from client.transports import sleep
-from client.wire import Reply
+from hopper_client import commands
+from hopper_client.backoff import Backoff
+from hopper_client.commands import Call
+from hopper_client.connection import Connection
+from hopper_client.errors import ConnectionLost
+from hopper_client.jobs import JobOptions, in_batch, make_job
+from hopper_client.schema.jobs import Job
+from hopper_client.transports import sleep
+from hopper_client.wire import Reply
 
 if TYPE_CHECKING:
-    from client.aio import AsyncClient, AsyncConnection
-    from client.client import Client
+    from hopper_client.aio import AsyncClient, AsyncConnection
+    from hopper_client.client import Client
 
 SEND_LINES = 100  # lines written together
 SEND_BYTES = 256 * 1024  # bytes written together (a line longer than this goes alone)

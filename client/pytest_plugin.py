@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from client.tasks import Tasks
-    from client.testing import TestBroker, WorkerRun
+    from hopper_client.tasks import Tasks
+    from hopper_client.testing import TestBroker, WorkerRun
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,7 +30,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def hopper_tasks(request: pytest.FixtureRequest) -> "Tasks":
     """The registry named by the ini option `hopper_tasks` (module:name)."""
-    from client.tasks import Tasks
+    from hopper_client.tasks import Tasks
 
     target = str(request.config.getini("hopper_tasks"))
     module_name, _, name = target.partition(":")
@@ -65,7 +65,7 @@ def hopper_broker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator["TestBroker"]:
     """A broker process for the test session, on a temporary data directory."""
-    from client.testing import TestBroker
+    from hopper_client.testing import TestBroker
 
     args = [str(arg) for arg in request.config.getini("hopper_broker_args")]
     with TestBroker(tmp_path_factory.mktemp("hopper"), args) as broker:
@@ -75,7 +75,7 @@ def hopper_broker(
 @pytest.fixture
 def hopper_worker(hopper_broker: "TestBroker", hopper_tasks: "Tasks") -> Iterator["WorkerRun"]:
     """The registry's worker against `hopper_broker`, on a store emptied for this test."""
-    from client.testing import WorkerRun
+    from hopper_client.testing import WorkerRun
 
     run = WorkerRun(hopper_tasks, hopper_broker.url)
     run.client.flush()

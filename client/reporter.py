@@ -12,17 +12,17 @@ from typing import Any
 
 import trio
 
-from broker.errors import JOB_NOT_FOUND
-from client import commands
-from client.aio import AsyncClient, AsyncConnection
-from client.backoff import Backoff
-from client.commands import Call
-from client.control import Fatal, Snooze
-from client.errors import ClientError, ConnectionLost, ServerError
-from client.execution import describe
-from client.wire import Reply
+from hopper_client import commands
+from hopper_client.aio import AsyncClient, AsyncConnection
+from hopper_client.backoff import Backoff
+from hopper_client.commands import Call
+from hopper_client.control import Fatal, Snooze
+from hopper_client.errors import ClientError, ConnectionLost, ServerError
+from hopper_client.execution import describe
+from hopper_client.schema.errors import JOB_NOT_FOUND
+from hopper_client.wire import Reply
 
-log = logging.getLogger("client.worker")
+log = logging.getLogger("hopper_client.worker")
 
 REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
 

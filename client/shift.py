@@ -13,23 +13,23 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from broker.jobs import Job
-from client import commands
-from client.aio import AsyncClient
-from client.backoff import Backoff
-from client.bridge import AsyncioThread
-from client.commands import WorkerState
-from client.control import DeadlineExceeded, Hold, JobCancelled, Snooze, deadline
-from client.errors import AuthenticationError, ClientError
-from client.execution import Interrupted, Runner, rss_kb
-from client.fetcher import Fetcher
-from client.reporter import Reporter
-from client.threads import ThreadPool
+from hopper_client import commands
+from hopper_client.aio import AsyncClient
+from hopper_client.backoff import Backoff
+from hopper_client.bridge import AsyncioThread
+from hopper_client.commands import WorkerState
+from hopper_client.control import DeadlineExceeded, Hold, JobCancelled, Snooze, deadline
+from hopper_client.errors import AuthenticationError, ClientError
+from hopper_client.execution import Interrupted, Runner, rss_kb
+from hopper_client.fetcher import Fetcher
+from hopper_client.reporter import Reporter
+from hopper_client.schema.jobs import Job
+from hopper_client.threads import ThreadPool
 
 if TYPE_CHECKING:
-    from client.worker import Worker
+    from hopper_client.worker import Worker
 
-log = logging.getLogger("client.worker")
+log = logging.getLogger("hopper_client.worker")
 
 REPORT_TIMEOUT = 5.0  # seconds after the grace to deliver the last ACKs and FAILs
 RANK: dict[WorkerState, int] = {"running": 0, "quiet": 1, "terminate": 2}

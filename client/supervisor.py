@@ -1,6 +1,6 @@
 """Process workers: N worker processes from one command, under one supervisor.
 
-Each child is `python -m client.child ...`, a fresh interpreter started by exec (no socket,
+Each child is `python -m hopper_client.child ...`, a fresh interpreter started by exec (no socket,
 thread or event loop of the supervisor's crosses over: only stdout, stderr and its end of a
 socket pair, the *link*) that runs the Worker `hopper-worker ARGV` would run, with its own
 connections and a wid of its own (a new one for each child started). The child is in a process
@@ -30,13 +30,13 @@ from collections.abc import Sequence
 
 import trio
 
-from client.backoff import Backoff
-from client.commands import WorkerState
-from client.jobs import new_jid
-from client.shift import REPORT_TIMEOUT
-from client.worker import GRACE
+from hopper_client.backoff import Backoff
+from hopper_client.commands import WorkerState
+from hopper_client.jobs import new_jid
+from hopper_client.shift import REPORT_TIMEOUT
+from hopper_client.worker import GRACE
 
-log = logging.getLogger("client.supervisor")
+log = logging.getLogger("hopper_client.supervisor")
 
 QUIET, TERMINATE, FORCE, RETIRING = b"q", b"t", b"f", b"r"  # the link's messages
 EXIT_USAGE = 2  # a child's exit code: the command line names no usable worker
@@ -169,8 +169,9 @@ class Supervisor:
         ours, theirs = socket.socketpair()
         wid = new_jid()
         command = [  # `--wid=`: a wid may start with "-"
-            sys.executable, "-m", "client.child", f"--link={theirs.fileno()}", f"--wid={wid}",
-            f"--max-jobs={self.max_jobs}", f"--max-memory={self.max_memory}", "--", *self.argv,
+            sys.executable, "-m", "hopper_client.child", f"--link={theirs.fileno()}",
+            f"--wid={wid}", f"--max-jobs={self.max_jobs}", f"--max-memory={self.max_memory}",
+            "--", *self.argv,
         ]  # fmt: skip
         try:
             process = await trio.lowlevel.open_process(

@@ -23,13 +23,13 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack, cast
 import msgspec
 import trio
 
-from broker.jobs import DEFAULT_QUEUE, Job
-from client.aio import AsyncClient
-from client.client import Client
-from client.execution import running_job
-from client.jobs import At, JobOptions, make_job
-from client.tracing import continue_trace, inject
-from client.worker import Worker
+from hopper_client.aio import AsyncClient
+from hopper_client.client import Client
+from hopper_client.execution import running_job
+from hopper_client.jobs import At, JobOptions, make_job
+from hopper_client.schema.jobs import DEFAULT_QUEUE, Job
+from hopper_client.tracing import continue_trace, inject
+from hopper_client.worker import Worker
 
 P = ParamSpec("P")
 R = TypeVar("R")

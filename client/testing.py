@@ -7,6 +7,7 @@ registry's pushes at it, and waits until the jobs pushed through the registry ha
 """
 
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -21,10 +22,10 @@ from typing import Self
 
 import trio
 
-from broker.jobs import Job, JobState
-from client.client import Client
-from client.tasks import Tasks
-from client.worker import Worker
+from hopper_client.client import Client
+from hopper_client.schema.jobs import Job, JobState
+from hopper_client.tasks import Tasks
+from hopper_client.worker import Worker
 
 START_TIMEOUT = 30.0  # seconds for the broker (and its Redis) to listen, or the worker to start
 STOP_TIMEOUT = 20.0  # seconds for the broker or the worker to stop before it is killed/left
@@ -52,11 +53,16 @@ class TestBroker:
 
     def start(self) -> None:
         """Start the broker and return once it listens (RuntimeError with its log if not)."""
+        if importlib.util.find_spec("hopper_broker") is None:
+            raise RuntimeError(
+                "a test broker needs the broker installed beside the client: "
+                "pip install hopper-broker (docs/packaging.md)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))}
         with self.log.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "run", *self.args],
+                [sys.executable, "-m", "hopper_broker", "run", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

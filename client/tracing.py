@@ -10,8 +10,8 @@ import importlib.util
 from types import ModuleType
 from typing import Any
 
-from broker.jobs import Job
-from client.execution import Next
+from hopper_client.execution import Next
+from hopper_client.schema.jobs import Job
 
 TRACER = "hopper"  # the instrumentation scope of the worker's spans
 

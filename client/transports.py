@@ -10,8 +10,8 @@ from typing import Protocol
 
 import trio
 
-from client.errors import ConnectionLost
-from client.wire import READ_SIZE
+from hopper_client.errors import ConnectionLost
+from hopper_client.wire import READ_SIZE
 
 
 class Stream(Protocol):

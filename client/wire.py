@@ -11,11 +11,11 @@ from typing import Literal
 import hiredis
 import msgspec
 
-from broker.errors import SHUTTING_DOWN
-from broker.jobs import Hello, encode
-from broker.session import password_hash
-from client.errors import AuthenticationError, ConnectionLost, ServerError
-from client.url import Endpoint
+from hopper_client.errors import AuthenticationError, ConnectionLost, ServerError
+from hopper_client.schema.auth import password_hash
+from hopper_client.schema.errors import SHUTTING_DOWN
+from hopper_client.schema.jobs import Hello, encode
+from hopper_client.url import Endpoint
 
 PROTOCOL_VERSION = 2
 READ_SIZE = 64 * 1024

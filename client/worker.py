@@ -15,10 +15,10 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
-from client.commands import WorkerState
-from client.execution import JobFunction, Middleware
-from client.jobs import new_jid
-from client.shift import Shift
+from hopper_client.commands import WorkerState
+from hopper_client.execution import JobFunction, Middleware
+from hopper_client.jobs import new_jid
+from hopper_client.shift import Shift
 
 F = TypeVar("F", bound=Callable[..., Any])
 GRACE = 25.0  # seconds running jobs get to finish once the worker must terminate

@@ -26,10 +26,10 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.config import Config
-from broker.middleware import Chains
-from broker.store.keys import QueueKeys
+from hopper_broker.app import App
+from hopper_broker.config import Config
+from hopper_broker.middleware import Chains
+from hopper_broker.store.keys import QueueKeys
 
 collect_ignore = ["sample_app"]  # an application's own test suite, run by test_client_testing.py
 
@@ -164,7 +164,7 @@ def free_port() -> int:
 
 
 class BrokerProcess:
-    """`hopper run` as a real child process (python -m broker), restartable and killable."""
+    """`hopper run` as a real child process (python -m hopper_broker), restartable and killable."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.port = free_port()
@@ -176,7 +176,7 @@ class BrokerProcess:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "broker", "run", *self.args],
+                [sys.executable, "-m", "hopper_broker", "run", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -232,7 +232,7 @@ def clean_env(**env: str) -> dict[str, str]:
 def check_store(redis_url: str) -> None:
     """Run `hopper check` (the command an operator runs) on a store: it must find no problem."""
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url],
         capture_output=True,
         text=True,
         timeout=120,

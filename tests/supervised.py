@@ -14,10 +14,10 @@ from typing import Any
 import msgspec
 import redis
 
-from broker.app import App
-from broker.store import keys
-from broker.store.keys import QueueKeys
-from client import Job
+from hopper_broker.app import App
+from hopper_broker.store import keys
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = QueueKeys("default")
@@ -28,7 +28,7 @@ import os
 import time
 from pathlib import Path
 
-from client import Worker, current_job
+from hopper_client import Worker, current_job
 
 MARKS = Path(os.environ["MARKS"])
 worker = Worker(heartbeat=0.1, concurrency=1)
@@ -66,7 +66,7 @@ def burn(round, together, seconds):
 
 
 class Supervised:
-    """`python -m client jobs --processes N ...` (the hopper-worker command) as a process."""
+    """`python -m hopper_client jobs --processes N ...` (the hopper-worker command) as a process."""
 
     def __init__(self, directory: Path, *args: str) -> None:
         self.marks = directory / "marks"
@@ -76,7 +76,7 @@ class Supervised:
         self.log = directory / "supervisor.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "client", *args],
+                [sys.executable, "-m", "hopper_client", *args],
                 cwd=directory,
                 env=environment,
                 stdout=log,

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from client import Client
+from hopper_client import Client
 from tests.admin_cli import hopper, one_line_error
 from tests.conftest import BrokerProcess, free_port
 

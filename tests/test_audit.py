@@ -10,13 +10,13 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.jobs import Job, encode
-from broker.store import keys
-from broker.store.audit import Auditor, Report
-from broker.store.connection import Address, Pipeline
-from broker.store.keys import DUE, QueueKeys
-from broker.store.redis import Store
+from hopper_broker.app import App
+from hopper_broker.store import keys
+from hopper_broker.store.audit import Auditor, Report
+from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.keys import DUE, QueueKeys
+from hopper_broker.store.redis import Store
+from hopper_client.schema.jobs import Job, encode
 from tests.conftest import clean_env
 from tests.wire import Wire, job
 
@@ -264,7 +264,7 @@ async def test_a_store_at_work_is_never_reported_broken(broker: App, store: Stor
 def test_the_command_reports_and_repairs(redis_url: str, rdb: redis.Redis) -> None:
     rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
     no_place(rdb)
-    command = [sys.executable, "-m", "broker", "check", "--redis-url", redis_url]
+    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

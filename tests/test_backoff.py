@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from broker.app import App
-from broker.jobs import parse_time
-from broker.policy import Backoff
+from hopper_broker.app import App
+from hopper_broker.policy import Backoff
+from hopper_client.schema.jobs import parse_time
 from tests.wire import Wire, WireError, job
 
 

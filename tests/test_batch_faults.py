@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis
 
-from broker.store.keys import BATCHES_DUE, QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, planned_failures, wait_for
 from chaos.marks import CHAOS
+from hopper_broker.store.keys import BATCHES_DUE, QueueKeys
 from tests.conftest import BrokerProcess, check_store, live_jobs
 from tests.test_fault import FAST_ARGS, ROOT, kill
 

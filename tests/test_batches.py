@@ -12,8 +12,8 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import BATCHES_DUE, BATCHES_EXPIRY, QueueKeys
+from hopper_broker.app import App
+from hopper_broker.store.keys import BATCHES_DUE, BATCHES_EXPIRY, QueueKeys
 from tests.conftest import StartBroker, check_store, clean_env, eventually
 from tests.wire import Wire, WireError, job
 
@@ -337,7 +337,7 @@ async def test_hopper_check_finds_and_mends_batches(
     bid = await new(w, success=CALLBACKS["success"])
     rdb.zrem(BATCHES_EXPIRY, bid)
     rdb.zadd(BATCHES_DUE, {"success b-ZZZZZZZZZZZZZZ": 1})
-    command = [sys.executable, "-m", "broker", "check", "--redis-url", redis_url]
+    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url]
     found = subprocess.run(command, capture_output=True, text=True, timeout=60, env=clean_env())
     assert found.returncode == 1
     assert "batch without expiry" in found.stdout and "batch due entry stale" in found.stdout

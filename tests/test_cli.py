@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.__main__ import load_config, parser
+from hopper_broker.__main__ import load_config, parser
 from tests.conftest import BrokerProcess
 from tests.wire import SyncWire, WireError
 
@@ -65,7 +65,7 @@ def test_open_bind_needs_password_or_consent() -> None:
 
 def test_help_lists_the_settings() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "broker", "run", "--help"],
+        [sys.executable, "-m", "hopper_broker", "run", "--help"],
         capture_output=True,
         text=True,
         check=True,
@@ -77,7 +77,7 @@ def test_help_lists_the_settings() -> None:
 
 def test_bad_setting_exits_cleanly() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "run", "--max-connections", "lots"],
+        [sys.executable, "-m", "hopper_broker", "run", "--max-connections", "lots"],
         capture_output=True,
         text=True,
     )

@@ -10,9 +10,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import Client, Job, ServerError, make_job
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import Client, Job, ServerError, make_job
 
 UNICODE = 'héllo wörld ✓ 🚀 日本語 \u0000 \n "quoted" \\ back'
 NESTED = {"a": [1, 2.5, None, True, {"b": ["c", {"d": []}]}], "e": {}, "ü": -(2**63)}

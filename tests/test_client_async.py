@@ -7,9 +7,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import AsyncClient, ServerError, make_job
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, ServerError, make_job
 from tests.conftest import live_jobs
 
 NESTED = {"ü": ["✓", {"deep": [1, 2.5, None, True]}], "big": "y" * 200_000}

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from broker.app import App
-from client import (
+from hopper_broker.app import App
+from hopper_client import (
     AsyncBatch,
     AsyncClient,
     Batch,

@@ -10,9 +10,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import AsyncClient, Job, Worker, current_job, make_job
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, Job, Worker, current_job, make_job
 from tests.conftest import StartBroker, eventually, live_jobs
 
 DEFAULT = QueueKeys("default")

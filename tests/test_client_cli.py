@@ -12,10 +12,10 @@ import msgspec
 import pytest
 import redis
 
-from broker.app import App
-from broker.store import keys
-from broker.store.keys import QueueKeys
-from client import AsyncClient, Job
+from hopper_broker.app import App
+from hopper_broker.store import keys
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, Job
 from tests.conftest import StartBroker, eventually, live_jids
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-from client import Worker, current_job
+from hopper_client import Worker, current_job
 
 MARKS = Path(os.environ["MARKS"])
 worker = Worker(heartbeat=0.05)
@@ -50,7 +50,7 @@ class WorkerProcess:
         self.log = directory / "worker.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "client", *args],
+                [sys.executable, "-m", "hopper_client", *args],
                 cwd=directory,
                 env=environment,
                 stdout=log,

@@ -12,8 +12,8 @@ import msgspec
 import pytest
 import trio
 
-from broker.app import App
-from client import (
+from hopper_broker.app import App
+from hopper_client import (
     AsyncClient,
     Client,
     Fatal,

@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 import trio
 
-from broker.app import App
-from client import AsyncClient, Client, JobEvent
+from hopper_broker.app import App
+from hopper_client import AsyncClient, Client, JobEvent
 from tests.conftest import BrokerProcess
 from tests.test_client import in_thread, url
 

@@ -7,9 +7,9 @@ import socket
 import pytest
 import trio
 
-from broker.app import App
-from client import AsyncClient, Client, ConnectionLost
-from client.url import parse_urls
+from hopper_broker.app import App
+from hopper_client import AsyncClient, Client, ConnectionLost
+from hopper_client.url import parse_urls
 from tests.conftest import StartBroker, eventually, free_port
 
 

@@ -11,9 +11,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import AsyncClient, Client, ConnectionLost, Worker, make_job
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, Client, ConnectionLost, Worker, make_job
 from tests.conftest import BrokerProcess, eventually, live_jobs
 
 DEFAULT = QueueKeys("default")

@@ -15,9 +15,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import Client, Job, Worker
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import Client, Job, Worker
 from tests.conftest import eventually, live_jids, live_jobs
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 import trio
 
-from broker.app import App
-from client import AsyncClient, Client, JobPage, ServerError
+from hopper_broker.app import App
+from hopper_client import AsyncClient, Client, JobPage, ServerError
 
 
 def url(broker: App) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from broker.app import App
-from client import AsyncClient, AuthenticationError, Client, Worker
+from hopper_broker.app import App
+from hopper_client import AsyncClient, AuthenticationError, Client, Worker
 from tests.conftest import StartBroker, test_config
 
 

@@ -12,9 +12,10 @@ import faktory
 import pytest
 import trio
 
-from broker.app import App
-from client import AsyncClient, Client, Tasks, current_job
-from client.cli import load
+import hopper_client
+from hopper_broker.app import App
+from hopper_client import AsyncClient, Client, Tasks, current_job
+from hopper_client.cli import load
 
 SAMPLE = Path(__file__).parent / "sample_app"
 DEAD_URL = "tcp://127.0.0.1:1"  # nothing listens: a push that reached the network would fail
@@ -185,7 +186,7 @@ def test_mypy_checks_pushes_against_the_function(tmp_path: Path) -> None:
     snippet.write_text(
         textwrap.dedent(
             """
-            from client import Tasks
+            from hopper_client import Tasks
 
             jobs = Tasks()
 
@@ -200,12 +201,15 @@ def test_mypy_checks_pushes_against_the_function(tmp_path: Path) -> None:
             """
         )
     )
+    installed = tmp_path / "site"  # the client as installed: a folder named hopper_client
+    installed.mkdir()
+    (installed / "hopper_client").symlink_to(Path(hopper_client.__file__).parent)
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env={"MYPYPATH": str(SAMPLE.parent.parent), "PATH": ""},
+        env={"MYPYPATH": str(installed), "PATH": ""},
         timeout=300,
     )
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]

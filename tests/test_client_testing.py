@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client import Client
+from hopper_client import Client
 from tests.conftest import BrokerProcess, clean_env
 
 SAMPLE = Path(__file__).parent / "sample_app"
@@ -30,7 +30,7 @@ def test_a_producer_process_pushes_and_a_worker_process_runs_with_the_defaults(
 ) -> None:
     broker: BrokerProcess = broker_process()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "client", "shop.tasks:jobs"],
+        [sys.executable, "-m", "hopper_client", "shop.tasks:jobs"],
         cwd=SAMPLE,
         env=clean_env(HOPPER_URL=broker.url),
         stdout=subprocess.PIPE,

@@ -13,8 +13,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from client import Tasks, current_job
-from client.testing import WorkerRun
+from hopper_client import Tasks, current_job
+from hopper_client.testing import WorkerRun
 from tests.conftest import BrokerProcess, clean_env
 
 _EXPORTER = InMemorySpanExporter()
@@ -51,7 +51,7 @@ def test_the_worker_continues_the_producers_trace(
         if email.startswith("ada"):
             audit.push(email)
 
-    caplog.set_level(logging.INFO, logger="client.worker")
+    caplog.set_level(logging.INFO, logger="hopper_client.worker")
     with WorkerRun(jobs, broker.url) as run:
         with trace.get_tracer("shop").start_as_current_span("POST /signup") as request:
             jid = send_welcome.push("ada@example.com")
@@ -106,7 +106,7 @@ def test_a_retried_job_logs_its_attempt(
         if current_job().failure is None:
             raise RuntimeError("first time")
 
-    caplog.set_level(logging.INFO, logger="client.worker")
+    caplog.set_level(logging.INFO, logger="hopper_client.worker")
     with WorkerRun(jobs, broker.url) as run:
         jid = flaky.push()
         assert [state.state for state in run.wait(failed_ok=True)] == ["retrying"]
@@ -119,8 +119,8 @@ def test_a_retried_job_logs_its_attempt(
 NO_OTEL = """
 import sys
 sys.modules["opentelemetry"] = None  # as if it were not installed
-from client import Tasks, current_job
-from client.tracing import inject
+from hopper_client import Tasks, current_job
+from hopper_client.tracing import inject
 
 assert inject(None) is None and inject({"a": 1}) == {"a": 1}
 jobs = Tasks(eager=True)

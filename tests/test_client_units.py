@@ -6,11 +6,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from broker.jobs import parse_time
-from client import ConnectionLost, ServerError, make_job, new_jid
-from client.backoff import MAX_DELAY, Backoff
-from client.batches import batch_spec
-from client.commands import (
+from hopper_client import ConnectionLost, ServerError, make_job, new_jid
+from hopper_client.backoff import MAX_DELAY, Backoff
+from hopper_client.batches import batch_spec
+from hopper_client.commands import (
     batch_commit,
     batch_new,
     batch_open,
@@ -20,11 +19,12 @@ from client.commands import (
     mutate,
     push,
 )
-from client.execution import describe
-from client.jobs import format_at, in_batch
-from client.pipeline import PUSHB_JOBS, SEND_LINES, UNREAD_JOBS, Lines
-from client.url import DEFAULT_URL, Endpoint, env_url, parse_url
-from client.wire import ReplyReader
+from hopper_client.execution import describe
+from hopper_client.jobs import format_at, in_batch
+from hopper_client.pipeline import PUSHB_JOBS, SEND_LINES, UNREAD_JOBS, Lines
+from hopper_client.schema.jobs import parse_time
+from hopper_client.url import DEFAULT_URL, Endpoint, env_url, parse_url
+from hopper_client.wire import ReplyReader
 
 
 @pytest.mark.parametrize(

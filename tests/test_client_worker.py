@@ -11,10 +11,10 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store import keys
-from broker.store.keys import QueueKeys
-from client import AsyncClient, Client, Job, Worker, current_job
+from hopper_broker.app import App
+from hopper_broker.store import keys
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, Client, Job, Worker, current_job
 from tests.conftest import eventually, live_jobs
 
 DEFAULT = QueueKeys("default")
@@ -220,7 +220,7 @@ async def test_asyncio_job_functions_run_on_an_asyncio_loop(
 async def test_each_job_is_logged_with_its_fields(
     broker: App, producer: AsyncClient, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="client.worker")
+    caplog.set_level(logging.INFO, logger="hopper_client.worker")
     worker = make_worker(broker)
     worker.register("ok", lambda: None)
     worker.register("bad", lambda: 1 / 0)

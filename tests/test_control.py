@@ -13,7 +13,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from broker.app import App
+from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, job
 

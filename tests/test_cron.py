@@ -16,12 +16,12 @@ import pytest
 import redis
 import trio
 
-from broker.__main__ import load_config, parser
-from broker.app import App
-from broker.cron import CronEntry, CronJob, Schedule, compile_entry
-from broker.crontab import LATE
-from broker.jobs import parse_time
-from broker.store.keys import CRON, QueueKeys
+from hopper_broker.__main__ import load_config, parser
+from hopper_broker.app import App
+from hopper_broker.cron import CronEntry, CronJob, Schedule, compile_entry
+from hopper_broker.crontab import LATE
+from hopper_broker.store.keys import CRON, QueueKeys
+from hopper_client.schema.jobs import parse_time
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire
 

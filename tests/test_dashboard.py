@@ -8,9 +8,9 @@ import httpx
 import pytest
 import redis
 
-from broker.app import App
-from broker.config import Config
-from broker.web import set_actions
+from hopper_broker.app import App
+from hopper_broker.config import Config
+from hopper_broker.web import set_actions
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, job
 
@@ -37,7 +37,7 @@ def test_settings_refuse_an_open_dashboard_without_a_password() -> None:
 
 
 def test_cli_refuses_an_open_dashboard(capsys: pytest.CaptureFixture[str]) -> None:
-    from broker.__main__ import main
+    from hopper_broker.__main__ import main
 
     with pytest.raises(SystemExit) as exited:
         main(["run", "--dashboard-bind", "0.0.0.0:0"])

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from broker.app import App
-from broker.jobs import format_time
+from hopper_broker.app import App
+from hopper_client.schema.jobs import format_time
 from tests.conftest import StartBroker
 from tests.wire import SyncWire, Wire, job
 

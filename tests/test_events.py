@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from broker.app import App
-from broker.events import Filter, Subscription
+from hopper_broker.app import App
+from hopper_broker.events import Filter, Subscription
 from tests.conftest import StartBroker
 from tests.wire import Wire, WireError, job
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from broker.app import App
-from broker.jobs import parse_time
+from hopper_broker.app import App
+from hopper_client.schema.jobs import parse_time
 from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 import trio
 
-from broker.__main__ import load_config, parser
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import AsyncClient
+from hopper_broker.__main__ import load_config, parser
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
 
@@ -274,7 +274,7 @@ async def test_check_finds_and_mends_broken_lane_bookkeeping(
     rdb.hset(k.meta, "laned", 9)
     rdb.zadd(k.lanes, {"g:nobody": 99})
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--repair", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", redis_url],
         capture_output=True,
         text=True,
         check=False,

@@ -22,14 +22,14 @@ import pytest
 import redis
 import trio
 
-from broker.app import relay
-from broker.doorbell import Doorbell
-from broker.store import keys
-from broker.store.connection import Address
-from broker.store.keys import QueueKeys
 from chaos.figures import record
 from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
+from hopper_broker.app import relay
+from hopper_broker.doorbell import Doorbell
+from hopper_broker.store import keys
+from hopper_broker.store.connection import Address
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess, check_store, live_jobs
 from tests.wire import WireError
 

@@ -22,10 +22,18 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from broker import retry
-from broker.config import DEAD_TTL
-from broker.errors import CommandError, ProtocolError
-from broker.jobs import (
+from chaos.figures import record
+from chaos.load import Conn, wait_for
+from chaos.marks import CHAOS
+from hopper_broker import retry
+from hopper_broker.config import DEAD_TTL
+from hopper_broker.errors import ProtocolError
+from hopper_broker.mutate import matches
+from hopper_broker.protocol import Command, LineReader
+from hopper_broker.session import Session
+from hopper_broker.store.keys import QueueKeys
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import (
     FailPayload,
     MutateFilter,
     ack_decoder,
@@ -42,13 +50,6 @@ from broker.jobs import (
     parse_time,
     validate_new,
 )
-from broker.mutate import matches
-from broker.protocol import Command, LineReader
-from broker.session import Session
-from broker.store.keys import QueueKeys
-from chaos.figures import record
-from chaos.load import Conn, wait_for
-from chaos.marks import CHAOS
 from tests.conftest import BrokerProcess, check_store
 from tests.wire import Wire, WireError, job
 

@@ -7,7 +7,7 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from broker.glob import Glob
+from hopper_broker.glob import Glob
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ import pytest
 import redis
 import trio
 
-from broker.__main__ import load_config, parser
-from broker.app import App
-from broker.config import DEFAULT_RETENTION, Retention
-from broker.store.audit import Auditor
-from broker.store.history_audit import HistoryAuditor
-from client import AsyncClient, Client
+from hopper_broker.__main__ import load_config, parser
+from hopper_broker.app import App
+from hopper_broker.config import DEFAULT_RETENTION, Retention
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.history_audit import HistoryAuditor
+from hopper_client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
 

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import trio
 
-from broker.app import App
-from client import AsyncClient, JobEvent, JobFailed
-from client.http import HttpConfig, HttpWorker, load, plan
-from client.http.config import Callback, ConfigError, Route
-from client.http.deliver import retry_after
+from hopper_broker.app import App
+from hopper_client import AsyncClient, JobEvent, JobFailed
+from hopper_client.http import HttpConfig, HttpWorker, load, plan
+from hopper_client.http.config import Callback, ConfigError, Route
+from hopper_client.http.deliver import retry_after
 from tests.conftest import StartBroker, eventually
 
 WAIT = 10.0  # seconds: the bound of every wait here
@@ -383,7 +383,7 @@ async def test_a_route_takes_no_more_requests_than_its_own_concurrency(
 def test_the_command_refuses_a_bad_file_with_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from client.http.cli import main
+    from hopper_client.http.cli import main
 
     assert main([str(tmp_path / "missing.toml")]) == 2
     file = tmp_path / "http.toml"
@@ -395,7 +395,7 @@ def test_the_command_refuses_a_bad_file_with_exit_code_2(
 async def test_the_command_exits_1_when_refused_and_2_when_it_cannot_listen(
     start_broker: StartBroker, tmp_path: Path
 ) -> None:
-    from client.http.cli import main
+    from hopper_client.http.cli import main
 
     guarded = await start_broker(password="right")
     taken = trio.socket.socket()

@@ -10,10 +10,10 @@ from typing import Any
 import redis
 import trio
 
-from broker import workers
-from broker.app import App
-from broker.store.audit import Auditor
-from broker.store.keys import QueueKeys
+from hopper_broker import workers
+from hopper_broker.app import App
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 

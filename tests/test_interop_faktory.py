@@ -10,7 +10,7 @@ from pathlib import Path
 import faktory
 import redis
 
-from broker.store.keys import QueueKeys
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess
 from tests.wire import SyncWire
 

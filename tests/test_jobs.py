@@ -3,8 +3,8 @@
 import msgspec
 import pytest
 
-from broker.errors import CommandError
-from broker.jobs import (
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import (
     Job,
     check_queue_name,
     decode_pushed,

@@ -12,9 +12,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.keys import JIDS, QueueKeys
 from chaos.marks import CHAOS
+from hopper_broker.app import App
+from hopper_broker.store.keys import JIDS, QueueKeys
 from tests.conftest import check_store
 from tests.test_fairness import fetch_jids, grouped
 from tests.wire import Wire, WireError, job
@@ -93,7 +93,7 @@ async def test_check_repair_leaves_a_job_in_its_jobtype_lane(
     assert rdb.zrange(k.lane("t:Slow"), 0, -1) == ["slow-00001", "slow-00002"]
     rdb.hdel(JIDS, "slow-00001")  # a reason for the check to look at the job closely
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "check", "--repair", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", redis_url],
         capture_output=True,
         text=True,
         check=False,

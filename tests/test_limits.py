@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 import pytest
 import trio
 
-from broker.app import App
 from chaos.figures import record
 from chaos.load import wait_for
 from chaos.marks import CHAOS
+from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, eventually, free_port
 from tests.wire import Wire, WireError, job
 
@@ -248,7 +248,7 @@ class LimitedBroker:
     def __init__(self, redis_url: str, *args: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOPPER_", "FAKTORY_"))}
-        command = [sys.executable, "-m", "broker", "run", "--processes", "1", "--bind"]
+        command = [sys.executable, "-m", "hopper_broker", "run", "--processes", "1", "--bind"]
         self.process = subprocess.Popen(
             [*command, f"127.0.0.1:{self.port}", "--redis-url", redis_url, *args],
             env=env,

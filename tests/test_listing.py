@@ -7,9 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from broker.app import App
-from broker.listing import Listing
-from broker.pages import MAX_LIMIT, SCAN_WINDOW, ListQuery, Page
+from hopper_broker.app import App
+from hopper_broker.listing import Listing
+from hopper_client.schema.pages import MAX_LIMIT, SCAN_WINDOW, ListQuery, Page
 from tests.wire import Wire, WireError, job
 
 QUEUES = ("alpha", "beta", "gamma")

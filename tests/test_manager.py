@@ -8,15 +8,16 @@ import pytest
 import redis
 import trio
 
-from broker.config import Config, Settings
-from broker.errors import CommandError, Discard, Halt
-from broker.jobs import FailPayload, Job, MutateFilter, Mutation, job_decoder
-from broker.manager import Manager
-from broker.middleware import Chains, Context, Next
-from broker.store import keys
-from broker.store.connection import Address, Pipeline
-from broker.store.keys import QueueKeys
-from broker.store.redis import Store
+from hopper_broker.config import Config, Settings
+from hopper_broker.errors import Discard, Halt
+from hopper_broker.manager import Manager
+from hopper_broker.middleware import Chains, Context, Next
+from hopper_broker.store import keys
+from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import FailPayload, Job, MutateFilter, Mutation, job_decoder
 
 NOW = 1_764_000_000.0
 K = QueueKeys("default")

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker.app import App
+from hopper_broker.app import App
 from tests.conftest import StartBroker
 from tests.wire import Wire, job
 

@@ -22,7 +22,7 @@ from tests.wire import Wire, WireError, job
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"broker\.app\[(\d+)\]: Hopper listening")
+LISTENING = re.compile(r"hopper_broker\.app\[(\d+)\]: Hopper listening")
 SUPERVISING = re.compile(r"(\d+) broker processes on 127\.0\.0\.1:(\d+)")
 JOBS = 300
 DROPPED = (EOFError, OSError, trio.BrokenResourceError)  # the connection's broker was killed
@@ -35,7 +35,7 @@ class Supervised:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.log = tmp_path / "hopper.log"
-        command = [sys.executable, "-m", "broker", "run", "--processes", "2", "--bind"]
+        command = [sys.executable, "-m", "hopper_broker", "run", "--processes", "2", "--bind"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [*command, "127.0.0.1:0", "--dashboard-bind", "off", *QUICK, *args],
@@ -215,7 +215,7 @@ async def test_children_stop_when_the_supervisor_is_killed(supervised: Any, redi
 
 def test_a_first_start_that_fails_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "broker", "run", "--processes", "2", "--bind", "127.0.0.1:0",
+        [sys.executable, "-m", "hopper_broker", "run", "--processes", "2", "--bind", "127.0.0.1:0",
          "--redis-url", "redis://127.0.0.1:1", "--redis-start-timeout", "0.5",
          "--dashboard-bind", "off", "--log-level", "ERROR"],
         cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=30,
@@ -227,7 +227,7 @@ def test_a_first_start_that_fails_is_one_line(tmp_path: Path) -> None:
 
 async def test_reuse_port_lets_two_brokers_share_a_port(tmp_path: Path, redis_url: str) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "broker", "run", "--processes", "1", "--reuse-port"]
+    command = [sys.executable, "-m", "hopper_broker", "run", "--processes", "1", "--reuse-port"]
     command += ["--bind", f"127.0.0.1:{port}", "--redis-url", redis_url, "--dashboard-bind", "off"]
     logs = [tmp_path / f"broker{n}.log" for n in range(2)]
     brokers = []

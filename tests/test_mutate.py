@@ -1,7 +1,7 @@
 """MUTATE filters (the moves themselves are in test_manager.py; globs in test_glob.py)."""
 
-from broker.jobs import MutateFilter
-from broker.mutate import matches
+from hopper_broker.mutate import matches
+from hopper_client.schema.jobs import MutateFilter
 
 
 def test_matches_jobtype_and_glob() -> None:

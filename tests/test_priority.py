@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from broker.app import App
-from client import AsyncClient
+from hopper_broker.app import App
+from hopper_client import AsyncClient
 from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 

@@ -11,9 +11,9 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from client import AsyncClient
-from client.supervisor import Supervisor
+from hopper_broker.app import App
+from hopper_client import AsyncClient
+from hopper_client.supervisor import Supervisor
 from tests.conftest import eventually
 from tests.supervised import ROOT, Supervisors, alive, url, workers
 

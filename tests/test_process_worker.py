@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from broker.app import App
-from broker.store import keys
-from client import AsyncClient
+from hopper_broker.app import App
+from hopper_broker.store import keys
+from hopper_client import AsyncClient
 from tests.conftest import StartBroker, eventually, live_jids
 from tests.supervised import Supervised, Supervisors, alive, stored, url, workers
 

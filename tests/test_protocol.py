@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker import protocol
-from broker.errors import ProtocolError
-from broker.protocol import Command, LineReader
+from hopper_broker import protocol
+from hopper_broker.errors import ProtocolError
+from hopper_broker.protocol import Command, LineReader
 
 STREAM = b'HELLO {"v":2}\r\nPUSH {"jid":"a b"}\nFETCH q1 q2\r\nEND\r\n'
 EXPECTED = [

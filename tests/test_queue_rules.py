@@ -15,10 +15,10 @@ import redis
 import trio
 import trio.testing
 
-from broker.__main__ import load_config, parser
-from broker.app import App
-from broker.store.keys import QueueKeys
-from client import AsyncClient, Draining, NotUnique, QueueFull
+from hopper_broker.__main__ import load_config, parser
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_client import AsyncClient, Draining, NotUnique, QueueFull
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, WireError, job
 

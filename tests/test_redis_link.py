@@ -12,8 +12,8 @@ import pytest
 import redis
 import trio
 
-from broker.store.connection import KEEPALIVE_IDLE, Address, Pipeline
-from broker.store.keys import PUSHED_CHANNEL
+from hopper_broker.store.connection import KEEPALIVE_IDLE, Address, Pipeline
+from hopper_broker.store.keys import PUSHED_CHANNEL
 from tests.conftest import StartBroker, eventually
 from tests.proxy import BlackholeProxy
 from tests.wire import Wire, WireError, job

@@ -13,10 +13,10 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.config import RESTART_ONLY
-from broker.store.keys import QueueKeys
 from chaos.load import wait_for
+from hopper_broker.app import App
+from hopper_broker.config import RESTART_ONLY
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess, StartBroker, eventually
 from tests.wire import SyncWire, Wire, WireError, job
 

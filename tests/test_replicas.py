@@ -11,7 +11,7 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
+from hopper_broker.app import App
 from tests.conftest import eventually, free_port, test_config
 from tests.wire import Wire, WireError, job
 

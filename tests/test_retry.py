@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from broker import retry
-from broker.jobs import FailPayload, Job, parse_time
+from hopper_broker import retry
+from hopper_client.schema.jobs import FailPayload, Job, parse_time
 
 NOW = 1_764_000_000.0
 TTL = 180 * 86400.0

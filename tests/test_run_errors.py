@@ -6,8 +6,8 @@ from pathlib import Path
 
 import msgspec
 
-from broker.config import Config
-from broker.options import FILE_ONLY, HELP
+from hopper_broker.config import Config
+from hopper_broker.options import FILE_ONLY, HELP
 from tests.admin_cli import hopper, one_line_error
 
 UNITS = ("seconds", "bytes", "address", "jobs", "lines", "characters", "events", "file",

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker.config import Config
-from broker.session import Session
 from chaos.load import Conn
+from hopper_broker.config import Config
+from hopper_broker.session import Session
 from tests.conftest import BrokerProcess, StartBroker, free_port
 from tests.wire import Wire, WireError, pwdhash
 
@@ -139,7 +139,7 @@ def test_refuses_an_open_bind_without_a_password(redis_url: str, host: str) -> N
         [
             sys.executable,
             "-m",
-            "broker",
+            "hopper_broker",
             "run",
             "--bind",
             f"{host}:{port}",

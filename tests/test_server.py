@@ -6,11 +6,11 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.errors import Halt
-from broker.middleware import Chains, Context, Next
-from broker.store import keys
-from broker.store.keys import QueueKeys
+from hopper_broker.app import App
+from hopper_broker.errors import Halt
+from hopper_broker.middleware import Chains, Context, Next
+from hopper_broker.store import keys
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from broker.errors import CommandError, ProtocolError
-from broker.protocol import Command
-from broker.session import Session, password_hash
+from hopper_broker.errors import ProtocolError
+from hopper_broker.protocol import Command
+from hopper_broker.session import Session
+from hopper_client.schema.auth import password_hash
+from hopper_client.schema.errors import CommandError
 from tests.wire import pwdhash
 
 

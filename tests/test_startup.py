@@ -30,7 +30,7 @@ class Hopper:
                 [
                     sys.executable,
                     "-m",
-                    "broker",
+                    "hopper_broker",
                     "run",
                     "--bind",
                     f"127.0.0.1:{free_port()}",

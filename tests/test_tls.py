@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chaos.load import Conn, Lost
-from client import Client
+from hopper_client import Client
 from tests.conftest import BrokerProcess
 
 PASSWORD = "tls-and-a-password"

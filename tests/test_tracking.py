@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 
-from broker.app import App
+from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store
 from tests.wire import SyncWire, Wire, job
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker.app import App
+from hopper_broker.app import App
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 

@@ -10,12 +10,12 @@ import pytest
 import redis
 import trio
 
-from broker.app import App
-from broker.store.audit import Auditor
-from broker.store.connection import Address, Pipeline
-from broker.store.keys import WF_DUE, QueueKeys
-from broker.store.redis import Store
-from client import AsyncClient, Client, make_job, results_of
+from hopper_broker.app import App
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.keys import WF_DUE, QueueKeys
+from hopper_broker.store.redis import Store
+from hopper_client import AsyncClient, Client, make_job, results_of
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 

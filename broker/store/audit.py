@@ -18,11 +18,10 @@ from typing import Any
 
 import msgspec
 
-from broker.jobs import job_decoder
-from broker.store import keys
-from broker.store.base import Script, text
-from broker.store.history_audit import HistoryAuditor
-from broker.store.keys import (
+from hopper_broker.store import keys
+from hopper_broker.store.base import Script, text
+from hopper_broker.store.history_audit import HistoryAuditor
+from hopper_broker.store.keys import (
     DUE,
     FINISHED_MARK,
     JIDS,
@@ -31,7 +30,8 @@ from broker.store.keys import (
     SCHEMA,
     WORKERS,
 )
-from broker.store.redis import Store
+from hopper_broker.store.redis import Store
+from hopper_client.schema.jobs import job_decoder
 
 INSPECT = Script("inspect")
 REPOINT = Script("repoint")

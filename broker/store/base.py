@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
-from broker.store.connection import Pipeline, ReplyError
+from hopper_broker.store.connection import Pipeline, ReplyError
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares
@@ -20,7 +20,7 @@ class Library:
     their own. Each call begins by clearing the helpers' per-call state (begin_call)."""
 
     def __init__(self) -> None:
-        folder = resources.files("broker.store").joinpath("scripts")
+        folder = resources.files("hopper_broker.store").joinpath("scripts")
         read = {f.name.removesuffix(".lua"): f.read_text() for f in folder.iterdir()}
         helpers = "".join(read[name] for name in LIBRARIES)
         bodies = {name: body for name, body in sorted(read.items()) if name not in LIBRARIES}

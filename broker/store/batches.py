@@ -5,9 +5,9 @@ lib_batches.lua).
 
 from typing import Any
 
-from broker.store import keys
-from broker.store.base import Redis, Script, text
-from broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY, WF_DUE
+from hopper_broker.store import keys
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY, WF_DUE
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")

@@ -29,9 +29,10 @@ import outcome
 import trio
 from redis.connection import parse_url
 
-from broker.config import REDIS_TIMEOUT
-from broker.errors import BrokerError, RedisUnavailable
-from broker.sockets import RawStream
+from hopper_broker.config import REDIS_TIMEOUT
+from hopper_broker.errors import RedisUnavailable
+from hopper_broker.sockets import RawStream
+from hopper_client.schema.errors import BrokerError
 
 log = logging.getLogger(__name__)
 

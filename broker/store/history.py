@@ -4,9 +4,9 @@
 
 from collections.abc import Sequence
 
-from broker.store.base import Redis, Script, text
-from broker.store.jobs import JobStore
-from broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import JobStore
+from hopper_broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT
 
 PAGE = Script("history_page")
 PURGE = Script("history_purge")

@@ -6,10 +6,10 @@ so it is safe while brokers run; `--repair` mends each problem in that step."""
 
 from collections.abc import Callable
 
-from broker.store import keys
-from broker.store.base import Script, text
-from broker.store.keys import FINAL_STATES, HISTORY_COUNT, JIDS
-from broker.store.redis import Store
+from hopper_broker.store import keys
+from hopper_broker.store.base import Script, text
+from hopper_broker.store.keys import FINAL_STATES, HISTORY_COUNT, JIDS
+from hopper_broker.store.redis import Store
 
 HISTORY_CHECK = Script("history_check")
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import msgspec
 
-from broker.jobs import encode, job_decoder
-from broker.policy import Unique
-from broker.store import keys
-from broker.store.base import Redis, Script, text
-from broker.store.keys import (
+from hopper_broker.policy import Unique
+from hopper_broker.store import keys
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.keys import (
     AWAITED,
     CANCEL_MARK,
     CRON,
@@ -27,6 +26,7 @@ from broker.store.keys import (
     QueueKeys,
     held,
 )
+from hopper_client.schema.jobs import encode, job_decoder
 
 PUSH = Script("push")
 PUSH_GRAPH = Script("push_graph")

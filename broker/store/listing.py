@@ -6,10 +6,10 @@ from typing import Any
 
 import msgspec
 
-from broker.store import keys
-from broker.store.base import Redis, Script, text
-from broker.store.jobs import Entry, JobStore
-from broker.store.keys import CANCEL_MARK, WORKERS
+from hopper_broker.store import keys
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import Entry, JobStore
+from hopper_broker.store.keys import CANCEL_MARK, WORKERS
 
 LISTING = Script("listing")
 

@@ -22,12 +22,12 @@ from typing import Any
 import msgspec
 import trio
 
-from broker.errors import BrokerError
-from broker.jobs import encode, job_decoder
-from broker.store import keys
-from broker.store.base import Script, text
-from broker.store.keys import DUE, JIDS, MIGRATING, QUEUES, SCHEMA, SCHEMA_KEY, STATS
-from broker.store.redis import Store
+from hopper_broker.store import keys
+from hopper_broker.store.base import Script, text
+from hopper_broker.store.keys import DUE, JIDS, MIGRATING, QUEUES, SCHEMA, SCHEMA_KEY, STATS
+from hopper_broker.store.redis import Store
+from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.jobs import encode, job_decoder
 
 log = logging.getLogger(__name__)
 

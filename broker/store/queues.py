@@ -4,9 +4,9 @@ behind INFO."""
 from collections.abc import Sequence
 from typing import Any
 
-from broker.store.base import Redis, Script, text
-from broker.store.jobs import JobStore
-from broker.store.keys import DRAINING, DUE, JIDS, QUEUES, SETS, STATS
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import JobStore
+from hopper_broker.store.keys import DRAINING, DUE, JIDS, QUEUES, SETS, STATS
 
 DRAIN = Script("drain")
 FLUSH = Script("flush")

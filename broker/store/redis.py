@@ -1,17 +1,17 @@
 """The store: the only way into Redis. Job moves, queue-wide operations, jobs by jid and the
 worker registry, each in its own module, over one auto-pipelining connection."""
 
-from broker.store.base import Redis, text
-from broker.store.batches import BatchStore
-from broker.store.connection import Pipeline
-from broker.store.history import HistoryStore
-from broker.store.jobs import JobStore
-from broker.store.keys import CRON, SCHEMA_KEY
-from broker.store.listing import ListingStore
-from broker.store.queues import QueueStore
-from broker.store.sets import SetStore
-from broker.store.tracking import TrackingStore
-from broker.store.workers import WorkerStore
+from hopper_broker.store.base import Redis, text
+from hopper_broker.store.batches import BatchStore
+from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.history import HistoryStore
+from hopper_broker.store.jobs import JobStore
+from hopper_broker.store.keys import CRON, SCHEMA_KEY
+from hopper_broker.store.listing import ListingStore
+from hopper_broker.store.queues import QueueStore
+from hopper_broker.store.sets import SetStore
+from hopper_broker.store.tracking import TrackingStore
+from hopper_broker.store.workers import WorkerStore
 
 
 class Store:

@@ -7,9 +7,9 @@ them.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from broker.store.base import Redis, Script, text
-from broker.store.jobs import Entry, JobStore
-from broker.store.keys import DUE, FINISHED_MARK, JIDS, PUSHED_CHANNEL, QUEUES
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import Entry, JobStore
+from hopper_broker.store.keys import DUE, FINISHED_MARK, JIDS, PUSHED_CHANNEL, QUEUES
 
 ENQUEUE = Script("enqueue")
 REMOVE = Script("remove")

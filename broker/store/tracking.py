@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import msgspec
 
-from broker.store.base import Redis, Script, text
-from broker.store.jobs import JobStore, holder_of
-from broker.store.keys import (
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import JobStore, holder_of
+from hopper_broker.store.keys import (
     AWAITED,
     CANCEL_MARK,
     DUE,

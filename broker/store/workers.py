@@ -1,8 +1,8 @@
 """The worker registry in Redis: which worker processes are connected, and their states."""
 
-from broker.store import keys
-from broker.store.base import Redis, Script, text
-from broker.store.keys import HOLDING, WORKERS
+from hopper_broker.store import keys
+from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.keys import HOLDING, WORKERS
 
 BEAT = Script("beat")
 LOST = Script("lost")

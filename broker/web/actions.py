@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError, CommandError
-from broker.manager import Manager
-from broker.web.auth import AUTH_COOKIE, SESSION_TTL, Guard
-from broker.web.views import manager_of, page, safe_next
+from hopper_broker.manager import Manager
+from hopper_broker.web.auth import AUTH_COOKIE, SESSION_TTL, Guard
+from hopper_broker.web.views import manager_of, page, safe_next
+from hopper_client.schema.errors import BrokerError, CommandError
 
 Act = Callable[[Manager, FormData], Awaitable[str | None]]  # returns what it did, if it says
 

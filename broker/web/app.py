@@ -15,13 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from broker.config import Config, split_bind
-from broker.manager import Manager
-from broker.server import Server
-from broker.web import actions, past, set_actions, sets, views
-from broker.web.auth import Guard, GuardMiddleware
-from broker.web.figures import History
-from broker.web.metrics import Metrics
+from hopper_broker.config import Config, split_bind
+from hopper_broker.manager import Manager
+from hopper_broker.server import Server
+from hopper_broker.web import actions, past, set_actions, sets, views
+from hopper_broker.web.auth import Guard, GuardMiddleware
+from hopper_broker.web.figures import History
+from hopper_broker.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Dashboard:
         web = HypercornConfig()
         web.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         web.accesslog = None
-        web.errorlog = logging.getLogger("broker.web.hypercorn")
+        web.errorlog = logging.getLogger("hopper_broker.web.hypercorn")
         web.errorlog.setLevel(logging.WARNING)  # its "Running on": said below, once
         try:
             async with trio.open_nursery() as nursery:

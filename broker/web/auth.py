@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp
 
-from broker.config import Config
+from hopper_broker.config import Config
 
 SID_COOKIE = "hopper_sid"
 AUTH_COOKIE = "hopper_auth"

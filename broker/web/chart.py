@@ -1,7 +1,7 @@
 """The overview's chart of jobs processed and failed per interval, drawn as inline SVG on the
 server (no script, no assets from elsewhere)."""
 
-from broker.web.figures import HISTORY_INTERVAL, HISTORY_SAMPLES, Sample
+from hopper_broker.web.figures import HISTORY_INTERVAL, HISTORY_SAMPLES, Sample
 
 WIDTH, HEIGHT = 600, 160  # the SVG's coordinate space (it scales to the page's width)
 

@@ -6,8 +6,8 @@ from collections import deque
 import msgspec
 import trio
 
-from broker.errors import BrokerError
-from broker.manager import Manager
+from hopper_broker.manager import Manager
+from hopper_client.schema.errors import BrokerError
 
 HISTORY_INTERVAL = 5.0  # seconds between samples of the processed and failed totals
 HISTORY_SAMPLES = 120  # samples kept: ten minutes at HISTORY_INTERVAL

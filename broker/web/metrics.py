@@ -17,11 +17,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from broker.commands import RUNS, TABLE
-from broker.errors import BrokerError
-from broker.manager import Fetched, Manager
-from broker.stats import Stats
-from broker.web.figures import Figures, read_figures
+from hopper_broker.commands import RUNS, TABLE
+from hopper_broker.manager import Fetched, Manager
+from hopper_broker.stats import Stats
+from hopper_broker.web.figures import Figures, read_figures
+from hopper_client.schema.errors import BrokerError
 
 # Seconds: a FETCH that waits for a job takes up to fetch_timeout (2 s), the rest far less.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)

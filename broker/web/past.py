@@ -5,10 +5,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError, CommandError
-from broker.history import HistoryQuery
-from broker.store.keys import FINAL_STATES
-from broker.web.views import manager_of, page, redis_down
+from hopper_broker.history import HistoryQuery
+from hopper_broker.store.keys import FINAL_STATES
+from hopper_broker.web.views import manager_of, page, redis_down
+from hopper_client.schema.errors import BrokerError, CommandError
 
 PAGE = 50  # entries a history page shows
 

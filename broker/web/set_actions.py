@@ -9,12 +9,12 @@ import msgspec
 from starlette.datastructures import FormData
 from starlette.routing import Route
 
-from broker.errors import CommandError
-from broker.jobs import MutateFilter, Mutation
-from broker.manager import Manager
-from broker.pages import MAX_LIMIT
-from broker.web.actions import Act, action
-from broker.web.sets import ACTIONS, FILTERS, SETS, query_of
+from hopper_broker.manager import Manager
+from hopper_broker.web.actions import Act, action
+from hopper_broker.web.sets import ACTIONS, FILTERS, SETS, query_of
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import MutateFilter, Mutation
+from hopper_client.schema.pages import MAX_LIMIT
 
 MAX_SELECTED = 500  # jids one request acts on at most (a page shows far fewer)
 MAX_PAGES = 1000  # listing pages one "all matching" request walks: a million entries

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from broker.errors import BrokerError, CommandError
-from broker.jobs import Job, format_time, job_decoder
-from broker.pages import Listed, ListQuery
-from broker.web.views import manager_of, page, redis_down
+from hopper_broker.web.views import manager_of, page, redis_down
+from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_client.schema.jobs import Job, format_time, job_decoder
+from hopper_client.schema.pages import Listed, ListQuery
 
 PAGE = 50  # entries a page shows
 ARGS_SHOWN = 60  # characters of a job's args shown in the table

@@ -12,13 +12,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from broker.errors import BrokerError
-from broker.history import HistoryQuery
-from broker.jobs import encode, parse_time
-from broker.manager import Manager
-from broker.web.auth import AUTH_COOKIE
-from broker.web.chart import Chart
-from broker.web.figures import read_figures
+from hopper_broker.history import HistoryQuery
+from hopper_broker.manager import Manager
+from hopper_broker.web.auth import AUTH_COOKIE
+from hopper_broker.web.chart import Chart
+from hopper_broker.web.figures import read_figures
+from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.jobs import encode, parse_time
 
 # The navigation: (path, title); a feature that adds a page adds its entry here.
 NAV = (

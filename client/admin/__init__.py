@@ -2,8 +2,8 @@
 drain, jobs, job, retry, kill, delete), over the protocol with the bundled Client; see
 docs/operations.md, and cli.py for the exit statuses."""
 
-from client.admin import actions, jobs, overview, queues, workers
-from client.admin.cli import Subcommands, common_options, run
+from hopper_client.admin import actions, jobs, overview, queues, workers
+from hopper_client.admin.cli import Subcommands, common_options, run
 
 MODULES = (overview, workers, queues, jobs, actions)
 COMMANDS = frozenset(name for module in MODULES for name in module.NAMES)

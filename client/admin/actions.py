@@ -5,11 +5,11 @@ moves a job only while it is still in the set."""
 import argparse
 from collections import defaultdict
 
-from client.admin.cli import NOT_FOUND, OK, Subcommands, UsageError, fail
-from client.admin.jobs import add_filters, walk
-from client.admin.output import emit_json
-from client.client import Client
-from client.commands import MutateCommand, MutateTarget
+from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, UsageError, fail
+from hopper_client.admin.jobs import add_filters, walk
+from hopper_client.admin.output import emit_json
+from hopper_client.client import Client
+from hopper_client.commands import MutateCommand, MutateTarget
 
 NAMES = ("retry", "kill", "delete")
 SETS: dict[str, MutateTarget] = {"retrying": "retries", "scheduled": "scheduled", "dead": "dead"}

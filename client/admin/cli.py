@@ -11,9 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from client.client import Client
-from client.errors import AuthenticationError, ConnectionLost, ServerError
-from client.url import Endpoint, parse_url
+from hopper_client.client import Client
+from hopper_client.errors import AuthenticationError, ConnectionLost, ServerError
+from hopper_client.url import Endpoint, parse_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE = 0, 1, 2, 3
 TIMEOUT = 10.0  # seconds to wait for a reply (--timeout)

@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 
-from client.admin.cli import NOT_FOUND, OK, Subcommands, fail
-from client.admin.output import emit_json, stamp, table, when
-from client.client import Client
-from client.operations import JobPage, ListedJob
+from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, fail
+from hopper_client.admin.output import emit_json, stamp, table, when
+from hopper_client.client import Client
+from hopper_client.operations import JobPage, ListedJob
 
 NAMES = ("jobs", "job")
 TARGETS = ("retries", "scheduled", "dead", "working")

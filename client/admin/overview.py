@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from client.admin.cli import OK, Subcommands
-from client.admin.output import duration, emit_json, table
-from client.client import Client
+from hopper_client.admin.cli import OK, Subcommands
+from hopper_client.admin.output import duration, emit_json, table
+from hopper_client.client import Client
 
 NAMES = ("info", "queues")
 SETS = ("working", "scheduled", "retries", "dead")

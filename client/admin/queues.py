@@ -2,9 +2,9 @@
 
 import argparse
 
-from client.admin.cli import NOT_FOUND, OK, Subcommands, fail, seconds
-from client.admin.output import emit_json
-from client.client import Client
+from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, fail, seconds
+from hopper_client.admin.output import emit_json
+from hopper_client.client import Client
 
 NAMES = ("pause", "resume", "drain")
 

@@ -4,10 +4,10 @@ quiet|terminate` (ask workers to stop fetching, or to stop)."""
 import argparse
 from typing import Any
 
-from client.admin.cli import NOT_FOUND, OK, Subcommands, UsageError, fail
-from client.admin.output import emit_json, stamp, table
-from client.client import Client
-from client.errors import ServerError
+from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, UsageError, fail
+from hopper_client.admin.output import emit_json, stamp, table
+from hopper_client.client import Client
+from hopper_client.errors import ServerError
 
 NAMES = ("workers", "quiet", "terminate")
 SIGNALS = {  # state -> (help, what the worker is asked)

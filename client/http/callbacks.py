@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import h11
 import trio
 
-log = logging.getLogger("client.http")
+log = logging.getLogger("hopper_client.http")
 
 MAX_BODY = 1 << 20  # bytes of a callback's body at most
 READ_TIMEOUT = 10.0  # seconds a client may take to send one request

@@ -9,12 +9,12 @@ import argparse
 import logging
 import sys
 
-from client.errors import ClientError
-from client.http.config import ConfigError, load
-from client.http.worker import HttpWorker
-from client.url import parse_urls
+from hopper_client.errors import ClientError
+from hopper_client.http.config import ConfigError, load
+from hopper_client.http.worker import HttpWorker
+from hopper_client.url import parse_urls
 
-log = logging.getLogger("client.http")
+log = logging.getLogger("hopper_client.http")
 
 
 def parser() -> argparse.ArgumentParser:

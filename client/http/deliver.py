@@ -20,15 +20,15 @@ import httpx
 import msgspec
 import trio
 
-from broker.jobs import Job
-from client.aio import AsyncClient
-from client.control import MAX_SNOOZE, Fatal, Snooze
-from client.errors import ClientError
-from client.execution import current_job
-from client.http.callbacks import Callbacks, Outcome
-from client.http.config import Plan, Target
+from hopper_client.aio import AsyncClient
+from hopper_client.control import MAX_SNOOZE, Fatal, Snooze
+from hopper_client.errors import ClientError
+from hopper_client.execution import current_job
+from hopper_client.http.callbacks import Callbacks, Outcome
+from hopper_client.http.config import Plan, Target
+from hopper_client.schema.jobs import Job
 
-log = logging.getLogger("client.http")
+log = logging.getLogger("hopper_client.http")
 
 MAX_BODY = 1 << 20  # bytes of an answer read at most
 MAX_RESULT = 64 * 1024  # bytes of a JSON answer kept as the result (the broker's default cap)

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import trio
 
-from client.aio import AsyncClient
-from client.execution import ANY_JOBTYPE
-from client.http.callbacks import Callbacks
-from client.http.config import Plan
-from client.http.deliver import Delivery
-from client.worker import Worker
+from hopper_client.aio import AsyncClient
+from hopper_client.execution import ANY_JOBTYPE
+from hopper_client.http.callbacks import Callbacks
+from hopper_client.http.config import Plan
+from hopper_client.http.deliver import Delivery
+from hopper_client.worker import Worker
 
 
 class HttpWorker:

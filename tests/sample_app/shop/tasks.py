@@ -1,6 +1,6 @@
 """shop.tasks: the shop's background jobs, imported by the web app and by the worker."""
 
-from client import Tasks, current_job
+from hopper_client import Tasks, current_job
 
 jobs = Tasks()
 SENT: list[str] = []  # the welcome mails sent by this process (a real shop calls a mailer)

@@ -3,8 +3,8 @@
 import pytest
 from shop.tasks import SENT, send_welcome, sign_up
 
-from client import Tasks
-from client.testing import WorkerRun
+from hopper_client import Tasks
+from hopper_client.testing import WorkerRun
 
 
 def test_signup_sends_welcome_inline(hopper_eager: Tasks) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from broker.errors import CommandError
+from hopper_client.schema.errors import CommandError
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ when the walk passed it, or not at all.
 
 import msgspec
 
-from broker.errors import CommandError
-from broker.jobs import Job, check_queue_name, job_decoder
+from hopper_client.schema.errors import CommandError
+from hopper_client.schema.jobs import Job, check_queue_name, job_decoder
 
 TARGETS = ("retries", "scheduled", "dead", "working")
 DESCENDING = frozenset({"dead"})  # newest first by default; the others soonest first

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench.probe import record
-from client import Client, Worker, make_job
-from client.pipeline import Pipeline
+from hopper_client import Client, Worker, make_job
+from hopper_client.pipeline import Pipeline
 
 sync_worker = Worker()
 async_worker = Worker()
