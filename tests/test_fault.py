@@ -53,7 +53,7 @@ def left_in_redis(db: redis.Redis, queue: str = QUEUE) -> dict[str, int]:
 
 
 def requeue_retries(port: int) -> None:
-    """MUTATE the retry set back onto the queues (instead of waiting 15-45 s of backoff)."""
+    """MUTATE the retry set back onto the queues (instead of waiting for the backoff)."""
     conn = Conn(port, {})
     try:
         conn.call("MUTATE", {"cmd": "requeue", "target": "retries"})
@@ -293,7 +293,7 @@ def test_worker_sigkills_under_load(
     kills: int,
 ) -> None:
     """Worker processes killed one after another while jobs flow; retries come back on their
-    own (backoff 15-45 s), nothing is requeued by hand."""
+    own (after the chaos jobs' backoff, chaos/load.py), nothing is requeued by hand."""
     broker = broker_process(*FAST_ARGS, "--reaper-interval", "0.2")
     ledger = Ledger()
     producer = Producer(broker.port, ledger, QUEUE, "wk", reserve_for=2)
