@@ -103,6 +103,13 @@ class Bench:
                         *(s, 1, size.enqueue_jobs * BATCH_JOBS_FACTOR, size.enqueue_seconds),
                         "pipeline",
                     )
+                if s.threaded:
+                    self.attempt(
+                        Result("enqueue", s.name, workloads.THREADED),
+                        workloads.enqueue,
+                        *(s, 1, size.enqueue_jobs, size.enqueue_seconds),
+                        workloads.THREADED,
+                    )
         if "end_to_end" in self.workloads:
             for s in self.systems:
                 for mode in s.modes:
@@ -111,6 +118,14 @@ class Bench:
                             Result("end_to_end", s.name, mode.name, c),
                             workloads.end_to_end,
                             *(s, mode, c, size.end_to_end_jobs, size.timeout),
+                        )
+                if s.threaded:
+                    for c in size.concurrencies:
+                        self.attempt(
+                            Result("end_to_end", s.name, workloads.fed_by(s.fast), c),
+                            workloads.end_to_end,
+                            *(s, s.mode(s.fast), c, size.end_to_end_jobs, size.timeout),
+                            workloads.THREADS,
                         )
         if "latency" in self.workloads:
             for s in self.systems:

@@ -1,9 +1,11 @@
 """One producer process: push no-op jobs through a system's documented API, print the timing.
 
-`python -m bench.produce SYSTEM --jobs N [--batch B] [--rate R] [--max-seconds S] [--warmup]`
-prints one JSON line: {"pushed": n, "first": t, "last": t} (time.time() before the first push
-and after the last). `--rate` paces single pushes (open loop: a late push does not move the
-schedule); `--warmup` pushes one job the harness waits for, to know the worker is up.
+`python -m bench.produce SYSTEM --jobs N [--batch B] [--rate R] [--max-seconds S] [--threads T]
+[--warmup]` prints one JSON line: {"pushed": n, "first": t, "last": t} (time.time() before the
+first push and after the last). `--rate` paces single pushes (open loop: a late push does not
+move the schedule); `--threads T` shares the jobs among T threads pushing through one pusher,
+each waiting for its own replies (a web app's request threads); `--warmup` pushes one job the
+harness waits for, to know the worker is up.
 """
 
 import argparse
@@ -12,7 +14,8 @@ import importlib
 import inspect
 import json
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from bench.probe import WARMUP
@@ -38,6 +41,7 @@ class Plan:
     rate: float = 0.0  # jobs/s; 0: as fast as possible
     max_seconds: float = 60.0
     pipeline: bool = False  # single pushes through the pusher's pipeline() (Hopper)
+    threads: int = 1  # threads sharing one (sync) pusher, each with its share of the jobs
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,22 @@ def produce(system: str, plan: Plan, warmup: bool) -> Timing:
         with pusher.pipeline() as piped:
             timing = drive(piped, plan)
         return Timing(timing.pushed, timing.first, time.time())  # all confirmed by now
+    if plan.threads > 1:
+        return drive_threads(pusher, plan)
     return drive(pusher, plan)
+
+
+def drive_threads(pusher: Pusher, plan: Plan) -> Timing:
+    """`plan.threads` threads share the jobs (and the rate), all through one pusher."""
+    shares = [
+        plan.jobs // plan.threads + (n < plan.jobs % plan.threads) for n in range(plan.threads)
+    ]
+    rate = plan.rate / plan.threads
+    with ThreadPoolExecutor(plan.threads) as pool:
+        runs = [pool.submit(drive, pusher, replace(plan, jobs=s, rate=rate)) for s in shares]
+        timings = [run.result() for run in runs]
+    first, last = min(t.first for t in timings), max(t.last for t in timings)
+    return Timing(sum(t.pushed for t in timings), first, last)
 
 
 def main() -> None:
@@ -114,8 +133,9 @@ def main() -> None:
     cli.add_argument("--max-seconds", type=float, default=60.0)
     cli.add_argument("--warmup", action="store_true")
     cli.add_argument("--pipeline", action="store_true", help="push through pusher.pipeline()")
+    cli.add_argument("--threads", type=int, default=1, help="threads sharing one pusher")
     args = cli.parse_args()
-    plan = Plan(args.jobs, args.batch, args.rate, args.max_seconds, args.pipeline)
+    plan = Plan(args.jobs, args.batch, args.rate, args.max_seconds, args.pipeline, args.threads)
     timing = produce(args.system, plan, args.warmup)
     print(json.dumps(asdict(timing)), flush=True)
 

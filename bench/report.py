@@ -5,10 +5,14 @@ from dataclasses import dataclass
 
 from bench.results import Result
 from bench.systems import SYSTEMS, System
+from bench.workloads import THREADED, fed_by
 
 # The reference Faktory server (Go) on this machine, 10-connection raw client (issue 6).
 REFERENCE = {"PUSH": 41_000, "PUSHB": 30_000, "FETCH+ACK": 10_900, "mixed": 8_800}
 REFERENCE_CPU_US = {"mixed": 160}
+# Issue 16's bar for a client that waits for each reply, from 10 threads: BullMQ's add and its
+# Worker drain 9,000-10,000 jobs/s that way on this machine.
+THREADED_BAR = 10_000
 
 
 def select(results: Iterable[Result], workload: str, **fields: object) -> list[Result]:
@@ -315,6 +319,22 @@ def summary_line(figures: dict[str, float | None]) -> str:
     return "summary: " + " ".join(f"{k}={'NA' if v is None else v}" for k, v in figures.items())
 
 
+def threaded_table(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
+    """Hopper's bundled client used one reply at a time from THREADS threads, beside the bar."""
+    rows = []
+    for s in (s for s in SYSTEMS if s.threaded):
+        pushed = one(results, "enqueue", system=s.name, mode=THREADED)
+        if pushed:
+            rows.append([f"{name(s)}: Client.push from {THREADED}", "", jobs_cell(pushed)])
+        for c in concurrencies:
+            drained = one(results, "end_to_end", system=s.name, mode=fed_by(s.fast), concurrency=c)
+            if drained:
+                worker = f"{name(s)}: Worker ({s.fast}) fed by Client.push from {THREADED}"
+                rows.append([worker, str(c), jobs_cell(drained)])
+    rows = [[*row, f"{THREADED_BAR:,}"] for row in rows]
+    return table(["shape", "worker c", "jobs/s", "bar (BullMQ here)"], rows)
+
+
 def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
     """Every table, with its heading, as Markdown."""
     sections = [
@@ -327,5 +347,6 @@ def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
         ("3. Push → start latency, single pushes at 1,000 jobs/s", latency_table(results)),
         ("4-6. Hopper at scale", scale_table(results)),
         ("Raw protocol, against the reference Faktory server", raw_table(results)),
+        ("One reply at a time, from 10 threads", threaded_table(results, concurrencies)),
     ]
     return "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)

@@ -51,6 +51,7 @@ class System:
     fast: str  # the mode the latency probe uses
     peer: bool = True  # False: Hopper itself, through some client
     pipeline: bool = False  # its pusher has pipeline(): single pushes without waiting
+    threaded: bool = False  # measured pushing from 10 threads that each wait (a web app's shape)
 
     @property
     def version(self) -> str:
@@ -78,7 +79,7 @@ ARQ = "{bin}/arq bench.peers.arq.WorkerSettings --custom-log-dict bench.peers.ar
 SYSTEMS = (
     System(
         "hopper",
-        "hopper",
+        "hopper-broker",
         "bench.bundled_client",
         "hopper",
         batch=True,
@@ -91,6 +92,7 @@ SYSTEMS = (
         ),
         fast="async",
         pipeline=True,
+        threaded=True,
         peer=False,
     ),
     System(

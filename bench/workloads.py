@@ -26,6 +26,8 @@ from bench.servers import (
 from bench.systems import LATENCY_CONCURRENCY, Mode, System
 
 BATCH = 100  # jobs per batch call
+THREADS = 10  # producer threads in the "10 threads" shape, each waiting for its replies
+THREADED = f"{THREADS} threads"
 WORKER_STOP = 1.0  # seconds from SIGTERM to SIGKILL for a worker (its server goes next)
 
 
@@ -67,11 +69,13 @@ def produce(system: System, where: Stage, *args: str, timeout: float) -> Timing:
 
 def enqueue(system: System, batch: int, jobs: int, max_seconds: float, mode: str = "") -> Result:
     """Workload 1: one producer pushes as fast as it can, no worker running. Mode "pipeline":
-    single pushes through the client's pipeline (each confirmed before the last timestamp)."""
+    single pushes through the client's pipeline (each confirmed before the last timestamp);
+    mode THREADED: single pushes from THREADS threads sharing one client."""
     result = Result("enqueue", system.name, mode, batch=batch)
     with stage(system) as where:
         args = ["--jobs", str(jobs), "--batch", str(batch), "--max-seconds", str(max_seconds)]
         args += ["--pipeline"] if mode == "pipeline" else []
+        args += ["--threads", str(THREADS)] if mode == THREADED else []
         timing = produce(system, where, *args, timeout=max_seconds + 30)
     result.jobs, result.seconds = timing.pushed, round(timing.last - timing.first, 3)
     result.jobs_per_s = rate(timing.pushed, result.seconds)
@@ -115,19 +119,29 @@ def drain(
     return timing, done, records
 
 
-def end_to_end(system: System, mode: Mode, concurrency: int, jobs: int, timeout: float) -> Result:
-    """Workload 2: `jobs` pushed (in batches where the system has them) while one worker
-    process drains them; from the first push to the last job started."""
+def end_to_end(
+    system: System, mode: Mode, concurrency: int, jobs: int, timeout: float, threads: int = 1
+) -> Result:
+    """Workload 2: `jobs` pushed (in batches where the system has them, or singly from
+    `threads` threads) while one worker process drains them; from the first push to the last
+    job started."""
     jobs = max(100, int(jobs * mode.jobs_scale))
-    batch = BATCH if system.batch else 1
-    result = Result("end_to_end", system.name, mode.name, concurrency, batch)
+    batch = BATCH if system.batch and threads == 1 else 1
+    name = mode.name if threads == 1 else fed_by(mode.name)
+    result = Result("end_to_end", system.name, name, concurrency, batch)
     args = ["--jobs", str(jobs), "--batch", str(batch), "--max-seconds", str(timeout)]
+    args += ["--threads", str(threads)]
     timing, done, records = drain(system, mode, concurrency, args, timeout)
     result.jobs = len(records)
     result.seconds = round(max(r.started for r in records) - timing.first, 3)
     result.jobs_per_s = rate(result.jobs, result.seconds)
     result.status = "ok" if done and timing.pushed == jobs else "timeout"
     return result
+
+
+def fed_by(mode: str) -> str:
+    """The end-to-end row of a worker mode fed by single pushes from THREADS threads."""
+    return f"{mode}, fed by {THREADED}"
 
 
 def latency(system: System, jobs_per_s: float, seconds: float, timeout: float) -> Result:
