@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import outcome
 import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
@@ -162,16 +161,21 @@ class ClusterPipeline:
         if len(groups) == 1:
             ((name, indexes),) = groups.items()
             return {name: await self._send(name, [commands[i] for i in indexes], seen)}
-        results: dict[str, outcome.Outcome[list[Any]]] = {}
+        results: dict[str, list[Any]] = {}
+        failed: list[RedisUnavailable] = []
 
         async def one(name: str, indexes: list[int]) -> None:
-            sent = [commands[i] for i in indexes]
-            results[name] = await outcome.acapture(self._send, name, sent, seen)
+            try:
+                results[name] = await self._send(name, [commands[i] for i in indexes], seen)
+            except RedisUnavailable as exc:
+                failed.append(exc)
 
         async with trio.open_nursery() as nursery:
             for name, indexes in groups.items():
                 nursery.start_soon(one, name, indexes)
-        return {name: found.unwrap() for name, found in results.items()}
+        if failed:
+            raise failed[0]
+        return results
 
     async def _send(self, name: str, commands: list[tuple[Any, ...]], seen: int) -> list[Any]:
         """Commands back to back to one node; a dropped connection reloads the map soon."""

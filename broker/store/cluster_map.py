@@ -25,10 +25,11 @@ class ClusterAddress:
         self.tls = scheme.startswith("rediss")
         userinfo, at, location = rest.rpartition("@")
         hosts, slash, path = location.partition("/")
-        self.display = f"{scheme}://{':***@' if at else ''}{hosts}{slash}{path}"
+        user, colon, password = userinfo.partition(":")
+        login = f"{user}:***@" if colon else "***@" if at else ""
+        self.display = f"{scheme}://{login}{hosts}{slash}{path}"
         if at and ":" not in userinfo:
             raise ValueError(f"{self.display}: credentials go as user:password@ or :password@")
-        user, _, password = userinfo.partition(":")
         self.username = unquote(user) or None
         self.password = unquote(password) or None
         if path or any(mark in hosts for mark in "?#"):
