@@ -81,6 +81,22 @@ class ClusterRig:
             check=True, capture_output=True, timeout=WAIT,
         )  # fmt: skip
         self.wait_ok()
+        wait_for(self.replicated, "every master replicated")
+
+    def replicated(self) -> bool:
+        """Whether every master has a replica it knows of, and every replica is in sync."""
+        for port in self.live():
+            info = self.client(port).info("replication")
+            if info["role"] == "master" and not self.replicas(port):
+                return False
+            if info["role"] == "slave" and info["master_link_status"] != "up":
+                return False
+        return True
+
+    def replicas(self, port: int) -> list[int]:
+        """The ports of a master's replicas, as the master knows them."""
+        found = self.client(port).execute_command("CLUSTER", "REPLICAS", self.node_id(port))
+        return [int(line.decode().split()[1].split("@")[0].rsplit(":", 1)[1]) for line in found]
 
     def _launch(self, port: int) -> None:
         folder = self.directory / str(port)
@@ -146,8 +162,7 @@ class ClusterRig:
 
     def kill(self, port: int) -> int:
         """SIGKILL a master; returns the port of its replica (promoted later: `promoted`)."""
-        replicas = self.client(port).execute_command("CLUSTER", "REPLICAS", self.node_id(port))
-        replica = int(replicas[0].decode().split()[1].split("@")[0].rsplit(":", 1)[1])
+        (replica, *_) = self.replicas(port)
         self.processes[port].send_signal(signal.SIGKILL)
         self.processes[port].wait(WAIT)
         self._clients.pop(port).close()
@@ -162,11 +177,9 @@ class ClusterRig:
         master that took its slots; waits until it replicates."""
         self._launch(port)
 
-        def replicating() -> bool:
-            info = self.client(port).info("replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
-
-        wait_for(replicating, f"node {port} replicating")
+        wait_for(lambda: self.client(port).info("replication")["role"] == "slave",
+                 f"node {port} a replica")  # fmt: skip
+        wait_for(self.replicated, "every master replicated")
         self.wait_ok()
 
     def move_slot(self, slot: int, target: int, *, keys: int | None = None) -> None:

@@ -116,8 +116,6 @@ class ClusterPipeline:
         for index, slot in enumerate(slots):
             for name in self.map.masters if slot == ALL else (self._owner(slot),):
                 groups.setdefault(name, []).append(index)
-            if slot == ALL and self._commands.name(commands[index]) == "function|load":
-                self._remember(tuple(commands[index][2:]))
         answers = await self._gather(groups, commands, seen)
         replies: list[Any] = [_UNSET] * len(commands)
         sources = [""] * len(commands)
@@ -134,8 +132,10 @@ class ClusterPipeline:
         """The command's slot, ANY or ALL; RoutingError when it cannot be routed."""
         name = self._commands.name(command)
         if name in BROADCAST:
+            if name == "function|load":
+                self._remember(tuple(command[2:]))
             return ALL
-        keys = self._commands.keys(command)
+        keys = self._commands.keys(name, command)
         if keys is None:  # keys only Redis can find
             found = await (await self._pipeline(self._owner(ANY))).execute(
                 "COMMAND", "GETKEYS", *command

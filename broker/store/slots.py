@@ -2,6 +2,7 @@
 key, or of its hash tag, mod 16384) and the keys of a command, read from Redis's own command
 table (`COMMAND`), so every command is routed by the same rule Redis applies to it."""
 
+import binascii
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,9 +10,7 @@ from hopper_client.schema.errors import BrokerError
 
 SLOTS = 16384
 # Commands whose keys follow a key count at argument 2 (the scripts and functions).
-NUMKEYS_AT_2 = frozenset(
-    {"fcall", "fcall_ro", "eval", "evalsha", "eval_ro", "evalsha_ro"}
-)  # fmt: skip
+NUMKEYS_AT_2 = frozenset({"fcall", "fcall_ro", "eval", "evalsha", "eval_ro", "evalsha_ro"})
 # Commands that only make sense on one connection (a transaction, a subscription, a database
 # or a redirection of its own): a cluster connection refuses them.
 UNROUTED = frozenset(
@@ -19,27 +18,6 @@ UNROUTED = frozenset(
      "readwrite", "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
      "sunsubscribe", "monitor", "sync", "psync", "reset", "quit"}
 )  # fmt: skip
-
-
-def _table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
-        table.append(crc & 0xFFFF)
-    return table
-
-
-CRC16_TABLE = _table()
-
-
-def crc16(data: bytes) -> int:
-    """CRC16/XMODEM (polynomial 0x1021, initial 0), the checksum of Redis Cluster's slots."""
-    crc = 0
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ CRC16_TABLE[(crc >> 8) ^ byte]
-    return crc
 
 
 def encoded(value: Any) -> bytes:
@@ -58,7 +36,7 @@ def key_slot(key: Any) -> int:
         end = data.find(b"}", start + 1)
         if end > start + 1:
             data = data[start + 1 : end]
-    return crc16(data) % SLOTS
+    return binascii.crc_hqx(data, 0) % SLOTS  # CRC16/XMODEM: polynomial 0x1021, initial 0
 
 
 class RoutingError(BrokerError):
@@ -68,6 +46,8 @@ class RoutingError(BrokerError):
 
 def one_slot(name: str, keys: Sequence[Any]) -> int | None:
     """The one slot of `keys` (None: no key); RoutingError naming them if they differ."""
+    if len(keys) == 1:
+        return key_slot(keys[0])
     slots = [key_slot(key) for key in keys]
     if len(set(slots)) > 1:
         named = ", ".join(f"{encoded(k).decode(errors='replace')!r} (slot {s})"
@@ -94,29 +74,35 @@ class CommandKeys:
 
     def __init__(self, reply: list[Any]) -> None:
         self.specs: dict[str, KeySpec] = {}
+        self._containers: set[str] = set()  # commands with subcommands
+        self._names: dict[Any, str] = {}  # a first argument as given -> its known name
         self._add(reply)
 
     def _add(self, entries: list[Any]) -> None:
         for entry in entries:
             name, _, flags, first, last, step = entry[:6]
-            movable = b"movablekeys" in flags
-            self.specs[name.decode().lower()] = KeySpec(first, last, step, movable)
+            name = name.decode().lower()
+            self.specs[name] = KeySpec(first, last, step, b"movablekeys" in flags)
             if len(entry) > 9 and entry[9]:
+                self._containers.add(name)
                 self._add(entry[9])  # subcommands, named "container|sub"
 
     def name(self, command: Sequence[Any]) -> str:
         """The command's name as the table knows it (with its subcommand, if it has some)."""
-        verb = encoded(command[0]).decode(errors="replace").lower()
-        if len(command) > 1:
+        verb = self._names.get(command[0])
+        if verb is None:
+            verb = encoded(command[0]).decode(errors="replace").lower()
+            if verb in self.specs:
+                self._names[command[0]] = verb  # as many entries as spellings of known names
+        if verb in self._containers and len(command) > 1:
             sub = f"{verb}|{encoded(command[1]).decode(errors='replace').lower()}"
             if sub in self.specs:
                 return sub
         return verb
 
-    def keys(self, command: Sequence[Any]) -> Sequence[Any] | None:
-        """The command's keys; None when only Redis can tell (COMMAND GETKEYS); RoutingError for
-        the commands of one connection (UNROUTED)."""
-        name = self.name(command)
+    def keys(self, name: str, command: Sequence[Any]) -> Sequence[Any] | None:
+        """The keys of a command named `name` (by `name()`); None when only Redis can tell
+        (COMMAND GETKEYS); RoutingError for the commands of one connection (UNROUTED)."""
         verb = name.split("|", 1)[0]
         if verb in UNROUTED:
             raise RoutingError(f"{verb.upper()} cannot be sent over a Redis Cluster connection")
