@@ -81,6 +81,7 @@ async def test_keys_go_to_their_owner(redis_cluster: ClusterRig, cluster: Cluste
     stored = {p: {k.decode() for k in redis_cluster.client(p).keys("*")} for p in masters}
     assert stored == {p: {k for k in keys if owners[key_slot(k)] == p} for p in masters}
     assert all(redis_cluster.client(p).dbsize() == len(stored[p]) > 0 for p in masters)
+    assert all(redis_cluster.client(owners[key_slot(k)]).exists(k) for k in keys)
     seconds, _ = await cluster.execute("TIME")  # no key: any master answers
     assert int(seconds) > 0
 
