@@ -30,6 +30,7 @@ from hopper_broker.app import App
 from hopper_broker.config import Config
 from hopper_broker.middleware import Chains
 from hopper_broker.store.keys import QueueKeys
+from tests.cluster_rig import ClusterRig, running
 
 collect_ignore = ["sample_app"]  # an application's own test suite, run by test_client_testing.py
 
@@ -64,6 +65,15 @@ def redis_server() -> Iterator[str]:
         process.terminate()
         process.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterRig]:
+    """A real Redis Cluster (3 masters, a replica each) for the session: tests/cluster_rig.py."""
+    if not shutil.which("redis-cli"):
+        pytest.skip("redis-cli is not installed (it makes the cluster)")
+    with running(tmp_path_factory.mktemp("cluster")) as rig:
+        yield rig
 
 
 @pytest.fixture

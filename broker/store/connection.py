@@ -84,6 +84,19 @@ class Address:
             return await self._open()
         raise OSError(self.silent(timeout))
 
+    async def ask(self, *command: Any, timeout: float = REDIS_TIMEOUT) -> Any:
+        """One command on a connection of its own, closed after the reply (an error reply is
+        returned as ReplyError); raises OSError (silence included) or ReplyError (login)."""
+        with trio.move_on_after(timeout):
+            stream = await self._open()
+            try:
+                await stream.send_all(hiredis.pack_command(command))
+                reply = await _read_reply(stream, hiredis.Reader())
+            finally:
+                await stream.aclose()
+            return ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
+        raise OSError(self.silent(timeout))
+
     def silent(self, timeout: float) -> str:
         """The reason given when Redis does not answer in time."""
         return f"no reply from {self.display} within {timeout:g}s"
