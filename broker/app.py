@@ -17,7 +17,8 @@ from hopper_broker.reapers import run_reapers
 from hopper_broker.redis_server import EmbeddedRedis
 from hopper_broker.server import Server
 from hopper_broker.stats import Stats
-from hopper_broker.store.connection import CONNECTION_ERRORS, Address, Pipeline, Subscriber
+from hopper_broker.store.address import Address
+from hopper_broker.store.connection import CONNECTION_ERRORS, Pipeline, Subscriber
 from hopper_broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from hopper_broker.store.migrate import migrate
 from hopper_broker.store.redis import Store

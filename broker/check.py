@@ -14,8 +14,9 @@ import trio
 from hopper_broker.config import Config
 from hopper_broker.errors import StartError
 from hopper_broker.redis_server import EmbeddedRedis, answers_ping
+from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor, Report
-from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.redis import Store
 
 

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Callable
 import msgspec
 import trio
 
-from hopper_broker.store.connection import CONNECTION_ERRORS, Address, Subscriber
+from hopper_broker.store.address import Address
+from hopper_broker.store.connection import CONNECTION_ERRORS, Subscriber
 from hopper_broker.store.keys import EVENTS_CHANNEL
 from hopper_client.schema.errors import CommandError
 from hopper_client.schema.jobs import decode_input, encode

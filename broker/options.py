@@ -41,8 +41,8 @@ HELP = {
     "host share it",
     "processes": "broker processes sharing the port over one Redis; 0: one per CPU this "
     "process may use, less one for the embedded Redis (docs/processes.md)",
-    "redis_url": "external Redis, redis://host:port/db, rediss:// or unix:///path.sock (also "
-    "REDIS_URL); none: an embedded redis-server in data_dir",
+    "redis_url": "external Redis, redis://host:port/db, rediss:// (TLS; ?ssl_ca_certs=FILE) or "
+    "unix:///path.sock (also REDIS_URL); none: an embedded redis-server in data_dir",
     "data_dir": "directory of the embedded Redis (AOF, socket, log) and the broker's lock",
     "redis_server": "program run as the embedded Redis",
     "appendfsync": "embedded Redis AOF fsync policy: always, everysec or no",

@@ -13,7 +13,8 @@ import trio
 from hopper_broker.config import REDIS_START_TIMEOUT
 from hopper_broker.datadir import locked
 from hopper_broker.errors import StartError
-from hopper_broker.store.connection import CONNECTION_ERRORS, Address
+from hopper_broker.store.address import Address
+from hopper_broker.store.connection import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ async def answers_ping(url: str) -> bool:
             data = await stream.receive_some()
             if not data:
                 return False
-            reader.feed(data)
+            reader.feed(data)  # type: ignore[arg-type]  # TLS reads bytearrays: hiredis takes any buffer
         return bool(reply == b"PONG")
     except CONNECTION_ERRORS:
         return False

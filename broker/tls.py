@@ -1,6 +1,9 @@
-"""TLS for the protocol port, from a configured certificate and key."""
+"""TLS contexts: the protocol port's (a configured certificate and key) and the one a
+rediss:// Redis URL asks for."""
 
 import ssl
+from collections.abc import Mapping
+from typing import Any
 
 from hopper_broker.config import Config
 from hopper_broker.errors import StartError
@@ -20,4 +23,26 @@ def server_context(config: Config) -> ssl.SSLContext | None:
             f"cannot load tls_cert {config.tls_cert} with tls_key {config.tls_key}: "
             f"{exc.strerror or exc}"
         ) from None
+    return context
+
+
+# What a rediss:// URL's query may say (redis-py's names): ssl_ca_certs=PEM file of the CAs to
+# trust (default: the system's), ssl_cert_reqs=none to skip verification (a self-signed test
+# server), ssl_certfile + ssl_keyfile for a client certificate.
+NO_VERIFY = ("none", "cert_none", "optional")
+
+
+def redis_context(options: Mapping[str, Any]) -> ssl.SSLContext:
+    """The client context of a rediss:// URL's options (TLS 1.2+, the server verified unless
+    ssl_cert_reqs=none); StartError when its files cannot be loaded."""
+    try:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if str(options.get("ssl_cert_reqs", "")).lower() in NO_VERIFY:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if options.get("ssl_certfile"):
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    except OSError as exc:  # ssl.SSLError included
+        raise StartError(f"redis_url: cannot load its TLS files: {exc.strerror or exc}") from None
     return context

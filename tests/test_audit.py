@@ -12,8 +12,9 @@ import trio
 
 from hopper_broker.app import App
 from hopper_broker.store import keys
+from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor, Report
-from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.keys import DUE, QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client.schema.jobs import Job, encode

@@ -13,9 +13,9 @@ import pytest
 import trio
 
 from hopper_broker.errors import RedisUnavailable
+from hopper_broker.store.address import ReplyError
 from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.cluster_map import ClusterAddress, node_name
-from hopper_broker.store.connection import ReplyError
 from hopper_broker.store.slots import RoutingError, key_slot
 from tests.cluster_rig import ClusterRig
 from tests.conftest import clean_env

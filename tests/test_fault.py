@@ -28,7 +28,7 @@ from chaos.marks import CHAOS
 from hopper_broker.app import relay
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.store import keys
-from hopper_broker.store.connection import Address
+from hopper_broker.store.address import Address
 from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess, check_store, live_jobs
 from tests.wire import WireError

@@ -13,7 +13,8 @@ from hopper_broker.errors import Discard, Halt
 from hopper_broker.manager import Manager
 from hopper_broker.middleware import Chains, Context, Next
 from hopper_broker.store import keys
-from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.address import Address
+from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import CommandError

@@ -12,7 +12,8 @@ import pytest
 import redis
 import trio
 
-from hopper_broker.store.connection import KEEPALIVE_IDLE, Address, Pipeline
+from hopper_broker.store.address import KEEPALIVE_IDLE, Address
+from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.keys import PUSHED_CHANNEL
 from tests.conftest import StartBroker, eventually
 from tests.proxy import BlackholeProxy

@@ -11,8 +11,9 @@ import redis
 import trio
 
 from hopper_broker.app import App
+from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor
-from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.keys import WF_DUE, QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client import AsyncClient, Client, make_job, results_of

@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
-from hopper_broker.store.connection import Pipeline, ReplyError
+from hopper_broker.store.address import ReplyError
+from hopper_broker.store.connection import Pipeline
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares

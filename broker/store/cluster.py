@@ -24,8 +24,9 @@ import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
+from hopper_broker.store.address import ReplyError
 from hopper_broker.store.cluster_map import ClusterAddress, SlotMap, parse_node_name
-from hopper_broker.store.connection import RECONNECT_DELAYS, Pipeline, ReplyError
+from hopper_broker.store.connection import RECONNECT_DELAYS, Pipeline
 from hopper_broker.store.slots import SLOTS, CommandKeys, one_slot
 
 log = logging.getLogger(__name__)

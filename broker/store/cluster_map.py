@@ -7,7 +7,7 @@ from urllib.parse import quote, unquote
 import msgspec
 
 from hopper_broker.config import CLUSTER_SCHEMES
-from hopper_broker.store.connection import Address
+from hopper_broker.store.address import Address
 from hopper_broker.store.slots import SLOTS
 
 MAX_PORT = 65535

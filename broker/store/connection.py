@@ -18,33 +18,22 @@ found within twice the timeout, before a command needs it.
 
 import contextlib
 import logging
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import outcome
 import trio
-from redis.connection import parse_url
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
-from hopper_broker.sockets import RawStream
-from hopper_client.schema.errors import BrokerError
+from hopper_broker.store.address import READ_SIZE, Address, ReplyError, read_reply
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
 MAX_IN_FLIGHT = 10_000  # commands written but not answered; callers past it wait their turn
 RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # seconds; the last repeats
-# TCP keepalive, the kernel's own check beneath the timeout: it keeps the NAT and firewall
-# entries of a quiet path alive, and resets a connection whose peer stopped answering probes
-# (here after 30 + 3 x 10 s) whether or not this process is looking. Linux defaults: 2 hours.
-KEEPALIVE_IDLE = 30  # seconds of silence before the first probe
-KEEPALIVE_INTERVAL = 10  # seconds between probes
-KEEPALIVE_PROBES = 3  # unanswered probes before the kernel resets the connection
 PING = hiredis.pack_command(("PING",))
 # What a Redis connection raises when it breaks (or Redis closes it, or sends garbage).
 CONNECTION_ERRORS = (
@@ -53,103 +42,6 @@ CONNECTION_ERRORS = (
     trio.ClosedResourceError,
     hiredis.ProtocolError,
 )
-
-
-class ReplyError(BrokerError):
-    """Redis answered a command with an error reply."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(f"redis: {message}")
-        self.reply = message
-
-
-class Address:
-    """Where Redis is and how to log in, parsed from a redis:// or unix:// URL."""
-
-    def __init__(self, url: str) -> None:
-        options = parse_url(url)  # type: ignore[no-untyped-call]
-        self.url = url
-        self.display = _redacted(url)
-        self.path: str | None = options.get("path")
-        self.host: str = options.get("host", "localhost")
-        self.port: int = int(options.get("port", 6379))
-        self.db: int = int(options.get("db", 0))
-        self.username: str | None = options.get("username")
-        self.password: str | None = options.get("password")
-
-    async def open(self, timeout: float = REDIS_TIMEOUT) -> RawStream:
-        """Open a stream to Redis and log in within `timeout` seconds; raises OSError or
-        ReplyError."""
-        with trio.move_on_after(timeout):
-            return await self._open()
-        raise OSError(self.silent(timeout))
-
-    async def ask(self, *command: Any, timeout: float = REDIS_TIMEOUT) -> Any:
-        """One command on a connection of its own, closed after the reply (an error reply is
-        returned as ReplyError); raises OSError (silence included) or ReplyError (login)."""
-        with trio.move_on_after(timeout):
-            stream = await self._open()
-            try:
-                await stream.send_all(hiredis.pack_command(command))
-                reply = await _read_reply(stream, hiredis.Reader())
-            finally:
-                await stream.aclose()
-            return ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
-        raise OSError(self.silent(timeout))
-
-    def silent(self, timeout: float) -> str:
-        """The reason given when Redis does not answer in time."""
-        return f"no reply from {self.display} within {timeout:g}s"
-
-    async def _open(self) -> RawStream:
-        if self.path:
-            stream = RawStream.from_trio(await trio.open_unix_socket(self.path))
-        else:
-            stream = RawStream.from_trio(await trio.open_tcp_stream(self.host, self.port))
-            _keep_alive(stream.socket)
-        try:
-            hello: list[tuple[Any, ...]] = []
-            if self.password:
-                auth = (self.username, self.password) if self.username else (self.password,)
-                hello.append(("AUTH", *auth))
-            if self.db:
-                hello.append(("SELECT", self.db))
-            if hello:
-                await stream.send_all(b"".join(hiredis.pack_command(c) for c in hello))
-                reader = hiredis.Reader()
-                for _ in hello:
-                    reply = await _read_reply(stream, reader)
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise ReplyError(str(reply))
-        except BaseException:
-            await stream.aclose()
-            raise
-        return stream
-
-
-def _keep_alive(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-
-
-def _redacted(url: str) -> str:
-    """The URL with any password replaced, fit for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-async def _read_reply(stream: RawStream, reader: Any) -> Any:
-    while (reply := reader.gets()) is False:
-        data = await stream.receive_some(READ_SIZE)
-        if not data:
-            raise OSError("redis closed the connection")
-        reader.feed(data)
-    return reply
 
 
 class _Waiter:
@@ -174,7 +66,7 @@ class Pipeline:
     def __init__(self, address: Address, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT):
         self.address = address
         self.timeout = timeout
-        self._stream: RawStream | None = None
+        self._stream: trio.abc.Stream | None = None
         self._out: list[bytes] = []
         self.last_error: Exception | None = None  # why the last attempt to connect failed
         self._waiters: deque[_Waiter] = deque()
@@ -295,7 +187,7 @@ class Pipeline:
                 if not data:
                     raise OSError("redis closed the connection")
                 self._heard = trio.current_time()
-                reader.feed(data)
+                reader.feed(data)  # type: ignore[arg-type]  # TLS reads bytearrays: hiredis takes any buffer
                 while (reply := reader.gets()) is not False:
                     waiter = waiters[0]
                     if isinstance(reply, hiredis.ReplyError):
@@ -370,19 +262,21 @@ class Subscriber:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _messages(self, stream: RawStream, reader: Any) -> AsyncIterator[tuple[bytes, bytes]]:
+    async def _messages(
+        self, stream: trio.abc.Stream, reader: Any
+    ) -> AsyncIterator[tuple[bytes, bytes]]:
         while True:
             with trio.move_on_after(self.timeout()) as quiet:
-                reply = await _read_reply(stream, reader)
+                reply = await read_reply(stream, reader)
             if quiet.cancelled_caught:
                 await stream.send_all(PING)
                 reply = await self._reply(stream, reader)  # the pong, or any message
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
                 yield reply[1], reply[2]
 
-    async def _reply(self, stream: RawStream, reader: Any) -> Any:
+    async def _reply(self, stream: trio.abc.Stream, reader: Any) -> Any:
         """The next reply; OSError if none comes within the timeout."""
         timeout = self.timeout()
         with trio.move_on_after(timeout):
-            return await _read_reply(stream, reader)
+            return await read_reply(stream, reader)
         raise OSError(self.address.silent(timeout))
