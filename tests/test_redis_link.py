@@ -7,6 +7,7 @@ connections and hold new ones (tests/proxy.py).
 
 import json
 import socket
+import time
 
 import pytest
 import redis
@@ -133,3 +134,25 @@ async def test_the_push_relay_resubscribes_after_a_silent_redis(
     assert json.loads(fetched[0])["jid"] == "relayed-0001"
     await pusher.aclose()
     await fetcher.aclose()
+
+
+async def test_a_busy_process_is_not_taken_for_a_silent_redis(
+    nursery: trio.Nursery, redis_url: str
+) -> None:
+    """Redis answers while this process is too busy to read (here: the event loop blocked);
+    the reply waiting in the socket is not silence, so the connection is kept."""
+    pipeline = Pipeline(Address(redis_url), lambda: 0.3)
+    await nursery.start(pipeline.run)
+    replies: list[object] = []
+
+    async def blpop() -> None:
+        replies.append(await pipeline.execute("BLPOP", "hopper-test-nothing", "0.1"))
+
+    for _ in range(5):  # the watchdog and the reader wake together, in either order
+        async with trio.open_nursery() as calls:
+            calls.start_soon(blpop)
+            await trio.sleep(0.02)  # written; Redis answers at 0.1 s, nobody reads until 0.6
+            time.sleep(0.6)  # the busy process
+    assert replies == [None] * 5
+    assert await pipeline.execute("PING") == b"PONG"
+    assert pipeline.connections == 1

@@ -134,3 +134,15 @@ async def read_reply(stream: trio.abc.Stream, reader: Any) -> Any:
             raise OSError("redis closed the connection")
         reader.feed(data)
     return reply
+
+
+def unread(stream: trio.abc.Stream) -> bool:
+    """Whether bytes from Redis wait in the socket, not yet read (a busy process, not a silent
+    Redis)."""
+    raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(raw, RawStream):
+        return False
+    try:
+        return bool(raw.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing waiting (BlockingIOError), or the connection broke
+        return False

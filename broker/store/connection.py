@@ -28,7 +28,7 @@ import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
-from hopper_broker.store.address import READ_SIZE, Address, ReplyError, read_reply
+from hopper_broker.store.address import READ_SIZE, Address, ReplyError, read_reply, unread
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,8 @@ class Pipeline:
                 await trio.sleep_until(deadline)
             elif not self._waiters:
                 self.post("PING")  # owes a reply now: the silence counts from here
+            elif self._stream is not None and unread(self._stream):
+                self._heard = trio.current_time()  # Redis spoke; this process was too busy to read
             else:
                 self._lost = self.address.silent(timeout)
                 log.warning("redis: %s", self._lost)
