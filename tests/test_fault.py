@@ -23,7 +23,7 @@ import redis
 import trio
 
 from chaos.figures import record
-from chaos.load import Conn, Ledger, Producer, Worker, read_log, wait_for
+from chaos.load import RETRY_BACKOFF, Conn, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
 from hopper_broker.app import relay
 from hopper_broker.doorbell import Doorbell
@@ -520,7 +520,8 @@ def test_several_brokers_move_each_job_once(
         ]
 
     assert json.loads(conns[0].call("PUSHB", jobs("sched", at=at))) == {}
-    assert json.loads(conns[1].call("PUSHB", jobs("busy", reserve_for=1))) == {}
+    busy_jobs = jobs("busy", reserve_for=1, custom={"backoff": RETRY_BACKOFF})  # retried soon
+    assert json.loads(conns[1].call("PUSHB", busy_jobs)) == {}
     assert json.loads(conns[2].call("PUSHB", jobs("dead", retry=-1))) == {}
     for n in range(count):
         assert json.loads(conns[n % brokers].call("FETCH", "busy"))["jid"] == f"busy-{n:06d}"
