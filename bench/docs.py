@@ -188,7 +188,7 @@ are the firm figures, times are ranges of alternating runs (main, then the chang
   → 19: the ACK of a queue without progress, lanes' leases, batches or dependants reads none
   of those four hashes (one `EXISTS` over them instead of four reads), and a job archived alone
   is written with `HSETNX` (its earlier entry is read only when there is one).
-  `tests/test_hotpath.py` holds the plain path to these numbers.
+  `tests/test_hotpath.py` holds the plain path to them (without a wid: 6, 6 and 18).
 - **Redis µs per script call** (10,000 calls of each, pipelined 250 at a time into a fresh
   redis-server; the fastest and the first-quartile batch of three alternating runs): ACK
   48-62 / 66-71 before, 35-53 / 46-57 after; PUSH 18-24 and FETCH 20-31 on both. The cost
