@@ -175,6 +175,60 @@ READING = """\
   the port (the store already allows several brokers on one Redis), would close the
   single-command gap; the second needs more cores than this machine shares with its load
   generator.
+
+### The plain path, per job (issue 16)
+
+Where a plain job (PUSH, FETCH, ACK, no rules, one command per round trip) spends the server's
+CPU, and what issue 16 changed. Measured on 2026-12-01 while other people's test runs shared
+the 2 cores (load average 2.5-5), so CPU per job moved by ±20 % between identical runs: counts
+are the firm figures, times are ranges of alternating runs (main, then the change).
+
+- **Redis calls inside the scripts**: 37 → 33 per job (`INFO commandstats` over a 20,000-job
+  `bench/rawload.py` run, 5 pushers + 5 fetchers). PUSH 6, FETCH 8 (6 without a wid), ACK 23
+  → 19: the ACK of a queue without progress, lanes' leases, batches or dependants reads none
+  of those four hashes (one `EXISTS` over them instead of four reads), and a job archived alone
+  is written with `HSETNX` (its earlier entry is read only when there is one).
+  `tests/test_hotpath.py` holds the plain path to them (without a wid: 6, 6 and 18).
+- **Redis µs per script call** (10,000 calls of each, pipelined 250 at a time into a fresh
+  redis-server; the fastest and the first-quartile batch of three alternating runs): ACK
+  48-62 / 66-71 before, 35-53 / 46-57 after; PUSH 18-24 and FETCH 20-31 on both. The cost
+  beyond the commands themselves: about 1 µs per `FCALL`, 0.4 µs per `redis.call` and 0.2 µs
+  per closure a script makes (`push_queue` makes 10 per call, `fetch` 9).
+- **Broker Python**: 667 → 639-650 function calls per job (cProfile counts over the rawload
+  run, start-up included), Hopper's own 189 → 173: a lone PUSH skips the workflow graph look,
+  the keep policy is built once per settings object, a Redis call waits through one coroutine
+  without a closure, a connection looks for commands only when bytes came.
+- **Mixed rawload, CPU µs per job** (`--processes 1`, a bare redis-server, eight alternating
+  pairs, two of them before the Python steps): broker 378-493 before against 385-483 after,
+  Redis 191-276 against 184-262, jobs/s 898-1,531 against 963-1,389: the changes are
+  smaller than this box's noise. (The table above was taken when the box was quieter.)
+  PUSH alone (5 pushers) costs the broker 122-171 µs per job, FETCH+ACK (5 fetchers)
+  290-311, on both; a bare trio server answering `+OK` over the same sockets spends 18-25 µs
+  per request under the same load generator (a 30-line script, not kept).
+
+Where the rest goes (cProfile of the broker under the same load, by CPU and by wall time):
+
+- **The broker is most of it.** Per command about 210 Python function calls: ~58 Hopper's own
+  (decode, validate, one manager and one store call, the reply), ~54 trio's, ~85 built-ins.
+  Of the broker's CPU, trio's scheduler and I/O waits take 19-28 %, Hopper's own code 32-44 %,
+  built-ins 12-17 %, and the system calls (the loopback `send` of each reply, `recv`,
+  `epoll`) 8-35 % (kernel time is 18-31 % of the broker's CPU per job).
+- **Two task steps per command.** Each command wakes its connection's task twice: when the
+  request arrives and when its Redis reply does (plus the shared writer and reader tasks, a
+  fraction of a step each, since they batch every connection's calls). Serving every ready
+  connection in one wake-up (a loop over the ready sockets driving the sans-IO protocol, with
+  the Redis reader finishing the replies) would remove most of trio's share: an estimated
+  20-25 % of the broker's CPU. Not built here: it replaces the connection task and the
+  middleware's await points.
+- **Redis**: the three `PUBSUB NUMSUB` per job (events), the `ZCARD` of each ACK (the
+  finished jobs' bound), and the closures of `push_queue` and `fetch` (about 2 µs a call each,
+  if made once at library load) are the next candidates; a lone plain PUSH could claim its jid
+  with `HSETNX` (one call less).
+- **The bar** (80 µs of broker + Redis CPU per job) is not reachable by trimming: Redis alone
+  spends about 70 µs per job in the scripts in the fastest batches measured, and the broker
+  several times that.
+  Several broker processes sharing the port (`processes`, already the default with an external
+  Redis: one per CPU) raise the rate, not the cost per job.
 """
 
 

@@ -105,7 +105,8 @@ class Intake:
                 prepared.append((i, await self._prepare(job, now, callback)))
             except BrokerError as exc:
                 outcomes[i] = exc
-        graph = self._graph(jobs, prepared, outcomes)
+        # one job alone is no graph (it cannot depend on itself): the common PUSH skips the look
+        graph = self._graph(jobs, prepared, outcomes) if len(jobs) > 1 else None
         if graph is not None:
             if graph:
                 await self._store_graph(jobs, graph, now, claim, outcomes)

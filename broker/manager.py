@@ -22,7 +22,7 @@ from hopper_broker import retry
 from hopper_broker.admin import Admin
 from hopper_broker.batches import Batches
 from hopper_broker.clock import Clock
-from hopper_broker.config import Settings
+from hopper_broker.config import Config, Settings
 from hopper_broker.crontab import Crontab
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.errors import Discard
@@ -100,6 +100,7 @@ class Manager:
         self.history = History(store, settings)
         self._closed = trio.Event()
         self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
+        self._kept: tuple[Config | None, str] = (None, "")  # kept(), for the settings it read
 
     # -- push ---------------------------------------------------------------------------------
 
@@ -277,8 +278,10 @@ class Manager:
         finished jobs each queue keeps (0 when finished_ttl is 0), and whether the history
         archives them ('a': with their args, 'n': without)."""
         config = self.settings()
-        most = config.finished_max if config.finished_ttl > 0 else 0
-        return f"{most} {config.history_mode}"
+        if config is not self._kept[0]:  # read again only after a reload
+            most = config.finished_max if config.finished_ttl > 0 else 0
+            self._kept = (config, f"{most} {config.history_mode}")
+        return self._kept[1]
 
     async def _run_ack_chain(self, queue: str, jid: str, now: float, wid: str) -> None:
         payload = await self.store.jobs.payload(queue, jid)

@@ -54,6 +54,8 @@ class LineReader:
         found = []
         while (command := self.next_command()) is not None:
             found.append(command)
+            if not self._buffer:  # the common case, one whole command: no second look
+                break
         return found
 
     def _too_long(self) -> ProtocolError:

@@ -194,7 +194,7 @@ class Server:
         replies: list[bytes] = []
         batch: list[Command] = []
         while True:
-            if not batch:
+            if not batch and reader.pending:  # nothing received since the last look: skip it
                 batch = reader.commands()
                 self.stats.commands += len(batch)
             if batch:

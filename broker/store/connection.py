@@ -54,6 +54,11 @@ class _Waiter:
         self.count = count
         self.replies: list[Any] = []
 
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """The caller was cancelled: its replies will still come, and are dropped."""
+        self.task = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
 
 class Pipeline:
     """One auto-pipelining Redis connection shared by every concurrent caller.
@@ -79,7 +84,7 @@ class Pipeline:
 
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; raises ReplyError or RedisUnavailable."""
-        return (await self.execute_many([args]))[0]
+        return (await self._call([hiredis.pack_command(args)]))[0]
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands back to back and return their replies in order.
@@ -87,18 +92,17 @@ class Pipeline:
         Error replies come back as ReplyError values, not raised, so the caller sees each
         command's outcome.
         """
+        return await self._call([hiredis.pack_command(c) for c in commands])
+
+    async def _call(self, packed: list[bytes]) -> list[Any]:
+        """Send packed commands and wait for their replies."""
         while len(self._waiters) >= MAX_IN_FLIGHT:
             await self._room_lot.park()
         if self._stream is None:
             raise RedisUnavailable(f"not connected to {self.address.display}")
-        waiter = _Waiter(trio.lowlevel.current_task(), len(commands))
-        self._send([hiredis.pack_command(c) for c in commands], waiter)
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            waiter.task = None  # the replies will still come; they are dropped
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        replies: list[Any] = await trio.lowlevel.wait_task_rescheduled(abort)
+        waiter = _Waiter(trio.lowlevel.current_task(), len(packed))
+        self._send(packed, waiter)
+        replies: list[Any] = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         return replies
 
     def post(self, *args: Any) -> None:

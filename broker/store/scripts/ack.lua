@@ -18,7 +18,13 @@ local jids, results = {}, {}
 for i = 1, count do jids[i] = ARGV[7 + i] end
 for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
-local progress = redis.call('HMGET', KEYS[8], unpack(jids))
+-- The queue's hashes that name jobs for a feature (progress, lanes' leases, batches,
+-- workflows' dependants): a queue with none of them (plain jobs) skips their reads, one EXISTS
+-- instead of four.
+local base = string.sub(KEYS[12], 1, -5)
+local noted = redis.call('EXISTS', KEYS[8], base .. 'leases', base .. 'batched',
+  base .. 'dependants') > 0
+local progress = noted and redis.call('HMGET', KEYS[8], unpack(jids)) or {}
 local done, notes, seen, kept, extras = {}, {}, {}, {}, {}
 for i, jid in ipairs(jids) do
   if reserved[i] and not seen[jid] then
@@ -46,7 +52,7 @@ if listening() then
 end
 redis.call('ZREM', KEYS[2], unpack(done))
 redis.call('HDEL', KEYS[10], unpack(done))
-unlease(KEYS[12], done)
+if noted then unlease(KEYS[12], done) end
 if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (others' stay, stale)
   local held = {}
   for i, jid in ipairs(done) do held[i] = queue .. ':' .. jid end
@@ -55,7 +61,7 @@ end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4], 'done', extras)
-batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3])
+if noted then batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3]) end
 announce(KEYS[9], ARGV[5], done)
 redis.call('HINCRBY', KEYS[4], 'processed', #done)
 redis.call('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)

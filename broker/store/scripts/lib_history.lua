@@ -97,24 +97,17 @@ end
 -- for one already gone: not archived), `extras` raw JSON members (',"k":v') per jid or nil.
 -- `mode`: '' archives nothing, 'a' the whole payload, 'n' the payload without its args.
 -- Each job gets its own score (at in whole µs, + i µs) so that a page's cursor is exact and an
--- entry's time, as HISTORY writes it (µs), finds the entry again as a bound.
+-- entry's time, as HISTORY writes it (µs), finds the entry again as a bound. A jid archived
+-- before in this queue has its earlier entry unindexed; one job alone (the common ACK) is
+-- written with HSETNX, which reads the earlier entry only when there is one.
 local function archive(jobs, index, queue, mode, state, at, jids, payloads, extras)
   if mode == '' or #jids == 0 then return end
   local h = history_keys(jobs, index)
-  local old = redis.call('HMGET', h.history, unpack(jids))
-  local again, again_entries = {}, {}
-  for i, jid in ipairs(jids) do
-    if old[i] and payloads[i] then  -- replaced below (one without a payload keeps its entry)
-      again[#again + 1] = jid
-      again_entries[#again_entries + 1] = old[i]
-    end
-  end
-  if #again > 0 then unindex(h, again, again_entries) end
   local entries, scored, types, first = {}, {}, {}, nil
   local micros = math.floor(tonumber(at) * 1e6 + 0.5)
   for i, jid in ipairs(jids) do
     local payload = payloads[i]
-    if payload then
+    if payload then  -- one without a payload keeps its earlier entry, if any
       local score = (micros + i - 1) / 1e6
       first = first or score
       local jobtype = jobtype_of(payload)
@@ -135,8 +128,22 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
     end
   end
   if #entries == 0 then return end
+  local written = #entries == 2 and redis.call('HSETNX', h.history, entries[1], entries[2]) == 1
+  if not written then
+    local archived = {}
+    for i = 1, #entries, 2 do archived[#archived + 1] = entries[i] end
+    local old = redis.call('HMGET', h.history, unpack(archived))
+    local again, again_entries = {}, {}
+    for i, jid in ipairs(archived) do
+      if old[i] then  -- replaced below
+        again[#again + 1] = jid
+        again_entries[#again_entries + 1] = old[i]
+      end
+    end
+    if #again > 0 then unindex(h, again, again_entries) end
+    redis.call('HSET', h.history, unpack(entries))
+  end
   local key = h.ended .. state
-  redis.call('HSET', h.history, unpack(entries))
   redis.call('ZADD', key, unpack(scored))
   for jobtype, typed in pairs(types) do redis.call('ZADD', key .. ':' .. jobtype, unpack(typed)) end
   redis.call('HINCRBY', h.count, state, #scored / 2)
