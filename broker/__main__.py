@@ -11,30 +11,18 @@ import argparse
 import difflib
 import logging
 import os
-import resource
 import shutil
-import signal
-import socket
 import sys
-from functools import partial
 from typing import NoReturn
 
-import msgspec
-import trio
-
 from hopper_broker import __version__
-from hopper_broker.app import App
-from hopper_broker.check import check
-from hopper_broker.config import FD_RESERVE, Config
 from hopper_broker.errors import StartError
-from hopper_broker.options import add_flags, load_config
-from hopper_broker.processes import LINK_FLAG, Ready, Supervisor, follow_supervisor
+from hopper_broker.options import LINK_FLAG, add_flags, load_config
 from hopper_client import admin  # the CLI entry point is the one place broker meets client
 from hopper_client.admin.cli import Subcommands
 
 USAGE = 2  # exit status of a usage or settings error
 CHECK_SETTINGS = ("redis_url", "data_dir", "redis_server")
-log = logging.getLogger("hopper_broker")
 
 __all__ = ["load_config", "main", "parser"]
 
@@ -102,52 +90,6 @@ def _flags(top: argparse.ArgumentParser, command: str) -> list[str]:
     return []
 
 
-async def serve(args: argparse.Namespace, config: Config) -> None:
-    app = App(config)
-    link = _supervisor_link(args.supervisor_fd)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def run_app() -> None:
-                try:
-                    await app.run(task_status=Ready(link) if link else trio.TASK_STATUS_IGNORED)
-                finally:
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(run_app)
-            if link:
-                link.setblocking(False)
-                nursery.start_soon(follow_supervisor, link, app.stop)
-
-            async def watch() -> None:
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        try:
-                            kept = app.reload(load_config(args, dict(os.environ)))
-                        except (OSError, ValueError, msgspec.ValidationError) as exc:
-                            log.error("configuration not reloaded: %s", exc)
-                            continue
-                        logging.getLogger().setLevel(app.settings().log_level.upper())
-                        log.info("configuration reloaded")
-                        if kept:
-                            log.warning("%s: changed only by a restart", ", ".join(kept))
-                    else:
-                        app.stop()
-                        return
-
-            nursery.start_soon(watch)
-
-
-def _supervisor_link(fd: int | None) -> socket.socket | None:
-    """A supervised broker's end of its link to the supervisor (processes.py), if any."""
-    if fd is None:
-        return None
-    try:
-        return socket.socket(fileno=fd)
-    except OSError as exc:
-        raise StartError(f"{LINK_FLAG} {fd}: {exc.strerror or exc}") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
@@ -167,15 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         + ("[%(process)d]" if several else "")
         + ": %(message)s",
     )
-    status = 0
+    # The server's modules load here, for run and check only: the operators' commands above
+    # start without them.
+    from hopper_broker.launch import launch
+
     try:
-        if args.command == "check":
-            status = trio.run(partial(check, config, repair=args.repair, as_json=args.json))
-        elif config.process_count > 1:
-            status = trio.run(Supervisor(config, argv).run)
-        else:
-            raise_fd_limit(config.max_connections + FD_RESERVE)
-            trio.run(serve, args, config)
+        status = launch(args, argv, config)
     except* StartError as failed:
         _fail(1, str(_first(failed)))
     sys.exit(status)
@@ -192,16 +131,6 @@ def _first(group: BaseExceptionGroup) -> BaseException:
     while isinstance(found, BaseExceptionGroup):
         found = found.exceptions[0]
     return found
-
-
-def raise_fd_limit(wanted: int) -> None:
-    """Raise the soft limit on open files to `wanted`, as far as the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < wanted:
-        log.warning("the open-file limit %d is below max_connections + %d", hard, FD_RESERVE)
-        wanted = hard
-    if wanted > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import msgspec
 
 from hopper_broker.config import Config
 
+LINK_FLAG = "--supervisor-fd"  # the hidden `hopper run` flag naming a child's end of its link
+
 ENV_ALIASES = {
     "password": ("HOPPER_PASSWORD", "FAKTORY_PASSWORD"),
     "redis_url": ("HOPPER_REDIS_URL", "REDIS_URL"),

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from hopper_broker.config import Config
+from hopper_broker.options import LINK_FLAG
 from hopper_broker.redis_server import EmbeddedRedis
 from hopper_broker.sockets import reserve
 from hopper_broker.tls import server_context
@@ -35,7 +36,6 @@ STABLE_AFTER = 10.0  # seconds of service after which a dying child is restarted
 FIRST_RESTART_DELAY = 0.5  # seconds before restarting a child that did not get that far
 MAX_RESTART_DELAY = 30.0  # the delay doubles at each such failure up to this
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-LINK_FLAG = "--supervisor-fd"  # the hidden `hopper run` flag naming a child's end of its link
 
 
 class Child:
