@@ -205,6 +205,13 @@ are the firm figures, times are ranges of alternating runs (main, then the chang
   PUSH alone (5 pushers) costs the broker 122-171 µs per job, FETCH+ACK (5 fetchers)
   290-311, on both; a bare trio server answering `+OK` over the same sockets spends 18-25 µs
   per request under the same load generator (a 30-line script, not kept).
+- **Checked on a quiet box after the merge** (the same rawload, 20,000 jobs, three alternating
+  pairs): server CPU (broker + Redis) 615 / 724 / 677 µs per job before, 676 / 733 / 544
+  after; Redis calls 37.0 → 33.0 exactly. The box itself was slower that afternoon than when
+  the raw table above was taken: the code that recorded 3,653 jobs/s at 308 µs (6d3dd63) did
+  2,172-2,330 jobs/s at 467-494 µs in the same hour, and today's code 1,780-2,056 at 560-612:
+  the features since (lanes, batches, workflows, history on ACK) cost 10-25 % on this path,
+  which the trimming above only partly paid back.
 
 Where the rest goes (cProfile of the broker under the same load, by CPU and by wall time):
 
