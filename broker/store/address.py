@@ -63,6 +63,8 @@ class Address:
             try:
                 await stream.send_all(hiredis.pack_command(command))
                 reply = await read_reply(stream, hiredis.Reader())
+            except trio.BrokenResourceError as exc:
+                raise self._broken(exc) from None
             finally:
                 await stream.aclose()
             return ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply
@@ -84,7 +86,7 @@ class Address:
                 stream = trio.SSLStream(raw, self.tls, server_hostname=self.host)
         try:
             if isinstance(stream, trio.SSLStream):
-                await self._handshake(stream)
+                await stream.do_handshake()
             hello: list[tuple[Any, ...]] = []
             if self.password:
                 auth = (self.username, self.password) if self.username else (self.password,)
@@ -98,17 +100,18 @@ class Address:
                     reply = await read_reply(stream, reader)
                     if isinstance(reply, hiredis.ReplyError):
                         raise ReplyError(str(reply))
+        except trio.BrokenResourceError as exc:
+            await stream.aclose()
+            raise self._broken(exc) from None
         except BaseException:
             await stream.aclose()
             raise
         return stream
 
-    async def _handshake(self, stream: trio.SSLStream[RawStream]) -> None:
-        """TLS's handshake; its failure (an unverified certificate, ...) as one OSError."""
-        try:
-            await stream.do_handshake()
-        except trio.BrokenResourceError as exc:
-            raise OSError(f"TLS with {self.display}: {exc.__cause__ or 'closed'}") from None
+    def _broken(self, exc: trio.BrokenResourceError) -> OSError:
+        """A TLS stream's failure (an unverified certificate, a login broken off: TLS 1.3
+        checks a client certificate after the handshake) as one OSError."""
+        return OSError(f"TLS with {self.display}: {exc.__cause__ or 'closed'}")
 
 
 def _keep_alive(sock: socket.socket) -> None:
