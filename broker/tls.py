@@ -30,6 +30,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
 # trust (default: the system's), ssl_cert_reqs=none to skip verification (a self-signed test
 # server), ssl_certfile + ssl_keyfile for a client certificate.
 NO_VERIFY = ("none", "cert_none", "optional")
+TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 def redis_context(options: Mapping[str, Any]) -> ssl.SSLContext:
@@ -44,5 +45,8 @@ def redis_context(options: Mapping[str, Any]) -> ssl.SSLContext:
         if options.get("ssl_certfile"):
             context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
     except OSError as exc:  # ssl.SSLError included
-        raise StartError(f"redis_url: cannot load its TLS files: {exc.strerror or exc}") from None
+        files = ", ".join(str(options[name]) for name in TLS_FILES if options.get(name))
+        raise StartError(
+            f"redis_url: cannot load its TLS files ({files}): {exc.strerror or exc}"
+        ) from None
     return context
