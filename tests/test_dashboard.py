@@ -7,11 +7,13 @@ import socket
 import httpx
 import pytest
 import redis
+import trio
 
 from hopper_broker.app import App
 from hopper_broker.config import Config
 from hopper_broker.web import set_actions
 from tests.conftest import StartBroker, eventually
+from tests.proxy import BlackholeProxy
 from tests.wire import Wire, job
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -358,3 +360,18 @@ async def test_batches_and_limits_pages(start_broker: StartBroker) -> None:
         mail = limits.split('data-queue="mail"')[1].split("</tr>")[0]
         assert "concurrency = 3" in mail and "<code>Mail</code>" in mail and "rate = 20" in mail
     await wire.aclose()
+
+
+async def test_pages_say_when_redis_does_not_answer(nursery: trio.Nursery, redis_url: str) -> None:
+    proxy = BlackholeProxy(redis_url.removeprefix("unix://"))
+    await nursery.start(proxy.run)
+    app = await StartBroker(nursery, proxy.url)(dashboard_bind="127.0.0.1:0", redis_timeout=0.5)
+    async with client(app) as http:
+        assert (await http.get("/queues")).status_code == 200
+        proxy.blackhole()
+        for path in ("/", "/queues", "/workers", "/batches", "/limits", "/history",
+                     "/dead", "/jobs/nobody"):  # fmt: skip
+            reply = await http.get(path, timeout=10)
+            assert reply.status_code == 503 and "Redis did not answer" in reply.text, path
+        bad = await http.get("/dead", params={"cursor": "nope"})  # refused before Redis is asked
+        assert bad.status_code == 400

@@ -49,7 +49,11 @@ class Dashboard:
             Route("/metrics", self._metrics),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ]
-        self.app = Starlette(routes=routes, middleware=[Middleware(GuardMiddleware, self.guard)])
+        self.app = Starlette(
+            routes=routes,
+            middleware=[Middleware(GuardMiddleware, self.guard)],
+            exception_handlers=views.ERROR_PAGES,
+        )
         self.app.state.dashboard = self
 
     async def _metrics(self, request: Request) -> Response:

@@ -7,8 +7,7 @@ from starlette.routing import Route
 
 from hopper_broker.history import HistoryQuery
 from hopper_broker.store.keys import FINAL_STATES
-from hopper_broker.web.views import manager_of, page, redis_down
-from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_broker.web.views import manager_of, page
 
 PAGE = 50  # entries a history page shows
 
@@ -23,12 +22,7 @@ async def history(request: Request) -> Response:
         cursor=params.get("cursor") or None,
         count=PAGE,
     )
-    try:
-        found = await manager_of(request).history.query(query)
-    except CommandError as exc:
-        return page(request, "error.html", 400, message=exc.message)
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    found = await manager_of(request).history.query(query)
     later = {**{k: v for k, v in chosen.items() if v}, "cursor": found.cursor}
     return page(
         request,

@@ -11,8 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hopper_broker.web.views import manager_of, page, redis_down
-from hopper_client.schema.errors import BrokerError, CommandError
+from hopper_broker.web.views import manager_of, page
 from hopper_client.schema.jobs import Job, format_time, job_decoder
 from hopper_client.schema.pages import Listed, ListQuery
 
@@ -108,13 +107,8 @@ async def set_page(request: Request) -> Response:
     title, when, holds, actions = SETS[target]
     params = request.query_params
     manager = manager_of(request)
-    try:
-        query = query_of(target, params)
-        found = await manager.listing.page(query)
-    except CommandError as exc:
-        return page(request, "error.html", 400, message=exc.message)
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    query = query_of(target, params)
+    found = await manager.listing.page(query)
     died_before = manager.settings().dead_ttl if target == "dead" else 0.0
     chosen = chosen_filters(params)
     here = {**chosen, "cursor": query.cursor} if query.cursor else chosen

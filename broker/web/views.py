@@ -17,7 +17,7 @@ from hopper_broker.manager import Manager
 from hopper_broker.web.auth import AUTH_COOKIE
 from hopper_broker.web.chart import Chart
 from hopper_broker.web.figures import read_figures
-from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.errors import BrokerError, CommandError
 from hopper_client.schema.jobs import encode, parse_time
 
 # The navigation: (path, title); a feature that adds a page adds its entry here.
@@ -54,46 +54,44 @@ def page(request: Request, template: str, status: int = 200, **context: Any) -> 
     return response
 
 
-def redis_down(request: Request, exc: BrokerError) -> Response:
-    return page(request, "error.html", 503, message=f"Redis did not answer: {exc.message}")
+def redis_down(request: Request, exc: Exception) -> Response:
+    """The page of a request whose reads Redis did not answer (the app's BrokerError handler)."""
+    return page(request, "error.html", 503, message=f"Redis did not answer: {exc}")
+
+
+def bad_request(request: Request, exc: Exception) -> Response:
+    """The page of a request the broker refused (the app's CommandError handler)."""
+    return page(request, "error.html", 400, message=str(exc))
+
+
+# Errors of a page's reads, for every page (an action answers its own: actions.py).
+ERROR_PAGES = {CommandError: bad_request, BrokerError: redis_down}
 
 
 async def overview(request: Request) -> Response:
     dashboard = request.app.state.dashboard
-    try:
-        figures = await read_figures(dashboard.manager)
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    figures = await read_figures(dashboard.manager)
     chart = Chart(list(dashboard.history.samples))
     stats = dashboard.manager.stats
     return page(request, "overview.html", figures=figures, chart=chart, stats=stats)
 
 
 async def queues(request: Request) -> Response:
-    try:
-        figures = await read_figures(manager_of(request))
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    figures = await read_figures(manager_of(request))
     return page(request, "queues.html", figures=figures)
 
 
 async def workers(request: Request) -> Response:
     """The connected workers with the jobs each holds: the listing INFO shows (hopper.workers)."""
-    try:
-        shown = await manager_of(request).listing.workers()
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    shown = await manager_of(request).listing.workers()
     return page(request, "workers.html", workers=shown.listed, more=shown.total - len(shown.listed))
 
 
 async def job(request: Request) -> Response:
     jid = request.path_params["jid"]
     manager = manager_of(request)
-    try:
-        state, found = await manager.tracking.find(jid)
-        archived = (await manager.history.query(HistoryQuery(jid=jid))).jobs
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    state, found = await manager.tracking.find(jid)
+    archived = (await manager.history.query(HistoryQuery(jid=jid))).jobs
     status = 404 if found is None and not archived else 200
     payload = _pretty(encode(found)) if found else ""
     result = _pretty(bytes(state.result)) if state.result else ""
@@ -114,30 +112,21 @@ async def find_job(request: Request) -> Response:
 
 async def cron(request: Request) -> Response:
     manager = manager_of(request)
-    try:
-        entries = await manager.cron.listing(manager.clock())
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    entries = await manager.cron.listing(manager.clock())
     return page(request, "cron.html", entries=entries)
 
 
 async def batches(request: Request) -> Response:
     """The batches kept (BATCH STATUS of each, the newest first)."""
     manager = manager_of(request)
-    try:
-        found = await manager.batches.recent(MAX_BATCHES)
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    found = await manager.batches.recent(MAX_BATCHES)
     return page(request, "batches.html", batches=found, most=MAX_BATCHES)
 
 
 async def limits(request: Request) -> Response:
     """Each queue's settings in force: limits, bounds, pauses (what INFO's hopper.queues says)."""
     manager = manager_of(request)
-    try:
-        settings = await manager.admin.settings_in_force(manager.clock())
-    except BrokerError as exc:
-        return redis_down(request, exc)
+    settings = await manager.admin.settings_in_force(manager.clock())
     return page(request, "limits.html", settings=settings)
 
 
