@@ -7,13 +7,12 @@ import re
 import signal
 from pathlib import Path
 
-import hiredis
 import trio
 
 from hopper_broker.config import REDIS_START_TIMEOUT
 from hopper_broker.datadir import locked
 from hopper_broker.errors import StartError
-from hopper_broker.store.address import Address
+from hopper_broker.store.address import Address, ReplyError
 from hopper_broker.store.connection import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -140,22 +139,9 @@ class EmbeddedRedis:
 async def answers_ping(url: str) -> bool:
     """Whether Redis accepts commands: it answers PING with PONG, not with LOADING."""
     try:
-        stream = await Address(url).open()
-    except CONNECTION_ERRORS:
+        return bool(await Address(url).ask("PING") == b"PONG")
+    except (*CONNECTION_ERRORS, ReplyError):
         return False
-    try:
-        await stream.send_all(hiredis.pack_command(("PING",)))
-        reader = hiredis.Reader()
-        while (reply := reader.gets()) is False:
-            data = await stream.receive_some()
-            if not data:
-                return False
-            reader.feed(data)  # type: ignore[arg-type]  # TLS reads bytearrays: hiredis takes any buffer
-        return bool(reply == b"PONG")
-    except CONNECTION_ERRORS:
-        return False
-    finally:
-        await stream.aclose()
 
 
 async def _stop(process: trio.Process) -> None:

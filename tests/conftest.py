@@ -173,6 +173,34 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 20
+) -> None:
+    """Return once a broker process listens on `port` (RuntimeError with its log if it exits
+    or does not listen within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited: {log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"broker did not listen: {log.read_text()}")
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts; any still running at its end are killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
 class BrokerProcess:
     """`hopper run` as a real child process (python -m hopper_broker), restartable and killable."""
 
@@ -191,16 +219,7 @@ class BrokerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"broker did not listen: {self.log.read_text()}")
+        wait_listening(self.port, self.process, self.log)
 
     def kill(self) -> None:
         assert self.process is not None

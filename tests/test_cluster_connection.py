@@ -160,14 +160,22 @@ async def test_cross_slot_commands_are_refused_before_sending(
     assert await cluster.execute("ZUNIONSTORE", "{t}z", 1, "{t}s") == 0
 
 
+async def filled_slot(
+    rig: ClusterRig, cluster: ClusterPipeline, tag: str, count: int
+) -> tuple[list[str], int, int, int]:
+    """`count` keys written in the slot of hash tag `tag`: the keys, the slot, the port of its
+    master and of another master to move it to."""
+    keys = [f"{{{tag}}}:{n}" for n in range(count)]
+    await cluster.execute_many([("SET", key, key) for key in keys])
+    slot = key_slot(keys[0])
+    source = rig.owner(slot)
+    return keys, slot, source, next(p for p in rig.masters() if p != source)
+
+
 async def test_moved_is_followed_with_one_map_reload(
     redis_cluster: ClusterRig, cluster: ClusterPipeline
 ) -> None:
-    keys = [f"{{moved}}:{n}" for n in range(50)]
-    await cluster.execute_many([("SET", key, key) for key in keys])
-    slot = key_slot(keys[0])
-    source = redis_cluster.owner(slot)
-    target = next(p for p in redis_cluster.masters() if p != source)
+    keys, slot, source, target = await filled_slot(redis_cluster, cluster, "moved", 50)
     await trio.to_thread.run_sync(redis_cluster.move_slot, slot, target)
     before = cluster.refreshes
     assert cluster.map.owners[slot] == node_name("127.0.0.1", source)  # stale
@@ -187,11 +195,7 @@ async def test_moved_is_followed_with_one_map_reload(
 async def test_ask_is_followed_while_a_slot_moves(
     redis_cluster: ClusterRig, cluster: ClusterPipeline
 ) -> None:
-    keys = [f"{{ask}}:{n}" for n in range(20)]
-    await cluster.execute_many([("SET", key, key) for key in keys])
-    slot = key_slot(keys[0])
-    source = redis_cluster.owner(slot)
-    target = next(p for p in redis_cluster.masters() if p != source)
+    keys, slot, source, target = await filled_slot(redis_cluster, cluster, "ask", 20)
     redis_cluster.move_slot(slot, target, keys=5)  # half-way: 5 keys on the target
     try:
         moved, kept = (in_slot(redis_cluster, port, slot) for port in (target, source))

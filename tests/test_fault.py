@@ -230,16 +230,6 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(10)
 
 
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Worker processes a test starts; any still running at the end are killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            kill(process)
-
-
 def test_worker_sigkill_jobs_come_back_through_expiry(
     broker_process: Callable[..., BrokerProcess],
     redis_url: str,

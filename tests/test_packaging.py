@@ -6,18 +6,17 @@ import configparser
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BrokerProcess, clean_env, free_port
+from tests.conftest import BrokerProcess, clean_env, free_port, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -145,31 +144,8 @@ def test_the_client_works_without_the_brokers_dependencies(
     assert "client-only ok" in done.stdout
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"no broker on {port}: {log.read_text()}")
-
-
-@pytest.fixture
-def stopped() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test started, killed at its end if still running."""
-    processes: list[subprocess.Popen[bytes]] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
 def test_the_broker_wheel_runs_a_broker(
-    wheels: dict[str, Path], tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+    wheels: dict[str, Path], tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     target = unpack(wheels["broker"], tmp_path / "site")
     port, log = free_port(), tmp_path / "broker.log"
@@ -179,8 +155,8 @@ def test_the_broker_wheel_runs_a_broker(
                "--dashboard-bind", "127.0.0.1:0"]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=out, cwd=tmp_path, env=clean_env())
-    stopped.append(process)
-    wait_listening(port, process, log)
+    processes.append(process)
+    wait_listening(port, process, log, timeout=30)
     check = "import hopper_broker, hopper_client; from hopper_client import Client\n"
     check += f"c = Client('tcp://127.0.0.1:{port}'); jid = c.push('Job', [])\n"
     check += "print(c.fetch('default').jid == jid, hopper_broker.__file__, hopper_client.__file__)"
@@ -212,7 +188,7 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
 
 
 def test_the_units_command_serves_reloads_and_stops(
-    tmp_path: Path, stopped: list[subprocess.Popen[bytes]]
+    tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
     """The unit's ExecStart, Environment, ExecReload and KillSignal as systemd would use them,
     with its paths moved under a temporary prefix (and a free port instead of 7419)."""
@@ -244,8 +220,8 @@ def test_the_units_command_serves_reloads_and_stops(
             moved(service["ExecStart"]).split(), stdout=out, stderr=out,
             cwd=moved(service["WorkingDirectory"]), env=env,
         )  # fmt: skip
-    stopped.append(process)
-    wait_listening(port, process, log)
+    processes.append(process)
+    wait_listening(port, process, log, timeout=30)
     assert (tmp_path / "state" / "appendonlydir").is_dir()  # the embedded Redis's AOF, there
     process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
