@@ -31,8 +31,13 @@ typecheck: install
 	@mkdir -p .typecheck && ln -sfn ../broker .typecheck/hopper_broker && ln -sfn ../client .typecheck/hopper_client
 	$(BIN)/mypy
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; most tests wait on sockets and
+# timers, so 3 fit 2 cores), each with its own redis-server; then the tests that measure
+# rates against the wall clock (marker `timing`) run alone. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 3
 pytest: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not timing"
+	$(BIN)/pytest -q -m timing
 
 test: lint typecheck pytest
 

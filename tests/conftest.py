@@ -35,6 +35,14 @@ from tests.cluster_rig import ClusterRig, running
 collect_ignore = ["sample_app"]  # an application's own test suite, run by test_client_testing.py
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With several pytest-xdist workers (`make test`), the tests on the local Redis Cluster all
+    run in one of them, so one cluster is started, not one per worker."""
+    for item in items:
+        if "redis_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("redis_cluster"))
+
+
 def _redis_ready(path: str) -> bool:
     try:
         return bool(redis.Redis(unix_socket_path=path).ping())

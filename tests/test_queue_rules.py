@@ -190,6 +190,7 @@ async def test_two_brokers_never_reserve_more_than_the_concurrency_limit(
     assert done == 60 and max(seen) <= 3 and max(seen) == 3
 
 
+@pytest.mark.timing
 async def test_a_rate_limit_spreads_jobs_over_time(start_broker: StartBroker) -> None:
     brokers = [await start_broker(), await start_broker()]
     admin = await Wire.open(brokers[0].port, hello={})
