@@ -64,9 +64,12 @@ METHOD = """\
   1,000 entries back); 1,000 entries at once; by jid; and 20 pages followed by cursor.
   Retention: a reload lowering `max` by 10 %, Redis CPU (`FCALL` µs) per entry deleted
   (`bench/history.py`; standalone: `python -m bench.history --jobs 1000000`).
-- **Raw protocol**: `bench/rawload.py`, 10 processes with one blocking connection each (the
-  shape of the client the reference Faktory figures were taken with), and the server CPU
-  (broker + Redis) per job from `/proc`. The reference column is the Go server measured
+- **Raw protocol**: `bench/rawload.py`, 10 connections each with one command in flight (the
+  shape of the client the reference Faktory figures were taken with), driven by one loop over
+  the ready sockets in one process, and the server CPU (broker + Redis) per job from `/proc`.
+  Until 2026-12-01 the connections were 10 blocking processes: they took about 300 µs of CPU
+  per mixed job themselves (the loop takes 80-100), a third of what this 2-core machine has
+  to give when the servers run flat out. The reference column is the Go server measured
   separately on this same machine (issue 6); the harness cannot run it.
 - **Ratios** are Hopper ÷ the best peer figure of any mode and concurrency (for latency,
   lower is better). Peers: huey, dramatiq, rq, saq, arq; "faktory-py" is the PyPI `faktory`

@@ -1,6 +1,9 @@
-"""Raw-protocol load: pusher and fetcher processes, one connection each, one command at a time.
+"""Raw-protocol load: pusher and fetcher connections, each with one command in flight.
 
-The same shape as the minimal 10-connection client the reference figures were measured with:
+The same shape as the minimal 10-connection client the reference figures were measured with,
+driven from one process by one loop over the ready sockets (the broker sees the same 10
+connections each waiting for its reply; the machine's cores are left to the servers measured,
+where 10 blocking client processes took about 300 µs of CPU per job):
 `python -m bench.rawload --port 7419 --jobs 100000 --pushers 5 --fetchers 5 [--batch 100]`.
 Prints one JSON line: jobs, seconds, jobs/s, and the CPU µs per job of the server processes
 given by --server-pids (broker and Redis), so that CPU per job can be compared.
@@ -8,14 +11,18 @@ given by --server-pids (broker and Redis), so that CPU per job can be compared.
 
 import argparse
 import json
-import multiprocessing
+import selectors
 import socket
 import time
 import uuid
-from multiprocessing.queues import Queue
+from collections.abc import Generator
 from typing import Any
 
 from bench.servers import cpu_seconds
+
+# a connection's requests: sent each reply (bulk body, +line, None for a null bulk), yields the
+# next request to send
+Requests = Generator[bytes, bytes | None, None]
 
 
 class Conn:
@@ -67,64 +74,111 @@ def jid_of(payload: bytes) -> bytes:
     return payload[start : payload.index(b'"', start)]
 
 
-def pusher(port: int, count: int, prefix: str, batch: int) -> None:
-    """PUSH `count` jobs one by one, or PUSHB them `batch` at a time."""
-    conn = Conn(port)
-    tag = prefix.encode()
+class Driven:
+    """One non-blocking connection of the load loop, one command in flight: its next request
+    and what to do with each reply."""
+
+    def __init__(self, port: int, wid: str, requests: Requests) -> None:
+        self.conn = Conn(port, wid)
+        self.sock = self.conn.sock
+        self.sock.setblocking(False)
+        self.requests = requests
+        self.buf = b""
+
+    def reply(self) -> bytes | bool | None:
+        """The next whole reply in the buffer (bulk body or +line, None for a null bulk), or
+        False when it has not all come yet."""
+        end = self.buf.find(b"\r\n")
+        if end < 0:
+            return False
+        head = self.buf[:end]
+        if head[:1] == b"-":
+            raise RuntimeError(head.decode())
+        if head[:1] != b"$":
+            self.buf = self.buf[end + 2 :]
+            return head
+        size = int(head[1:])
+        if size < 0:
+            self.buf = self.buf[end + 2 :]
+            return None
+        if len(self.buf) < end + 2 + size + 2:
+            return False
+        body = self.buf[end + 2 : end + 2 + size]
+        self.buf = self.buf[end + 2 + size + 2 :]
+        return body
+
+
+def pushes(prefix: bytes, count: int, batch: int) -> Requests:
+    """PUSH `count` jobs one by one, or PUSHB them `batch` at a time; each reply is +OK."""
     if batch <= 1:
         for i in range(count):
-            conn.call(b"PUSH " + job(tag, i))
+            yield b"PUSH " + job(prefix, i)
         return
     for start in range(0, count, batch):
-        jobs = b",".join(job(tag, i) for i in range(start, min(start + batch, count)))
-        conn.call(b"PUSHB [" + jobs + b"]")
+        jobs = b",".join(job(prefix, i) for i in range(start, min(start + batch, count)))
+        yield b"PUSHB [" + jobs + b"]"
 
 
-def fetcher(port: int, count: int, done: "Queue[int]") -> None:
-    """FETCH and ACK `count` jobs of the default queue."""
-    conn = Conn(port, wid=uuid.uuid4().hex)
+def fetches(count: int) -> Requests:
+    """FETCH and ACK `count` jobs of the default queue: sent each reply, yields what to send."""
     fetched = 0
     while fetched < count:
-        payload = conn.call(b"FETCH default")
+        payload = yield b"FETCH default"
         if payload is None:
             continue
-        conn.call(b'ACK {"jid":"' + jid_of(payload) + b'"}')
+        yield b'ACK {"jid":"' + jid_of(payload) + b'"}'
         fetched += 1
-    done.put(fetched)
+
+
+def drive(port: int, jobs: int, pushers: int, fetchers: int, batch: int, run_id: str) -> int:
+    """Run every connection from one loop over the ready sockets until all are done; returns
+    the jobs fetched (or pushed, without fetchers)."""
+    selector = selectors.DefaultSelector()
+    conns: list[Driven] = []
+    for p in range(pushers):
+        conns.append(Driven(port, "", pushes(f"{run_id}{p}".encode(), jobs // pushers, batch)))
+    for _ in range(fetchers):
+        conns.append(Driven(port, uuid.uuid4().hex, fetches(jobs // fetchers)))
+    for conn in conns:
+        conn.sock.sendall(next(conn.requests) + b"\r\n")
+        selector.register(conn.sock, selectors.EVENT_READ, conn)
+    running = len(conns)
+    while running:
+        for key, _ in selector.select():
+            conn = key.data
+            chunk = conn.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("connection closed by the server")
+            conn.buf += chunk
+            while (reply := conn.reply()) is not False:
+                try:
+                    request = conn.requests.send(reply)
+                except StopIteration:
+                    selector.unregister(conn.sock)
+                    conn.conn.close()
+                    running -= 1
+                    break
+                conn.sock.sendall(request + b"\r\n")
+    selector.close()
+    return (jobs // fetchers) * fetchers if fetchers else (jobs // pushers) * pushers
 
 
 def run(
     port: int, jobs: int, pushers: int, fetchers: int, batch: int, pids: list[int]
 ) -> dict[str, Any]:
-    """Run the pushers and fetchers at once; jobs/s and server CPU µs per job."""
-    done: Queue[int] = multiprocessing.Queue()
+    """Run the pushers and fetchers at once; jobs/s, server CPU µs per job, and this load
+    loop's own CPU µs per job (what it takes from the machine it measures)."""
     run_id = uuid.uuid4().hex[:8]
-    procs = [
-        multiprocessing.Process(target=pusher, args=(port, jobs // pushers, f"{run_id}{p}", batch))
-        for p in range(pushers)
-    ] + [
-        multiprocessing.Process(target=fetcher, args=(port, jobs // fetchers, done))
-        for _ in range(fetchers)
-    ]
-    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
+    cpu0, own0, t0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
+    total = drive(port, jobs, pushers, fetchers, batch, run_id)
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds(pids) - cpu0
-    total = (jobs // fetchers) * fetchers if fetchers else (jobs // pushers) * pushers
     return {
         "jobs": total,
         "seconds": round(seconds, 3),
         "jobs_per_s": round(total / seconds),
         "server_cpu_us_per_job": round(cpu / total * 1e6, 1) if pids else None,
+        "load_cpu_us_per_job": round((time.process_time() - own0) / total * 1e6, 1),
     }
 
 

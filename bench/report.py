@@ -131,17 +131,21 @@ def raw_table(results: Sequence[Result]) -> str:
     for kind, reference in REFERENCE.items():
         r = one(results, "raw", mode=kind)
         cpu = r.extra.get("server_cpu_us_per_job") if r else None
+        ratio = f"{r.jobs_per_s / reference:.2f}" if r and r.jobs_per_s else "–"
         rows.append(
             [
                 kind,
                 jobs_cell(r),
                 number(cpu),
+                number(r.extra.get("load_cpu_us_per_job") if r else None),
                 f"{reference:,}",
                 number(REFERENCE_CPU_US.get(kind), 0),
+                ratio,
             ]
         )
     header = ["raw protocol, 10 connections", "Hopper jobs/s", "Hopper server CPU µs/job"]
-    return table([*header, "reference (Go) jobs/s", "reference CPU µs/job"], rows)
+    reference = ["reference (Go) jobs/s", "reference CPU µs/job", "Hopper ÷ reference"]
+    return table([*header, "load loop CPU µs/job", *reference], rows)
 
 
 def scale_table(results: Sequence[Result]) -> str:

@@ -34,6 +34,7 @@ def raw(kind: str, jobs: int) -> Result:
     result = Result("raw", "hopper", kind, CONNECTIONS, batch, figures["jobs"], figures["seconds"])
     result.jobs_per_s = figures["jobs_per_s"]
     result.extra["server_cpu_us_per_job"] = figures["server_cpu_us_per_job"]
+    result.extra["load_cpu_us_per_job"] = figures["load_cpu_us_per_job"]
     return result
 
 
