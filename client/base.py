@@ -2,11 +2,13 @@
 
 import os
 import ssl
+import threading
 import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
+from hopper_client.shared import SharedConnection
 from hopper_client.url import Endpoint, parse_urls
 from hopper_client.wire import Identity
 
@@ -52,6 +54,8 @@ class ClientBase(Generic[C]):
             ssl_context = ssl.create_default_context()
         self.ssl_context = ssl_context
         self._idle: deque[C] = deque()
+        self._shared: SharedConnection | None = None  # the sync client's, for pushes
+        self._sharing = threading.Lock()  # held while a new shared connection opens
         _clients.add(self)
 
     @property
@@ -100,6 +104,8 @@ def _forget_inherited() -> None:
     """In a forked child, drop the parent's sockets unused: they belong to the parent."""
     for client in list(_clients):
         client._idle = deque()
+        client._shared = None
+        client._sharing = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_inherited)

@@ -27,6 +27,7 @@ from hopper_client.jobs import At, format_at, make_job
 from hopper_client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from hopper_client.pipeline import Pipeline
 from hopper_client.schema.jobs import DEFAULT_QUEUE, Job, JobState
+from hopper_client.shared import SharedConnection
 
 T = TypeVar("T")
 
@@ -37,19 +38,25 @@ class Client(ClientBase[Connection]):
     `url` is `tcp://[:password@]host:port` (`tcp+tls://` for TLS); None reads HOPPER_URL or
     FAKTORY_URL. Several brokers sharing one Redis: a comma-separated list (or a list) of
     URLs; a new connection goes to the first that answers, the last that did first.
-    Safe to share between threads: each command borrows a pooled connection.
+    Safe to share between threads: each command borrows a pooled connection, but for pushes,
+    which the threads send together on one shared connection (client/shared.py).
     A command whose connection breaks is sent again on a new one, with backoff, for up to
     `retry_for` seconds; then ConnectionLost is raised. `-CODE message` replies raise
     ServerError. `close()` closes idle connections; the client reconnects if used again.
     """
 
-    def _call(self, call: Call[T]) -> T:
+    def _call(self, call: Call[T], *, shared: bool = False) -> T:
+        """Send a command and parse its reply, on a pooled connection of its own or, `shared`,
+        on the connection the threads share for pushes (client/shared.py)."""
         backoff = Backoff(self.retry_for)
         while True:
             conn = None
             try:
-                conn = self._take_idle() or self._open()
-                reply = conn.request(call.line)
+                if shared:
+                    reply = self._shared_connection().request(call.line)
+                else:
+                    conn = self._take_idle() or self._open()
+                    reply = conn.request(call.line)
             except ConnectionLost as exc:
                 if conn is not None:
                     conn.close()
@@ -60,8 +67,19 @@ class Client(ClientBase[Connection]):
                 if conn is not None:
                     conn.close()
                 raise
-            self._give(conn)
+            if conn is not None:
+                self._give(conn)
             return call.parse(reply, backoff.attempts > 0)
+
+    def _shared_connection(self) -> SharedConnection:
+        """The connection the threads share, opened again once it broke."""
+        shared = self._shared
+        if shared is None or shared.broken is not None:
+            with self._sharing:
+                shared = self._shared
+                if shared is None or shared.broken is not None:
+                    shared = self._shared = SharedConnection(self._open())
+        return shared
 
     def _open(self) -> Connection:
         """A new connection to the first broker of the list that answers (see _in_turn)."""
@@ -131,7 +149,7 @@ class Client(ClientBase[Connection]):
         deadline = time.monotonic() + wait
         while True:
             try:
-                return self._call(commands.push(job))
+                return self._call(commands.push(job), shared=True)
             except QueueFull:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -311,9 +329,11 @@ class Client(ClientBase[Connection]):
         return EventStream(self, events_line(queues, jobtypes, jids, events))
 
     def close(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the shared one."""
         while (conn := self._take_idle()) is not None:
             conn.close(polite=True)
+        if self._shared is not None:
+            self._shared.close()
 
     def __enter__(self) -> Self:
         return self

@@ -190,12 +190,14 @@ async def test_one_client_shared_by_threads(broker: App, rdb: redis.Redis) -> No
 def test_forked_child_does_not_share_pooled_sockets(broker_process: Any) -> None:
     hopper = broker_process()
     client = Client(hopper.url)
-    client.push("work")
-    assert len(client._idle) == 1
+    client.push("work")  # on the connection the threads share
+    client.info()  # on a pooled one
+    assert len(client._idle) == 1 and client._shared is not None
     pid = os.fork()
-    if pid == 0:  # the child: its inherited pool must be empty, then it works on its own
+    if pid == 0:  # the child: its inherited sockets must be dropped, then it works on its own
         try:
-            os._exit(0 if not client._idle and client.push("work") else 1)
+            inherited = client._idle or client._shared
+            os._exit(0 if not inherited and client.push("work") else 1)
         except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)

@@ -1,0 +1,126 @@
+"""`SharedConnection`: one connection that a client's threads share for their pushes.
+
+Each thread's command is written as soon as it comes, with every other command waiting to be
+written at that moment (one write), and the thread waits for its own reply; the replies come
+back in the order the commands were written, so whichever waiting thread holds the read turn
+reads them and hands each to its owner. Ten threads pushing at once therefore put ten
+PUSH lines on one connection together, which the broker stores with one call and answers with
+one write, instead of ten connections each waiting for its own round trip. Every push still
+returns only once the broker has answered it.
+
+The reading thread stops when its own reply has come and wakes the thread whose reply is owed
+next to take over. A connection that breaks (or stays silent past the client's timeout) fails
+every command waiting on it with ConnectionLost, and is not used again.
+"""
+
+import threading
+from collections import deque
+
+from hopper_client.connection import Connection
+from hopper_client.errors import ConnectionLost
+from hopper_client.wire import Reply
+
+
+class _Waiter:
+    """One command written: its reply once read, and the event its thread waits on."""
+
+    __slots__ = ("done", "error", "event", "reply")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()  # set when answered, or when it is this thread's turn
+        self.done = False
+        self.reply: Reply = None
+        self.error: ConnectionLost | None = None
+
+
+class SharedConnection:
+    """A connection several threads send commands on at once, each waiting for its reply."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._writing = threading.Lock()  # one thread writes at a time
+        self._lock = threading.Lock()  # `_owed`, `_unsent`, `broken` (never held while blocking)
+        self._reading = threading.Lock()  # held by the thread reading replies
+        self._owed: deque[_Waiter] = deque()  # in the order written, reply not yet read
+        self._unsent: list[bytes] = []  # lines of `_owed`'s last waiters, not yet written
+        self.broken: ConnectionLost | None = None
+
+    def request(self, line: bytes) -> Reply:
+        """Send one command line and return its reply; ConnectionLost if the connection
+        breaks first (the command may or may not have run)."""
+        waiter = _Waiter()
+        with self._lock:
+            if self.broken is not None:
+                raise self.broken
+            self._owed.append(waiter)
+            self._unsent.append(line)
+        with self._writing:  # whoever writes first sends every line waiting, in order
+            with self._lock:
+                data = b"".join(self._unsent)
+                self._unsent.clear()
+            if data:
+                try:
+                    self._conn.send(data)
+                except ConnectionLost as exc:
+                    with self._lock:
+                        self._break(exc)
+        while not waiter.done:
+            if self._reading.acquire(blocking=False):
+                try:
+                    self._read_until(waiter)
+                finally:
+                    self._reading.release()
+                    self._pass_turn()
+                break
+            waiter.event.wait()
+            waiter.event.clear()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    def _read_until(self, waiter: _Waiter) -> None:
+        """Read replies and hand each to its owner until `waiter` has its own."""
+        while not waiter.done:
+            try:
+                reply = self._conn.read()
+            except ConnectionLost as exc:
+                with self._lock:
+                    self._break(exc)
+                return
+            with self._lock:
+                if not self._owed:  # a reply nobody asked for: the stream is out of step
+                    self._break(ConnectionLost("the broker sent a reply nobody asked for"))
+                    return
+                owner = self._owed.popleft()
+            owner.reply = reply
+            owner.done = True
+            owner.event.set()
+
+    def _pass_turn(self) -> None:
+        """Wake the thread whose reply is owed next: it reads from here on."""
+        with self._lock:
+            if self._owed:
+                self._owed[0].event.set()
+
+    def _break(self, error: ConnectionLost) -> None:
+        """Fail every command owed (the lock held) and close the connection."""
+        self.broken = error
+        self._unsent.clear()
+        while self._owed:
+            waiter = self._owed.popleft()
+            waiter.error = error
+            waiter.done = True
+            waiter.event.set()
+        self._conn.close()
+
+    def close(self) -> None:
+        """Close the connection (saying END when no reply is owed); commands still owed fail
+        with ConnectionLost."""
+        with self._lock:
+            if self.broken is not None:
+                return
+            if not self._owed:
+                self.broken = ConnectionLost("the client was closed")
+                self._conn.close(polite=True)
+                return
+            self._break(ConnectionLost("the client was closed"))

@@ -1,0 +1,86 @@
+"""Client.push from many threads: one connection shared by them (client/shared.py), each push
+answered to its own thread, and resent after the connection breaks without landing twice."""
+
+import threading
+from collections.abc import Callable
+
+import redis
+import trio
+
+from hopper_broker.app import App
+from hopper_client import Client, ServerError
+from hopper_client.schema.errors import JID_IN_USE
+from tests.test_client_faults import Proxy, proxy, via  # noqa: F401  (the proxy fixture)
+
+THREADS = 20
+PUSHES = 50  # per thread
+
+
+def in_threads(count: int, work: Callable[[int], None]) -> None:
+    """Run work(0) ... work(count - 1) in threads started together; re-raise the first error."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(n: int) -> None:
+        try:
+            start.wait(10)
+            work(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a pushing thread did not finish"
+    if errors:
+        raise errors[0]
+
+
+async def test_threads_push_over_one_connection_each_answered_in_its_own_thread(
+    broker: App, rdb: redis.Redis
+) -> None:
+    client = Client(f"tcp://127.0.0.1:{broker.port}")
+    pushed: dict[int, list[str]] = {}
+    refused: dict[int, str] = {}
+
+    def work(n: int) -> None:
+        if n == 7:
+            client.push("work", jid="taken-jid-0")  # in use when pushed again below
+        jids = [client.push("work", [n, i], jid=f"thread-{n:02d}-{i:04d}") for i in range(PUSHES)]
+        if n == 7:
+            try:
+                client.push("work", jid="taken-jid-0")
+            except ServerError as exc:
+                refused[n] = str(exc)
+        pushed[n] = jids
+
+    await trio.to_thread.run_sync(in_threads, THREADS, work)
+    info = await trio.to_thread.run_sync(client.info)
+    assert info["server"]["connections"] == 2  # the pushes' shared one and INFO's pooled one
+    await trio.to_thread.run_sync(client.close)
+    for n, jids in pushed.items():
+        assert jids == [f"thread-{n:02d}-{i:04d}" for i in range(PUSHES)]
+    assert refused == {7: f"ERR {JID_IN_USE.format('taken-jid-0')}"}, refused
+    assert rdb.llen("hopper:q:{default}:queue") == THREADS * PUSHES + 1
+
+
+async def test_pushes_from_threads_resent_after_the_connection_breaks_land_once(
+    proxy: Proxy,  # noqa: F811
+    rdb: redis.Redis,
+) -> None:
+    client = Client(via(proxy))
+    broke = threading.Event()
+
+    def work(n: int) -> None:
+        for i in range(PUSHES):
+            if n == 0 and i == PUSHES // 2:
+                proxy.drop_reply_to = b"PUSH "  # that connection dies with replies owed
+                broke.set()
+            client.push("work", [n, i], jid=f"thread-{n:02d}-{i:04d}")
+
+    await trio.to_thread.run_sync(in_threads, THREADS, work)
+    await trio.to_thread.run_sync(client.close)
+    assert broke.is_set() and proxy.drop_reply_to is None  # the fault was injected
+    assert rdb.llen("hopper:q:{default}:queue") == THREADS * PUSHES  # each once
