@@ -26,7 +26,8 @@ from hopper_client.jobs import At, format_at, make_job
 from hopper_client.operations import JobPage, ListOptions, ListTarget, list_jobs, signal_worker
 from hopper_client.pipeline import AsyncPipeline
 from hopper_client.schema.jobs import DEFAULT_QUEUE, Job, JobState
-from hopper_client.transports import Stream, open_stream, sleep
+from hopper_client.shared import AsyncSharedConnection
+from hopper_client.transports import Event, Stream, new_event, open_stream, sleep
 from hopper_client.url import Endpoint
 from hopper_client.wire import Identity, Reply, ReplyReader, check_welcome, hello_line
 
@@ -95,20 +96,29 @@ class AsyncConnection:
         self._stream.close()
 
 
-class AsyncClient(ClientBase[AsyncConnection]):
+class AsyncClient(ClientBase[AsyncConnection, AsyncSharedConnection]):
     """`Client` for async code: the same methods, awaited; works under asyncio and trio.
 
     One instance belongs to one event loop; its connections are pooled so concurrent tasks can
-    share it. Cancelling a command closes its connection (its outcome is then unknown).
+    share it, and its pushes share one connection. Cancelling a command closes its pooled
+    connection (its outcome is then unknown); a cancelled push leaves the shared one open
+    unless it was being written.
     """
 
-    async def _call(self, call: Call[T]) -> T:
+    _opening: Event | None = None  # set once a shared connection being opened is ready
+
+    async def _call(self, call: Call[T], *, shared: bool = False) -> T:
+        """Send a command and parse its reply, on a pooled connection of its own or, `shared`,
+        on the connection the tasks share for pushes (client/shared.py)."""
         backoff = Backoff(self.retry_for)
         while True:
             conn = None
             try:
-                conn = self._take_idle() or await self._open()
-                reply = await conn.request(call.line)
+                if shared:
+                    reply = await (await self._shared_connection()).request(call.line)
+                else:
+                    conn = self._take_idle() or await self._open()
+                    reply = await conn.request(call.line)
             except ConnectionLost as exc:
                 if conn is not None:
                     conn.close()
@@ -119,8 +129,24 @@ class AsyncClient(ClientBase[AsyncConnection]):
                 if conn is not None:
                     conn.close()
                 raise
-            self._give(conn)
+            if conn is not None:
+                self._give(conn)
             return call.parse(reply, backoff.attempts > 0)
+
+    async def _shared_connection(self) -> AsyncSharedConnection:
+        """The connection the tasks share, opened again once it broke (by one task; the
+        others wait for it)."""
+        while self._shared is None or self._shared.broken is not None:
+            if self._opening is not None:
+                await self._opening.wait()
+                continue
+            self._opening = opening = new_event()
+            try:
+                self._shared = AsyncSharedConnection(await self._open())
+            finally:
+                self._opening = None
+                opening.set()
+        return self._shared
 
     async def _open(self) -> AsyncConnection:
         """A new connection, handshake done (not from the pool), to the first broker of the
@@ -184,7 +210,7 @@ class AsyncClient(ClientBase[AsyncConnection]):
         deadline = time.monotonic() + wait
         while True:
             try:
-                return await self._call(commands.push(job))
+                return await self._call(commands.push(job), shared=True)
             except QueueFull:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -365,8 +391,10 @@ class AsyncClient(ClientBase[AsyncConnection]):
         return AsyncEventStream(self, events_line(queues, jobtypes, jids, events))
 
     async def aclose(self) -> None:
-        """Close the idle connections."""
+        """Close the idle connections and the shared one."""
         self._drop_idle()
+        if self._shared is not None:
+            self._shared.close()
 
     async def __aenter__(self) -> Self:
         return self

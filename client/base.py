@@ -8,7 +8,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
-from hopper_client.shared import SharedConnection
 from hopper_client.url import Endpoint, parse_urls
 from hopper_client.wire import Identity
 
@@ -23,12 +22,20 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+class Shared(Closable, Protocol):
+    @property
+    def broken(self) -> Exception | None:
+        """Why the connection broke (None while it works)."""
+
+
 C = TypeVar("C", bound=Closable)
-_clients: "weakref.WeakSet[ClientBase[Any]]" = weakref.WeakSet()
+S = TypeVar("S", bound=Shared)
+_clients: "weakref.WeakSet[ClientBase[Any, Any]]" = weakref.WeakSet()
 
 
-class ClientBase(Generic[C]):
-    """Settings and pooled connections; subclasses open connections and run commands."""
+class ClientBase(Generic[C, S]):
+    """Settings, pooled connections (C) and the connection shared for pushes (S: see
+    client/shared.py); subclasses open connections and run commands."""
 
     def __init__(
         self,
@@ -54,8 +61,8 @@ class ClientBase(Generic[C]):
             ssl_context = ssl.create_default_context()
         self.ssl_context = ssl_context
         self._idle: deque[C] = deque()
-        self._shared: SharedConnection | None = None  # the sync client's, for pushes
-        self._sharing = threading.Lock()  # held while a new shared connection opens
+        self._shared: S | None = None  # the connection pushes share
+        self._sharing = threading.Lock()  # held while the sync client opens a new one
         _clients.add(self)
 
     @property

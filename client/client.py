@@ -32,7 +32,7 @@ from hopper_client.shared import SharedConnection
 T = TypeVar("T")
 
 
-class Client(ClientBase[Connection]):
+class Client(ClientBase[Connection, SharedConnection]):
     """Push jobs and talk to a Faktory-protocol broker from blocking code.
 
     `url` is `tcp://[:password@]host:port` (`tcp+tls://` for TLS); None reads HOPPER_URL or

@@ -1,4 +1,5 @@
-"""`SharedConnection`: one connection that a client's threads share for their pushes.
+"""`SharedConnection`: one connection that a client's threads share for their pushes
+(`AsyncSharedConnection`: the same for an AsyncClient's tasks).
 
 Each thread's command is written as soon as it comes, with every other command waiting to be
 written at that moment (one write), and the thread waits for its own reply; the replies come
@@ -15,10 +16,15 @@ every command waiting on it with ConnectionLost, and is not used again.
 
 import threading
 from collections import deque
+from typing import TYPE_CHECKING
 
 from hopper_client.connection import Connection
 from hopper_client.errors import ConnectionLost
+from hopper_client.transports import Event, new_event
 from hopper_client.wire import Reply
+
+if TYPE_CHECKING:
+    from hopper_client.aio import AsyncConnection
 
 
 class _Waiter:
@@ -123,4 +129,120 @@ class SharedConnection:
                 self.broken = ConnectionLost("the client was closed")
                 self._conn.close(polite=True)
                 return
+            self._break(ConnectionLost("the client was closed"))
+
+
+class _TaskWaiter:
+    """One command written by a task: its reply once read, and the event the task waits on
+    (a new one each time it waits: trio's events cannot be cleared)."""
+
+    __slots__ = ("abandoned", "done", "error", "event", "reply")
+
+    def __init__(self) -> None:
+        self.event: Event | None = None
+        self.done = False
+        self.abandoned = False  # its task stopped waiting (cancelled): its reply is dropped
+        self.reply: Reply = None
+        self.error: ConnectionLost | None = None
+
+
+class AsyncSharedConnection:
+    """SharedConnection for the tasks of one event loop (asyncio or trio): the same order of
+    writes and replies, without locks. A task cancelled while it waits leaves its reply to be
+    read and dropped; one cancelled while it writes breaks the connection (a line may be half
+    sent), so the others' pushes are sent again on a new one."""
+
+    def __init__(self, conn: "AsyncConnection") -> None:
+        self._conn = conn
+        self._owed: deque[_TaskWaiter] = deque()
+        self._unsent: list[bytes] = []
+        self._writing = False
+        self._reading = False
+        self.broken: ConnectionLost | None = None
+
+    async def request(self, line: bytes) -> Reply:
+        """Send one command line and return its reply; ConnectionLost if the connection
+        breaks first (the command may or may not have run)."""
+        if self.broken is not None:
+            raise self.broken
+        waiter = _TaskWaiter()
+        self._owed.append(waiter)
+        self._unsent.append(line)
+        if not self._writing:
+            await self._write()
+        try:
+            while not waiter.done:
+                if not self._reading:
+                    await self._read_until(waiter)
+                    break
+                waiter.event = new_event()
+                await waiter.event.wait()
+        except BaseException:
+            waiter.abandoned = True
+            self._pass_turn()
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.reply
+
+    async def _write(self) -> None:
+        """Send every line waiting, and those that come meanwhile, in order."""
+        self._writing = True
+        try:
+            while self._unsent:
+                data = b"".join(self._unsent)
+                self._unsent.clear()
+                await self._conn.send(data)
+        except ConnectionLost as exc:
+            self._break(exc)
+        except BaseException:
+            self._break(ConnectionLost("a push was cancelled while it was being sent"))
+            raise
+        finally:
+            self._writing = False
+
+    async def _read_until(self, waiter: _TaskWaiter) -> None:
+        """Read replies and hand each to its owner until `waiter` has its own."""
+        self._reading = True
+        try:
+            while not waiter.done:
+                reply = await self._conn.read()
+                if not self._owed:
+                    raise ConnectionLost("the broker sent a reply nobody asked for")
+                owner = self._owed.popleft()
+                owner.reply = reply
+                owner.done = True
+                if owner.event is not None:
+                    owner.event.set()
+        except ConnectionLost as exc:
+            self._break(exc)
+        finally:
+            self._reading = False
+            self._pass_turn()
+
+    def _pass_turn(self) -> None:
+        """Wake the first task still waiting for a reply: it reads from here on."""
+        if self._reading:
+            return
+        for waiter in self._owed:
+            if not waiter.abandoned:
+                if waiter.event is not None:
+                    waiter.event.set()
+                return
+
+    def _break(self, error: ConnectionLost) -> None:
+        """Fail every command owed and close the connection."""
+        self.broken = error
+        self._unsent.clear()
+        while self._owed:
+            waiter = self._owed.popleft()
+            waiter.error = error
+            waiter.done = True
+            if waiter.event is not None:
+                waiter.event.set()
+        self._conn.close()
+
+    def close(self) -> None:
+        """Close the connection; commands still owed fail with ConnectionLost."""
+        if self.broken is None:
             self._break(ConnectionLost("the client was closed"))

@@ -60,7 +60,7 @@ class TrioStream:
         try:
             with trio.CancelScope(relative_deadline=timeout) as scope:
                 return bytes(await self._stream.receive_some(READ_SIZE))
-        except (OSError, trio.BrokenResourceError) as exc:
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ConnectionLost(f"no reply from the broker: {exc!r}") from exc
         assert scope.cancelled_caught
         raise ConnectionLost(f"no reply from the broker within {timeout:g} s")
@@ -114,6 +114,17 @@ async def open_stream(
     if _asyncio_running():
         return await AsyncioStream.open(host, port, ssl_context, timeout)
     return await TrioStream.open(host, port, ssl_context, timeout)
+
+
+class Event(Protocol):
+    def set(self) -> None: ...
+
+    async def wait(self) -> object: ...
+
+
+def new_event() -> Event:
+    """An event of the running event loop (asyncio's or trio's)."""
+    return asyncio.Event() if _asyncio_running() else trio.Event()
 
 
 async def sleep(seconds: float) -> None:

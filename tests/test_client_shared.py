@@ -1,14 +1,17 @@
-"""Client.push from many threads: one connection shared by them (client/shared.py), each push
-answered to its own thread, and resent after the connection breaks without landing twice."""
+"""Client.push from many threads and AsyncClient.push from many tasks (trio, asyncio): one
+connection shared by them (client/shared.py), each push answered to its own caller, cancelled
+tasks leaving it working, and pushes resent after it breaks landing once."""
 
+import asyncio
 import threading
 from collections.abc import Callable
 
+import pytest
 import redis
 import trio
 
 from hopper_broker.app import App
-from hopper_client import Client, ServerError
+from hopper_client import AsyncClient, Client, ServerError
 from hopper_client.schema.errors import JID_IN_USE
 from tests.test_client_faults import Proxy, proxy, via  # noqa: F401  (the proxy fixture)
 
@@ -84,3 +87,71 @@ async def test_pushes_from_threads_resent_after_the_connection_breaks_land_once(
     await trio.to_thread.run_sync(client.close)
     assert broke.is_set() and proxy.drop_reply_to is None  # the fault was injected
     assert rdb.llen("hopper:q:{default}:queue") == THREADS * PUSHES  # each once
+
+
+TASKS = 30
+
+
+async def test_trio_tasks_push_over_one_connection_and_cancelled_ones_leave_it_working(
+    broker: App, rdb: redis.Redis
+) -> None:
+    pushed: dict[int, list[str]] = {}
+    async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+        await client.push("work", jid="taken-jid-0")
+
+        async def work(n: int) -> None:
+            jids = [
+                await client.push("work", [n, i], jid=f"task-{n:02d}-{i:04d}") for i in range(20)
+            ]
+            pushed[n] = jids
+
+        async def cancelled(n: int) -> None:
+            with trio.move_on_after(0):  # cancelled at its first wait: writing or reading
+                await client.push("work", [n], jid=f"cancelled-{n:02d}")
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for n in range(TASKS):
+                    nursery.start_soon(cancelled if n % 5 == 0 else work, n)
+            with pytest.raises(ServerError, match="already in use"):
+                await client.push("work", jid="taken-jid-0")
+            info = await client.info()
+    assert info["server"]["connections"] in (2, 3)  # shared (again, if a cancel broke it), INFO's
+    for n, jids in pushed.items():
+        assert jids == [f"task-{n:02d}-{i:04d}" for i in range(20)]
+    assert len(pushed) == TASKS - TASKS // 5
+    stored = rdb.llen("hopper:q:{default}:queue")
+    assert len(pushed) * 20 + 1 <= stored <= len(pushed) * 20 + 1 + TASKS // 5
+
+
+async def test_asyncio_tasks_push_over_one_connection(broker: App, rdb: redis.Redis) -> None:
+    async def main() -> tuple[list[str], int]:
+        async with AsyncClient(f"tcp://127.0.0.1:{broker.port}") as client:
+            jids = await asyncio.gather(
+                *(client.push("work", [n], jid=f"asyncio-{n:04d}") for n in range(200))
+            )
+            return jids, (await client.info())["server"]["connections"]
+
+    jids, connections = await trio.to_thread.run_sync(asyncio.run, main())
+    assert jids == [f"asyncio-{n:04d}" for n in range(200)] and connections == 2
+    assert rdb.llen("hopper:q:{default}:queue") == 200
+
+
+async def test_pushes_from_tasks_resent_after_the_connection_breaks_land_once(
+    proxy: Proxy,  # noqa: F811
+    rdb: redis.Redis,
+) -> None:
+    async with AsyncClient(via(proxy)) as client:
+
+        async def work(n: int) -> None:
+            for i in range(PUSHES):
+                if n == 0 and i == PUSHES // 2:
+                    proxy.drop_reply_to = b"PUSH "  # that connection dies with replies owed
+                await client.push("work", [n, i], jid=f"task-{n:02d}-{i:04d}")
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for n in range(TASKS):
+                    nursery.start_soon(work, n)
+    assert proxy.drop_reply_to is None  # the fault was injected
+    assert rdb.llen("hopper:q:{default}:queue") == TASKS * PUSHES  # each once
