@@ -18,7 +18,8 @@ from hopper_client.transports import sleep
 from hopper_client.wire import CRLF, Reply
 
 if TYPE_CHECKING:
-    from hopper_client.aio import AsyncClient, AsyncConnection
+    from hopper_client.aio import AsyncClient
+    from hopper_client.aio_connection import AsyncConnection
     from hopper_client.client import Client
     from hopper_client.connection import Connection
 

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 import trio
 
 from hopper_client import commands
-from hopper_client.aio import AsyncClient, AsyncConnection
+from hopper_client.aio import AsyncClient
+from hopper_client.aio_connection import AsyncConnection
 from hopper_client.backoff import Backoff
 from hopper_client.errors import ClientError, ConnectionLost, ServerError
 from hopper_client.reporter import Report, Reporter

@@ -23,7 +23,8 @@ from hopper_client.transports import sleep
 from hopper_client.wire import Reply
 
 if TYPE_CHECKING:
-    from hopper_client.aio import AsyncClient, AsyncConnection
+    from hopper_client.aio import AsyncClient
+    from hopper_client.aio_connection import AsyncConnection
     from hopper_client.client import Client
 
 SEND_LINES = 100  # lines written together

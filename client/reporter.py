@@ -13,7 +13,8 @@ from typing import Any
 import trio
 
 from hopper_client import commands
-from hopper_client.aio import AsyncClient, AsyncConnection
+from hopper_client.aio import AsyncClient
+from hopper_client.aio_connection import AsyncConnection
 from hopper_client.backoff import Backoff
 from hopper_client.commands import Call
 from hopper_client.control import Fatal, Snooze

@@ -24,7 +24,7 @@ from hopper_client.transports import Event, new_event
 from hopper_client.wire import Reply
 
 if TYPE_CHECKING:
-    from hopper_client.aio import AsyncConnection
+    from hopper_client.aio_connection import AsyncConnection
 
 
 class _Waiter:
