@@ -290,7 +290,12 @@ async def test_worker_jobs_learn_their_batch_and_callbacks_theirs(
             async with batch.batch(complete=make_job("Child", queue="cbs")) as child:
                 await child.push("member", [2])
         await eventually(lambda: "Done" in seen)
-        status = await batch.status()
+
+        async def callback_acked() -> BatchStatus | None:  # the job ran; its ACK may follow
+            status = await batch.status()
+            return status if status.success_st == "2" else None
+
+        status = await eventually(callback_acked)
     worker.terminate()
     assert seen["member1"] == seen["grow"] == seen["member3"] == batch.bid
     assert seen["member2"] == child.bid
