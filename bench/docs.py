@@ -234,6 +234,26 @@ Where the rest goes (cProfile of the broker under the same load, by CPU and by w
   finished jobs' bound), and the closures of `push_queue` and `fetch` (about 2 µs a call each,
   if made once at library load) are the next candidates; a lone plain PUSH could claim its jid
   with `HSETNX` (one call less).
+- **Measured again on 2026-12-01 with the one-loop load generator** (`bench/rawload.py` now
+  drives its 10 connections from one process; the 10 blocking processes it replaced took
+  about 300 µs of CPU per mixed job, the loop 80-100): on this VM the CPU a command costs
+  depends mostly on how many wake-ups it shares. PUSH alone from one connection cost the
+  broker 418 µs and Redis 143 µs per push (the load loop 117 µs: each process sleeps and
+  wakes once per command); from 10 connections 120 and 46 (the loop 27). Mixed, 10
+  connections: broker 365-399, Redis 212-226 µs per job, 1,557-1,821 jobs/s, the box not
+  saturated (about 1.2 cores busy): the connections wait on round trips. The broker's writer
+  already sends the script calls of every connection ready in the same tick together (3.5
+  FCALLs per Redis write under the mixed load), so merging same-kind script calls across
+  connections would join about 1.2 calls each: not built.
+- **The bundled client's threads share one connection for their pushes** (`client/shared.py`;
+  `Client` and `AsyncClient`): 10 threads each waiting for its own reply now put their PUSH
+  lines on one connection together (5.8 pushes per push script call in a 20,000-push run),
+  where each used to hold a pooled connection of its own. `Client.push` from 10 threads,
+  alternating runs of the old and new client against one broker (`bench.produce hopper
+  --threads 10`, 20,000-30,000 jobs, the box loaded by other test runs): 4,495 / 3,102 /
+  5,404 / 4,864 / 3,760 jobs/s before, 7,733 / 5,882 / 9,870 / 8,352 / 5,469 after (1.45-1.9x).
+  Most of what is left is the client process's own thread hand-offs (about 80 µs of its CPU
+  per push) and the round trip each batch waits for.
 - **The bar** (80 µs of broker + Redis CPU per job) is not reachable by trimming: Redis alone
   spends about 70 µs per job in the scripts in the fastest batches measured, and the broker
   several times that.
