@@ -5,6 +5,7 @@ tasks leaving it working, and pushes resent after it breaks landing once."""
 import asyncio
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -13,6 +14,7 @@ import trio
 from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, ServerError
 from hopper_client.schema.errors import JID_IN_USE
+from tests.conftest import BrokerProcess
 from tests.test_client_faults import Proxy, proxy, via  # noqa: F401  (the proxy fixture)
 
 THREADS = 20
@@ -155,3 +157,27 @@ async def test_pushes_from_tasks_resent_after_the_connection_breaks_land_once(
                     nursery.start_soon(work, n)
     assert proxy.drop_reply_to is None  # the fault was injected
     assert rdb.llen("hopper:q:{default}:queue") == TASKS * PUSHES  # each once
+
+
+@pytest.mark.slow
+def test_threads_pushing_through_a_broker_killed_and_restarted_land_each_job_once(
+    broker_process: Callable[..., BrokerProcess], rdb: redis.Redis
+) -> None:
+    hopper = broker_process()
+    client = Client(hopper.url, retry_for=30)
+    halfway = threading.Event()
+
+    def work(n: int) -> None:
+        for i in range(PUSHES * 2):
+            if i == PUSHES:
+                halfway.set()
+            client.push("work", [n, i], jid=f"thread-{n:02d}-{i:04d}")
+
+    with ThreadPoolExecutor(1) as pool:
+        pushing = pool.submit(in_threads, THREADS, work)
+        assert halfway.wait(30)
+        hopper.kill()  # SIGKILL, with pushes owed on the shared connection
+        hopper.start()
+        pushing.result(60)  # every push answered (its error raised here)
+    client.close()
+    assert rdb.llen("hopper:q:{default}:queue") == THREADS * PUSHES * 2  # each once
