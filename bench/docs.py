@@ -228,8 +228,7 @@ Where the rest goes (cProfile of the broker under the same load, by CPU and by w
   fraction of a step each, since they batch every connection's calls). Serving every ready
   connection in one wake-up (a loop over the ready sockets driving the sans-IO protocol, with
   the Redis reader finishing the replies) would remove most of trio's share: an estimated
-  20-25 % of the broker's CPU. Not built here: it replaces the connection task and the
-  middleware's await points.
+  20-25 % of the broker's CPU. Measured with a prototype: 17 % (below).
 - **Redis**: the three `PUBSUB NUMSUB` per job (events), the `ZCARD` of each ACK (the
   finished jobs' bound), and the closures of `push_queue` and `fetch` (about 2 µs a call each,
   if made once at library load) are the next candidates; a lone plain PUSH could claim its jid
@@ -243,8 +242,8 @@ Where the rest goes (cProfile of the broker under the same load, by CPU and by w
   connections: broker 365-399, Redis 212-226 µs per job, 1,557-1,821 jobs/s, the box not
   saturated (about 1.2 cores busy): the connections wait on round trips. The broker's writer
   already sends the script calls of every connection ready in the same tick together (3.5
-  FCALLs per Redis write under the mixed load), so merging same-kind script calls across
-  connections would join about 1.2 calls each: not built.
+  FCALLs per Redis write under the mixed load); what storing the same kind of command of
+  several connections with one script call would save is measured below (a prototype).
 - **The bundled client's threads share one connection for their pushes** (`client/shared.py`;
   `Client` and `AsyncClient`): 10 threads each waiting for its own reply now put their PUSH
   lines on one connection together (5.8 pushes per push script call in a 20,000-push run),
@@ -259,6 +258,60 @@ Where the rest goes (cProfile of the broker under the same load, by CPU and by w
   several times that.
   Several broker processes sharing the port (`processes`, already the default with an external
   Redis: one per CPU) raise the rate, not the cost per job.
+
+### One wake-up for every ready connection (issue 16 experiment)
+
+A prototype, not the server, kept on the branch `reactor` (commit 1cabb43, not in `main`: it
+patches the broker at run time): `bench/reactor_probe.py` there runs the ordinary broker with
+one task that waits on a `select.epoll` of every identified connection and, per wake-up,
+receives from each ready socket. A lone PUSH, FETCH or ACK runs as a coroutine stepped by hand:
+it runs to its Redis call, whose reply (store/connection.py `_Waiter.wake`) resumes it in the
+Redis reader task, which sends the client's reply itself; no task switch is left per command.
+Everything else (other verbs, several lines at once, a FETCH that must wait, TLS, end of file)
+goes back to the connection's own task. The sides compared:
+
+- A: the broker as it is, a task per connection;
+- B: the reactor;
+- C: B, the lone PUSHes of one wake-up (several connections) stored with one manager call;
+- D: A, the lone PUSHes of the tasks ready together stored with one manager call
+  (`bench/reactor_batcher.py`: the first lets the others run once, then stores them all).
+
+On that branch, `python -m bench.reactor_ab --workload push|mixed|floor --sides ABCD` runs them
+in turn on fresh servers (`--processes 1`, a bare `redis-server` on a unix socket, 20,000 jobs
+after a 2,000-job warm-up, CPU from /proc/<pid>/stat); every run is in its
+`bench/results/reactor_ab.jsonl`. Measured on 2026-12-01 at load average 1.5-7.2 (other test
+runs on the 2 cores); a side's figure is the median of its runs' ratios to the A run of the same
+round:
+
+| side | PUSH only: broker, Redis CPU per job | mixed: broker, Redis CPU per job |
+|---|---|---|
+| A | 109 µs, 41 µs (median of 24 runs) | 343 µs, 201 µs (24 runs) |
+| B | × 0.83, × 0.99 (24 rounds) | × 0.83, × 0.97 (24) |
+| C | × 0.52, × 0.54 (20) | × 0.83, × 0.97 (20) |
+| D | × 0.79, × 0.61 (12) | × 1.02, × 0.94 (12) |
+
+The floor (`bench/reactor_floor.py`, `+OK` to every line, no Redis, 100,000 commands, 12
+rounds): 22.7 µs of CPU per request with a trio task per connection, 12.9 with the reactor
+(× 0.57). So trio's per-connection scheduling costs about 10 µs per task step on this box, and
+a plain command takes two (its bytes, its Redis reply): the reactor saves 17-20 µs per
+command, 17 % of the broker's CPU on both loads, a little under the 20-25 % estimated above;
+Redis does the same work. The rest is Hopper's own Python per command (decode, validate, the
+manager and store calls, hiredis packing: 450 function calls per mixed job under cProfile
+against 615 with tasks), which only fewer calls reduce: storing the PUSHes of several
+connections with one call halves both the broker's and Redis's cost of a PUSH when the reactor
+gathers them (C: 5-8 PUSHes per call on the PUSH-only load, 3-4.5 on the mixed one, where PUSHes
+are a third of the commands and the cheapest). Gathering them among tasks (D) halves Redis's
+share too but pays a checkpoint per gathering: a fifth off the broker's PUSH, nothing on the
+mixed load. FETCH and ACK gather the same way only once their scripts take a worker id per job
+(they take one per call).
+
+What it tells the next step: the reactor alone (17 %) does not pay for rewriting the server
+(timeouts, shutdown, TLS, middleware's await points and the cluster connection would all have
+to be redone for it); fewer script calls per job do. In order: store the lone PUSHes of several
+connections with one call (D, inside `Commands`, gathering only when other connections are
+ready so a lone client pays no extra checkpoint); give the ACK and FETCH scripts a worker id
+per job so they gather the same way; then weigh the reactor again, which makes gathering free
+(C against D).
 """
 
 
