@@ -201,6 +201,7 @@ async def no_connections(port: int) -> bool:
     return await connections(port) == 0
 
 
+@pytest.mark.timing
 async def test_a_flood_of_bad_passwords_does_not_stall_others(
     broker_process: Callable[..., BrokerProcess],
 ) -> None:
