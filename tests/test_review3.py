@@ -1,0 +1,67 @@
+"""Integrity review: orders of events that once stranded or lost a job, each shown over the wire
+with a real broker and Redis, then checked by `hopper check` (check_store)."""
+
+import json
+from typing import Any
+
+import pytest
+
+from hopper_broker.app import App
+from tests.conftest import check_store, eventually
+from tests.wire import Wire, job
+
+
+def after(jid: str, deps: list[str], policy: str = "") -> dict[str, Any]:
+    custom: dict[str, Any] = {"after": deps}
+    if policy:
+        custom["after_policy"] = policy
+    return job(jid, custom=custom)
+
+
+async def state(w: Wire, jid: str) -> str:
+    found: dict[str, Any] = json.loads(await w.call("JOB", f"STATE {jid}"))
+    return str(found["state"])
+
+
+async def _is(w: Wire, jid: str, wanted: str) -> bool:
+    return await state(w, jid) == wanted
+
+
+@pytest.mark.parametrize("policy", ["fail", "run"])
+async def test_a_dependency_killed_by_mutate_settles_its_dependants(
+    broker: App, redis_url: str, policy: str
+) -> None:
+    """MUTATE kill is a death like a last FAIL: the dependants apply their policy at once."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-dep-1", retry=5))
+    await w.call("PUSH", after("jobs-next-1", ["jobs-dep-1"], policy))
+    got = json.loads(await w.call("FETCH", "default"))
+    await w.call("FAIL", {"jid": got["jid"], "message": "boom"})  # to retries
+    assert await state(w, "jobs-dep-1") == "retrying"
+    kill = {"cmd": "kill", "target": "retries", "filter": {"jids": ["jobs-dep-1"]}}
+    await w.call("MUTATE", kill)
+    assert await state(w, "jobs-dep-1") == "dead"
+    if policy == "fail":
+        await eventually(lambda: _is(w, "jobs-next-1", "cancelled"), 5)
+    else:
+        released = await eventually(lambda: w.call("FETCH", "default"), 5)
+        assert json.loads(released)["jid"] == "jobs-next-1"
+        await w.call("ACK", {"jid": "jobs-next-1"})
+    check_store(redis_url)
+
+
+async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, redis_url: str) -> None:
+    """A job of a batch killed before it ran (MUTATE kill of a scheduled job) dies like one
+    that failed for good: the batch is complete, its callback is pushed."""
+    w = await Wire.open(broker.port, hello={})
+    spec = {"complete": job("complete-cb-1", "Done", queue="cbs")}
+    bid = (await w.call("BATCH", "NEW " + json.dumps(spec))).decode()
+    await w.call("PUSH", job("jobs-later-1", custom={"bid": bid}, at="2099-01-01T00:00:00Z"))
+    await w.call("BATCH", f"COMMIT {bid}")
+    kill = {"cmd": "kill", "target": "scheduled", "filter": {"jids": ["jobs-later-1"]}}
+    await w.call("MUTATE", kill)
+    assert await state(w, "jobs-later-1") == "dead"
+    callback = await eventually(lambda: w.call("FETCH", "cbs"), 5)
+    assert json.loads(callback)["jid"] == "complete-cb-1"
+    await w.call("ACK", {"jid": "complete-cb-1"})
+    check_store(redis_url)
