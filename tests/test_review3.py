@@ -65,3 +65,39 @@ async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, redis_
     assert json.loads(callback)["jid"] == "complete-cb-1"
     await w.call("ACK", {"jid": "complete-cb-1"})
     check_store(redis_url)
+
+
+async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, redis_url: str) -> None:
+    """A FLUSH that stops after one batch (its broker killed, or jobs pushed meanwhile) has
+    deleted a blocked job whole: when the dependency ends, no finished entry appears for it and
+    the other dependant is still settled."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-root-1", queue="other"))
+    await w.call("PUSH", after("jobs-b-1", ["jobs-root-1"]))
+    await w.call("PUSH", after("jobs-b-2", ["jobs-root-1"]))
+    assert await broker.manager.store.queues.flush("default", 1) == 1  # one batch of one job
+    gone = "jobs-b-1" if await state(w, "jobs-b-2") == "blocked" else "jobs-b-2"
+    kept = "jobs-b-2" if gone == "jobs-b-1" else "jobs-b-1"
+    await w.call("JOB", "CANCEL jobs-root-1")
+    await eventually(lambda: _is(w, kept, "cancelled"), 5)
+    assert await state(w, gone) == "unknown"
+    check_store(redis_url)
+
+
+@pytest.mark.parametrize("policy", ["fail", "run"])
+async def test_a_dependency_flushed_away_settles_its_dependants(
+    broker: App, redis_url: str, policy: str
+) -> None:
+    """FLUSH goes queue by queue: a dependant pushed into a queue already flushed, after a job
+    of a queue flushed next, is not left blocked on a job that no longer exists."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-root-2", queue="first"))
+    await w.call("PUSH", {**after("jobs-late-2", ["jobs-root-2"], policy), "queue": "second"})
+    assert await broker.manager.store.queues.flush("first", 1000) == 0  # FLUSH's step for it
+    if policy == "fail":
+        await eventually(lambda: _is(w, "jobs-late-2", "cancelled"), 5)
+    else:
+        released = await eventually(lambda: w.call("FETCH", "second"), 5)
+        assert json.loads(released)["jid"] == "jobs-late-2"
+        await w.call("ACK", {"jid": "jobs-late-2"})
+    check_store(redis_url)
