@@ -2,13 +2,18 @@
 with a real broker and Redis, then checked by `hopper check` (check_store)."""
 
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
+import redis
+import trio
 
 from hopper_broker.app import App
-from tests.conftest import check_store, eventually
-from tests.wire import Wire, job
+from hopper_broker.store.keys import QueueKeys
+from tests.conftest import BrokerProcess, check_store, eventually
+from tests.wire import Wire, WireError, job
 
 
 def after(jid: str, deps: list[str], policy: str = "") -> dict[str, Any]:
@@ -100,4 +105,35 @@ async def test_a_dependency_flushed_away_settles_its_dependants(
         released = await eventually(lambda: w.call("FETCH", "second"), 5)
         assert json.loads(released)["jid"] == "jobs-late-2"
         await w.call("ACK", {"jid": "jobs-late-2"})
+    check_store(redis_url)
+
+
+async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
+    broker_process: Callable[..., BrokerProcess], rdb: redis.Redis, redis_url: str
+) -> None:
+    """The whole FLUSH: a dependant pushed into a queue it already flushed, after a job of a
+    queue it flushes later, is settled once that job goes (the end marked due outlives the
+    FLUSH)."""
+    process = broker_process("--scheduler-interval", "1")
+    w = await Wire.open(process.port, hello={})
+    for attempt in range(5):  # FLUSH runs a, b, z in turn: push while it is at b
+        await w.call("PUSH", job(f"jobs-first-{attempt}", queue="a"))
+        await w.call("PUSH", job(f"jobs-root-{attempt}", queue="z"))
+        for n in range(10):  # queue b keeps the FLUSH busy between a and z
+            await w.call("PUSHB", [job(f"jobs-b-{n}-{i}", queue="b") for i in range(1000)])
+        flusher = await Wire.open(process.port, hello={})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(flusher.call, "FLUSH")
+            with trio.fail_after(5):
+                while rdb.exists(QueueKeys("a").jobs):
+                    await trio.sleep(0.001)
+            late = after(f"jobs-late-{attempt}", [f"jobs-root-{attempt}"]) | {"queue": "a"}
+            try:
+                await w.call("PUSH", late)
+            except WireError:  # too late: FLUSH was at z already
+                continue
+        await eventually(partial(_is, w, late["jid"], "cancelled"), 5)
+        break
+    else:
+        pytest.fail("no push landed while FLUSH was at queue b")
     check_store(redis_url)
