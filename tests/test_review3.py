@@ -12,7 +12,8 @@ import trio
 
 from hopper_broker.app import App
 from hopper_broker.store.keys import QueueKeys
-from tests.conftest import BrokerProcess, check_store, eventually
+from hopper_broker.store.keys import worker as worker_key
+from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
 
@@ -136,4 +137,31 @@ async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
         break
     else:
         pytest.fail("no push landed while FLUSH was at queue b")
+    check_store(redis_url)
+
+
+async def _alive(w: Wire) -> bool:
+    try:
+        await w.call("INFO")
+    except (EOFError, trio.BrokenResourceError):
+        return False
+    return True
+
+
+async def test_a_silent_worker_s_connection_on_another_broker_loses_its_jobs(
+    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+) -> None:
+    """A worker that never beats is forgotten by one broker, which closes its connections
+    there; what its connection on another broker fetches after that is failed worker_ttl
+    later (WorkerLost), not held until the reservation ends (30 minutes)."""
+    timing = {"worker_ttl": 0.5, "worker_reaper_interval": 0.1}
+    brokers = [await start_broker(**timing), await start_broker(**timing)]
+    hello = {"wid": "silent-1"}
+    conns = [await Wire.open(b.port, hello=hello) for b in brokers]
+    await eventually(lambda: not rdb.exists(worker_key("silent-1")), 5)
+    survivors = [w for w in conns if await _alive(w)]
+    assert len(survivors) == 1  # the broker that forgot it closed its connection there
+    await survivors[0].call("PUSH", job("jobs-held-1"))
+    assert json.loads(await survivors[0].call("FETCH", "default"))["jid"] == "jobs-held-1"
+    await eventually(lambda: _is(survivors[0], "jobs-held-1", "retrying"), 5)
     check_store(redis_url)

@@ -19,10 +19,12 @@ from hopper_broker.store.keys import (
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
+    HOLDING,
     JIDS,
     PUSHED_CHANNEL,
     QUEUES,
     STATS,
+    WORKERS,
     QueueKeys,
     held,
 )
@@ -183,7 +185,7 @@ class JobStore:
         finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
             FETCH,
-            (*where, *finals, AWAITED, k.prioritized),
+            (*where, *finals, AWAITED, k.prioritized, WORKERS, HOLDING),
             (now, *reserve, count, queue, wid, keep, FINISHED_CHANNEL),
         )
         if len(flat) % 2:
