@@ -11,6 +11,8 @@ import redis
 import trio
 
 from hopper_broker.app import App
+from hopper_broker.errors import Halt
+from hopper_broker.middleware import Chains, Context, Next
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.keys import worker as worker_key
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
@@ -164,4 +166,38 @@ async def test_a_silent_worker_s_connection_on_another_broker_loses_its_jobs(
     await survivors[0].call("PUSH", job("jobs-held-1"))
     assert json.loads(await survivors[0].call("FETCH", "default"))["jid"] == "jobs-held-1"
     await eventually(lambda: _is(survivors[0], "jobs-held-1", "retrying"), 5)
+    check_store(redis_url)
+
+
+async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
+    start_broker: StartBroker, redis_url: str
+) -> None:
+    """JOB CANCEL of a job reserved while the fetch chain runs, which then halts: the
+    reservation ends other than by ACK, so the job ends cancelled instead of going back in line
+    (release.lua)."""
+    reached, go = trio.Event(), trio.Event()
+
+    async def slow_refusal(ctx: Context, next_: Next) -> None:
+        reached.set()
+        await go.wait()
+        raise Halt("DENIED", "not now")
+
+    chains = Chains()
+    chains.fetch.add(slow_refusal)
+    broker = await start_broker(chains)
+    w = await Wire.open(broker.port, hello={"wid": "w-halted-1"})
+    admin = await Wire.open(broker.port, hello={})
+    await admin.call("PUSH", job("jobs-halted-1"))
+    async with trio.open_nursery() as nursery:
+
+        async def fetch() -> None:
+            with pytest.raises(WireError, match="DENIED"):
+                await w.call("FETCH", "default")
+
+        nursery.start_soon(fetch)
+        await reached.wait()
+        assert await state(admin, "jobs-halted-1") == "working"
+        await admin.call("JOB", "CANCEL jobs-halted-1")
+        go.set()
+    assert await state(admin, "jobs-halted-1") == "cancelled"
     check_store(redis_url)
