@@ -13,6 +13,7 @@ import trio
 from hopper_broker.app import App
 from hopper_broker.errors import Halt
 from hopper_broker.middleware import Chains, Context, Next
+from hopper_broker.store.audit import Auditor
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.keys import worker as worker_key
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
@@ -200,4 +201,26 @@ async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
         await admin.call("JOB", "CANCEL jobs-halted-1")
         go.set()
     assert await state(admin, "jobs-halted-1") == "cancelled"
+    check_store(redis_url)
+
+
+async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
+    broker: App, redis_url: str, rdb: redis.Redis
+) -> None:
+    """A blocked job whose dependency no longer names it (what the findings above left) is
+    reported; --repair marks its end due and the job's policy settles it."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-dep-5", queue="other"))
+    await w.call("PUSH", after("jobs-wait-5", ["jobs-dep-5"]))
+    await w.call("PUSH", after("jobs-fine-5", ["jobs-dep-5"], "run"))
+    check_store(redis_url)  # a blocked job that a live dependency names is in order
+    rdb.hset(QueueKeys("other").dependants, "jobs-dep-5", '["default","jobs-fine-5"]')
+    found = await Auditor(broker.manager.store).run()
+    assert [(p.kind, p.queue, p.jid) for p in found.problems] == [
+        ("blocked for good", "default", "jobs-wait-5")
+    ]
+    repaired = await Auditor(broker.manager.store, repair=True).run()
+    assert repaired.clean and len(repaired.problems) == 1
+    await eventually(lambda: _is(w, "jobs-wait-5", "cancelled"), 5)
+    assert await state(w, "jobs-fine-5") == "blocked"  # its dependency still runs
     check_store(redis_url)
