@@ -207,8 +207,8 @@ async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
 async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     broker: App, redis_url: str, rdb: redis.Redis
 ) -> None:
-    """A blocked job whose dependency no longer names it (what the findings above left) is
-    reported; --repair marks its end due and the job's policy settles it."""
+    """A blocked job whose dependency no longer names it (what a FLUSH left) is reported;
+    --repair marks its end due and the job's policy settles it."""
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-dep-5", queue="other"))
     await w.call("PUSH", after("jobs-wait-5", ["jobs-dep-5"]))

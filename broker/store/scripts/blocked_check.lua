@@ -3,8 +3,10 @@
 -- KEYS: 1 the queue's jobs hash, 2 jid index, 3 wf:due zset
 -- ARGV: 1 queue name, 2 '1' to repair, then the jids
 -- An end comes to a blocked job from each unmet dependency that is a live job naming it in its
--- queue's dependants, or that is already due for it in wf:due (lib_workflows.lua); a job whose
--- count (waits) is higher waits for good. Returns the jids of those; with repair, the ends
+-- queue's dependants, or that is already due for it in wf:due (lib_workflows.lua); a dead one
+-- brought its end when it died (fail.lua, move.lua), so one that still names it (left by a
+-- version that did not settle MUTATE kill) brings none. A job whose count (waits) is higher
+-- waits for good. Returns the jids of those; with repair, the ends
 -- missing are marked due in wf:due as ends without success (outcome 'end', on dependencies
 -- that bring none), and the workflows loop settles them under the job's policy.
 local queue, repair = ARGV[1], ARGV[2] == '1'
@@ -18,11 +20,13 @@ for _, entry in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   end
 end
 
--- Whether the live job `dep` names (queue, jid) among its dependants.
+-- Whether `dep`, live and not dead, names (queue, jid) among its dependants.
 local function names(dep, jid)
   local owner = redis.call('HGET', KEYS[2], dep)
   if not owner or string.sub(owner, 1, 1) == '~' then return false end
-  local list = redis.call('HGET', 'hopper:q:{' .. owner .. '}:dependants', dep)
+  local b = 'hopper:q:{' .. owner .. '}:'
+  if redis.call('ZSCORE', b .. 'dead', dep) then return false end
+  local list = redis.call('HGET', b .. 'dependants', dep)
   local found = list and cjson.decode(list) or {}
   for i = 1, #found, 2 do
     if found[i] == queue and found[i + 1] == jid then return true end
