@@ -2,6 +2,8 @@
 with a real broker and Redis, then checked by `hopper check` (check_store)."""
 
 import json
+import random
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -10,12 +12,15 @@ import pytest
 import redis
 import trio
 
+from chaos.marks import CHAOS
 from hopper_broker.app import App
 from hopper_broker.errors import Halt
 from hopper_broker.middleware import Chains, Context, Next
+from hopper_broker.mutate import COMMANDS, TARGETS
 from hopper_broker.store.audit import Auditor
-from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.keys import WF_DUE, QueueKeys
 from hopper_broker.store.keys import worker as worker_key
+from hopper_client.schema.jobs import format_time
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
@@ -223,4 +228,126 @@ async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     assert repaired.clean and len(repaired.problems) == 1
     await eventually(lambda: _is(w, "jobs-wait-5", "cancelled"), 5)
     assert await state(w, "jobs-fine-5") == "blocked"  # its dependency still runs
+    check_store(redis_url)
+
+
+GONE = (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionResetError)
+
+
+class Mix:
+    """A random mix of job control over two brokers: workflows, batches, MUTATE, JOB CANCEL,
+    QUEUE REMOVE and PAUSE, snoozes, workers that go (never beating: forgotten, their jobs
+    failed), short reservations."""
+
+    QUEUES = ("qa", "qb")
+
+    def __init__(self, brokers: list[App], rnd: random.Random) -> None:
+        self.brokers, self.rnd = brokers, rnd
+        self.conns: list[Wire] = []
+        self.held: dict[str, Wire] = {}  # jid -> the connection that fetched it
+        self.pushed: list[str] = []
+        self.bids: list[str] = []
+
+    async def connect(self, wid: str) -> Wire:
+        return await Wire.open(self.rnd.choice(self.brokers).port, hello={"wid": wid})
+
+    async def push(self, w: Wire, n: int) -> None:
+        rnd, custom = self.rnd, {}
+        fields: dict[str, Any] = {"queue": rnd.choice(self.QUEUES), "retry": rnd.choice([0, 0, 1])}
+        if self.pushed and rnd.random() < 0.4:
+            custom["after"] = rnd.sample(self.pushed[-20:], min(len(self.pushed), 2))
+            custom["after_policy"] = rnd.choice(["fail", "run"])
+        if self.bids and rnd.random() < 0.2:
+            custom["bid"] = rnd.choice(self.bids)
+        if rnd.random() < 0.15:
+            fields["at"] = format_time(time.time() + 1)
+        if rnd.random() < 0.2:
+            fields["reserve_for"] = 1
+        await w.call("PUSH", job(f"jobs-mix-{n}", custom=custom or None, **fields))
+        self.pushed.append(f"jobs-mix-{n}")
+
+    async def step(self, w: Wire, n: int) -> None:
+        rnd, op = self.rnd, self.rnd.random()
+        if op < 0.3:
+            await self.push(w, n)
+        elif op < 0.33:
+            spec = {"complete": job(f"jobs-cb-{n}", "Callback", queue="qa")}
+            self.bids.append((await w.call("BATCH", "NEW " + json.dumps(spec))).decode())
+        elif op < 0.35 and self.bids:
+            await w.call("BATCH", f"COMMIT {rnd.choice(self.bids)}")
+        elif op < 0.55:
+            found = await w.call("FETCH", " ".join(self.QUEUES))
+            if found is not None:
+                self.held[json.loads(found)["jid"]] = w
+        elif op < 0.8 and self.held:
+            jid = rnd.choice(sorted(self.held))
+            verb = rnd.choice(["ACK", "ACK", "FAIL"])
+            await self.held.pop(jid).call(verb, {"jid": jid, "message": "boom"})
+        elif op < 0.86 and self.pushed:
+            await w.call("JOB", f"CANCEL {rnd.choice(self.pushed)}")
+        elif op < 0.93 and self.pushed:
+            jids = rnd.sample(self.pushed, min(3, len(self.pushed)))
+            cmd, target = rnd.choice(COMMANDS), rnd.choice(TARGETS)
+            await w.call("MUTATE", {"cmd": cmd, "target": target, "filter": {"jids": jids}})
+        elif op < 0.95:
+            await w.call("QUEUE", f"{rnd.choice(['REMOVE', 'PAUSE', 'RESUME'])} qa qb")
+        elif op < 0.97 and self.held:
+            jid = rnd.choice(sorted(self.held))
+            await self.held.pop(jid).call("JOB", f"SNOOZE {jid} 0")
+        elif op < 0.98:
+            i = rnd.randrange(len(self.conns))
+            await self.replace(i, f"w-{n}")
+        else:
+            await trio.sleep(0.02)
+
+    async def replace(self, i: int, wid: str) -> None:
+        """Close connection i (its worker goes, holding what it fetched) for a new worker."""
+        old = self.conns[i]
+        self.held = {jid: w for jid, w in self.held.items() if w is not old}
+        await old.aclose()
+        self.conns[i] = await self.connect(wid)
+
+    async def run(self, steps: int) -> None:
+        self.conns = [await self.connect(f"w-start-{i}") for i in range(4)]
+        for n in range(steps):
+            i = self.rnd.randrange(len(self.conns))
+            try:
+                await self.step(self.conns[i], n)
+            except WireError:
+                pass  # refused: a dependency that did not succeed, a job not held, ...
+            except GONE:  # a worker forgotten for not beating: its connection was closed
+                await self.replace(i, f"w-again-{n}")
+
+
+@pytest.mark.parametrize(
+    "seed", [0, *(pytest.param(seed, id=f"chaos-{seed}", marks=CHAOS) for seed in range(1, 9))]
+)
+async def test_a_random_mix_of_job_control_strands_nothing(
+    start_broker: StartBroker, rdb: redis.Redis, redis_url: str, seed: int
+) -> None:
+    """After the mix, every batch committed and every job run to its end: no job stays
+    blocked, every batch is complete, and hopper check finds nothing."""
+    timing = {"fetch_timeout": 0.05, "min_reservation": 1, "reaper_interval": 0.2}
+    timing |= {"worker_ttl": 0.5, "worker_reaper_interval": 0.2, "scheduler_interval": 0.2}
+    mix = Mix([await start_broker(**timing), await start_broker(**timing)], random.Random(seed))
+    await mix.run(300)
+    admin = await Wire.open(mix.brokers[0].port, hello={})
+    for bid in mix.bids:
+        await admin.call("BATCH", f"COMMIT {bid}")
+    await admin.call("QUEUE", "RESUME qa qb")
+    with trio.fail_after(30):  # run what is left, what comes back and what is released
+        idle = 0
+        while idle < 5:
+            for target in ("retries", "scheduled"):
+                await admin.call("MUTATE", {"cmd": "requeue", "target": target})
+            found = await admin.call("FETCH", "qa qb")
+            if found is not None:
+                await admin.call("ACK", {"jid": json.loads(found)["jid"]})
+            working = sum(rdb.zcard(QueueKeys(q).working) for q in Mix.QUEUES)
+            idle = 0 if found or working or rdb.zcard(WF_DUE) else idle + 1
+            await trio.sleep(0.02 if found else 0.1)
+    assert [rdb.zcard(QueueKeys(q).blocked) for q in Mix.QUEUES] == [0, 0]
+    for bid in mix.bids:
+        found = json.loads(await admin.call("BATCH", f"STATUS {bid}"))
+        assert found["complete_st"] != "", found
     check_store(redis_url)
