@@ -192,7 +192,7 @@ class Manager:
                         passed = not self.chains.fetch or await self._passes(fetched, now, wid)
                     except Exception:
                         for reserved in [*found, fetched]:
-                            await self._release(reserved)
+                            await self._release(reserved, now, wid)
                         raise
                     if passed:
                         found.append(fetched)
@@ -208,16 +208,15 @@ class Manager:
             await self.chains.fetch.run(Context(job_decoder.decode(fetched.payload), now, wid))
             return True
         except Discard:
-            day, keep = format_day(now), self.kept()
-            await self.store.jobs.fail(
-                fetched.queue, fetched.jid, None, day, retry.DROP, 0, b"", now, keep, wid
-            )
+            await self.store.jobs.drop(fetched.queue, fetched.jid, now, self.kept(), wid)
             return False
 
-    async def _release(self, fetched: Fetched) -> None:
-        """Give a job that middleware refused to hand out straight back to its queue."""
+    async def _release(self, fetched: Fetched, now: float, wid: str) -> None:
+        """Give a job that middleware refused to hand out straight back to its queue; one
+        whose cancel was asked for meanwhile ends cancelled instead."""
         expires = _expiry(job_decoder.decode(fetched.payload))
-        await self.store.jobs.release(fetched.queue, fetched.jid, expires)
+        if await self.store.jobs.release(fetched.queue, fetched.jid, expires) == 2:
+            await self.store.jobs.drop(fetched.queue, fetched.jid, now, self.kept(), wid)
         self.doorbell.ring(fetched.queue)
 
     # -- ack / fail ---------------------------------------------------------------------------

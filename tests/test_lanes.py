@@ -189,8 +189,10 @@ async def test_a_random_mix_of_lane_operations_leaves_nothing_behind(
                 await w.call("ACK", {"jid": jid})
             elif action == "fail":
                 await w.call("FAIL", {"jid": jid, "message": "x"})
-            elif action == "release":
-                await broker.manager.store.jobs.release("fz", jid)
+            elif action == "release":  # as a halted fetch chain does (Manager._release)
+                jobs, wid = broker.manager.store.jobs, f"w{workers.index(w)}"
+                if await jobs.release("fz", jid) == 2:  # cancelled meanwhile: it ends
+                    await jobs.drop("fz", jid, time.time(), broker.manager.kept(), wid)
             else:
                 await w.call("JOB", f"SNOOZE {jid} 0")
         elif op < 0.95 and pushed:

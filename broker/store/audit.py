@@ -31,6 +31,7 @@ from hopper_broker.store.keys import (
     WORKERS,
 )
 from hopper_broker.store.redis import Store
+from hopper_broker.store.workflow_audit import WorkflowAuditor
 from hopper_client.schema.jobs import job_decoder
 
 INSPECT = Script("inspect")
@@ -101,15 +102,17 @@ class Auditor:
             detail = f"{found}; a broker of this version migrates the store when it starts"
             self.report.problems.append(Problem("schema", detail=detail))
             return self.report
-        for queue in await self._queue_names():
+        queues = await self._queue_names()
+        for queue in queues:
             await self._check_queue(queue)
         await self._check_index()
         await self._check_workers()
         await self._check_batches()
-        await HistoryAuditor(self.store, self._history_problem, repair=self.repair).run()
+        await WorkflowAuditor(self.store, self._problem, repair=self.repair).run(queues)
+        await HistoryAuditor(self.store, self._problem, repair=self.repair).run()
         return self.report
 
-    def _history_problem(self, kind: str, queue: str, jid: str) -> None:
+    def _problem(self, kind: str, queue: str, jid: str) -> None:
         self.report.problems.append(Problem(kind, queue, jid, repaired=self.repair))
 
     # -- queues -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Redis, Script, text
-from hopper_broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY, WF_DUE
+from hopper_broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")
@@ -80,7 +80,8 @@ class BatchStore:
         return float(found[1]) if found else None
 
     async def flush(self) -> None:
-        """Delete every batch, and the workflows' ends due (FLUSH)."""
+        """Delete every batch (FLUSH). The workflows' ends due stay: a dependant pushed while
+        FLUSH ran may wait for one (settling an end whose dependant is gone changes nothing)."""
         async for key in self.redis.keys(f"{BATCH_PREFIX}*"):
             await self.redis.execute("DEL", key)
-        await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY, WF_DUE)
+        await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY)

@@ -19,14 +19,16 @@ from hopper_broker.store.keys import (
     DUE,
     FINISHED_CHANNEL,
     FINISHED_MARK,
+    HOLDING,
     JIDS,
     PUSHED_CHANNEL,
     QUEUES,
     STATS,
+    WORKERS,
     QueueKeys,
     held,
 )
-from hopper_client.schema.jobs import encode, job_decoder
+from hopper_client.schema.jobs import encode, format_day, job_decoder
 
 PUSH = Script("push")
 PUSH_GRAPH = Script("push_graph")
@@ -183,7 +185,7 @@ class JobStore:
         finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
             FETCH,
-            (*where, *finals, AWAITED, k.prioritized),
+            (*where, *finals, AWAITED, k.prioritized, WORKERS, HOLDING),
             (now, *reserve, count, queue, wid, keep, FINISHED_CHANNEL),
         )
         if len(flat) % 2:
@@ -299,12 +301,19 @@ class JobStore:
             return 1
         return result
 
-    async def release(self, queue: str, jid: str, expires: float | None = None) -> bool:
-        """Put a reserved job back at the head of its queue (with its expiry, if any)."""
+    async def drop(self, queue: str, jid: str, now: float, keep: str, holder: str) -> int:
+        """End a reservation for good, as a fetch Discard does: the job ends discarded, or
+        cancelled when that was asked for (see fail())."""
+        return await self.fail(queue, jid, None, format_day(now), "", 0, b"", now, keep, holder)
+
+    async def release(self, queue: str, jid: str, expires: float | None = None) -> int:
+        """Put a reserved job back at the head of its queue (with its expiry, if any): 1 done,
+        0 not reserved, 2 not done because a cancel was asked for (end it with fail())."""
         k = self.keys(queue)
         where = (k.working, k.queue, QUEUES, k.holders, k.expiring, k.meta, k.jobs, k.prioritized)
         args = (jid, queue, "" if expires is None else repr(expires))
-        return bool(await self.redis.run(RELEASE, where, args))
+        released: int = await self.redis.run(RELEASE, where, args)
+        return released
 
     # -- by jid -------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 -- fetch: reserve up to N of the oldest jobs of one queue for a worker, atomically per job.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working zset, 4 meta hash, 5 due:working, 6 holders hash,
 --       7 the worker's held set, 8 expiring zset, 9 stats hash, 10 final hash, 11 finished zset,
---       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset, 16 prioritized zset
+--       12 due:finished, 13 jid index, 14 progress hash, 15 awaited zset, 16 prioritized zset,
+--       17 workers zset, 18 holding zset
 -- ARGV: 1 now, 2 default reservation, 3 minimum, 4 maximum (seconds), 5 N, 6 queue name,
 --       7 wid ('' = a connection that is no worker), 8 the keep policy (lib.lua),
 --       9 finished channel
@@ -16,7 +17,9 @@
 -- Guarantees: each job leaves the queue and enters the working set in one step, with expiry
 -- now + its reserve_for (0 or absent means the default; clamped to [min, max]), and the queue
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
--- it (holders, its held set). The stored payload has `reserve_for` right after `enqueued_at`
+-- it (holders, its held set); a worker no longer registered (forgotten by a broker while this
+-- connection, on another, stayed open) enters holding, so its jobs are failed worker_ttl later
+-- unless it says HELLO again (worker_join.lua). The stored payload has `reserve_for` right after `enqueued_at`
 -- (see broker/jobs.py), so no JSON is decoded here. A queued jid without a record (never
 -- written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
@@ -347,6 +350,9 @@ if earliest then
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[6], unpack(holders))
     redis.call('SADD', KEYS[7], unpack(held))
+    if not redis.call('ZSCORE', KEYS[17], ARGV[7]) then
+      redis.call('ZADD', KEYS[18], 'NX', ARGV[1], ARGV[7])
+    end
   end
   if listening() then
     local at, events, wid = clock(), {}, ',"wid":' .. cjson.encode(ARGV[7])

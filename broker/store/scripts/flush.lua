@@ -7,10 +7,14 @@
 --       19 expiring zset, 20 prioritized zset, 21 blocked zset (lib_workflows.lua)
 -- ARGV: 1 queue name, 2 N
 -- Returns how many jobs the queue still holds (finished ones included). Every state in between
--- is consistent: a job is either whole or gone.
+-- is consistent: a job is either whole or gone, and a live job that goes ends for the jobs
+-- waiting for it (wf_count() in lib_workflows.lua: they may be in a queue flushed before it).
 local queue, budget = ARGV[1], tonumber(ARGV[2])
+local base = wf_base(KEYS[1])
 local function drop(jids, value)
   if #jids == 0 then return end
+  if value == queue then wf_count(KEYS[1], KEYS[8], jids, 'end', tonumber(clock())) end
+  redis.call('HDEL', base .. 'waits', unpack(jids))
   redis.call('HDEL', KEYS[1], unpack(jids))
   redis.call('HDEL', KEYS[14], unpack(jids))
   redis.call('HDEL', KEYS[17], unpack(jids))
@@ -37,7 +41,7 @@ forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
 local l = lanes_of(KEYS[7])
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
   l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched,
-  wf_base(KEYS[1]) .. 'waits', wf_base(KEYS[1]) .. 'dependants')
+  base .. 'waits', base .. 'dependants')
 redis.call('SREM', KEYS[9], queue)
 for _, i in ipairs({10, 11, 12, 13, 16}) do redis.call('ZREM', KEYS[i], queue) end
 return 0

@@ -5,8 +5,13 @@
 -- ARGV: 1 jid, 2 queue name, 3 when the job expires ('' = never: FETCH took its entry out)
 -- Guarantees: the job goes back only if this call ended its reservation, and its queue is
 -- listed (a QUEUE REMOVE may have run meanwhile); a job of a group goes back to its lane, and
--- its reservation's lanes get their slots back. Returns 1 or 0.
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+-- its reservation's lanes get their slots back. A job whose cancel was asked for (holders:
+-- '!wid', cancel.lua) does not go back: nothing changes, and the caller ends the reservation
+-- through fail.lua, which ends it cancelled. Returns 1 released, 0 no such reservation, 2 a
+-- cancel was asked for.
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if string.sub(redis.call('HGET', KEYS[4], ARGV[1]) or '', 1, 1) == '!' then return 2 end
+redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 if ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
