@@ -19,6 +19,7 @@ from chaos.figures import FIGURES_VARIABLE
 SUITE = (
     "test_fault",
     "test_batch_faults",
+    "test_job_control_integrity",
     "test_fuzz",
     "test_lanes",
     "test_limits",
