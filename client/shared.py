@@ -16,8 +16,9 @@ every command waiting on it with ConnectionLost, and is not used again.
 
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
+from hopper_client.base import Closable
 from hopper_client.connection import Connection
 from hopper_client.errors import ConnectionLost
 from hopper_client.transports import Event, new_event
@@ -27,19 +28,80 @@ if TYPE_CHECKING:
     from hopper_client.aio_connection import AsyncConnection
 
 
-class _Waiter:
-    """One command written: its reply once read, and the gate its thread waits at (a bare
-    lock, held until the thread is to wake: the cheapest wait CPython has)."""
+class _Owed:
+    """A command written whose reply is owed: the reply once read, or the error that ended
+    it; `wake()` tells its caller."""
 
-    __slots__ = ("done", "error", "gate", "open", "reply")
+    __slots__ = ("done", "error", "reply")
 
     def __init__(self) -> None:
-        self.gate = threading.Lock()
-        self.gate.acquire()
-        self.open = False  # the gate was released and not yet passed (under the shared lock)
         self.done = False
         self.reply: Reply = None
         self.error: ConnectionLost | None = None
+
+    def settle(self, reply: Reply, error: ConnectionLost | None = None) -> None:
+        self.reply, self.error, self.done = reply, error, True
+        self.wake()
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+
+W = TypeVar("W", bound=_Owed)
+C = TypeVar("C", bound=Closable)
+
+
+class _InOrder(Generic[W, C]):
+    """What both shared connections keep: the commands owed in the order written, the lines
+    not yet written, and why the connection broke. The sync one calls these with its lock
+    held."""
+
+    def __init__(self, conn: C) -> None:
+        self._conn = conn
+        self._owed: deque[W] = deque()  # in the order written, reply not yet read
+        self._unsent: list[bytes] = []  # lines of `_owed`'s last waiters, not yet written
+        self.broken: ConnectionLost | None = None
+
+    def _add(self, waiter: W, line: bytes) -> None:
+        """Owe `waiter` a reply to `line`, to be written next; raises why it broke, if so."""
+        if self.broken is not None:
+            raise self.broken
+        self._owed.append(waiter)
+        self._unsent.append(line)
+
+    def _take_unsent(self) -> bytes:
+        data = b"".join(self._unsent)
+        self._unsent.clear()
+        return data
+
+    def _answer(self, reply: Reply) -> bool:
+        """Hand a reply to the first command owed; False (and broken) when none is."""
+        if not self._owed:  # a reply nobody asked for: the stream is out of step
+            self._break(ConnectionLost("the broker sent a reply nobody asked for"))
+            return False
+        self._owed.popleft().settle(reply)
+        return True
+
+    def _break(self, error: ConnectionLost) -> None:
+        """Fail every command owed and close the connection."""
+        self.broken = error
+        self._unsent.clear()
+        while self._owed:
+            self._owed.popleft().settle(None, error)
+        self._conn.close()
+
+
+class _Waiter(_Owed):
+    """A thread's command: it waits at a gate (a bare lock, held until the thread is to
+    wake: the cheapest wait CPython has)."""
+
+    __slots__ = ("gate", "open")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.open = False  # the gate was released and not yet passed (under the shared lock)
 
     def wake(self) -> None:
         """Let the thread through: it was answered, or it is its turn to read (the shared
@@ -49,31 +111,24 @@ class _Waiter:
             self.gate.release()
 
 
-class SharedConnection:
+class SharedConnection(_InOrder[_Waiter, Connection]):
     """A connection several threads send commands on at once, each waiting for its reply."""
 
     def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+        super().__init__(conn)
         self._writing = threading.Lock()  # one thread writes at a time
         self._lock = threading.Lock()  # `_owed`, `_unsent`, `broken` (never held while blocking)
         self._reading = threading.Lock()  # held by the thread reading replies
-        self._owed: deque[_Waiter] = deque()  # in the order written, reply not yet read
-        self._unsent: list[bytes] = []  # lines of `_owed`'s last waiters, not yet written
-        self.broken: ConnectionLost | None = None
 
     def request(self, line: bytes) -> Reply:
         """Send one command line and return its reply; ConnectionLost if the connection
         breaks first (the command may or may not have run)."""
         waiter = _Waiter()
         with self._lock:
-            if self.broken is not None:
-                raise self.broken
-            self._owed.append(waiter)
-            self._unsent.append(line)
+            self._add(waiter, line)
         with self._writing:  # whoever writes first sends every line waiting, in order
             with self._lock:
-                data = b"".join(self._unsent)
-                self._unsent.clear()
+                data = self._take_unsent()
             if data:
                 try:
                     self._conn.send(data)
@@ -105,30 +160,14 @@ class SharedConnection:
                     self._break(exc)
                 return
             with self._lock:
-                if not self._owed:  # a reply nobody asked for: the stream is out of step
-                    self._break(ConnectionLost("the broker sent a reply nobody asked for"))
+                if not self._answer(reply):
                     return
-                owner = self._owed.popleft()
-                owner.reply = reply
-                owner.done = True
-                owner.wake()
 
     def _pass_turn(self) -> None:
         """Wake the thread whose reply is owed next: it reads from here on."""
         with self._lock:
             if self._owed:
                 self._owed[0].wake()
-
-    def _break(self, error: ConnectionLost) -> None:
-        """Fail every command owed (the lock held) and close the connection."""
-        self.broken = error
-        self._unsent.clear()
-        while self._owed:
-            waiter = self._owed.popleft()
-            waiter.error = error
-            waiter.done = True
-            waiter.wake()
-        self._conn.close()
 
     def close(self) -> None:
         """Close the connection (saying END when no reply is owed); commands still owed fail
@@ -143,42 +182,38 @@ class SharedConnection:
             self._break(ConnectionLost("the client was closed"))
 
 
-class _TaskWaiter:
-    """One command written by a task: its reply once read, and the event the task waits on
-    (a new one each time it waits: trio's events cannot be cleared)."""
+class _TaskWaiter(_Owed):
+    """A task's command: the event the task waits on (a new one each time it waits: trio's
+    events cannot be cleared)."""
 
-    __slots__ = ("abandoned", "done", "error", "event", "reply")
+    __slots__ = ("abandoned", "event")
 
     def __init__(self) -> None:
+        super().__init__()
         self.event: Event | None = None
-        self.done = False
         self.abandoned = False  # its task stopped waiting (cancelled): its reply is dropped
-        self.reply: Reply = None
-        self.error: ConnectionLost | None = None
+
+    def wake(self) -> None:
+        if self.event is not None:
+            self.event.set()
 
 
-class AsyncSharedConnection:
+class AsyncSharedConnection(_InOrder[_TaskWaiter, "AsyncConnection"]):
     """SharedConnection for the tasks of one event loop (asyncio or trio): the same order of
     writes and replies, without locks. A task cancelled while it waits leaves its reply to be
     read and dropped; one cancelled while it writes breaks the connection (a line may be half
     sent), so the others' pushes are sent again on a new one."""
 
     def __init__(self, conn: "AsyncConnection") -> None:
-        self._conn = conn
-        self._owed: deque[_TaskWaiter] = deque()
-        self._unsent: list[bytes] = []
+        super().__init__(conn)
         self._writing = False
         self._reading = False
-        self.broken: ConnectionLost | None = None
 
     async def request(self, line: bytes) -> Reply:
         """Send one command line and return its reply; ConnectionLost if the connection
         breaks first (the command may or may not have run)."""
-        if self.broken is not None:
-            raise self.broken
         waiter = _TaskWaiter()
-        self._owed.append(waiter)
-        self._unsent.append(line)
+        self._add(waiter, line)
         if not self._writing:
             await self._write()
         try:
@@ -200,9 +235,7 @@ class AsyncSharedConnection:
         """Send every line waiting, and those that come meanwhile, in order."""
         self._writing = True
         try:
-            while self._unsent:
-                data = b"".join(self._unsent)
-                self._unsent.clear()
+            while data := self._take_unsent():
                 await self._conn.send(data)
         except ConnectionLost as exc:
             self._break(exc)
@@ -217,14 +250,8 @@ class AsyncSharedConnection:
         self._reading = True
         try:
             while not waiter.done:
-                reply = await self._conn.read()
-                if not self._owed:
-                    raise ConnectionLost("the broker sent a reply nobody asked for")
-                owner = self._owed.popleft()
-                owner.reply = reply
-                owner.done = True
-                if owner.event is not None:
-                    owner.event.set()
+                if not self._answer(await self._conn.read()):
+                    break
         except ConnectionLost as exc:
             self._break(exc)
         finally:
@@ -237,21 +264,8 @@ class AsyncSharedConnection:
             return
         for waiter in self._owed:
             if not waiter.abandoned:
-                if waiter.event is not None:
-                    waiter.event.set()
+                waiter.wake()
                 return
-
-    def _break(self, error: ConnectionLost) -> None:
-        """Fail every command owed and close the connection."""
-        self.broken = error
-        self._unsent.clear()
-        while self._owed:
-            waiter = self._owed.popleft()
-            waiter.error = error
-            waiter.done = True
-            if waiter.event is not None:
-                waiter.event.set()
-        self._conn.close()
 
     def close(self) -> None:
         """Close the connection; commands still owed fail with ConnectionLost."""

@@ -68,16 +68,24 @@ async def test_a_plain_job_makes_a_known_number_of_calls(
     assert rdb.zscore(K.finished, "first-0001") == NOW
 
 
-def archived(rdb: redis.Redis, jid: str) -> tuple[dict[str, str], dict[str, list[str]], str]:
-    """A jid's history entry (state, jobtype), the indexes naming it, and the done count."""
+async def archived_done(
+    manager: Manager, rdb: redis.Redis, jid: str, jobtype: str, count: str
+) -> None:
+    """The jid's one history entry says done with `jobtype`, each of its two done indexes
+    names it once, the done count is `count`, and the store is sound."""
     entry = json.loads(rdb.hget(K.history, jid) or "null")
+    assert {"state": entry["state"], "jobtype": entry["jobtype"]} == {
+        "state": "done",
+        "jobtype": jobtype,
+    }
     indexes = {
         key: [j for j in rdb.zrange(key, 0, -1) if j == jid]
         for key in sorted(rdb.scan_iter(match=f"{K.ended('*')}"))
     }
     named = {key: found for key, found in indexes.items() if found}
-    count = rdb.hget(keys.HISTORY_COUNT, "done") or "0"
-    return {"state": entry["state"], "jobtype": entry["jobtype"]}, named, count
+    assert named == {K.ended("done"): [jid], K.ended("done", jobtype): [jid]}
+    assert (rdb.hget(keys.HISTORY_COUNT, "done") or "0") == count
+    await check(manager)
 
 
 async def run_once(manager: Manager, jid: str, jobtype: str) -> None:
@@ -92,11 +100,7 @@ async def test_a_jid_done_again_alone_replaces_its_entry(
 ) -> None:
     await run_once(manager, "again-0001", "First")
     await run_once(manager, "again-0001", "Second")
-    entry, named, count = archived(rdb, "again-0001")
-    assert entry == {"state": "done", "jobtype": "Second"}
-    assert named == {K.ended("done"): ["again-0001"], K.ended("done", "Second"): ["again-0001"]}
-    assert count == "1"
-    await check(manager)
+    await archived_done(manager, rdb, "again-0001", "Second", count="1")
 
 
 async def test_jids_done_again_together_replace_their_entries(
@@ -109,11 +113,7 @@ async def test_jids_done_again_together_replace_their_entries(
         assert await manager.fetch(["default"], "w1", NOW) is not None
     acks = [("again-0001", "default", b""), ("fresh-0001", "default", b"")]
     assert await manager.ack_many(acks, NOW, "w1") == [None, None]
-    entry, named, count = archived(rdb, "again-0001")
-    assert entry == {"state": "done", "jobtype": "Second"}
-    assert named == {K.ended("done"): ["again-0001"], K.ended("done", "Second"): ["again-0001"]}
-    assert count == "2"
-    await check(manager)
+    await archived_done(manager, rdb, "again-0001", "Second", count="2")
 
 
 async def test_a_dead_job_requeued_and_done_is_archived_done_only(
@@ -127,8 +127,5 @@ async def test_a_dead_job_requeued_and_done_is_archived_done_only(
     await manager.mutator.run(requeue, NOW)
     assert await manager.fetch(["default"], "w1", NOW) is not None
     await manager.ack("dies-0001", "default", NOW, "w1")
-    entry, named, count = archived(rdb, "dies-0001")
-    assert entry == {"state": "done", "jobtype": "Dies"}
-    assert named == {K.ended("done"): ["dies-0001"], K.ended("done", "Dies"): ["dies-0001"]}
-    assert count == "1" and rdb.hget(keys.HISTORY_COUNT, "dead") == "0"
-    await check(manager)
+    assert rdb.hget(keys.HISTORY_COUNT, "dead") == "0"
+    await archived_done(manager, rdb, "dies-0001", "Dies", count="1")

@@ -41,6 +41,17 @@ async def _is(w: Wire, jid: str, wanted: str) -> bool:
     return await state(w, jid) == wanted
 
 
+async def settled(w: Wire, jid: str, queue: str, policy: str) -> None:
+    """The dependant `jid`, whose dependency ended without success, applies its policy: "fail"
+    cancels it, "run" hands it out (it is then ACKed)."""
+    if policy == "fail":
+        await eventually(lambda: _is(w, jid, "cancelled"), 5)
+    else:
+        released = await eventually(lambda: w.call("FETCH", queue), 5)
+        assert json.loads(released)["jid"] == jid
+        await w.call("ACK", {"jid": jid})
+
+
 @pytest.mark.parametrize("policy", ["fail", "run"])
 async def test_a_dependency_killed_by_mutate_settles_its_dependants(
     broker: App, redis_url: str, policy: str
@@ -55,12 +66,7 @@ async def test_a_dependency_killed_by_mutate_settles_its_dependants(
     kill = {"cmd": "kill", "target": "retries", "filter": {"jids": ["jobs-dep-1"]}}
     await w.call("MUTATE", kill)
     assert await state(w, "jobs-dep-1") == "dead"
-    if policy == "fail":
-        await eventually(lambda: _is(w, "jobs-next-1", "cancelled"), 5)
-    else:
-        released = await eventually(lambda: w.call("FETCH", "default"), 5)
-        assert json.loads(released)["jid"] == "jobs-next-1"
-        await w.call("ACK", {"jid": "jobs-next-1"})
+    await settled(w, "jobs-next-1", "default", policy)
     check_store(redis_url)
 
 
@@ -108,12 +114,7 @@ async def test_a_dependency_flushed_away_settles_its_dependants(
     await w.call("PUSH", job("jobs-root-2", queue="first"))
     await w.call("PUSH", {**after("jobs-late-2", ["jobs-root-2"], policy), "queue": "second"})
     assert await broker.manager.store.queues.flush("first", 1000) == 0  # FLUSH's step for it
-    if policy == "fail":
-        await eventually(lambda: _is(w, "jobs-late-2", "cancelled"), 5)
-    else:
-        released = await eventually(lambda: w.call("FETCH", "second"), 5)
-        assert json.loads(released)["jid"] == "jobs-late-2"
-        await w.call("ACK", {"jid": "jobs-late-2"})
+    await settled(w, "jobs-late-2", "second", policy)
     check_store(redis_url)
 
 

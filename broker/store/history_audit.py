@@ -4,26 +4,16 @@ each queue with entries of a state is in that state's due index no later than it
 Walked in steps (HSCAN, ZSCAN), each step looked at again by one script (history_check.lua),
 so it is safe while brokers run; `--repair` mends each problem in that step."""
 
-from collections.abc import Callable
-
 from hopper_broker.store import keys
+from hopper_broker.store.audit_part import AuditPart
 from hopper_broker.store.base import Script, text
 from hopper_broker.store.keys import FINAL_STATES, HISTORY_COUNT, JIDS
-from hopper_broker.store.redis import Store
 
 HISTORY_CHECK = Script("history_check")
 
-Note = Callable[[str, str, str], None]  # kind, queue, jid
 
-
-class HistoryAuditor:
+class HistoryAuditor(AuditPart):
     """Checks (and with `repair`, mends) the archive of every queue."""
-
-    def __init__(self, store: Store, note: Note, *, repair: bool) -> None:
-        self.store = store
-        self.redis = store.redis
-        self.note = note
-        self.repair = repair
 
     async def run(self) -> None:
         found = await self._indexes()

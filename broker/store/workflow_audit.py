@@ -5,26 +5,18 @@ in steps (ZSCAN), each step looked at again by one script (blocked_check.lua), s
 while brokers run; `--repair` marks the missing ends due as ends without success, and the
 workflows loop settles them under the job's policy (cancelled, or released)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from hopper_broker.store.audit_part import AuditPart
 from hopper_broker.store.base import Script, text
 from hopper_broker.store.keys import JIDS, WF_DUE
-from hopper_broker.store.redis import Store
 
 BLOCKED_CHECK = Script("blocked_check")
 STRANDED = "blocked for good"
 
-Note = Callable[[str, str, str], None]  # kind, queue, jid
 
-
-class WorkflowAuditor:
+class WorkflowAuditor(AuditPart):
     """Checks (and with `repair`, mends) the blocked jobs of the given queues."""
-
-    def __init__(self, store: Store, note: Note, *, repair: bool) -> None:
-        self.store = store
-        self.redis = store.redis
-        self.note = note
-        self.repair = repair
 
     async def run(self, queues: Sequence[str]) -> None:
         for queue in queues:

@@ -43,11 +43,11 @@ local state = 'discarded'
 if holder and string.sub(holder, 1, 1) == '!' then
   target, state = '', 'cancelled'
 end
-if target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch counts it
-  local outcome = (target == 'retries' or target == 'dead') and 'fail' or 'end'
-  batch_count(KEYS[19], KEYS[5], {jid}, outcome, ARGV[8])
+if target == 'dead' then  -- for good
+  died(KEYS[19], KEYS[5], {jid}, ARGV[8])
+elseif target ~= 'scheduled' then  -- a run that failed, or the job's end: its batch counts it
+  batch_count(KEYS[19], KEYS[5], {jid}, target == 'retries' and 'fail' or 'end', ARGV[8])
 end
-if target == 'dead' then wf_count(KEYS[19], KEYS[5], {jid}, 'end', ARGV[8]) end  -- for good
 local ended = (batch_due.n + wf_due.n) > 0 and 2 or 1
 local until_ = ',"reserved_until":' .. reservation(redis.call('HGET', KEYS[12], jid), expiry)
 local sets = {retries = {3, 7}, dead = {4, 8}, scheduled = {16, 17}}

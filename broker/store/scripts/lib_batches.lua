@@ -121,6 +121,13 @@ local function batch_count(meta, index, jids, outcome, now)
   end
 end
 
+-- Jobs dead for good (their last FAIL, or MUTATE kill): their batches count them as failed and
+-- the jobs waiting for them (workflows) settle their end.
+local function died(meta, index, jids, now)
+  batch_count(meta, index, jids, 'fail', now)
+  wf_count(meta, index, jids, 'end', now)
+end
+
 -- Each call of a script begins with the helpers' per-call state cleared (store/base.py).
 local function begin_call()
   batch_due.n = 0

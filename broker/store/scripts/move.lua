@@ -5,8 +5,7 @@
 --       to dead is archived as dead), then 'jids' <jid> <score read> ...
 -- Guarantees: a job enters the target only if this call took it out of the source at the score
 -- the caller read; the queue is in the target's due index no later than the new score. A job
--- moved to dead dies as by its last FAIL (fail.lua): its batch counts it as failed and its
--- dependants (workflows) settle its end.
+-- moved to dead dies as by its last FAIL (fail.lua, died() in lib_batches.lua).
 -- Returns how many moved.
 local chosen = pick(KEYS[1], ARGV, 5)
 for _, jid in ipairs(chosen) do
@@ -19,9 +18,7 @@ if #chosen > 0 then
   if string.sub(KEYS[2], -5) == ':dead' then
     local payloads = redis.call('HMGET', KEYS[5], unpack(chosen))
     archive(KEYS[5], KEYS[6], ARGV[1], ARGV[4], 'dead', ARGV[3], chosen, payloads)
-    local meta = wf_base(KEYS[5]) .. 'meta'
-    batch_count(meta, KEYS[6], chosen, 'fail', tonumber(ARGV[3]))
-    wf_count(meta, KEYS[6], chosen, 'end', tonumber(ARGV[3]))
+    died(wf_base(KEYS[5]) .. 'meta', KEYS[6], chosen, tonumber(ARGV[3]))
   end
 end
 return #chosen
