@@ -312,6 +312,54 @@ connections with one call (D, inside `Commands`, gathering only when other conne
 ready so a lone client pays no extra checkpoint); give the ACK and FETCH scripts a worker id
 per job so they gather the same way; then weigh the reactor again, which makes gathering free
 (C against D).
+### Lone commands of several connections stored with one call (issue 16)
+
+Built (`broker/gathering.py`, used by `Commands` for PUSH and ACK): the first connection task
+with a lone PUSH (or ACK) leads a gathering. It yields once, so every other connection task
+ready in the same pass of trio's scheduler runs its step; those with a lone command of the same
+kind hand it to the leader and park. The leader stores them all with one manager call (one
+script call per queue) and wakes each with its own outcome; a refusal stays with its own
+command. After 4 leaders in a row found no company, lone commands run at once, and every 16th
+leads again, so a client alone on the broker does not pay for the extra step. The ACK script
+now takes a worker id per job (each worker's held set loses only its own jobs), so ACKs of
+different workers gather. A FETCH that must wait now listens on the doorbell before its first
+look, not after: a waiting FETCH looks into Redis twice per job it gets (the empty look, then
+the look after the ring) instead of three times.
+
+Measured with `python -m bench.ab --side base=<checkout of 7d85d41> --side new=. --workload
+push|mixed|lone --rounds 4` (alternating runs on fresh servers: a redis-server started as the
+embedded one is, `--processes 1`, 20,000 jobs after a 2,000-job warm-up; figures are the median
+of the per-round ratios to the base run), 2026-12-01, load average 0.4-1.7:
+
+| workload | jobs/s | broker CPU per job | Redis CPU per job |
+|---|---|---|---|
+| PUSH, 10 connections | × 2.01 (3,444-4,256 → 4,126-7,784) | × 0.70 (133-179 → 98-123 µs) | × 0.53 (60-78 → 33-44 µs) |
+| mixed, 5 pushers + 5 fetchers | × 1.45 | × 0.98 | × 0.80 |
+| lone: 1 pusher + 1 fetcher | × 1.07 | × 1.00 | × 0.97 |
+
+On the PUSH-only load a push script call carries 5.2 pushes (19,952 of 20,000 pushes gathered,
+3,839 calls); on the mixed load 2.5 pushes and 1.9 ACKs per call. The mixed load varies most
+between identical runs (826-2,009 jobs/s for the same code within minutes): its fetchers mostly
+wait on an empty queue, and how many wake together decides how much is gathered.
+
+Where the time goes now (profiles taken with the mixed load running):
+- **The broker** (py-spy, 500 samples a second): the loopback `send` of each reply 23 % of its
+  samples, `recv` 11 %, `epoll_wait` and trio's `epoll_ctl` re-arming of each socket it waits on
+  17 %: half of the broker's time is system calls, one send, one receive and one re-arm per
+  command, which gathering does not reduce. Hopper's own Python and trio's scheduling share
+  the other half.
+- **Redis** (`perf record` of redis-server): the kernel (socket reads and writes, epoll) 25 %,
+  the Lua interpreter about a third, jemalloc 8 %, the commands themselves the rest; latency
+  tracking (`hdr_record_values`) 1 %. Per script call (`INFO commandstats`, slow log at 0 µs,
+  one connection so nothing else ran meanwhile): an ACK costs about 60 µs of which the history
+  archive of the done job (`archive()` in lib_history.lua: the entry built in Lua, two
+  `ZADD`s into the ended indexes, the count) about 30; a FETCH 50-60; a PUSH 16 per job in a
+  gathered call of four.
+- So a mixed job still costs the broker about 350-400 µs and Redis 200 µs on this box, against
+  80 µs for both asked by the issue: the bar stays out of reach of this design by a factor of
+  5-7. What is left, in the order it would pay: gather FETCHes (the fetch script would take a
+  worker id per job, as the ACK's does now), serve every ready connection from one wake-up (the
+  prototype above, which makes gathering free), trim the ACK's archive.
 """
 
 

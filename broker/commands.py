@@ -2,7 +2,8 @@
 
 Handlers hold no lifecycle rules. Coded errors become `-CODE message`; anything unexpected is
 logged and answered `-ERR internal error`. A run of consecutive PUSH commands received together
-(a pipelining producer) is stored with one manager call, each PUSH still getting its own reply.
+(a pipelining producer) is stored with one manager call, each PUSH still getting its own reply;
+so are lone PUSHes and ACKs of connections served at the same time (gathering.py).
 """
 
 import logging
@@ -14,12 +15,15 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from hopper_broker import protocol
+from hopper_broker.gathering import Gathering
 from hopper_broker.history import query_decoder
 from hopper_broker.manager import Fetched, Manager
 from hopper_broker.protocol import Command
 from hopper_broker.session import Session
+from hopper_broker.store.jobs import Acked
 from hopper_client.schema.errors import BrokerError, CommandError
 from hopper_client.schema.jobs import (
+    Job,
     ack_decoder,
     beat_decoder,
     decode_input,
@@ -66,6 +70,8 @@ class Commands:
         self.manager = manager
         self.clock = manager.clock
         self.observer: Observer | None = None  # set by the dashboard (broker/web/metrics.py)
+        self.pushes = Gathering(self._push_jobs)
+        self.acks = Gathering(self._ack_jobs)
 
     async def run(self, session: Session, batch: list[Command]) -> tuple[list[bytes], int, bool]:
         """Run commands in order: (their replies, how many ran, whether they stopped at END or
@@ -127,14 +133,20 @@ class Commands:
                 positions.append(i)
             except msgspec.DecodeError as exc:
                 replies[i] = protocol.error(f"ERR invalid JSON: {exc}")
-        outcomes = await self.manager.push_many(jobs, self.clock())
+        if len(jobs) == 1:
+            outcomes = [await self.pushes.one(jobs[0])]
+        else:
+            outcomes = await self._push_jobs(jobs)
         _fill_errors(replies, positions, outcomes)
         return replies
+
+    async def _push_jobs(self, jobs: list[Job]) -> list[BrokerError | None]:
+        return await self.manager.push_many(jobs, self.clock())
 
     async def ack_run(self, session: Session, acks: list[Command], may_wait: bool) -> list[bytes]:
         """Consecutive ACKs: finished together, one reply each."""
         replies: list[bytes] = [protocol.OK] * len(acks)
-        items: list[tuple[str, str | None, bytes]] = []
+        items: list[Acked] = []
         positions = []
         for i, command in enumerate(acks):
             try:
@@ -144,14 +156,20 @@ class Commands:
             except CommandError as exc:
                 replies[i] = protocol.error(exc.render())
                 continue
-            items.append((ack.jid, session.recall(ack.jid), bytes(ack.result)))
+            items.append(Acked(ack.jid, session.recall(ack.jid), bytes(ack.result), session.wid))
             positions.append(i)
-        outcomes = await self.manager.ack_many(items, self.clock(), session.wid)
+        if len(items) == 1:
+            outcomes = [await self.acks.one(items[0])]
+        else:
+            outcomes = await self._ack_jobs(items)
         _fill_errors(replies, positions, outcomes)
         if self.observer is not None:
             pairs = zip(items, outcomes, strict=True)
-            self.observer.finished([(jid, q) for (jid, q, _), e in pairs if e is None], True)
+            self.observer.finished([(a.jid, a.queue) for a, e in pairs if e is None], True)
         return replies
+
+    async def _ack_jobs(self, items: list[Acked]) -> list[BrokerError | None]:
+        return await self.manager.ack_many(items, self.clock())
 
     async def fetch_run(
         self, session: Session, fetches: list[Command], may_wait: bool

@@ -33,7 +33,7 @@ from hopper_broker.middleware import Chains, Context
 from hopper_broker.mutate import Mutator
 from hopper_broker.policy import expiry_of
 from hopper_broker.stats import Stats
-from hopper_broker.store.jobs import Reservation
+from hopper_broker.store.jobs import Acked, Reservation
 from hopper_broker.store.redis import Store
 from hopper_broker.sweeps import Sweeps
 from hopper_broker.tracking import Tracking
@@ -144,22 +144,24 @@ class Manager:
             with trio.move_on_after(timeout):
                 await self._closed.wait()
             return []
-        found, _ = await self._take(queues, wid, now, count)
-        if found or not wait:
-            return found
+        if not wait:
+            return (await self._take(queues, wid, now, count))[0]
         deadline = trio.current_time() + timeout
+        woken = False
         while not self._closed.is_set():
             with self.doorbell.listen(queues) as ticket:
-                # Look again now that we listen: a push landing from here on wakes us.
-                found, held_back = await self._take(queues, wid, self.clock(), count)
+                # Listen, then look: a push landing from here on wakes us.
+                found, held_back = await self._take(queues, wid, now, count)
                 if found:
-                    self.doorbell.ring(found[-1].queue)  # pass the wake-up on: more may follow
+                    if woken or ticket.is_set():  # pass on a wake-up we took: more may follow
+                        self.doorbell.ring(found[-1].queue)
                     return found
                 retry_at = deadline if held_back is None else trio.current_time() + held_back
                 with trio.move_on_at(min(deadline, retry_at)):
                     await ticket.wait()
                 if trio.current_time() >= deadline:
                     return []
+            woken, now = ticket.is_set(), self.clock()
         return []
 
     def close(self) -> None:
@@ -226,41 +228,39 @@ class Manager:
     ) -> None:
         """Finish a reserved job, with its result (JSON, or b''). An unknown or expired jid
         changes nothing (reference)."""
-        error = (await self.ack_many([(jid, queue, result)], now, wid))[0]
+        error = (await self.ack_many([Acked(jid, queue, result, wid)], now))[0]
         if error is not None:
             raise error
 
-    async def ack_many(
-        self, acks: Sequence[tuple[str, str | None, bytes]], now: float, wid: str = ""
-    ) -> list[BrokerError | None]:
-        """Finish reserved jobs given as (jid, queue if known, result JSON or b''); returns
-        each one's error. Jobs of one queue are finished with one script call.
+    async def ack_many(self, acks: Sequence[Acked], now: float) -> list[BrokerError | None]:
+        """Finish reserved jobs; returns each one's error. Jobs of one queue are finished with
+        one script call, whichever workers report them.
         """
         outcomes: list[BrokerError | None] = [None] * len(acks)
         limit = self.settings().max_result_bytes
-        for i, (_, _, result) in enumerate(acks):
-            if len(result) > limit:
+        for i, ack in enumerate(acks):
+            if len(ack.result) > limit:
                 outcomes[i] = CommandError(f"result too large (max {limit} bytes)")
-        queues = [queue for _, queue, _ in acks]
+        queues = [ack.queue for ack in acks]
         unknown = [i for i, queue in enumerate(queues) if queue is None]
         if unknown:
-            found = await self.store.jobs.queues_of([acks[i][0] for i in unknown])
+            found = await self.store.jobs.queues_of([acks[i].jid for i in unknown])
             for i, queue in zip(unknown, found, strict=True):
                 queues[i] = queue
-        by_queue: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-        for i, ((jid, _, result), queue) in enumerate(zip(acks, queues, strict=True)):
+        by_queue: dict[str, list[Acked]] = defaultdict(list)
+        for i, (ack, queue) in enumerate(zip(acks, queues, strict=True)):
             if queue is None or outcomes[i] is not None:
                 continue
             if self.chains.ack:
                 try:
-                    await self._run_ack_chain(queue, jid, now, wid)
+                    await self._run_ack_chain(queue, ack.jid, now, ack.wid)
                 except BrokerError as exc:
                     outcomes[i] = exc
                     continue
-            by_queue[queue].append((jid, result))
+            by_queue[queue].append(ack)
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
-            _, due = await self.store.jobs.ack(queue, done, day, now, keep, wid)
+            _, due = await self.store.jobs.ack(queue, done, day, now, keep)
             if due:  # a batch callback: pushed before the ACK's reply, as Enterprise does
                 await self.batches.fire(now)
                 await self.workflows.settle(now)  # and dependants released before it too

@@ -12,6 +12,7 @@ from hopper_broker.manager import Manager
 from hopper_broker.store import keys
 from hopper_broker.store.audit import Auditor
 from hopper_broker.store.connection import Address, Pipeline
+from hopper_broker.store.jobs import Acked
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client.schema.jobs import FailPayload, MutateFilter, Mutation
@@ -111,8 +112,8 @@ async def test_jids_done_again_together_replace_their_entries(
         await manager.push(new(jid, jobtype="Second"), NOW)
     for _ in range(2):
         assert await manager.fetch(["default"], "w1", NOW) is not None
-    acks = [("again-0001", "default", b""), ("fresh-0001", "default", b"")]
-    assert await manager.ack_many(acks, NOW, "w1") == [None, None]
+    acks = [Acked(jid, "default", b"", "w1") for jid in ("again-0001", "fresh-0001")]
+    assert await manager.ack_many(acks, NOW) == [None, None]
     await archived_done(manager, rdb, "again-0001", "Second", count="2")
 
 

@@ -51,6 +51,16 @@ PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] 
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
 
 
+class Acked(msgspec.Struct, frozen=True):
+    """A job a worker reports done: its jid, its queue if known, its result JSON (or b'') and
+    the reporting connection's worker id (or '')."""
+
+    jid: str
+    queue: str | None
+    result: bytes
+    wid: str
+
+
 class Reservation(msgspec.Struct, frozen=True):
     """A reserved job as read: its expiry (as Redis wrote it), stored payload and holder."""
 
@@ -193,23 +203,19 @@ class JobStore:
         return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)], None
 
     async def ack(
-        self,
-        queue: str,
-        acks: Sequence[tuple[str, bytes]],
-        day: str,
-        now: float,
-        keep: str,
-        wid: str = "",
+        self, queue: str, acks: Sequence[Acked], day: str, now: float, keep: str
     ) -> tuple[list[str], int]:
-        """Finish reserved jobs of one queue, each (jid, result JSON or b''), kept and archived
-        as `keep` says (Manager.kept); `wid` is the acking worker's. Returns the jids whose
-        reservation existed, and how many batch callbacks came due."""
+        """Finish reserved jobs of one queue, kept and archived as `keep` says (Manager.kept).
+        Returns the jids whose reservation existed, and how many batch callbacks came due."""
         k = self.keys(queue)
-        args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, wid, len(acks)]
-        args += (jid for jid, _ in acks)
-        for position, (_, result) in enumerate(acks, 1):
-            if result:
-                args += (position, result)
+        workers: dict[str, int] = {}  # wid -> its held set's place after the first 12 keys
+        places = [workers.setdefault(ack.wid, len(workers) + 1) if ack.wid else 0 for ack in acks]
+        args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, len(acks)]
+        args += (ack.jid for ack in acks)
+        args += places
+        for position, ack in enumerate(acks, 1):
+            if ack.result:
+                args += (position, ack.result)
         done, due = await self.redis.run(
             ACK,
             (
@@ -223,8 +229,8 @@ class JobStore:
                 k.progress,
                 AWAITED,
                 k.holders,
-                held(wid),
                 k.meta,
+                *(held(wid) for wid in workers),
             ),
             args,
         )

@@ -1,10 +1,11 @@
 -- ack: finish reserved jobs of one queue, atomically per job.
 -- KEYS: 1 jobs hash, 2 working zset, 3 jid index, 4 stats hash, 5 final hash, 6 finished zset,
---       7 due:finished, 8 progress hash, 9 awaited zset, 10 holders hash, 11 the acking
---       worker's held set, 12 meta hash (its reservations' lanes get their slots back)
+--       7 due:finished, 8 progress hash, 9 awaited zset, 10 holders hash, 11 meta hash (its
+--       reservations' lanes get their slots back), then the held sets of the acking workers
 -- ARGV: 1 day (YYYY-MM-DD), 2 queue name, 3 now (unix seconds), 4 the keep policy (keep_policy()
---       in lib.lua), 5 finished channel, 6 the acking connection's wid, 7 N, then N jids,
---       then pairs (position among the jids, result JSON) for those that carry a result
+--       in lib.lua), 5 finished channel, 6 N, then N jids, then N places of their acking
+--       workers' held sets among KEYS after the 11th (0: no worker id), then pairs (position
+--       among the jids, result JSON) for those that carry a result
 -- Returns {the jids whose reservation existed, the number of batch callbacks and workflow
 -- settlements (wf:due) that came due}:
 -- those jobs are done and counted as processed (and towards their batches: batch_count());
@@ -13,23 +14,27 @@
 -- or expired reservation changes nothing. Each kind of read or write is one call for the whole
 -- batch. Events: done (with the result).
 local queue = ARGV[2]
-local count = tonumber(ARGV[7])
-local jids, results = {}, {}
-for i = 1, count do jids[i] = ARGV[7 + i] end
-for i = 8 + count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
+local count = tonumber(ARGV[6])
+local jids, results, workers = {}, {}, {}
+for i = 1, count do
+  jids[i] = ARGV[6 + i]
+  workers[i] = tonumber(ARGV[6 + count + i])
+end
+for i = 7 + 2 * count, #ARGV, 2 do results[tonumber(ARGV[i])] = ARGV[i + 1] end
 local reserved = redis.call('ZMSCORE', KEYS[2], unpack(jids))
 -- The queue's hashes that name jobs for a feature (progress, lanes' leases, batches,
 -- workflows' dependants): a queue with none of them (plain jobs) skips their reads, one EXISTS
 -- instead of four.
-local base = string.sub(KEYS[12], 1, -5)
+local base = string.sub(KEYS[11], 1, -5)
 local noted = redis.call('EXISTS', KEYS[8], base .. 'leases', base .. 'batched',
   base .. 'dependants') > 0
 local progress = noted and redis.call('HMGET', KEYS[8], unpack(jids)) or {}
-local done, notes, seen, kept, extras = {}, {}, {}, {}, {}
+local done, notes, seen, kept, extras, ackers = {}, {}, {}, {}, {}, {}
 for i, jid in ipairs(jids) do
   if reserved[i] and not seen[jid] then
     seen[jid] = true
     done[#done + 1] = jid
+    ackers[#done] = workers[i]
     kept[#done] = results[i] or ''
     extras[#done] = ',"reserved_until":' .. reservation(progress[i], reserved[i])
       .. (results[i] and ',"result":' .. results[i] or '')
@@ -52,16 +57,20 @@ if listening() then
 end
 redis.call('ZREM', KEYS[2], unpack(done))
 redis.call('HDEL', KEYS[10], unpack(done))
-if noted then unlease(KEYS[12], done) end
-if ARGV[6] ~= '' then  -- the acking worker's own jobs leave its held set (others' stay, stale)
-  local held = {}
-  for i, jid in ipairs(done) do held[i] = queue .. ':' .. jid end
-  redis.call('SREM', KEYS[11], unpack(held))
+if noted then unlease(KEYS[11], done) end
+local held = {}  -- each acking worker's own jobs leave its held set (others' stay, stale)
+for i, jid in ipairs(done) do
+  local place = ackers[i]
+  if place > 0 then
+    held[place] = held[place] or {}
+    held[place][#held[place] + 1] = queue .. ':' .. jid
+  end
 end
+for place, entries in pairs(held) do redis.call('SREM', KEYS[11 + place], unpack(entries)) end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4], 'done', extras)
-if noted then batch_count(KEYS[12], KEYS[3], done, 'ok', ARGV[3]) end
+if noted then batch_count(KEYS[11], KEYS[3], done, 'ok', ARGV[3]) end
 announce(KEYS[9], ARGV[5], done)
 redis.call('HINCRBY', KEYS[4], 'processed', #done)
 redis.call('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)
