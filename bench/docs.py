@@ -333,7 +333,7 @@ of the per-round ratios to the base run), 2026-12-01, load average 0.4-1.7:
 
 | workload | jobs/s | broker CPU per job | Redis CPU per job |
 |---|---|---|---|
-| PUSH, 10 connections | × 2.01 (3,444-4,256 → 4,126-7,784) | × 0.70 (133-179 → 98-123 µs) | × 0.53 (60-78 → 33-44 µs) |
+| PUSH, 10 connections | × 2.01 | × 0.70 (133-179 → 98-123 µs) | × 0.53 (60-78 → 33-44 µs) |
 | mixed, 5 pushers + 5 fetchers | × 1.45 | × 0.98 | × 0.80 |
 | lone: 1 pusher + 1 fetcher | × 1.07 | × 1.00 | × 0.97 |
 
