@@ -15,9 +15,6 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
-import msgspec
-import trio
-
 from hopper_broker import retry
 from hopper_broker.admin import Admin
 from hopper_broker.batches import Batches
@@ -25,13 +22,12 @@ from hopper_broker.clock import Clock
 from hopper_broker.config import Config, Settings
 from hopper_broker.crontab import Crontab
 from hopper_broker.doorbell import Doorbell
-from hopper_broker.errors import Discard
+from hopper_broker.fetching import Fetched, Fetching, stored_expiry
 from hopper_broker.history import History
 from hopper_broker.intake import Intake
 from hopper_broker.listing import Listing
 from hopper_broker.middleware import Chains, Context
 from hopper_broker.mutate import Mutator
-from hopper_broker.policy import expiry_of
 from hopper_broker.stats import Stats
 from hopper_broker.store.jobs import Acked, Reservation
 from hopper_broker.store.redis import Store
@@ -43,23 +39,13 @@ from hopper_client.schema.errors import JOB_NOT_FOUND, BrokerError, CommandError
 from hopper_client.schema.jobs import (
     FailPayload,
     Job,
-    check_queue_name,
     encode,
     format_day,
     job_decoder,
 )
 
-MAX_DISCARDS = 100  # jobs one FETCH may drop through fetch middleware before giving up
 FAIL_READS = 3  # reads of a reservation that changes under a FAIL before giving up
 MAX_SNOOZE = 365 * 86_400  # seconds a JOB SNOOZE may put a job off
-
-
-class Fetched(msgspec.Struct, frozen=True):
-    """A job handed to a worker: its queue, jid and stored payload."""
-
-    queue: str
-    jid: str
-    payload: bytes
 
 
 class Manager:
@@ -98,8 +84,9 @@ class Manager:
         store.jobs.on_batch_due = self.batches.wake
         self.workflows = Workflows(store, settings, self.kept, self.tracking.find)
         self.history = History(store, settings)
-        self._closed = trio.Event()
-        self._held_back: set[str] = set()  # queues whose limits held a FETCH back last time
+        self.fetching = Fetching(
+            store, settings, self.chains, self.doorbell, self.workers, clock, self.kept
+        )
         self._kept: tuple[Config | None, str] = (None, "")  # kept(), for the settings it read
 
     # -- push ---------------------------------------------------------------------------------
@@ -132,94 +119,13 @@ class Manager:
         self, queues: Sequence[str], wid: str, now: float, count: int, *, wait: bool = True
     ) -> list[Fetched]:
         """Reserve up to `count` jobs, queues in priority order; waits (up to fetch_timeout,
-        unless `wait` is False) only while there is none. A quiet or terminating worker gets
-        nothing, after the wait, as the reference does.
-        """
-        if not queues:
-            raise CommandError("must call fetch with at least one queue")
-        for queue in queues:
-            check_queue_name(queue)
-        timeout = self.settings().fetch_timeout if wait else 0
-        if not await self.workers.may_fetch(wid):
-            with trio.move_on_after(timeout):
-                await self._closed.wait()
-            return []
-        if not wait:
-            return (await self._take(queues, wid, now, count))[0]
-        deadline = trio.current_time() + timeout
-        woken = False
-        while not self._closed.is_set():
-            with self.doorbell.listen(queues) as ticket:
-                # Listen, then look: a push landing from here on wakes us.
-                found, held_back = await self._take(queues, wid, now, count)
-                if found:
-                    if woken or ticket.is_set():  # pass on a wake-up we took: more may follow
-                        self.doorbell.ring(found[-1].queue)
-                    return found
-                retry_at = deadline if held_back is None else trio.current_time() + held_back
-                with trio.move_on_at(min(deadline, retry_at)):
-                    await ticket.wait()
-                if trio.current_time() >= deadline:
-                    return []
-            woken, now = ticket.is_set(), self.clock()
-        return []
+        unless `wait` is False) only while there is none (fetching.py)."""
+        return await self.fetching.fetch_many(queues, wid, now, count, wait=wait)
 
     def close(self) -> None:
-        """Shutting down: waiting FETCHes answer at once with nothing."""
-        self._closed.set()
-        self.doorbell.ring_all()
+        """Shutting down: waiting FETCHes and JOB WAITs answer at once."""
+        self.fetching.close()
         self.finishes.ring_all()
-
-    async def _take(
-        self, queues: Sequence[str], wid: str, now: float, count: int
-    ) -> tuple[list[Fetched], float | None]:
-        """Reserve up to `count` jobs that are there now, running the fetch chain on each;
-        also, when a queue's limits held jobs back, the seconds until one may be given."""
-        found: list[Fetched] = []
-        discards = 0
-        held_back: float | None = None
-        reservation, keep = self.settings().reservation, self.kept()
-        for queue in queues:
-            while len(found) < count:
-                wanted = 1 if self.chains.fetch else count - len(found)
-                got, wait = await self.store.jobs.fetch(queue, now, reservation, wanted, wid, keep)
-                if wait is not None:
-                    held_back = wait if held_back is None else min(held_back, wait)
-                    self._held_back.add(queue)
-                else:
-                    self._held_back.discard(queue)
-                for jid, payload in got:
-                    fetched = Fetched(queue, jid, payload)
-                    try:
-                        passed = not self.chains.fetch or await self._passes(fetched, now, wid)
-                    except Exception:
-                        for reserved in [*found, fetched]:
-                            await self._release(reserved, now, wid)
-                        raise
-                    if passed:
-                        found.append(fetched)
-                    else:
-                        discards += 1
-                if len(got) < wanted or discards >= MAX_DISCARDS:
-                    break
-        return found, held_back
-
-    async def _passes(self, fetched: Fetched, now: float, wid: str) -> bool:
-        """Run the fetch chain on a reserved job; False if it was discarded (and dropped)."""
-        try:
-            await self.chains.fetch.run(Context(job_decoder.decode(fetched.payload), now, wid))
-            return True
-        except Discard:
-            await self.store.jobs.drop(fetched.queue, fetched.jid, now, self.kept(), wid)
-            return False
-
-    async def _release(self, fetched: Fetched, now: float, wid: str) -> None:
-        """Give a job that middleware refused to hand out straight back to its queue; one
-        whose cancel was asked for meanwhile ends cancelled instead."""
-        expires = _expiry(job_decoder.decode(fetched.payload))
-        if await self.store.jobs.release(fetched.queue, fetched.jid, expires) == 2:
-            await self.store.jobs.drop(fetched.queue, fetched.jid, now, self.kept(), wid)
-        self.doorbell.ring(fetched.queue)
 
     # -- ack / fail ---------------------------------------------------------------------------
 
@@ -264,7 +170,7 @@ class Manager:
             if due:  # a batch callback: pushed before the ACK's reply, as Enterprise does
                 await self.batches.fire(now)
                 await self.workflows.settle(now)  # and dependants released before it too
-            if queue in self._held_back:  # a FETCH held back by the queue's limits may go on
+            if queue in self.fetching.held_back:  # a FETCH held back by its limits may go on
                 self.doorbell.ring(queue)
         return outcomes
 
@@ -313,7 +219,7 @@ class Manager:
             day, payload, keep = format_day(now), reservation.payload, self.kept()
             target = "scheduled" if payload else retry.DROP  # no record: nothing to run again
             expiry, holder = reservation.expiry, reservation.holder
-            expires = _expiry(job_decoder.decode(payload)) if payload else None
+            expires = stored_expiry(job_decoder.decode(payload)) if payload else None
             return await self.store.jobs.fail(
                 queue,
                 jid,
@@ -372,7 +278,7 @@ class Manager:
         target, score = retry.next_step(job, now, self.rng, self.settings().dead_ttl)
         if self.chains.fail:
             await self.chains.fail.run(Context(job, now, wid))
-        payload, expires = encode(job), _expiry(job)
+        payload, expires = encode(job), stored_expiry(job)
         errtype = job.failure.errtype if job.failure else ""
         return await self.store.jobs.fail(
             queue,
@@ -388,11 +294,3 @@ class Manager:
             errtype,
             expires,
         )
-
-
-def _expiry(job: Job) -> float | None:
-    """When a stored job expires (None: never, or its expiry no longer reads)."""
-    try:
-        return expiry_of(job, 0.0)
-    except CommandError:
-        return None

@@ -18,7 +18,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from hopper_broker.commands import RUNS, TABLE
-from hopper_broker.manager import Fetched, Manager
+from hopper_broker.fetching import Fetched
+from hopper_broker.manager import Manager
 from hopper_broker.stats import Stats
 from hopper_broker.web.figures import Figures, read_figures
 from hopper_client.schema.errors import BrokerError
