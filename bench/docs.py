@@ -326,28 +326,38 @@ different workers gather. A FETCH that must wait now listens on the doorbell bef
 look, not after: a waiting FETCH looks into Redis twice per job it gets (the empty look, then
 the look after the ring) instead of three times.
 
-Measured with `python -m bench.ab --side base=<checkout of 7d85d41> --side new=. --workload
-push|mixed|lone --rounds 4` (alternating runs on fresh servers: a redis-server started as the
-embedded one is, `--processes 1`, 20,000 jobs after a 2,000-job warm-up; figures are the median
-of the per-round ratios to the base run), 2026-12-01, load average 0.4-1.7:
+Measured with `python -m bench.ab --side base=<checkout of 7d85d41> --side new=.
+--workload push|mixed|fetch|lone --rounds 4-5` (alternating runs on fresh servers: a
+redis-server started as the embedded one is, `--processes 1`, 20,000 jobs after a 2,000-job
+warm-up; a figure is the median of the per-round ratios to the base run; `fetch` is 10
+FETCH+ACK connections on 20,000 jobs pushed before), 2026-12-01, load average 0.4-1.9:
 
 | workload | jobs/s | broker CPU per job | Redis CPU per job |
 |---|---|---|---|
 | PUSH, 10 connections | × 2.01 | × 0.70 (133-179 → 98-123 µs) | × 0.53 (60-78 → 33-44 µs) |
-| mixed, 5 pushers + 5 fetchers | × 1.45 | × 0.98 | × 0.80 |
+| FETCH+ACK, 10 connections | × 1.13 | × 1.07 | × 0.83 |
+| mixed, 5 + 5 connections (two series) | × 1.45, × 1.04 | × 0.98, × 1.13 | × 0.80, × 0.92 |
 | lone: 1 pusher + 1 fetcher | × 1.07 | × 1.00 | × 0.97 |
 
 On the PUSH-only load a push script call carries 5.2 pushes (19,952 of 20,000 pushes gathered,
-3,839 calls); on the mixed load 2.5 pushes and 1.9 ACKs per call. The mixed load varies most
-between identical runs (826-2,009 jobs/s for the same code within minutes): its fetchers mostly
-wait on an empty queue, and how many wake together decides how much is gathered.
+3,839 calls); on the mixed load 2.5 pushes and 1.9 ACKs per call, on the FETCH+ACK load 3.3
+ACKs. Identical runs of the mixed and FETCH+ACK loads vary by ±20 % within minutes on this box
+(826-2,009 jobs/s for the same code), so only the PUSH figures are firm: where company is
+scarce, the leader's extra step costs the broker about what the saved calls give back, and
+Redis is spared 8-20 %.
+
+Tried and dropped: gathering the looks of lone FETCHes (the fetch script taking a worker id per
+job, the k-th job found for the k-th worker). On the FETCH+ACK load it halved the script calls
+per job (1.30 → 0.73) but not Redis's time in them (1.90 → 1.83 s per 20,000 jobs: a script's
+cost is per job, not per call) and cost the broker 3 % more than gathering the ACKs alone.
 
 Where the time goes now (profiles taken with the mixed load running):
-- **The broker** (py-spy, 500 samples a second): the loopback `send` of each reply 23 % of its
-  samples, `recv` 11 %, `epoll_wait` and trio's `epoll_ctl` re-arming of each socket it waits on
-  17 %: half of the broker's time is system calls, one send, one receive and one re-arm per
-  command, which gathering does not reduce. Hopper's own Python and trio's scheduling share
-  the other half.
+- **The broker** (py-spy, 500 samples a second): the loopback `send` of each reply 17-23 % of
+  its samples, `recv` 11-14 %, `epoll_wait` and trio's `epoll_ctl` re-arming of each socket it
+  waits on 17-22 %: half of the broker's time is system calls (one send, one receive and one
+  re-arm per command, and an `epoll_wait` per pass of the scheduler, of which a command takes
+  two or three), which gathering does not reduce. Hopper's own Python and trio's scheduling
+  share the other half, no function above 2 %.
 - **Redis** (`perf record` of redis-server): the kernel (socket reads and writes, epoll) 25 %,
   the Lua interpreter about a third, jemalloc 8 %, the commands themselves the rest; latency
   tracking (`hdr_record_values`) 1 %. Per script call (`INFO commandstats`, slow log at 0 µs,
@@ -356,10 +366,11 @@ Where the time goes now (profiles taken with the mixed load running):
   `ZADD`s into the ended indexes, the count) about 30; a FETCH 50-60; a PUSH 16 per job in a
   gathered call of four.
 - So a mixed job still costs the broker about 350-400 µs and Redis 200 µs on this box, against
-  80 µs for both asked by the issue: the bar stays out of reach of this design by a factor of
-  5-7. What is left, in the order it would pay: gather FETCHes (the fetch script would take a
-  worker id per job, as the ACK's does now), serve every ready connection from one wake-up (the
-  prototype above, which makes gathering free), trim the ACK's archive.
+  80 µs for both asked by the issue; the system calls of its three commands alone cost the
+  broker more than that. The bar stays out of reach of this design by a factor of 5-7. What is
+  left, in the order it would pay: serve every ready connection from one wake-up (the prototype
+  above: fewer scheduler passes and no re-arm per read, and gathering without the leader's
+  extra step), then trim the ACK's archive.
 """
 
 

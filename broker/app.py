@@ -44,7 +44,7 @@ class App:
         chains: Chains | None = None,
     ) -> None:
         self.settings = Settings(config)
-        self.chains = chains or Chains()
+        self.chains = chains if chains is not None else Chains()
         self.ssl_context = server_context(config)
         self.redis_url = config.redis_url
         self.port = 0

@@ -128,7 +128,7 @@ class Commands:
                 positions.append(i)
             except msgspec.DecodeError as exc:
                 replies[i] = protocol.error(f"ERR invalid JSON: {exc}")
-        if len(jobs) == 1:
+        if len(jobs) == 1 and not self.manager.chains:  # (middleware may await anything)
             outcomes = [await self.pushes.one(jobs[0])]
         else:
             outcomes = await self._push_jobs(jobs)
@@ -153,7 +153,7 @@ class Commands:
                 continue
             items.append(Acked(ack.jid, session.recall(ack.jid), bytes(ack.result), session.wid))
             positions.append(i)
-        if len(items) == 1:
+        if len(items) == 1 and not self.manager.chains:
             outcomes = [await self.acks.one(items[0])]
         else:
             outcomes = await self._ack_jobs(items)

@@ -6,7 +6,9 @@ first of them lead: it yields once, so every other ready connection task runs it
 those that bring a request of the same kind follow it instead of calling the manager. The
 leader then runs every request with one call and hands each follower its own result (or the
 call's exception). After LONELY leaders in a row found no company, requests run at once,
-probing again every PROBE_EVERY-th, so a lone client does not pay for the extra step.
+probing again every PROBE_EVERY-th, so a lone client does not pay for the extra step. The
+leader's call is shielded from cancellation (it carries the others' requests): Commands gathers
+only the plain path, without middleware, whose calls Redis's timeout bounds.
 """
 
 from collections.abc import Awaitable, Callable

@@ -64,7 +64,7 @@ class Manager:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.chains = chains or Chains()
+        self.chains = chains if chains is not None else Chains()
         self.stats = stats or Stats()
         self.doorbell = doorbell or Doorbell()
         self.clock = clock

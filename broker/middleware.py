@@ -62,3 +62,7 @@ class Chains:
     fetch: Chain = field(default_factory=Chain)
     ack: Chain = field(default_factory=Chain)
     fail: Chain = field(default_factory=Chain)
+
+    def __bool__(self) -> bool:
+        """Whether any middleware is installed."""
+        return bool(self.push or self.fetch or self.ack or self.fail)
