@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.servers import cpu_seconds
 
+BEAT_EVERY = 10.0  # seconds between a fetcher's heartbeats (Faktory workers beat every 15)
 # a connection's requests: sent each reply (bulk body, +line, None for a null bulk), yields the
 # next request to send
 Requests = Generator[bytes, bytes | None, None]
@@ -119,10 +120,14 @@ def pushes(prefix: bytes, count: int, batch: int) -> Requests:
         yield b"PUSHB [" + jobs + b"]"
 
 
-def fetches(count: int) -> Requests:
-    """FETCH and ACK `count` jobs of the default queue: sent each reply, yields what to send."""
-    fetched = 0
+def fetches(count: int, wid: str) -> Requests:
+    """FETCH and ACK `count` jobs of the default queue: sent each reply, yields what to send;
+    a BEAT every BEAT_EVERY seconds, as a worker does (the broker forgets a silent one)."""
+    fetched, beat_at = 0, time.monotonic() + BEAT_EVERY
     while fetched < count:
+        if time.monotonic() >= beat_at:
+            yield b'BEAT {"wid":"' + wid.encode() + b'"}'
+            beat_at = time.monotonic() + BEAT_EVERY
         payload = yield b"FETCH default"
         if payload is None:
             continue
@@ -138,7 +143,8 @@ def drive(port: int, jobs: int, pushers: int, fetchers: int, batch: int, run_id:
     for p in range(pushers):
         conns.append(Driven(port, "", pushes(f"{run_id}{p}".encode(), jobs // pushers, batch)))
     for _ in range(fetchers):
-        conns.append(Driven(port, uuid.uuid4().hex, fetches(jobs // fetchers)))
+        wid = uuid.uuid4().hex
+        conns.append(Driven(port, wid, fetches(jobs // fetchers, wid)))
     for conn in conns:
         conn.sock.sendall(next(conn.requests) + b"\r\n")
         selector.register(conn.sock, selectors.EVENT_READ, conn)
