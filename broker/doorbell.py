@@ -7,36 +7,10 @@ one listener, the one that has waited longest.
 """
 
 from collections import deque
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 
 import trio
-
-
-class _Listening:
-    """A listener's place in the lines of its queues, while the `with` block runs."""
-
-    __slots__ = ("lines", "queues", "ticket")
-
-    def __init__(self, lines: dict[str, deque[trio.Event]], queues: Sequence[str]) -> None:
-        self.lines, self.queues, self.ticket = lines, queues, trio.Event()
-
-    def __enter__(self) -> trio.Event:
-        for queue in self.queues:
-            line = self.lines.get(queue)
-            if line is None:
-                line = self.lines[queue] = deque()
-            line.append(self.ticket)
-        return self.ticket
-
-    def __exit__(self, *_: object) -> None:
-        for queue in self.queues:
-            line = self.lines.get(queue)
-            if line is not None:
-                with suppress(ValueError):
-                    line.remove(self.ticket)
-                if not line:
-                    del self.lines[queue]
 
 
 class Doorbell:
@@ -45,9 +19,22 @@ class Doorbell:
     def __init__(self) -> None:
         self._lines: dict[str, deque[trio.Event]] = {}
 
-    def listen(self, queues: Sequence[str]) -> _Listening:
-        """`with` it: an event set by the next ring of any of `queues`; listen before looking."""
-        return _Listening(self._lines, queues)
+    @contextmanager
+    def listen(self, queues: Sequence[str]) -> Iterator[trio.Event]:
+        """An event set by the next ring of any of `queues`; listen before looking."""
+        ticket = trio.Event()
+        for queue in queues:
+            self._lines.setdefault(queue, deque()).append(ticket)
+        try:
+            yield ticket
+        finally:
+            for queue in queues:
+                line = self._lines.get(queue)
+                if line is not None:
+                    with suppress(ValueError):
+                        line.remove(ticket)
+                    if not line:
+                        del self._lines[queue]
 
     def ring(self, queue: str, times: int = 1) -> None:
         """Wake up to `times` listeners of `queue`, longest-waiting first."""

@@ -59,8 +59,7 @@ class Gathering(Generic[T, R]):
         self._followers: list[_Follower[T, R]] | None = None  # while a leader gathers
         self._lonely = 0  # leaders in a row that found no company
         self._alone = 0  # requests run alone since the last leader
-        self.calls = 0  # calls of `run` made by leaders, and the requests they carried
-        self.requests = 0
+        self.led = 0  # gatherings led so far
 
     async def one(self, item: T) -> R:
         """Run one request, together with those of other tasks ready now: its result."""
@@ -82,8 +81,7 @@ class Gathering(Generic[T, R]):
             self._followers = None
         self._lonely = 0 if followers else self._lonely + 1
         self._alone = 0
-        self.calls += 1
-        self.requests += 1 + len(followers)
+        self.led += 1
         try:
             with trio.CancelScope(shield=True):  # the followers' requests ride on this call
                 results = await self._run([item, *(f.item for f in followers)])

@@ -99,7 +99,7 @@ async def test_a_lone_caller_stops_waiting_for_company_and_probes_now_and_then()
     # each call ran alone; the first LONELY led (a checkpoint each), then PROBE_EVERY ran at
     # once, then one probed again
     assert len(recorder.calls) == LONELY + PROBE_EVERY + 1
-    assert gathering.calls == LONELY + 1
+    assert gathering.led == LONELY + 1
     together = await ask_together(gathering, ["x", "y", "z"])  # company again: gathered
     assert together == {"x": "X", "y": "Y", "z": "Z"}
 

@@ -208,7 +208,7 @@ class JobStore:
         """Finish reserved jobs of one queue, kept and archived as `keep` says (Manager.kept).
         Returns the jids whose reservation existed, and how many batch callbacks came due."""
         k = self.keys(queue)
-        workers: dict[str, int] = {}  # wid -> its held set's place after the first 12 keys
+        workers: dict[str, int] = {}  # wid -> its held set's place after the first 11 keys
         places = [workers.setdefault(ack.wid, len(workers) + 1) if ack.wid else 0 for ack in acks]
         args: list[Any] = [day, queue, now, keep, FINISHED_CHANNEL, len(acks)]
         args += (ack.jid for ack in acks)

@@ -19,8 +19,8 @@
 -- is in the due index no later than its earliest expiry; a worker's jobs are noted as held by
 -- it (holders, its held set); a worker no longer registered (forgotten by a broker while this
 -- connection, on another, stayed open) enters holding, so its jobs are failed worker_ttl later
--- unless it says HELLO again (worker_join.lua). The stored payload has `reserve_for` right after `enqueued_at`
--- (see broker/jobs.py), so no JSON is decoded here. A queued jid without a record (never
+-- unless it says HELLO again (worker_join.lua). The stored payload has `reserve_for` right
+-- after `enqueued_at` (see broker/jobs.py), so no JSON is decoded here. A queued jid without a record (never
 -- written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
 -- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
