@@ -70,7 +70,7 @@ class App:
             config = self.settings()
             with self._starting:
                 redis = await self._reach_redis(root)
-                store = Store(redis)
+                store = Store(redis, split=config.redis_split)
                 await migrate(store)
                 clock = RedisClock(store)
                 await clock.sync()

@@ -119,6 +119,7 @@ RESTART_ONLY = frozenset(
         "dashboard_bind",
         "reuse_port",
         "processes",
+        "redis_split",
     }
 )
 
@@ -142,6 +143,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     processes: int = PROCESSES  # broker processes behind the port; 0: by the CPUs (above)
     password: str = ""
     redis_url: str = ""  # empty: start an embedded redis-server in data_dir
+    redis_split: bool = False  # split mode (docs/cluster.md) on one Redis: for tests
     data_dir: str = DEFAULT_DATA_DIR
     redis_server: str = "redis-server"
     appendfsync: str = "everysec"

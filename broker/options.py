@@ -88,6 +88,8 @@ HELP = {
     "history_args": "keep each archived job's args in the history; turn off with "
     "HOPPER_HISTORY_ARGS=false or history_args = false in the file",
     "history_interval": "seconds between passes of the history's retention loop",
+    "redis_split": "store as on a Redis Cluster (global keys written in a second step, "
+    "docs/cluster.md) on one Redis: for testing",
     "push_replicas": "Redis replicas a pushed job must reach before its +OK (WAIT); 0: none",
     "push_replicas_timeout": "seconds a push waits for its push_replicas at most",
     "dashboard_bind": "address of the web dashboard and /metrics, host:port; off: none",

@@ -139,21 +139,36 @@ test_config.__test__ = False  # type: ignore[attr-defined]
 
 
 class StartBroker:
-    """Starts in-process brokers in the test's nursery: `await start(**config overrides)`."""
+    """Starts in-process brokers in the test's nursery: `await start(**config overrides)`; in
+    split mode (redis_split) when the test runs with store_mode 'split'."""
 
-    def __init__(self, nursery: trio.Nursery, redis_url: str) -> None:
+    def __init__(self, nursery: trio.Nursery, redis_url: str, split: bool = False) -> None:
         self.nursery = nursery
         self.redis_url = redis_url
+        self.split = split
 
     async def __call__(self, chains: Chains | None = None, **overrides: Any) -> App:
+        overrides.setdefault("redis_split", self.split)
         app = App(test_config(self.redis_url, **overrides), chains=chains)
         await self.nursery.start(app.run)
         return app
 
 
+@pytest.fixture(params=["one", "split"])
+def store_mode(request: pytest.FixtureRequest) -> str:
+    """How the brokers of a test store: as on one Redis, or split as on a Redis Cluster (the
+    global keys written in a second step, docs/cluster.md). A module opts in with
+    `pytestmark = pytest.mark.usefixtures("store_mode")`."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
-async def start_broker(nursery: trio.Nursery, redis_url: str) -> StartBroker:
-    return StartBroker(nursery, redis_url)
+async def start_broker(
+    nursery: trio.Nursery, redis_url: str, request: pytest.FixtureRequest
+) -> StartBroker:
+    split = "store_mode" in request.fixturenames and request.getfixturevalue("store_mode")
+    return StartBroker(nursery, redis_url, split == "split")
 
 
 @pytest.fixture

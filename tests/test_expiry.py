@@ -12,6 +12,8 @@ from hopper_client.schema.jobs import parse_time
 from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 async def state(w: Wire, jid: str) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(await w.call("JOB", f"STATE {jid}"))

@@ -12,6 +12,8 @@ from hopper_client import AsyncClient
 from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 async def fetch_all(w: Wire, queue: str = "default") -> list[str]:
     jids = []

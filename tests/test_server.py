@@ -14,6 +14,8 @@ from hopper_broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 async def test_greeting_and_handshake(broker: App) -> None:
     w = await Wire.open(broker.port)

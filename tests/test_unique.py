@@ -12,6 +12,8 @@ from hopper_broker.app import App
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 NOT_UNIQUE = "NOTUNIQUE Job not unique"
 
 

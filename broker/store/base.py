@@ -7,10 +7,22 @@ from typing import Any
 
 from hopper_broker.store.address import ReplyError
 from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.keys import JIDS, queue_of_key, stand_in
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares
-LIBRARIES = ("lib_history", "lib", "lib_lanes", "lib_workflows", "lib_batches", "lib_push")
+LIBRARIES = (
+    "lib_outbox",
+    "lib_history",
+    "lib",
+    "lib_lanes",
+    "lib_workflows",
+    "lib_batches",
+    "lib_push",
+)
+# the scripts that also run in split mode (lib_outbox.lua): their global writes deferred
+SPLIT_READY = frozenset(("push", "fetch", "ack", "fail", "release"))
+SPLIT_SUFFIX = "_s"  # a script's function in split mode
 
 
 class Library:
@@ -18,7 +30,9 @@ class Library:
     LIBRARIES are defined once, when Redis loads it, not at each call as an EVAL prelude would
     be. Each script becomes a function `<name>_<digest>` of the library `hopper_<digest>`
     (digest: of the whole source), so brokers of different versions sharing a Redis each call
-    their own. Each call begins by clearing the helpers' per-call state (begin_call)."""
+    their own. Each call begins by clearing the helpers' per-call state (begin_call). A script
+    of SPLIT_READY also has a split-mode function (`<function>_s`), which returns {its reply,
+    its outbox}."""
 
     def __init__(self) -> None:
         folder = resources.files("hopper_broker.store").joinpath("scripts")
@@ -26,15 +40,32 @@ class Library:
         helpers = "".join(read[name] for name in LIBRARIES)
         bodies = {name: body for name, body in sorted(read.items()) if name not in LIBRARIES}
         self.digest = hashlib.sha1((helpers + "".join(bodies.values())).encode()).hexdigest()[:12]
-        functions = "".join(
-            f"redis.register_function('{self.function(name)}', function(KEYS, ARGV)\n"
-            f"begin_call()\n{body}\nend)\n"
-            for name, body in bodies.items()
-        )
-        self.source = f"#!lua name=hopper_{self.digest}\n{helpers}{functions}"
+        functions = "".join(self._register(name, body) for name, body in bodies.items())
+        prelude = f"#!lua name=hopper_{self.digest}\nlocal SCRIPTS = {{}}\n"
+        self.source = f"{prelude}{helpers}{functions}"
 
     def function(self, script: str) -> str:
         return f"{script}_{self.digest}"
+
+    def _register(self, name: str, body: str) -> str:
+        """The Lua that registers the script's function(s); its body is SCRIPTS[name]."""
+        function = self.function(name)
+        run = f"SCRIPTS['{name}'] = function(KEYS, ARGV)\n{body}\nend\n"
+        one = (
+            f"redis.register_function('{function}', function(KEYS, ARGV)\n"
+            f"begin_call(false)\nreturn SCRIPTS['{name}'](KEYS, ARGV)\nend)\n"
+        )
+        if name not in SPLIT_READY:
+            return run + one
+        return (
+            run
+            + one
+            + (
+                f"redis.register_function('{function}{SPLIT_SUFFIX}', function(KEYS, ARGV)\n"
+                f"begin_call(true)\nlocal reply = SCRIPTS['{name}'](KEYS, ARGV)\n"
+                f"if reply == nil then reply = false end\nreturn {{reply, outbox}}\nend)\n"
+            )
+        )
 
 
 LIBRARY = Library()
@@ -46,6 +77,10 @@ class Script:
     def __init__(self, name: str) -> None:
         self.name = name
         self.function = LIBRARY.function(name)
+        self.split = name in SPLIT_READY
+
+
+APPLY = Script("apply")
 
 
 def text(value: bytes) -> str:
@@ -53,10 +88,13 @@ def text(value: bytes) -> str:
 
 
 class Redis:
-    """The store's access to Redis over one auto-pipelining connection."""
+    """The store's access to Redis over one auto-pipelining connection. In split mode (a Redis
+    Cluster, or `redis_split` on one Redis) the scripts of SPLIT_READY touch only their queue's
+    keys and hand back their global writes, applied next on the global keys (run())."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, split: bool = False) -> None:
         self.pipeline = pipeline
+        self.split = split
 
     async def execute(self, *args: Any) -> Any:
         """One command; an error reply raises ReplyError."""
@@ -74,8 +112,24 @@ class Redis:
         return replies
 
     async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Call a script; loads the library when Redis does not have it (a new Redis, say)."""
-        call = ("FCALL", script.function, len(keys), *keys, *args)
+        """Call a script; loads the library when Redis does not have it (a new Redis, say). In
+        split mode a script of SPLIT_READY gets its global keys as stand-ins in the slot of
+        its first key's queue, and its outbox is applied after it."""
+        if not (self.split and script.split):
+            return await self._call(script.function, keys, args)
+        queue = queue_of_key(keys[0])
+        local = [stand_in(queue, key) for key in keys] if queue is not None else list(keys)
+        reply, outbox = await self._call(script.function + SPLIT_SUFFIX, local, args)
+        if outbox:
+            await self.apply(outbox)
+        return reply
+
+    async def apply(self, outbox: list[bytes]) -> None:
+        """Split mode's second step: a script's global writes, made on the global keys."""
+        await self._call(APPLY.function, (JIDS,), outbox)
+
+    async def _call(self, function: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        call = ("FCALL", function, len(keys), *keys, *args)
         reply = await self.pipeline.execute(*call)
         if isinstance(reply, ReplyError) and "Function not found" in reply.reply:
             loaded = await self.pipeline.execute("FUNCTION", "LOAD", LIBRARY.source)

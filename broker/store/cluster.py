@@ -101,6 +101,12 @@ class ClusterPipeline:
             task_status.started()
             await trio.sleep_forever()
 
+    @property
+    def connections(self) -> int:
+        """A number that changes when any master's connection is made again or the slot map
+        is reloaded (as Pipeline.connections for one Redis)."""
+        return self.refreshes + sum(node.pipeline.connections for node in self._nodes.values())
+
     async def execute(self, *args: Any) -> Any:
         """Send one command to its slot's master and return its reply (an error reply as a
         ReplyError value); raises RoutingError, RedisUnavailable."""

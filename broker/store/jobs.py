@@ -28,9 +28,11 @@ from hopper_broker.store.keys import (
     QueueKeys,
     held,
 )
+from hopper_client.schema.errors import BrokerError
 from hopper_client.schema.jobs import encode, format_day, job_decoder
 
 PUSH = Script("push")
+CLAIM = Script("claim")
 PUSH_GRAPH = Script("push_graph")
 FETCH = Script("fetch")
 ACK = Script("ack")
@@ -49,6 +51,10 @@ Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload
 # its dependencies: '' or JSON [policy, jid, ...] (workflows, see scripts/lib_workflows.lua)
 PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None, str]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
+NOT_SPLIT = (
+    "cron, batches and workflows (custom.bid, custom.after, graphs) are not served on a Redis "
+    "Cluster yet"
+)
 
 
 class Acked(msgspec.Struct, frozen=True):
@@ -106,7 +112,22 @@ class JobStore:
         failed). A `graph` is stored all or nothing (9: refused with another job)."""
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
+        if self.redis.split:
+            args[8] = await self._claim(queue, entries, claim is not None or graph)
         return _push_results(await self.redis.run(PUSH, keys_, args))
+
+    async def _claim(self, queue: str, entries: Sequence[PushEntry], spans: bool) -> str:
+        """Split mode's first step of a push (scripts/claim.lua): the jids claimed, the queue
+        listed and its due entry for its earliest scheduled job added; the claims as push.lua
+        takes them. Raises BrokerError for what split mode does not do yet (docs/cluster.md)."""
+        if spans or any(entry[5] is not None or entry[6] for entry in entries):
+            raise BrokerError(NOT_SPLIT)
+        earliest = min((float(entry[2]) for entry in entries if entry[2]), default=None)
+        due = "" if earliest is None else repr(earliest)
+        claims: bytes = await self.redis.run(
+            CLAIM, (JIDS, QUEUES, DUE["scheduled"]), (queue, due, *(e[0] for e in entries))
+        )
+        return text(claims)
 
     async def push_graph(
         self, segments: Sequence[tuple[str, Sequence[PushEntry], str]], now: float, keep: str
@@ -140,7 +161,7 @@ class JobStore:
         k = self.keys(queue)
         locks: list[str] = []
         args: list[Any] = [PUSHED_CHANNEL, queue, claimed, keep, FINISHED_CHANNEL, now, limits]
-        args.append("G" if graph else "")
+        args += ("G" if graph else "", "")  # the claims ('' on one Redis): see push()
         for jid, payload, at, unique, expires, batch, after in entries:
             spec = joins = ""
             if unique is not None:
@@ -191,6 +212,8 @@ class JobStore:
         Empty when the queue is paused or empty.
         """
         k = self.keys(queue)
+        if self.redis.split:  # announced first: a reservation expires no later than this
+            await self.redis.execute("ZADD", DUE["working"], "LT", now + reserve[1], queue)
         where = (k.jobs, k.queue, k.working, k.meta, DUE["working"], k.holders, held(wid))
         finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
@@ -293,6 +316,8 @@ class JobStore:
         batch callback came due, `on_batch_due` is called.
         """
         k = self.keys(queue)
+        if self.redis.split and target:  # announced first: the job is there no earlier
+            await self.redis.execute("ZADD", DUE[target], "LT", score, queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
         others = (k.holders, held(holder), k.scheduled, DUE["scheduled"], k.expiring, k.meta)
@@ -316,6 +341,8 @@ class JobStore:
         """Put a reserved job back at the head of its queue (with its expiry, if any): 1 done,
         0 not reserved, 2 not done because a cancel was asked for (end it with fail())."""
         k = self.keys(queue)
+        if self.redis.split:  # listed first: FLUSH and INFO find what goes back
+            await self.redis.execute("SADD", QUEUES, queue)
         where = (k.working, k.queue, QUEUES, k.holders, k.expiring, k.meta, k.jobs, k.prioritized)
         args = (jid, queue, "" if expires is None else repr(expires))
         released: int = await self.redis.run(RELEASE, where, args)

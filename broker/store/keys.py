@@ -96,6 +96,7 @@ SCHEMA = 2
 PREFIX = "hopper"
 QUEUE_PREFIX = f"{PREFIX}:q:"
 GLOBAL = f"{PREFIX}:g:{{g}}"
+GLOBAL_PREFIX = f"{PREFIX}:g:"
 
 SCHEMA_KEY = f"{GLOBAL}:schema"
 JIDS = f"{GLOBAL}:jids"
@@ -231,6 +232,12 @@ def held(wid: str) -> str:
 def batch(bid: str) -> str:
     """The record of one batch; `bid` is checked by broker/batches.py before it gets here."""
     return f"{BATCH_PREFIX}{bid}"
+
+
+def stand_in(queue: str, key: str) -> str:
+    """What a global key is in split mode for a script of `queue` (scripts/lib_outbox.lua): a
+    name in the queue's slot, never read or written (any other key as it is)."""
+    return f"{QUEUE_PREFIX}{{{queue}}}:@{key}" if key.startswith(GLOBAL_PREFIX) else key
 
 
 def queue_of_key(key: str) -> str | None:

@@ -17,8 +17,8 @@ from hopper_broker.store.workers import WorkerStore
 class Store:
     """Typed Redis operations for the manager."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.redis = Redis(pipeline)
+    def __init__(self, pipeline: Pipeline, split: bool = False) -> None:
+        self.redis = Redis(pipeline, split)
         self.jobs = JobStore(self.redis)
         self.sets = SetStore(self.redis, self.jobs)
         self.queues = QueueStore(self.redis, self.jobs)

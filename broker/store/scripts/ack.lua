@@ -66,12 +66,12 @@ for i, jid in ipairs(done) do
     held[place][#held[place] + 1] = queue .. ':' .. jid
   end
 end
-for place, entries in pairs(held) do redis.call('SREM', KEYS[11 + place], unpack(entries)) end
+for place, entries in pairs(held) do global('SREM', KEYS[11 + place], unpack(entries)) end
 local k = {jobs = KEYS[1], final = KEYS[5], finished = KEYS[6], due = KEYS[7], index = KEYS[3],
   progress = KEYS[8]}
 finish(k, queue, done, notes, ARGV[3], ARGV[4], 'done', extras)
 if noted then batch_count(KEYS[11], KEYS[3], done, 'ok', ARGV[3]) end
 announce(KEYS[9], ARGV[5], done)
-redis.call('HINCRBY', KEYS[4], 'processed', #done)
-redis.call('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)
+global('HINCRBY', KEYS[4], 'processed', #done)
+global('HINCRBY', KEYS[4], 'processed:' .. ARGV[1], #done)
 return {done, batch_due.n + wf_due.n}

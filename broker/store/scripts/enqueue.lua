@@ -22,7 +22,7 @@ if #chosen > 0 then
       moved[#moved + 1] = jid
       kept[#moved] = payloads[i]
     else
-      forget(KEYS[6], jid, queue)
+      forget_all(KEYS[6], {jid}, queue)
     end
   end
   if #moved > 0 then

@@ -30,14 +30,14 @@ local holder = redis.call('HGET', KEYS[14], jid)
 if holder then
   redis.call('HDEL', KEYS[14], jid)
   if ARGV[11] ~= '' and (holder == ARGV[11] or holder == '!' .. ARGV[11]) then
-    redis.call('SREM', KEYS[15], queue .. ':' .. jid)
+    global('SREM', KEYS[15], queue .. ':' .. jid)
   end
 end
 if target ~= 'scheduled' then
-  redis.call('HINCRBY', KEYS[6], 'processed', 1)
-  redis.call('HINCRBY', KEYS[6], 'processed:' .. ARGV[4], 1)
-  redis.call('HINCRBY', KEYS[6], 'failures', 1)
-  redis.call('HINCRBY', KEYS[6], 'failures:' .. ARGV[4], 1)
+  for _, field in ipairs({'processed', 'failures'}) do
+    global('HINCRBY', KEYS[6], field, 1)
+    global('HINCRBY', KEYS[6], field .. ':' .. ARGV[4], 1)
+  end
 end
 local state = 'discarded'
 if holder and string.sub(holder, 1, 1) == '!' then
@@ -62,7 +62,7 @@ end
 if place then
   redis.call('HSET', KEYS[1], jid, ARGV[7])
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)
-  redis.call('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
+  global('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
   if target == 'dead' then
     local _, mode = keep_policy(ARGV[9])
     archive(KEYS[1], KEYS[5], queue, mode, 'dead', ARGV[8], {jid}, {ARGV[7]}, {until_})

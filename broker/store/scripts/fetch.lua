@@ -315,7 +315,7 @@ if #expired > 0 then
   finish(k, ARGV[6], expired, notes, ARGV[1], ARGV[8], 'expired')
   batch_count(KEYS[4], KEYS[13], expired, 'end', now)
   announce(KEYS[15], ARGV[9], expired)
-  redis.call('HINCRBY', KEYS[9], 'expired', #expired)
+  global('HINCRBY', KEYS[9], 'expired', #expired)
   if payloads then
     local at, events = clock(), {}
     for i, jid in ipairs(expired) do
@@ -346,13 +346,10 @@ if take ~= take_line or per_worker then
 end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))
-  redis.call('ZADD', KEYS[5], 'LT', earliest, ARGV[6])
+  global('ZADD', KEYS[5], 'LT', earliest, ARGV[6])
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[6], unpack(holders))
-    redis.call('SADD', KEYS[7], unpack(held))
-    if not redis.call('ZSCORE', KEYS[17], ARGV[7]) then
-      redis.call('ZADD', KEYS[18], 'NX', ARGV[1], ARGV[7])
-    end
+    defer('hold', 3, KEYS[7], KEYS[17], KEYS[18], ARGV[7], ARGV[1], held)
   end
   if listening() then
     local at, events, wid = clock(), {}, ',"wid":' .. cjson.encode(ARGV[7])

@@ -32,11 +32,6 @@ local function refresh_due(due, set, queue)
   end
 end
 
--- Drop the jid index entry of a job of `queue` that has left the broker.
-local function forget(jids, jid, queue)
-  if redis.call('HGET', jids, jid) == queue then redis.call('HDEL', jids, jid) end
-end
-
 -- The entries a script acts on, from args[first] on (args: its ARGV): 'due' <now> <limit>
 -- selects those of `set` whose score is <= now; 'all' <limit> the first ones of `set`; 'jids'
 -- <jid> <score> ... the given jids, each only while its score in `set` is still the one the caller read (so a caller
@@ -65,14 +60,17 @@ end
 
 -- Drop the jid index entries of `jids` that still say `value` (the queue for live jobs, or
 -- ~queue for finished ones).
-local function forget_all(index, jids, value)
-  if #jids == 0 then return end
+AFTER.forget_all = function(index, jids, value)
   local owners = redis.call('HMGET', index, unpack(jids))
   local ours = {}
   for i, jid in ipairs(jids) do
     if owners[i] == value then ours[#ours + 1] = jid end
   end
   if #ours > 0 then redis.call('HDEL', index, unpack(ours)) end
+end
+
+local function forget_all(index, jids, value)
+  if #jids > 0 then defer('forget_all', 1, index, jids, value) end
 end
 
 -- The keep policy every finishing script gets from the broker (Manager.keep): '<n> <mode>',
@@ -113,8 +111,8 @@ local function finish(k, queue, jids, notes, at, keep, state, extras)
   end
   redis.call('ZADD', k.finished, unpack(scored))
   if #notes > 0 then redis.call('HSET', k.final, unpack(notes)) end
-  redis.call('HSET', k.index, unpack(marks))
-  redis.call('ZADD', k.due, 'LT', at, queue)
+  global('HSET', k.index, unpack(marks))
+  global('ZADD', k.due, 'LT', at, queue)
   local over = redis.call('ZCARD', k.finished) - most
   if over > 0 then
     local oldest = redis.call('ZPOPMIN', k.finished, over)
@@ -136,8 +134,7 @@ local function reservation(progress, expiry)
 end
 
 -- Tell JOB WAITs (on any broker) that these jobs finished or died: publish the awaited ones.
-local function announce(awaited, channel, jids)
-  if #jids == 0 then return end
+AFTER.announce = function(awaited, channel, jids)
   local waited = redis.call('ZMSCORE', awaited, unpack(jids))
   local told = {}
   for i, jid in ipairs(jids) do
@@ -147,6 +144,19 @@ local function announce(awaited, channel, jids)
     end
   end
   if #told > 0 then redis.call('ZREM', awaited, unpack(told)) end
+end
+
+local function announce(awaited, channel, jids)
+  if #jids > 0 then defer('announce', 1, awaited, channel, jids) end
+end
+
+-- FETCH's global writes for a worker's reservations: `entries` (`queue:jid`) join its held set,
+-- and a worker no longer registered (forgotten by a broker while this connection, on another,
+-- stayed open) enters holding, so its jobs are failed worker_ttl later unless it says HELLO
+-- again (worker_join.lua).
+AFTER.hold = function(held, workers, holding, wid, now, entries)
+  redis.call('SADD', held, unpack(entries))
+  if not redis.call('ZSCORE', workers, wid) then redis.call('ZADD', holding, 'NX', now, wid) end
 end
 
 -- The note kept for a finished job: its state if not done, its result (raw JSON) if any; ''

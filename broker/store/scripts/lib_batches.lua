@@ -128,8 +128,10 @@ local function died(meta, index, jids, now)
   wf_count(meta, index, jids, 'end', now)
 end
 
--- Each call of a script begins with the helpers' per-call state cleared (store/base.py).
-local function begin_call()
+-- Each call of a script begins with the helpers' per-call state cleared (store/base.py), and
+-- says whether it runs in split mode (lib_outbox.lua).
+local function begin_call(split_mode)
   batch_due.n = 0
   wf_due.n = 0
+  begin_outbox(split_mode)
 end

@@ -90,7 +90,7 @@ local function unindex(h, jids, entries, state)
     counts[ended] = (counts[ended] or 0) + 1
   end
   for index, gone in pairs(members) do redis.call('ZREM', index, unpack(gone)) end
-  for ended, n in pairs(counts) do redis.call('HINCRBY', h.count, ended, -n) end
+  for ended, n in pairs(counts) do global('HINCRBY', h.count, ended, -n) end
 end
 
 -- Archive `jids` of `queue` that ended now in `state` at `at`: `payloads` their records (nil
@@ -146,6 +146,6 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   local key = h.ended .. state
   redis.call('ZADD', key, unpack(scored))
   for jobtype, typed in pairs(types) do redis.call('ZADD', key .. ':' .. jobtype, unpack(typed)) end
-  redis.call('HINCRBY', h.count, state, #scored / 2)
-  redis.call('ZADD', h.due .. state, 'LT', first, queue)
+  global('HINCRBY', h.count, state, #scored / 2)
+  global('ZADD', h.due .. state, 'LT', first, queue)
 end

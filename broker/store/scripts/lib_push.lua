@@ -9,8 +9,9 @@
 --       claims hash says an earlier tick for field, and record this one), 4 finished jobs kept
 --       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
 --       within the last second: '' none, 'D' draining (the queue or the broker), else its
---       max_size, 8 'G' for a graph (all or nothing: see below) or ''; then 7-tuples (jid,
---       payload, at, unique, expires, batch, after);
+--       max_size, 8 'G' for a graph (all or nothing: see below) or '', 9 split mode's jid claims
+--       (claim.lua: JSON, each job's index entry before its claim; '' on one Redis); then
+--       7-tuples (jid, payload, at, unique, expires, batch, after);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
 --       start | ttl | replace; expires '' or when the job expires (unix seconds); batch '' or
 --       '<batch record KEYS index>' (a job of the batch: custom.bid) or '<index> <kind>' (the
@@ -50,7 +51,7 @@ local function push_queue(KEYS, ARGV, graph)
   local queue = ARGV[2]
   if ARGV[7] == 'D' then
     local refused = {}
-    for i = 1, (#ARGV - 8) / 7 do refused[i] = 5 end
+    for i = 1, (#ARGV - 9) / 7 do refused[i] = 5 end
     return refused
   end
   -- jobs the queue may still take now (max_size), nil when it has no bound
@@ -62,15 +63,20 @@ local function push_queue(KEYS, ARGV, graph)
     local last = redis.call('HGET', KEYS[15], field)
     if last and tonumber(last) >= tonumber(tick) then
       local refused = {}
-      for i = 1, (#ARGV - 8) / 7 do refused[i] = 3 end
+      for i = 1, (#ARGV - 9) / 7 do refused[i] = 3 end
       return refused
     end
     redis.call('HSET', KEYS[15], field, tick)
   end
 
+  -- Whether `jid` is a job of this queue that has not finished (its record is here).
+  local function live(jid)
+    return redis.call('HEXISTS', KEYS[1], jid) == 1 and not redis.call('ZSCORE', KEYS[7], jid)
+  end
+
   -- Whether `jid` (a job of this queue) is waiting: queued or scheduled.
   local function waiting(jid)
-    if redis.call('HGET', KEYS[4], jid) ~= queue then return false end
+    if not live(jid) then return false end
     for i = 10, 12 do
       if redis.call('ZSCORE', KEYS[i], jid) then return false end
     end
@@ -82,9 +88,8 @@ local function push_queue(KEYS, ARGV, graph)
     local mode, holder = string.match(value, '^(%a+):(.*)$')
     if mode == 'ttl' then return true end
     if mode ~= 'success' then return waiting(holder) end
-    local owner = redis.call('HGET', KEYS[4], holder)
-    if owner == queue then return true end
-    if owner ~= '~' .. queue then return false end
+    if live(holder) then return true end
+    if not redis.call('ZSCORE', KEYS[7], holder) then return false end
     local note = redis.call('HGET', KEYS[8], holder)
     return note ~= false and string.find(note, '"state":"done"', 1, true) == nil
   end
@@ -170,11 +175,14 @@ local function push_queue(KEYS, ARGV, graph)
   end
 
   local ending = graph and graph.ending or {}  -- holders a graph's replace pushes end
-  local function arg(i, f) return ARGV[8 + 7 * (i - 1) + f] end
-  local count = (#ARGV - 8) / 7
-  local jids = {}
-  for i = 1, count do jids[i] = arg(i, 1) end
-  local owners = redis.call('HMGET', KEYS[4], unpack(jids))
+  local function arg(i, f) return ARGV[9 + 7 * (i - 1) + f] end
+  local count = (#ARGV - 9) / 7
+  local owners = split and cjson.decode(ARGV[9])
+  if not owners then
+    local jids = {}
+    for i = 1, count do jids[i] = arg(i, 1) end
+    owners = redis.call('HMGET', KEYS[4], unpack(jids))
+  end
   local results, taken = {}, {}
 
   -- Whether a unique job could take its lock now (as lock(), reading only); the holder it
@@ -288,7 +296,7 @@ local function push_queue(KEYS, ARGV, graph)
   if #blocked > 0 then
     redis.call('ZADD', base .. 'blocked', unpack(blocked))
     redis.call('HSET', base .. 'waits', unpack(waits))
-    redis.call('SADD', KEYS[6], queue)  -- listed: FLUSH finds it
+    global('SADD', KEYS[6], queue)  -- listed: FLUSH finds it
   end
   if #index == 0 then return results end
   local stored = {}
@@ -303,7 +311,7 @@ local function push_queue(KEYS, ARGV, graph)
     redis.call('HDEL', KEYS[8], unpack(old))
     redis.call('HDEL', KEYS[9], unpack(old))
   end
-  redis.call('HSET', KEYS[4], unpack(index))
+  if not split then redis.call('HSET', KEYS[4], unpack(index)) end  -- else claimed before
   if #expiring > 0 then  -- and FETCH knows to look (meta: expiring)
     redis.call('ZADD', KEYS[18], unpack(expiring))
     redis.call('HSET', KEYS[16], 'expiring', 1)
@@ -311,12 +319,12 @@ local function push_queue(KEYS, ARGV, graph)
   redis.call('HSET', KEYS[1], unpack(records))
   if #waiting > 0 and line_up(KEYS[2], KEYS[17], KEYS[16], waiting, waiting_payloads) then
     -- the queue was empty (or jobs of a priority came): list it and wake fetchers
-    redis.call('SADD', KEYS[6], queue)
+    global('SADD', KEYS[6], queue)
     redis.call('PUBLISH', ARGV[1], queue)
   end
   if earliest then
     redis.call('ZADD', KEYS[3], unpack(scheduled))
-    redis.call('ZADD', KEYS[5], 'LT', earliest, queue)
+    global('ZADD', KEYS[5], 'LT', earliest, queue)
   end
   if listening() then
     local now, events = clock(), {}
@@ -333,4 +341,15 @@ local function push_queue(KEYS, ARGV, graph)
     publish(events)
   end
   return results
+end
+
+-- Give back a jid claimed for `queue` (claim.lua) by a push that refused its job: its index
+-- entry as it was before (`before`, '' for none), unless it changed since.
+AFTER.unclaim = function(index, jid, queue, before)
+  if redis.call('HGET', index, jid) ~= queue then return end
+  if before == '' then
+    redis.call('HDEL', index, jid)
+  else
+    redis.call('HSET', index, jid, before)
+  end
 end

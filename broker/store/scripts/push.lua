@@ -1,3 +1,14 @@
 -- push: store new jobs of one queue and enqueue or schedule each of them, atomically: see
--- push_queue() in lib_push.lua (KEYS, ARGV, returns and guarantees).
-return push_queue(KEYS, ARGV)
+-- push_queue() in lib_push.lua (KEYS, ARGV, returns and guarantees). In split mode the jids
+-- were claimed before (claim.lua): a job refused here gives its claim back after the call.
+local results = push_queue(KEYS, ARGV)
+if split then
+  local claims = cjson.decode(ARGV[9])
+  for i, result in ipairs(results) do
+    local owner = claims[i]
+    if result ~= 1 and not (owner and string.sub(owner, 1, 1) ~= '~') then
+      defer('unclaim', 1, KEYS[4], ARGV[10 + 7 * (i - 1)], ARGV[2], owner or '')
+    end
+  end
+end
+return results

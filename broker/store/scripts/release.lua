@@ -29,5 +29,5 @@ elseif priority then  -- first of its priority
 else
   redis.call('RPUSH', KEYS[2], ARGV[1])
 end
-redis.call('SADD', KEYS[3], ARGV[2])
+global('SADD', KEYS[3], ARGV[2])
 return 1

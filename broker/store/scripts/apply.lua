@@ -1,0 +1,7 @@
+-- apply: split mode's second step, on the global keys: the writes a queue's script deferred
+-- (its outbox, lib_outbox.lua), in the order it made them, in one atomic call.
+-- KEYS: 1 the jid index (it routes the call to the global keys' slot)
+-- ARGV: the outbox's entries
+-- Returns how many were applied.
+apply_outbox(ARGV)
+return #ARGV

@@ -1,0 +1,54 @@
+-- lib_outbox: how a queue's script writes the global keys (hash tag {g}), first in the function
+-- library (store/base.py). On one Redis it writes them at once, in the same atomic call. In
+-- split mode (a Redis Cluster, where {g} lives in another slot, maybe on another node) the call
+-- runs as its `_s` function: it writes only its queue's keys, each global key reaches it as a
+-- stand-in in the queue's slot (`hopper:q:{<queue>}:@<global key>`, keys.py: stand_in(), never
+-- read or written), and its global writes go to the outbox, which the call returns after its
+-- reply and the store applies next, on {g}, with apply.lua (docs/cluster.md says in which order
+-- and what a crash between the two steps leaves).
+
+local split = false  -- this call runs in split mode
+local outbox = {}  -- split mode: the global writes of this call, one JSON array each
+local AFTER = {}  -- name -> a helper a split call defers (filled where each is defined)
+
+local function begin_outbox(mode)
+  split = mode
+  outbox = {}
+end
+
+-- The global key a stand-in names (any other key as it is).
+local function real_key(key)
+  return string.match(key, '^hopper:q:{[^}]*}:@(.*)$') or key
+end
+
+-- Run AFTER[name] (a helper that writes global keys; its first `nkeys` arguments are keys) now,
+-- or in split mode add it to the outbox, its keys named as they really are (numbers written as
+-- Redis writes them, all 17 digits: cjson keeps 14).
+local function defer(name, nkeys, ...)
+  if not split then return AFTER[name](...) end
+  local entry = {name, ...}
+  for i = 2, select('#', ...) + 1 do
+    local value = entry[i]
+    if i <= nkeys + 1 then
+      entry[i] = real_key(value)
+    elseif type(value) == 'number' then
+      entry[i] = string.format('%.17g', value)
+    end
+  end
+  outbox[#outbox + 1] = cjson.encode(entry)
+end
+
+AFTER.call = function(key, command, ...) return redis.call(command, key, ...) end
+
+-- One command on a global key: now, or in split mode after the call.
+local function global(command, key, ...)
+  return defer('call', 1, key, command, ...)
+end
+
+-- apply.lua: the deferred writes of a split call, in the order they were made.
+local function apply_outbox(entries)
+  for _, text in ipairs(entries) do
+    local entry = cjson.decode(text)
+    AFTER[entry[1]](unpack(entry, 2))
+  end
+end

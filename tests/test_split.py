@@ -1,0 +1,180 @@
+"""Split mode (docs/cluster.md): the hot path's scripts (push, fetch, ack, fail, release) touch
+their queue's slot only and hand back their global writes, which the store makes next on the
+global keys. On a real Redis Cluster, jobs of queues whose slots are on other masters than the
+global keys go through their whole life and end where they would on one Redis; on one Redis, a
+broker that dies between the two steps leaves nothing `hopper check --repair` cannot mend, and
+no job lost."""
+
+import json
+from typing import Any
+
+import pytest
+import redis
+import trio
+
+from hopper_broker.manager import Manager
+from hopper_broker.store import keys
+from hopper_broker.store.address import Address
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.base import Redis
+from hopper_broker.store.cluster import ClusterPipeline
+from hopper_broker.store.cluster_map import ClusterAddress
+from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.jobs import CLAIM
+from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.redis import Store
+from hopper_broker.store.slots import key_slot
+from hopper_client.schema.errors import BrokerError
+from hopper_client.schema.jobs import FailPayload
+from tests.cluster_rig import ClusterRig
+from tests.test_manager import NOW, make_manager, new
+
+LATER = "2030-01-01T00:00:00Z"  # a time to schedule jobs for
+K = QueueKeys("default")
+
+
+def queues_away_from_globals(rig: ClusterRig) -> list[str]:
+    """One queue name for each master that does not own the global keys' slot."""
+    home = rig.owner(key_slot(keys.JIDS))
+    found: dict[int, str] = {}
+    for n in range(10_000):
+        name = f"q{n}"
+        port = rig.owner(key_slot(QueueKeys(name).jobs))
+        if port != home:
+            found.setdefault(port, name)
+        if len(found) == len(rig.masters()) - 1:
+            return sorted(found.values())
+    raise AssertionError("no queue names found on the other masters")
+
+
+@pytest.fixture
+async def cluster_manager(redis_cluster: ClusterRig, nursery: trio.Nursery) -> Manager:
+    """A manager in split mode over the flushed cluster rig (no loops)."""
+    redis_cluster.flush()
+    pipeline = ClusterPipeline(ClusterAddress(redis_cluster.url), lambda: 5.0)
+    await nursery.start(pipeline.run)
+    store = Store(pipeline, split=True)
+    await store.redis.execute("SET", keys.SCHEMA_KEY, keys.SCHEMA)
+    return make_manager(store)
+
+
+async def test_a_jobs_whole_life_on_a_cluster(
+    cluster_manager: Manager, redis_cluster: ClusterRig
+) -> None:
+    manager, store = cluster_manager, cluster_manager.store
+    first, second = queues_away_from_globals(redis_cluster)
+
+    async def read(*command: Any) -> Any:
+        return await store.redis.execute(*command)
+
+    async def mapping(key: str) -> dict[bytes, bytes]:
+        flat = await read("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    await manager.push(new("done-0001", queue=first), NOW)
+    await manager.push(new("fails-0001", queue=second), NOW)
+    await manager.push(new("later-0001", queue=first, at=LATER), NOW)
+    with pytest.raises(BrokerError, match="not served on a Redis Cluster yet"):
+        await manager.push(new("after-0001", queue=first, custom={"after": ["done-0001"]}), NOW)
+    with pytest.raises(BrokerError, match="already in use"):  # a live jid, in any queue
+        await manager.push(new("done-0001", queue=second), NOW)
+    index = await mapping(keys.JIDS)
+    assert index == {
+        b"done-0001": first.encode(),
+        b"fails-0001": second.encode(),
+        b"later-0001": first.encode(),
+    }
+    assert set(await read("SMEMBERS", keys.QUEUES)) == {first.encode(), second.encode()}
+    assert await read("ZSCORE", keys.DUE["scheduled"], first) is not None
+
+    done = await manager.fetch([first], "w1", NOW)
+    failing = await manager.fetch([second], "w1", NOW)
+    assert done is not None and failing is not None
+    assert {done.jid, failing.jid} == {"done-0001", "fails-0001"}
+    held = {m.decode() for m in await read("SMEMBERS", keys.held("w1"))}
+    assert held == {f"{first}:done-0001", f"{second}:fails-0001"}
+    assert await read("ZSCORE", keys.DUE["working"], second) is not None
+    assert await read("ZSCORE", keys.HOLDING, "w1") is not None  # never said HELLO
+
+    await manager.ack("done-0001", first, NOW, "w1", b'{"n":1}')
+    await manager.fail(FailPayload(jid="fails-0001", errtype="E", message="m"), second, NOW, "w1")
+    assert await read("HGET", keys.JIDS, "done-0001") == f"~{first}".encode()
+    stats = await mapping(keys.STATS)
+    assert stats[b"processed"] == b"2" and stats[b"failures"] == b"1"
+    assert await read("ZSCORE", keys.DUE["retries"], second) is not None
+    assert await read("ZSCORE", keys.DUE["finished"], first) is not None
+    assert await read("SMEMBERS", keys.held("w1")) == []
+    final = json.loads(await read("HGET", QueueKeys(first).final, "done-0001"))
+    assert final == {"state": "done", "result": {"n": 1}}
+
+    await manager.push(new("back-0001", queue=second), NOW)
+    taken = await manager.fetch([second], "", NOW)
+    assert taken is not None
+    await manager.fetching.release(taken, NOW, "")
+    assert await read("LRANGE", QueueKeys(second).queue, 0, -1) == [b"back-0001"]
+
+
+class DiesAfterScripts(Redis):
+    """A broker's store that dies after each split script, before its global writes."""
+
+    async def apply(self, outbox: list[bytes]) -> None:
+        """Never made: the broker died first."""
+
+
+@pytest.fixture
+async def dying(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Manager:
+    """A manager in split mode on the test Redis whose global writes never happen."""
+    pipeline = Pipeline(Address(redis_url))
+    await nursery.start(pipeline.run)
+    rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
+    store = Store(pipeline, split=True)
+    store.redis = store.jobs.redis = DiesAfterScripts(pipeline, split=True)
+    return make_manager(store)
+
+
+async def repaired(store: Store) -> list[str]:
+    """What `hopper check --repair` found; afterwards the check is clean."""
+    found = (await Auditor(store, repair=True).run()).problems
+    assert (await Auditor(store).run()).problems == []
+    return sorted(problem.kind for problem in found)
+
+
+async def test_a_death_between_the_steps_loses_no_job(dying: Manager, rdb: redis.Redis) -> None:
+    """Each step of a job's life with its global writes lost: what must come first (the jid
+    claimed, the queue listed, due entries for live jobs) is there, so no job is stranded; what
+    is left behind is what docs/cluster.md says, and the check mends it."""
+    store = dying.store
+    await dying.push(new("jid-0001"), NOW)
+    await dying.push(new("jid-0002", at=LATER), NOW)
+    assert rdb.hgetall(keys.JIDS) == {"jid-0001": "default", "jid-0002": "default"}
+    assert rdb.smembers(keys.QUEUES) == {"default"}
+    assert rdb.zscore(keys.DUE["scheduled"], "default") is not None
+
+    fetched = await dying.fetch(["default"], "w1", NOW)
+    assert fetched is not None
+    expiry = rdb.zscore(K.working, "jid-0001")
+    assert expiry is not None and rdb.zscore(keys.DUE["working"], "default") <= expiry
+    assert not rdb.exists(keys.held("w1"))  # lost: the reservation's expiry still ends it
+
+    await dying.fail(FailPayload(jid="jid-0001", errtype="E", message="m"), "default", NOW, "w1")
+    assert rdb.zscore(K.retries, "jid-0001") <= rdb.zscore(keys.DUE["retries"], "default")
+    assert not rdb.exists(keys.STATS)  # counters of a lost step are lost
+
+    rdb.zrem(K.retries, "jid-0001")  # run it again at once, and ACK it
+    rdb.lpush(K.queue, "jid-0001")
+    assert await dying.fetch(["default"], "w1", NOW) is not None
+    await dying.ack("jid-0001", "default", NOW, "w1")
+    assert rdb.zscore(K.finished, "jid-0001") is not None
+    assert rdb.hget(keys.JIDS, "jid-0001") == "default"  # its ~default mark was lost
+
+    await store.redis.run(
+        CLAIM, (keys.JIDS, keys.QUEUES, keys.DUE["scheduled"]), ("default", "", "jid-0003")
+    )  # a push that died after its claim
+    assert await repaired(store) == [
+        "history count wrong",  # the ACK's counts, due entries and index mark were lost
+        "history due entry missing",
+        "index says live",
+        "not due",  # its finished job's purge: kept until the check adds it
+        "stale index",  # the claim of a push that died before storing its job
+    ]
+    assert rdb.hget(keys.JIDS, "jid-0003") is None
