@@ -6,6 +6,7 @@ broker that dies between the two steps leaves nothing `hopper check --repair` ca
 no job lost."""
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -117,7 +118,7 @@ async def test_a_jobs_whole_life_on_a_cluster(
 class DiesAfterScripts(Redis):
     """A broker's store that dies after each split script, before its global writes."""
 
-    async def apply(self, outbox: list[bytes]) -> None:
+    async def apply(self, outbox: list[bytes], visit: str) -> None:
         """Never made: the broker died first."""
 
 
@@ -178,3 +179,61 @@ async def test_a_death_between_the_steps_loses_no_job(dying: Manager, rdb: redis
         "stale index",  # the claim of a push that died before storing its job
     ]
     assert rdb.hget(keys.JIDS, "jid-0003") is None
+
+
+class Interleaved(Redis):
+    """A store whose next second step waits for `between` to run first (another broker's
+    call landing between a script and its outbox)."""
+
+    between: Callable[[], Awaitable[None]] | None = None
+
+    async def apply(self, outbox: list[bytes], visit: str) -> None:
+        step, self.between = self.between, None
+        if step is not None:
+            await step()
+        await super().apply(outbox, visit)
+
+
+@pytest.fixture
+async def interleaved(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Manager:
+    """A manager in split mode on the test Redis whose store is Interleaved."""
+    pipeline = Pipeline(Address(redis_url))
+    await nursery.start(pipeline.run)
+    rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
+    store = Store(pipeline, split=True)
+    store.redis = store.jobs.redis = store.sets.redis = Interleaved(pipeline, split=True)
+    return make_manager(store)
+
+
+async def test_a_visit_never_loses_an_entry_added_meanwhile(
+    interleaved: Manager, rdb: redis.Redis
+) -> None:
+    """A loop's visit moves the last due retry and reads the set empty; before it settles the
+    due entry, another broker fails a job to retries, its announcement absorbed by the entry
+    the visit read (an earlier time). The entry must stay (at or before the new retry), not
+    go; undisturbed, the next visit makes it exact."""
+    manager, store = interleaved, interleaved.store
+    assert isinstance(store.redis, Interleaved)
+    for jid in ("early-0001", "late-0001"):
+        await manager.push(new(jid), NOW)
+        assert await manager.fetch(["default"], "w1", NOW) is not None
+    report = FailPayload(jid="early-0001", errtype="E", message="m")
+    await manager.fail(report, "default", NOW, "w1")
+    rdb.zadd(K.retries, {"early-0001": NOW - 10})  # due now, and the due entry says so
+    rdb.zadd(keys.DUE["retries"], {"default": NOW - 10})
+
+    async def fail_the_other() -> None:
+        await manager.fail(FailPayload(jid="late-0001", errtype="E", message="m"), "default", NOW)
+
+    store.redis.between = fail_the_other
+    moved, _ = await store.sets.enqueue_due("default", "retries", NOW, "now", 10)
+    assert moved == 1 and store.redis.between is None
+    late = rdb.zscore(K.retries, "late-0001")
+    assert late is not None and rdb.zscore(keys.DUE["retries"], "default") <= late
+
+    await store.sets.enqueue_due("default", "retries", NOW, "now", 10)  # nobody in between
+    assert rdb.zscore(keys.DUE["retries"], "default") == late
+    rdb.zrem(K.retries, "late-0001")
+    await store.sets.refresh_due("default", "retries")
+    assert rdb.zscore(keys.DUE["retries"], "default") is None
+    assert not rdb.hexists(keys.DUE["retries"] + ":touched", "default")

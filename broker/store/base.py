@@ -1,6 +1,7 @@
 """Calling Redis: Lua scripts by SHA1, plain commands, and their error replies as exceptions."""
 
 import hashlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
@@ -21,8 +22,9 @@ LIBRARIES = (
     "lib_push",
 )
 # the scripts that also run in split mode (lib_outbox.lua): their global writes deferred
-SPLIT_READY = frozenset(("push", "fetch", "ack", "fail", "release"))
+SPLIT_READY = frozenset(("push", "fetch", "ack", "fail", "release", "due", "enqueue", "remove"))
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
+Visit = tuple[str, str] | None  # a due entry's score and touch count as read ('' each: none)
 
 
 class Library:
@@ -111,22 +113,42 @@ class Redis:
                 raise reply
         return replies
 
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def run(
+        self, script: Script, keys: Sequence[str], args: Sequence[Any], visit: Visit = None
+    ) -> Any:
         """Call a script; loads the library when Redis does not have it (a new Redis, say). In
         split mode a script of SPLIT_READY gets its global keys as stand-ins in the slot of
-        its first key's queue, and its outbox is applied after it."""
+        its first key's queue, and its outbox is applied after it; `visit`: what a loop read
+        of the due entry the call makes exact, before the call (read_due())."""
         if not (self.split and script.split):
             return await self._call(script.function, keys, args)
         queue = queue_of_key(keys[0])
         local = [stand_in(queue, key) for key in keys] if queue is not None else list(keys)
         reply, outbox = await self._call(script.function + SPLIT_SUFFIX, local, args)
         if outbox:
-            await self.apply(outbox)
+            await self.apply(outbox, "" if visit is None else json.dumps(visit))
         return reply
 
-    async def apply(self, outbox: list[bytes]) -> None:
+    async def apply(self, outbox: list[bytes], visit: str) -> None:
         """Split mode's second step: a script's global writes, made on the global keys."""
-        await self._call(APPLY.function, (JIDS,), outbox)
+        await self._call(APPLY.function, (JIDS,), (visit, *outbox))
+
+    async def announce_due(self, due: str, score: float, queue: str) -> None:
+        """Split mode's first step for a call that adds an entry to a queue's set: the queue's
+        due entry at or before `score`, its touch count raised (scripts/lib.lua: due_add)."""
+        await self.execute_many(
+            [("ZADD", due, "LT", score, queue), ("HINCRBY", f"{due}:touched", queue, 1)]
+        )
+
+    async def read_due(self, due: str, queue: str) -> Visit:
+        """Split mode: a queue's entry in a due index and its touch count, as a loop's visit
+        reads them before its call (scripts/lib.lua: settle_due); None on one Redis."""
+        if not self.split:
+            return None
+        score, touched = await self.execute_many(
+            [("ZSCORE", due, queue), ("HGET", f"{due}:touched", queue)]
+        )
+        return (text(score) if score else "", text(touched) if touched else "")
 
     async def _call(self, function: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         call = ("FCALL", function, len(keys), *keys, *args)

@@ -213,7 +213,7 @@ class JobStore:
         """
         k = self.keys(queue)
         if self.redis.split:  # announced first: a reservation expires no later than this
-            await self.redis.execute("ZADD", DUE["working"], "LT", now + reserve[1], queue)
+            await self.redis.announce_due(DUE["working"], now + reserve[1], queue)
         where = (k.jobs, k.queue, k.working, k.meta, DUE["working"], k.holders, held(wid))
         finals = (k.expiring, STATS, k.final, k.finished, DUE["finished"], JIDS, k.progress)
         flat = await self.redis.run(
@@ -317,7 +317,7 @@ class JobStore:
         """
         k = self.keys(queue)
         if self.redis.split and target:  # announced first: the job is there no earlier
-            await self.redis.execute("ZADD", DUE[target], "LT", score, queue)
+            await self.redis.announce_due(DUE[target], score, queue)
         keys_ = (k.jobs, k.working, k.retries, k.dead, JIDS, STATS, DUE["retries"], DUE["dead"])
         finals = (k.final, k.finished, DUE["finished"], k.progress, AWAITED)
         others = (k.holders, held(holder), k.scheduled, DUE["scheduled"], k.expiring, k.meta)

@@ -64,6 +64,9 @@ Global (hash tag `{g}`):
   hopper:g:{g}:due:<set>    zset   queue -> a time at or before the earliest entry of its <set>
                                    (scheduled, retries, working, dead, finished); there while
                                    it has any
+  hopper:g:{g}:due:<set>:touched  hash  queue -> how often split mode added to its due entry
+                                   (as due:ended:<s>:touched): a loop's visit makes the entry
+                                   later only if it did not change since it read it (lib.lua)
   hopper:g:{g}:queues       set    the queues INFO lists: made by an enqueue, gone with REMOVE
   hopper:g:{g}:stats        hash   processed, failures, processed:<day>, failures:<day>
   hopper:g:{g}:workers      zset   wid -> time of the last heartbeat

@@ -7,7 +7,7 @@ them.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.base import Redis, Script, Visit, text
 from hopper_broker.store.jobs import Entry, JobStore
 from hopper_broker.store.keys import DUE, FINISHED_MARK, JIDS, PUSHED_CHANNEL, QUEUES
 
@@ -59,11 +59,17 @@ class SetStore:
 
     async def _enqueue(self, queue: str, zset: str, stamp: str, selection: tuple[Any, ...]) -> Any:
         k = self.keys(queue)
+        visit = await self._visit(queue, zset, selection)
         return await self.redis.run(
             ENQUEUE,
             (k.jobs, k.zset(zset), k.queue, DUE[zset], QUEUES, JIDS, k.meta, k.prioritized),
             (PUSHED_CHANNEL, queue, stamp, *selection),
+            visit,
         )
+
+    async def _visit(self, queue: str, zset: str, selection: tuple[Any, ...]) -> Visit:
+        """What a call that makes the due entry exact ('due', 'all') reads first (split mode)."""
+        return None if selection[0] == "jids" else await self.redis.read_due(DUE[zset], queue)
 
     async def remove_due(self, queue: str, zset: str, now: float, limit: int) -> int:
         """Delete up to `limit` due jobs of `zset`; returns how many (fewer than `limit`:
@@ -87,10 +93,12 @@ class SetStore:
     async def _remove(self, queue: str, zset: str, selection: tuple[Any, ...]) -> int:
         k = self.keys(queue)
         owner = FINISHED_MARK + queue if zset == "finished" else queue
+        visit = await self._visit(queue, zset, selection)
         removed: int = await self.redis.run(
             REMOVE,
             (k.jobs, k.zset(zset), JIDS, DUE[zset], k.progress, k.final, k.expiring),
             (queue, owner, *selection),
+            visit,
         )
         return removed
 
@@ -124,7 +132,8 @@ class SetStore:
 
     async def refresh_due(self, queue: str, zset: str) -> None:
         """Make the queue's due index entry for `zset` exact."""
-        await self.redis.run(DUE_REFRESH, (self.keys(queue).zset(zset), DUE[zset]), (queue,))
+        visit = await self.redis.read_due(DUE[zset], queue)
+        await self.redis.run(DUE_REFRESH, (self.keys(queue).zset(zset), DUE[zset]), (queue,), visit)
 
     async def scan(self, queue: str, zset: str, cursor: int, count: int) -> tuple[int, list[Entry]]:
         """One ZSCAN step over a sorted set, with payloads: (next cursor, entries)."""

@@ -26,5 +26,8 @@ for i = 3, #ARGV do
   end
 end
 redis.call('SADD', KEYS[2], queue)
-if ARGV[2] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[2], queue) end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[3], 'LT', ARGV[2], queue)
+  redis.call('HINCRBY', KEYS[3] .. ':touched', queue, 1)  -- see due_add in lib.lua
+end
 return cjson.encode(before)

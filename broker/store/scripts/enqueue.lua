@@ -30,7 +30,7 @@ if #chosen > 0 then
     if line_up(KEYS[3], KEYS[8], KEYS[7], moved, kept) then
       redis.call('PUBLISH', ARGV[1], queue)
     end
-    redis.call('SADD', KEYS[5], queue)
+    global('SADD', KEYS[5], queue)
     if listening() then
       local at, events = clock(), {}
       for i = 2, #stamped, 2 do

@@ -62,7 +62,7 @@ end
 if place then
   redis.call('HSET', KEYS[1], jid, ARGV[7])
   redis.call('ZADD', KEYS[place[1]], ARGV[6], jid)
-  global('ZADD', KEYS[place[2]], 'LT', ARGV[6], queue)
+  due_add(KEYS[place[2]], ARGV[6], queue)
   if target == 'dead' then
     local _, mode = keep_policy(ARGV[9])
     archive(KEYS[1], KEYS[5], queue, mode, 'dead', ARGV[8], {jid}, {ARGV[7]}, {until_})

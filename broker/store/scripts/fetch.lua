@@ -346,7 +346,7 @@ if take ~= take_line or per_worker then
 end
 if earliest then
   redis.call('ZADD', KEYS[3], unpack(reserved))
-  global('ZADD', KEYS[5], 'LT', earliest, ARGV[6])
+  due_add(KEYS[5], earliest, ARGV[6])
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[6], unpack(holders))
     defer('hold', 3, KEYS[7], KEYS[17], KEYS[18], ARGV[7], ARGV[1], held)

@@ -21,14 +21,37 @@ local function bytes_before(a, b)
   return #a < #b
 end
 
+-- The queue leaves the due index `due` (and its touch count with it, see due_add).
+local function due_drop(due, queue)
+  redis.call('ZREM', due, queue)
+  redis.call('HDEL', due .. ':touched', queue)
+end
+
+-- A loop's visit, in split mode: the entry becomes `earliest` ('' : none) only while it and its
+-- touch count are still what the visit read before its call (an entry added since, maybe absorbed
+-- by an earlier one, must not be lost); else it only goes down to `earliest`, and a later visit
+-- makes it exact.
+AFTER.settle_due = function(due, queue, earliest)
+  local score = redis.call('ZSCORE', due, queue) or ''
+  local touched = redis.call('HGET', due .. ':touched', queue) or ''
+  if not (visit and score == visit[1] and touched == visit[2]) then
+    if earliest ~= '' then redis.call('ZADD', due, 'LT', earliest, queue) end
+  elseif earliest ~= '' then
+    redis.call('ZADD', due, earliest, queue)
+  else
+    due_drop(due, queue)
+  end
+end
+
 -- Make `queue`'s entry in the due index `due` exact for the sorted set `set`: the score of its
--- earliest entry, or no entry once the set is empty.
+-- earliest entry, or no entry once the set is empty (split mode: settle_due).
 local function refresh_due(due, set, queue)
   local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  if split then return defer('settle_due', 1, due, queue, first[2] or '') end
   if first[1] then
     redis.call('ZADD', due, first[2], queue)
   else
-    redis.call('ZREM', due, queue)
+    due_drop(due, queue)
   end
 end
 
@@ -112,7 +135,7 @@ local function finish(k, queue, jids, notes, at, keep, state, extras)
   redis.call('ZADD', k.finished, unpack(scored))
   if #notes > 0 then redis.call('HSET', k.final, unpack(notes)) end
   global('HSET', k.index, unpack(marks))
-  global('ZADD', k.due, 'LT', at, queue)
+  due_add(k.due, at, queue)
   local over = redis.call('ZCARD', k.finished) - most
   if over > 0 then
     local oldest = redis.call('ZPOPMIN', k.finished, over)

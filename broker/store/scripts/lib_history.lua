@@ -147,5 +147,5 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   redis.call('ZADD', key, unpack(scored))
   for jobtype, typed in pairs(types) do redis.call('ZADD', key .. ':' .. jobtype, unpack(typed)) end
   global('HINCRBY', h.count, state, #scored / 2)
-  global('ZADD', h.due .. state, 'LT', first, queue)
+  due_add(h.due .. state, first, queue)
 end

@@ -10,6 +10,7 @@
 local split = false  -- this call runs in split mode
 local outbox = {}  -- split mode: the global writes of this call, one JSON array each
 local AFTER = {}  -- name -> a helper a split call defers (filled where each is defined)
+local visit = nil  -- apply.lua: what a loop's visit read of a due entry before its call
 
 local function begin_outbox(mode)
   split = mode
@@ -45,8 +46,24 @@ local function global(command, key, ...)
   return defer('call', 1, key, command, ...)
 end
 
--- apply.lua: the deferred writes of a split call, in the order they were made.
-local function apply_outbox(entries)
+-- A queue's entry in the due index `due`: at or before `score`. In split mode it is made after
+-- the call, and the entry's touch count (`<due>:touched`) goes up, so that a loop's visit that
+-- read the entry before never makes it later than this (settle_due in lib.lua).
+AFTER.due_add = function(due, score, queue)
+  redis.call('ZADD', due, 'LT', score, queue)
+  redis.call('HINCRBY', due .. ':touched', queue, 1)
+end
+
+local function due_add(due, score, queue)
+  if split then return defer('due_add', 1, due, score, queue) end
+  redis.call('ZADD', due, 'LT', score, queue)
+end
+
+-- apply.lua: the deferred writes of a split call, in the order they were made; `read`: JSON
+-- [score, touched] of the due entry a loop's visit read before the call ('' for none: see
+-- settle_due in lib.lua), or '' when the call was no visit.
+local function apply_outbox(read, entries)
+  visit = read ~= '' and cjson.decode(read) or nil
   for _, text in ipairs(entries) do
     local entry = cjson.decode(text)
     AFTER[entry[1]](unpack(entry, 2))

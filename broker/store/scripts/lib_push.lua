@@ -324,7 +324,7 @@ local function push_queue(KEYS, ARGV, graph)
   end
   if earliest then
     redis.call('ZADD', KEYS[3], unpack(scheduled))
-    global('ZADD', KEYS[5], 'LT', earliest, queue)
+    due_add(KEYS[5], earliest, queue)
   end
   if listening() then
     local now, events = clock(), {}
