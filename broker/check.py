@@ -26,7 +26,9 @@ async def check(config: Config, *, repair: bool, as_json: bool) -> int:
         url = config.redis_url or await _embedded_url(config, nursery)
         pipeline = Pipeline(Address(url))
         await nursery.start(pipeline.run)
-        report = await Auditor(Store(pipeline), repair=repair).run()
+        store = Store(pipeline)
+        store.redis.split = await store.written_split()
+        report = await Auditor(store, repair=repair).run()
         nursery.cancel_scope.cancel()
     _print(report, as_json)
     return 0 if report.clean else 1

@@ -133,10 +133,12 @@ class History:
         """One pass of the retention rules: per final state, what ended before now - ttl goes,
         then the oldest beyond max (every queue together). Returns how many entries it deleted."""
         config, deleted = self.settings(), 0
-        for state in FINAL_STATES:
-            rule = config.retention_of(state)
-            deleted += await self._by_age(state, now - rule.ttl)
-            deleted += await self._by_count(state, rule.max)
+        async with self.store.history.count_pass() as by_count:
+            for state in FINAL_STATES:
+                rule = config.retention_of(state)
+                deleted += await self._by_age(state, now - rule.ttl)
+                if by_count:
+                    deleted += await self._by_count(state, rule.max)
         return deleted
 
     async def _by_age(self, state: str, bound: float) -> int:
@@ -155,7 +157,8 @@ class History:
         oldest, so no entry left is older than one deleted), then each of them up to T."""
         deleted = 0
         for _ in range(RETAIN_CALLS):
-            over = (await self.store.history.counts()).get(state, 0) - most
+            count = (await self.store.history.counts()).get(state, 0)
+            over = count - most
             oldest = await self.store.history.oldest(state, RETAIN_QUEUES + 1)
             if over <= 0 or not oldest:
                 break
@@ -164,7 +167,8 @@ class History:
             if len(oldest) > RETAIN_QUEUES:
                 bound = min(bound, oldest[RETAIN_QUEUES][1])
             for queue in queues:
-                deleted += await self.store.history.purge(queue, state, bound, step, most)
+                gone = await self.store.history.purge(queue, state, bound, step, (most, count))
+                deleted, count = deleted + gone, count - gone
         return deleted
 
     async def _step_bound(self, queues: list[str], state: str, step: int) -> float:

@@ -10,12 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, job
+
+pytestmark = pytest.mark.usefixtures("store_mode")
 
 
 async def state(w: Wire, jid: str) -> dict[str, Any]:

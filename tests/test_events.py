@@ -13,6 +13,8 @@ from hopper_broker.events import Filter, Subscription
 from tests.conftest import StartBroker
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 async def subscribe(port: int, wanted: dict[str, Any] | None = None) -> Wire:
     w = await Wire.open(port, hello={})

@@ -21,6 +21,8 @@ from hopper_client import AsyncClient, Client
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 QUIET = {"history_interval": 3600.0}  # the retention loop only when a test runs it
 
 
@@ -419,7 +421,7 @@ async def test_flush_empties_the_history_and_the_file_sets_retention(
     assert len((await history(w, count=100))["jobs"]) == 30
     await w.call("FLUSH")
     assert (await history(w, count=100))["jobs"] == []
-    assert await broker.manager.store.history.counts() == {"done": 0}
+    assert set((await broker.manager.store.history.counts()).values()) == {0}
     path = tmp_path / "hopper.toml"
     path.write_text("[retention.done]\nttl = 3600\nmax = 5\n[retention.dead]\nttl = 60\nmax = 1\n")
     config = load_config(parser().parse_args(["run", "--config", str(path)]), {})
@@ -440,13 +442,14 @@ async def test_check_finds_and_repairs_a_broken_history(
     ended = "hopper:q:{default}:ended:done"
     rdb.zrem(ended, "audited-0")  # an entry not indexed
     rdb.zadd(f"{ended}:Audit", {"no-such-entry": 1.0})  # an index entry without entry
-    rdb.hincrby("hopper:g:{g}:history:count", "done", 7)  # a wrong count
+    rdb.hincrby("hopper:g:{g}:history:count", "done", 7)  # a wrong count (one Redis only)
     rdb.zrem("hopper:g:{g}:due:ended:done", "default")  # a due entry missing
     store = broker.manager.store
     found = await Auditor(store).run()
     kinds = sorted(p.kind for p in found.problems)
+    counted = [] if store.redis.split else ["history count wrong"]
     assert kinds == [
-        "history count wrong",
+        *counted,
         "history due entry missing",
         "history entry not indexed",
         "history index entry without entry",

@@ -20,6 +20,8 @@ from tests.conftest import StartBroker, check_store
 from tests.test_fairness import fetch_jids, grouped
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 @pytest.mark.parametrize(
     ("queue", "limit", "cleared", "make"),

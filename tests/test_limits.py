@@ -21,6 +21,8 @@ from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, eventually, free_port
 from tests.wire import Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 MiB = 1024 * 1024
 
 

@@ -22,6 +22,8 @@ from hopper_client import AsyncClient, Draining, NotUnique, QueueFull
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, WireError, job
 
+pytestmark = pytest.mark.usefixtures("store_mode")
+
 
 async def info(w: Wire) -> dict[str, Any]:
     found: dict[str, Any] = json.loads(await w.call("INFO"))

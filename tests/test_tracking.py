@@ -6,11 +6,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import trio
 
 from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store
 from tests.wire import SyncWire, Wire, job
+
+pytestmark = pytest.mark.usefixtures("store_mode")
 
 
 def rfc3339(at: float) -> str:

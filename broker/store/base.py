@@ -22,7 +22,10 @@ LIBRARIES = (
     "lib_push",
 )
 # the scripts that also run in split mode (lib_outbox.lua): their global writes deferred
-SPLIT_READY = frozenset(("push", "fetch", "ack", "fail", "release", "due", "enqueue", "remove"))
+SPLIT_READY = frozenset(
+    {"push", "fetch", "ack", "fail", "release", "cancel"}  # jobs
+    | {"due", "enqueue", "remove", "move", "history_purge"}  # the loops' visits, MUTATE
+)
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
 Visit = tuple[str, str] | None  # a due entry's score and touch count as read ('' each: none)
 

@@ -2,14 +2,18 @@
 (archive() in scripts/lib_history.lua), read a page at a time and purged by its retention rules.
 """
 
-from collections.abc import Sequence
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Sequence
 
 from hopper_broker.store.base import Redis, Script, text
 from hopper_broker.store.jobs import JobStore
-from hopper_broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT
+from hopper_broker.store.keys import DUE_ENDED, FINAL_STATES, HISTORY_COUNT, HISTORY_LEASE
 
 PAGE = Script("history_page")
 PURGE = Script("history_purge")
+LEASE_END = Script("lease_end")
+LEASE_MS = 60_000  # a retention pass by count holds its lease at most this long (split mode)
 
 Scored = tuple[str, float, bytes]  # jid, when it ended (zset score), that score as Redis wrote it
 
@@ -90,9 +94,18 @@ class HistoryStore:
         return [text(q) for q in found]
 
     async def counts(self) -> dict[str, int]:
-        """Archived jobs kept per final state, every queue together."""
-        found = await self.redis.execute("HGETALL", HISTORY_COUNT)
-        return {text(found[i]): int(found[i + 1]) for i in range(0, len(found), 2)}
+        """Archived jobs kept per final state, every queue together: the count the scripts
+        keep on one Redis; in split mode the sum of the sizes of the queues' indexes (the
+        queues in each state's due index), which no write in two steps can make drift."""
+        if not self.redis.split:
+            found = await self.redis.execute("HGETALL", HISTORY_COUNT)
+            return {text(found[i]): int(found[i + 1]) for i in range(0, len(found), 2)}
+        counts = {}
+        for state in FINAL_STATES:
+            queues = await self.queues(state)
+            commands = [("ZCARD", self.keys(queue).ended(state)) for queue in queues]
+            counts[state] = sum(await self.redis.execute_many(commands))
+        return counts
 
     async def clear(self, step: int) -> None:
         """Delete every archived job (FLUSH), `step` at a time; a bounded amount of work (what
@@ -104,12 +117,37 @@ class HistoryStore:
                     if await self.purge(queue, state, "+inf", step) < step:
                         break
 
+    @contextlib.asynccontextmanager
+    async def count_pass(self) -> AsyncIterator[bool]:
+        """Whether this broker may run retention by count now (for the block): always on one
+        Redis (each purge reads the count in its script); in split mode while no other broker
+        runs it (a lease on the global keys, LEASE_MS at most), since each reads the count
+        before its purges and two at once would each delete what is over it."""
+        if not self.redis.split:
+            yield True
+            return
+        token = secrets.token_hex(8)
+        taken = await self.redis.execute("SET", HISTORY_LEASE, token, "NX", "PX", LEASE_MS)
+        try:
+            yield taken is not None
+        finally:
+            if taken is not None:
+                await self.redis.run(LEASE_END, (HISTORY_LEASE,), (token,))
+
     async def purge(
-        self, queue: str, state: str, bound: float | str, most: int, keep: int | None = None
+        self,
+        queue: str,
+        state: str,
+        bound: float | str,
+        most: int,
+        keep: tuple[int, int] | None = None,
     ) -> int:
         """Delete up to `most` of the oldest archived jobs of `queue` in `state` that ended at
-        or before `bound`; with `keep`, only as many as the count of `state` is over it."""
+        or before `bound`; with `keep` (most kept, count as the caller read it), only as many
+        as the count of `state` is over it (on one Redis the script reads the count itself)."""
         k = self.keys(queue)
         keys = (k.history, k.ended(state), HISTORY_COUNT, DUE_ENDED[state])
-        args = (queue, state, bound, most, "" if keep is None else keep)
-        return int(await self.redis.run(PURGE, keys, args))
+        kept, count = ("", "") if keep is None else keep
+        visit = await self.redis.read_due(DUE_ENDED[state], queue)
+        args = (queue, state, bound, most, kept, count)
+        return int(await self.redis.run(PURGE, keys, args, visit))

@@ -59,6 +59,8 @@ Per queue (hash tag `{q}`):
 
 Global (hash tag `{g}`):
   hopper:g:{g}:schema       string the storage schema number (SCHEMA)
+  hopper:g:{g}:split        string present once a broker in split mode (a Redis Cluster, or
+                                   redis_split) wrote the store: it keeps no history count
   hopper:g:{g}:jids         hash   jid -> queue of every live job (a jid names one job
                                    broker-wide), or ~queue for a finished one still kept
   hopper:g:{g}:due:<set>    zset   queue -> a time at or before the earliest entry of its <set>
@@ -87,6 +89,8 @@ Global (hash tag `{g}`):
   hopper:g:{g}:history:count hash  final state -> archived jobs kept, every queue together
   hopper:g:{g}:due:ended:<s> zset  queue -> a time at or before its oldest archived job of
                                    state s (these two named in lib_history.lua too)
+  hopper:g:{g}:history:lease string  split mode: the token of the broker that runs the
+                                   retention by count now (expiring, history.py: LEASE_MS)
   hopper:g:{g}:wf:due       zset   JSON [outcome, queue, jid, dep, result] -> when: the end of a
                                    dependency to settle in its dependant's queue (workflow.lua)
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
@@ -102,6 +106,7 @@ GLOBAL = f"{PREFIX}:g:{{g}}"
 GLOBAL_PREFIX = f"{PREFIX}:g:"
 
 SCHEMA_KEY = f"{GLOBAL}:schema"
+SPLIT_MARK = f"{GLOBAL}:split"
 JIDS = f"{GLOBAL}:jids"
 QUEUES = f"{GLOBAL}:queues"
 STATS = f"{GLOBAL}:stats"
@@ -132,6 +137,7 @@ FINAL_STATES = (
     "replaced",
 )  # lib_history.lua too
 HISTORY_COUNT = f"{GLOBAL}:history:count"
+HISTORY_LEASE = f"{GLOBAL}:history:lease"
 DUE_ENDED = {state: f"{GLOBAL}:due:ended:{state}" for state in FINAL_STATES}
 
 

@@ -24,7 +24,17 @@ import trio
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Script, text
-from hopper_broker.store.keys import DUE, JIDS, MIGRATING, QUEUES, SCHEMA, SCHEMA_KEY, STATS
+from hopper_broker.store.keys import (
+    DUE,
+    HISTORY_COUNT,
+    JIDS,
+    MIGRATING,
+    QUEUES,
+    SCHEMA,
+    SCHEMA_KEY,
+    SPLIT_MARK,
+    STATS,
+)
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import BrokerError
 from hopper_client.schema.jobs import encode, job_decoder
@@ -62,6 +72,7 @@ async def migrate(store: Store) -> None:
     while True:
         schema = await store.schema()
         if schema == SCHEMA:
+            await _agree_on_split(store)
             return
         if schema is not None and schema > SCHEMA:
             raise SchemaError(
@@ -78,6 +89,22 @@ async def migrate(store: Store) -> None:
     finally:
         with trio.CancelScope(shield=True):
             await store.redis.execute("DEL", MIGRATING)
+    await _agree_on_split(store)
+
+
+async def _agree_on_split(store: Store) -> None:
+    """A store written in split mode (docs/cluster.md) is marked so, and keeps no history
+    count: a broker in split mode marks it (dropping a count left from one-Redis mode); one
+    that is not refuses to start on a marked store, whose count it would get wrong."""
+    marked = await store.written_split()
+    if store.redis.split and not marked:
+        await store.redis.execute("SET", SPLIT_MARK, 1)
+        await store.redis.execute("DEL", HISTORY_COUNT)
+    elif marked and not store.redis.split:
+        raise SchemaError(
+            "this Redis holds a store written in split mode (a Redis Cluster's, or with "
+            "redis_split); start with redis_split = true"
+        )
 
 
 async def _migrate(store: Store) -> None:

@@ -6,7 +6,7 @@ from hopper_broker.store.batches import BatchStore
 from hopper_broker.store.connection import Pipeline
 from hopper_broker.store.history import HistoryStore
 from hopper_broker.store.jobs import JobStore
-from hopper_broker.store.keys import CRON, SCHEMA_KEY
+from hopper_broker.store.keys import CRON, SCHEMA_KEY, SPLIT_MARK
 from hopper_broker.store.listing import ListingStore
 from hopper_broker.store.queues import QueueStore
 from hopper_broker.store.sets import SetStore
@@ -51,6 +51,10 @@ class Store:
             if line.startswith("redis_version:"):
                 return tuple(int(part) for part in line.split(":", 1)[1].strip().split("."))
         return ()
+
+    async def written_split(self) -> bool:
+        """Whether the store was written in split mode (keys.SPLIT_MARK)."""
+        return bool(await self.redis.execute("EXISTS", SPLIT_MARK))
 
     async def schema(self) -> int | None:
         """The storage schema number written in Redis, if any."""

@@ -117,6 +117,8 @@ class SetStore:
         if not entries:
             return 0
         k = self.keys(queue)
+        if self.redis.split:  # announced first: the jobs are there no earlier
+            await self.redis.announce_due(DUE[target], score, queue)
         moved: int = await self.redis.run(
             MOVE,
             (k.zset(source), k.zset(target), DUE[target], k.expiring, k.jobs, JIDS),

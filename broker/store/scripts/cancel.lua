@@ -13,7 +13,7 @@
 -- nothing to cancel (dead, finished or gone). Removing a waiting job costs a scan of the
 -- queue list up to it. Events: cancelling, cancelled.
 local queue, jid = ARGV[1], ARGV[2]
-if redis.call('HGET', KEYS[7], jid) ~= queue or redis.call('ZSCORE', KEYS[13], jid) then
+if not live_here(KEYS[1], KEYS[9], jid) or redis.call('ZSCORE', KEYS[13], jid) then
   return ''
 end
 if redis.call('ZSCORE', KEYS[3], jid) then

@@ -10,6 +10,13 @@ local function stamp(payload, text)
   return '{"enqueued_at":"' .. text .. '",' .. rest
 end
 
+-- Whether `jid` is a live job of the queue whose `jobs` hash and `finished` zset these are: its
+-- record is there and it has not finished (the queue's own answer; the jid index may lag behind
+-- it in split mode, docs/cluster.md).
+local function live_here(jobs, finished, jid)
+  return redis.call('HEXISTS', jobs, jid) == 1 and not redis.call('ZSCORE', finished, jid)
+end
+
 -- Whether the string a sorts before b bytewise, as Redis orders members (Lua's own `<` follows
 -- the locale).
 local function bytes_before(a, b)

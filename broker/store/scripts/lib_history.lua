@@ -8,7 +8,9 @@
 --                                oldest first for retention
 --   ended:<state>:<type>   zset  the same, for one jobtype
 -- Global, named from the jid index key (keys.py: HISTORY_COUNT, due_ended()):
---   history:count          hash  state -> entries kept, every queue together (retention by count)
+--   history:count          hash  state -> entries kept, every queue together (retention by count;
+--                                one Redis only: in split mode the count is the sum of the
+--                                queues' ended:<state> sizes, store/history.py)
 --   due:ended:<state>      zset  queue -> a time at or before its oldest entry of that state
 -- An entry is a snapshot: a jid archived again in the same queue (reused, or dead and then
 -- retried and done) replaces its entry. States: done, dead, discarded, cancelled, expired,
@@ -67,6 +69,11 @@ local function without_args(payload)
   end
 end
 
+-- One Redis: the count of `state` goes up by n (none in split mode, see above).
+local function count_archived(h, state, n)
+  if not split then redis.call('HINCRBY', h.count, state, n) end
+end
+
 local function history_keys(jobs, index)
   local q, g = string.sub(jobs, 1, -5), string.sub(index, 1, -5)
   return {history = q .. 'history', ended = q .. 'ended:', count = g .. 'history:count',
@@ -90,7 +97,7 @@ local function unindex(h, jids, entries, state)
     counts[ended] = (counts[ended] or 0) + 1
   end
   for index, gone in pairs(members) do redis.call('ZREM', index, unpack(gone)) end
-  for ended, n in pairs(counts) do global('HINCRBY', h.count, ended, -n) end
+  for ended, n in pairs(counts) do count_archived(h, ended, -n) end
 end
 
 -- Archive `jids` of `queue` that ended now in `state` at `at`: `payloads` their records (nil
@@ -146,6 +153,6 @@ local function archive(jobs, index, queue, mode, state, at, jids, payloads, extr
   local key = h.ended .. state
   redis.call('ZADD', key, unpack(scored))
   for jobtype, typed in pairs(types) do redis.call('ZADD', key .. ':' .. jobtype, unpack(typed)) end
-  global('HINCRBY', h.count, state, #scored / 2)
+  count_archived(h, state, #scored / 2)
   due_add(h.due .. state, first, queue)
 end

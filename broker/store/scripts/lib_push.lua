@@ -69,14 +69,9 @@ local function push_queue(KEYS, ARGV, graph)
     redis.call('HSET', KEYS[15], field, tick)
   end
 
-  -- Whether `jid` is a job of this queue that has not finished (its record is here).
-  local function live(jid)
-    return redis.call('HEXISTS', KEYS[1], jid) == 1 and not redis.call('ZSCORE', KEYS[7], jid)
-  end
-
   -- Whether `jid` (a job of this queue) is waiting: queued or scheduled.
   local function waiting(jid)
-    if not live(jid) then return false end
+    if not live_here(KEYS[1], KEYS[7], jid) then return false end
     for i = 10, 12 do
       if redis.call('ZSCORE', KEYS[i], jid) then return false end
     end
@@ -88,7 +83,7 @@ local function push_queue(KEYS, ARGV, graph)
     local mode, holder = string.match(value, '^(%a+):(.*)$')
     if mode == 'ttl' then return true end
     if mode ~= 'success' then return waiting(holder) end
-    if live(holder) then return true end
+    if live_here(KEYS[1], KEYS[7], holder) then return true end
     if not redis.call('ZSCORE', KEYS[7], holder) then return false end
     local note = redis.call('HGET', KEYS[8], holder)
     return note ~= false and string.find(note, '"state":"done"', 1, true) == nil

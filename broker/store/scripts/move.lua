@@ -13,7 +13,7 @@ for _, jid in ipairs(chosen) do
   redis.call('ZADD', KEYS[2], ARGV[2], jid)
 end
 if #chosen > 0 then
-  redis.call('ZADD', KEYS[3], 'LT', ARGV[2], ARGV[1])
+  due_add(KEYS[3], ARGV[2], ARGV[1])
   redis.call('ZREM', KEYS[4], unpack(chosen))
   if string.sub(KEYS[2], -5) == ':dead' then
     local payloads = redis.call('HMGET', KEYS[5], unpack(chosen))
