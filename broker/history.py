@@ -133,12 +133,13 @@ class History:
         """One pass of the retention rules: per final state, what ended before now - ttl goes,
         then the oldest beyond max (every queue together). Returns how many entries it deleted."""
         config, deleted = self.settings(), 0
-        async with self.store.history.count_pass() as by_count:
-            for state in FINAL_STATES:
-                rule = config.retention_of(state)
-                deleted += await self._by_age(state, now - rule.ttl)
-                if by_count:
-                    deleted += await self._by_count(state, rule.max)
+        for state in FINAL_STATES:
+            rule = config.retention_of(state)
+            deleted += await self._by_age(state, now - rule.ttl)
+            if await self.store.history.count(state) > rule.max:
+                async with self.store.history.count_pass() as mine:
+                    if mine:
+                        deleted += await self._by_count(state, rule.max)
         return deleted
 
     async def _by_age(self, state: str, bound: float) -> int:
@@ -157,7 +158,7 @@ class History:
         oldest, so no entry left is older than one deleted), then each of them up to T."""
         deleted = 0
         for _ in range(RETAIN_CALLS):
-            count = (await self.store.history.counts()).get(state, 0)
+            count = await self.store.history.count(state)
             over = count - most
             oldest = await self.store.history.oldest(state, RETAIN_QUEUES + 1)
             if over <= 0 or not oldest:

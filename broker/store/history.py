@@ -100,12 +100,15 @@ class HistoryStore:
         if not self.redis.split:
             found = await self.redis.execute("HGETALL", HISTORY_COUNT)
             return {text(found[i]): int(found[i + 1]) for i in range(0, len(found), 2)}
-        counts = {}
-        for state in FINAL_STATES:
-            queues = await self.queues(state)
-            commands = [("ZCARD", self.keys(queue).ended(state)) for queue in queues]
-            counts[state] = sum(await self.redis.execute_many(commands))
-        return counts
+        return {state: await self.count(state) for state in FINAL_STATES}
+
+    async def count(self, state: str) -> int:
+        """Archived jobs kept in `state`, every queue together (see counts())."""
+        if not self.redis.split:
+            return int(await self.redis.execute("HGET", HISTORY_COUNT, state) or 0)
+        queues = await self.queues(state)
+        commands = [("ZCARD", self.keys(queue).ended(state)) for queue in queues]
+        return sum(await self.redis.execute_many(commands))
 
     async def clear(self, step: int) -> None:
         """Delete every archived job (FLUSH), `step` at a time; a bounded amount of work (what
@@ -119,10 +122,10 @@ class HistoryStore:
 
     @contextlib.asynccontextmanager
     async def count_pass(self) -> AsyncIterator[bool]:
-        """Whether this broker may run retention by count now (for the block): always on one
-        Redis (each purge reads the count in its script); in split mode while no other broker
-        runs it (a lease on the global keys, LEASE_MS at most), since each reads the count
-        before its purges and two at once would each delete what is over it."""
+        """Whether this broker may run a state's retention by count now (for the block): always
+        on one Redis (each purge reads the count in its script); in split mode while no other
+        broker runs it (a lease on the global keys, LEASE_MS at most), since each reads the
+        count before its purges and two at once would each delete what is over it."""
         if not self.redis.split:
             yield True
             return
