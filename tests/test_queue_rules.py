@@ -193,6 +193,9 @@ async def test_two_brokers_never_reserve_more_than_the_concurrency_limit(
 
 
 @pytest.mark.timing
+# One Redis only: with burst 1 each token a FETCH takes late is time lost, and split mode adds
+# a round trip before each FETCH's script by design (docs/cluster.md), about 10 % of 50/s here.
+@pytest.mark.parametrize("store_mode", ["one"], indirect=True)
 async def test_a_rate_limit_spreads_jobs_over_time(start_broker: StartBroker) -> None:
     brokers = [await start_broker(), await start_broker()]
     admin = await Wire.open(brokers[0].port, hello={})

@@ -200,7 +200,8 @@ async def interleaved(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -
     await nursery.start(pipeline.run)
     rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
     store = Store(pipeline, split=True)
-    store.redis = store.jobs.redis = store.sets.redis = Interleaved(pipeline, split=True)
+    redis_ = Interleaved(pipeline, split=True)
+    store.redis = store.jobs.redis = store.sets.redis = store.queues.redis = redis_
     return make_manager(store)
 
 
@@ -236,3 +237,32 @@ async def test_a_visit_never_loses_an_entry_added_meanwhile(
     await store.sets.refresh_due("default", "retries")
     assert rdb.zscore(keys.DUE["retries"], "default") is None
     assert not rdb.hexists(keys.DUE["retries"] + ":touched", "default")
+
+
+@pytest.mark.parametrize("removal", ["flush", "remove_waiting"])
+async def test_a_queue_emptied_while_another_broker_pushes_stays_listed_and_due(
+    interleaved: Manager, rdb: redis.Redis, removal: str
+) -> None:
+    """FLUSH (or QUEUE REMOVE) empties a queue and unlists it in its second step; another
+    broker's push lands between its script and that step. The queue stays listed, the new
+    job's due entry stays, and the check finds nothing wrong."""
+    manager, store = interleaved, interleaved.store
+    assert isinstance(store.redis, Interleaved)
+    await manager.push(new("old-0001"), NOW)
+    if removal == "flush":  # its due entry absorbs the later job's announcement
+        await manager.push(new("earlier-0001", at="2029-01-01T00:00:00Z"), NOW)
+
+    async def push_meanwhile() -> None:
+        await manager.push(new("new-0001"), NOW)
+        await manager.push(new("later-0001", at=LATER), NOW)
+
+    store.redis.between = push_meanwhile
+    if removal == "flush":
+        assert await store.queues.flush("default", 100) == 0
+    else:
+        assert await store.queues.remove_waiting("default", 100) == (1, 0)
+    assert store.redis.between is None
+    assert rdb.smembers(keys.QUEUES) == {"default"}
+    assert rdb.zscore(keys.DUE["scheduled"], "default") <= rdb.zscore(K.scheduled, "later-0001")
+    assert rdb.lrange(K.queue, 0, -1) == ["new-0001"]
+    assert (await Auditor(store).run()).problems == []

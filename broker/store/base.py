@@ -25,9 +25,10 @@ LIBRARIES = (
 SPLIT_READY = frozenset(
     {"push", "fetch", "ack", "fail", "release", "cancel"}  # jobs
     | {"due", "enqueue", "remove", "move", "history_purge"}  # the loops' visits, MUTATE
+    | {"drain", "flush"}  # QUEUE REMOVE, FLUSH
 )
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
-Visit = tuple[str, str] | None  # a due entry's score and touch count as read ('' each: none)
+Visit = dict[str, tuple[str, str]] | None  # due key -> its entry's score, touch count as read
 
 
 class Library:
@@ -143,15 +144,17 @@ class Redis:
             [("ZADD", due, "LT", score, queue), ("HINCRBY", f"{due}:touched", queue, 1)]
         )
 
-    async def read_due(self, due: str, queue: str) -> Visit:
-        """Split mode: a queue's entry in a due index and its touch count, as a loop's visit
-        reads them before its call (scripts/lib.lua: settle_due); None on one Redis."""
+    async def read_due(self, dues: Sequence[str], queue: str) -> Visit:
+        """Split mode: a queue's entries in due indexes and their touch counts ('' for none),
+        as a visit reads them before its call (scripts/lib.lua: settle_due); None on one
+        Redis."""
         if not self.split:
             return None
-        score, touched = await self.execute_many(
-            [("ZSCORE", due, queue), ("HGET", f"{due}:touched", queue)]
-        )
-        return (text(score) if score else "", text(touched) if touched else "")
+        commands: list[tuple[Any, ...]] = []
+        for due in dues:
+            commands += (("ZSCORE", due, queue), ("HGET", f"{due}:touched", queue))
+        found = [text(value) if value else "" for value in await self.execute_many(commands)]
+        return {due: (found[2 * i], found[2 * i + 1]) for i, due in enumerate(dues)}
 
     async def _call(self, function: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         call = ("FCALL", function, len(keys), *keys, *args)

@@ -151,6 +151,6 @@ class HistoryStore:
         k = self.keys(queue)
         keys = (k.history, k.ended(state), HISTORY_COUNT, DUE_ENDED[state])
         kept, count = ("", "") if keep is None else keep
-        visit = await self.redis.read_due(DUE_ENDED[state], queue)
+        visit = await self.redis.read_due([DUE_ENDED[state]], queue)
         args = (queue, state, bound, most, kept, count)
         return int(await self.redis.run(PURGE, keys, args, visit))

@@ -85,7 +85,17 @@ class QueueStore:
             (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring, k.prioritized),
             (queue, batch),
         )
+        if self.redis.split and not left:  # unlisted after the script: did a job come since?
+            waiting = [("LLEN", k.queue), ("ZCARD", k.prioritized), ("ZCARD", k.blocked)]
+            await self._list_again(queue, [*waiting, ("HGET", k.meta, "laned")])
         return int(deleted), int(left)
+
+    async def _list_again(self, queue: str, sizes: list[tuple[Any, ...]]) -> None:
+        """Split mode's last step of a call that unlisted a queue: list it again if it holds
+        jobs now (`sizes`, read from the queue's keys), pushed by another broker between the
+        script and its second step (whose own listing may have come before the unlisting)."""
+        if any(int(n or 0) for n in await self.redis.execute_many(sizes)):
+            await self.redis.execute("SADD", QUEUES, queue)
 
     async def flush(self, queue: str, batch: int) -> int:
         """Delete up to `batch` jobs of the queue wherever they are; returns how many are left
@@ -95,7 +105,10 @@ class QueueStore:
         dues = (DUE["scheduled"], DUE["retries"], DUE["dead"], DUE["working"])
         notes = (k.final, k.finished, DUE["finished"], k.progress)
         finals = (*notes, k.holders, k.expiring, k.prioritized, k.blocked)
-        left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch))
+        visit = await self.redis.read_due([*dues, DUE["finished"]], queue)
+        left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch), visit)
+        if self.redis.split and not left:
+            await self._list_again(queue, [("HLEN", k.jobs), ("HGET", k.meta, "laned")])
         return left
 
     async def forget_counters(self) -> None:

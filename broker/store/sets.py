@@ -69,7 +69,7 @@ class SetStore:
 
     async def _visit(self, queue: str, zset: str, selection: tuple[Any, ...]) -> Visit:
         """What a call that makes the due entry exact ('due', 'all') reads first (split mode)."""
-        return None if selection[0] == "jids" else await self.redis.read_due(DUE[zset], queue)
+        return None if selection[0] == "jids" else await self.redis.read_due([DUE[zset]], queue)
 
     async def remove_due(self, queue: str, zset: str, now: float, limit: int) -> int:
         """Delete up to `limit` due jobs of `zset`; returns how many (fewer than `limit`:
@@ -134,7 +134,7 @@ class SetStore:
 
     async def refresh_due(self, queue: str, zset: str) -> None:
         """Make the queue's due index entry for `zset` exact."""
-        visit = await self.redis.read_due(DUE[zset], queue)
+        visit = await self.redis.read_due([DUE[zset]], queue)
         await self.redis.run(DUE_REFRESH, (self.keys(queue).zset(zset), DUE[zset]), (queue,), visit)
 
     async def scan(self, queue: str, zset: str, cursor: int, count: int) -> tuple[int, list[Entry]]:

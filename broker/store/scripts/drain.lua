@@ -29,7 +29,7 @@ if left == 0 then
   redis.call('DEL', KEYS[4], lanes_of(KEYS[4]).buckets, lanes_of(KEYS[4]).refills)
   if redis.call('EXISTS', KEYS[7]) == 1 then redis.call('HSET', KEYS[4], 'expiring', 1) end
   if redis.call('EXISTS', wf_base(KEYS[2]) .. 'blocked') == 0 then  -- else FLUSH must find it
-    redis.call('SREM', KEYS[5], ARGV[1])
+    global('SREM', KEYS[5], ARGV[1])  -- split mode: checked again after (queues.py)
   end
 end
 return {#jids, left}

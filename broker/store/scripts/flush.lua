@@ -42,6 +42,6 @@ local l = lanes_of(KEYS[7])
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
   l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched,
   base .. 'waits', base .. 'dependants')
-redis.call('SREM', KEYS[9], queue)
+global('SREM', KEYS[9], queue)  -- split mode: checked again after (queues.py)
 for _, i in ipairs({10, 11, 12, 13, 16}) do due_drop(KEYS[i], queue) end
 return 0

@@ -28,8 +28,10 @@ local function bytes_before(a, b)
   return #a < #b
 end
 
--- The queue leaves the due index `due` (and its touch count with it, see due_add).
+-- The queue leaves the due index `due` (and its touch count with it, see due_add); in split
+-- mode only if nothing was added since the visit read it (settle_due).
 local function due_drop(due, queue)
+  if split then return defer('settle_due', 1, due, queue, '') end
   redis.call('ZREM', due, queue)
   redis.call('HDEL', due .. ':touched', queue)
 end
@@ -41,7 +43,8 @@ end
 AFTER.settle_due = function(due, queue, earliest)
   local score = redis.call('ZSCORE', due, queue) or ''
   local touched = redis.call('HGET', due .. ':touched', queue) or ''
-  if not (visit and score == visit[1] and touched == visit[2]) then
+  local seen = visit[due]
+  if not (seen and score == seen[1] and touched == seen[2]) then
     if earliest ~= '' then redis.call('ZADD', due, 'LT', earliest, queue) end
   elseif earliest ~= '' then
     redis.call('ZADD', due, earliest, queue)

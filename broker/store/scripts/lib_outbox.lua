@@ -10,7 +10,7 @@
 local split = false  -- this call runs in split mode
 local outbox = {}  -- split mode: the global writes of this call, one JSON array each
 local AFTER = {}  -- name -> a helper a split call defers (filled where each is defined)
-local visit = nil  -- apply.lua: what a loop's visit read of a due entry before its call
+local visit = {}  -- apply.lua: what a visit read of due entries before its call, by due key
 
 local function begin_outbox(mode)
   split = mode
@@ -60,10 +60,10 @@ local function due_add(due, score, queue)
 end
 
 -- apply.lua: the deferred writes of a split call, in the order they were made; `read`: JSON
--- [score, touched] of the due entry a loop's visit read before the call ('' for none: see
--- settle_due in lib.lua), or '' when the call was no visit.
+-- {due key: [score, touched]} of the due entries a visit read before the call ('' each for
+-- none: see settle_due in lib.lua), or '' when the call was no visit.
 local function apply_outbox(read, entries)
-  visit = read ~= '' and cjson.decode(read) or nil
+  visit = read ~= '' and cjson.decode(read) or {}
   for _, text in ipairs(entries) do
     local entry = cjson.decode(text)
     AFTER[entry[1]](unpack(entry, 2))
