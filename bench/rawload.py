@@ -4,7 +4,9 @@ The same shape as the minimal 10-connection client the reference figures were me
 driven from one process by one loop over the ready sockets (the broker sees the same 10
 connections each waiting for its reply; the machine's cores are left to the servers measured,
 where 10 blocking client processes took about 300 µs of CPU per job):
-`python -m bench.rawload --port 7419 --jobs 100000 --pushers 5 --fetchers 5 [--batch 100]`.
+`python -m bench.rawload --port 7419 --jobs 100000 --pushers 5 --fetchers 5 [--batch 100]`;
+`--ports 7419,7420` spreads the connections over several brokers, `--queues N` the jobs over
+queues q0..qN-1 (on a Redis Cluster, over its shards; bench/cluster.py).
 Prints one JSON line: jobs, seconds, jobs/s, and the CPU µs per job of the server processes
 given by --server-pids (broker and Redis), so that CPU per job can be compared.
 """
@@ -21,6 +23,7 @@ from typing import Any
 from bench.servers import cpu_seconds
 
 BEAT_EVERY = 10.0  # seconds between a fetcher's heartbeats (Faktory workers beat every 15)
+DEFAULT = [b"default"]  # the queue of a load not spread over queues
 # a connection's requests: sent each reply (bulk body, +line, None for a null bulk), yields the
 # next request to send
 Requests = Generator[bytes, bytes | None, None]
@@ -66,8 +69,10 @@ class Conn:
         self.sock.close()
 
 
-def job(prefix: bytes, i: int) -> bytes:
-    return b'{"jid":"%s-%d","jobtype":"noop","args":[%d]}' % (prefix, i, i)
+def job(prefix: bytes, i: int, queue: bytes = b"default") -> bytes:
+    if queue == b"default":  # the payload every earlier figure was measured with
+        return b'{"jid":"%s-%d","jobtype":"noop","args":[%d]}' % (prefix, i, i)
+    return b'{"jid":"%s-%d","jobtype":"noop","queue":"%s","args":[%d]}' % (prefix, i, queue, i)
 
 
 def jid_of(payload: bytes) -> bytes:
@@ -109,42 +114,57 @@ class Driven:
         return body
 
 
-def pushes(prefix: bytes, count: int, batch: int) -> Requests:
-    """PUSH `count` jobs one by one, or PUSHB them `batch` at a time; each reply is +OK."""
+def pushes(prefix: bytes, count: int, batch: int, queues: list[bytes] = DEFAULT) -> Requests:
+    """PUSH `count` jobs one by one, or PUSHB them `batch` at a time, over `queues` in turn;
+    each reply is +OK."""
     if batch <= 1:
         for i in range(count):
-            yield b"PUSH " + job(prefix, i)
+            yield b"PUSH " + job(prefix, i, queues[i % len(queues)])
         return
     for start in range(0, count, batch):
-        jobs = b",".join(job(prefix, i) for i in range(start, min(start + batch, count)))
+        end = min(start + batch, count)
+        jobs = b",".join(job(prefix, i, queues[i % len(queues)]) for i in range(start, end))
         yield b"PUSHB [" + jobs + b"]"
 
 
-def fetches(count: int, wid: str) -> Requests:
-    """FETCH and ACK `count` jobs of the default queue: sent each reply, yields what to send;
+def fetches(count: int, wid: str, queues: list[bytes] = DEFAULT) -> Requests:
+    """FETCH and ACK `count` jobs of `queues`: sent each reply, yields what to send;
     a BEAT every BEAT_EVERY seconds, as a worker does (the broker forgets a silent one)."""
     fetched, beat_at = 0, time.monotonic() + BEAT_EVERY
     while fetched < count:
         if time.monotonic() >= beat_at:
             yield b'BEAT {"wid":"' + wid.encode() + b'"}'
             beat_at = time.monotonic() + BEAT_EVERY
-        payload = yield b"FETCH default"
+        payload = yield b"FETCH " + b" ".join(queues)
         if payload is None:
             continue
         yield b'ACK {"jid":"' + jid_of(payload) + b'"}'
         fetched += 1
 
 
-def drive(port: int, jobs: int, pushers: int, fetchers: int, batch: int, run_id: str) -> int:
-    """Run every connection from one loop over the ready sockets until all are done; returns
-    the jobs fetched (or pushed, without fetchers)."""
+def drive(
+    ports: list[int],
+    jobs: int,
+    pushers: int,
+    fetchers: int,
+    batch: int,
+    run_id: str,
+    queues: list[bytes] = DEFAULT,
+) -> int:
+    """Run every connection from one loop over the ready sockets until all are done (the
+    connections spread over `ports` in turn, each fetcher with its own order of `queues`);
+    returns the jobs fetched (or pushed, without fetchers)."""
     selector = selectors.DefaultSelector()
     conns: list[Driven] = []
     for p in range(pushers):
-        conns.append(Driven(port, "", pushes(f"{run_id}{p}".encode(), jobs // pushers, batch)))
-    for _ in range(fetchers):
+        work = pushes(f"{run_id}{p}".encode(), jobs // pushers, batch, queues)
+        conns.append(Driven(ports[p % len(ports)], "", work))
+    for f in range(fetchers):
         wid = uuid.uuid4().hex
-        conns.append(Driven(port, wid, fetches(jobs // fetchers, wid)))
+        order = queues[f % len(queues) :] + queues[: f % len(queues)]
+        conns.append(
+            Driven(ports[(pushers + f) % len(ports)], wid, fetches(jobs // fetchers, wid, order))
+        )
     for conn in conns:
         conn.sock.sendall(next(conn.requests) + b"\r\n")
         selector.register(conn.sock, selectors.EVENT_READ, conn)
@@ -170,13 +190,23 @@ def drive(port: int, jobs: int, pushers: int, fetchers: int, batch: int, run_id:
 
 
 def run(
-    port: int, jobs: int, pushers: int, fetchers: int, batch: int, pids: list[int]
+    port: int,
+    jobs: int,
+    pushers: int,
+    fetchers: int,
+    batch: int,
+    pids: list[int],
+    *,
+    ports: list[int] | None = None,
+    queues: int = 0,
 ) -> dict[str, Any]:
     """Run the pushers and fetchers at once; jobs/s, server CPU µs per job, and this load
-    loop's own CPU µs per job (what it takes from the machine it measures)."""
+    loop's own CPU µs per job (what it takes from the machine it measures). `ports`: the
+    brokers (else `port` alone); `queues`: spread over q0..q<queues-1> (0: the default one)."""
     run_id = uuid.uuid4().hex[:8]
+    names = [f"q{n}".encode() for n in range(queues)] if queues else DEFAULT
     cpu0, own0, t0 = cpu_seconds(pids), time.process_time(), time.perf_counter()
-    total = drive(port, jobs, pushers, fetchers, batch, run_id)
+    total = drive(ports or [port], jobs, pushers, fetchers, batch, run_id, names)
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds(pids) - cpu0
     return {
@@ -196,9 +226,16 @@ def main() -> None:
     parser.add_argument("--fetchers", type=int, default=5)
     parser.add_argument("--batch", type=int, default=1, help="jobs per PUSHB (1: PUSH)")
     parser.add_argument("--server-pids", default="", help="comma-separated pids to measure")
+    parser.add_argument("--ports", default="", help="comma-separated broker ports (else --port)")
+    parser.add_argument("--queues", type=int, default=0, help="spread over q0..qN-1")
     args = parser.parse_args()
     pids = [int(p) for p in args.server_pids.split(",") if p]
-    print(json.dumps(run(args.port, args.jobs, args.pushers, args.fetchers, args.batch, pids)))
+    ports = [int(p) for p in args.ports.split(",") if p] or None
+    found = run(
+        args.port, args.jobs, args.pushers, args.fetchers, args.batch, pids,
+        ports=ports, queues=args.queues,
+    )  # fmt: skip
+    print(json.dumps(found))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 
 from hopper_broker.clock import RedisClock
-from hopper_broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
+from hopper_broker.config import CLUSTER_SCHEMES, DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.errors import StartError
 from hopper_broker.events import EventHub
@@ -18,6 +18,8 @@ from hopper_broker.redis_server import EmbeddedRedis
 from hopper_broker.server import Server
 from hopper_broker.stats import Stats
 from hopper_broker.store.address import Address
+from hopper_broker.store.cluster import ClusterPipeline
+from hopper_broker.store.cluster_map import ClusterAddress
 from hopper_broker.store.connection import CONNECTION_ERRORS, Pipeline, Subscriber
 from hopper_broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from hopper_broker.store.migrate import migrate
@@ -70,7 +72,8 @@ class App:
             config = self.settings()
             with self._starting:
                 redis = await self._reach_redis(root)
-                store = Store(redis, split=config.redis_split)
+                split = config.redis_split or isinstance(redis, ClusterPipeline)
+                store = Store(redis, split=split)
                 await migrate(store)
                 clock = RedisClock(store)
                 await clock.sync()
@@ -78,7 +81,7 @@ class App:
                 log.info("stopped while starting")
                 root.cancel_scope.cancel()
                 return
-            address = redis.address
+            address = redis.node_address
             root.start_soon(clock.run)
             doorbell = Doorbell()
             self.manager = manager = Manager(
@@ -114,7 +117,7 @@ class App:
                     config.host,
                     self.port,
                     " (TLS)" if self.ssl_context else "",
-                    address.display,
+                    redis.address.display,
                 )
                 task_status.started(self.port)
                 await self._stop.wait()
@@ -131,7 +134,7 @@ class App:
             except BrokerError as exc:
                 log.warning("queue settings not applied: %s", exc)
 
-    async def _reach_redis(self, root: trio.Nursery) -> Pipeline:
+    async def _reach_redis(self, root: trio.Nursery) -> Pipeline | ClusterPipeline:
         """Start the embedded redis-server (without redis_url), then connect; raises StartError
         when Redis does not answer within redis_start_timeout."""
         config = self.settings()
@@ -141,7 +144,13 @@ class App:
                 config.data_dir, config.redis_server, config.appendfsync, timeout
             )
             self.redis_url = await root.start(embedded.run)
-        redis = Pipeline(Address(self.redis_url), lambda: self.settings().redis_timeout)
+        redis: Pipeline | ClusterPipeline
+        if self.redis_url.startswith(CLUSTER_SCHEMES):
+            redis = ClusterPipeline(
+                ClusterAddress(self.redis_url), lambda: self.settings().redis_timeout
+            )
+        else:
+            redis = Pipeline(Address(self.redis_url), lambda: self.settings().redis_timeout)
         with trio.move_on_after(timeout) as deadline:
             await root.start(redis.run)
         if deadline.cancelled_caught:
@@ -153,18 +162,19 @@ class App:
 
 
 async def relay(
-    address: Address,
+    address: Callable[[], Address],
     pushes: Doorbell,
     finishes: Doorbell,
     timeout: Callable[[], float] = lambda: REDIS_TIMEOUT,
 ) -> None:
     """Ring the bells for what happened through any broker process: a queue that stopped being
-    empty (waiting FETCHes), an awaited job that finished (waiting JOB WAITs). `timeout()` gives
-    `redis_timeout` (see Subscriber)."""
+    empty (waiting FETCHes), an awaited job that finished (waiting JOB WAITs). `address()`
+    gives the Redis node to subscribe to (on a cluster, each attempt another: a message
+    published on any node reaches every node), `timeout()` `redis_timeout` (see Subscriber)."""
     channels = (PUSHED_CHANNEL, FINISHED_CHANNEL)
     while True:
         try:
-            async with Subscriber(address, channels, timeout).open() as messages:
+            async with Subscriber(address(), channels, timeout).open() as messages:
                 async for channel, name in messages:
                     if channel == FINISHED:
                         finishes.ring(name.decode(), ALL)

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from hopper_broker.config import Config
+from hopper_broker.config import CLUSTER_SCHEMES, Config
 from hopper_broker.errors import StartError
 from hopper_broker.redis_server import EmbeddedRedis, answers_ping
 from hopper_broker.store.address import Address
@@ -22,6 +22,8 @@ from hopper_broker.store.redis import Store
 
 async def check(config: Config, *, repair: bool, as_json: bool) -> int:
     """Run the audit; print the report; return the exit status."""
+    if config.redis_url.startswith(CLUSTER_SCHEMES):
+        raise StartError("hopper check does not walk a Redis Cluster yet (docs/cluster.md)")
     async with trio.open_nursery() as nursery:
         url = config.redis_url or await _embedded_url(config, nursery)
         pipeline = Pipeline(Address(url))

@@ -88,7 +88,7 @@ EVENT_BUFFER = 10_000  # events held for one EVENTS subscriber that reads slowly
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # Redis Cluster: not served yet
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")  # Redis Cluster (docs/cluster.md)
 # Settings that cannot work at 0 or below (a loop that would spin, a limit that refuses all).
 POSITIVE = (
     "max_line_bytes",
@@ -256,14 +256,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("redis_timeout must be positive")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        if self.redis_url.startswith(CLUSTER_SCHEMES):
+        if self.redis_url.startswith(CLUSTER_SCHEMES) and self.cron:
+            raise ValueError("cron is not served on a Redis Cluster yet (docs/cluster.md)")
+        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES + CLUSTER_SCHEMES):
             raise ValueError(
-                "redis_url: Redis Cluster is not served yet: the store's scripts are not yet "
-                "split for Redis Cluster (docs/cluster.md)"
-            )
-        if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES):
-            raise ValueError(
-                f"redis_url must start with {', '.join(REDIS_SCHEMES)}: {self.redis_url}"
+                f"redis_url must start with {', '.join(REDIS_SCHEMES + CLUSTER_SCHEMES)}: "
+                f"{self.redis_url}"
             )
         for name in POSITIVE:
             if getattr(self, name) <= 0:

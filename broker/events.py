@@ -105,7 +105,10 @@ class EventHub:
     any."""
 
     def __init__(
-        self, address: Address, buffer: Callable[[], int], timeout: Callable[[], float]
+        self,
+        address: Callable[[], Address],
+        buffer: Callable[[], int],
+        timeout: Callable[[], float],
     ) -> None:
         self.address = address
         self.buffer = buffer
@@ -144,7 +147,7 @@ class EventHub:
             started = False
             while True:
                 try:
-                    subscriber = Subscriber(self.address, (EVENTS_CHANNEL,), self.timeout)
+                    subscriber = Subscriber(self.address(), (EVENTS_CHANNEL,), self.timeout)
                     async with subscriber.open() as messages:
                         if not started:
                             task_status.started(scope)

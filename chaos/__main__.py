@@ -26,6 +26,7 @@ SUITE = (
     "test_limits",
     "test_security",
     "test_tls",
+    "test_cluster_faults",
 )
 BUDGET = 14 * 60.0  # seconds for the whole run (the brief: under 15 minutes)
 STOP_GRACE = 60.0  # seconds pytest gets to clean up after an interrupt

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,12 +287,14 @@ def test_urls() -> None:
     assert ClusterAddress("redis+cluster://:pw@h:1").node("h", 1).password == "pw"
 
 
-def test_hopper_run_refuses_a_cluster_url() -> None:
+def test_hopper_run_refuses_cron_on_a_cluster(tmp_path: Path) -> None:
+    config = tmp_path / "hopper.toml"
+    config.write_text('[[cron]]\nschedule = "* * * * *"\n[cron.job]\ntype = "Tick"\n')
     done = subprocess.run(
-        [sys.executable, "-m", "hopper_broker", "run", "--redis-url", "redis+cluster://h:1"],
+        [sys.executable, "-m", "hopper_broker", "run", "--config", str(config),
+         "--redis-url", "redis+cluster://h:1"],
         capture_output=True, text=True, timeout=60, env=clean_env(),
     )  # fmt: skip
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "not yet split for Redis Cluster (docs/cluster.md)" in lines[0]
-    assert lines[0].endswith("(from --redis-url)")
+    assert "cron is not served on a Redis Cluster yet (docs/cluster.md)" in lines[0]

@@ -476,7 +476,8 @@ async def test_push_relay_resubscribes_when_redis_dies_during_subscribe() -> Non
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, die_on_subscribe, listeners)
-        nursery.start_soon(relay, Address(f"redis://127.0.0.1:{port}"), Doorbell(), Doorbell())
+        address = Address(f"redis://127.0.0.1:{port}")
+        nursery.start_soon(relay, lambda: address, Doorbell(), Doorbell())
         with trio.fail_after(10):
             await twice.wait()
         nursery.cancel_scope.cancel()

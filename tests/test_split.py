@@ -266,3 +266,20 @@ async def test_a_queue_emptied_while_another_broker_pushes_stays_listed_and_due(
     assert rdb.zscore(keys.DUE["scheduled"], "default") <= rdb.zscore(K.scheduled, "later-0001")
     assert rdb.lrange(K.queue, 0, -1) == ["new-0001"]
     assert (await Auditor(store).run()).problems == []
+
+
+async def test_a_push_sent_again_after_its_script_failed_is_stored(
+    interleaved: Manager, rdb: redis.Redis
+) -> None:
+    """A push whose jid was claimed but whose script never ran (its node failed over, say):
+    sent again to the same queue it is stored, not refused as a live jid; the claim of a
+    queue that holds no job of it still refuses the jid elsewhere."""
+    manager, store = interleaved, interleaved.store
+    claims = (keys.JIDS, keys.QUEUES, keys.DUE["scheduled"])
+    await store.redis.run(CLAIM, claims, ("default", "", "jid-0001"))
+    await manager.push(new("jid-0001"), NOW)
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]
+    with pytest.raises(BrokerError, match="already in use"):
+        await manager.push(new("jid-0001"), NOW)  # now it is live
+    with pytest.raises(BrokerError, match="already in use"):
+        await manager.push(new("jid-0001", queue="other"), NOW)

@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Any
 
 from hopper_broker.store.address import ReplyError
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.connection import Connection
 from hopper_broker.store.keys import JIDS, queue_of_key, stand_in
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
@@ -98,7 +98,7 @@ class Redis:
     Cluster, or `redis_split` on one Redis) the scripts of SPLIT_READY touch only their queue's
     keys and hand back their global writes, applied next on the global keys (run())."""
 
-    def __init__(self, pipeline: Pipeline, split: bool = False) -> None:
+    def __init__(self, pipeline: Connection, split: bool = False) -> None:
         self.pipeline = pipeline
         self.split = split
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Redis, Script, text
+from hopper_broker.store.jobs import NOT_SPLIT
 from hopper_broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY
+from hopper_client.schema.errors import BrokerError
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")
@@ -34,6 +36,8 @@ class BatchStore:
     ) -> int:
         """Create a batch with its (complete, success) callback jobs (b'' for none): 1 done,
         0 the parent does not exist, -1 the bid is taken."""
+        if self.redis.split:
+            raise BrokerError(NOT_SPLIT)
         record = keys.batch(bid)
         parent_record = keys.batch(parent) if parent else record
         args = (bid, created_at, repr(expires_at), repr(keep), parent, description, *callbacks)

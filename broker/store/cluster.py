@@ -24,7 +24,7 @@ import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
-from hopper_broker.store.address import ReplyError
+from hopper_broker.store.address import Address, ReplyError
 from hopper_broker.store.cluster_map import ClusterAddress, SlotMap, parse_node_name
 from hopper_broker.store.connection import RECONNECT_DELAYS, Pipeline
 from hopper_broker.store.slots import SLOTS, CommandKeys, one_slot
@@ -80,6 +80,7 @@ class ClusterPipeline:
         self._loaded_at = -math.inf
         self._libraries: list[tuple[Any, ...]] = []  # FUNCTION LOAD arguments sent
         self._nursery: trio.Nursery | None = None
+        self._turn = 0  # node_address()'s last pick
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a connection to every master until cancelled; reports started once the slot
@@ -106,6 +107,24 @@ class ClusterPipeline:
         """A number that changes when any master's connection is made again or the slot map
         is reloaded (as Pipeline.connections for one Redis)."""
         return self.refreshes + sum(node.pipeline.connections for node in self._nodes.values())
+
+    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas have every write sent so far, on every master (WAIT on each
+        master's connection at once): the fewest of them."""
+        names = [name for name in self.map.masters if name in self._nodes]
+        wait = ("WAIT", replicas, timeout_ms)
+        acked = await self._gather({name: [0] for name in names}, [wait], self._generation)
+        counts = [reply[0] for reply in acked.values()]
+        for count in counts:
+            if isinstance(count, ReplyError):
+                raise count
+        return min((int(c) for c in counts), default=0)
+
+    def node_address(self) -> Address:
+        """A master's address, another at each call (the seeds before the map is known)."""
+        names = self.map.masters or [f"{h}:{p}" for h, p in self.address.seeds]
+        self._turn = (self._turn + 1) % len(names)
+        return self.address.node(*parse_node_name(names[self._turn]))
 
     async def execute(self, *args: Any) -> Any:
         """Send one command to its slot's master and return its reply (an error reply as a

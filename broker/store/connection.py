@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import outcome
@@ -60,6 +60,27 @@ class _Waiter:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
+class Connection(Protocol):
+    """What the store needs of its way to Redis: one node's Pipeline, or a whole cluster's
+    (store/cluster.py: ClusterPipeline)."""
+
+    @property
+    def connections(self) -> int:
+        """A number that changes when a connection is made again."""
+
+    async def execute(self, *args: Any) -> Any:
+        """One command's reply (an error reply as a ReplyError value)."""
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Several commands' replies, in order."""
+
+    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas have every write sent so far (WAIT)."""
+
+    def node_address(self) -> Address:
+        """A node to subscribe to (pub/sub)."""
+
+
 class Pipeline:
     """One auto-pipelining Redis connection shared by every concurrent caller.
 
@@ -85,6 +106,16 @@ class Pipeline:
     async def execute(self, *args: Any) -> Any:
         """Send one command and return its reply; raises ReplyError or RedisUnavailable."""
         return (await self._call([hiredis.pack_command(args)]))[0]
+
+    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
+        """How many replicas have every write sent so far on this connection (WAIT)."""
+        acked = await self.execute("WAIT", replicas, timeout_ms)
+        if isinstance(acked, ReplyError):
+            raise acked
+        return int(acked)
+
+    def node_address(self) -> Address:
+        return self.address
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands back to back and return their replies in order.

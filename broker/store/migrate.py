@@ -109,7 +109,8 @@ async def _agree_on_split(store: Store) -> None:
 
 async def _migrate(store: Store) -> None:
     names = await _old_queues(store)
-    if not names and not await store.redis.execute("EXISTS", OLD_QUEUES, OLD_INDEX):
+    old = await store.redis.execute_many([("EXISTS", OLD_QUEUES), ("EXISTS", OLD_INDEX)])
+    if not names and not any(old):  # (one key per command: they may be on two cluster nodes)
         return  # a new, empty store (or schema 2 data without its schema key)
     log.warning("migrating %d queues from storage schema 1 to schema %d", len(names), SCHEMA)
     for name in names:

@@ -3,7 +3,7 @@ worker registry, each in its own module, over one auto-pipelining connection."""
 
 from hopper_broker.store.base import Redis, text
 from hopper_broker.store.batches import BatchStore
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.connection import Connection
 from hopper_broker.store.history import HistoryStore
 from hopper_broker.store.jobs import JobStore
 from hopper_broker.store.keys import CRON, SCHEMA_KEY, SPLIT_MARK
@@ -17,7 +17,7 @@ from hopper_broker.store.workers import WorkerStore
 class Store:
     """Typed Redis operations for the manager."""
 
-    def __init__(self, pipeline: Pipeline, split: bool = False) -> None:
+    def __init__(self, pipeline: Connection, split: bool = False) -> None:
         self.redis = Redis(pipeline, split)
         self.jobs = JobStore(self.redis)
         self.sets = SetStore(self.redis, self.jobs)
@@ -41,7 +41,7 @@ class Store:
         """How many replicas acknowledged every write sent so far, waiting up to `timeout`
         seconds for `replicas` of them (WAIT); 0 when the connection changed after `since`
         (connection()): the writes of an earlier connection cannot be vouched for."""
-        acked = int(await self.redis.execute("WAIT", replicas, max(int(timeout * 1000), 1)))
+        acked = await self.redis.pipeline.wait_replicas(replicas, max(int(timeout * 1000), 1))
         return acked if self.connection() == since else 0
 
     async def redis_version(self) -> tuple[int, ...]:

@@ -30,7 +30,8 @@
 -- jobs to enqueue now only while its list is shorter: 4 for each one beyond (scheduled jobs,
 -- and due ones later, are not held back).
 -- The jid of a finished job (index entry ~queue) is free: the new job takes the index entry,
--- and a finished job of this queue with that jid is forgotten.
+-- and a finished job of this queue with that jid is forgotten. So is a jid whose entry names
+-- this queue while the queue holds no live job of it (a stale claim, split mode).
 -- Unique jobs: a lock key (value '<mode>:<jid>', expiring after the ttl) names the job holding
 -- the identity. It is held while its key lives and: success, the holder has not succeeded (it
 -- is live, or ended other than done); start, the holder waits (queued or scheduled); ttl,
@@ -198,7 +199,11 @@ local function push_queue(KEYS, ARGV, graph)
   local function verdict(i, dry)
     local jid, at, unique, batch, after = arg(i, 1), arg(i, 3), arg(i, 4), arg(i, 6), arg(i, 7)
     local owner = owners[i]
-    if (owner and string.sub(owner, 1, 1) ~= '~') or taken[jid] then return 0 end
+    if taken[jid] then return 0 end
+    -- a live job's entry refuses the jid; one naming this queue for a job the queue does not
+    -- hold is stale (split mode: the claim of a push whose script failed, sent again) and free
+    if owner and string.sub(owner, 1, 1) ~= '~'
+      and (owner ~= queue or live_here(KEYS[1], KEYS[7], jid)) then return 0 end
     if room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
       return 4
     end

@@ -1,0 +1,84 @@
+"""Brokers on a real Redis Cluster (tests/cluster_rig.py), which they serve in split mode
+(docs/cluster.md): two brokers share the cluster, jobs of queues on every master go through
+PUSH, FETCH, ACK and FAIL on either; a FETCH waiting on one broker is woken by a push through
+the other; push_replicas waits for a replica of each master; what split mode does not serve yet
+is refused in one line."""
+
+import json
+
+import pytest
+import trio
+
+from hopper_broker.app import App
+from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.slots import key_slot
+from tests.cluster_rig import ClusterRig
+from tests.conftest import test_config
+from tests.wire import Wire, WireError, job
+
+QUEUES = [f"q{n}" for n in range(10)]
+
+
+@pytest.fixture
+async def brokers(redis_cluster: ClusterRig, nursery: trio.Nursery) -> list[App]:
+    """Two in-process brokers on the flushed cluster rig."""
+    redis_cluster.flush()
+    started = []
+    for _ in range(2):
+        app = App(test_config(redis_cluster.url, fetch_timeout=10, push_replicas=1))
+        await nursery.start(app.run)
+        started.append(app)
+    return started
+
+
+async def test_two_brokers_serve_queues_on_every_master(
+    brokers: list[App], redis_cluster: ClusterRig
+) -> None:
+    owners = {redis_cluster.owner(key_slot(QueueKeys(q).jobs)) for q in QUEUES}
+    assert owners == set(redis_cluster.masters())  # the queues spread over every master
+    pusher = await Wire.open(brokers[0].port, hello={"wid": "p"})
+    worker = await Wire.open(brokers[1].port, hello={"wid": "w"})
+    for i in range(30):
+        assert await pusher.call("PUSH", job(f"jid-{i:04d}", queue=QUEUES[i % 10])) == b"OK"
+    seen, acked = set(), []
+    for i in range(30):
+        fetched = json.loads(await worker.call("FETCH", " ".join(QUEUES)))
+        seen.add(fetched["jid"])
+        if i % 3:
+            assert await worker.call("ACK", {"jid": fetched["jid"]}) == b"OK"
+            acked.append(fetched["jid"])
+        else:
+            report = {"jid": fetched["jid"], "errtype": "E", "message": "m"}
+            assert await worker.call("FAIL", report) == b"OK"
+    assert len(seen) == 30
+    info = json.loads(await pusher.call("INFO"))["faktory"]
+    assert (info["total_processed"], info["total_failures"]) == (30, 10)
+    assert info["sets"]["retries"] == 10 and info["total_enqueued"] == 0
+    state = json.loads(await pusher.call("JOB", f"STATE {acked[0]}"))
+    assert state["state"] == "done"
+
+
+async def test_a_fetch_is_woken_by_a_push_through_another_broker(brokers: list[App]) -> None:
+    worker = await Wire.open(brokers[1].port, hello={"wid": "w"})
+    pusher = await Wire.open(brokers[0].port, hello={"wid": "p"})
+    waited: list[float] = []
+
+    async def fetch() -> None:
+        start = trio.current_time()
+        assert await worker.call("FETCH", "late") is not None
+        waited.append(trio.current_time() - start)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch)
+        await trio.sleep(0.2)  # the FETCH waits (nothing to synchronise on: it is silent)
+        await pusher.call("PUSH", job("jid-late", queue="late"))
+    assert waited and waited[0] < 5  # woken, not at its fetch_timeout (10 s)
+
+
+async def test_what_split_mode_does_not_serve_yet_is_refused(brokers: list[App]) -> None:
+    w = await Wire.open(brokers[0].port, hello={"wid": "w"})
+    with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
+        await w.call("PUSH", job("jid-after", custom={"after": ["jid-0001"]}))
+    with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
+        await w.call("BATCH", "NEW " + json.dumps({"success": job("jid-callback")}))
+    assert await w.call("PUSH", job("jid-0002")) == b"OK"  # the connection serves on
