@@ -6,11 +6,12 @@ CLUSTER ADDSLOTSRANGE and MEET, as `redis-cli --cluster create` will not make on
 three), B `hopper run` on it, then bench/rawload.py's mixed load (5 pushers, 5 fetchers, one
 command each in flight) spread over the brokers and over 12 queues (so over every shard).
 Prints one JSON line per run: jobs/s and CPU µs per job of the brokers, of the master holding
-the global keys ({g}) and of the other masters.
+the global keys ({g}), of the other masters, and of the load generator itself.
 """
 
 import argparse
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from hopper_broker.store.slots import SLOTS, key_slot
 QUEUES = 12  # queues the load spreads over (rawload's q0..q11)
 WARM_UP = 2_000  # jobs run before each measured run (connections, library, queues made)
 CLUSTER_READY = 30.0  # seconds for a cluster to agree on its slots
+BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
 
 
 @contextmanager
@@ -45,7 +47,7 @@ def cluster(workdir: Path, shards: int) -> Iterator[list[tuple[int, int]]]:
     with ExitStack() as stack:
         nodes: list[tuple[int, int]] = []
         for n in range(shards):
-            port, folder = free_port(), workdir / f"node{n}"
+            port, folder = _node_port(), workdir / f"node{n}"
             folder.mkdir(parents=True)
             argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -64,6 +66,20 @@ def cluster(workdir: Path, shards: int) -> Iterator[list[tuple[int, int]]]:
                 raise RuntimeError(f"a cluster of {shards} did not agree in {CLUSTER_READY} s")
             time.sleep(0.1)
         yield nodes
+
+
+def _node_port() -> int:
+    """A free port whose cluster bus port (10000 above) exists and is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + BUS_OFFSET < 65536:
+            with socket.socket() as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + BUS_OFFSET))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _ready(port: int, shards: int) -> bool:
@@ -98,6 +114,7 @@ def measure(shards: int, brokers: int, jobs: int) -> dict[str, float]:
         "brokers": brokers,
         "jobs_per_s": found["jobs_per_s"],
         **{f"{name}_us": round(cpu / total * 1e6, 1) for name, cpu in used.items()},
+        "load_us": found["load_cpu_us_per_job"],
     }
 
 
