@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 import trio
 
 from hopper_broker.app import App
@@ -39,8 +40,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With several pytest-xdist workers (`make test`), the tests on the local Redis Cluster all
     run in one of them, so one cluster is started, not one per worker."""
     for item in items:
-        if "redis_cluster" in getattr(item, "fixturenames", ()):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (
+            "redis_cluster" in getattr(item, "fixturenames", ())
+            or params.get("store_mode") == "cluster"
+        ):
             item.add_marker(pytest.mark.xdist_group("redis_cluster"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that asks for `store_mode` runs each test as on one Redis and in split mode;
+    one marked `on_cluster` also on the cluster rig (the tests that do not depend on one
+    Redis). A test may narrow its modes with its own indirect parametrisation."""
+    if "store_mode" not in metafunc.fixturenames or any(
+        "store_mode" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize")
+    ):
+        return
+    modes = ["one", "split"]
+    definition = metafunc.definition
+    if definition.get_closest_marker("on_cluster") and not definition.get_closest_marker(
+        "not_on_cluster"
+    ):
+        modes.append("cluster")
+    metafunc.parametrize("store_mode", modes, indirect=True)
 
 
 def _redis_ready(path: str) -> bool:
@@ -93,9 +115,24 @@ def redis_url(redis_server: str) -> str:
     return redis_server
 
 
+class ClusterView(redis.cluster.RedisCluster):  # type: ignore[type-arg]
+    """redis-py's cluster client, whose KEYS asks every master (not one of them)."""
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        return super().keys(pattern, target_nodes=self.PRIMARIES, **kwargs)
+
+
 @pytest.fixture
-def rdb(redis_url: str) -> Iterator[redis.Redis]:
-    """A plain redis-py client on the test Redis, for asserting stored state."""
+def rdb(redis_url: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test Redis, for asserting stored state (on the cluster
+    rig, redis-py's cluster client, which routes each command by its key)."""
+    if _mode(request) == "cluster":
+        rig: ClusterRig = request.getfixturevalue("redis_cluster")
+        port = rig.masters()[0]
+        cluster = ClusterView(host="127.0.0.1", port=port, decode_responses=True)
+        yield cluster  # type: ignore[misc]
+        cluster.close()
+        return
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
@@ -154,12 +191,20 @@ class StartBroker:
         return app
 
 
-@pytest.fixture(params=["one", "split"])
+@pytest.fixture
 def store_mode(request: pytest.FixtureRequest) -> str:
-    """How the brokers of a test store: as on one Redis, or split as on a Redis Cluster (the
-    global keys written in a second step, docs/cluster.md). A module opts in with
-    `pytestmark = pytest.mark.usefixtures("store_mode")`."""
-    mode: str = request.param
+    """How the brokers of a test store: as on one Redis ('one'), split as on a Redis Cluster
+    on one Redis (the global keys written in a second step, docs/cluster.md: 'split'), or on
+    the cluster rig ('cluster'). A module opts in with
+    `pytestmark = pytest.mark.usefixtures("store_mode")` (see pytest_generate_tests)."""
+    mode: str = getattr(request, "param", "one")
+    return mode
+
+
+def _mode(request: pytest.FixtureRequest) -> str:
+    if "store_mode" not in request.fixturenames:
+        return "one"
+    mode: str = request.getfixturevalue("store_mode")
     return mode
 
 
@@ -167,8 +212,12 @@ def store_mode(request: pytest.FixtureRequest) -> str:
 async def start_broker(
     nursery: trio.Nursery, redis_url: str, request: pytest.FixtureRequest
 ) -> StartBroker:
-    split = "store_mode" in request.fixturenames and request.getfixturevalue("store_mode")
-    return StartBroker(nursery, redis_url, split == "split")
+    mode = _mode(request)
+    if mode == "cluster":
+        rig: ClusterRig = request.getfixturevalue("redis_cluster")
+        rig.flush()
+        return StartBroker(nursery, rig.url)
+    return StartBroker(nursery, redis_url, mode == "split")
 
 
 @pytest.fixture

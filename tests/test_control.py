@@ -18,7 +18,7 @@ from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def state(w: Wire, jid: str) -> dict[str, Any]:
@@ -31,6 +31,7 @@ async def cancel(w: Wire, jid: str) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_cancel_a_job_that_waits_is_scheduled_or_retries(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     waiter = await Wire.open(broker.port, hello={})
@@ -66,6 +67,7 @@ async def test_cancel_a_job_that_waits_is_scheduled_or_retries(broker: App, redi
     check_store(redis_url)
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_cancel_a_running_job_reaches_its_worker_and_it_is_never_retried(
     broker: App, redis_url: str
 ) -> None:
@@ -132,6 +134,7 @@ async def test_beat_tells_a_worker_of_jobs_it_no_longer_holds(start_broker: Star
     assert json.loads(await w2.call("BEAT", {"wid": "w2", "jids": ["short-res"]}))["drop"] == []
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     canceller = await Wire.open(broker.port, hello={})
@@ -177,6 +180,7 @@ async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, redis
     check_store(redis_url)
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_snooze_hands_a_job_back_without_using_a_retry(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("snoozer-1", retry=1))

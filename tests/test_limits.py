@@ -21,7 +21,7 @@ from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, eventually, free_port
 from tests.wire import Wire, WireError, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 MiB = 1024 * 1024
 

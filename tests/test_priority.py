@@ -12,7 +12,7 @@ from hopper_client import AsyncClient
 from tests.conftest import check_store, eventually
 from tests.wire import Wire, WireError, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def fetch_all(w: Wire, queue: str = "default") -> list[str]:
@@ -27,6 +27,7 @@ async def fetch_all(w: Wire, queue: str = "default") -> list[str]:
     raise AssertionError("the queue did not run dry")
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_higher_first_and_fifo_within_a_priority(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     pushes: list[dict[str, Any]] = [
@@ -64,6 +65,7 @@ async def test_fetching_many_at_once_keeps_the_order(broker: App) -> None:
     assert got == ["p9"] * 3 + ["p5"] * 3 + ["p1"] * 3
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_scheduled_and_retried_jobs_keep_their_priority(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("plain-001"))
@@ -76,6 +78,7 @@ async def test_scheduled_and_retried_jobs_keep_their_priority(broker: App, redis
     check_store(redis_url)
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_cancel_remove_and_info_see_prioritized_jobs(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [job("urgent-01", priority=9), job("urgent-02", priority=9)])
@@ -103,6 +106,7 @@ async def test_the_client_pushes_with_a_priority(broker: App) -> None:
         assert fetched is not None and fetched.jid == urgent and fetched.priority == 9
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_flush_takes_prioritized_jobs_too(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [job(f"flushed-{i:02d}", priority=3) for i in range(5)])

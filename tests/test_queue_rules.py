@@ -22,7 +22,7 @@ from hopper_client import AsyncClient, Draining, NotUnique, QueueFull
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import SyncWire, Wire, WireError, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def info(w: Wire) -> dict[str, Any]:
@@ -49,6 +49,7 @@ async def test_a_timed_pause_ends_by_itself_on_every_broker(start_broker: StartB
     await w.call("QUEUE", "RESUME q")
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_a_bounded_queue_refuses_pushes_beyond_its_size(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     assert await w.call("QUEUE", "SET small max_size=3") == b"OK"
@@ -196,6 +197,7 @@ async def test_two_brokers_never_reserve_more_than_the_concurrency_limit(
 # One Redis only: with burst 1 each token a FETCH takes late is time lost, and split mode adds
 # a round trip before each FETCH's script by design (docs/cluster.md), about 10 % of 50/s here.
 @pytest.mark.parametrize("store_mode", ["one"], indirect=True)
+@pytest.mark.timing  # counts jobs per wall-clock second: alone, after the rest (make test)
 async def test_a_rate_limit_spreads_jobs_over_time(start_broker: StartBroker) -> None:
     brokers = [await start_broker(), await start_broker()]
     admin = await Wire.open(brokers[0].port, hello={})

@@ -7,7 +7,7 @@ import pytest
 from hopper_broker import retry
 from hopper_client.schema.jobs import FailPayload, Job, parse_time
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 NOW = 1_764_000_000.0
 TTL = 180 * 86400.0

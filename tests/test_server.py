@@ -14,7 +14,7 @@ from hopper_broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def test_greeting_and_handshake(broker: App) -> None:

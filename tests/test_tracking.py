@@ -13,7 +13,7 @@ from hopper_broker.app import App
 from tests.conftest import BrokerProcess, StartBroker, check_store
 from tests.wire import SyncWire, Wire, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 def rfc3339(at: float) -> str:

@@ -12,7 +12,7 @@ from hopper_broker.app import App
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 NOT_UNIQUE = "NOTUNIQUE Job not unique"
 
@@ -32,6 +32,7 @@ async def state(w: Wire, jid: str) -> str:
     return found
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_unique_until_success_as_faktory_enterprise(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     assert await w.call("PUSH", unique("first-001", 1)) == b"OK"
@@ -81,6 +82,7 @@ async def test_ttl_mode_holds_for_unique_for_whatever_happens(broker: App) -> No
     await eventually(free)
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_replace_mode_debounces_a_waiting_job(broker: App, redis_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     later = "2099-01-01T00:00:00Z"
@@ -119,6 +121,7 @@ async def test_bad_unique_settings_are_refused(
     assert error in await refused(w, job("badly-001", custom=custom))
 
 
+@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_one_lock_for_concurrent_pushers_on_two_brokers(
     start_broker: StartBroker, redis_url: str
 ) -> None:
