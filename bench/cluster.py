@@ -11,7 +11,6 @@ the global keys ({g}), of the other masters, and of the load generator itself.
 
 import argparse
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ import redis
 from bench import rawload
 from bench.servers import (
     cpu_seconds,
-    free_port,
     redis_answers,
     running,
     scratch_dir,
@@ -33,11 +31,11 @@ from bench.servers import (
 )
 from hopper_broker.store.keys import JIDS
 from hopper_broker.store.slots import SLOTS, key_slot
+from tests.cluster_rig import free_node_port
 
 QUEUES = 12  # queues the load spreads over (rawload's q0..q11)
 WARM_UP = 2_000  # jobs run before each measured run (connections, library, queues made)
 CLUSTER_READY = 30.0  # seconds for a cluster to agree on its slots
-BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
 
 
 @contextmanager
@@ -47,7 +45,7 @@ def cluster(workdir: Path, shards: int) -> Iterator[list[tuple[int, int]]]:
     with ExitStack() as stack:
         nodes: list[tuple[int, int]] = []
         for n in range(shards):
-            port, folder = _node_port(), workdir / f"node{n}"
+            port, folder = free_node_port(), workdir / f"node{n}"
             folder.mkdir(parents=True)
             argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -66,20 +64,6 @@ def cluster(workdir: Path, shards: int) -> Iterator[list[tuple[int, int]]]:
                 raise RuntimeError(f"a cluster of {shards} did not agree in {CLUSTER_READY} s")
             time.sleep(0.1)
         yield nodes
-
-
-def _node_port() -> int:
-    """A free port whose cluster bus port (10000 above) exists and is free too."""
-    for _ in range(100):
-        port = free_port()
-        if port + BUS_OFFSET < 65536:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + BUS_OFFSET))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _ready(port: int, shards: int) -> bool:

@@ -21,7 +21,7 @@ WAIT = 30.0  # seconds any rig step may take
 BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
 
 
-def _free_port() -> int:
+def free_node_port() -> int:
     """A free loopback port whose cluster bus port is free too."""
     for _ in range(100):
         with socket.socket() as s:
@@ -55,7 +55,7 @@ class ClusterRig:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.binary = shutil.which("redis-server") or "redis-server"
-        self.ports = sorted(_free_port() for _ in range(NODES))
+        self.ports = sorted(free_node_port() for _ in range(NODES))
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._clients: dict[int, redis.Redis] = {}
 

@@ -9,7 +9,7 @@ loss is reported (a master that fails over loses what it had not yet copied to i
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -20,29 +20,18 @@ from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.slots import key_slot
 from tests.cluster_rig import ClusterRig
-from tests.conftest import BrokerProcess, clean_env
+from tests.conftest import BrokerProcess
 
 ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5", "--reaper-interval", "0.2")
 
 
 @pytest.fixture
-def cluster_brokers(redis_cluster: ClusterRig) -> Iterator[Callable[..., BrokerProcess]]:
-    """Broker processes on the flushed rig; killed at the end. The rig is whole again after."""
+def cluster_brokers(
+    redis_cluster: ClusterRig, broker_process: Callable[..., BrokerProcess]
+) -> Callable[..., BrokerProcess]:
+    """Broker processes on the flushed rig (conftest's, their --redis-url the rig's)."""
     redis_cluster.flush()
-    started: list[BrokerProcess] = []
-
-    def make(*args: str) -> BrokerProcess:
-        broker = BrokerProcess(
-            ["--processes", "1", "--redis-url", redis_cluster.url, *ARGS, *args], clean_env()
-        )
-        broker.start()
-        started.append(broker)
-        return broker
-
-    yield make
-    for broker in started:
-        if broker.process is not None and broker.process.poll() is None:
-            broker.kill()
+    return lambda *args: broker_process("--redis-url", redis_cluster.url, *ARGS, *args)
 
 
 def spread_queues(rig: ClusterRig, per_master: int = 2) -> list[str]:

@@ -122,15 +122,26 @@ class DiesAfterScripts(Redis):
         """Never made: the broker died first."""
 
 
-@pytest.fixture
-async def dying(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Manager:
-    """A manager in split mode on the test Redis whose global writes never happen."""
+async def split_manager(
+    nursery: trio.Nursery, redis_url: str, rdb: redis.Redis, kind: type[Redis]
+) -> Manager:
+    """A manager (no loops) in split mode on the test Redis, its store's access to Redis a
+    `kind` (every room of the store shares it)."""
     pipeline = Pipeline(Address(redis_url))
     await nursery.start(pipeline.run)
     rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
     store = Store(pipeline, split=True)
-    store.redis = store.jobs.redis = DiesAfterScripts(pipeline, split=True)
+    access = kind(pipeline, split=True)
+    for room in (store, *vars(store).values()):
+        if isinstance(getattr(room, "redis", None), Redis):
+            room.redis = access
     return make_manager(store)
+
+
+@pytest.fixture
+async def dying(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Manager:
+    """A manager in split mode whose global writes never happen."""
+    return await split_manager(nursery, redis_url, rdb, DiesAfterScripts)
 
 
 async def repaired(store: Store) -> list[str]:
@@ -195,14 +206,8 @@ class Interleaved(Redis):
 
 @pytest.fixture
 async def interleaved(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Manager:
-    """A manager in split mode on the test Redis whose store is Interleaved."""
-    pipeline = Pipeline(Address(redis_url))
-    await nursery.start(pipeline.run)
-    rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
-    store = Store(pipeline, split=True)
-    redis_ = Interleaved(pipeline, split=True)
-    store.redis = store.jobs.redis = store.sets.redis = store.queues.redis = redis_
-    return make_manager(store)
+    """A manager in split mode whose store is Interleaved."""
+    return await split_manager(nursery, redis_url, rdb, Interleaved)
 
 
 async def test_a_visit_never_loses_an_entry_added_meanwhile(
