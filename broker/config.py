@@ -256,8 +256,6 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("redis_timeout must be positive")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        if self.redis_url.startswith(CLUSTER_SCHEMES) and self.cron:
-            raise ValueError("cron is not served on a Redis Cluster yet (docs/cluster.md)")
         if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES + CLUSTER_SCHEMES):
             raise ValueError(
                 f"redis_url must start with {', '.join(REDIS_SCHEMES + CLUSTER_SCHEMES)}: "

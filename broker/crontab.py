@@ -83,7 +83,7 @@ class Crontab:
         due = [p for p in self.entries(now) if self._next[p.id] <= now]
         if not due:
             return 0
-        claims = await self.store.cron_claims([p.id for p in due])
+        claims = await self.store.cron_claims([(p.id, p.entry.job.queue) for p in due])
         pushed = 0
         for periodic, claim in zip(due, claims, strict=True):
             pushed += await self._run(periodic, claim, now)
@@ -118,7 +118,7 @@ class Crontab:
     async def listing(self, now: float) -> list[CronListing]:
         """Every entry with its next tick after `now` and the last one pushed (CRON LIST)."""
         entries = self.entries(now)
-        claims = await self.store.cron_claims([p.id for p in entries])
+        claims = await self.store.cron_claims([(p.id, p.entry.job.queue) for p in entries])
         return [
             CronListing(
                 p.id,

@@ -4,10 +4,7 @@ master killed, a library missing on a master, cross-slot commands refused, bad U
 
 import contextlib
 import random
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +16,6 @@ from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.cluster_map import ClusterAddress, node_name
 from hopper_broker.store.slots import RoutingError, key_slot
 from tests.cluster_rig import ClusterRig
-from tests.conftest import clean_env
 
 TIMEOUT = 5.0  # redis_timeout of the connections under test
 LIBRARY = """#!lua name=clustertest
@@ -285,16 +281,3 @@ def test_urls() -> None:
         "rediss://u:***@10.0.0.2:6380",
     )
     assert ClusterAddress("redis+cluster://:pw@h:1").node("h", 1).password == "pw"
-
-
-def test_hopper_run_refuses_cron_on_a_cluster(tmp_path: Path) -> None:
-    config = tmp_path / "hopper.toml"
-    config.write_text('[[cron]]\nschedule = "* * * * *"\n[cron.job]\ntype = "Tick"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "hopper_broker", "run", "--config", str(config),
-         "--redis-url", "redis+cluster://h:1"],
-        capture_output=True, text=True, timeout=60, env=clean_env(),
-    )  # fmt: skip
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "cron is not served on a Redis Cluster yet (docs/cluster.md)" in lines[0]

@@ -233,11 +233,23 @@ def ticks(db: redis.Redis, queue: str = "cron") -> list[int]:
     return sorted(int(jid.split("-")[1]) for jid in db.hkeys(QueueKeys(queue).jobs))
 
 
+# in-process brokers: as on one Redis, in split mode, and on the cluster rig (conftest.py)
+IN_EVERY_MODE = pytest.mark.usefixtures("store_mode")
+ON_CLUSTER = pytest.mark.on_cluster
+
+
+def claims_key(store_mode: str) -> str:
+    """Where the tick claims of entries whose jobs go to the `cron` queue are kept."""
+    return CRON if store_mode == "one" else QueueKeys("cron").cron
+
+
 def redis_now(db: redis.Redis) -> float:
     seconds, micros = db.time()
     return float(seconds + micros / 1e6)
 
 
+@IN_EVERY_MODE
+@ON_CLUSTER
 async def test_every_second_entry_enqueues_each_second(
     start_broker: StartBroker, rdb: redis.Redis
 ) -> None:
@@ -252,12 +264,15 @@ async def test_every_second_entry_enqueues_each_second(
     assert 0 <= parse_time(payload["created_at"]) - int(payload["jid"].split("-")[1]) < LATE
 
 
+@IN_EVERY_MODE
+@ON_CLUSTER
 async def test_missed_ticks_get_one_catch_up_job(
-    start_broker: StartBroker, rdb: redis.Redis
+    start_broker: StartBroker, rdb: redis.Redis, store_mode: str
 ) -> None:
     entry_id = compile_entry(EVERY_SECOND, "cron[0]").id
     now = int(redis_now(rdb))
-    rdb.hset(CRON, entry_id, float(now - 365 * 86_400))  # a year missed while no broker ran
+    missed = float(now - 365 * 86_400)  # a year missed while no broker ran
+    rdb.hset(claims_key(store_mode), entry_id, missed)
     await start_broker(cron=(EVERY_SECOND,))
     await eventually(lambda: len(ticks(rdb)) >= 3, timeout=6)
     catch_up, *rest = ticks(rdb)
@@ -265,6 +280,8 @@ async def test_missed_ticks_get_one_catch_up_job(
     assert rest == list(range(catch_up + 1, catch_up + 1 + len(rest)))  # then each tick
 
 
+@IN_EVERY_MODE
+@ON_CLUSTER
 async def test_a_tick_is_claimed_once(broker: App, rdb: redis.Redis) -> None:
     """The push script's claim: of concurrent pushes of one tick exactly one lands, and an
     earlier tick is refused once a later one was pushed."""
@@ -289,15 +306,22 @@ async def test_a_tick_is_claimed_once(broker: App, rdb: redis.Redis) -> None:
     assert outcomes[-1] is None and ticks(rdb) == [1000, 1001]
 
 
-async def test_unique_jobs_skip_ticks(start_broker: StartBroker, rdb: redis.Redis) -> None:
+@IN_EVERY_MODE
+@ON_CLUSTER
+async def test_unique_jobs_skip_ticks(
+    start_broker: StartBroker, rdb: redis.Redis, store_mode: str
+) -> None:
     unique = CronEntry("* * * * * *", CronJob("Tick", queue="cron", custom={"unique_for": 60}))
     entry_id = compile_entry(unique, "cron[0]").id
     await start_broker(cron=(unique,))
     first = (await eventually(lambda: ticks(rdb), timeout=5))[0]
-    await eventually(lambda: float(rdb.hget(CRON, entry_id) or 0) >= first + 2, timeout=5)
+    claims = claims_key(store_mode)
+    await eventually(lambda: float(rdb.hget(claims, entry_id) or 0) >= first + 2, timeout=5)
     assert ticks(rdb) == [first]
 
 
+@IN_EVERY_MODE
+@ON_CLUSTER
 async def test_cron_list_and_reload(start_broker: StartBroker, rdb: redis.Redis) -> None:
     broker: App = await start_broker(cron=(EVERY_SECOND,))
     wire = await Wire.open(broker.port, hello={})

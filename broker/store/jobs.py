@@ -52,8 +52,7 @@ Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload
 PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None, str]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
 NOT_SPLIT = (
-    "cron, batches and workflows (custom.bid, custom.after, graphs) are not served on a Redis "
-    "Cluster yet"
+    "batches and workflows (custom.bid, custom.after, graphs) are not served on a Redis Cluster yet"
 )
 
 
@@ -113,14 +112,14 @@ class JobStore:
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
         if self.redis.split:
-            args[8] = await self._claim(queue, entries, claim is not None or graph)
+            args[8] = await self._claim(queue, entries, graph)
         return _push_results(await self.redis.run(PUSH, keys_, args))
 
-    async def _claim(self, queue: str, entries: Sequence[PushEntry], spans: bool) -> str:
+    async def _claim(self, queue: str, entries: Sequence[PushEntry], graph: bool) -> str:
         """Split mode's first step of a push (scripts/claim.lua): the jids claimed, the queue
         listed and its due entry for its earliest scheduled job added; the claims as push.lua
         takes them. Raises BrokerError for what split mode does not do yet (docs/cluster.md)."""
-        if spans or any(entry[5] is not None or entry[6] for entry in entries):
+        if graph or any(entry[5] is not None or entry[6] for entry in entries):
             raise BrokerError(NOT_SPLIT)
         earliest = min((float(entry[2]) for entry in entries if entry[2]), default=None)
         due = "" if earliest is None else repr(earliest)
@@ -187,7 +186,7 @@ class JobStore:
             k.dead,
             DUE["finished"],
             AWAITED,
-            CRON,
+            k.cron if self.redis.split else CRON,  # the tick claims (split: the queue's own)
             k.meta,
             k.prioritized,
             k.expiring,

@@ -51,6 +51,8 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
   hopper:q:{q}:dependants   hash   jid -> JSON [queue, jid, ...] of the jobs waiting for it
                                    (these three named in lib_workflows.lua too)
+  hopper:q:{q}:cron         hash   split mode (docs/cluster.md): as hopper:g:{g}:cron, for the
+                                   cron entries whose jobs go to this queue
   hopper:q:{q}:history      hash   jid -> archived entry of a job that reached a final state
                                    (done, dead, discarded, cancelled, expired, replaced)
   hopper:q:{q}:ended:<s>    zset   jid -> when it ended: the archived jobs of state s
@@ -148,6 +150,7 @@ class QueueKeys:
         "batched",
         "blocked",
         "buckets",
+        "cron",
         "dead",
         "dependants",
         "expiring",
@@ -199,6 +202,7 @@ class QueueKeys:
         self.waits = f"{base}:waits"
         self.dependants = f"{base}:dependants"
         self.history = f"{base}:history"
+        self.cron = f"{base}:cron"
 
     def ended(self, state: str, jobtype: str | None = None) -> str:
         """The archived jobs that ended in `state` (of one jobtype: after the state's key)."""

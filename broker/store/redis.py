@@ -61,7 +61,14 @@ class Store:
         found = await self.redis.execute("GET", SCHEMA_KEY)
         return None if found is None else int(text(found))
 
-    async def cron_claims(self, ids: list[str]) -> list[float | None]:
-        """The last tick each cron entry enqueued (None: never), as the push script records it."""
-        found = await self.redis.execute("HMGET", CRON, *ids) if ids else []
+    async def cron_claims(self, entries: list[tuple[str, str]]) -> list[float | None]:
+        """The last tick each cron entry (id, its jobs' queue) enqueued (None: never), as the
+        push script records it: in one hash, or in split mode in the queue's own."""
+        if not entries:
+            return []
+        if self.redis.split:
+            commands = [("HGET", self.jobs.keys(queue).cron, id_) for id_, queue in entries]
+            found = await self.redis.execute_many(commands)
+        else:
+            found = await self.redis.execute("HMGET", CRON, *(id_ for id_, _ in entries))
         return [None if tick is None else float(text(tick)) for tick in found]
