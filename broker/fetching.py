@@ -73,12 +73,13 @@ class Fetching:
         while not self.closed.is_set():
             with self.doorbell.listen(queues) as ticket:
                 # Listen, then look: a push landing from here on wakes us.
+                looked_at = trio.current_time()  # limits' waits count from `now`, not the reply
                 found, held_back = await self._take(queues, wid, now, count)
                 if found:
                     if woken or ticket.is_set():  # pass on a wake-up we took: more may follow
                         self.doorbell.ring(found[-1].queue)
                     return found
-                retry_at = deadline if held_back is None else trio.current_time() + held_back
+                retry_at = deadline if held_back is None else looked_at + held_back
                 with trio.move_on_at(min(deadline, retry_at)):
                     await ticket.wait()
                 if trio.current_time() >= deadline:
