@@ -241,7 +241,7 @@ async def test_a_visit_never_loses_an_entry_added_meanwhile(
     rdb.zrem(K.retries, "late-0001")
     await store.sets.refresh_due("default", "retries")
     assert rdb.zscore(keys.DUE["retries"], "default") is None
-    assert not rdb.hexists(keys.DUE["retries"] + ":touched", "default")
+    assert not rdb.hexists(keys.touched(keys.DUE["retries"]), "default")
 
 
 @pytest.mark.parametrize("removal", ["flush", "remove_waiting"])

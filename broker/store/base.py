@@ -8,7 +8,7 @@ from typing import Any
 
 from hopper_broker.store.address import ReplyError
 from hopper_broker.store.connection import Connection
-from hopper_broker.store.keys import JIDS, queue_of_key, stand_in
+from hopper_broker.store.keys import JIDS, queue_of_key, stand_in, touched
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares
@@ -61,17 +61,12 @@ class Library:
             f"redis.register_function('{function}', function(KEYS, ARGV)\n"
             f"begin_call(false)\nreturn SCRIPTS['{name}'](KEYS, ARGV)\nend)\n"
         )
-        if name not in SPLIT_READY:
-            return run + one
-        return (
-            run
-            + one
-            + (
-                f"redis.register_function('{function}{SPLIT_SUFFIX}', function(KEYS, ARGV)\n"
-                f"begin_call(true)\nlocal reply = SCRIPTS['{name}'](KEYS, ARGV)\n"
-                f"if reply == nil then reply = false end\nreturn {{reply, outbox}}\nend)\n"
-            )
+        split = (
+            f"redis.register_function('{function}{SPLIT_SUFFIX}', function(KEYS, ARGV)\n"
+            f"begin_call(true)\nlocal reply = SCRIPTS['{name}'](KEYS, ARGV)\n"
+            f"if reply == nil then reply = false end\nreturn {{reply, outbox}}\nend)\n"
         )
+        return run + one + (split if name in SPLIT_READY else "")
 
 
 LIBRARY = Library()
@@ -139,10 +134,10 @@ class Redis:
 
     async def announce_due(self, due: str, score: float, queue: str) -> None:
         """Split mode's first step for a call that adds an entry to a queue's set: the queue's
-        due entry at or before `score`, its touch count raised (scripts/lib.lua: due_add)."""
-        await self.execute_many(
-            [("ZADD", due, "LT", score, queue), ("HINCRBY", f"{due}:touched", queue, 1)]
-        )
+        due entry at or before `score`, its touch count raised (due_add of lib_outbox.lua, run
+        by apply.lua as an outbox entry)."""
+        entry = json.dumps(["due_add", due, repr(score), queue])
+        await self._call(APPLY.function, (JIDS,), ("", entry))  # a first step: not apply()
 
     async def read_due(self, dues: Sequence[str], queue: str) -> Visit:
         """Split mode: a queue's entries in due indexes and their touch counts ('' for none),
@@ -152,7 +147,7 @@ class Redis:
             return None
         commands: list[tuple[Any, ...]] = []
         for due in dues:
-            commands += (("ZSCORE", due, queue), ("HGET", f"{due}:touched", queue))
+            commands += (("ZSCORE", due, queue), ("HGET", touched(due), queue))
         found = [text(value) if value else "" for value in await self.execute_many(commands)]
         return {due: (found[2 * i], found[2 * i + 1]) for i, due in enumerate(dues)}
 

@@ -253,6 +253,11 @@ def stand_in(queue: str, key: str) -> str:
     return f"{QUEUE_PREFIX}{{{queue}}}:@{key}" if key.startswith(GLOBAL_PREFIX) else key
 
 
+def touched(due: str) -> str:
+    """The touch counts of a due index (split mode: scripts/lib_outbox.lua, due_add)."""
+    return f"{due}:touched"
+
+
 def queue_of_key(key: str) -> str | None:
     """The queue a `hopper:q:{<queue>}:...` key belongs to, or None for any other key."""
     if not key.startswith(QUEUE_PREFIX + "{"):

@@ -13,7 +13,7 @@ local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
 for i = 3, #ARGV do
   local owner = owners[i - 2]
   local jid = ARGV[i]
-  if owner and string.sub(owner, 1, 1) ~= '~' then
+  if names_live(owner) then
     before[i - 2] = owner
   else
     local now = redis.call('HGET', KEYS[1], jid)  -- claimed earlier in this call?
@@ -26,8 +26,5 @@ for i = 3, #ARGV do
   end
 end
 redis.call('SADD', KEYS[2], queue)
-if ARGV[2] ~= '' then
-  redis.call('ZADD', KEYS[3], 'LT', ARGV[2], queue)
-  redis.call('HINCRBY', KEYS[3] .. ':touched', queue, 1)  -- see due_add in lib.lua
-end
+if ARGV[2] ~= '' then AFTER.due_add(KEYS[3], ARGV[2], queue) end  -- with its touch count
 return cjson.encode(before)

@@ -10,6 +10,11 @@ local function stamp(payload, text)
   return '{"enqueued_at":"' .. text .. '",' .. rest
 end
 
+-- Whether a jid index entry (or false) names a live job: a queue, not ~queue (a finished one).
+local function names_live(owner)
+  return owner and string.sub(owner, 1, 1) ~= '~'
+end
+
 -- Whether `jid` is a live job of the queue whose `jobs` hash and `finished` zset these are: its
 -- record is there and it has not finished (the queue's own answer; the jid index may lag behind
 -- it in split mode, docs/cluster.md).

@@ -202,7 +202,7 @@ local function push_queue(KEYS, ARGV, graph)
     if taken[jid] then return 0 end
     -- a live job's entry refuses the jid; one naming this queue for a job the queue does not
     -- hold is stale (split mode: the claim of a push whose script failed, sent again) and free
-    if owner and string.sub(owner, 1, 1) ~= '~'
+    if names_live(owner)
       and (owner ~= queue or live_here(KEYS[1], KEYS[7], jid)) then return 0 end
     if room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
       return 4

@@ -6,7 +6,7 @@ if split then
   local claims = cjson.decode(ARGV[9])
   for i, result in ipairs(results) do
     local owner = claims[i]
-    if result ~= 1 and not (owner and string.sub(owner, 1, 1) ~= '~') then
+    if result ~= 1 and not names_live(owner) then
       defer('unclaim', 1, KEYS[4], ARGV[10 + 7 * (i - 1)], ARGV[2], owner or '')
     end
   end
