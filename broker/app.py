@@ -93,7 +93,10 @@ class App:
                 clock=clock,
             )
             events = EventHub(
-                address, lambda: self.settings().event_buffer, lambda: self.settings().redis_timeout
+                address,
+                redis.master_addresses,
+                lambda: self.settings().event_buffer,
+                lambda: self.settings().redis_timeout,
             )
             await root.start(events.run)
             self.server = server = Server(manager, self.settings, events, self.ssl_context)

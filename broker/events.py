@@ -9,6 +9,10 @@ subscriber that reads too slowly loses the events that do not fit, and the next 
 is preceded by `{"event":"missed","count":N}` (no count when the loss is unknown: the broker's
 link to Redis broke). One job's events arrive in the order they happened: the scripts that
 make them run one at a time in Redis, and Redis delivers a channel's messages in order.
+
+On a Redis Cluster, PUBSUB NUMSUB counts one node's subscribers while a PUBLISH reaches every
+node: this process listens on one master and holds a gate channel (never published on) on
+each of the others, so that the scripts of every master publish, and it hears each event once.
 """
 
 import contextlib
@@ -21,7 +25,7 @@ import trio
 
 from hopper_broker.store.address import Address
 from hopper_broker.store.connection import CONNECTION_ERRORS, Subscriber
-from hopper_broker.store.keys import EVENTS_CHANNEL
+from hopper_broker.store.keys import EVENTS_CHANNEL, EVENTS_GATE
 from hopper_client.schema.errors import CommandError
 from hopper_client.schema.jobs import decode_input, encode
 
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILTER = 1000  # names one filter list may hold
 RESUBSCRIBE_DELAY = 1.0  # seconds before listening again after the link to Redis broke
+GATES_CHECKED = 5.0  # seconds between looks at a cluster's masters, for the gates they need
 UNKNOWN_LOSS = b'{"event":"missed"}'
 
 
@@ -107,10 +112,12 @@ class EventHub:
     def __init__(
         self,
         address: Callable[[], Address],
+        masters: Callable[[], list[Address]],
         buffer: Callable[[], int],
         timeout: Callable[[], float],
     ) -> None:
         self.address = address
+        self.masters = masters
         self.buffer = buffer
         self.timeout = timeout
         self.subscriptions: set[Subscription] = set()
@@ -147,8 +154,10 @@ class EventHub:
             started = False
             while True:
                 try:
-                    subscriber = Subscriber(self.address(), (EVENTS_CHANNEL,), self.timeout)
-                    async with subscriber.open() as messages:
+                    address = self.address()
+                    subscriber = Subscriber(address, (EVENTS_CHANNEL,), self.timeout)
+                    async with subscriber.open() as messages, trio.open_nursery() as gates:
+                        await gates.start(self._hold_gates, address)
                         if not started:
                             task_status.started(scope)
                             started = True
@@ -162,6 +171,44 @@ class EventHub:
                     if not started:
                         raise
                     log.exception("event stream failed; listening again")
+                for subscription in self.subscriptions:
+                    subscription.lost_track()
+                await trio.sleep(RESUBSCRIBE_DELAY)
+
+    async def _hold_gates(
+        self, listening_on: Address, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """Hold the gate channel on every master but the one listened on, following the
+        cluster's masters as they change; reports once each has been tried."""
+        held: dict[str, trio.CancelScope] = {}
+        async with trio.open_nursery() as nursery:
+            while True:
+                wanted = {a.url: a for a in self.masters() if a.url != listening_on.url}
+                for url in held.keys() - wanted.keys():
+                    held.pop(url).cancel()
+                for url in wanted.keys() - held.keys():
+                    held[url] = await nursery.start(self._hold_gate, wanted[url])
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
+                await trio.sleep(GATES_CHECKED)
+
+    async def _hold_gate(
+        self, address: Address, *, task_status: trio.TaskStatus[trio.CancelScope]
+    ) -> None:
+        """Hold the gate on one master until cancelled; reports after the first attempt. While
+        it is not held, that master's events are lost, which each subscriber is told."""
+        with trio.CancelScope() as scope:
+            while True:
+                try:
+                    async with Subscriber(address, (EVENTS_GATE,), self.timeout).open() as held:
+                        task_status.started(scope)
+                        task_status = trio.TASK_STATUS_IGNORED
+                        async for _ in held:
+                            pass
+                except CONNECTION_ERRORS as exc:
+                    log.warning("event gate on %s lost (%s); again", address.display, exc)
+                task_status.started(scope)
+                task_status = trio.TASK_STATUS_IGNORED
                 for subscription in self.subscriptions:
                     subscription.lost_track()
                 await trio.sleep(RESUBSCRIBE_DELAY)

@@ -58,6 +58,23 @@ async def test_two_brokers_serve_queues_on_every_master(
     assert state["state"] == "done"
 
 
+async def test_events_of_queues_on_every_master(brokers: list[App]) -> None:
+    """A broker listens on one master and holds the gate on the others: it hears each job
+    pushed through the other broker once, whichever master holds its queue."""
+    listener = await Wire.open(brokers[0].port, hello={})
+    assert await listener.call("EVENTS", "") == b"OK"
+    pusher = await Wire.open(brokers[1].port, hello={})
+    for i in range(30):
+        assert await pusher.call("PUSH", job(f"event-{i:04d}", queue=QUEUES[i % 10])) == b"OK"
+    with trio.fail_after(30):
+        heard = [json.loads(await listener.reply()) for _ in range(30)]
+    assert sorted(e["jid"] for e in heard) == [f"event-{i:04d}" for i in range(30)]
+    assert {e["queue"] for e in heard} == set(QUEUES)
+    assert await pusher.call("PUSH", job("event-last", queue=QUEUES[0])) == b"OK"
+    with trio.fail_after(30):
+        assert json.loads(await listener.reply())["jid"] == "event-last"  # no duplicate before it
+
+
 async def test_a_fetch_is_woken_by_a_push_through_another_broker(brokers: list[App]) -> None:
     worker = await Wire.open(brokers[1].port, hello={"wid": "w"})
     pusher = await Wire.open(brokers[0].port, hello={"wid": "p"})

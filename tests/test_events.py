@@ -13,9 +13,7 @@ from hopper_broker.events import Filter, Subscription
 from tests.conftest import StartBroker
 from tests.wire import Wire, WireError, job
 
-# Not on the cluster rig yet: the scripts publish events only while a broker subscribes on
-# their own node (PUBSUB NUMSUB is per node), and a broker subscribes on one (docs/cluster.md).
-pytestmark = pytest.mark.usefixtures("store_mode")
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def subscribe(port: int, wanted: dict[str, Any] | None = None) -> Wire:

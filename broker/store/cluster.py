@@ -122,9 +122,14 @@ class ClusterPipeline:
 
     def node_address(self) -> Address:
         """A master's address, another at each call (the seeds before the map is known)."""
+        addresses = self.master_addresses()
+        self._turn = (self._turn + 1) % len(addresses)
+        return addresses[self._turn]
+
+    def master_addresses(self) -> list[Address]:
+        """Every master's address, as the slot map last read names them (the seeds before)."""
         names = self.map.masters or [f"{h}:{p}" for h, p in self.address.seeds]
-        self._turn = (self._turn + 1) % len(names)
-        return self.address.node(*parse_node_name(names[self._turn]))
+        return [self.address.node(*parse_node_name(name)) for name in names]
 
     async def execute(self, *args: Any) -> Any:
         """Send one command to its slot's master and return its reply (an error reply as a

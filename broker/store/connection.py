@@ -80,6 +80,9 @@ class Connection(Protocol):
     def node_address(self) -> Address:
         """A node to subscribe to (pub/sub)."""
 
+    def master_addresses(self) -> list[Address]:
+        """Every node that runs scripts (one Redis: itself; a cluster: its masters)."""
+
 
 class Pipeline:
     """One auto-pipelining Redis connection shared by every concurrent caller.
@@ -116,6 +119,9 @@ class Pipeline:
 
     def node_address(self) -> Address:
         return self.address
+
+    def master_addresses(self) -> list[Address]:
+        return [self.address]
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands back to back and return their replies in order.

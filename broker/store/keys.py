@@ -99,6 +99,8 @@ Global (hash tag `{g}`):
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
   hopper:events             pub/sub channel: job events (lines of JSON), published by the
                             scripts only while a broker subscribes (EVENTS)
+  hopper:events:gate        pub/sub channel, never published: a listening broker holds it on
+                            every other master of a cluster, so their scripts publish too
 """
 
 SCHEMA = 2
@@ -124,6 +126,7 @@ BATCH_PREFIX = f"{GLOBAL}:batch:"
 WF_DUE = f"{GLOBAL}:wf:due"  # named in scripts/lib_workflows.lua too
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
+EVENTS_GATE = f"{PREFIX}:events:gate"  # held on the other masters of a cluster (lib.lua)
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 FINISHED_MARK = "~"  # jid index value prefix: the job finished, its final record is kept
 CANCEL_MARK = "!"  # holders value prefix: a cancel of the reserved job was asked for

@@ -208,11 +208,14 @@ end
 
 -- Events, for EVENTS subscribers on any broker: published on `hopper:events` (keys.py:
 -- EVENTS_CHANNEL) as lines of JSON, one PUBLISH per script call, and only while a broker
--- listens, so that nothing is built when nobody does.
-local EVENTS = 'hopper:events'
+-- listens, so that nothing is built when nobody does. PUBSUB NUMSUB counts this node's
+-- subscribers only: on a Redis Cluster a listening broker subscribes to the channel on one
+-- master (a PUBLISH reaches every node) and holds `hopper:events:gate` on every other one.
+local EVENTS, EVENTS_GATE = 'hopper:events', 'hopper:events:gate'
 
 local function listening()
-  return redis.call('PUBSUB', 'NUMSUB', EVENTS)[2] > 0
+  local counts = redis.call('PUBSUB', 'NUMSUB', EVENTS, EVENTS_GATE)
+  return counts[2] + counts[4] > 0
 end
 
 -- Redis's clock, for the time of events.
