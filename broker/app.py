@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 
 from hopper_broker.clock import RedisClock
-from hopper_broker.config import CLUSTER_SCHEMES, DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
+from hopper_broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.errors import StartError
 from hopper_broker.events import EventHub
@@ -18,8 +18,7 @@ from hopper_broker.redis_server import EmbeddedRedis
 from hopper_broker.server import Server
 from hopper_broker.stats import Stats
 from hopper_broker.store.address import Address
-from hopper_broker.store.cluster import ClusterPipeline
-from hopper_broker.store.cluster_map import ClusterAddress
+from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.connection import CONNECTION_ERRORS, Pipeline, Subscriber
 from hopper_broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from hopper_broker.store.migrate import migrate
@@ -147,13 +146,7 @@ class App:
                 config.data_dir, config.redis_server, config.appendfsync, timeout
             )
             self.redis_url = await root.start(embedded.run)
-        redis: Pipeline | ClusterPipeline
-        if self.redis_url.startswith(CLUSTER_SCHEMES):
-            redis = ClusterPipeline(
-                ClusterAddress(self.redis_url), lambda: self.settings().redis_timeout
-            )
-        else:
-            redis = Pipeline(Address(self.redis_url), lambda: self.settings().redis_timeout)
+        redis = connection_for(self.redis_url, lambda: self.settings().redis_timeout)
         with trio.move_on_after(timeout) as deadline:
             await root.start(redis.run)
         if deadline.cancelled_caught:

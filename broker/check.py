@@ -11,25 +11,22 @@ from pathlib import Path
 import msgspec
 import trio
 
-from hopper_broker.config import CLUSTER_SCHEMES, Config
+from hopper_broker.config import Config
 from hopper_broker.errors import StartError
 from hopper_broker.redis_server import EmbeddedRedis, answers_ping
-from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor, Report
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.redis import Store
 
 
 async def check(config: Config, *, repair: bool, as_json: bool) -> int:
     """Run the audit; print the report; return the exit status."""
-    if config.redis_url.startswith(CLUSTER_SCHEMES):
-        raise StartError("hopper check does not walk a Redis Cluster yet (docs/cluster.md)")
     async with trio.open_nursery() as nursery:
         url = config.redis_url or await _embedded_url(config, nursery)
-        pipeline = Pipeline(Address(url))
-        await nursery.start(pipeline.run)
-        store = Store(pipeline)
-        store.redis.split = await store.written_split()
+        connection = connection_for(url, lambda: config.redis_timeout)
+        await nursery.start(connection.run)
+        store = Store(connection)
+        store.redis.split = isinstance(connection, ClusterPipeline) or await store.written_split()
         report = await Auditor(store, repair=repair).run()
         nursery.cancel_scope.cancel()
     _print(report, as_json)

@@ -10,6 +10,7 @@
   sound.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -57,10 +58,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ):
         return
     modes = ["one", "split"]
-    definition = metafunc.definition
-    if definition.get_closest_marker("on_cluster") and not definition.get_closest_marker(
-        "not_on_cluster"
-    ):
+    if metafunc.definition.get_closest_marker("on_cluster"):
         modes.append("cluster")
     metafunc.parametrize("store_mode", modes, indirect=True)
 
@@ -221,6 +219,12 @@ async def start_broker(
 
 
 @pytest.fixture
+def store_url(start_broker: StartBroker) -> str:
+    """The Redis URL of the test's brokers: the test Redis, or the cluster rig's."""
+    return start_broker.redis_url
+
+
+@pytest.fixture
 async def broker(start_broker: StartBroker) -> App:
     """One in-process broker on the test Redis."""
     return await start_broker()
@@ -330,17 +334,21 @@ def clean_env(**env: str) -> dict[str, str]:
     return environment
 
 
-def check_store(redis_url: str) -> None:
-    """Run `hopper check` (the command an operator runs) on a store: it must find no problem."""
+def check_store(redis_url: str, *, repair: bool = False) -> list[str]:
+    """Run `hopper check` (the command an operator runs) on a store: it must find no problem,
+    or with `repair` repair every one it finds; returns the kinds of those."""
     done = subprocess.run(
-        [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--json", "--redis-url", redis_url]
+        + ["--repair"] * repair,
         capture_output=True,
         text=True,
         timeout=120,
         env=clean_env(),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.rstrip().endswith(": 0 problems"), done.stdout
+    problems = json.loads(done.stdout)["problems"]
+    assert repair or problems == [], done.stdout
+    return sorted(problem["kind"] for problem in problems)
 
 
 @pytest.fixture(scope="session")

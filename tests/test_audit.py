@@ -1,5 +1,6 @@
 """`hopper check`: each broken invariant is reported, repaired without losing a job, and a store
-being worked on is never reported broken."""
+being worked on is never reported broken; as on one Redis, in split mode, and on the cluster
+rig."""
 
 import json
 import subprocess
@@ -12,26 +13,26 @@ import trio
 
 from hopper_broker.app import App
 from hopper_broker.store import keys
-from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor, Report
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.keys import DUE, QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client.schema.jobs import Job, encode
-from tests.conftest import clean_env
+from tests.conftest import StartBroker, clean_env
 from tests.wire import Wire, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 A, B = QueueKeys("a"), QueueKeys("b")
 
 
 @pytest.fixture
-async def store(nursery: trio.Nursery, redis_url: str) -> Store:
-    pipeline = Pipeline(Address(redis_url))
-    await nursery.start(pipeline.run)
-    rdb = redis.Redis.from_url(redis_url)
+async def store(nursery: trio.Nursery, start_broker: StartBroker, rdb: redis.Redis) -> Store:
+    """The store of the test's mode, as `hopper check` reaches it."""
+    connection = connection_for(start_broker.redis_url, lambda: 10.0)
+    await nursery.start(connection.run)
     rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
-    rdb.close()
-    return Store(pipeline)
+    return Store(connection, split=start_broker.split or isinstance(connection, ClusterPipeline))
 
 
 def record(rdb: redis.Redis, k: QueueKeys, jid: str, index: bool = True) -> None:
@@ -262,10 +263,10 @@ async def test_a_store_at_work_is_never_reported_broken(broker: App, store: Stor
     assert reports[-1].jobs > 0
 
 
-def test_the_command_reports_and_repairs(redis_url: str, rdb: redis.Redis) -> None:
+async def test_the_command_reports_and_repairs(store_url: str, rdb: redis.Redis) -> None:
     rdb.set(keys.SCHEMA_KEY, keys.SCHEMA)
     no_place(rdb)
-    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url]
+    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", store_url]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

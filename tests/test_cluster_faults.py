@@ -5,7 +5,9 @@ global keys is SIGKILLed, its replica promoted and the killed node started again
 (what an operator does; without a replica, push_replicas cannot be met there); in the long
 run a queue's slot also moves to another master while jobs flow, and a broker is SIGKILLed and
 started again. With push_replicas = 1 every acknowledged push runs (lost = 0); without it the
-loss is reported (a master that fails over loses what it had not yet copied to its replica)."""
+loss is reported (a master that fails over loses what it had not yet copied to its replica).
+Each run ends with `hopper check --repair` mending what a death between a script and its second
+step left (docs/cluster.md), then a clean `hopper check`."""
 
 import contextlib
 import time
@@ -20,7 +22,7 @@ from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.slots import key_slot
 from tests.cluster_rig import ClusterRig
-from tests.conftest import BrokerProcess
+from tests.conftest import BrokerProcess, check_store
 
 ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5", "--reaper-interval", "0.2")
 
@@ -113,6 +115,8 @@ def test_a_master_killed_under_load(
     for worker in workers:
         worker.join(60)
         assert worker.failure is None, worker.failure
+    repaired = check_store(rig.url, repair=True)  # what the kills left between two steps
+    check_store(rig.url)
     lost = ledger.missing()
     record(
         f"cluster-master-kill{'-long' if long else ''}-replicas-{replicas}",
@@ -121,6 +125,7 @@ def test_a_master_killed_under_load(
         failover_s=round(failover, 2),
         duplicates=len(ledger.duplicates()),
         lost=len(lost),
+        repaired=repaired,
     )
     if replicas:
         assert not lost

@@ -31,8 +31,7 @@ async def cancel(w: Wire, jid: str) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_cancel_a_job_that_waits_is_scheduled_or_retries(broker: App, redis_url: str) -> None:
+async def test_cancel_a_job_that_waits_is_scheduled_or_retries(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     waiter = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("queued-01"))
@@ -64,12 +63,11 @@ async def test_cancel_a_job_that_waits_is_scheduled_or_retries(broker: App, redi
     assert (await cancel(w, "queued-02"))["state"] == "done"  # over: left as it is
     assert await cancel(w, "nope-nope") == {"jid": "nope-nope", "state": "unknown"}
     assert await w.call("FETCH", "default") is None
-    check_store(redis_url)
+    check_store(store_url)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_cancel_a_running_job_reaches_its_worker_and_it_is_never_retried(
-    broker: App, redis_url: str
+    broker: App, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     for jid in ("running-1", "running-2", "running-3"):
@@ -93,7 +91,7 @@ async def test_cancel_a_running_job_reaches_its_worker_and_it_is_never_retried(
     assert "cancel_requested" not in await state(w, "running-3")
     info = json.loads(await w.call("INFO"))
     assert info["faktory"]["total_failures"] == 1
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_plain_beat_keeps_its_reply(broker: App) -> None:
@@ -134,8 +132,7 @@ async def test_beat_tells_a_worker_of_jobs_it_no_longer_holds(start_broker: Star
     assert json.loads(await w2.call("BEAT", {"wid": "w2", "jids": ["short-res"]}))["drop"] == []
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, redis_url: str) -> None:
+async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     canceller = await Wire.open(broker.port, hello={})
     jids = [f"race-{i:04d}" for i in range(200)]
@@ -157,7 +154,7 @@ async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, redis
         nursery.start_soon(cancel_all)
     states = {(await state(w, jid))["state"] for jid in jids}
     assert states == {"done"}  # every job was reserved: an ACK ends it done, cancel or not
-    check_store(redis_url)
+    check_store(store_url)
 
     # a cancel that wins against a FAIL: never retried
     for jid in jids[:50]:
@@ -177,11 +174,10 @@ async def test_a_cancel_racing_an_ack_ends_in_one_final_state(broker: App, redis
         nursery.start_soon(cancel_some)
     for jid in jids[:50]:  # FAIL first: cancelled from retries; cancel first: FAIL ends it
         assert (await state(w, f"{jid}-f"))["state"] == "cancelled"
-    check_store(redis_url)
+    check_store(store_url)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_snooze_hands_a_job_back_without_using_a_retry(broker: App, redis_url: str) -> None:
+async def test_snooze_hands_a_job_back_without_using_a_retry(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("snoozer-1", retry=1))
     await w.call("FETCH", "default")
@@ -203,7 +199,7 @@ async def test_snooze_hands_a_job_back_without_using_a_retry(broker: App, redis_
     await cancel(w, "snoozer-2")
     assert await w.call("JOB", "SNOOZE snoozer-2 10") == b"OK"
     assert (await state(w, "snoozer-2"))["state"] == "cancelled"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 WORKER = textwrap.dedent(

@@ -20,8 +20,7 @@ async def state(w: Wire, jid: str) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_an_expired_job_is_skipped_and_counted(broker: App, redis_url: str) -> None:
+async def test_an_expired_job_is_skipped_and_counted(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     past = "2020-05-01T10:00:00.123456789-07:00"  # as Go's SetExpiresAt writes it
     await w.call("PUSH", job("expired-1", custom={"expires_at": past}))
@@ -34,11 +33,10 @@ async def test_an_expired_job_is_skipped_and_counted(broker: App, redis_url: str
     assert gone["state"] == "expired" and gone["finished_at"]
     assert json.loads(await w.call("INFO"))["hopper"]["expired"] == 1
     assert await w.call("FETCH", "default") is None
-    check_store(redis_url)
+    check_store(store_url)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_a_retried_job_expires_before_its_next_run(broker: App, redis_url: str) -> None:
+async def test_a_retried_job_expires_before_its_next_run(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("retried-1", custom={"expires_in": 0.5}))
     fetched = json.loads(await w.call("FETCH", "default"))
@@ -50,7 +48,7 @@ async def test_a_retried_job_expires_before_its_next_run(broker: App, redis_url:
     await w.call("MUTATE", retries)
     assert await w.call("FETCH", "default") is None
     assert (await state(w, "retried-1"))["state"] == "expired"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @pytest.mark.parametrize(

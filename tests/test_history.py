@@ -48,8 +48,7 @@ async def fail(w: Wire, queue: str = "default") -> str:
     return str(fetched["jid"])
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_every_final_state_is_archived(start_broker: StartBroker, redis_url: str) -> None:
+async def test_every_final_state_is_archived(start_broker: StartBroker, store_url: str) -> None:
     broker = await start_broker(**QUIET)
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("hist-done", "Mail", args=[1, "a"], reserve_for=600))
@@ -104,7 +103,7 @@ async def test_every_final_state_is_archived(start_broker: StartBroker, redis_ur
     assert (
         states["hist-cancelled"]["attempts"] == 0 and states["hist-cancelled"]["queue"] == "other"
     )
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_run_seconds_count_from_the_fetch_of_an_extended_reservation(
@@ -166,9 +165,8 @@ async def test_args_left_out_keep_every_other_byte(
     assert rdb.zcard("hopper:q:{default}:ended:done:Real") == 1
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_a_jid_archived_again_without_its_record_keeps_its_entry_whole(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis
 ) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("againjob-1", "First"))
@@ -337,7 +335,6 @@ async def test_retention_work_follows_deletions_not_what_is_kept(
     assert await calls_of_a_pass() == few
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_check_finds_nothing_while_retention_deletes(broker: App) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSHB", [job(f"racing-{i:03d}", "Race") for i in range(600)])
@@ -435,9 +432,8 @@ async def test_flush_empties_the_history_and_the_file_sets_retention(
         load_config(parser().parse_args(["run", "--config", str(path)]), {}).check()
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_check_finds_and_repairs_a_broken_history(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSHB", [job(f"audited-{i}", "Audit") for i in range(4)])
@@ -462,4 +458,4 @@ async def test_check_finds_and_repairs_a_broken_history(
     assert (await Auditor(store, repair=True).run()).clean
     assert (await Auditor(store).run()).problems == []
     assert len((await history(w, jobtype="Audit"))["jobs"]) == 4
-    check_store(redis_url)
+    check_store(store_url)

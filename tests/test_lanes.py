@@ -70,7 +70,6 @@ async def test_a_free_group_behind_many_groups_at_their_limit_is_served_at_once(
     assert await fetch_jids(w, "fair", 1) == ["fresh-0001"]
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_a_renamed_job_keeps_its_lane_and_gives_back_its_slot(
     broker: App, rdb: redis.Redis
 ) -> None:
@@ -86,9 +85,8 @@ async def test_a_renamed_job_keeps_its_lane_and_gives_back_its_slot(
     # rename is for a jid live in two queues, whose index entry names the other job)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_check_repair_leaves_a_job_in_its_jobtype_lane(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("QUEUE", "SET mixed Slow.concurrency=1")
@@ -98,14 +96,14 @@ async def test_check_repair_leaves_a_job_in_its_jobtype_lane(
     assert rdb.zrange(k.lane("t:Slow"), 0, -1) == ["slow-00001", "slow-00002"]
     rdb.hdel(JIDS, "slow-00001")  # a reason for the check to look at the job closely
     done = subprocess.run(
-        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", store_url],
         capture_output=True,
         text=True,
         check=False,
     )
     assert "no index" in done.stdout and "no place" not in done.stdout, done.stdout
     assert rdb.llen(k.queue) == 0  # not copied into the list: it would run twice
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_namespaced_jobtype_is_limited_as_itself(broker: App) -> None:
@@ -142,12 +140,11 @@ async def test_queue_set_needs_a_setting(broker: App) -> None:
         await w.call("QUEUE", "SET fair")
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 @pytest.mark.parametrize(
     "seed", [0, *(pytest.param(seed, id=f"chaos-{seed}", marks=CHAOS) for seed in range(1, 9))]
 )
 async def test_a_random_mix_of_lane_operations_leaves_nothing_behind(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str, seed: int
+    start_broker: StartBroker, rdb: redis.Redis, store_url: str, seed: int
 ) -> None:
     # An empty FETCH answers after 0.1 s instead of 0.5: the mix and its drain wait on them.
     broker = await start_broker(fetch_timeout=0.1)
@@ -204,7 +201,7 @@ async def test_a_random_mix_of_lane_operations_leaves_nothing_behind(
             await admin.call("JOB", f"CANCEL {rnd.choice(pushed)}")
         else:
             await trio.sleep(0.01)
-    check_store(redis_url)
+    check_store(store_url)
     for jid, w in held.items():
         await w.call("ACK", {"jid": jid})
     k = QueueKeys("fz")
@@ -219,7 +216,7 @@ async def test_a_random_mix_of_lane_operations_leaves_nothing_behind(
                     await w.call("ACK", {"jid": json.loads(reply)["jid"]})
             coming = rdb.zcount(k.scheduled, "-inf", time.time() + 1)  # snoozed, due now
             idle = 0 if got or coming else idle + 1
-    check_store(redis_url)
+    check_store(store_url)
     assert rdb.llen(k.queue) == 0 and rdb.zcard(k.prioritized) == 0
     assert not rdb.hgetall(k.running) and not rdb.hgetall(k.leases)
     assert int(rdb.hget(k.meta, "laned") or 0) == 0

@@ -27,8 +27,7 @@ async def fetch_all(w: Wire, queue: str = "default") -> list[str]:
     raise AssertionError("the queue did not run dry")
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_higher_first_and_fifo_within_a_priority(broker: App, redis_url: str) -> None:
+async def test_higher_first_and_fifo_within_a_priority(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     pushes: list[dict[str, Any]] = [
         job("plain-001"),
@@ -54,7 +53,7 @@ async def test_higher_first_and_fifo_within_a_priority(broker: App, redis_url: s
         "low-00002",
         "lowest-01",
     ]
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_fetching_many_at_once_keeps_the_order(broker: App) -> None:
@@ -65,8 +64,7 @@ async def test_fetching_many_at_once_keeps_the_order(broker: App) -> None:
     assert got == ["p9"] * 3 + ["p5"] * 3 + ["p1"] * 3
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_scheduled_and_retried_jobs_keep_their_priority(broker: App, redis_url: str) -> None:
+async def test_scheduled_and_retried_jobs_keep_their_priority(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSH", job("plain-001"))
     await w.call("PUSH", job("retried-1", priority=8))
@@ -75,11 +73,10 @@ async def test_scheduled_and_retried_jobs_keep_their_priority(broker: App, redis
     requeue = {"cmd": "requeue", "target": "retries", "filter": {"jids": ["retried-1"]}}
     await w.call("MUTATE", requeue)
     assert await fetch_all(w) == ["retried-1", "plain-001"]
-    check_store(redis_url)
+    check_store(store_url)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_cancel_remove_and_info_see_prioritized_jobs(broker: App, redis_url: str) -> None:
+async def test_cancel_remove_and_info_see_prioritized_jobs(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [job("urgent-01", priority=9), job("urgent-02", priority=9)])
     await w.call("PUSH", job("plain-001"))
@@ -88,7 +85,7 @@ async def test_cancel_remove_and_info_see_prioritized_jobs(broker: App, redis_ur
     assert json.loads(await w.call("JOB", "CANCEL urgent-01"))["state"] == "cancelled"
     assert await w.call("QUEUE", "REMOVE default") == b"OK"
     assert await w.call("FETCH", "default") is None
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_bad_priorities_are_refused(broker: App) -> None:
@@ -106,14 +103,13 @@ async def test_the_client_pushes_with_a_priority(broker: App) -> None:
         assert fetched is not None and fetched.jid == urgent and fetched.priority == 9
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_flush_takes_prioritized_jobs_too(broker: App, redis_url: str) -> None:
+async def test_flush_takes_prioritized_jobs_too(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [job(f"flushed-{i:02d}", priority=3) for i in range(5)])
     await w.call("FLUSH")
     assert await w.call("FETCH", "default") is None
     assert json.loads(await w.call("JOB", "STATE flushed-00"))["state"] == "unknown"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_latency_counts_prioritized_jobs_too(broker: App) -> None:

@@ -49,8 +49,7 @@ async def test_a_timed_pause_ends_by_itself_on_every_broker(start_broker: StartB
     await w.call("QUEUE", "RESUME q")
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_a_bounded_queue_refuses_pushes_beyond_its_size(broker: App, redis_url: str) -> None:
+async def test_a_bounded_queue_refuses_pushes_beyond_its_size(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     assert await w.call("QUEUE", "SET small max_size=3") == b"OK"
     for i in range(3):
@@ -66,7 +65,7 @@ async def test_a_bounded_queue_refuses_pushes_beyond_its_size(broker: App, redis
     assert (await info(w))["hopper"]["queues"]["small"] == {"max_size": "3"}
     await w.call("QUEUE", "SET small max_size=0")
     assert "small" not in (await info(w))["hopper"]["queues"]
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_bounded_queue_never_exceeds_its_size_under_concurrent_pushers(

@@ -144,8 +144,10 @@ async def dying(nursery: trio.Nursery, redis_url: str, rdb: redis.Redis) -> Mana
     return await split_manager(nursery, redis_url, rdb, DiesAfterScripts)
 
 
-async def repaired(store: Store) -> list[str]:
-    """What `hopper check --repair` found; afterwards the check is clean."""
+async def repaired(dead: Store) -> list[str]:
+    """What `hopper check --repair` (another process, on the store a broker died on) found;
+    afterwards the check is clean."""
+    store = Store(dead.redis.pipeline, split=True)
     found = (await Auditor(store, repair=True).run()).problems
     assert (await Auditor(store).run()).problems == []
     return sorted(problem.kind for problem in found)

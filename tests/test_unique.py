@@ -32,8 +32,7 @@ async def state(w: Wire, jid: str) -> str:
     return found
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_unique_until_success_as_faktory_enterprise(broker: App, redis_url: str) -> None:
+async def test_unique_until_success_as_faktory_enterprise(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     assert await w.call("PUSH", unique("first-001", 1)) == b"OK"
     assert await refused(w, unique("second-01", 1)) == NOT_UNIQUE
@@ -54,7 +53,7 @@ async def test_unique_until_success_as_faktory_enterprise(broker: App, redis_url
         await w.call("ACK", {"jid": fetched["jid"]})
     await w.call("ACK", {"jid": "first-001"})  # success: released
     assert await w.call("PUSH", unique("fourth-01", 1)) == b"OK"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_unique_until_start_releases_at_fetch(broker: App) -> None:
@@ -82,8 +81,7 @@ async def test_ttl_mode_holds_for_unique_for_whatever_happens(broker: App) -> No
     await eventually(free)
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
-async def test_replace_mode_debounces_a_waiting_job(broker: App, redis_url: str) -> None:
+async def test_replace_mode_debounces_a_waiting_job(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     later = "2099-01-01T00:00:00Z"
     await w.call("PUSH", {**unique("bounce-01", unique_until="replace"), "at": later})
@@ -95,7 +93,7 @@ async def test_replace_mode_debounces_a_waiting_job(broker: App, redis_url: str)
     await w.call("FETCH", "default")  # started: a new push is a new pending run
     await w.call("PUSH", unique("bounce-04", unique_until="replace"))
     assert await state(w, "bounce-03") == "working" and await state(w, "bounce-04") == "queued"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_an_explicit_unique_key(broker: App) -> None:
@@ -121,9 +119,8 @@ async def test_bad_unique_settings_are_refused(
     assert error in await refused(w, job("badly-001", custom=custom))
 
 
-@pytest.mark.not_on_cluster  # uses hopper check, which does not walk a cluster yet
 async def test_one_lock_for_concurrent_pushers_on_two_brokers(
-    start_broker: StartBroker, redis_url: str
+    start_broker: StartBroker, store_url: str
 ) -> None:
     brokers = [await start_broker(), await start_broker()]
     stored: list[str] = []
@@ -141,4 +138,4 @@ async def test_one_lock_for_concurrent_pushers_on_two_brokers(
         for n in range(10):
             nursery.start_soon(pusher, n)
     assert sorted(stored) == sorted(f"{r}" for r in range(20))  # one job per identity
-    check_store(redis_url)
+    check_store(store_url)

@@ -132,17 +132,24 @@ class Auditor:
     async def _check_queue(self, queue: str) -> None:
         self.report.queues += 1
         k = self.store.jobs.keys(queue)
+        dues = [DUE[n] for n in (*ORDER, "finished")]
+        reads = [("SISMEMBER", QUEUES, queue), *(("ZSCORE", due, queue) for due in dues)]
         problems = await self.redis.run(
             QUEUE_CHECK,
             (
                 k.queue,
                 QUEUES,
                 *(k.zset(n) for n in (*ORDER, "finished")),
-                *(DUE[n] for n in (*ORDER, "finished")),
+                *dues,
                 k.prioritized,
                 k.meta,
             ),
-            (queue, self._flag, *self._lane_keys.get(queue, ())),
+            (
+                queue,
+                self._flag,
+                await self.redis.read_first(reads),
+                *self._lane_keys.get(queue, ()),
+            ),
         )
         self._note(queue, "", problems)
         listed: Counter[str] = Counter()
@@ -208,6 +215,8 @@ class Auditor:
     async def _inspect(self, queue: str, jid: str) -> None:
         self._seen.add(jid)
         k = self.store.jobs.keys(queue)
+        dues = [DUE[n] for n in (*ORDER, "finished")]
+        reads = [("HGET", JIDS, jid), *(("ZSCORE", due, queue) for due in dues)]
         problems = await self.redis.run(
             INSPECT,
             (
@@ -226,7 +235,7 @@ class Auditor:
                 k.meta,
                 k.blocked,
             ),
-            (queue, jid, self._flag, PUSHED_CHANNEL),
+            (queue, jid, self._flag, PUSHED_CHANNEL, await self.redis.read_first(reads)),
         )
         for kind, detail in problems:
             if text(kind) == "index elsewhere":
@@ -244,13 +253,24 @@ class Auditor:
         else:
             problem = Problem("index elsewhere", queue, jid, owner)
             if self.repair:
-                holder = self.store.jobs.keys(queue).jobs
-                owner_jobs = self.store.jobs.keys(owner).jobs
-                args = (jid, owner, queue)
-                problem.repaired = bool(
-                    await self.redis.run(REPOINT, (JIDS, owner_jobs, holder), args)
-                )
+                problem.repaired = await self._repoint(jid, owner, queue)
         self.report.problems.append(problem)
+
+    async def _repoint(self, jid: str, owner: str, queue: str) -> bool:
+        """Make the jid index name `queue`, which holds the job, instead of `owner`, which does
+        not: atomically on one Redis; in split mode the two queues read first, the index
+        entry swapped while it still names `owner`."""
+        owner_jobs, holder = self.store.jobs.keys(owner).jobs, self.store.jobs.keys(queue).jobs
+        if not self.redis.split:
+            return bool(
+                await self.redis.run(REPOINT, (JIDS, owner_jobs, holder), (jid, owner, queue))
+            )
+        found = await self.redis.execute_many(
+            [("HEXISTS", owner_jobs, jid), ("HEXISTS", holder, jid)]
+        )
+        if found != [0, 1]:
+            return False
+        return bool(await self.redis.global_step("index_swap", JIDS, jid, owner, queue))
 
     # -- the jid index ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ SPLIT_READY = frozenset(
     {"push", "fetch", "ack", "fail", "release", "cancel"}  # jobs
     | {"due", "enqueue", "remove", "move", "history_purge"}  # the loops' visits, MUTATE
     | {"drain", "flush"}  # QUEUE REMOVE, FLUSH
+    | {"inspect", "queue_check", "history_check", "rename"}  # hopper check
 )
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
 Visit = dict[str, tuple[str, str]] | None  # due key -> its entry's score, touch count as read
@@ -134,10 +135,23 @@ class Redis:
 
     async def announce_due(self, due: str, score: float, queue: str) -> None:
         """Split mode's first step for a call that adds an entry to a queue's set: the queue's
-        due entry at or before `score`, its touch count raised (due_add of lib_outbox.lua, run
-        by apply.lua as an outbox entry)."""
-        entry = json.dumps(["due_add", due, repr(score), queue])
-        await self._call(APPLY.function, (JIDS,), ("", entry))  # a first step: not apply()
+        due entry at or before `score`, its touch count raised (due_add of lib_outbox.lua)."""
+        await self.global_step("due_add", due, repr(score), queue)
+
+    async def global_step(self, helper: str, *args: str) -> Any:
+        """One helper of an outbox (lib_outbox.lua: AFTER) run on the global keys by apply.lua,
+        outside any queue's call; returns what it returns."""
+        return await self._call(APPLY.function, (JIDS,), ("", json.dumps([helper, *args])))
+
+    async def read_first(self, commands: Sequence[tuple[Any, ...]]) -> str:
+        """Split mode: the replies of reads of global keys a script makes (read_global of
+        lib_outbox.lua), read now, as the JSON it takes; '' on one Redis (it reads them)."""
+        if not self.split:
+            return ""
+        found = await self.execute_many(list(commands))
+        return json.dumps(
+            [False if r is None else text(r) if isinstance(r, bytes) else r for r in found]
+        )
 
     async def read_due(self, dues: Sequence[str], queue: str) -> Visit:
         """Split mode: a queue's entries in due indexes and their touch counts ('' for none),
@@ -165,17 +179,16 @@ class Redis:
 
     async def keys(self, pattern: str) -> AsyncIterator[bytes]:
         """Every key matching a glob, by SCAN in steps of SCAN_COUNT."""
-        async for found in self.steps("SCAN", pattern=pattern):
+        async for found in self.pipeline.scan(pattern, SCAN_COUNT):
             for key in found:
                 yield key
 
-    async def steps(self, verb: str, *key: str, pattern: str = "") -> AsyncIterator[list[Any]]:
-        """The replies of a SCAN-family command (SCAN, HSCAN or ZSCAN over `key`), one step of
-        SCAN_COUNT at a time: key names, or flat [field, value, ...] lists."""
-        match = ("MATCH", pattern) if pattern else ()
+    async def steps(self, verb: str, key: str) -> AsyncIterator[list[Any]]:
+        """The replies of HSCAN or ZSCAN over `key`, one step of SCAN_COUNT at a time: flat
+        [field, value, ...] lists."""
         cursor = 0
         while True:
-            next_cursor, found = await self.execute(verb, *key, cursor, *match, "COUNT", SCAN_COUNT)
+            next_cursor, found = await self.execute(verb, key, cursor, "COUNT", SCAN_COUNT)
             yield found
             cursor = int(next_cursor)
             if cursor == 0:

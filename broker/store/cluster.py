@@ -17,12 +17,12 @@ Keys of different slots in one command are refused before anything is sent (Rout
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import trio
 
-from hopper_broker.config import REDIS_TIMEOUT
+from hopper_broker.config import CLUSTER_SCHEMES, REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
 from hopper_broker.store.address import Address, ReplyError
 from hopper_broker.store.cluster_map import ClusterAddress, SlotMap, parse_node_name
@@ -130,6 +130,13 @@ class ClusterPipeline:
         """Every master's address, as the slot map last read names them (the seeds before)."""
         names = self.map.masters or [f"{h}:{p}" for h, p in self.address.seeds]
         return [self.address.node(*parse_node_name(name)) for name in names]
+
+    async def scan(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+        """The keys matching a glob on every master, one master after the other (a slot
+        that moves meanwhile may be missed or seen twice)."""
+        for name in list(self.map.masters):
+            async for found in (await self._pipeline(name)).scan(pattern, count):
+                yield found
 
     async def execute(self, *args: Any) -> Any:
         """Send one command to its slot's master and return its reply (an error reply as a
@@ -348,3 +355,11 @@ def _redirected(reply: Any) -> bool:
     return isinstance(reply, ReplyError) and (
         reply.reply.startswith(REDIRECTS) or NOT_FOUND in reply.reply
     )
+
+
+def connection_for(url: str, timeout: Callable[[], float]) -> Pipeline | ClusterPipeline:
+    """The connection for a Redis URL: a cluster's (redis+cluster://, rediss+cluster://) or one
+    node's; not started yet (run())."""
+    if url.startswith(CLUSTER_SCHEMES):
+        return ClusterPipeline(ClusterAddress(url), timeout)
+    return Pipeline(Address(url), timeout)

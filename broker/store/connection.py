@@ -83,6 +83,9 @@ class Connection(Protocol):
     def master_addresses(self) -> list[Address]:
         """Every node that runs scripts (one Redis: itself; a cluster: its masters)."""
 
+    def scan(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+        """The keys matching a glob, one SCAN step (of about `count`) at a time."""
+
 
 class Pipeline:
     """One auto-pipelining Redis connection shared by every concurrent caller.
@@ -122,6 +125,17 @@ class Pipeline:
 
     def master_addresses(self) -> list[Address]:
         return [self.address]
+
+    async def scan(self, pattern: str, count: int) -> AsyncIterator[list[bytes]]:
+        cursor = 0
+        while True:
+            reply = await self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            if isinstance(reply, ReplyError):
+                raise reply
+            yield reply[1]
+            cursor = int(reply[0])
+            if cursor == 0:
+                return
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands back to back and return their replies in order.

@@ -61,7 +61,8 @@ class HistoryAuditor(AuditPart):
         """The queue's due entry for `state` must be no later than the oldest entry of `key`
         (both read in one step, history_check.lua: retention moves them together)."""
         k = self.store.jobs.keys(queue)
-        args = ("1" if self.repair else "0", "due", state, queue)
+        read = await self.redis.read_first([("ZSCORE", keys.DUE_ENDED[state], queue)])
+        args = ("1" if self.repair else "0", "due", state, queue, read)
         found = await self.redis.run(HISTORY_CHECK, (k.jobs, JIDS, key), args)
         for i in range(0, len(found), 2):
             self.note(text(found[i]), queue, text(found[i + 1]))

@@ -366,8 +366,15 @@ class JobStore:
                 return None
             job = job_decoder.decode(payload)
             job.jid = f"{jid}-{queue}" + (f"-{attempt}" if attempt else "")
-            if await self.redis.run(RENAME, where, (queue, jid, job.jid, encode(job))):
+            claimed = ""  # split mode: the new jid claimed first, on the global keys
+            if self.redis.split:
+                claimed = str(await self.redis.execute("HSETNX", JIDS, job.jid, queue))
+                if claimed == "0":
+                    continue
+            if await self.redis.run(RENAME, where, (queue, jid, job.jid, encode(job), claimed)):
                 return job.jid
+            if claimed == "1":  # given back
+                await self.redis.global_step("index_swap", JIDS, job.jid, queue, "")
         return None
 
     async def queues_of(self, jids: Sequence[str]) -> list[str | None]:

@@ -6,7 +6,7 @@
 -- Returns JSON: per jid, its index entry before the claim (false: none). A jid whose entry names
 -- a live job (any queue, or earlier in this call) is not claimed: push.lua refuses it; a free
 -- one (no entry, or ~queue: a finished job's) now names this queue. The push gives back the
--- claims of the jobs it refuses (unclaim, lib.lua); a crash between the two steps leaves a claim
+-- claims of the jobs it refuses (index_swap, lib_outbox.lua); a crash between the two steps leaves a claim
 -- naming no job, which `hopper check --repair` drops.
 local queue, before = ARGV[1], {}
 local owners = redis.call('HMGET', KEYS[1], unpack(ARGV, 3))

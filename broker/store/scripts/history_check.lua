@@ -6,7 +6,8 @@
 --       zset KEYS[3], of state ARGV[3] and jobtype ARGV[4], '' for the state's own zset), then
 --       from 5 the jids; or 'counts', 3 the queue key prefix (keys.py), then the queues the
 --       caller found with archived jobs; or 'due', 3 the state of KEYS[3] (the state's own
---       zset), 4 its queue: the queue's due entry is no later than that zset's oldest entry
+--       zset), 4 its queue, 5 split mode: the read of its due entry (read_global), else '':
+--       the queue's due entry is no later than that zset's oldest entry
 -- Returns a list of problems ({kind, jid or detail} flattened), empty when sound. Checks: an
 -- entry is in both its indexes (repair: added, at its time); an index entry has its entry, of
 -- that state (and jobtype) (repair: removed); counts: each state's count is what the state
@@ -35,11 +36,12 @@ if mode == 'counts' then
   return found
 end
 if mode == 'due' then  -- read with the oldest entry, in one step: a purge moves both
+  begin_reads(ARGV[5])
   local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  local due = redis.call('ZSCORE', h.due .. ARGV[3], ARGV[4])
+  local due = read_global(1, 'ZSCORE', h.due .. ARGV[3], ARGV[4])
   if oldest[1] and (not due or tonumber(due) > tonumber(oldest[2])) then
     problem('history due entry missing', ARGV[3])
-    if repair then redis.call('ZADD', h.due .. ARGV[3], 'LT', oldest[2], ARGV[4]) end
+    if repair then due_add(h.due .. ARGV[3], oldest[2], ARGV[4]) end
   end
   return found
 end

@@ -1,12 +1,14 @@
 -- inspect: look at one jid of one queue in a single atomic step and, when asked, repair what
--- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself.
+-- is wrong with it (hopper check). Safe on a live store: it acts only on what it sees itself
+-- (in split mode its global entries as read just before the call: read_global in lib_outbox.lua).
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
 --       8 queues set, 9-12 due:working, due:scheduled, due:retries, due:dead, 13 finished,
 --       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
 --       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
 --       lane: either counts as being in the queue), 17 blocked zset (jobs waiting for their
 --       dependencies, lib_workflows.lua: a place too)
--- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel
+-- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel, 5 split mode: the reads of the
+--       jid's index entry and of the queue's entries in KEYS 9-12 and 14 (read_global), else ''
 -- Returns the problems seen, each {kind, detail}:
 --   'no record'    places hold the jid but there is no record: the entries are dropped
 --   'no place'     a record in no list or set: the job is enqueued again (it may run twice,
@@ -20,6 +22,8 @@
 --                  the caller
 --   'not due'      a set entry whose queue is missing from (or late in) the due index: fixed
 local queue, jid, fix = ARGV[1], ARGV[2], ARGV[3] == '1'
+begin_reads(ARGV[5])
+local DUE_READ = {[9] = 2, [10] = 3, [11] = 4, [12] = 5, [14] = 6}  -- due key -> its read
 local finished_mark = '~' .. queue
 local problems = {}
 local function problem(kind, detail) problems[#problems + 1] = {kind, detail or ''} end
@@ -49,7 +53,7 @@ for _, place in ipairs(order) do
     if score then held[#held + 1] = {place[1], place[2], place[3], score} end
   end
 end
-local owner = redis.call('HGET', KEYS[7], jid)
+local owner = read_global(1, 'HGET', KEYS[7], jid)
 if redis.call('HEXISTS', KEYS[1], jid) == 0 then
   if #held > 0 then
     problem('no record', held[1][1])
@@ -60,7 +64,7 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
   end
   if owner == queue or owner == finished_mark then
     problem('stale index')
-    if fix then redis.call('HDEL', KEYS[7], jid) end
+    if fix then index_swap(KEYS[7], jid, owner, '') end
   end
   return problems
 end
@@ -68,9 +72,9 @@ if #held == 0 then
   problem('no place')
   if fix then
     if line_up(KEYS[2], KEYS[15], KEYS[16], {jid}, {payload}) then  -- in its lane, if any
-      redis.call('PUBLISH', ARGV[4], queue)
+      global('PUBLISH', ARGV[4], queue)
     end
-    redis.call('SADD', KEYS[8], queue)
+    global('SADD', KEYS[8], queue)
     held = {{'queue', 2}}
   end
 elseif #held > 1 or #listed > 1 then
@@ -98,23 +102,23 @@ elseif #held > 1 or #listed > 1 then
 end
 local first = held[1]
 if first and first[1] ~= 'queue' and first[3] then
-  local due = redis.call('ZSCORE', KEYS[first[3]], queue)
+  local due = read_global(DUE_READ[first[3]], 'ZSCORE', KEYS[first[3]], queue)
   if not due or tonumber(due) > tonumber(first[4]) then
     problem('not due', first[1])
-    if fix then redis.call('ZADD', KEYS[first[3]], 'LT', first[4], queue) end
+    if fix then due_add(KEYS[first[3]], first[4], queue) end
   end
 end
 if first and first[1] == 'finished' then
   if owner == queue then
     problem('index says live')
-    if fix then redis.call('HSET', KEYS[7], jid, finished_mark) end
+    if fix then index_swap(KEYS[7], jid, owner, finished_mark) end
   end
 elseif not owner then
   problem('no index')
-  if fix then redis.call('HSET', KEYS[7], jid, queue) end
+  if fix then index_swap(KEYS[7], jid, '', queue) end
 elseif owner == finished_mark then
   problem('index says finished')
-  if fix then redis.call('HSET', KEYS[7], jid, queue) end
+  if fix then index_swap(KEYS[7], jid, owner, queue) end
 elseif owner ~= queue then
   problem('index elsewhere', owner)
 end

@@ -11,10 +11,12 @@ local split = false  -- this call runs in split mode
 local outbox = {}  -- split mode: the global writes of this call, one JSON array each
 local AFTER = {}  -- name -> a helper a split call defers (filled where each is defined)
 local visit = {}  -- apply.lua: what a visit read of due entries before its call, by due key
+local prior = {}  -- split mode: what the store read of global keys before the call (read_global)
 
 local function begin_outbox(mode)
   split = mode
   outbox = {}
+  prior = {}
 end
 
 -- The global key a stand-in names (any other key as it is).
@@ -59,13 +61,46 @@ local function due_add(due, score, queue)
   redis.call('ZADD', due, 'LT', score, queue)
 end
 
+-- The reply of the `i`th read of a global key a script makes: read now on one Redis; in split
+-- mode read by the store just before the call and passed in (`reads`: a JSON array of the
+-- replies, false for none, given to begin_reads; Redis.read_first() in base.py). A script that
+-- decides from such a read writes only what stays right if it changed meanwhile (ZADD LT,
+-- SADD, index_swap).
+local function begin_reads(reads)
+  if split and reads ~= '' then prior = cjson.decode(reads) end
+end
+
+local function read_global(i, command, key, ...)
+  if split then return prior[i] end
+  return redis.call(command, key, ...)
+end
+
+-- The jid index entry of `jid` becomes `value` ('' : none), while it is still `expected` (''
+-- : none). Returns 1 when it did.
+AFTER.index_swap = function(index, jid, expected, value)
+  if (redis.call('HGET', index, jid) or '') ~= expected then return 0 end
+  if value == '' then
+    redis.call('HDEL', index, jid)
+  else
+    redis.call('HSET', index, jid, value)
+  end
+  return 1
+end
+
+local function index_swap(index, jid, expected, value)
+  return defer('index_swap', 1, index, jid, expected or '', value)
+end
+
 -- apply.lua: the deferred writes of a split call, in the order they were made; `read`: JSON
 -- {due key: [score, touched]} of the due entries a visit read before the call ('' each for
 -- none: see settle_due in lib.lua), or '' when the call was no visit.
+-- Returns what the last entry's helper returned (0 for nothing).
 local function apply_outbox(read, entries)
   visit = read ~= '' and cjson.decode(read) or {}
+  local result = 0
   for _, text in ipairs(entries) do
     local entry = cjson.decode(text)
-    AFTER[entry[1]](unpack(entry, 2))
+    result = AFTER[entry[1]](unpack(entry, 2)) or 0
   end
+  return result
 end

@@ -342,14 +342,3 @@ local function push_queue(KEYS, ARGV, graph)
   end
   return results
 end
-
--- Give back a jid claimed for `queue` (claim.lua) by a push that refused its job: its index
--- entry as it was before (`before`, '' for none), unless it changed since.
-AFTER.unclaim = function(index, jid, queue, before)
-  if redis.call('HGET', index, jid) ~= queue then return end
-  if before == '' then
-    redis.call('HDEL', index, jid)
-  else
-    redis.call('HSET', index, jid, before)
-  end
-end

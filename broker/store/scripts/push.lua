@@ -7,7 +7,7 @@ if split then
   for i, result in ipairs(results) do
     local owner = claims[i]
     if result ~= 1 and not names_live(owner) then
-      defer('unclaim', 1, KEYS[4], ARGV[10 + 7 * (i - 1)], ARGV[2], owner or '')
+      index_swap(KEYS[4], ARGV[10 + 7 * (i - 1)], ARGV[2], owner or '')  -- the claim given back
     end
   end
 end

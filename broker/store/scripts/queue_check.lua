@@ -3,7 +3,9 @@
 -- KEYS: 1 queue list, 2 queues set, 3-7 working, scheduled, retries, dead, finished,
 --       8-12 due:working, due:scheduled, due:retries, due:dead, due:finished, 13 prioritized,
 --       14 meta hash (its lanes' keys are named from it, see lanes_of() in lib_lanes.lua)
--- ARGV: 1 queue name, 2 '1' to repair, then the ids of the lane keys a SCAN found
+-- ARGV: 1 queue name, 2 '1' to repair, 3 split mode: the reads of the queue's membership of
+--       KEYS[2] and of its entries in KEYS 8-12 (read_global), else '', then the ids of the
+--       lane keys a SCAN found
 -- Returns the problems: {'not listed', ''} for waiting jobs in a queue INFO does not list,
 -- {'not due', <set>} for a set whose earliest entry is earlier than the queue's due time;
 -- for lanes: {'empty lane', id} (listed as served or resting, holding nothing: dropped),
@@ -13,26 +15,27 @@
 -- of its leases: set right), {'stranded lane', id} (a lane key with jobs listed neither as
 -- served nor resting: it takes its turn).
 local queue, fix = ARGV[1], ARGV[2] == '1'
+begin_reads(ARGV[3])
 local names = {'working', 'scheduled', 'retries', 'dead', 'finished'}
 local problems = {}
 local waiting = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[13])
   + (tonumber(redis.call('HGET', KEYS[14], 'laned')) or 0)
-if waiting > 0 and redis.call('SISMEMBER', KEYS[2], queue) == 0 then
+if waiting > 0 and read_global(1, 'SISMEMBER', KEYS[2], queue) == 0 then
   problems[#problems + 1] = {'not listed', ''}
-  if fix then redis.call('SADD', KEYS[2], queue) end
+  if fix then global('SADD', KEYS[2], queue) end
 end
 for i = 3, 7 do
   local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
   if first[1] then
-    local due = redis.call('ZSCORE', KEYS[i + 5], queue)
+    local due = read_global(i - 1, 'ZSCORE', KEYS[i + 5], queue)
     if not due or tonumber(due) > tonumber(first[2]) then
       problems[#problems + 1] = {'not due', names[i - 2]}
-      if fix then redis.call('ZADD', KEYS[i + 5], 'LT', first[2], queue) end
+      if fix then due_add(KEYS[i + 5], first[2], queue) end
     end
   end
 end
 local l = lanes_of(KEYS[14])
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local lane = ARGV[i]
   if not redis.call('ZSCORE', l.ring, lane) and not redis.call('ZSCORE', l.resting, lane)
     and redis.call('EXISTS', l.lane .. lane) == 1 then

@@ -2,11 +2,16 @@
 -- queues: schema 1 allowed it, hopper check --repair mends it), atomically.
 -- KEYS: 1 jobs hash, 2 queue list, 3 working, 4 scheduled, 5 retries, 6 dead, 7 jid index,
 --       8 holders hash, 9 expiring zset, 10 prioritized zset, 11 meta hash
--- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid
+-- ARGV: 1 queue name, 2 old jid, 3 new jid, 4 the payload with the new jid, 5 split mode: '1'
+--       when the new jid was claimed for the queue before the call (store/jobs.py: rename)
 -- Returns 1, or 0 when the job is gone or the new jid is taken (nothing changes).
 local old, new = ARGV[2], ARGV[3]
 if redis.call('HEXISTS', KEYS[1], old) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[7], new, ARGV[1]) == 0 then return 0 end
+if split then
+  if ARGV[5] ~= '1' then return 0 end
+elseif redis.call('HSETNX', KEYS[7], new, ARGV[1]) == 0 then
+  return 0
+end
 redis.call('HDEL', KEYS[1], old)
 redis.call('HSET', KEYS[1], new, ARGV[4])
 local at = redis.call('LPOS', KEYS[2], old)
