@@ -254,5 +254,7 @@ class Batches:
         return purged
 
     async def tick(self, now: float) -> int:
-        """One pass of the batches loop: due callbacks, then due purges."""
-        return await self.fire(now) + await self.purge(now)
+        """One pass of the batches loop: in split mode the queues' tallies due, then due
+        callbacks, then due purges."""
+        swept = await self.store.batches.sweep(now, self.settings().reaper_batch)
+        return swept + await self.fire(now) + await self.purge(now)

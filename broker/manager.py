@@ -81,7 +81,7 @@ class Manager:
         self.sweeps = Sweeps(store, settings, self.doorbell, self.fail_reservation)
         self.cron = Crontab(store, settings, self.push_many)
         self.batches = Batches(store, settings, self.push_many)
-        store.jobs.on_batch_due = self.batches.wake
+        store.redis.on_batch_due = self.batches.wake
         self.workflows = Workflows(store, settings, self.kept, self.tracking.find)
         self.history = History(store, settings)
         self.fetching = Fetching(
@@ -167,7 +167,8 @@ class Manager:
         day, keep = format_day(now), self.kept()
         for queue, done in by_queue.items():
             _, due = await self.store.jobs.ack(queue, done, day, now, keep)
-            if due:  # a batch callback: pushed before the ACK's reply, as Enterprise does
+            if due or self.batches.due:  # a batch callback: pushed before the ACK's reply, as
+                # Enterprise does (split mode: it came due in the ACK's second step)
                 await self.batches.fire(now)
                 await self.workflows.settle(now)  # and dependants released before it too
             if queue in self.fetching.held_back:  # a FETCH held back by its limits may go on

@@ -155,6 +155,10 @@ def index_says_finished(r: redis.Redis) -> None:
     r.hset(keys.JIDS, "jid-0001", "~a")
 
 
+def tallies_not_due(r: redis.Redis) -> None:
+    r.hset(A.tallies, "jid-0001/o", json.dumps(["b-AAAAAAAAAAAAAA", "ok", "", 5.0]))
+
+
 def worker_without_record(r: redis.Redis) -> None:
     r.zadd(keys.WORKERS, {"w1": 5})
 
@@ -186,6 +190,7 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (index_says_live, [("index says live", "a", "jid-0001")]),
         (stale_finished_index, [("stale index", "a", "jid-0001")]),
         (index_says_finished, [("index says finished", "a", "jid-0001")]),
+        (tallies_not_due, [("tallies not due", "a", "")]),
         (worker_without_record, [("worker without record", "", "w1")]),
         (worker_without_heartbeat, [("worker without heartbeat", "", "w1")]),
     ],

@@ -1,6 +1,7 @@
 """Batches (Faktory Enterprise) over the wire: BATCH NEW / OPEN / COMMIT / STATUS, callbacks
 (complete, then success), failures and dead jobs, commit rules, re-opening, parent and child,
-several brokers racing, duplicate ACKs and the expiry of uncommitted batches."""
+several brokers racing, duplicate ACKs and the expiry of uncommitted batches; as on one Redis,
+in split mode and on the cluster rig."""
 
 import json
 import re
@@ -16,6 +17,8 @@ from hopper_broker.app import App
 from hopper_broker.store.keys import BATCHES_DUE, BATCHES_EXPIRY, QueueKeys
 from tests.conftest import StartBroker, check_store, clean_env, eventually
 from tests.wire import Wire, WireError, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def new(w: Wire, **spec: Any) -> str:
@@ -53,7 +56,7 @@ CALLBACKS = {
 }
 
 
-async def test_shapes_and_errors(broker: App, redis_url: str) -> None:
+async def test_shapes_and_errors(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     bid = await new(w, bid="", description="Import", success=job("succ-1234", "S", args=None))
     assert re.fullmatch(r"b-[A-Za-z0-9_-]{14}", bid)
@@ -100,10 +103,10 @@ async def test_shapes_and_errors(broker: App, redis_url: str) -> None:
     refused = json.loads(await w.call("PUSHB", pushed))
     assert refused == {"nope-0001": f"No such batch {ghost}"}
     assert (await status(w, bid))["total"] == 1
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_complete_then_success(broker: App, redis_url: str) -> None:
+async def test_complete_then_success(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, **CALLBACKS)
     await w.call("PUSH", member("job-00001", bid))
@@ -123,10 +126,10 @@ async def test_complete_then_success(broker: App, redis_url: str) -> None:
     assert callback["retry"] == 25  # PUSH's defaults
     assert await states(w, bid) == ("2", "2")
     assert await w.call("FETCH", "cbs") is None
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_failure_then_an_ack(broker: App, redis_url: str) -> None:
+async def test_a_failure_then_an_ack(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, **CALLBACKS)
     await w.call("PUSH", member("flaky-001", bid))
@@ -146,10 +149,10 @@ async def test_a_failure_then_an_ack(broker: App, redis_url: str) -> None:
     assert (found["pending"], found["failed"], found["success_st"]) == (0, 0, "1")
     await run(w, "cbs")
     assert await states(w, bid) == ("2", "2")
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_dead_job_fires_complete_never_success(broker: App, redis_url: str) -> None:
+async def test_a_dead_job_fires_complete_never_success(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, **CALLBACKS)
     await w.call("PUSH", member("doomed-01", bid, retry=0))
@@ -167,10 +170,10 @@ async def test_a_dead_job_fires_complete_never_success(broker: App, redis_url: s
         "",
     )
     assert await w.call("FETCH", "cbs") is None
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_an_empty_batch_fires_on_commit(broker: App, redis_url: str) -> None:
+async def test_an_empty_batch_fires_on_commit(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, success=CALLBACKS["success"])
     await trio.sleep(0.2)
@@ -179,10 +182,10 @@ async def test_an_empty_batch_fires_on_commit(broker: App, redis_url: str) -> No
     assert await states(w, bid) == ("", "1")  # at once, as Enterprise does
     await run(w, "cbs")
     assert await states(w, bid) == ("", "2")
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_no_callback_before_commit(broker: App, redis_url: str) -> None:
+async def test_no_callback_before_commit(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, success=CALLBACKS["success"])
     for n in range(3):
@@ -195,10 +198,10 @@ async def test_no_callback_before_commit(broker: App, redis_url: str) -> None:
     assert await w.call("FETCH", "cbs") is None
     await w.call("BATCH", f"COMMIT {bid}")
     assert await states(w, bid) == ("", "1")
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_reopen_adds_jobs(broker: App, redis_url: str) -> None:
+async def test_reopen_adds_jobs(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, success=CALLBACKS["success"])
     await w.call("PUSH", member("first-001", bid))
@@ -219,10 +222,10 @@ async def test_reopen_adds_jobs(broker: App, redis_url: str) -> None:
     await run(w, "cbs")
     assert await w.call("FETCH", "cbs") is None
     assert await states(w, bid) == ("", "2")
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_parent_waits_for_child(broker: App, redis_url: str) -> None:
+async def test_parent_waits_for_child(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     parent = await new(w, description="parent", success=job("parent-cb", "P", queue="pcb"))
     child = await new(w, parent_bid=parent, success=job("child-cb1", "C", queue="ccb"))
@@ -244,11 +247,11 @@ async def test_parent_waits_for_child(broker: App, redis_url: str) -> None:
     assert await states(w, parent) == ("", "1")
     await run(w, "pcb")
     assert await states(w, parent) == ("", "2")
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_two_brokers_race_on_the_last_acks(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+    start_broker: StartBroker, rdb: redis.Redis, store_url: str
 ) -> None:
     brokers = [await start_broker(), await start_broker()]
     wires = [await Wire.open(b.port, hello={"wid": f"w{i}"}) for i, b in enumerate(brokers)]
@@ -284,10 +287,10 @@ async def test_two_brokers_race_on_the_last_acks(
             "2",
         )
     assert rdb.zcard(BATCHES_DUE) == 0
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_duplicate_acks_count_once(broker: App, redis_url: str) -> None:
+async def test_duplicate_acks_count_once(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, success=CALLBACKS["success"])
     await w.call("PUSH", member("twice-001", bid))
@@ -299,14 +302,14 @@ async def test_duplicate_acks_count_once(broker: App, redis_url: str) -> None:
         await w.call("FAIL", {"jid": fetched["jid"], "message": "late"})
     found = await status(w, bid)
     assert (found["total"], found["pending"], found["failed"]) == (2, 1, 0)
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def _is(found: Any, expected: Any) -> bool:
     return bool(await found == expected)
 
 
-async def test_uncommitted_batches_expire(start_broker: StartBroker, redis_url: str) -> None:
+async def test_uncommitted_batches_expire(start_broker: StartBroker, store_url: str) -> None:
     broker = await start_broker(batch_ttl=0.3)
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     parent = await new(w, complete=CALLBACKS["complete"])
@@ -327,17 +330,17 @@ async def test_uncommitted_batches_expire(start_broker: StartBroker, redis_url: 
     await run(w)  # the orphan still runs
     await run(w, "cbs")
     assert await states(w, parent) == ("2", "")
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_hopper_check_finds_and_mends_batches(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     bid = await new(w, success=CALLBACKS["success"])
     rdb.zrem(BATCHES_EXPIRY, bid)
     rdb.zadd(BATCHES_DUE, {"success b-ZZZZZZZZZZZZZZ": 1})
-    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", redis_url]
+    command = [sys.executable, "-m", "hopper_broker", "check", "--redis-url", store_url]
     found = subprocess.run(command, capture_output=True, text=True, timeout=60, env=clean_env())
     assert found.returncode == 1
     assert "batch without expiry" in found.stdout and "batch due entry stale" in found.stdout
@@ -345,5 +348,5 @@ async def test_hopper_check_finds_and_mends_batches(
         [*command, "--repair"], capture_output=True, text=True, timeout=60, env=clean_env()
     )
     assert mended.returncode == 0, mended.stdout
-    check_store(redis_url)
+    check_store(store_url)
     assert (await status(w, bid))["total"] == 0

@@ -96,6 +96,4 @@ async def test_what_split_mode_does_not_serve_yet_is_refused(brokers: list[App])
     w = await Wire.open(brokers[0].port, hello={"wid": "w"})
     with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
         await w.call("PUSH", job("jid-after", custom={"after": ["jid-0001"]}))
-    with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
-        await w.call("BATCH", "NEW " + json.dumps({"success": job("jid-callback")}))
     assert await w.call("PUSH", job("jid-0002")) == b"OK"  # the connection serves on

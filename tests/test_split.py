@@ -21,7 +21,7 @@ from hopper_broker.store.base import Redis
 from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.cluster_map import ClusterAddress
 from hopper_broker.store.connection import Pipeline
-from hopper_broker.store.jobs import CLAIM
+from hopper_broker.store.jobs import CLAIM, TALLY_SWEEP
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_broker.store.slots import key_slot
@@ -32,6 +32,8 @@ from tests.test_manager import NOW, make_manager, new
 
 LATER = "2030-01-01T00:00:00Z"  # a time to schedule jobs for
 K = QueueKeys("default")
+
+CLAIM_KEYS = (keys.JIDS, keys.QUEUES, keys.DUE["scheduled"], keys.DUE_TALLIES)  # claim.lua
 
 
 def queues_away_from_globals(rig: ClusterRig) -> list[str]:
@@ -181,9 +183,8 @@ async def test_a_death_between_the_steps_loses_no_job(dying: Manager, rdb: redis
     assert rdb.zscore(K.finished, "jid-0001") is not None
     assert rdb.hget(keys.JIDS, "jid-0001") == "default"  # its ~default mark was lost
 
-    await store.redis.run(
-        CLAIM, (keys.JIDS, keys.QUEUES, keys.DUE["scheduled"]), ("default", "", "jid-0003")
-    )  # a push that died after its claim
+    await store.redis.run(CLAIM, CLAIM_KEYS, ("default", "", "", 1, "jid-0003", ""))
+    # a push that died after its claim
     assert await repaired(store) == [
         "history due entry missing",  # the ACK's due entries and index mark were lost
         "index says live",
@@ -282,11 +283,41 @@ async def test_a_push_sent_again_after_its_script_failed_is_stored(
     sent again to the same queue it is stored, not refused as a live jid; the claim of a
     queue that holds no job of it still refuses the jid elsewhere."""
     manager, store = interleaved, interleaved.store
-    claims = (keys.JIDS, keys.QUEUES, keys.DUE["scheduled"])
-    await store.redis.run(CLAIM, claims, ("default", "", "jid-0001"))
+    await store.redis.run(CLAIM, CLAIM_KEYS, ("default", "", "", 1, "jid-0001", ""))
     await manager.push(new("jid-0001"), NOW)
     assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]
     with pytest.raises(BrokerError, match="already in use"):
         await manager.push(new("jid-0001"), NOW)  # now it is live
     with pytest.raises(BrokerError, match="already in use"):
         await manager.push(new("jid-0001", queue="other"), NOW)
+
+
+async def test_batch_tallies_lost_with_their_outbox_are_made_once_by_the_batches_loop(
+    dying: Manager, nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    """A broker that dies after each script of a batch's jobs loses the tallies its outboxes
+    held (the batch counts nothing); the queue kept them, and another broker's batches loop
+    makes each once, so the batch completes and its callback is pushed once."""
+    healthy = await split_manager(nursery, redis_url, rdb, Redis)
+    callback = {"jid": "callback-01", "jobtype": "Done", "queue": "cbs", "args": []}
+    bid = await dying.batches.new(json.dumps({"success": callback}).encode(), NOW)
+    members = ["member-0001", "member-0002"]
+    for jid in members:
+        await dying.push(new(jid, custom={"bid": bid}), NOW)
+    await dying.batches.commit(bid, NOW)
+    for _ in members:
+        fetched = await dying.fetch(["default"], "w1", NOW)
+        assert fetched is not None
+        await dying.ack(fetched.jid, "default", NOW, "w1")
+    assert (await healthy.batches.status(bid)).total == 0  # every tally lost
+    assert sorted(rdb.hkeys(K.tallies)) == [f"{j}/{s}" for j in members for s in "jo"]
+
+    assert await healthy.batches.tick(NOW + TALLY_SWEEP) == 4 + 1  # made, and the callback
+    status = await healthy.batches.status(bid)
+    assert (status.total, status.pending, status.success_st) == (2, 0, "1")
+    assert rdb.hlen(K.tallies) == 0 and rdb.lrange(QueueKeys("cbs").queue, 0, -1) == ["callback-01"]
+    assert rdb.zscore(keys.DUE_TALLIES, "default") is None  # no job of a batch left there
+    rdb.hset(K.tallies, "member-0001/o", json.dumps([bid, "ok", "", NOW]))  # made again?
+    rdb.zadd(keys.DUE_TALLIES, {"default": NOW})
+    await healthy.batches.tick(NOW + TALLY_SWEEP)
+    assert (await healthy.batches.status(bid)).pending == 0  # once each (the told set)

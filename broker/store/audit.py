@@ -20,6 +20,7 @@ import msgspec
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Script, text
+from hopper_broker.store.batch_audit import BatchAuditor
 from hopper_broker.store.history_audit import HistoryAuditor
 from hopper_broker.store.keys import (
     DUE,
@@ -40,10 +41,8 @@ QUEUE_CHECK = Script("queue_check")
 WORKER_CHECK = Script("worker_check")
 ATTACHED_CHECK = Script("attached_check")
 EXPIRY_CHECK = Script("expiry_check")
-BATCH_CHECK = Script("batch_check")
 
 BATCH = 500  # entries read per Redis call
-BATCH_REPAIR_AGE = 30 * 86_400.0  # seconds from now a batch found without expiry is kept
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
 PLACES = (*ORDER, "finished", "blocked")  # every sorted set a record can be in
 
@@ -107,13 +106,16 @@ class Auditor:
             await self._check_queue(queue)
         await self._check_index()
         await self._check_workers()
-        await self._check_batches()
+        await BatchAuditor(self.store, self._problem, repair=self.repair).run(queues)
         await WorkflowAuditor(self.store, self._problem, repair=self.repair).run(queues)
         await HistoryAuditor(self.store, self._problem, repair=self.repair).run()
         return self.report
 
-    def _problem(self, kind: str, queue: str, jid: str) -> None:
-        self.report.problems.append(Problem(kind, queue, jid, repaired=self.repair))
+    def _problem(
+        self, kind: str, queue: str, jid: str, detail: str = "", repaired: bool | None = None
+    ) -> None:
+        fixed = self.repair if repaired is None else repaired
+        self.report.problems.append(Problem(kind, queue, jid, detail, repaired=fixed))
 
     # -- queues -------------------------------------------------------------------------------
 
@@ -347,27 +349,6 @@ class Auditor:
             self.report.problems.append(
                 Problem(text(kind), queue, jid, text(detail), repaired=self.repair)
             )
-
-    # -- batches ------------------------------------------------------------------------------
-
-    async def _check_batches(self) -> None:
-        """Every batch record and every due callback, each looked at by batch_check.lua."""
-        bids: set[str] = set()
-        async for key in self.redis.keys(f"{keys.BATCH_PREFIX}*"):
-            bids.add(text(key)[len(keys.BATCH_PREFIX) :])
-        for member in await self.redis.execute("ZRANGE", keys.BATCHES_DUE, 0, -1):
-            bids.add(text(member).partition(" ")[2])
-        purge_at = await self.store.time() + BATCH_REPAIR_AGE
-        for bid in sorted(bids):
-            found = await self.redis.run(
-                BATCH_CHECK,
-                (keys.BATCHES_DUE, keys.BATCHES_EXPIRY),
-                (bid, "1" if self.repair else "0", purge_at),
-            )
-            for i in range(0, len(found), 2):
-                problem = Problem(text(found[i]), jid=bid, detail=text(found[i + 1]))
-                problem.repaired = self.repair and problem.kind != "batch counts"
-                self.report.problems.append(problem)
 
 
 def _holds(store: Store, jid: str, owner: str) -> tuple[str, str, str]:

@@ -1,11 +1,19 @@
-"""What the parts of `hopper check` that audit.py runs (history_audit.py, workflow_audit.py)
-share: the store they walk, how they report a problem, and whether they mend it."""
+"""What the parts of `hopper check` that audit.py runs (batch_audit.py, history_audit.py,
+workflow_audit.py) share: the store they walk, how they report a problem, and whether they mend
+it."""
 
-from collections.abc import Callable
+from typing import Protocol
 
 from hopper_broker.store.redis import Store
 
-Note = Callable[[str, str, str], None]  # kind, queue, jid
+
+class Note(Protocol):
+    """Reports one problem: its kind, where (queue, jid or bid), a detail, and whether it was
+    repaired (None: as the check repairs)."""
+
+    def __call__(
+        self, kind: str, queue: str, jid: str, detail: str = "", repaired: bool | None = None
+    ) -> None: ...
 
 
 class AuditPart:

@@ -2,7 +2,7 @@
 
 import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -97,6 +97,7 @@ class Redis:
     def __init__(self, pipeline: Connection, split: bool = False) -> None:
         self.pipeline = pipeline
         self.split = split
+        self.on_batch_due: Callable[[], None] = lambda: None  # a script made a callback due
 
     async def execute(self, *args: Any) -> Any:
         """One command; an error reply raises ReplyError."""
@@ -131,7 +132,9 @@ class Redis:
 
     async def apply(self, outbox: list[bytes], visit: str) -> None:
         """Split mode's second step: a script's global writes, made on the global keys."""
-        await self._call(APPLY.function, (JIDS,), (visit, *outbox))
+        _, due = await self._call(APPLY.function, (JIDS,), (visit, *outbox))
+        if due:
+            self.on_batch_due()
 
     async def announce_due(self, due: str, score: float, queue: str) -> None:
         """Split mode's first step for a call that adds an entry to a queue's set: the queue's
@@ -141,7 +144,8 @@ class Redis:
     async def global_step(self, helper: str, *args: str) -> Any:
         """One helper of an outbox (lib_outbox.lua: AFTER) run on the global keys by apply.lua,
         outside any queue's call; returns what it returns."""
-        return await self._call(APPLY.function, (JIDS,), ("", json.dumps([helper, *args])))
+        result, _ = await self._call(APPLY.function, (JIDS,), ("", json.dumps([helper, *args])))
+        return result
 
     async def read_first(self, commands: Sequence[tuple[Any, ...]]) -> str:
         """Split mode: the replies of reads of global keys a script makes (read_global of

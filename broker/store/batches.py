@@ -1,21 +1,30 @@
 """Batches (Faktory Enterprise) in Redis: each change one script (scripts/batch_*.lua; a job's
 own counts are kept by push, ack, fail and the other job moves, see batch_count() in
-lib_batches.lua).
+lib_batches.lua). In split mode those counts change after the job's script, from its outbox,
+and the tallies a queue keeps are made again by the batches loop (sweep()), once each.
 """
 
+import json
 from typing import Any
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Redis, Script, text
-from hopper_broker.store.jobs import NOT_SPLIT
-from hopper_broker.store.keys import BATCH_PREFIX, BATCHES_DUE, BATCHES_EXPIRY
-from hopper_client.schema.errors import BrokerError
+from hopper_broker.store.jobs import TALLY_SWEEP
+from hopper_broker.store.keys import (
+    BATCH_PREFIX,
+    BATCHES_DUE,
+    BATCHES_EXPIRY,
+    DUE_TALLIES,
+    QueueKeys,
+)
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")
 PURGE = Script("batch_purge")
 
 KINDS = ("complete", "success")
+SWEEP_STEP = 500  # tallies made per call by the batches loop
+STEPS = "jpfoc"  # the tallies of a job in the order they happen: join, pushed, fail, ok, acked
 
 
 class BatchStore:
@@ -36,8 +45,6 @@ class BatchStore:
     ) -> int:
         """Create a batch with its (complete, success) callback jobs (b'' for none): 1 done,
         0 the parent does not exist, -1 the bid is taken."""
-        if self.redis.split:
-            raise BrokerError(NOT_SPLIT)
         record = keys.batch(bid)
         parent_record = keys.batch(parent) if parent else record
         args = (bid, created_at, repr(expires_at), repr(keep), parent, description, *callbacks)
@@ -75,6 +82,35 @@ class BatchStore:
         removed: int = await self.redis.run(PURGE, (BATCHES_EXPIRY, BATCHES_DUE), (now, most))
         return removed
 
+    async def sweep(self, now: float, most: int) -> int:
+        """Split mode: the tallies of the queues due in due:tallies made on their batches (those
+        their outboxes made already are skipped there), then taken from the queues; a queue is
+        looked at again TALLY_SWEEP seconds later while it holds jobs of batches. Returns how
+        many tallies were looked at."""
+        if not self.redis.split:
+            return 0
+        found = await self.redis.execute(
+            "ZRANGEBYSCORE", DUE_TALLIES, "-inf", now, "LIMIT", 0, most
+        )
+        return sum([await self._sweep(text(queue), now) for queue in found])
+
+    async def _sweep(self, queue: str, now: float) -> int:
+        k = QueueKeys(queue)
+        visit = await self.redis.read_due([DUE_TALLIES], queue)
+        tallies: dict[str, bytes] = {}
+        async for flat in self.redis.steps("HSCAN", k.tallies):
+            tallies.update((text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2))
+        ids = sorted(tallies, key=lambda id_: STEPS.find(id_[-1]))  # a job joins first
+        for start in range(0, len(ids), SWEEP_STEP):
+            chunk = ids[start : start + SWEEP_STEP]
+            await self.redis.apply([_tally(id_, tallies[id_]) for id_ in chunk], "")
+            await self.redis.execute("HDEL", k.tallies, *chunk)
+        batched, left = await self.redis.execute_many([("HLEN", k.batched), ("HLEN", k.tallies)])
+        again = repr(now + TALLY_SWEEP) if batched or left else ""
+        settle = json.dumps(["settle_due", DUE_TALLIES, queue, again]).encode()
+        await self.redis.apply([settle], json.dumps(visit))
+        return len(ids)
+
     async def recent(self, most: int) -> list[str]:
         """Up to `most` bids, those kept longest first (the newest, for batches of one TTL)."""
         return [text(b) for b in await self.redis.execute("ZREVRANGE", BATCHES_EXPIRY, 0, most - 1)]
@@ -89,3 +125,11 @@ class BatchStore:
         async for key in self.redis.keys(f"{BATCH_PREFIX}*"):
             await self.redis.execute("DEL", key)
         await self.redis.execute("DEL", BATCHES_DUE, BATCHES_EXPIRY)
+
+
+def _tally(id_: str, kept: bytes) -> bytes:
+    """The outbox entry that makes a tally a queue kept (JSON [bid, op, kind, now])."""
+    bid, op, kind, now = json.loads(kept)
+    return json.dumps(
+        ["batch_tally", BATCHES_DUE, BATCHES_EXPIRY, bid, id_, op, kind, now]
+    ).encode()

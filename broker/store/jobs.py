@@ -4,7 +4,7 @@ This module holds no lifecycle rules: the manager decides where a job goes, thes
 which keys a move touches and decode the replies.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -17,6 +17,7 @@ from hopper_broker.store.keys import (
     CANCEL_MARK,
     CRON,
     DUE,
+    DUE_TALLIES,
     FINISHED_CHANNEL,
     FINISHED_MARK,
     HOLDING,
@@ -51,9 +52,9 @@ Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload
 # its dependencies: '' or JSON [policy, jid, ...] (workflows, see scripts/lib_workflows.lua)
 PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None, str]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
-NOT_SPLIT = (
-    "batches and workflows (custom.bid, custom.after, graphs) are not served on a Redis Cluster yet"
-)
+NOT_SPLIT = "workflows (custom.after, graphs) are not served on a Redis Cluster yet"
+TALLY_SWEEP = 10.0  # seconds from a push of a batch's job until the batches loop looks at the
+# queue's tallies (split mode; lib_batches.lua), and between its looks while the queue has some
 
 
 class Acked(msgspec.Struct, frozen=True):
@@ -80,7 +81,6 @@ class JobStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._keys: dict[str, QueueKeys] = {}
-        self.on_batch_due: Callable[[], None] = lambda: None  # the batches room wakes its loop
 
     def keys(self, queue: str) -> QueueKeys:
         found = self._keys.get(queue)
@@ -112,19 +112,26 @@ class JobStore:
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
         if self.redis.split:
-            args[8] = await self._claim(queue, entries, graph)
+            args[8] = await self._claim(queue, entries, graph, now)
         return _push_results(await self.redis.run(PUSH, keys_, args))
 
-    async def _claim(self, queue: str, entries: Sequence[PushEntry], graph: bool) -> str:
+    async def _claim(
+        self, queue: str, entries: Sequence[PushEntry], graph: bool, now: float
+    ) -> str:
         """Split mode's first step of a push (scripts/claim.lua): the jids claimed, the queue
         listed and its due entry for its earliest scheduled job added; the claims as push.lua
-        takes them. Raises BrokerError for what split mode does not do yet (docs/cluster.md)."""
-        if graph or any(entry[5] is not None or entry[6] for entry in entries):
+        takes them, with each job's batch judged. Raises BrokerError for what split mode does not
+        do yet (docs/cluster.md)."""
+        if graph or any(entry[6] for entry in entries):
             raise BrokerError(NOT_SPLIT)
         earliest = min((float(entry[2]) for entry in entries if entry[2]), default=None)
         due = "" if earliest is None else repr(earliest)
+        batches = [" ".join(e[5]).rstrip() if e[5] is not None else "" for e in entries]
+        sweep = repr(now + TALLY_SWEEP) if any(batches) else ""
         claims: bytes = await self.redis.run(
-            CLAIM, (JIDS, QUEUES, DUE["scheduled"]), (queue, due, *(e[0] for e in entries))
+            CLAIM,
+            (JIDS, QUEUES, DUE["scheduled"], DUE_TALLIES),
+            (queue, due, sweep, len(entries), *(e[0] for e in entries), *batches),
         )
         return text(claims)
 
@@ -312,7 +319,7 @@ class JobStore:
         `read_expiry` is the reservation the new payload was computed from (None: any), and
         `holder` the worker that held it then ('' unknown); `errtype` goes with the event.
         Returns 1 done, 0 not reserved, -1 the reservation changed since it was read; when a
-        batch callback came due, `on_batch_due` is called.
+        batch callback came due, the store's `on_batch_due` is called.
         """
         k = self.keys(queue)
         if self.redis.split and target:  # announced first: the job is there no earlier
@@ -327,7 +334,7 @@ class JobStore:
             (*args, FINISHED_CHANNEL, holder, errtype, "" if expires is None else repr(expires)),
         )
         if result == 2:
-            self.on_batch_due()
+            self.redis.on_batch_due()
             return 1
         return result
 

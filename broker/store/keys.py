@@ -46,6 +46,9 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:batched      hash   jid -> `<bid>` for a job of a batch not yet run, `!<bid>` once
                                    it failed, `<kind>:<bid>` for a batch's complete | success
                                    callback job (the last two named in lib_batches.lua too)
+  hopper:q:{q}:tallies      hash   split mode: `<jid>/<step>` -> JSON [bid, op, kind, now]: a
+                                   change to a batch's counts, kept until the batches loop has
+                                   made it on the global keys (lib_batches.lua: batch_tally)
   hopper:q:{q}:blocked      zset   jid -> when it may run (0: at once): jobs waiting for their
                                    dependencies (custom.after), in no other place
   hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
@@ -88,6 +91,9 @@ Global (hash tag `{g}`):
                                    (see lib_batches.lua); bid is `b-` + 14 URL-safe characters
   hopper:g:{g}:batches:due  zset   `<kind> <bid>` -> when it came due: a callback to push now
   hopper:g:{g}:batches:expiry zset bid -> when its record is purged
+  hopper:g:{g}:batch:<bid>:told set split mode: the `<jid>/<step>` tallies made on the batch
+  hopper:g:{g}:due:tallies  zset   split mode: queue -> when the batches loop looks at its
+                                   tallies (made by a push of a batch's job, before it)
   hopper:g:{g}:history:count hash  final state -> archived jobs kept, every queue together
   hopper:g:{g}:due:ended:<s> zset  queue -> a time at or before its oldest archived job of
                                    state s (these two named in lib_history.lua too)
@@ -123,6 +129,7 @@ DRAINING = f"{GLOBAL}:draining"
 BATCHES_DUE = f"{GLOBAL}:batches:due"  # named in scripts/lib_batches.lua too
 BATCHES_EXPIRY = f"{GLOBAL}:batches:expiry"
 BATCH_PREFIX = f"{GLOBAL}:batch:"
+DUE_TALLIES = f"{GLOBAL}:due:tallies"
 WF_DUE = f"{GLOBAL}:wf:due"  # named in scripts/lib_workflows.lua too
 PUSHED_CHANNEL = f"{PREFIX}:pushed"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # named in scripts/lib.lua too
@@ -174,6 +181,7 @@ class QueueKeys:
         "retries",
         "running",
         "scheduled",
+        "tallies",
         "waits",
         "working",
     )
@@ -201,6 +209,7 @@ class QueueKeys:
         self.buckets = f"{base}:buckets"
         self.refills = f"{base}:refills"
         self.batched = f"{base}:batched"
+        self.tallies = f"{base}:tallies"
         self.blocked = f"{base}:blocked"
         self.waits = f"{base}:waits"
         self.dependants = f"{base}:dependants"

@@ -14,7 +14,7 @@ for _, bid in ipairs(bids) do
   redis.call('ZREM', KEYS[1], bid)
   local b = batch_record(KEYS[2], bid)
   local s = batch_read(b)
-  redis.call('DEL', b)
+  redis.call('DEL', b, b .. ':told')
   redis.call('ZREM', KEYS[2], 'complete ' .. bid, 'success ' .. bid)
   if s and s.parent and not s.told_c then
     local p = batch_record(KEYS[2], s.parent)

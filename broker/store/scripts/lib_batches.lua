@@ -16,7 +16,8 @@ local batch_due = {n = 0}  -- callbacks this call marked due (reset as each call
 local function batch_keys(meta, index)
   local due = string.sub(index, 1, -5) .. 'batches:due'
   return {batched = string.sub(meta, 1, -5) .. 'batched', due = due,
-    expiry = string.sub(index, 1, -5) .. 'batches:expiry'}
+    expiry = string.sub(index, 1, -5) .. 'batches:expiry',
+    tallies = string.sub(meta, 1, -5) .. 'tallies'}
 end
 
 local function batch_record(due, bid)
@@ -77,6 +78,51 @@ local function batch_look(k, bid, now)
   end
 end
 
+-- What a job's push or end changes in its batch's record (a tally): 'join' (a job pushed into
+-- it), 'ok' (ACKed, never failed), 'okf' (ACKed after failing), 'fail' (its first failure, or
+-- an end without ACK, for good), 'pushed' / 'acked' (of its `kind` callback job).
+local function batch_tally_now(k, bid, op, kind, now)
+  local b = batch_record(k.due, bid)
+  if redis.call('EXISTS', b) == 0 then return end
+  if op == 'join' then
+    redis.call('HINCRBY', b, 'total', 1)
+    redis.call('HINCRBY', b, 'pending', 1)
+    return
+  elseif op == 'pushed' then
+    redis.call('ZREM', k.due, kind .. ' ' .. bid)
+    if redis.call('HGET', b, kind .. '_st') ~= '2' then redis.call('HSET', b, kind .. '_st', 1) end
+    return
+  elseif op == 'acked' then
+    redis.call('HSET', b, kind .. '_st', 2)
+  elseif op == 'ok' or op == 'okf' then
+    redis.call('HINCRBY', b, 'pending', -1)
+    redis.call('HINCRBY', b, op == 'okf' and 'failed' or 'ran', op == 'okf' and -1 or 1)
+  else
+    redis.call('HINCRBY', b, 'ran', 1)
+    redis.call('HINCRBY', b, 'failed', 1)
+  end
+  batch_look(k, bid, now)
+end
+
+-- Split mode: a tally made on the global keys once (`id`, '<jid>/<step>', is noted in the
+-- batch's told set), whether it comes from the call's outbox or from the queue's tallies hash
+-- (the same tally, kept there until the batches loop has applied it: a tally lost with an
+-- outbox is made by that loop then). Returns 1 when made now.
+AFTER.batch_tally = function(due, expiry, bid, id, op, kind, now)
+  local b = batch_record(due, bid)
+  if redis.call('EXISTS', b) == 0 or redis.call('SADD', b .. ':told', id) == 0 then return 0 end
+  batch_tally_now({due = due, expiry = expiry}, bid, op, kind, tonumber(now))
+  return 1
+end
+
+-- A tally for batch `bid` (the step `id` of one job, see AFTER.batch_tally): made now on one
+-- Redis; in split mode kept in the queue's tallies hash and sent in the outbox.
+local function batch_tally(k, bid, id, op, kind, now)
+  if not split then return batch_tally_now(k, bid, op, kind, now) end
+  redis.call('HSET', k.tallies, id, cjson.encode({bid, op, kind, now}))
+  defer('batch_tally', 2, k.due, k.expiry, bid, id, op, kind, now)
+end
+
 -- Jobs of a queue count towards their batches: outcome 'ok' (ACKed), 'fail' (failed, may run
 -- again), 'end' (ended other than by ACK, for good: dead purge, discard, cancel, expiry, ...).
 -- A callback job's ACK moves its state to 2. Jobs of no batch cost one HMGET. The jobs waiting
@@ -92,11 +138,7 @@ local function batch_count(meta, index, jids, outcome, now)
       local kind, bid = string.match(mark, '^(%a+):(.+)$')
       if kind then  -- a callback job
         if outcome ~= 'fail' then redis.call('HDEL', k.batched, jid) end
-        local b = batch_record(k.due, bid)
-        if outcome == 'ok' and redis.call('EXISTS', b) == 1 then
-          redis.call('HSET', b, kind .. '_st', 2)
-          batch_look(k, bid, now)
-        end
+        if outcome == 'ok' then batch_tally(k, bid, jid .. '/c', 'acked', kind, now) end
       else
         local failed = string.sub(mark, 1, 1) == '!'
         bid = failed and string.sub(mark, 2) or mark
@@ -105,16 +147,10 @@ local function batch_count(meta, index, jids, outcome, now)
         elseif not failed then
           redis.call('HSET', k.batched, jid, '!' .. bid)
         end
-        local b = batch_record(k.due, bid)
-        if redis.call('EXISTS', b) == 1 and (outcome == 'ok' or not failed) then
-          if outcome == 'ok' then
-            redis.call('HINCRBY', b, 'pending', -1)
-            redis.call('HINCRBY', b, failed and 'failed' or 'ran', failed and -1 or 1)
-          else
-            redis.call('HINCRBY', b, 'ran', 1)
-            redis.call('HINCRBY', b, 'failed', 1)
-          end
-          batch_look(k, bid, now)
+        if outcome == 'ok' then
+          batch_tally(k, bid, jid .. '/o', failed and 'okf' or 'ok', '', now)
+        elseif not failed then
+          batch_tally(k, bid, jid .. '/f', 'fail', '', now)
         end
       end
     end

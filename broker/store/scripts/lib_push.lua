@@ -10,7 +10,8 @@
 --       per queue, 5 finished channel, 6 now, 7 the queue's limits as the broker read them
 --       within the last second: '' none, 'D' draining (the queue or the broker), else its
 --       max_size, 8 'G' for a graph (all or nothing: see below) or '', 9 split mode's jid claims
---       (claim.lua: JSON, each job's index entry before its claim; '' on one Redis); then
+--       (claim.lua: JSON [each job's index entry before its claim, each job's batch verdict as
+--       batch_join() gives it]; '' on one Redis); then
 --       7-tuples (jid, payload, at, unique, expires, batch, after);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
 --       start | ttl | replace; expires '' or when the job expires (unix seconds); batch '' or
@@ -39,7 +40,7 @@
 -- ends 'replaced' and the new job takes the lock. A lock no longer held is taken over.
 -- Guarantees: a stored job's record, its jid index entry and its place in the queue or the
 -- schedule appear together, and so do a batch job's batched entry and its batch's total and
--- pending counts; a scheduled job's queue is in the due index no later than it is
+-- pending counts (split mode: its tally, batch_tally() in lib_batches.lua); a scheduled job's queue is in the due index no later than it is
 -- due; an enqueued job's queue is listed. Publishes the queue name when the queue goes from
 -- empty to non-empty, so FETCHes waiting on other broker processes wake up; events: pushed,
 -- scheduled. Each kind of write is one call for the whole batch (unique jobs cost more).
@@ -134,10 +135,14 @@ local function push_queue(KEYS, ARGV, graph)
     return true
   end
 
+  local claimed = split and cjson.decode(ARGV[9])  -- claim.lua: {index entries, batch verdicts}
+  local owners, batch_said = claimed and claimed[1], claimed and claimed[2]
   local bk = nil  -- the batch keys, named at the first job of a batch
-  -- Whether a job may join the batch `spec` names ('<index>' or '<index> <kind>'): 1 yes, 6 its
-  -- batch does not exist, 3 (a callback) the batch may not push it now. Reads only.
-  local function batch_join(spec)
+  -- Whether job i may join the batch `spec` names ('<index>' or '<index> <kind>'): 1 yes, 6
+  -- its batch does not exist, 3 (a callback) the batch may not push it now. Reads only (split
+  -- mode: the claim step read it, claim.lua).
+  local function batch_join(spec, i)
+    if split then return batch_said[i] end
     local index, kind = string.match(spec, '^(%d+) ?(%a*)$')
     local b = KEYS[tonumber(index)]
     if kind == '' then return redis.call('EXISTS', b) == 1 and 1 or 6 end
@@ -148,32 +153,27 @@ local function push_queue(KEYS, ARGV, graph)
 
   -- After the job `jid` was stored (result 1) or refused (result), with the batch `spec`: a job
   -- of the batch is counted and named in batched; a callback leaves the due zset (once decided)
-  -- and, pushed, moves its state to 1.
+  -- and, pushed, moves its state to 1 (split mode: also when an earlier attempt pushed it and
+  -- its tally was lost, the callback's jid being live here).
   local function batch_joined(spec, jid, result)
     local index, kind = string.match(spec, '^(%d+) ?(%a*)$')
-    local b = KEYS[tonumber(index)]
-    local bid = string.match(b, ':batch:(.+)$')
+    local bid = string.match(KEYS[tonumber(index)], ':batch:(.+)$')
     bk = bk or batch_keys(KEYS[16], KEYS[4])
     if kind == '' then
       if result ~= 1 then return end
-      redis.call('HINCRBY', b, 'total', 1)
-      redis.call('HINCRBY', b, 'pending', 1)
       redis.call('HSET', bk.batched, jid, bid)
-      return
-    end
-    if result == 1 or result == 3 or result == 6 then
-      redis.call('ZREM', bk.due, kind .. ' ' .. bid)
-    end
-    if result == 1 then
-      redis.call('HSET', b, kind .. '_st', 1)
-      redis.call('HSET', bk.batched, jid, kind .. ':' .. bid)
+      batch_tally(bk, bid, jid .. '/j', 'join', '', ARGV[6])
+    elseif result == 1 or split and result == 0 and live_here(KEYS[1], KEYS[7], jid) then
+      if result == 1 then redis.call('HSET', bk.batched, jid, kind .. ':' .. bid) end
+      batch_tally(bk, bid, jid .. '/p', 'pushed', kind, ARGV[6])
+    elseif result == 3 or result == 6 then
+      global('ZREM', bk.due, kind .. ' ' .. bid)
     end
   end
 
   local ending = graph and graph.ending or {}  -- holders a graph's replace pushes end
   local function arg(i, f) return ARGV[9 + 7 * (i - 1) + f] end
   local count = (#ARGV - 9) / 7
-  local owners = split and cjson.decode(ARGV[9])
   if not owners then
     local jids = {}
     for i = 1, count do jids[i] = arg(i, 1) end
@@ -207,7 +207,7 @@ local function push_queue(KEYS, ARGV, graph)
     if room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
       return 4
     end
-    if batch ~= '' and batch_join(batch) ~= 1 then return batch_join(batch) end
+    if batch ~= '' and batch_join(batch, i) ~= 1 then return batch_join(batch, i) end
     if after ~= '' then
       local code, dep = wf_check(KEYS[4], queue, after, graph and graph.here or taken, ending)
       if code ~= 1 then return code, dep end

@@ -3,7 +3,7 @@
 -- were claimed before (claim.lua): a job refused here gives its claim back after the call.
 local results = push_queue(KEYS, ARGV)
 if split then
-  local claims = cjson.decode(ARGV[9])
+  local claims = cjson.decode(ARGV[9])[1]
   for i, result in ipairs(results) do
     local owner = claims[i]
     if result ~= 1 and not names_live(owner) then
