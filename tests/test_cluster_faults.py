@@ -10,21 +10,27 @@ Each run ends with `hopper check --repair` mending what a death between a script
 step left (docs/cluster.md), then a clean `hopper check`."""
 
 import contextlib
+import json
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from chaos.figures import record
-from chaos.load import Ledger, Producer, Worker, wait_for
+from chaos.load import GIVE_UP, RETRY_DELAY, Client, Ledger, Lost, Producer, Worker, job, wait_for
 from chaos.marks import CHAOS
 from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.slots import key_slot
 from tests.cluster_rig import ClusterRig
 from tests.conftest import BrokerProcess, check_store
+from tests.wire import WireError
 
 ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5", "--reaper-interval", "0.2")
+BATCH_SIZE = 10  # jobs per batch of BatchProducer
+CALLBACKS = "callbacks"  # the queue of the batches' success callbacks
 
 
 @pytest.fixture
@@ -129,3 +135,113 @@ def test_a_master_killed_under_load(
     )
     if replicas:
         assert not lost
+
+
+class BatchProducer(threading.Thread):
+    """Batches of BATCH_SIZE jobs over `queues`, each with a success callback job in CALLBACKS,
+    one after the other until stopped: BATCH NEW, the jobs, BATCH COMMIT, each call sent again
+    until answered (a push that had landed answers `already in use`)."""
+
+    def __init__(self, port: int, ledger: Ledger, queues: list[str], prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.client = Client(port, ledger, {"hostname": "batches"})
+        self.ledger = ledger
+        self.queues = queues
+        self.prefix = prefix
+        self.committed: dict[str, str] = {}  # bid -> its callback's jid
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for n in range(10**6):
+                if self.stop.is_set():
+                    break
+                self.batch(n)
+        except BaseException as exc:
+            self.failure = exc
+        finally:
+            self.client.close()
+
+    def batch(self, n: int) -> None:
+        callback = f"{self.prefix}-cb-{n:05d}"
+        spec = {"success": {"jid": callback, "jobtype": "cb", "args": [], "queue": CALLBACKS}}
+        bid = self.answered("BATCH", "NEW " + json.dumps(spec)).decode()
+        for i in range(BATCH_SIZE):
+            jid = f"{self.prefix}-{n:05d}-{i}"
+            pushed = job(jid, self.queues[i % len(self.queues)], 2)
+            pushed["custom"]["bid"] = bid
+            self.answered("PUSH", pushed)
+            self.ledger.pushed[jid] = time.time()
+        self.answered("BATCH", f"COMMIT {bid}")
+        self.committed[bid] = callback
+
+    def answered(self, verb: str, arg: Any) -> Any:
+        deadline = time.monotonic() + GIVE_UP
+        while time.monotonic() < deadline:
+            try:
+                return self.client.call(verb, arg)
+            except WireError as exc:
+                if verb == "PUSH" and "already in use" in str(exc):
+                    return None
+                self.ledger.error(exc)
+            except Lost:
+                pass
+            time.sleep(RETRY_DELAY)
+        raise RuntimeError(f"{verb} did not get through in {GIVE_UP}s")
+
+
+@pytest.mark.parametrize("run", [pytest.param(1, marks=CHAOS)])
+def test_batches_complete_across_a_master_kill(
+    cluster_brokers: Callable[..., BrokerProcess], redis_cluster: ClusterRig, run: int
+) -> None:
+    """Batches whose jobs are in queues on every master, their callbacks in another, while the
+    master of the batch records ({g}) is SIGKILLed: the tallies its failover lost are made by
+    the batches loop, so every committed batch succeeds and its callback runs."""
+    rig = redis_cluster
+    brokers = [cluster_brokers("--push-replicas", "1") for _ in range(2)]
+    queues = spread_queues(rig, 1)
+    ledger = Ledger()
+    producers = [BatchProducer(brokers[i].port, ledger, queues, f"b{i}") for i in range(2)]
+    workers = [
+        Worker(brokers[i % 2].port, ledger, queue, f"w-{queue}")
+        for i, queue in enumerate([*queues, CALLBACKS])
+    ]
+    for thread in (*producers, *workers):
+        thread.start()
+
+    def batches(more: int) -> None:
+        target = sum(len(p.committed) for p in producers) + more
+        wait_for(lambda: sum(len(p.committed) for p in producers) >= target, 120, "batches")
+
+    batches(20)
+    victim = rig.owner(key_slot(keys.JIDS))
+    replica = rig.kill(victim)
+    rig.promoted(replica)
+    rig.restart_as_replica(victim)
+    batches(20)
+    for producer in producers:
+        producer.stop.set()
+    for producer in producers:
+        producer.join(60)
+        assert producer.failure is None, producer.failure
+    committed = {bid: cb for p in producers for bid, cb in p.committed.items()}
+    wait_for(lambda: not ledger.missing(), 120, "every pushed job run")
+    wait_for(lambda: set(committed.values()) <= set(ledger.done), 120, "every callback run")
+    for worker in workers:
+        worker.stop.set()
+    for worker in workers:
+        worker.join(60)
+        assert worker.failure is None, worker.failure
+    statuses = [json.loads(Client(brokers[0].port, ledger, {}).call("BATCH", f"STATUS {bid}"))
+                for bid in committed]  # fmt: skip
+    assert {(s["total"], s["pending"]) for s in statuses} == {(BATCH_SIZE, 0)}
+    repaired = check_store(rig.url, repair=True)
+    check_store(rig.url)
+    record(
+        "cluster-master-kill-batches",
+        batches=len(committed),
+        jobs=len(ledger.pushed),
+        duplicates=len(ledger.duplicates()),
+        repaired=repaired,
+    )
