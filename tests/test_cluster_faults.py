@@ -241,7 +241,9 @@ def test_batches_complete_across_a_master_kill(
     record(
         "cluster-master-kill-batches",
         batches=len(committed),
-        jobs=len(ledger.pushed),
+        pushed=len(ledger.pushed),
+        kills=1,
+        lost=len(ledger.missing()),
         duplicates=len(ledger.duplicates()),
         repaired=repaired,
     )
