@@ -7,6 +7,7 @@ is refused in one line."""
 import json
 
 import pytest
+import redis
 import trio
 
 from hopper_broker.app import App
@@ -97,3 +98,14 @@ async def test_what_split_mode_does_not_serve_yet_is_refused(brokers: list[App])
     with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
         await w.call("PUSH", job("jid-after", custom={"after": ["jid-0001"]}))
     assert await w.call("PUSH", job("jid-0002")) == b"OK"  # the connection serves on
+
+
+async def test_info_counts_the_memory_of_every_master(
+    brokers: list[App], redis_cluster: ClusterRig
+) -> None:
+    w = await Wire.open(brokers[0].port, hello={})
+    shown = json.loads(await w.call("INFO"))["server"]["used_memory_mb"] * 2**20
+    each = [
+        redis.Redis(port=port).info("memory")["used_memory"] for port in redis_cluster.masters()
+    ]
+    assert abs(shown - sum(each)) <= 2**20  # rounded to a MB, and the masters' memory moves

@@ -111,14 +111,17 @@ class ClusterPipeline:
     async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
         """How many replicas have every write sent so far, on every master (WAIT on each
         master's connection at once): the fewest of them."""
-        names = [name for name in self.map.masters if name in self._nodes]
-        wait = ("WAIT", replicas, timeout_ms)
-        acked = await self._gather({name: [0] for name in names}, [wait], self._generation)
-        counts = [reply[0] for reply in acked.values()]
+        counts = await self.on_every_master("WAIT", replicas, timeout_ms)
         for count in counts:
             if isinstance(count, ReplyError):
                 raise count
         return min((int(c) for c in counts), default=0)
+
+    async def on_every_master(self, *args: Any) -> list[Any]:
+        """One command on every master it is connected to, at once: their replies."""
+        names = [name for name in self.map.masters if name in self._nodes]
+        found = await self._gather({name: [0] for name in names}, [args], self._generation)
+        return [replies[0] for replies in found.values()]
 
     def node_address(self) -> Address:
         """A master's address, another at each call (the seeds before the map is known)."""

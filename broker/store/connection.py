@@ -77,6 +77,9 @@ class Connection(Protocol):
     async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
         """How many replicas have every write sent so far (WAIT)."""
 
+    async def on_every_master(self, *args: Any) -> list[Any]:
+        """One command on every node that holds data (one Redis: itself): their replies."""
+
     def node_address(self) -> Address:
         """A node to subscribe to (pub/sub)."""
 
@@ -122,6 +125,9 @@ class Pipeline:
 
     def node_address(self) -> Address:
         return self.address
+
+    async def on_every_master(self, *args: Any) -> list[Any]:
+        return [await self.execute(*args)]
 
     def master_addresses(self) -> list[Address]:
         return [self.address]

@@ -4,6 +4,7 @@ behind INFO."""
 from collections.abc import Sequence
 from typing import Any
 
+from hopper_broker.store.address import ReplyError
 from hopper_broker.store.base import Redis, Script, text
 from hopper_broker.store.jobs import JobStore
 from hopper_broker.store.keys import DRAINING, DUE, JIDS, QUEUES, SETS, STATS
@@ -154,11 +155,15 @@ class QueueStore:
         return {f: int(v or 0) for f, v in zip(fields, values, strict=True)}
 
     async def used_memory(self) -> int:
-        info = text(await self.redis.execute("INFO", "memory"))
-        for line in info.splitlines():
-            if line.startswith("used_memory:"):
-                return int(line.split(":", 1)[1])
-        return 0
+        """Redis's used_memory, every master's together on a cluster."""
+        used = 0
+        for info in await self.redis.pipeline.on_every_master("INFO", "memory"):
+            if isinstance(info, ReplyError):
+                raise info
+            for line in text(info).splitlines():
+                if line.startswith("used_memory:"):
+                    used += int(line.split(":", 1)[1])
+        return used
 
 
 # the meta fields INFO shows (not the rates' bookkeeping, nor notes for the scripts)
