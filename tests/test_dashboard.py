@@ -1,4 +1,5 @@
-"""The dashboard over real HTTP (no browser): settings and refusals, login, CSRF, actions."""
+"""The dashboard over real HTTP (no browser): settings and refusals, login, CSRF, actions; as on
+one Redis, in split mode and on the cluster rig."""
 
 import json
 import re
@@ -15,6 +16,8 @@ from hopper_broker.web import set_actions
 from tests.conftest import StartBroker, eventually
 from tests.proxy import BlackholeProxy
 from tests.wire import Wire, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

@@ -1,15 +1,19 @@
 """/metrics after a known workload, parsed by the Prometheus client's own parser: every
-documented metric is there with the values the workload implies."""
+documented metric is there with the values the workload implies; as on one Redis, in split
+mode and on the cluster rig."""
 
 import re
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hopper_broker.app import App
 from tests.conftest import StartBroker
 from tests.wire import Wire, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 DOC = Path(__file__).parent.parent / "docs" / "dashboard.md"
 
