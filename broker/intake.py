@@ -8,7 +8,7 @@ unique lock, a full or draining queue, a cron tick already enqueued.
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import trio
 
@@ -110,24 +110,27 @@ class Intake:
         if graph is not None:
             if graph:
                 await self._store_graph(jobs, graph, now, claim, outcomes)
-            await self._replicated(outcomes, since)
+            await self._replicated(outcomes, since, {job.queue for job in jobs})
             return outcomes
         for i, entry in prepared:
             by_queue[jobs[i].queue].append((i, entry))
         for queue, items in by_queue.items():
             for start in range(0, len(items), PUSH_BATCH):
                 await self._store(queue, items[start : start + PUSH_BATCH], now, claim, outcomes)
-        await self._replicated(outcomes, since)
+        await self._replicated(outcomes, since, by_queue.keys())
         return outcomes
 
-    async def _replicated(self, outcomes: list[BrokerError | None], since: int) -> None:
-        """With push_replicas, the jobs stored are answered +OK only once that many replicas
-        have them (WAIT); otherwise they get an error saying so (they stay stored)."""
+    async def _replicated(
+        self, outcomes: list[BrokerError | None], since: int, queues: Iterable[str]
+    ) -> None:
+        """With push_replicas, the jobs stored (in `queues`) are answered +OK only once that
+        many replicas have them (WAIT); otherwise they get an error saying so (they stay
+        stored)."""
         config = self.settings()
         wanted = config.push_replicas
         if not wanted or all(outcome is not None for outcome in outcomes):
             return
-        acked = await self.store.replicated(wanted, config.push_replicas_timeout, since)
+        acked = await self.store.replicated(wanted, config.push_replicas_timeout, since, queues)
         if acked < wanted:
             unsafe = BrokerError(
                 f"stored, but copied to {acked} of {wanted} Redis replicas within "

@@ -5,15 +5,17 @@ the other; push_replicas waits for a replica of each master; what split mode doe
 is refused in one line."""
 
 import json
+import signal
 
 import pytest
 import redis
 import trio
 
 from hopper_broker.app import App
+from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.slots import key_slot
-from tests.cluster_rig import ClusterRig
+from tests.cluster_rig import ClusterRig, wait_for
 from tests.conftest import test_config
 from tests.wire import Wire, WireError, job
 
@@ -109,3 +111,27 @@ async def test_info_counts_the_memory_of_every_master(
         redis.Redis(port=port).info("memory")["used_memory"] for port in redis_cluster.masters()
     ]
     assert abs(shown - sum(each)) <= 2**20  # rounded to a MB, and the masters' memory moves
+
+
+async def test_push_replicas_waits_on_the_masters_a_push_wrote_only(
+    redis_cluster: ClusterRig, nursery: trio.Nursery
+) -> None:
+    """A master whose replica stops answering holds back the pushes that wrote to it (their
+    reply says so), not those of queues on other masters."""
+    redis_cluster.flush()
+    app = App(test_config(redis_cluster.url, push_replicas=1, push_replicas_timeout=0.5))
+    await nursery.start(app.run)
+    home = redis_cluster.owner(key_slot(keys.JIDS))  # a push writes there and to its queue's
+    away = next(port for port in redis_cluster.masters() if port != home)
+    on = {redis_cluster.owner(key_slot(QueueKeys(q).jobs)): q for q in QUEUES}
+    (replica, *_) = redis_cluster.replicas(away)
+    frozen = redis_cluster.processes[replica]
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        w = await Wire.open(app.port, hello={})
+        assert await w.call("PUSH", job("free-0001", queue=on[home])) == b"OK"
+        with pytest.raises(WireError, match="copied to 0 of 1 Redis replicas"):
+            await w.call("PUSH", job("held-0001", queue=on[away]))
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        await trio.to_thread.run_sync(wait_for, redis_cluster.replicated, "replicas back")

@@ -27,7 +27,7 @@ from hopper_broker.errors import RedisUnavailable
 from hopper_broker.store.address import Address, ReplyError
 from hopper_broker.store.cluster_map import ClusterAddress, SlotMap, parse_node_name
 from hopper_broker.store.connection import RECONNECT_DELAYS, Pipeline
-from hopper_broker.store.slots import SLOTS, CommandKeys, one_slot
+from hopper_broker.store.slots import SLOTS, CommandKeys, key_slot, one_slot
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,15 @@ class ClusterPipeline:
         is reloaded (as Pipeline.connections for one Redis)."""
         return self.refreshes + sum(node.pipeline.connections for node in self._nodes.values())
 
-    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
-        """How many replicas have every write sent so far, on every master (WAIT on each
-        master's connection at once): the fewest of them."""
-        counts = await self.on_every_master("WAIT", replicas, timeout_ms)
+    async def wait_replicas(self, replicas: int, timeout_ms: int, keys: Sequence[str]) -> int:
+        """How many replicas have every write sent so far, on the masters of `keys` (WAIT on
+        each one's connection at once): the fewest of them. A slot that moved since the
+        writes counts for nothing: the caller sees the map reloaded (connections)."""
+        owners = {self.map.owners[key_slot(key)] for key in keys}
+        names = [name for name in self.map.masters if name in owners and name in self._nodes]
+        wait = ("WAIT", replicas, timeout_ms)
+        found = await self._gather({name: [0] for name in names}, [wait], self._generation)
+        counts = [replies[0] for replies in found.values()]
         for count in counts:
             if isinstance(count, ReplyError):
                 raise count

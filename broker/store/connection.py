@@ -74,8 +74,8 @@ class Connection(Protocol):
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Several commands' replies, in order."""
 
-    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
-        """How many replicas have every write sent so far (WAIT)."""
+    async def wait_replicas(self, replicas: int, timeout_ms: int, keys: Sequence[str]) -> int:
+        """How many replicas have every write sent so far (WAIT), on the nodes of `keys`."""
 
     async def on_every_master(self, *args: Any) -> list[Any]:
         """One command on every node that holds data (one Redis: itself): their replies."""
@@ -116,8 +116,9 @@ class Pipeline:
         """Send one command and return its reply; raises ReplyError or RedisUnavailable."""
         return (await self._call([hiredis.pack_command(args)]))[0]
 
-    async def wait_replicas(self, replicas: int, timeout_ms: int) -> int:
-        """How many replicas have every write sent so far on this connection (WAIT)."""
+    async def wait_replicas(self, replicas: int, timeout_ms: int, keys: Sequence[str]) -> int:
+        """How many replicas have every write sent so far on this connection (WAIT); `keys`
+        name the writes (all on this node)."""
         acked = await self.execute("WAIT", replicas, timeout_ms)
         if isinstance(acked, ReplyError):
             raise acked

@@ -1,12 +1,14 @@
 """The store: the only way into Redis. Job moves, queue-wide operations, jobs by jid and the
 worker registry, each in its own module, over one auto-pipelining connection."""
 
+from collections.abc import Iterable
+
 from hopper_broker.store.base import Redis, text
 from hopper_broker.store.batches import BatchStore
 from hopper_broker.store.connection import Connection
 from hopper_broker.store.history import HistoryStore
 from hopper_broker.store.jobs import JobStore
-from hopper_broker.store.keys import CRON, SCHEMA_KEY, SPLIT_MARK
+from hopper_broker.store.keys import CRON, JIDS, SCHEMA_KEY, SPLIT_MARK
 from hopper_broker.store.listing import ListingStore
 from hopper_broker.store.queues import QueueStore
 from hopper_broker.store.sets import SetStore
@@ -37,11 +39,16 @@ class Store:
         """Which connection to Redis this is (a number that changes when it reconnects)."""
         return self.redis.pipeline.connections
 
-    async def replicated(self, replicas: int, timeout: float, since: int) -> int:
-        """How many replicas acknowledged every write sent so far, waiting up to `timeout`
-        seconds for `replicas` of them (WAIT); 0 when the connection changed after `since`
-        (connection()): the writes of an earlier connection cannot be vouched for."""
-        acked = await self.redis.pipeline.wait_replicas(replicas, max(int(timeout * 1000), 1))
+    async def replicated(
+        self, replicas: int, timeout: float, since: int, queues: Iterable[str]
+    ) -> int:
+        """How many replicas acknowledged every write sent so far to the nodes of `queues`
+        and of the global keys, waiting up to `timeout` seconds for `replicas` of them
+        (WAIT); 0 when the connection changed after `since` (connection(): a cluster's slot
+        map reloaded counts): the writes of an earlier connection cannot be vouched for."""
+        written = [JIDS, *(self.jobs.keys(queue).jobs for queue in queues)]
+        timeout_ms = max(int(timeout * 1000), 1)
+        acked = await self.redis.pipeline.wait_replicas(replicas, timeout_ms, written)
         return acked if self.connection() == since else 0
 
     async def redis_version(self) -> tuple[int, ...]:
