@@ -14,7 +14,8 @@ import trio
 from hopper_broker.config import Config
 from hopper_broker.errors import StartError
 from hopper_broker.redis_server import EmbeddedRedis, answers_ping
-from hopper_broker.store.audit import Auditor, Report
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.audit_part import Report
 from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.redis import Store
 

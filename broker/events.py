@@ -151,46 +151,67 @@ class EventHub:
     async def _listen(self, *, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
         """Listen on the events channel until cancelled; reports once listening."""
         with trio.CancelScope() as scope:
-            started = False
-            while True:
-                try:
-                    address = self.address()
-                    subscriber = Subscriber(address, (EVENTS_CHANNEL,), self.timeout)
-                    async with subscriber.open() as messages, trio.open_nursery() as gates:
-                        await gates.start(self._hold_gates, address)
-                        if not started:
-                            task_status.started(scope)
-                            started = True
-                        async for _, data in messages:
-                            self.deliver(data)
-                except CONNECTION_ERRORS as exc:
-                    if not started:
-                        raise CommandError(f"cannot listen for events: {exc}") from None
-                    log.warning("event stream lost (%s); listening again", exc)
-                except Exception:  # a bug must not stop the broker: log it and listen again
-                    if not started:
-                        raise
-                    log.exception("event stream failed; listening again")
-                for subscription in self.subscriptions:
-                    subscription.lost_track()
-                await trio.sleep(RESUBSCRIBE_DELAY)
+            async with trio.open_nursery() as nursery:  # the gates (see the module's note)
+                started = False
+                while True:
+                    gates = await self._listen_once(nursery, scope, started, task_status)
+                    started = True
+                    gates.cancel()
+                    for subscription in self.subscriptions:
+                        subscription.lost_track()
+                    await trio.sleep(RESUBSCRIBE_DELAY)
+
+    async def _listen_once(
+        self,
+        nursery: trio.Nursery,
+        scope: trio.CancelScope,
+        started: bool,
+        task_status: trio.TaskStatus[trio.CancelScope],
+    ) -> trio.CancelScope:
+        """Listen on one master until the link breaks, the other masters' gates held from
+        `nursery`; reports `scope` once listening unless `started`. Returns the gates' scope."""
+        gates = trio.CancelScope()
+        try:
+            address = self.address()
+            subscriber = Subscriber(address, (EVENTS_CHANNEL,), self.timeout)
+            async with subscriber.open() as messages:
+                gates = await nursery.start(self._hold_gates, address)
+                if not started:
+                    task_status.started(scope)
+                    started = True
+                async for _, data in messages:
+                    self.deliver(data)
+        except CONNECTION_ERRORS as exc:
+            if not started:
+                raise CommandError(f"cannot listen for events: {exc}") from None
+            log.warning("event stream lost (%s); listening again", exc)
+        except Exception:  # a bug must not stop the broker: log it and listen again
+            if not started:
+                raise
+            log.exception("event stream failed; listening again")
+        return gates
 
     async def _hold_gates(
-        self, listening_on: Address, *, task_status: trio.TaskStatus[None]
+        self, listening_on: Address, *, task_status: trio.TaskStatus[trio.CancelScope]
     ) -> None:
         """Hold the gate channel on every master but the one listened on, following the
-        cluster's masters as they change; reports once each has been tried."""
+        cluster's masters as they change; reports (its cancel scope) once each has been tried.
+        A master gated later may have published nothing meanwhile: subscribers are told."""
         held: dict[str, trio.CancelScope] = {}
-        async with trio.open_nursery() as nursery:
-            while True:
-                wanted = {a.url: a for a in self.masters() if a.url != listening_on.url}
-                for url in held.keys() - wanted.keys():
-                    held.pop(url).cancel()
-                for url in wanted.keys() - held.keys():
-                    held[url] = await nursery.start(self._hold_gate, wanted[url])
-                task_status.started()
-                task_status = trio.TASK_STATUS_IGNORED
-                await trio.sleep(GATES_CHECKED)
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    wanted = {a.url: a for a in self.masters() if a.url != listening_on.url}
+                    for url in held.keys() - wanted.keys():
+                        held.pop(url).cancel()
+                    for url in wanted.keys() - held.keys():
+                        held[url] = await nursery.start(self._hold_gate, wanted[url])
+                        if task_status is trio.TASK_STATUS_IGNORED:  # not in the first round
+                            for subscription in self.subscriptions:
+                                subscription.lost_track()
+                    task_status.started(scope)
+                    task_status = trio.TASK_STATUS_IGNORED
+                    await trio.sleep(GATES_CHECKED)
 
     async def _hold_gate(
         self, address: Address, *, task_status: trio.TaskStatus[trio.CancelScope]
@@ -207,6 +228,8 @@ class EventHub:
                             pass
                 except CONNECTION_ERRORS as exc:
                     log.warning("event gate on %s lost (%s); again", address.display, exc)
+                except Exception:  # a bug must not stop the broker: log it and hold it again
+                    log.exception("event gate on %s failed; again", address.display)
                 task_status.started(scope)
                 task_status = trio.TASK_STATUS_IGNORED
                 for subscription in self.subscriptions:

@@ -13,7 +13,8 @@ import trio
 
 from hopper_broker.app import App
 from hopper_broker.store import keys
-from hopper_broker.store.audit import Auditor, Report
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.audit_part import Report
 from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.keys import DUE, QueueKeys
 from hopper_broker.store.redis import Store
@@ -198,32 +199,32 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
 async def test_each_problem_is_found_and_repaired(
     store: Store, rdb: redis.Redis, damage: Damage, expected: list[tuple[str, str, str]]
 ) -> None:
-    assert (await Auditor(store).run()).problems == []
+    assert (await Auditor(store, settle=0).run()).problems == []
     damage(rdb)
-    found = await Auditor(store).run()
+    found = await Auditor(store, settle=0).run()
     assert kinds(found) == expected and not found.clean
-    repaired = await Auditor(store, repair=True).run()
+    repaired = await Auditor(store, repair=True, settle=0).run()
     assert kinds(repaired) == expected and repaired.clean
-    assert (await Auditor(store).run()).problems == []
+    assert (await Auditor(store, settle=0).run()).problems == []
 
 
 async def test_repairs_keep_every_job(store: Store, rdb: redis.Redis) -> None:
     no_place(rdb)
-    await Auditor(store, repair=True).run()
+    await Auditor(store, repair=True, settle=0).run()
     assert rdb.lrange(A.queue, 0, -1) == ["jid-0001"]  # a job in no place runs again
 
 
 async def test_two_places_keep_the_most_advanced(store: Store, rdb: redis.Redis) -> None:
     two_places(rdb)
     rdb.zadd(A.working, {"jid-0001": 9})
-    await Auditor(store, repair=True).run()
+    await Auditor(store, repair=True, settle=0).run()
     assert rdb.llen(A.queue) == 0 and rdb.zcard(A.retries) == 0
     assert rdb.zscore(A.working, "jid-0001") == 9  # a worker holds it
 
 
 async def test_jid_in_two_queues_gets_a_new_jid(store: Store, rdb: redis.Redis) -> None:
     jid_in_two_queues(rdb)
-    await Auditor(store, repair=True).run()
+    await Auditor(store, repair=True, settle=0).run()
     assert rdb.lrange(A.queue, 0, -1) == ["jid-0001-a"]
     assert json.loads(rdb.hget(A.jobs, "jid-0001-a"))["jid"] == "jid-0001-a"
     assert rdb.hgetall(keys.JIDS) == {"jid-0001": "b", "jid-0001-a": "a"}
@@ -231,7 +232,7 @@ async def test_jid_in_two_queues_gets_a_new_jid(store: Store, rdb: redis.Redis) 
 
 async def test_an_old_or_missing_schema_is_reported(store: Store, rdb: redis.Redis) -> None:
     rdb.delete(keys.SCHEMA_KEY)
-    report = await Auditor(store, repair=True).run()
+    report = await Auditor(store, repair=True, settle=0).run()
     assert [p.kind for p in report.problems] == ["schema"] and not report.clean
 
 

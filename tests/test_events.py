@@ -6,11 +6,14 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+import redis
 import trio
 
 from hopper_broker.app import App
-from hopper_broker.events import Filter, Subscription
-from tests.conftest import StartBroker
+from hopper_broker.events import EventHub, Filter, Subscription
+from hopper_broker.store.address import Address
+from hopper_broker.store.keys import EVENTS_CHANNEL
+from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
 
 pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
@@ -123,3 +126,22 @@ def test_a_slow_subscriber_is_told_what_it_missed() -> None:
     subscription.lost_track()
     subscription.offer(b'{"event":"x"}')
     assert list(subscription.lines)[-2:] == [b'{"event":"missed"}', b'{"event":"x"}']
+
+
+@pytest.mark.parametrize("store_mode", ["one"], indirect=True)
+async def test_a_lost_event_stream_is_logged_as_lost_and_heard_again(
+    nursery: trio.Nursery, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis dropping the listening connection is a warning, not a bug's traceback, and the
+    broker listens again."""
+    address = Address(redis_url)
+    hub = EventHub(lambda: address, lambda: [address], lambda: 100, lambda: 5.0)
+    await nursery.start(hub.run)
+    db = redis.Redis.from_url(redis_url)
+    async with hub.subscribe(b""):
+        db.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await eventually(lambda: db.pubsub_numsub(EVENTS_CHANNEL)[0][1] == 1)  # heard again
+    db.close()
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("event stream lost" in m for m in messages), messages
+    assert not any("failed" in m for m in messages), messages

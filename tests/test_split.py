@@ -6,7 +6,7 @@ broker that dies between the two steps leaves nothing `hopper check --repair` ca
 no job lost."""
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from hopper_broker.manager import Manager
 from hopper_broker.store import keys
 from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor
-from hopper_broker.store.base import Redis
+from hopper_broker.store.base import Redis, Script, Visit
 from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.cluster_map import ClusterAddress
 from hopper_broker.store.connection import Pipeline
@@ -321,3 +321,89 @@ async def test_batch_tallies_lost_with_their_outbox_are_made_once_by_the_batches
     rdb.zadd(keys.DUE_TALLIES, {"default": NOW})
     await healthy.batches.tick(NOW + TALLY_SWEEP)
     assert (await healthy.batches.status(bid)).pending == 0  # once each (the told set)
+
+
+async def test_a_job_ended_before_its_batch_counted_it_does_not_complete_the_batch(
+    nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    """A broker dies after a batch job's push script (its join kept in the queue only); the
+    job is then fetched and ACKed through another broker before the batches loop came: its
+    end brings its join along, so the batch does not count it done before it counted it in,
+    and the success callback waits for the batch's other job."""
+    dying = await split_manager(nursery, redis_url, rdb, DiesAfterScripts)
+    healthy = await split_manager(nursery, redis_url, rdb, Redis)
+    callback = {"jid": "callback-01", "jobtype": "Done", "queue": "cbs", "args": []}
+    bid = await healthy.batches.new(json.dumps({"success": callback}).encode(), NOW)
+    await dying.push(new("member-0001", custom={"bid": bid}), NOW)
+    await healthy.push(new("member-0002", custom={"bid": bid}), NOW)
+    await healthy.batches.commit(bid, NOW)
+    fetched = await healthy.fetch(["default"], "w1", NOW)
+    assert fetched is not None and fetched.jid == "member-0001"
+    await healthy.ack("member-0001", "default", NOW, "w1")
+    status = await healthy.batches.status(bid)
+    assert (status.total, status.pending) == (2, 1)
+    assert rdb.llen(QueueKeys("cbs").queue) == 0  # member-0002 has not run
+
+
+class PushWaits(Redis):
+    """A store whose next push script waits for `between` (another broker's whole push landing
+    between this push's claim and its script)."""
+
+    between: Callable[[], Awaitable[Any]] | None = None
+
+    async def run(
+        self, script: Script, keys_: Sequence[str], args: Sequence[Any], visit: Visit = None
+    ) -> Any:
+        if script.name == "push" and self.between is not None:
+            step, self.between = self.between, None
+            await step()
+        return await super().run(script, keys_, args, visit)
+
+
+async def test_two_brokers_pushing_one_callback_at_once_push_it_once(
+    nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    """Both brokers fire a due callback; the second claims it between the first's claim and
+    its script: the callback is stored once, and its jid stays indexed."""
+    first = await split_manager(nursery, redis_url, rdb, PushWaits)
+    second = await split_manager(nursery, redis_url, rdb, Redis)
+    callback = {"jid": "callback-01", "jobtype": "Done", "queue": "cbs", "args": []}
+    bid = await second.batches.new(json.dumps({"success": callback}).encode(), NOW)
+    assert await second.store.batches.commit(bid, NOW, NOW + 1000) == 1  # due, not pushed
+    assert isinstance(first.store.redis, PushWaits)
+    first.store.redis.between = lambda: second.batches.fire(NOW)
+    await first.batches.fire(NOW)
+    assert rdb.lrange(QueueKeys("cbs").queue, 0, -1) == ["callback-01"]
+    assert rdb.hget(keys.JIDS, "callback-01") == "cbs"
+    assert (await second.batches.status(bid)).success_st == "1"
+
+
+class InspectedFirst(Redis):
+    """A store that runs `between` once, right after its first inspect script."""
+
+    between: Callable[[], Awaitable[Any]] | None = None
+
+    async def run(
+        self, script: Script, keys_: Sequence[str], args: Sequence[Any], visit: Visit = None
+    ) -> Any:
+        reply = await super().run(script, keys_, args, visit)
+        if script.name == "inspect" and self.between is not None:
+            step, self.between = self.between, None
+            await step()
+        return reply
+
+
+async def test_a_check_meeting_a_push_in_flight_leaves_it_alone(
+    nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    """`hopper check --repair` meets a push between its claim and its script: the claim looks
+    like an index entry without a job, but a first look in split mode changes nothing, and by
+    the second look the job is there."""
+    manager = await split_manager(nursery, redis_url, rdb, InspectedFirst)
+    await manager.store.redis.run(CLAIM, CLAIM_KEYS, ("default", "", "", 1, "jid-0001", ""))
+    assert isinstance(manager.store.redis, InspectedFirst)
+    manager.store.redis.between = lambda: manager.push(new("jid-0001"), NOW)
+    report = await Auditor(manager.store, repair=True, settle=0.01).run()
+    assert report.problems == []
+    assert rdb.hget(keys.JIDS, "jid-0001") == "default"
+    assert rdb.lrange(K.queue, 0, -1) == ["jid-0001"]

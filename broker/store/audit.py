@@ -9,16 +9,22 @@ with waiting jobs is listed; every worker record has its heartbeat entry and the
 
 The walk reads in batches while brokers keep working, so what it sees may be mid-change; every
 suspect is therefore looked at again by one atomic script (inspect.lua and friends), which
-reports only what it sees itself and, with repair, fixes it in the same step.
+reports only what it sees itself and, with repair, fixes it in the same step. In split mode a
+move's global writes follow its script (docs/cluster.md), so what inspect.lua and
+queue_check.lua find may be a second step on its way: their first look changes and reports
+nothing, and what it found is looked at again `settle` seconds later.
 """
 
+import functools
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
+import trio
 
 from hopper_broker.store import keys
+from hopper_broker.store.audit_part import Problem, Report
 from hopper_broker.store.base import Script, text
 from hopper_broker.store.batch_audit import BatchAuditor
 from hopper_broker.store.history_audit import HistoryAuditor
@@ -43,54 +49,21 @@ ATTACHED_CHECK = Script("attached_check")
 EXPIRY_CHECK = Script("expiry_check")
 
 BATCH = 500  # entries read per Redis call
+SETTLE = 1.0  # seconds before a split-mode suspect is looked at again
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
 PLACES = (*ORDER, "finished", "blocked")  # every sorted set a record can be in
-
-
-class Problem(msgspec.Struct):
-    """One broken invariant: what, where, and whether it was repaired."""
-
-    kind: str
-    queue: str = ""
-    jid: str = ""
-    detail: str = ""
-    repaired: bool = False
-
-    def describe(self) -> str:
-        where = " ".join(
-            part for part in (f"queue {self.queue}" if self.queue else "", self.jid) if part
-        )
-        detail = f" ({self.detail})" if self.detail else ""
-        return f"{self.kind}: {where}{detail}" + (" - repaired" if self.repaired else "")
-
-
-class Report(msgspec.Struct):
-    """What a check saw."""
-
-    queues: int = 0
-    jobs: int = 0
-    workers: int = 0
-    problems: list[Problem] = msgspec.field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return all(p.repaired for p in self.problems)
-
-    def summary(self) -> str:
-        repaired = sum(p.repaired for p in self.problems)
-        text_ = f"checked {self.queues} queues, {self.jobs} jobs, {self.workers} workers: "
-        text_ += f"{len(self.problems)} problems"
-        return text_ + (f", {repaired} repaired" if repaired else "")
 
 
 class Auditor:
     """Checks (and with `repair`, mends) one store."""
 
-    def __init__(self, store: Store, *, repair: bool = False) -> None:
+    def __init__(self, store: Store, *, repair: bool = False, settle: float = SETTLE) -> None:
         self.store = store
         self.redis = store.redis
         self.repair = repair
+        self.settle = settle
         self.report = Report()
+        self._again: list[Callable[[], Awaitable[None]]] = []  # split mode: second looks
         self._seen: set[str] = set()  # jids the queue walk looked at: the index walk skips them
         self._lane_keys: dict[str, list[str]] = {}  # queue -> ids of the lane keys SCAN found
 
@@ -109,6 +82,10 @@ class Auditor:
         await BatchAuditor(self.store, self._problem, repair=self.repair).run(queues)
         await WorkflowAuditor(self.store, self._problem, repair=self.repair).run(queues)
         await HistoryAuditor(self.store, self._problem, repair=self.repair).run()
+        if self._again:
+            await trio.sleep(self.settle)
+            for look in self._again:
+                await look()
         return self.report
 
     def _problem(
@@ -133,27 +110,8 @@ class Auditor:
 
     async def _check_queue(self, queue: str) -> None:
         self.report.queues += 1
+        await self._queue_check(queue)
         k = self.store.jobs.keys(queue)
-        dues = [DUE[n] for n in (*ORDER, "finished")]
-        reads = [("SISMEMBER", QUEUES, queue), *(("ZSCORE", due, queue) for due in dues)]
-        problems = await self.redis.run(
-            QUEUE_CHECK,
-            (
-                k.queue,
-                QUEUES,
-                *(k.zset(n) for n in (*ORDER, "finished")),
-                *dues,
-                k.prioritized,
-                k.meta,
-            ),
-            (
-                queue,
-                self._flag,
-                await self.redis.read_first(reads),
-                *self._lane_keys.get(queue, ()),
-            ),
-        )
-        self._note(queue, "", problems)
         listed: Counter[str] = Counter()
         for start in range(0, await self.redis.execute("LLEN", k.queue), BATCH):
             page = await self.redis.execute("LRANGE", k.queue, start, start + BATCH - 1)
@@ -175,6 +133,31 @@ class Auditor:
             await self._inspect(queue, jid)
         await self._check_notes(queue)
         await self._check_expiries(queue)
+
+    async def _queue_check(self, queue: str, again: bool = False) -> None:
+        """queue_check.lua on one queue (split mode: a first look changes nothing, see above)."""
+        k = self.store.jobs.keys(queue)
+        dues = [DUE[n] for n in (*ORDER, "finished")]
+        reads = [("SISMEMBER", QUEUES, queue), *(("ZSCORE", due, queue) for due in dues)]
+        problems = await self.redis.run(
+            QUEUE_CHECK,
+            (
+                k.queue,
+                QUEUES,
+                *(k.zset(n) for n in (*ORDER, "finished")),
+                *dues,
+                k.prioritized,
+                k.meta,
+            ),
+            (
+                queue,
+                self._look(again),
+                await self.redis.read_first(reads),
+                *self._lane_keys.get(queue, ()),
+            ),
+        )
+        if not self._first_look(again, problems, functools.partial(self._queue_check, queue, True)):
+            self._note(queue, "", problems)
 
     async def _lanes(self, queue: str) -> list[str]:
         """The lanes of a queue that hold waiting jobs (those served and those resting)."""
@@ -214,7 +197,8 @@ class Auditor:
             found.update(j for j, e in zip(chunk, exists, strict=True) if not e)
         return found
 
-    async def _inspect(self, queue: str, jid: str) -> None:
+    async def _inspect(self, queue: str, jid: str, again: bool = False) -> None:
+        """inspect.lua on one jid (split mode: a first look changes nothing, see above)."""
         self._seen.add(jid)
         k = self.store.jobs.keys(queue)
         dues = [DUE[n] for n in (*ORDER, "finished")]
@@ -237,8 +221,10 @@ class Auditor:
                 k.meta,
                 k.blocked,
             ),
-            (queue, jid, self._flag, PUSHED_CHANNEL, await self.redis.read_first(reads)),
+            (queue, jid, self._look(again), PUSHED_CHANNEL, await self.redis.read_first(reads)),
         )
+        if self._first_look(again, problems, functools.partial(self._inspect, queue, jid, True)):
+            return
         for kind, detail in problems:
             if text(kind) == "index elsewhere":
                 await self._index_elsewhere(queue, jid, text(detail))
@@ -343,6 +329,21 @@ class Auditor:
     @property
     def _flag(self) -> str:
         return "1" if self.repair else "0"
+
+    def _look(self, again: bool) -> str:
+        """The repair flag of a look that may be a first one (see _first_look)."""
+        return self._flag if again or not self.redis.split else "0"
+
+    def _first_look(
+        self, again: bool, problems: Sequence[Any], look: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Whether this was a split-mode first look (nothing changed): `look` comes again after
+        `settle` seconds if it found something."""
+        if again or not self.redis.split:
+            return False
+        if problems:
+            self._again.append(look)
+        return True
 
     def _note(self, queue: str, jid: str, problems: Sequence[Sequence[bytes]]) -> None:
         for kind, detail in problems:

@@ -71,6 +71,7 @@ class ClusterPipeline:
         self.timeout = timeout
         self.map = SlotMap([""] * SLOTS, [], [])
         self.refreshes = 0  # slot maps loaded so far
+        self.asked = 0  # commands sent to a slot's importing node (ASK) so far
         self.last_error: Exception | None = None  # why the last attempt to start failed
         self._nodes: dict[str, _Node] = {}  # by node name, host:port
         self._commands = CommandKeys([])
@@ -104,9 +105,12 @@ class ClusterPipeline:
 
     @property
     def connections(self) -> int:
-        """A number that changes when any master's connection is made again or the slot map
-        is reloaded (as Pipeline.connections for one Redis)."""
-        return self.refreshes + sum(node.pipeline.connections for node in self._nodes.values())
+        """A number that changes when any master's connection is made again, the slot map is
+        reloaded, or a command went to a slot's importing node (ASK: a write there is not on
+        the map's owner, whose WAIT would not vouch for it), as Pipeline.connections for one
+        Redis."""
+        made = sum(node.pipeline.connections for node in self._nodes.values())
+        return self.refreshes + self.asked + made
 
     async def wait_replicas(self, replicas: int, timeout_ms: int, keys: Sequence[str]) -> int:
         """How many replicas have every write sent so far, on the masters of `keys` (WAIT on
@@ -247,6 +251,7 @@ class ClusterPipeline:
                     seen = self._generation
                     reply = (await self._send(name, [command], seen))[0]
                 else:
+                    self.asked += 1
                     reply = (await self._send(name, [("ASKING",), command], seen))[1]
             elif word == "TRYAGAIN":
                 await trio.sleep(TRYAGAIN_DELAY)

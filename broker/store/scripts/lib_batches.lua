@@ -116,9 +116,19 @@ AFTER.batch_tally = function(due, expiry, bid, id, op, kind, now)
 end
 
 -- A tally for batch `bid` (the step `id` of one job, see AFTER.batch_tally): made now on one
--- Redis; in split mode kept in the queue's tallies hash and sent in the outbox.
+-- Redis; in split mode kept in the queue's tallies hash and sent in the outbox. A job's end
+-- sends its join again first while the queue still keeps it (the join's outbox may have been
+-- lost, and an end counted before its join could complete the batch early); made once.
 local function batch_tally(k, bid, id, op, kind, now)
   if not split then return batch_tally_now(k, bid, op, kind, now) end
+  if op == 'ok' or op == 'okf' or op == 'fail' then
+    local join = string.sub(id, 1, -3) .. '/j'
+    local kept = redis.call('HGET', k.tallies, join)
+    if kept then
+      local t = cjson.decode(kept)
+      defer('batch_tally', 2, k.due, k.expiry, t[1], join, t[2], t[3], t[4])
+    end
+  end
   redis.call('HSET', k.tallies, id, cjson.encode({bid, op, kind, now}))
   defer('batch_tally', 2, k.due, k.expiry, bid, id, op, kind, now)
 end

@@ -200,6 +200,8 @@ local function push_queue(KEYS, ARGV, graph)
     local jid, at, unique, batch, after = arg(i, 1), arg(i, 3), arg(i, 4), arg(i, 6), arg(i, 7)
     local owner = owners[i]
     if taken[jid] then return 0 end
+    -- split mode: another push of the jid may have claimed and stored it since this claim
+    if split and live_here(KEYS[1], KEYS[7], jid) then return 0 end
     -- a live job's entry refuses the jid; one naming this queue for a job the queue does not
     -- hold is stale (split mode: the claim of a push whose script failed, sent again) and free
     if names_live(owner)
