@@ -13,7 +13,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -55,6 +55,28 @@ def spread_queues(rig: ClusterRig, per_master: int = 2) -> list[str]:
     raise AssertionError("queues for every master not found")
 
 
+def fail_over_globals(rig: ClusterRig) -> float:
+    """SIGKILL the master of the global keys, wait for its replica's promotion and start it
+    again as a replica (else push_replicas has none to wait for there); the seconds from the
+    kill to the promotion."""
+    victim = rig.owner(key_slot(keys.JIDS))
+    killed_at = time.monotonic()
+    replica = rig.kill(victim)
+    rig.promoted(replica)
+    failover = time.monotonic() - killed_at
+    rig.restart_as_replica(victim)
+    return failover
+
+
+def stop(threads: Sequence[Producer | Worker | "BatchProducer"]) -> None:
+    """Stop the load threads, then wait for each: none may have failed."""
+    for thread in threads:
+        thread.stop.set()
+    for thread in threads:
+        thread.join(60)
+        assert thread.failure is None, thread.failure
+
+
 @pytest.mark.parametrize(
     ("replicas", "long"),
     [
@@ -89,12 +111,7 @@ def test_a_master_killed_under_load(
         wait_for(lambda: seen() >= target, 120, f"{more} more jobs run (or pushed)")
 
     progress(300)
-    victim = rig.owner(key_slot(keys.JIDS))  # the master of the global keys
-    killed_at = time.monotonic()
-    replica = rig.kill(victim)
-    rig.promoted(replica)
-    failover = time.monotonic() - killed_at
-    rig.restart_as_replica(victim)  # else push_replicas has no replica to wait for there
+    failover = fail_over_globals(rig)
     progress(300)
     if long:
         moved = queues[0]
@@ -106,21 +123,13 @@ def test_a_master_killed_under_load(
 
         brokers[0].start()
         progress(300)
-    for producer in producers:
-        producer.stop.set()
-    for producer in producers:
-        producer.join(60)
-        assert producer.failure is None, producer.failure
+    stop(producers)
     if replicas:
         wait_for(lambda: not ledger.missing(), 120, "every pushed job run")
     else:  # what a failover lost stays lost: give the rest time to run, then count
         with contextlib.suppress(TimeoutError):
             wait_for(lambda: not ledger.missing(), 30, "every pushed job run")
-    for worker in workers:
-        worker.stop.set()
-    for worker in workers:
-        worker.join(60)
-        assert worker.failure is None, worker.failure
+    stop(workers)
     repaired = check_store(rig.url, repair=True)  # what the kills left between two steps
     check_store(rig.url)
     lost = ledger.missing()
@@ -215,24 +224,13 @@ def test_batches_complete_across_a_master_kill(
         wait_for(lambda: sum(len(p.committed) for p in producers) >= target, 120, "batches")
 
     batches(20)
-    victim = rig.owner(key_slot(keys.JIDS))
-    replica = rig.kill(victim)
-    rig.promoted(replica)
-    rig.restart_as_replica(victim)
+    fail_over_globals(rig)
     batches(20)
-    for producer in producers:
-        producer.stop.set()
-    for producer in producers:
-        producer.join(60)
-        assert producer.failure is None, producer.failure
+    stop(producers)
     committed = {bid: cb for p in producers for bid, cb in p.committed.items()}
     wait_for(lambda: not ledger.missing(), 120, "every pushed job run")
     wait_for(lambda: set(committed.values()) <= set(ledger.done), 120, "every callback run")
-    for worker in workers:
-        worker.stop.set()
-    for worker in workers:
-        worker.join(60)
-        assert worker.failure is None, worker.failure
+    stop(workers)
     statuses = [json.loads(Client(brokers[0].port, ledger, {}).call("BATCH", f"STATUS {bid}"))
                 for bid in committed]  # fmt: skip
     assert {(s["total"], s["pending"]) for s in statuses} == {(BATCH_SIZE, 0)}
