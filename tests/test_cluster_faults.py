@@ -68,15 +68,6 @@ def fail_over_globals(rig: ClusterRig) -> float:
     return failover
 
 
-def stop(threads: Sequence[Producer | Worker | "BatchProducer"]) -> None:
-    """Stop the load threads, then wait for each: none may have failed."""
-    for thread in threads:
-        thread.stop.set()
-    for thread in threads:
-        thread.join(60)
-        assert thread.failure is None, thread.failure
-
-
 @pytest.mark.parametrize(
     ("replicas", "long"),
     [
@@ -198,6 +189,15 @@ class BatchProducer(threading.Thread):
                 pass
             time.sleep(RETRY_DELAY)
         raise RuntimeError(f"{verb} did not get through in {GIVE_UP}s")
+
+
+def stop(threads: Sequence[Producer | Worker | BatchProducer]) -> None:
+    """Stop the load threads, then wait for each: none may have failed."""
+    for thread in threads:
+        thread.stop.set()
+    for thread in threads:
+        thread.join(60)
+        assert thread.failure is None, thread.failure
 
 
 @pytest.mark.parametrize("run", [pytest.param(1, marks=CHAOS)])
