@@ -52,6 +52,7 @@ BATCH = 500  # entries read per Redis call
 SETTLE = 1.0  # seconds before a split-mode suspect is looked at again
 ORDER = ("working", "scheduled", "retries", "dead")  # the sets in the scripts' KEYS order
 PLACES = (*ORDER, "finished", "blocked")  # every sorted set a record can be in
+DUES = tuple(DUE[name] for name in (*ORDER, "finished"))  # their due indexes, in that order
 
 
 class Auditor:
@@ -137,15 +138,14 @@ class Auditor:
     async def _queue_check(self, queue: str, again: bool = False) -> None:
         """queue_check.lua on one queue (split mode: a first look changes nothing, see above)."""
         k = self.store.jobs.keys(queue)
-        dues = [DUE[n] for n in (*ORDER, "finished")]
-        reads = [("SISMEMBER", QUEUES, queue), *(("ZSCORE", due, queue) for due in dues)]
+        reads = [("SISMEMBER", QUEUES, queue), *(("ZSCORE", due, queue) for due in DUES)]
         problems = await self.redis.run(
             QUEUE_CHECK,
             (
                 k.queue,
                 QUEUES,
                 *(k.zset(n) for n in (*ORDER, "finished")),
-                *dues,
+                *DUES,
                 k.prioritized,
                 k.meta,
             ),
@@ -201,8 +201,7 @@ class Auditor:
         """inspect.lua on one jid (split mode: a first look changes nothing, see above)."""
         self._seen.add(jid)
         k = self.store.jobs.keys(queue)
-        dues = [DUE[n] for n in (*ORDER, "finished")]
-        reads = [("HGET", JIDS, jid), *(("ZSCORE", due, queue) for due in dues)]
+        reads = [("HGET", JIDS, jid), *(("ZSCORE", due, queue) for due in DUES)]
         problems = await self.redis.run(
             INSPECT,
             (

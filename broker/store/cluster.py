@@ -117,10 +117,8 @@ class ClusterPipeline:
         each one's connection at once): the fewest of them. A slot that moved since the
         writes counts for nothing: the caller sees the map reloaded (connections)."""
         owners = {self.map.owners[key_slot(key)] for key in keys}
-        names = [name for name in self.map.masters if name in owners and name in self._nodes]
-        wait = ("WAIT", replicas, timeout_ms)
-        found = await self._gather({name: [0] for name in names}, [wait], self._generation)
-        counts = [replies[0] for replies in found.values()]
+        written = [name for name in self.map.masters if name in owners]
+        counts = await self._on_masters(written, "WAIT", replicas, timeout_ms)
         for count in counts:
             if isinstance(count, ReplyError):
                 raise count
@@ -128,8 +126,12 @@ class ClusterPipeline:
 
     async def on_every_master(self, *args: Any) -> list[Any]:
         """One command on every master it is connected to, at once: their replies."""
-        names = [name for name in self.map.masters if name in self._nodes]
-        found = await self._gather({name: [0] for name in names}, [args], self._generation)
+        return await self._on_masters(self.map.masters, *args)
+
+    async def _on_masters(self, names: Sequence[str], *args: Any) -> list[Any]:
+        """One command on each of the masters `names` it is connected to, at once."""
+        connected = [name for name in names if name in self._nodes]
+        found = await self._gather({name: [0] for name in connected}, [args], self._generation)
         return [replies[0] for replies in found.values()]
 
     def node_address(self) -> Address:
