@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from hopper_broker.config import Settings
+from hopper_broker.store.jobs import SPLIT_GRAPH
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import BrokerError, CommandError
 from hopper_client.schema.jobs import Job, JobState
@@ -24,6 +25,10 @@ MAX_AFTER = 100  # dependencies one job may have
 MAX_SETTLE = 1000  # wf:due entries one script call takes
 MAX_PASSES = 100  # script calls one settle() makes
 MAX_GRAPH = 1000  # jobs JOB WORKFLOW reports
+NOT_SPLIT = (
+    "a workflow across queues in one PUSHB is not served on a Redis Cluster (one atomic change"
+    " over their slots): push its jobs one PUSH at a time, dependencies first"
+)
 
 Find = Callable[[str], Awaitable[tuple[JobState, Job | None]]]
 
@@ -98,6 +103,8 @@ def refusal(code: int, jid: str) -> BrokerError | None:
         return CommandError(f"dependency {jid} did not succeed")
     if code == 9:
         return BrokerError("another job of the workflow was refused", "WORKFLOW")
+    if code == SPLIT_GRAPH:
+        return BrokerError(NOT_SPLIT, "WORKFLOW")
     return None
 
 
@@ -136,7 +143,7 @@ class Workflows:
         """Settle the ends marked due (wf:due); returns how many."""
         settled = 0
         for _ in range(MAX_PASSES):
-            took = await self.store.jobs.settle(now, self.kept(), MAX_SETTLE)
+            took = await self.store.workflows.settle(now, self.kept(), MAX_SETTLE)
             settled += took
             if not took:  # a pass may mark more due (a cancel cascades): go on until none
                 break

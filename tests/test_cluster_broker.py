@@ -95,10 +95,14 @@ async def test_a_fetch_is_woken_by_a_push_through_another_broker(brokers: list[A
     assert waited and waited[0] < 5  # woken, not at its fetch_timeout (10 s)
 
 
-async def test_what_split_mode_does_not_serve_yet_is_refused(brokers: list[App]) -> None:
+async def test_a_workflow_across_queues_in_one_pushb_is_refused(brokers: list[App]) -> None:
     w = await Wire.open(brokers[0].port, hello={"wid": "w"})
-    with pytest.raises(WireError, match="not served on a Redis Cluster yet"):
-        await w.call("PUSH", job("jid-after", custom={"after": ["jid-0001"]}))
+    graph = [
+        job("jid-first", queue="a"),
+        job("jid-then", queue="b", custom={"after": ["jid-first"]}),
+    ]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert all("not served on a Redis Cluster" in errors[j["jid"]] for j in graph)
     assert await w.call("PUSH", job("jid-0002")) == b"OK"  # the connection serves on
 
 

@@ -77,8 +77,12 @@ async def test_a_jobs_whole_life_on_a_cluster(
     await manager.push(new("done-0001", queue=first), NOW)
     await manager.push(new("fails-0001", queue=second), NOW)
     await manager.push(new("later-0001", queue=first, at=LATER), NOW)
-    with pytest.raises(BrokerError, match="not served on a Redis Cluster yet"):
-        await manager.push(new("after-0001", queue=first, custom={"after": ["done-0001"]}), NOW)
+    graph = [
+        new("graph-0001", queue=first),
+        new("graph-0002", queue=second, custom={"after": ["graph-0001"]}),
+    ]
+    refused = await manager.push_many(graph, NOW)  # a workflow across queues in one PUSHB
+    assert all("not served on a Redis Cluster" in str(error) for error in refused), refused
     with pytest.raises(BrokerError, match="already in use"):  # a live jid, in any queue
         await manager.push(new("done-0001", queue=second), NOW)
     index = await mapping(keys.JIDS)

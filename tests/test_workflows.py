@@ -1,7 +1,8 @@
 """Workflows over the wire: jobs with dependencies (custom.after) run in dependency order with
 their dependencies' results, a dying dependency under both policies, refused cycles and unknown
 dependencies, a graph pushed atomically with PUSHB, cancels, and dependants in other queues
-released once with two brokers."""
+released once with two brokers; as on one Redis, in split mode and on the cluster rig (where a
+graph across queues in one PUSHB is refused: docs/cluster.md)."""
 
 import json
 from typing import Any
@@ -11,14 +12,17 @@ import redis
 import trio
 
 from hopper_broker.app import App
-from hopper_broker.store.address import Address
 from hopper_broker.store.audit import Auditor
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.cluster import connection_for
 from hopper_broker.store.keys import WF_DUE, QueueKeys
 from hopper_broker.store.redis import Store
+from hopper_broker.workflows import NOT_SPLIT
 from hopper_client import AsyncClient, Client, make_job, results_of
 from tests.conftest import StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+ONE_REDIS = pytest.mark.parametrize("store_mode", ["one"], indirect=True)  # not split
 
 
 def after(jid: str, deps: list[str], policy: str = "", **fields: Any) -> dict[str, Any]:
@@ -38,7 +42,7 @@ async def state(w: Wire, jid: str) -> dict[str, Any]:
     return found
 
 
-async def test_three_levels_run_in_order_with_results(broker: App, redis_url: str) -> None:
+async def test_three_levels_run_in_order_with_results(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-a-1"))
     await w.call("PUSH", job("jobs-a-2"))
@@ -74,11 +78,11 @@ async def test_three_levels_run_in_order_with_results(broker: App, redis_url: st
     d = await take(w)
     assert d is not None and d["custom"]["_results"] == {"jobs-b-1": "bee"}
     await w.call("ACK", {"jid": "jobs-d-1"})
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @pytest.mark.parametrize("policy", ["fail", "run"])
-async def test_a_dying_dependency(broker: App, redis_url: str, policy: str) -> None:
+async def test_a_dying_dependency(broker: App, store_url: str, policy: str) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job(f"jobs-dies-{policy}", retry=0))
     await w.call("PUSH", after(f"jobs-next-{policy}", [f"jobs-dies-{policy}"], policy))
@@ -100,11 +104,11 @@ async def test_a_dying_dependency(broker: App, redis_url: str, policy: str) -> N
         last = await take(w)
         assert last is not None and last["jid"] == f"jobs-last-{policy}"
         await w.call("ACK", {"jid": last["jid"]})
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_cancel_of_a_dependency_and_of_a_blocked_job(
-    broker: App, redis_url: str, rdb: redis.Redis
+    broker: App, store_url: str, rdb: redis.Redis
 ) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-x-1", at="2099-01-01T00:00:00Z"))
@@ -117,10 +121,10 @@ async def test_cancel_of_a_dependency_and_of_a_blocked_job(
     await w.call("JOB", "CANCEL jobs-x-1")
     assert rdb.zcard(QueueKeys("default").blocked) == 0
     assert rdb.hlen(QueueKeys("default").dependants) == 0
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_cycles_and_unknown_dependencies_are_refused(broker: App, redis_url: str) -> None:
+async def test_cycles_and_unknown_dependencies_are_refused(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     with pytest.raises(WireError, match="unknown dependency nope"):
         await w.call("PUSH", after("jobs-u-1", ["nope"]))
@@ -138,10 +142,10 @@ async def test_cycles_and_unknown_dependencies_are_refused(broker: App, redis_ur
     assert set(errors) == {"jobs-k-1", "jobs-k-2", "jobs-k-3", "jobs-k-4"}
     assert "cycle" in errors["jobs-k-1"]
     assert (await state(w, "jobs-k-4"))["state"] == "unknown"
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_graph_in_one_pushb_is_all_or_nothing(broker: App, redis_url: str) -> None:
+async def test_a_graph_in_one_pushb_is_all_or_nothing(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-taken-1"))
     graph = [
@@ -161,10 +165,11 @@ async def test_a_graph_in_one_pushb_is_all_or_nothing(broker: App, redis_url: st
         order.append(got["jid"])
         await w.call("ACK", {"jid": got["jid"], "result": got["jid"]})
     assert order == ["jobs-taken-1", "jobs-g-1", "jobs-g-2", "jobs-g-3", "jobs-g-4"]
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_graph_across_queues_is_one_atomic_push(broker: App, redis_url: str) -> None:
+@ONE_REDIS
+async def test_a_graph_across_queues_is_one_atomic_push(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-busy-1", queue="mail"))
     graph = [  # render -> (mail, bill) -> report, in three queues, listed in any order
@@ -194,11 +199,12 @@ async def test_a_graph_across_queues_is_one_atomic_push(broker: App, redis_url: 
     assert order[0] == "jobs-x-render" and order[-1] == "jobs-x-report"
     assert set(order[1:4]) == {"jobs-x-mail", "jobs-x-audit", "jobs-x-bill"}
     assert (await state(w, "jobs-x-report"))["state"] == "done"
-    check_store(redis_url)
+    check_store(store_url)
 
 
+@ONE_REDIS
 async def test_a_graph_naming_one_jid_in_two_queues_stores_nothing(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={})
     graph = [  # jobs-d-1 twice, in two queues: refused, and so is every other job
@@ -212,14 +218,14 @@ async def test_a_graph_naming_one_jid_in_two_queues_stores_nothing(
     for jid in ("jobs-d-1", "jobs-d-2"):
         assert (await state(w, jid))["state"] == "unknown"
     assert not any(rdb.exists(QueueKeys(q).jobs) for q in ("left", "right", "third"))
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_graph_whose_dependant_is_invalid_stores_nothing(
-    broker: App, redis_url: str
+    broker: App, store_url: str, store_mode: str
 ) -> None:
     w = await Wire.open(broker.port, hello={})
-    for queue in ("other", "default"):  # across queues, and in one
+    for queue in ("other", "default")[store_mode != "one" :]:  # across queues, and in one
         graph = [
             job("jobs-i-first"),
             after("jobs-i-then", ["jobs-i-first"], queue=queue, at="not a time"),
@@ -228,15 +234,16 @@ async def test_a_graph_whose_dependant_is_invalid_stores_nothing(
         assert "invalid timestamp" in errors["jobs-i-then"]
         assert "another job of the workflow" in errors["jobs-i-first"], queue
         assert (await state(w, "jobs-i-first"))["state"] == "unknown"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_graph_that_replaces_a_dependency_stores_nothing(
-    broker: App, redis_url: str
+    broker: App, store_url: str, store_mode: str
 ) -> None:
     w = await Wire.open(broker.port, hello={})
     unique = {"unique_for": 60, "unique_until": "replace"}
-    for other in ("other", "sync"):  # across queues, and in the replaced job's own queue
+    # across queues (one Redis), and in the replaced job's own queue
+    for other in ("other", "sync")[store_mode != "one" :]:
         await w.call("PUSH", job("jobs-r-held", "Sync", args=[1], queue="sync", custom=unique))
         graph = [  # jobs-r-new takes jobs-r-held's place: jobs-r-after's dependency fails
             job("jobs-r-new", "Sync", args=[1], queue="sync", custom=unique),
@@ -253,11 +260,34 @@ async def test_a_graph_that_replaces_a_dependency_stores_nothing(
         assert (await state(w, "jobs-r-held"))["state"] == "replaced"
         assert (await state(w, "jobs-r-after"))["state"] == "blocked"
         await w.call("FLUSH")
-    check_store(redis_url)
+    check_store(store_url)
+
+
+async def test_a_graph_across_queues_is_refused_when_split(
+    broker: App, store_url: str, store_mode: str
+) -> None:
+    """Split mode cannot store jobs of several slots all or nothing: each job of such a graph
+    is refused, saying why; pushed one PUSH at a time, dependencies first, they run."""
+    if store_mode == "one":
+        pytest.skip("one Redis stores it (test_a_graph_across_queues_is_one_atomic_push)")
+    w = await Wire.open(broker.port, hello={})
+    graph = [job("jobs-s-first", queue="first"), after("jobs-s-then", ["jobs-s-first"])]
+    errors = json.loads(await w.call("PUSHB", graph))
+    assert errors == {j["jid"]: f"WORKFLOW {NOT_SPLIT}" for j in graph}
+    assert (await state(w, "jobs-s-first"))["state"] == "unknown"
+    for one in graph:
+        await w.call("PUSH", one)
+    first = await take(w, "first")
+    assert first is not None
+    await w.call("ACK", {"jid": first["jid"], "result": 1})
+    then = await eventually(lambda: take(w))
+    assert then["custom"]["_results"] == {"jobs-s-first": 1}
+    await w.call("ACK", {"jid": then["jid"]})
+    check_store(store_url)
 
 
 async def test_dependants_in_other_queues_released_once_by_two_brokers(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+    start_broker: StartBroker, rdb: redis.Redis, store_url: str
 ) -> None:
     brokers = [await start_broker(), await start_broker()]
     wires = [await Wire.open(b.port, hello={"wid": f"w{i}"}) for i, b in enumerate(brokers)]
@@ -286,10 +316,10 @@ async def test_dependants_in_other_queues_released_once_by_two_brokers(
         [f"jobs-dst-{n}" for n in range(20)] + [f"jobs-gone-{n}" for n in range(20)]
     )
     assert rdb.zcard(QueueKeys("dst").blocked) == 0
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_flush_forgets_workflows(broker: App, rdb: redis.Redis, redis_url: str) -> None:
+async def test_flush_forgets_workflows(broker: App, rdb: redis.Redis, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-f-1"))
     await w.call("PUSH", after("jobs-f-2", ["jobs-f-1"], queue="later"))
@@ -297,10 +327,10 @@ async def test_flush_forgets_workflows(broker: App, rdb: redis.Redis, redis_url:
     for queue in ("default", "later"):
         k = QueueKeys(queue)
         assert not rdb.exists(k.blocked, k.waits, k.dependants)
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_the_bundled_clients(broker: App, redis_url: str) -> None:
+async def test_the_bundled_clients(broker: App, store_url: str) -> None:
     target = f"tcp://127.0.0.1:{broker.port}"
 
     def work() -> None:
@@ -326,15 +356,15 @@ async def test_the_bundled_clients(broker: App, redis_url: str) -> None:
         got = await client.fetch()
         assert got is not None and results_of(got) == {root.jid: None}
         await client.ack(got.jid)
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_hopper_check_sees_blocked_jobs_and_stray_waits(
-    broker: App, nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+    broker: App, nursery: trio.Nursery, store_url: str, rdb: redis.Redis, store_mode: str
 ) -> None:
-    pipeline = Pipeline(Address(redis_url))
-    await nursery.start(pipeline.run)
-    store = Store(pipeline)
+    connection = connection_for(store_url, lambda: 10.0)
+    await nursery.start(connection.run)
+    store = Store(connection, split=store_mode != "one")
     w = await Wire.open(broker.port, hello={})
     await w.call("PUSH", job("jobs-h-1"))
     await w.call("PUSH", after("jobs-h-2", ["jobs-h-1"]))

@@ -81,7 +81,9 @@ class Auditor:
         await self._check_index()
         await self._check_workers()
         await BatchAuditor(self.store, self._problem, repair=self.repair).run(queues)
-        await WorkflowAuditor(self.store, self._problem, repair=self.repair).run(queues)
+        await WorkflowAuditor(
+            self.store, self._problem, repair=self.repair, later=self._again.append
+        ).run(queues)
         await HistoryAuditor(self.store, self._problem, repair=self.repair).run()
         if self._again:
             await trio.sleep(self.settle)
@@ -269,6 +271,7 @@ class Auditor:
             (k.final, k.finished, "note without job"),
             (k.holders, k.working, "holder without reservation"),
             (k.waits, k.blocked, "dependencies without blocked job"),
+            (k.unmet, k.blocked, "dependencies without blocked job"),
         ):
             async for flat in self.redis.steps("HSCAN", hash_):
                 jids = [text(j) for j in flat[::2]]

@@ -27,6 +27,7 @@ SPLIT_READY = frozenset(
     | {"due", "enqueue", "remove", "move", "history_purge"}  # the loops' visits, MUTATE
     | {"drain", "flush"}  # QUEUE REMOVE, FLUSH
     | {"inspect", "queue_check", "history_check", "rename"}  # hopper check
+    | {"settle"}  # workflows' ends across queues
 )
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
 Visit = dict[str, tuple[str, str]] | None  # due key -> its entry's score, touch count as read

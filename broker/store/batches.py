@@ -1,7 +1,8 @@
 """Batches (Faktory Enterprise) in Redis: each change one script (scripts/batch_*.lua; a job's
 own counts are kept by push, ack, fail and the other job moves, see batch_count() in
 lib_batches.lua). In split mode those counts change after the job's script, from its outbox,
-and the tallies a queue keeps are made again by the batches loop (sweep()), once each.
+and the tallies a queue keeps are made again by the batches loop (sweep()), once each; so are
+the ends of dependencies a queue sends to dependants in other queues (lib_workflows.lua).
 """
 
 import json
@@ -15,6 +16,7 @@ from hopper_broker.store.keys import (
     BATCHES_DUE,
     BATCHES_EXPIRY,
     DUE_TALLIES,
+    WF_DUE,
     QueueKeys,
 )
 
@@ -24,7 +26,8 @@ PURGE = Script("batch_purge")
 
 KINDS = ("complete", "success")
 SWEEP_STEP = 500  # tallies made per call by the batches loop
-STEPS = "jpfoc"  # the tallies of a job in the order they happen: join, pushed, fail, ok, acked
+STEPS = "jpfocw"  # the tallies of a job in the order they happen: join, pushed, fail, ok,
+# acked; then a workflow's end (marked due in wf:due, whenever)
 
 
 class BatchStore:
@@ -84,9 +87,9 @@ class BatchStore:
 
     async def sweep(self, now: float, most: int) -> int:
         """Split mode: the tallies of the queues due in due:tallies made on their batches (those
-        their outboxes made already are skipped there), then taken from the queues; a queue is
-        looked at again TALLY_SWEEP seconds later while it holds jobs of batches. Returns how
-        many tallies were looked at."""
+        their outboxes made already are skipped there) or in wf:due, then taken from the
+        queues; a queue is looked at again TALLY_SWEEP seconds later while it holds jobs of
+        batches or jobs others wait for. Returns how many tallies were looked at."""
         if not self.redis.split:
             return 0
         found = await self.redis.execute(
@@ -105,8 +108,8 @@ class BatchStore:
             chunk = ids[start : start + SWEEP_STEP]
             await self.redis.apply([_tally(id_, tallies[id_]) for id_ in chunk], "")
             await self.redis.execute("HDEL", k.tallies, *chunk)
-        batched, left = await self.redis.execute_many([("HLEN", k.batched), ("HLEN", k.tallies)])
-        again = repr(now + TALLY_SWEEP) if batched or left else ""
+        counts = [("HLEN", k.batched), ("HLEN", k.dependants), ("HLEN", k.tallies)]
+        again = repr(now + TALLY_SWEEP) if any(await self.redis.execute_many(counts)) else ""
         settle = json.dumps(["settle_due", DUE_TALLIES, queue, again]).encode()
         await self.redis.apply([settle], json.dumps(visit))
         return len(ids)
@@ -128,7 +131,10 @@ class BatchStore:
 
 
 def _tally(id_: str, kept: bytes) -> bytes:
-    """The outbox entry that makes a tally a queue kept (JSON [bid, op, kind, now])."""
+    """The outbox entry that makes a tally a queue kept: JSON [bid, op, kind, now] of a batch,
+    or [wf:due entry, now] of a workflow's end (its id ends in /w)."""
+    if id_.endswith("/w"):
+        return json.dumps(["wf_due", WF_DUE, *json.loads(kept)]).encode()
     bid, op, kind, now = json.loads(kept)
     return json.dumps(
         ["batch_tally", BATCHES_DUE, BATCHES_EXPIRY, bid, id_, op, kind, now]

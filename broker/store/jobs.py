@@ -29,7 +29,7 @@ from hopper_broker.store.keys import (
     QueueKeys,
     held,
 )
-from hopper_client.schema.errors import BrokerError
+from hopper_broker.store.workflows import WorkflowStore, dependencies
 from hopper_client.schema.jobs import encode, format_day, job_decoder
 
 PUSH = Script("push")
@@ -40,7 +40,6 @@ ACK = Script("ack")
 FAIL = Script("fail")
 RELEASE = Script("release")
 RENAME = Script("rename")
-WORKFLOW = Script("workflow")
 
 MAX_KEY_CACHE = 10_000  # QueueKeys kept for reuse; the cache starts over beyond it
 MAX_RENAMES = 100  # new jids tried for a job whose jid another queue's job also has
@@ -52,7 +51,7 @@ Entry = tuple[str, bytes, bytes | None]  # jid, score as Redis wrote it, payload
 # its dependencies: '' or JSON [policy, jid, ...] (workflows, see scripts/lib_workflows.lua)
 PushEntry = tuple[str, bytes, str, Unique | None, float | None, tuple[str, str] | None, str]
 PUSH_KEYS = 18  # the push script's fixed KEYS; unique locks follow
-NOT_SPLIT = "workflows (custom.after, graphs) are not served on a Redis Cluster yet"
+SPLIT_GRAPH = 10  # push_graph()'s result for every job in split mode
 TALLY_SWEEP = 10.0  # seconds from a push of a batch's job until the batches loop looks at the
 # queue's tallies (split mode; lib_batches.lua), and between its looks while the queue has some
 
@@ -78,8 +77,9 @@ class Reservation(msgspec.Struct, frozen=True):
 class JobStore:
     """Typed job moves for the manager."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, workflows: WorkflowStore) -> None:
         self.redis = redis
+        self.workflows = workflows
         self._keys: dict[str, QueueKeys] = {}
 
     def keys(self, queue: str) -> QueueKeys:
@@ -120,27 +120,32 @@ class JobStore:
     ) -> str:
         """Split mode's first step of a push (scripts/claim.lua): the jids claimed, the queue
         listed and its due entry for its earliest scheduled job added; the claims as push.lua
-        takes them, with each job's batch judged. Raises BrokerError for what split mode does not
-        do yet (docs/cluster.md)."""
-        if graph or any(entry[6] for entry in entries):
-            raise BrokerError(NOT_SPLIT)
+        takes them, with each job's batch judged and its dependencies in other queues told
+        (WorkflowStore.register)."""
         earliest = min((float(entry[2]) for entry in entries if entry[2]), default=None)
         due = "" if earliest is None else repr(earliest)
         batches = [" ".join(e[5]).rstrip() if e[5] is not None else "" for e in entries]
-        sweep = repr(now + TALLY_SWEEP) if any(batches) else ""
+        deps = dict.fromkeys(dep for entry in entries for dep in dependencies(entry[6]))
+        sweep = repr(now + TALLY_SWEEP) if any(batches) or deps else ""
         claims: bytes = await self.redis.run(
             CLAIM,
             (JIDS, QUEUES, DUE["scheduled"], DUE_TALLIES),
-            (queue, due, sweep, len(entries), *(e[0] for e in entries), *batches),
+            (queue, due, sweep, len(entries), *(e[0] for e in entries), *batches, *deps),
         )
-        return text(claims)
+        if not deps:
+            return text(claims)
+        dependants = [(entry[0], entry[6]) for entry in entries if entry[6]]
+        return await self.workflows.register(queue, dependants, text(claims))
 
     async def push_graph(
         self, segments: Sequence[tuple[str, Sequence[PushEntry], str]], now: float, keep: str
     ) -> list[tuple[int, str]]:
         """Store a workflow whose jobs are in several queues, all or nothing: `segments` are
         (queue, its jobs, its limits as for push()); the results, in the segments' order, are
-        push()'s (9: refused with another job)."""
+        push()'s (9: refused with another job); in split mode, where one script cannot span
+        their slots, every job is refused (SPLIT_GRAPH)."""
+        if self.redis.split:
+            return [(SPLIT_GRAPH, "")] * sum(len(entries) for _, entries, _ in segments)
         keys_: list[str] = []
         sizes: list[int] = []
         args: list[Any] = []
@@ -264,13 +269,6 @@ class JobStore:
             args,
         )
         return [text(jid) for jid in done], int(due)
-
-    async def settle(self, now: float, keep: str, most: int) -> int:
-        """Settle up to `most` ends of dependencies marked due (workflow.lua): how many."""
-        took: int = await self.redis.run(
-            WORKFLOW, (keys.WF_DUE, JIDS, AWAITED), (now, keep, FINISHED_CHANNEL, most)
-        )
-        return took
 
     # -- failures -----------------------------------------------------------------------------
 

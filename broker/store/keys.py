@@ -48,12 +48,16 @@ Per queue (hash tag `{q}`):
                                    callback job (the last two named in lib_batches.lua too)
   hopper:q:{q}:tallies      hash   split mode: `<jid>/<step>` -> JSON [bid, op, kind, now]: a
                                    change to a batch's counts, kept until the batches loop has
-                                   made it on the global keys (lib_batches.lua: batch_tally)
+                                   made it on the global keys (lib_batches.lua: batch_tally);
+                                   `<wf:due entry>/w` -> JSON [entry, now]: an end of a
+                                   dependency to mark in wf:due (lib_workflows.lua: wf_mark)
   hopper:q:{q}:blocked      zset   jid -> when it may run (0: at once): jobs waiting for their
                                    dependencies (custom.after), in no other place
   hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
+  hopper:q:{q}:unmet        hash   split mode: jid -> JSON [dep, ...], the dependencies a
+                                   blocked job still waits for (each end counted once)
   hopper:q:{q}:dependants   hash   jid -> JSON [queue, jid, ...] of the jobs waiting for it
-                                   (these three named in lib_workflows.lua too)
+                                   (these four named in lib_workflows.lua too)
   hopper:q:{q}:cron         hash   split mode (docs/cluster.md): as hopper:g:{g}:cron, for the
                                    cron entries whose jobs go to this queue
   hopper:q:{q}:history      hash   jid -> archived entry of a job that reached a final state
@@ -93,14 +97,16 @@ Global (hash tag `{g}`):
   hopper:g:{g}:batches:expiry zset bid -> when its record is purged
   hopper:g:{g}:batch:<bid>:told set split mode: the `<jid>/<step>` tallies made on the batch
   hopper:g:{g}:due:tallies  zset   split mode: queue -> when the batches loop looks at its
-                                   tallies (made by a push of a batch's job, before it)
+                                   tallies (made by a push of a batch's job or of a job that
+                                   depends on one of the queue's, before it)
   hopper:g:{g}:history:count hash  final state -> archived jobs kept, every queue together
   hopper:g:{g}:due:ended:<s> zset  queue -> a time at or before its oldest archived job of
                                    state s (these two named in lib_history.lua too)
   hopper:g:{g}:history:lease string  split mode: the token of the broker that runs the
                                    retention by count now (expiring, history.py: LEASE_MS)
   hopper:g:{g}:wf:due       zset   JSON [outcome, queue, jid, dep, result] -> when: the end of a
-                                   dependency to settle in its dependant's queue (workflow.lua)
+                                   dependency to settle in its dependant's queue (workflow.lua;
+                                   split mode: settle.lua, then taken by the store)
   hopper:pushed             pub/sub channel: a queue name, published when it stops being empty
   hopper:finished           pub/sub channel: an awaited jid, published when its job finishes
   hopper:events             pub/sub channel: job events (lines of JSON), published by the
@@ -182,6 +188,7 @@ class QueueKeys:
         "running",
         "scheduled",
         "tallies",
+        "unmet",
         "waits",
         "working",
     )
@@ -212,6 +219,7 @@ class QueueKeys:
         self.tallies = f"{base}:tallies"
         self.blocked = f"{base}:blocked"
         self.waits = f"{base}:waits"
+        self.unmet = f"{base}:unmet"
         self.dependants = f"{base}:dependants"
         self.history = f"{base}:history"
         self.cron = f"{base}:cron"
@@ -240,7 +248,7 @@ class QueueKeys:
         live = (self.jobs, self.queue, *(self.zset(s) for s in SETS), self.meta)
         extra = (self.holders, self.expiring, self.prioritized)
         lanes = (self.lanes, self.resting, self.running, self.leases, self.buckets, self.refills)
-        flows = (self.batched, self.blocked, self.waits, self.dependants)
+        flows = (self.batched, self.blocked, self.waits, self.unmet, self.dependants)
         return (*live, self.final, self.finished, self.progress, *extra, *lanes, *flows)
 
 

@@ -14,6 +14,7 @@ from hopper_broker.store.queues import QueueStore
 from hopper_broker.store.sets import SetStore
 from hopper_broker.store.tracking import TrackingStore
 from hopper_broker.store.workers import WorkerStore
+from hopper_broker.store.workflows import WorkflowStore
 
 
 class Store:
@@ -21,7 +22,8 @@ class Store:
 
     def __init__(self, pipeline: Connection, split: bool = False) -> None:
         self.redis = Redis(pipeline, split)
-        self.jobs = JobStore(self.redis)
+        self.workflows = WorkflowStore(self.redis)
+        self.jobs = JobStore(self.redis, self.workflows)
         self.sets = SetStore(self.redis, self.jobs)
         self.queues = QueueStore(self.redis, self.jobs)
         self.tracking = TrackingStore(self.redis, self.jobs)

@@ -29,7 +29,7 @@ end
 local blocked = wf_base(KEYS[1]) .. 'blocked'  -- a dependant waiting for others (workflows)
 local removed = redis.call('ZREM', KEYS[4], jid) + redis.call('ZREM', KEYS[5], jid)
   + redis.call('ZREM', blocked, jid)
-redis.call('HDEL', wf_base(KEYS[1]) .. 'waits', jid)
+wf_forget(wf_base(KEYS[1]), {jid})
 local payload = redis.call('HGET', KEYS[1], jid)  -- before finish() may drop it
 if removed == 0 then removed = leave_line(KEYS[2], KEYS[15], KEYS[16], jid, payload) end
 if removed == 0 then return '' end

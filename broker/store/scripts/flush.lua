@@ -14,7 +14,7 @@ local base = wf_base(KEYS[1])
 local function drop(jids, value)
   if #jids == 0 then return end
   if value == queue then wf_count(KEYS[1], KEYS[8], jids, 'end', tonumber(clock())) end
-  redis.call('HDEL', base .. 'waits', unpack(jids))
+  wf_forget(base, jids)
   redis.call('HDEL', KEYS[1], unpack(jids))
   redis.call('HDEL', KEYS[14], unpack(jids))
   redis.call('HDEL', KEYS[17], unpack(jids))
@@ -41,7 +41,7 @@ forget_all(KEYS[8], redis.call('HKEYS', KEYS[1]), queue)
 local l = lanes_of(KEYS[7])
 redis.call('DEL', KEYS[1], KEYS[7], KEYS[14], KEYS[17], KEYS[18], KEYS[19], l.ring, l.resting,
   l.running, l.leases, l.buckets, l.refills, batch_keys(KEYS[7], KEYS[8]).batched,
-  base .. 'waits', base .. 'dependants')
+  base .. 'waits', base .. 'unmet', base .. 'dependants')
 global('SREM', KEYS[9], queue)  -- split mode: checked again after (queues.py)
 for _, i in ipairs({10, 11, 12, 13, 16}) do due_drop(KEYS[i], queue) end
 return 0

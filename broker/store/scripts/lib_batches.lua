@@ -174,6 +174,31 @@ local function died(meta, index, jids, now)
   wf_count(meta, index, jids, 'end', now)
 end
 
+-- A dependency's end marked due (e: the wf:due entry {outcome, queue, jid, dep, result})
+-- settled in its dependant's queue (workflow.lua, settle.lua): wf_settle()'s answer. A
+-- dependant whose policy fails ends cancelled (kept like a done job, see finish() in lib.lua),
+-- leaves `blocked`, and its own end is counted (its batch; the jobs waiting for it, which may
+-- mark more ends due). Events: cancelled.
+local function wf_end(index, awaited, channel, keep, e, now)
+  local outcome, queue, jid, dep, result = e[1], e[2], e[3], e[4], e[5]
+  local base = 'hopper:q:{' .. queue .. '}:'
+  local said = wf_settle(base, index, jid, dep, outcome, result, now)
+  if said ~= 'fail' then return said end
+  redis.call('ZREM', base .. 'blocked', jid)
+  wf_forget(base, {jid})
+  local payload = redis.call('HGET', base .. 'jobs', jid)
+  local k = {jobs = base .. 'jobs', final = base .. 'final', finished = base .. 'finished',
+    due = string.sub(index, 1, -5) .. 'due:finished', index = index, progress = base .. 'progress'}
+  finish(k, queue, {jid}, {jid, note('cancelled', '')}, now, keep, 'cancelled')
+  batch_count(base .. 'meta', index, {jid}, 'end', now)
+  announce(awaited, channel, {jid})
+  if payload and listening() then
+    local extra = ',"dependency":' .. cjson.encode(dep)
+    publish({event('cancelled', jid, queue, payload, clock(), extra)})
+  end
+  return said
+end
+
 -- Each call of a script begins with the helpers' per-call state cleared (store/base.py), and
 -- says whether it runs in split mode (lib_outbox.lua).
 local function begin_call(split_mode)

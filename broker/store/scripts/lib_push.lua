@@ -11,7 +11,8 @@
 --       within the last second: '' none, 'D' draining (the queue or the broker), else its
 --       max_size, 8 'G' for a graph (all or nothing: see below) or '', 9 split mode's jid claims
 --       (claim.lua: JSON [each job's index entry before its claim, each job's batch verdict as
---       batch_join() gives it]; '' on one Redis); then
+--       batch_join() gives it, and for dependants the dependencies' index entries and verdicts,
+--       wf_said in lib_workflows.lua]; '' on one Redis); then
 --       7-tuples (jid, payload, at, unique, expires, batch, after);
 --       at '' = enqueue now; unique '' or '<lock KEYS index> <ttl ms> <mode>', mode success |
 --       start | ttl | replace; expires '' or when the job expires (unix seconds); batch '' or
@@ -135,8 +136,10 @@ local function push_queue(KEYS, ARGV, graph)
     return true
   end
 
-  local claimed = split and cjson.decode(ARGV[9])  -- claim.lua: {index entries, batch verdicts}
+  -- claim.lua: {index entries, batch verdicts, dependencies' index entries, their verdicts}
+  local claimed = split and cjson.decode(ARGV[9])
   local owners, batch_said = claimed and claimed[1], claimed and claimed[2]
+  wf_said = claimed and {owners = claimed[3] or {}, verdicts = claimed[4] or {}}
   local bk = nil  -- the batch keys, named at the first job of a batch
   -- Whether job i may join the batch `spec` names ('<index>' or '<index> <kind>'): 1 yes, 6
   -- its batch does not exist, 3 (a callback) the batch may not push it now. Reads only (split
@@ -256,7 +259,7 @@ local function push_queue(KEYS, ARGV, graph)
   local index, records, waiting, scheduled, expiring = {}, {}, {}, {}, {}
   local waiting_payloads = {}
   local earliest = nil
-  local blocked, waits = {}, {}
+  local blocked, waits, unmet_deps = {}, {}, {}
   local base = wf_base(KEYS[1])
   for i = 1, count do
     local jid, at, batch, after = arg(i, 1), arg(i, 3), arg(i, 6), arg(i, 7)
@@ -267,9 +270,10 @@ local function push_queue(KEYS, ARGV, graph)
       taken[jid] = queue
       index[#index + 1] = jid
       index[#index + 1] = queue
-      local unmet, got, policy = 0, '', ''
+      local unmet, got, policy, pending = 0, '', '', nil
       if after ~= '' then
-        unmet, got, policy = wf_join(base, KEYS[4], jid, after, graph and graph.here or taken)
+        unmet, got, policy, pending = wf_join(base, KEYS[4], jid, after,
+          graph and graph.here or taken)
         if unmet == 0 then payload = wf_splice(payload, got) end
       end
       records[#records + 1] = jid
@@ -283,6 +287,8 @@ local function push_queue(KEYS, ARGV, graph)
         blocked[#blocked + 1] = jid
         waits[#waits + 1] = jid
         waits[#waits + 1] = unmet .. ' ' .. policy .. ' ' .. got
+        unmet_deps[#unmet_deps + 1] = jid
+        unmet_deps[#unmet_deps + 1] = cjson.encode(pending)
       elseif at == '' then
         if room then room = room - 1 end
         waiting[#waiting + 1] = jid
@@ -298,6 +304,7 @@ local function push_queue(KEYS, ARGV, graph)
   if #blocked > 0 then
     redis.call('ZADD', base .. 'blocked', unpack(blocked))
     redis.call('HSET', base .. 'waits', unpack(waits))
+    if split then redis.call('HSET', base .. 'unmet', unpack(unmet_deps)) end
     global('SADD', KEYS[6], queue)  -- listed: FLUSH finds it
   end
   if #index == 0 then return results end

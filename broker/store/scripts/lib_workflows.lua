@@ -7,9 +7,18 @@
 --   <q>waits       hash  jid -> '<unmet> <policy> <results>' of a blocked job; results are raw
 --                        JSON members '"<dep jid>":<result>,...' of the dependencies that succeeded
 --   <q>dependants  hash  jid of a live job -> JSON [queue, jid, ...] of the jobs waiting for it
+--   <q>unmet       hash  split mode: jid of a blocked job -> JSON [dep, ...], the dependencies
+--                        whose end it still waits for (each end is counted once)
 --   <g>wf:due      zset  JSON [outcome, queue, jid, dep, result] -> when: the end of a dependency
 --                        to settle in its dependant's queue (workflow.lua takes it: once)
+-- Split mode (docs/cluster.md, "Workflows"): a push registers its dependant with the
+-- dependencies of other queues first (wf_register.lua), then passes their verdicts to its own
+-- script (wf_said); an end that must reach another queue is a tally (the queue's `tallies`
+-- hash and the outbox, see batch_tally() in lib_batches.lua) whose second step marks it in
+-- wf:due; settle.lua settles it in the dependant's queue, idempotently (`unmet`).
 local wf_due = {n = 0}  -- entries this script call added to wf:due
+local wf_said = nil  -- split mode, a push: {owners = {dep -> index entry}, verdicts = {dep ->
+-- {code, result}}} (wf_register.lua), set by push_queue() for its call
 
 local function wf_base(key) return string.match(key, '^(.*}:)') end
 local function wf_queue(base) return string.match(base, '{(.*)}:$') end
@@ -22,11 +31,34 @@ local function wf_splice(payload, results)
   return string.sub(payload, 1, e) .. spliced .. string.sub(payload, e + 1)
 end
 
+-- Blocked jobs leave their notes (they were released, ended or deleted).
+local function wf_forget(base, jids)
+  redis.call('HDEL', base .. 'waits', unpack(jids))
+  redis.call('HDEL', base .. 'unmet', unpack(jids))
+end
+
+-- Split mode: the blocked job `jid` no longer waits for `dep`; false when it did not (an end
+-- settled before, or a registration left by a push that was refused).
+local function wf_unwait(base, jid, dep)
+  local list = redis.call('HGET', base .. 'unmet', jid)
+  local deps, left, found = list and cjson.decode(list) or {}, {}, false
+  for _, d in ipairs(deps) do
+    if d == dep and not found then found = true else left[#left + 1] = d end
+  end
+  if not found then return false end
+  if #left > 0 then
+    redis.call('HSET', base .. 'unmet', jid, cjson.encode(left))
+  else
+    redis.call('HDEL', base .. 'unmet', jid)
+  end
+  return true
+end
+
 -- A blocked job whose dependencies are met goes into line (or its schedule), results spliced.
 local function wf_release(base, index, jid, results, now)
   local at = redis.call('ZSCORE', base .. 'blocked', jid)
   redis.call('ZREM', base .. 'blocked', jid)
-  redis.call('HDEL', base .. 'waits', jid)
+  wf_forget(base, {jid})
   local payload = redis.call('HGET', base .. 'jobs', jid)
   if not (payload and at) then return end
   payload = wf_splice(payload, results)
@@ -34,19 +66,19 @@ local function wf_release(base, index, jid, results, now)
   local queue, g = wf_queue(base), string.sub(index, 1, -5)
   if tonumber(at) > tonumber(now) then
     redis.call('ZADD', base .. 'scheduled', at, jid)
-    redis.call('ZADD', g .. 'due:scheduled', 'LT', at, queue)
+    due_add(g .. 'due:scheduled', at, queue)
   elseif line_up(base .. 'queue', base .. 'prioritized', base .. 'meta', {jid}, {payload}) then
-    redis.call('SADD', g .. 'queues', queue)
+    global('SADD', g .. 'queues', queue)
     redis.call('PUBLISH', 'hopper:pushed', queue)
   end
 end
 
 -- Settle one dependency's end (outcome 'ok' or 'end', its result) for dependant `jid` of the
--- queue `base`: '' no such dependant (gone), 'waiting', 'released', or 'fail' (its policy says
--- it fails: the caller ends it).
+-- queue `base`: '' no such dependant (gone; split mode: or not waiting for that end), 'waiting',
+-- 'released', or 'fail' (its policy says it fails: the caller ends it).
 local function wf_settle(base, index, jid, dep, outcome, result, now)
   local w = redis.call('HGET', base .. 'waits', jid)
-  if not w then return '' end
+  if not w or split and not wf_unwait(base, jid, dep) then return '' end
   local n, policy, got = string.match(w, '^(%d+) (%a+) ?(.*)$')
   if outcome ~= 'ok' and policy == 'fail' then return 'fail' end
   if outcome == 'ok' then
@@ -67,6 +99,19 @@ local function wf_result(base, jid)
   return text and string.match(text, '"result":(.*)}$') or 'null'
 end
 
+-- An end to settle through wf:due (entry: JSON [outcome, queue, jid, dep, result]), marked
+-- now; in split mode a tally of the queue `base` (kept in its tallies hash, `<entry>/w`, until
+-- the batches loop made it, and sent in the outbox).
+AFTER.wf_due = function(due, entry, now)
+  wf_due.n = wf_due.n + redis.call('ZADD', due, 'NX', now, entry)
+end
+
+local function wf_mark(base, due, entry, now)
+  if not split then return AFTER.wf_due(due, entry, now) end
+  redis.call('HSET', base .. 'tallies', entry .. '/w', cjson.encode({entry, now}))
+  defer('wf_due', 1, due, entry, now)
+end
+
 -- Jobs of the queue of `key` ended: outcome 'ok' (ACKed) or 'end' (for good, without success).
 -- Their dependants are settled: a same-queue one after an ACK at once, any other through
 -- wf:due. Jobs nobody waits for cost one HMGET.
@@ -85,58 +130,84 @@ local function wf_count(key, index, jids, outcome, now)
         if names[j] == queue and outcome == 'ok' then
           wf_settle(base, index, names[j + 1], dep, outcome, result, now)
         else
-          local entry = cjson.encode({outcome, names[j], names[j + 1], dep, result})
-          wf_due.n = wf_due.n + redis.call('ZADD', due, 'NX', now, entry)
+          wf_mark(base, due, cjson.encode({outcome, names[j], names[j + 1], dep, result}), now)
         end
       end
     end
   end
 end
 
--- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` maps
--- the jids stored in this call (earlier, or anywhere in a graph) to their queues; `ending` (or
--- nil) holds the live jobs this call ends (a graph's replace pushes): they do not succeed.
--- Returns 1, or 7 and an unknown dependency, or 8 and a dependency that did not succeed
--- (policy fail). Reads only.
+-- Push: the index entry of dependency `dep` (nil: unknown), looked up in `here` (the jids stored
+-- in this call, earlier or anywhere in a graph, to their queues) first; in split mode as the
+-- claim step read it (claim.lua), on one Redis in the index.
+local function wf_owner(index, dep, here)
+  if here[dep] then return here[dep] end
+  if split then return wf_said.owners[dep] or nil end
+  return redis.call('HGET', index, dep) or nil
+end
+
+-- Push: the verdict on `dep` of another queue than `queue`, which wf_register.lua gave in that
+-- queue's slot before the push (split mode): {code, result}, code 'u' unmet (registered), 'm'
+-- met (result: its raw JSON), 'f' did not succeed, '7' unknown; nil on one Redis or for a
+-- dependency of `queue` itself, which the push judges.
+local function wf_verdict(dep, owner, queue)
+  if not split or owner == queue or owner == '~' .. queue then return nil end
+  return wf_said.verdicts[dep] or {'7'}
+end
+
+-- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` as in
+-- wf_owner; `ending` (or nil) holds the live jobs this call ends (a graph's replace pushes):
+-- they do not succeed. Returns 1, or 7 and an unknown dependency, or 8 and a dependency that
+-- did not succeed (policy fail). Reads only.
 local function wf_check(index, queue, spec, here, ending)
   local a = cjson.decode(spec)
   for i = 2, #a do
-    local owner = here[a[i]] or redis.call('HGET', index, a[i])
-    if not owner then return 7, a[i] end
+    local dep = a[i]
+    local owner = wf_owner(index, dep, here)
+    local said = owner and wf_verdict(dep, owner, queue)
+    if not owner or said and said[1] == '7' then return 7, dep end
     local finished = string.sub(owner, 1, 1) == '~'
     local base = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
     local failed
-    if ending and ending[a[i]] then
+    if ending and ending[dep] then
       failed = true
+    elseif said then
+      failed = said[1] == 'f'
     elseif finished then
-      local text = redis.call('HGET', base .. 'final', a[i])
+      local text = redis.call('HGET', base .. 'final', dep)
       failed = text and not string.find(text, '^{"state":"done"')
     else
-      failed = redis.call('ZSCORE', base .. 'dead', a[i]) ~= false
+      failed = redis.call('ZSCORE', base .. 'dead', dep) ~= false
     end
-    if failed and a[1] == 'fail' then return 8, a[i] end
+    if failed and a[1] == 'fail' then return 8, dep end
   end
   return 1
 end
 
 -- Push: the stored job `jid` of `base` waits for its dependencies (checked by wf_check): each
--- live one names it among its dependants; returns the number unmet and the results of those
--- that succeeded. A dead or failed one counts as met (policy run). `here` as in wf_check.
+-- live one names it among its dependants (split mode: one of another queue did, in
+-- wf_register.lua); returns the number unmet, the results of those that succeeded, the policy
+-- and the unmet dependencies. A dead or failed one counts as met (policy run). `here` as in
+-- wf_owner.
 local function wf_join(base, index, jid, spec, here)
   local a = cjson.decode(spec)
-  local queue, unmet, got = wf_queue(base), 0, {}
+  local queue, unmet, got = wf_queue(base), {}, {}
   for i = 2, #a do
     local dep = a[i]
-    local owner = here[dep] or redis.call('HGET', index, dep)
+    local owner = wf_owner(index, dep, here)
+    local said = wf_verdict(dep, owner, queue)
     local finished = string.sub(owner, 1, 1) == '~'
     local b = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
-    if finished then
+    if said then
+      if said[1] == 'u' then unmet[#unmet + 1] = dep end
+      if said[1] == 'm' then got[#got + 1] = cjson.encode(dep) .. ':' .. said[2] end
+    elseif finished then
       local text = redis.call('HGET', b .. 'final', dep)
       if not text or string.find(text, '^{"state":"done"') then
         got[#got + 1] = cjson.encode(dep) .. ':' .. wf_result(b, dep)
       end
     elseif not redis.call('ZSCORE', b .. 'dead', dep) then
-      unmet = unmet + 1
+      unmet[#unmet + 1] = dep
       local list = redis.call('HGET', b .. 'dependants', dep)
       local names = list and cjson.decode(list) or {}
       names[#names + 1] = queue
@@ -144,5 +215,5 @@ local function wf_join(base, index, jid, spec, here)
       redis.call('HSET', b .. 'dependants', dep, cjson.encode(names))
     end
   end
-  return unmet, table.concat(got, ','), a[1]
+  return #unmet, table.concat(got, ','), a[1], unmet
 end
