@@ -31,6 +31,7 @@ from tests.wire import WireError
 ARGS = ("--min-reservation", "1", "--fetch-timeout", "0.5", "--reaper-interval", "0.2")
 BATCH_SIZE = 10  # jobs per batch of BatchProducer
 CALLBACKS = "callbacks"  # the queue of the batches' success callbacks
+FOLLOWERS = "followers"  # the queue of the jobs that run after a batch's jobs (custom.after)
 
 
 @pytest.fixture
@@ -138,9 +139,10 @@ def test_a_master_killed_under_load(
 
 
 class BatchProducer(threading.Thread):
-    """Batches of BATCH_SIZE jobs over `queues`, each with a success callback job in CALLBACKS,
-    one after the other until stopped: BATCH NEW, the jobs, BATCH COMMIT, each call sent again
-    until answered (a push that had landed answers `already in use`)."""
+    """Batches of BATCH_SIZE jobs over `queues`, each with a success callback job in CALLBACKS
+    and a follower in FOLLOWERS that runs after those jobs (a workflow), one after the other
+    until stopped: BATCH NEW, the jobs, the follower, BATCH COMMIT, each call sent again until
+    answered (a push that had landed answers `already in use`)."""
 
     def __init__(self, port: int, ledger: Ledger, queues: list[str], prefix: str) -> None:
         super().__init__(daemon=True)
@@ -167,12 +169,16 @@ class BatchProducer(threading.Thread):
         callback = f"{self.prefix}-cb-{n:05d}"
         spec = {"success": {"jid": callback, "jobtype": "cb", "args": [], "queue": CALLBACKS}}
         bid = self.answered("BATCH", "NEW " + json.dumps(spec)).decode()
-        for i in range(BATCH_SIZE):
-            jid = f"{self.prefix}-{n:05d}-{i}"
+        jids = [f"{self.prefix}-{n:05d}-{i}" for i in range(BATCH_SIZE)]
+        for i, jid in enumerate(jids):
             pushed = job(jid, self.queues[i % len(self.queues)], 2)
             pushed["custom"]["bid"] = bid
             self.answered("PUSH", pushed)
             self.ledger.pushed[jid] = time.time()
+        follower = job(f"{self.prefix}-after-{n:05d}", FOLLOWERS, 2)
+        follower["custom"]["after"] = jids
+        self.answered("PUSH", follower)
+        self.ledger.pushed[follower["jid"]] = time.time()
         self.answered("BATCH", f"COMMIT {bid}")
         self.committed[bid] = callback
 
@@ -201,12 +207,13 @@ def stop(threads: Sequence[Producer | Worker | BatchProducer]) -> None:
 
 
 @pytest.mark.parametrize("run", [pytest.param(1, marks=CHAOS)])
-def test_batches_complete_across_a_master_kill(
+def test_batches_and_workflows_complete_across_a_master_kill(
     cluster_brokers: Callable[..., BrokerProcess], redis_cluster: ClusterRig, run: int
 ) -> None:
-    """Batches whose jobs are in queues on every master, their callbacks in another, while the
-    master of the batch records ({g}) is SIGKILLed: the tallies its failover lost are made by
-    the batches loop, so every committed batch succeeds and its callback runs."""
+    """Batches whose jobs are in queues on every master, their callbacks in another, and a job
+    after each batch's jobs in a third, while the master of the batch records and of wf:due
+    ({g}) is SIGKILLed: the tallies its failover lost are made by the batches loop, so every
+    committed batch succeeds and its callback runs, and every follower runs."""
     rig = redis_cluster
     brokers = [cluster_brokers("--push-replicas", "1") for _ in range(2)]
     queues = spread_queues(rig, 1)
@@ -214,7 +221,7 @@ def test_batches_complete_across_a_master_kill(
     producers = [BatchProducer(brokers[i].port, ledger, queues, f"b{i}") for i in range(2)]
     workers = [
         Worker(brokers[i % 2].port, ledger, queue, f"w-{queue}")
-        for i, queue in enumerate([*queues, CALLBACKS])
+        for i, queue in enumerate([*queues, CALLBACKS, FOLLOWERS])
     ]
     for thread in (*producers, *workers):
         thread.start()

@@ -124,7 +124,7 @@ async def test_a_jobs_whole_life_on_a_cluster(
 class DiesAfterScripts(Redis):
     """A broker's store that dies after each split script, before its global writes."""
 
-    async def apply(self, outbox: list[bytes], visit: str) -> None:
+    async def apply(self, outbox: list[bytes], visit: str, queue: str | None = None) -> None:
         """Never made: the broker died first."""
 
 
@@ -204,11 +204,11 @@ class Interleaved(Redis):
 
     between: Callable[[], Awaitable[None]] | None = None
 
-    async def apply(self, outbox: list[bytes], visit: str) -> None:
+    async def apply(self, outbox: list[bytes], visit: str, queue: str | None = None) -> None:
         step, self.between = self.between, None
         if step is not None:
             await step()
-        await super().apply(outbox, visit)
+        await super().apply(outbox, visit, queue)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ async def test_ends_lost_with_their_outbox_are_settled_once(
         new("dst-0001", queue="dst", custom={"after": ["src-0001", "src-0002"]}), NOW
     )
     assert rdb.zscore(keys.DUE_TALLIES, "src") == NOW + TALLY_SWEEP  # announced first
+    assert rdb.hget(keys.touched(keys.DUE_TALLIES), "src") == "2"  # and after registering
     await done(dying, "src-0001", b"7")
     assert rdb.zcard(keys.WF_DUE) == 0  # the outbox was lost
     assert len(rdb.hkeys(SRC.tallies)) == 1
@@ -82,6 +83,7 @@ async def test_a_registration_left_by_a_refused_push_settles_nothing(
     assert rdb.hget(keys.JIDS, "dst-0001") is None  # its claim given back
     await manager.push(new("dst-0001", queue="dst", custom={"after": ["src-0002"]}), NOW)
     await done(manager, "src-0001")
+    assert rdb.hlen(SRC.tallies) == 0  # its outbox marked the end due: the sweep will not
     await manager.workflows.settle(NOW)
     assert rdb.zscore(DST.blocked, "dst-0001") is not None
     assert rdb.zcard(keys.WF_DUE) == 0
@@ -125,3 +127,21 @@ async def test_check_finds_a_dependant_no_end_will_come_to(
     state, _ = await manager.tracking.find("dst-0001")
     assert state.state == "cancelled"
     assert (await Auditor(manager.store, settle=0.01).run()).problems == []
+
+
+async def test_a_dependency_of_the_same_queue_is_judged_by_its_queue(
+    nursery: trio.Nursery, redis_url: str, rdb: redis.Redis
+) -> None:
+    """A broker died after a dependency's ACK script, so the index still names it live; a job
+    of its queue pushed after it finds it done there (with its result) and runs at once."""
+    dying = await split_manager(nursery, redis_url, rdb, DiesAfterScripts)
+    healthy = await split_manager(nursery, redis_url, rdb, Redis)
+    await healthy.push(new("dst-dep-01", queue="dst"), NOW)
+    fetched = await dying.fetch(["dst"], "w1", NOW)
+    assert fetched is not None
+    await dying.ack("dst-dep-01", "dst", NOW, "w1", b'"r"')
+    assert rdb.hget(keys.JIDS, "dst-dep-01") == "dst"  # the ~dst mark was lost
+    await healthy.push(new("dst-0001", queue="dst", custom={"after": ["dst-dep-01"]}), NOW)
+    assert rdb.lrange(DST.queue, 0, -1) == ["dst-0001"]
+    record = json.loads(rdb.hget(DST.jobs, "dst-0001"))
+    assert record["custom"]["_results"] == {"dst-dep-01": "r"}

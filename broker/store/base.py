@@ -8,7 +8,7 @@ from typing import Any
 
 from hopper_broker.store.address import ReplyError
 from hopper_broker.store.connection import Connection
-from hopper_broker.store.keys import JIDS, queue_of_key, stand_in, touched
+from hopper_broker.store.keys import JIDS, QueueKeys, queue_of_key, stand_in, touched
 
 SCAN_COUNT = 1000  # keys or entries asked for per SCAN-family step
 # helpers every script shares
@@ -30,6 +30,7 @@ SPLIT_READY = frozenset(
     | {"settle"}  # workflows' ends across queues
 )
 SPLIT_SUFFIX = "_s"  # a script's function in split mode
+WF_DUE_ENTRY = b'["wf_due",'  # how an outbox entry of a workflow's end begins (wf_mark)
 Visit = dict[str, tuple[str, str]] | None  # due key -> its entry's score, touch count as read
 
 
@@ -128,14 +129,21 @@ class Redis:
         local = [stand_in(queue, key) for key in keys] if queue is not None else list(keys)
         reply, outbox = await self._call(script.function + SPLIT_SUFFIX, local, args)
         if outbox:
-            await self.apply(outbox, "" if visit is None else json.dumps(visit))
+            await self.apply(outbox, "" if visit is None else json.dumps(visit), queue)
         return reply
 
-    async def apply(self, outbox: list[bytes], visit: str) -> None:
-        """Split mode's second step: a script's global writes, made on the global keys."""
+    async def apply(self, outbox: list[bytes], visit: str, queue: str | None = None) -> None:
+        """Split mode's second step: a script's global writes, made on the global keys. The
+        ends of dependencies it marked due in wf:due then leave the tallies of `queue` (the
+        script's; lib_workflows.lua: wf_mark), so that the batches loop does not mark them again
+        later, when a job of the same jid may wait for another end (a batch's tallies are made
+        once by its told set instead)."""
         _, due = await self._call(APPLY.function, (JIDS,), (visit, *outbox))
         if due:
             self.on_batch_due()
+        made = [json.loads(e)[2] + "/w" for e in outbox if e.startswith(WF_DUE_ENTRY)]
+        if made and queue is not None:
+            await self.execute("HDEL", QueueKeys(queue).tallies, *made)
 
     async def announce_due(self, due: str, score: float, queue: str) -> None:
         """Split mode's first step for a call that adds an entry to a queue's set: the queue's

@@ -135,7 +135,7 @@ class JobStore:
         if not deps:
             return text(claims)
         dependants = [(entry[0], entry[6]) for entry in entries if entry[6]]
-        return await self.workflows.register(queue, dependants, text(claims))
+        return await self.workflows.register(queue, dependants, text(claims), sweep)
 
     async def push_graph(
         self, segments: Sequence[tuple[str, Sequence[PushEntry], str]], now: float, keep: str

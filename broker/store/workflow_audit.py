@@ -8,7 +8,9 @@ workflows loop settles them under the job's policy (cancelled, or released).
 In split mode the ends on their way are also the queues' tallies (lib_workflows.lua), and a
 job's dependencies in other slots cannot be read in one script: the dependencies each job still
 waits for (`unmet`) are looked up where they are, and a job found waiting for a silent one is
-looked at again `settle` seconds later (an end between its steps), then reported."""
+looked at again `settle` seconds later (an end between its steps), then reported. A dependency
+the index no longer knows is not judged (its end may be a tally of a queue it does not name),
+nor is a job blocked before the store went split (it has no `unmet` list)."""
 
 import json
 from collections import defaultdict
@@ -51,46 +53,37 @@ class WorkflowAuditor(AuditPart):
         """Split mode: the blocked jobs of `queue` among `jids` waiting for an end that none
         of their dependencies will send; a first look only notes them for a second."""
         k = QueueKeys(queue)
-        pending = await self._unmet(k, jids)
-        silent = await self._silent(queue, pending)
+        silent = await self._silent(queue, await self._unmet(k, jids))
         still = await self._unmet(k, sorted({jid for jid, _ in silent}))  # settled meanwhile?
-        silent = [(jid, dep) for jid, dep in silent if dep in (still.get(jid) or ())]
-        unlisted = [jid for jid, deps in still.items() if deps is None]
-        if not (silent or unlisted):
+        silent = [(jid, dep) for jid, dep in silent if dep in still.get(jid, ())]
+        if not silent:
             return
+        suspects = sorted({jid for jid, _ in silent})
         if not again:
-            suspects = sorted({jid for jid, _ in silent} | set(unlisted))
             self.later(lambda: self._split_look(queue, suspects, again=True))
             return
-        for jid in unlisted:  # left by a broker not in split mode: nothing to settle it by
-            self.note(STRANDED, queue, jid, "no list of unmet dependencies", repaired=False)
-        for jid in sorted({jid for jid, _ in silent}):
+        for jid in suspects:
             self.note(STRANDED, queue, jid)
-        if self.repair and silent:
+        if self.repair:
             entries = [
                 json.dumps(["end", queue, jid, dep, "null"], separators=(",", ":"))
                 for jid, dep in silent
             ]
             await self.redis.execute("ZADD", WF_DUE, "NX", *_scored(entries))
 
-    async def _unmet(self, k: QueueKeys, jids: Sequence[str]) -> dict[str, list[str] | None]:
-        """The dependencies each blocked job of `jids` waits for (None: it has no list)."""
+    async def _unmet(self, k: QueueKeys, jids: Sequence[str]) -> dict[str, list[str]]:
+        """The dependencies each blocked job of `jids` with a list of them still waits for."""
         if not jids:
             return {}
-        lists, waits = await self.redis.execute_many(
-            [("HMGET", k.unmet, *jids), ("HMGET", k.waits, *jids)]
-        )
-        return {
-            jid: None if found is None else json.loads(found)
-            for jid, found, wait in zip(jids, lists, waits, strict=True)
-            if wait is not None
-        }
+        lists = await self.redis.execute("HMGET", k.unmet, *jids)
+        return {jid: json.loads(found) for jid, found in zip(jids, lists, strict=True) if found}
 
-    async def _silent(self, queue: str, pending: dict[str, list[str] | None]) -> list[Pair]:
-        """The (job, dependency) pairs of `pending` no end is coming for: the dependency does
-        not name the job among its dependants, and no tally or wf:due entry carries its end
-        (read in the order an end moves: dependants, tallies, wf:due)."""
-        pairs = [(jid, dep) for jid, deps in pending.items() for dep in deps or ()]
+    async def _silent(self, queue: str, pending: dict[str, list[str]]) -> list[Pair]:
+        """The (job, dependency) pairs of `pending` no end is coming for: the dependency, known
+        to the index, is not a live job naming the job among its dependants, and no tally or
+        wf:due entry carries its end (read in the order an end moves: dependants, tallies,
+        wf:due)."""
+        pairs = [(jid, dep) for jid, deps in pending.items() for dep in deps]
         if not pairs:
             return []
         deps = sorted({dep for _, dep in pairs})
@@ -104,14 +97,23 @@ class WorkflowAuditor(AuditPart):
             coming |= await self._named(home, those, queue)
             coming |= await self._tallied(home, queue)
         coming |= await self._due(queue)
-        return [pair for pair in pairs if pair not in coming]
+        return [pair for pair in pairs if pair not in coming and owners[pair[1]] is not None]
 
     async def _named(self, home: str, deps: list[str], queue: str) -> set[Pair]:
-        """The pairs the live dependencies `deps` of queue `home` will end (their dependants)."""
-        lists = await self.redis.execute("HMGET", QueueKeys(home).dependants, *deps)
+        """The pairs the dependencies `deps` of queue `home` will end: those that are live,
+        not dead, and name the job among their dependants."""
+        k = QueueKeys(home)
+        lists, finished, dead, *present = await self.redis.execute_many(
+            [
+                ("HMGET", k.dependants, *deps),
+                ("ZMSCORE", k.finished, *deps),
+                ("ZMSCORE", k.dead, *deps),
+                *(("HEXISTS", k.jobs, dep) for dep in deps),
+            ]
+        )
         named: set[Pair] = set()
-        for dep, found in zip(deps, lists, strict=True):
-            names = json.loads(found) if found else []
+        for dep, found, done, died, here in zip(deps, lists, finished, dead, present, strict=True):
+            names = json.loads(found) if found and here and done is None and died is None else []
             named |= {(names[i + 1], dep) for i in range(0, len(names), 2) if names[i] == queue}
         return named
 

@@ -12,6 +12,7 @@ from typing import Any
 from hopper_broker.store.base import Redis, Script, text
 from hopper_broker.store.keys import (
     AWAITED,
+    DUE_TALLIES,
     FINISHED_CHANNEL,
     FINISHED_MARK,
     JIDS,
@@ -37,11 +38,15 @@ class WorkflowStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def register(self, queue: str, dependants: Sequence[tuple[str, str]], claims: str) -> str:
+    async def register(
+        self, queue: str, dependants: Sequence[tuple[str, str]], claims: str, sweep: str
+    ) -> str:
         """Split mode: the dependants (jid, spec) about to be pushed into `queue` named by
         their live dependencies of other queues, each such queue in one call; returns the
         claims (claim.lua's JSON, which holds the dependencies' index entries) with the
-        verdict on each of those dependencies added, as the push script takes them."""
+        verdict on each of those dependencies added, as the push script takes them. The
+        queues that now name a dependant are announced in due:tallies again, at `sweep`: a
+        batches loop's look that began before the registration does not drop them."""
         found = json.loads(claims)
         owners: dict[str, str | bool] = found[2]
         triples: dict[str, list[str]] = defaultdict(list)  # the dependencies' queue -> triples
@@ -51,11 +56,16 @@ class WorkflowStore:
                 if isinstance(owner, str) and owner.removeprefix(FINISHED_MARK) != queue:
                     triples[owner.removeprefix(FINISHED_MARK)] += (jid, dep, owner)
         verdicts: dict[str, list[str]] = {}
+        named: list[bytes] = []
         for home, flat in triples.items():
             answers = await self.redis.run(REGISTER, (QueueKeys(home).jobs,), (queue, *flat))
             for i, answer in enumerate(answers):
                 said = text(answer)
                 verdicts[flat[3 * i + 1]] = [said[0], said[1:]]
+            if any(text(answer) == "u" for answer in answers):
+                named.append(json.dumps(["due_add", DUE_TALLIES, sweep, home]).encode())
+        if named:
+            await self.redis.apply(named, "")
         return json.dumps([*found, verdicts])
 
     async def settle(self, now: float, keep: str, most: int) -> int:

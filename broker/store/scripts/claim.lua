@@ -50,12 +50,15 @@ for i, jid in ipairs(jids) do
     end
   end
 end
-local deps, found = {unpack(ARGV, 5 + 2 * n)}, {}
+local deps, found, told = {unpack(ARGV, 5 + 2 * n)}, {}, {[queue] = true}
 local dep_owners = #deps > 0 and redis.call('HMGET', KEYS[1], unpack(deps)) or {}
 for i, dep in ipairs(deps) do
   local owner = dep_owners[i]
   found[dep] = owner
-  if names_live(owner) and owner ~= queue then AFTER.due_add(KEYS[4], ARGV[3], owner) end
+  if names_live(owner) and not told[owner] then
+    told[owner] = true
+    AFTER.due_add(KEYS[4], ARGV[3], owner)
+  end
 end
 redis.call('SADD', KEYS[2], queue)
 if ARGV[2] ~= '' then AFTER.due_add(KEYS[3], ARGV[2], queue) end  -- with its touch count

@@ -38,10 +38,12 @@ local function wf_forget(base, jids)
 end
 
 -- Split mode: the blocked job `jid` no longer waits for `dep`; false when it did not (an end
--- settled before, or a registration left by a push that was refused).
+-- settled before, or a registration left by a push that was refused). A job blocked before the
+-- store went split has no list: each end counts, as on one Redis.
 local function wf_unwait(base, jid, dep)
   local list = redis.call('HGET', base .. 'unmet', jid)
-  local deps, left, found = list and cjson.decode(list) or {}, {}, false
+  if not list then return true end
+  local deps, left, found = cjson.decode(list), {}, false
   for _, d in ipairs(deps) do
     if d == dep and not found then found = true else left[#left + 1] = d end
   end
@@ -137,47 +139,49 @@ local function wf_count(key, index, jids, outcome, now)
   end
 end
 
--- Push: the index entry of dependency `dep` (nil: unknown), looked up in `here` (the jids stored
--- in this call, earlier or anywhere in a graph, to their queues) first; in split mode as the
--- claim step read it (claim.lua), on one Redis in the index.
-local function wf_owner(index, dep, here)
-  if here[dep] then return here[dep] end
-  if split then return wf_said.owners[dep] or nil end
-  return redis.call('HGET', index, dep) or nil
-end
-
--- Push: the verdict on `dep` of another queue than `queue`, which wf_register.lua gave in that
--- queue's slot before the push (split mode): {code, result}, code 'u' unmet (registered), 'm'
--- met (result: its raw JSON), 'f' did not succeed, '7' unknown; nil on one Redis or for a
--- dependency of `queue` itself, which the push judges.
-local function wf_verdict(dep, owner, queue)
-  if not split or owner == queue or owner == '~' .. queue then return nil end
-  return wf_said.verdicts[dep] or {'7'}
+-- Push: where dependency `dep` of a job of `queue` stands: nil (unknown); 'live' or 'finished'
+-- and its queue's key prefix; or (split mode, a job of another queue) 'said' and the verdict
+-- wf_register.lua gave in that queue's slot before this call: {code, result}, code 'u' unmet
+-- (registered), 'm' met (result: its raw JSON), 'f' did not succeed, '7' unknown. `here` maps
+-- the jids stored in this call (earlier, or anywhere in a graph) to their queues; any other
+-- is found in the index (split mode: as the claim step read it, claim.lua), and in split mode
+-- one of `queue` itself from the queue's own records, which that read may lag behind.
+local function wf_where(index, queue, dep, here)
+  local owner = here[dep]
+  if not owner then
+    if split then owner = wf_said.owners[dep] else owner = redis.call('HGET', index, dep) end
+  end
+  if not owner then return nil end
+  local finished = string.sub(owner, 1, 1) == '~'
+  local home = finished and string.sub(owner, 2) or owner
+  local base = 'hopper:q:{' .. home .. '}:'
+  if not split or here[dep] then return finished and 'finished' or 'live', base end
+  if home ~= queue then return 'said', wf_said.verdicts[dep] or {'7'} end
+  if live_here(base .. 'jobs', base .. 'finished', dep) then return 'live', base end
+  if finished or redis.call('ZSCORE', base .. 'finished', dep) then return 'finished', base end
+  return nil
 end
 
 -- Push: may a job with dependencies `spec` (JSON [policy, dep, ...]) be stored? `here` as in
--- wf_owner; `ending` (or nil) holds the live jobs this call ends (a graph's replace pushes):
+-- wf_where; `ending` (or nil) holds the live jobs this call ends (a graph's replace pushes):
 -- they do not succeed. Returns 1, or 7 and an unknown dependency, or 8 and a dependency that
 -- did not succeed (policy fail). Reads only.
 local function wf_check(index, queue, spec, here, ending)
   local a = cjson.decode(spec)
   for i = 2, #a do
     local dep = a[i]
-    local owner = wf_owner(index, dep, here)
-    local said = owner and wf_verdict(dep, owner, queue)
-    if not owner or said and said[1] == '7' then return 7, dep end
-    local finished = string.sub(owner, 1, 1) == '~'
-    local base = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
+    local kind, at = wf_where(index, queue, dep, here)
+    if not kind or kind == 'said' and at[1] == '7' then return 7, dep end
     local failed
     if ending and ending[dep] then
       failed = true
-    elseif said then
-      failed = said[1] == 'f'
-    elseif finished then
-      local text = redis.call('HGET', base .. 'final', dep)
+    elseif kind == 'said' then
+      failed = at[1] == 'f'
+    elseif kind == 'finished' then
+      local text = redis.call('HGET', at .. 'final', dep)
       failed = text and not string.find(text, '^{"state":"done"')
     else
-      failed = redis.call('ZSCORE', base .. 'dead', dep) ~= false
+      failed = redis.call('ZSCORE', at .. 'dead', dep) ~= false
     end
     if failed and a[1] == 'fail' then return 8, dep end
   end
@@ -188,31 +192,28 @@ end
 -- live one names it among its dependants (split mode: one of another queue did, in
 -- wf_register.lua); returns the number unmet, the results of those that succeeded, the policy
 -- and the unmet dependencies. A dead or failed one counts as met (policy run). `here` as in
--- wf_owner.
+-- wf_where.
 local function wf_join(base, index, jid, spec, here)
   local a = cjson.decode(spec)
   local queue, unmet, got = wf_queue(base), {}, {}
   for i = 2, #a do
     local dep = a[i]
-    local owner = wf_owner(index, dep, here)
-    local said = wf_verdict(dep, owner, queue)
-    local finished = string.sub(owner, 1, 1) == '~'
-    local b = 'hopper:q:{' .. (finished and string.sub(owner, 2) or owner) .. '}:'
-    if said then
-      if said[1] == 'u' then unmet[#unmet + 1] = dep end
-      if said[1] == 'm' then got[#got + 1] = cjson.encode(dep) .. ':' .. said[2] end
-    elseif finished then
-      local text = redis.call('HGET', b .. 'final', dep)
+    local kind, at = wf_where(index, queue, dep, here)
+    if kind == 'said' then
+      if at[1] == 'u' then unmet[#unmet + 1] = dep end
+      if at[1] == 'm' then got[#got + 1] = cjson.encode(dep) .. ':' .. at[2] end
+    elseif kind == 'finished' then
+      local text = redis.call('HGET', at .. 'final', dep)
       if not text or string.find(text, '^{"state":"done"') then
-        got[#got + 1] = cjson.encode(dep) .. ':' .. wf_result(b, dep)
+        got[#got + 1] = cjson.encode(dep) .. ':' .. wf_result(at, dep)
       end
-    elseif not redis.call('ZSCORE', b .. 'dead', dep) then
+    elseif not redis.call('ZSCORE', at .. 'dead', dep) then
       unmet[#unmet + 1] = dep
-      local list = redis.call('HGET', b .. 'dependants', dep)
+      local list = redis.call('HGET', at .. 'dependants', dep)
       local names = list and cjson.decode(list) or {}
       names[#names + 1] = queue
       names[#names + 1] = jid
-      redis.call('HSET', b .. 'dependants', dep, cjson.encode(names))
+      redis.call('HSET', at .. 'dependants', dep, cjson.encode(names))
     end
   end
   return #unmet, table.concat(got, ','), a[1], unmet
