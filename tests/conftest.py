@@ -207,21 +207,26 @@ def _mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def start_broker(
-    nursery: trio.Nursery, redis_url: str, request: pytest.FixtureRequest
-) -> StartBroker:
+def store_at(redis_url: str, request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """Where the test's brokers store, and whether split (redis_split on one Redis): the test
+    Redis, or the flushed cluster rig."""
     mode = _mode(request)
     if mode == "cluster":
         rig: ClusterRig = request.getfixturevalue("redis_cluster")
         rig.flush()
-        return StartBroker(nursery, rig.url)
-    return StartBroker(nursery, redis_url, mode == "split")
+        return rig.url, False
+    return redis_url, mode == "split"
 
 
 @pytest.fixture
-def store_url(start_broker: StartBroker) -> str:
+async def start_broker(nursery: trio.Nursery, store_at: tuple[str, bool]) -> StartBroker:
+    return StartBroker(nursery, *store_at)
+
+
+@pytest.fixture
+def store_url(store_at: tuple[str, bool]) -> str:
     """The Redis URL of the test's brokers: the test Redis, or the cluster rig's."""
-    return start_broker.redis_url
+    return store_at[0]
 
 
 @pytest.fixture
@@ -368,13 +373,15 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def broker_process(redis_url: str) -> Iterator[Callable[..., BrokerProcess]]:
-    """Factory of broker processes on the test Redis (or embedded, with --data-dir); each one
-    process (--processes 1: what it proves holds of one; test_multiprocess.py runs several)."""
+def broker_process(store_at: tuple[str, bool]) -> Iterator[Callable[..., BrokerProcess]]:
+    """Factory of broker processes on the test Redis (or embedded, with --data-dir), in the
+    test's store mode (the cluster rig's URL, or --redis-split); each one process
+    (--processes 1: what it proves holds of one; test_multiprocess.py runs several)."""
     started: list[BrokerProcess] = []
+    store = ["--redis-url", store_at[0]] + ["--redis-split"] * store_at[1]
 
     def make(*args: str, embedded: bool = False, **env: str) -> BrokerProcess:
-        base = ["--processes", "1"] + ([] if embedded else ["--redis-url", redis_url])
+        base = ["--processes", "1"] + ([] if embedded else store)
         broker = BrokerProcess(
             [*base, "--scheduler-interval", "0.1", "--reaper-interval", "0.1", *args],
             clean_env(**env),

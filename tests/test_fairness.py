@@ -1,6 +1,7 @@
 """Fair turns between groups of a queue, and limits per group and per jobtype, over the wire
 with real brokers and a real Redis: jobs held back stay queued, one busy group or jobtype never
-holds the others up, and the limits hold across brokers."""
+holds the others up, and the limits hold across brokers; as on one Redis, in split mode and on
+the cluster rig."""
 
 import json
 import subprocess
@@ -19,6 +20,8 @@ from hopper_client import AsyncClient
 from tests.conftest import StartBroker, check_store
 from tests.wire import Wire, WireError, job
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 def grouped(jid: str, group: str, queue: str = "fair", **fields: Any) -> dict[str, Any]:
     return job(jid, queue=queue, custom={"group": group}, **fields)
@@ -34,7 +37,7 @@ async def fetch_jids(w: Wire, queue: str, n: int) -> list[str]:
     return found
 
 
-async def test_groups_take_turns(broker: App, redis_url: str) -> None:
+async def test_groups_take_turns(broker: App, store_url: str) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [grouped(f"busy-{i:03d}", "busy") for i in range(50)])
     await w.call("PUSHB", [grouped(f"calm-{g}-000", f"calm{g}") for g in range(4)])
@@ -45,11 +48,11 @@ async def test_groups_take_turns(broker: App, redis_url: str) -> None:
     ), served
     size = json.loads(await w.call("INFO"))["faktory"]["queues"]["fair"]
     assert size == 50 - 1
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_flooding_group_does_not_starve_a_thousand_others(
-    broker: App, redis_url: str
+    broker: App, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     flood = [grouped(f"flood-{i:05d}", "flood") for i in range(5000)]
@@ -65,9 +68,10 @@ async def test_a_flooding_group_does_not_starve_a_thousand_others(
             await w.call("ACK", {"jid": jid})
     # every other group had its first job served within two turns of each
     assert len(served) <= 2 * 1000, len(served)
-    check_store(redis_url)
+    check_store(store_url)
 
 
+@pytest.mark.parametrize("store_mode", ["one", "split"], indirect=True)  # counts one Redis's calls
 async def test_fetch_cost_does_not_grow_with_the_number_of_groups(
     broker: App, rdb: redis.Redis
 ) -> None:
@@ -102,7 +106,7 @@ TYPED = [job(f"job-{t}-{i:03d}", t, queue="fair") for i in range(30) for t in ("
 async def test_concurrency_limits_hold_across_two_brokers(
     start_broker: StartBroker,
     rdb: redis.Redis,
-    redis_url: str,
+    store_url: str,
     setting: str,
     jobs: list[dict[str, Any]],
     most: dict[str, int],
@@ -137,11 +141,11 @@ async def test_concurrency_limits_hold_across_two_brokers(
                 nursery.start_soon(worker, n)
     assert {key: seen[key] for key in most} == most, seen
     assert not rdb.hgetall(QueueKeys("fair").running)
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_jobtype_at_its_limit_waits_without_holding_up_the_others(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [job(f"slow-{i:03d}", "Slow", queue="mixed") for i in range(20)])
@@ -157,7 +161,7 @@ async def test_a_jobtype_at_its_limit_waits_without_holding_up_the_others(
     info = json.loads(await w.call("INFO"))
     assert info["hopper"]["queues"]["mixed"]["jobtypes"] == {"Slow": {"concurrency": "2"}}
     assert info["faktory"]["queues"]["mixed"] == 20 - 3
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @pytest.mark.timing
@@ -176,7 +180,7 @@ async def test_group_rate_paces_each_group(broker: App) -> None:
 
 
 async def test_cancel_release_bounds_remove_and_flush_keep_lanes_whole(
-    broker: App, redis_url: str
+    broker: App, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("PUSHB", [grouped(f"g-{i:06d}", f"g{i % 3}") for i in range(30)])
@@ -186,18 +190,18 @@ async def test_cancel_release_bounds_remove_and_flush_keep_lanes_whole(
     assert await broker.manager.store.jobs.release("fair", first)  # as a halted fetch chain
     again = await fetch_jids(w, "fair", 3)  # first again in its group, at the group's turn
     assert first in again and [j for j in again if int(j[-1]) % 3 == 0] == [first], again
-    check_store(redis_url)
+    check_store(store_url)
     await w.call("QUEUE", "REMOVE fair")
     info = json.loads(await w.call("INFO"))
     assert "fair" not in info["faktory"]["queues"]
-    check_store(redis_url)
+    check_store(store_url)
     await w.call("QUEUE", "SET fair max_size=5")
     await w.call("PUSHB", [grouped(f"h-{i:06d}", "h") for i in range(5)])
     with pytest.raises(WireError, match="FULL"):
         await w.call("PUSH", grouped("h-000999", "h"))
     await w.call("FLUSH")
     assert "fair" not in json.loads(await w.call("INFO"))["faktory"]["queues"]
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_bad_groups_and_limits_are_refused(broker: App) -> None:
@@ -212,7 +216,7 @@ async def test_bad_groups_and_limits_are_refused(broker: App) -> None:
             await w.call("QUEUE", f"SET fair {word}")
 
 
-async def test_a_worker_throttle_limits_each_worker_process(broker: App, redis_url: str) -> None:
+async def test_a_worker_throttle_limits_each_worker_process(broker: App, store_url: str) -> None:
     admin = await Wire.open(broker.port, hello={})
     await admin.call("QUEUE", "SET bulk worker_concurrency=2")
     await admin.call("PUSHB", [job(f"bulk-{i:05d}", queue="bulk") for i in range(10)])
@@ -224,7 +228,7 @@ async def test_a_worker_throttle_limits_each_worker_process(broker: App, redis_u
     await two.call("ACK", {"jid": got[0]})
     assert len(await fetch_jids(two, "bulk", 3)) == 1
     assert len(await fetch_jids(admin, "bulk", 1)) == 1  # a connection that is no worker
-    check_store(redis_url)
+    check_store(store_url)
 
 
 def test_faktory_enterprise_throttles_in_the_file(tmp_path: Path) -> None:
@@ -264,7 +268,7 @@ async def test_a_jobtype_rate_paces_that_jobtype_only(broker: App) -> None:
 
 
 async def test_check_finds_and_mends_broken_lane_bookkeeping(
-    broker: App, rdb: redis.Redis, redis_url: str
+    broker: App, rdb: redis.Redis, store_url: str
 ) -> None:
     w = await Wire.open(broker.port, hello={"wid": "w1"})
     await w.call("QUEUE", "SET fair group_concurrency=1")
@@ -276,14 +280,14 @@ async def test_check_finds_and_mends_broken_lane_bookkeeping(
     rdb.hset(k.meta, "laned", 9)
     rdb.zadd(k.lanes, {"g:nobody": 99})
     done = subprocess.run(
-        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", redis_url],
+        [sys.executable, "-m", "hopper_broker", "check", "--repair", "--redis-url", store_url],
         capture_output=True,
         text=True,
         check=False,
     )
     for problem in ("running count", "stale lease", "lane count", "empty lane"):
         assert problem in done.stdout, done.stdout
-    check_store(redis_url)
+    check_store(store_url)
     assert rdb.hget(k.running, "g:g0") == "1" and rdb.hget(k.meta, "laned") == "4"
 
 

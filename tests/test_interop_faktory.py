@@ -1,4 +1,5 @@
-"""Interoperability with the unchanged PyPI `faktory` client: producer and worker."""
+"""Interoperability with the unchanged PyPI `faktory` client: producer and worker; as on one
+Redis, in split mode and on the cluster rig."""
 
 import json
 import subprocess
@@ -8,11 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import faktory
+import pytest
 import redis
 
 from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess
 from tests.wire import SyncWire
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 WORKER = textwrap.dedent(
     """

@@ -12,6 +12,8 @@ from hopper_broker.listing import Listing
 from hopper_client.schema.pages import MAX_LIMIT, SCAN_WINDOW, ListQuery, Page
 from tests.wire import Wire, WireError, job
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 QUEUES = ("alpha", "beta", "gamma")
 
 

@@ -1,4 +1,5 @@
-"""The job lifecycle against a real Redis: each transition and the state it leaves behind."""
+"""The job lifecycle against a real Redis: each transition and the state it leaves behind; as on
+one Redis, in split mode and on the cluster rig."""
 
 import json
 import random
@@ -13,12 +14,14 @@ from hopper_broker.errors import Discard, Halt
 from hopper_broker.manager import Manager
 from hopper_broker.middleware import Chains, Context, Next
 from hopper_broker.store import keys
-from hopper_broker.store.address import Address
-from hopper_broker.store.connection import Pipeline
+from hopper_broker.store.cluster import ClusterPipeline, connection_for
 from hopper_broker.store.keys import QueueKeys
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import CommandError
 from hopper_client.schema.jobs import FailPayload, Job, MutateFilter, Mutation, job_decoder
+from tests.conftest import StartBroker
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 NOW = 1_764_000_000.0
 K = QueueKeys("default")
@@ -34,10 +37,11 @@ class Clock:
 
 
 @pytest.fixture
-async def store(nursery: trio.Nursery, redis_url: str) -> Store:
-    pipeline = Pipeline(Address(redis_url))
-    await nursery.start(pipeline.run)
-    return Store(pipeline)
+async def store(nursery: trio.Nursery, start_broker: StartBroker) -> Store:
+    """The store of the test's mode (one Redis, split, or the cluster rig), as a broker's."""
+    connection = connection_for(start_broker.redis_url, lambda: 10.0)
+    await nursery.start(connection.run)
+    return Store(connection, split=start_broker.split or isinstance(connection, ClusterPipeline))
 
 
 def make_manager(store: Store, chains: Chains | None = None, **config: Any) -> Manager:
@@ -374,15 +378,18 @@ async def test_latency(manager: Manager) -> None:
         await manager.admin.latency(["*"], NOW)
 
 
-async def test_info_counts(manager: Manager) -> None:
+async def test_info_counts(manager: Manager, store_mode: str) -> None:
     await manager.push(new("jid-0001"), NOW)
     await manager.push(new("jid-0002", at="2030-01-01T00:00:00Z", queue="later"), NOW)
     info = await manager.admin.info(NOW)
     assert list(info) == ["now", "server_utc_time", "faktory", "server", "hopper"]
     faktory = info["faktory"]
-    assert faktory["queues"] == {"default": 1}  # a queue exists once a job was enqueued to it
+    # a queue exists once a job was enqueued to it; split mode lists it at its first push
+    # (before the push's script: docs/cluster.md, "Queues listed")
+    listed = {"default": 1} if store_mode == "one" else {"default": 1, "later": 0}
+    assert faktory["queues"] == listed
     assert faktory["sets"] == {"scheduled": 1, "retries": 0, "dead": 0, "working": 0}
-    assert faktory["total_enqueued"] == 1 and faktory["total_queues"] == 1
+    assert faktory["total_enqueued"] == 1 and faktory["total_queues"] == len(listed)
 
 
 async def test_worker_states_move_forward_only(manager: Manager) -> None:
