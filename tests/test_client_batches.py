@@ -27,6 +27,8 @@ from hopper_client import (
 )
 from tests.conftest import eventually
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 def url(broker: App) -> str:
     return f"tcp://127.0.0.1:{broker.port}"

@@ -3,12 +3,15 @@ stream that reconnects after its broker restarts (it says it missed events)."""
 
 from collections.abc import Callable
 
+import pytest
 import trio
 
 from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, JobEvent
 from tests.conftest import BrokerProcess
 from tests.test_client import in_thread, url
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def test_the_sync_stream_sees_a_job_from_push_to_done(broker: App) -> None:

@@ -18,6 +18,8 @@ from hopper_client import (
     current_job,
 )
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 def url(broker: App) -> str:
     return f"tcp://127.0.0.1:{broker.port}"

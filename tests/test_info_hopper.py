@@ -10,6 +10,8 @@ from hopper_client.schema.jobs import parse_time
 from tests.conftest import eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 async def info(wire: Wire) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(await wire.call("INFO"))

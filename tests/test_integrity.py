@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis
 import trio
 
@@ -16,6 +17,8 @@ from hopper_broker.store.audit import Auditor
 from hopper_broker.store.keys import QueueKeys
 from tests.conftest import StartBroker, eventually
 from tests.wire import Wire, WireError, job
+
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 FAST = {"min_reservation": 1, "scheduler_interval": 0.05, "reaper_interval": 0.05}
 
@@ -138,6 +141,7 @@ async def test_flush_under_load_strands_nothing(start_broker: StartBroker) -> No
     await audit_clean(brokers[0])
 
 
+@pytest.mark.parametrize("store_mode", ["one", "split"], indirect=True)  # counts one Redis's calls
 async def test_idle_queues_cost_the_loops_nothing(
     start_broker: StartBroker, rdb: redis.Redis
 ) -> None:

@@ -24,6 +24,8 @@ from hopper_client.schema.jobs import format_time
 from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
 from tests.wire import Wire, WireError, job
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 def after(jid: str, deps: list[str], policy: str = "") -> dict[str, Any]:
     custom: dict[str, Any] = {"after": deps}
@@ -54,7 +56,7 @@ async def settled(w: Wire, jid: str, queue: str, policy: str) -> None:
 
 @pytest.mark.parametrize("policy", ["fail", "run"])
 async def test_a_dependency_killed_by_mutate_settles_its_dependants(
-    broker: App, redis_url: str, policy: str
+    broker: App, store_url: str, policy: str
 ) -> None:
     """MUTATE kill is a death like a last FAIL: the dependants apply their policy at once."""
     w = await Wire.open(broker.port, hello={})
@@ -67,10 +69,10 @@ async def test_a_dependency_killed_by_mutate_settles_its_dependants(
     await w.call("MUTATE", kill)
     assert await state(w, "jobs-dep-1") == "dead"
     await settled(w, "jobs-next-1", "default", policy)
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, redis_url: str) -> None:
+async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, store_url: str) -> None:
     """A job of a batch killed before it ran (MUTATE kill of a scheduled job) dies like one
     that failed for good: the batch is complete, its callback is pushed."""
     w = await Wire.open(broker.port, hello={})
@@ -84,10 +86,10 @@ async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, redis_
     callback = await eventually(lambda: w.call("FETCH", "cbs"), 5)
     assert json.loads(callback)["jid"] == "complete-cb-1"
     await w.call("ACK", {"jid": "complete-cb-1"})
-    check_store(redis_url)
+    check_store(store_url)
 
 
-async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, redis_url: str) -> None:
+async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, store_url: str) -> None:
     """A FLUSH that stops after one batch (its broker killed, or jobs pushed meanwhile) has
     deleted a blocked job whole: when the dependency ends, no finished entry appears for it and
     the other dependant is still settled."""
@@ -101,12 +103,12 @@ async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, redis_ur
     await w.call("JOB", "CANCEL jobs-root-1")
     await eventually(lambda: _is(w, kept, "cancelled"), 5)
     assert await state(w, gone) == "unknown"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @pytest.mark.parametrize("policy", ["fail", "run"])
 async def test_a_dependency_flushed_away_settles_its_dependants(
-    broker: App, redis_url: str, policy: str
+    broker: App, store_url: str, policy: str
 ) -> None:
     """FLUSH goes queue by queue: a dependant pushed into a queue already flushed, after a job
     of a queue flushed next, is not left blocked on a job that no longer exists."""
@@ -115,11 +117,11 @@ async def test_a_dependency_flushed_away_settles_its_dependants(
     await w.call("PUSH", {**after("jobs-late-2", ["jobs-root-2"], policy), "queue": "second"})
     assert await broker.manager.store.queues.flush("first", 1000) == 0  # FLUSH's step for it
     await settled(w, "jobs-late-2", "second", policy)
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
-    broker_process: Callable[..., BrokerProcess], rdb: redis.Redis, redis_url: str
+    broker_process: Callable[..., BrokerProcess], rdb: redis.Redis, store_url: str
 ) -> None:
     """The whole FLUSH: a dependant pushed into a queue it already flushed, after a job of a
     queue it flushes later, is settled once that job goes (the end marked due outlives the
@@ -146,7 +148,7 @@ async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
         break
     else:
         pytest.fail("no push landed while FLUSH was at queue b")
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def _alive(w: Wire) -> bool:
@@ -158,7 +160,7 @@ async def _alive(w: Wire) -> bool:
 
 
 async def test_a_silent_worker_s_connection_on_another_broker_loses_its_jobs(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str
+    start_broker: StartBroker, rdb: redis.Redis, store_url: str
 ) -> None:
     """A worker that never beats is forgotten by one broker, which closes its connections
     there; what its connection on another broker fetches after that is failed worker_ttl
@@ -173,11 +175,11 @@ async def test_a_silent_worker_s_connection_on_another_broker_loses_its_jobs(
     await survivors[0].call("PUSH", job("jobs-held-1"))
     assert json.loads(await survivors[0].call("FETCH", "default"))["jid"] == "jobs-held-1"
     await eventually(lambda: _is(survivors[0], "jobs-held-1", "retrying"), 5)
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
-    start_broker: StartBroker, redis_url: str
+    start_broker: StartBroker, store_url: str
 ) -> None:
     """JOB CANCEL of a job reserved while the fetch chain runs, which then halts: the
     reservation ends other than by ACK, so the job ends cancelled instead of going back in line
@@ -207,11 +209,11 @@ async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
         await admin.call("JOB", "CANCEL jobs-halted-1")
         go.set()
     assert await state(admin, "jobs-halted-1") == "cancelled"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
-    broker: App, redis_url: str, rdb: redis.Redis
+    broker: App, store_url: str, rdb: redis.Redis
 ) -> None:
     """A blocked job whose dependency no longer names it (what a FLUSH left) is reported;
     --repair marks its end due and the job's policy settles it."""
@@ -219,7 +221,7 @@ async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     await w.call("PUSH", job("jobs-dep-5", queue="other"))
     await w.call("PUSH", after("jobs-wait-5", ["jobs-dep-5"]))
     await w.call("PUSH", after("jobs-fine-5", ["jobs-dep-5"], "run"))
-    check_store(redis_url)  # a blocked job that a live dependency names is in order
+    check_store(store_url)  # a blocked job that a live dependency names is in order
     rdb.hset(QueueKeys("other").dependants, "jobs-dep-5", '["default","jobs-fine-5"]')
     found = await Auditor(broker.manager.store).run()
     assert [(p.kind, p.queue, p.jid) for p in found.problems] == [
@@ -229,7 +231,7 @@ async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     assert repaired.clean and len(repaired.problems) == 1
     await eventually(lambda: _is(w, "jobs-wait-5", "cancelled"), 5)
     assert await state(w, "jobs-fine-5") == "blocked"  # its dependency still runs
-    check_store(redis_url)
+    check_store(store_url)
 
 
 GONE = (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionResetError)
@@ -324,7 +326,7 @@ class Mix:
     "seed", [0, *(pytest.param(seed, id=f"chaos-{seed}", marks=CHAOS) for seed in range(1, 9))]
 )
 async def test_a_random_mix_of_job_control_strands_nothing(
-    start_broker: StartBroker, rdb: redis.Redis, redis_url: str, seed: int
+    start_broker: StartBroker, rdb: redis.Redis, store_url: str, seed: int
 ) -> None:
     """After the mix, every batch committed and every job run to its end: no job stays
     blocked, every batch is complete, and hopper check finds nothing."""
@@ -351,4 +353,4 @@ async def test_a_random_mix_of_job_control_strands_nothing(
     for bid in mix.bids:
         found = json.loads(await admin.call("BATCH", f"STATUS {bid}"))
         assert found["complete_st"] != "", found
-    check_store(redis_url)
+    check_store(store_url)
