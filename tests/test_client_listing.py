@@ -8,6 +8,8 @@ import trio
 from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, JobPage, ServerError
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
+
 
 def url(broker: App) -> str:
     return f"tcp://127.0.0.1:{broker.port}"

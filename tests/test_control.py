@@ -218,7 +218,7 @@ WORKER = textwrap.dedent(
 
 
 def test_a_killed_worker_s_jobs_come_back_within_worker_ttl(
-    broker_process: Callable[..., BrokerProcess], redis_url: str
+    broker_process: Callable[..., BrokerProcess], store_url: str
 ) -> None:
     broker = broker_process("--worker-ttl", "1", "--worker-reaper-interval", "0.2")
     w = SyncWire(broker.port, hello={})
@@ -244,4 +244,4 @@ def test_a_killed_worker_s_jobs_come_back_within_worker_ttl(
     back = time.monotonic() - killed
     assert back < 600  # not after reserve_for
     w.close()
-    check_store(redis_url)
+    check_store(store_url)

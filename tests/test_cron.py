@@ -359,7 +359,7 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 def test_each_tick_once_with_three_brokers_and_a_restart(
     broker_process: Callable[..., BrokerProcess],
     rdb: redis.Redis,
-    redis_url: str,
+    store_url: str,
     tmp_path: Path,
 ) -> None:
     toml = tmp_path / "hopper.toml"
@@ -378,7 +378,7 @@ def test_each_tick_once_with_three_brokers_and_a_restart(
     found = ticks(rdb)
     assert found == list(range(first, found[-1] + 1)), found  # every tick, each exactly once
     assert float(rdb.hget(CRON, next(iter(rdb.hkeys(CRON))))) == found[-1]
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ async def test_track_set_and_get_as_faktory_enterprise(broker: App) -> None:
 
 
 def test_an_extended_reservation_survives_a_broker_sigkill(
-    broker_process: Callable[..., BrokerProcess], redis_url: str
+    broker_process: Callable[..., BrokerProcess], store_url: str
 ) -> None:
     broker = broker_process("--min-reservation", "1", "--reaper-interval", "0.05")
     w = SyncWire(broker.port, hello={"wid": "w1"})
@@ -191,4 +191,4 @@ def test_an_extended_reservation_survives_a_broker_sigkill(
     assert json.loads(w.call("TRACK", "GET long-run1"))["state"] == "working"
     assert w.call("ACK", {"jid": "long-run1"}) == b"OK"
     w.close()
-    check_store(redis_url)
+    check_store(store_url)
