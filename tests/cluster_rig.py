@@ -4,6 +4,7 @@ wait for its replica's promotion, restart the killed node as a replica, and move
 masters with its keys, or half of it (so a test meets ASK). Every wait is bounded."""
 
 import contextlib
+import random
 import shutil
 import signal
 import socket
@@ -19,21 +20,25 @@ NODES = 6
 NODE_TIMEOUT_MS = 1000  # cluster-node-timeout: a silent master is failed over after about this
 WAIT = 30.0  # seconds any rig step may take
 BUS_OFFSET = 10_000  # a node's cluster bus listens on its port + 10000
+# node ports, below the usual ephemeral ports (32768-60999) and so are their bus ports: no
+# client socket of a test takes one between its choice and its node's start (or restart)
+NODE_PORTS = range(20_000, 22_768)
+STARTS = 3  # attempts at starting a rig (another rig of a parallel worker may take a port)
 
 
-def free_node_port() -> int:
-    """A free loopback port whose cluster bus port is free too."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port + BUS_OFFSET < 65536:
-            with socket.socket() as bus:
-                try:
-                    bus.bind(("127.0.0.1", port + BUS_OFFSET))
-                except OSError:
-                    continue
-            return port
+def free_node_port(taken: list[int]) -> int:
+    """A free loopback port of NODE_PORTS, not in `taken`, whose cluster bus port is free too."""
+    for _ in range(200):
+        port = random.choice(NODE_PORTS)
+        if port in taken:
+            continue
+        try:
+            for candidate in (port, port + BUS_OFFSET):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
     raise RuntimeError("no free port pair for a cluster node")
 
 
@@ -55,7 +60,10 @@ class ClusterRig:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.binary = shutil.which("redis-server") or "redis-server"
-        self.ports = sorted(free_node_port() for _ in range(NODES))
+        ports: list[int] = []
+        for _ in range(NODES):
+            ports.append(free_node_port(ports))
+        self.ports = sorted(ports)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self._clients: dict[int, redis.Redis] = {}
 
@@ -100,7 +108,7 @@ class ClusterRig:
 
     def _launch(self, port: int) -> None:
         folder = self.directory / str(port)
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         self.processes[port] = subprocess.Popen(
             [self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
              "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -212,10 +220,19 @@ class ClusterRig:
 
 @contextlib.contextmanager
 def running(directory: Path) -> Iterator[ClusterRig]:
-    """A started rig, torn down (every process killed and waited for) on leaving."""
-    rig = ClusterRig(directory)
-    try:
-        rig.start()
-        yield rig
-    finally:
-        rig.stop()
+    """A started rig, torn down (every process killed and waited for) on leaving; started
+    again on other ports if a start fails (STARTS attempts)."""
+    for attempt in range(1, STARTS + 1):
+        rig = ClusterRig(directory / f"start-{attempt}")
+        try:
+            rig.start()
+        except (RuntimeError, subprocess.SubprocessError):
+            rig.stop()
+            if attempt == STARTS:
+                raise
+            continue
+        try:
+            yield rig
+        finally:
+            rig.stop()
+        return

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,29 +38,38 @@ from tests.cluster_rig import ClusterRig, running
 collect_ignore = ["sample_app"]  # an application's own test suite, run by test_client_testing.py
 
 
+CLUSTER_GROUPS = 2  # pytest-xdist groups of the tests on the local Redis Cluster
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With several pytest-xdist workers (`make test`), the tests on the local Redis Cluster all
-    run in one of them, so one cluster is started, not one per worker."""
+    """With several pytest-xdist workers (`make test`), the tests on the local Redis Cluster run
+    in CLUSTER_GROUPS groups (by module), each in one worker, so that a few clusters are started
+    (one per worker that runs a group), not one per worker and module, while the cluster runs
+    are not all queued behind one worker."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if (
             "redis_cluster" in getattr(item, "fixturenames", ())
             or params.get("store_mode") == "cluster"
         ):
-            item.add_marker(pytest.mark.xdist_group("redis_cluster"))
+            group = zlib.crc32(item.nodeid.split("::")[0].encode()) % CLUSTER_GROUPS
+            item.add_marker(pytest.mark.xdist_group(f"redis_cluster_{group}"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module that asks for `store_mode` runs each test as on one Redis and in split mode;
     one marked `on_cluster` also on the cluster rig (the tests that do not depend on one
-    Redis). A test may narrow its modes with its own indirect parametrisation."""
+    Redis), and one marked `on_cluster(split=False)` on one Redis and the rig only (suites of
+    the clients, whose store does the same in split mode on one Redis as on the rig). A test
+    may narrow its modes with its own indirect parametrisation."""
     if "store_mode" not in metafunc.fixturenames or any(
         "store_mode" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize")
     ):
         return
     modes = ["one", "split"]
-    if metafunc.definition.get_closest_marker("on_cluster"):
-        modes.append("cluster")
+    marker = metafunc.definition.get_closest_marker("on_cluster")
+    if marker:
+        modes = [*modes[: 1 + marker.kwargs.get("split", True)], "cluster"]
     metafunc.parametrize("store_mode", modes, indirect=True)
 
 

@@ -356,6 +356,7 @@ async def test_check_finds_nothing_while_retention_deletes(broker: App) -> None:
     assert problems == []
 
 
+@pytest.mark.parametrize("store_mode", ["one", "split"], indirect=True)  # one Redis's bytes
 async def test_retention_by_count_over_many_queues_reads_what_it_deletes(
     start_broker: StartBroker, rdb: redis.Redis
 ) -> None:

@@ -96,9 +96,11 @@ async def test_a_jid_names_one_live_job_across_queues(broker: App) -> None:
     await audit_clean(broker)
 
 
-async def test_flush_under_load_strands_nothing(start_broker: StartBroker) -> None:
+async def test_flush_under_load_strands_nothing(start_broker: StartBroker, store_mode: str) -> None:
     """Two brokers under load, FLUSHed through one of them: what is pushed afterwards through
-    either is delivered, and nothing is left half-deleted."""
+    either is delivered, and nothing is left half-deleted (split mode: but for index entries
+    of jobs FLUSH deleted while their ACK's second step was on its way, a known leftover that
+    `hopper check --repair` drops, docs/cluster.md)."""
     brokers = [await start_broker(), await start_broker()]
     stop = trio.Event()
 
@@ -124,6 +126,9 @@ async def test_flush_under_load_strands_nothing(start_broker: StartBroker) -> No
                 await trio.sleep(0.1)  # let the churn build up state between flushes
                 assert await admin.call("FLUSH") == b"OK"
             stop.set()
+    assert brokers[0].manager is not None
+    left = await Auditor(brokers[0].manager.store, repair=store_mode != "one").run()
+    assert {p.kind for p in left.problems} <= ({"stale index"} if store_mode != "one" else set())
     await audit_clean(brokers[0])
     # everything pushed after the last FLUSH is delivered, once: now or when it is due
     jids = [f"after-{n:04d}" for n in range(200)]
