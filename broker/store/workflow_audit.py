@@ -21,6 +21,7 @@ from hopper_broker.store.audit_part import AuditPart, Note
 from hopper_broker.store.base import Script, text
 from hopper_broker.store.keys import FINISHED_MARK, JIDS, WF_DUE, QueueKeys
 from hopper_broker.store.redis import Store
+from hopper_broker.store.workflows import scored
 
 BLOCKED_CHECK = Script("blocked_check")
 STRANDED = "blocked for good"
@@ -69,7 +70,7 @@ class WorkflowAuditor(AuditPart):
                 json.dumps(["end", queue, jid, dep, "null"], separators=(",", ":"))
                 for jid, dep in silent
             ]
-            await self.redis.execute("ZADD", WF_DUE, "NX", *_scored(entries))
+            await self.redis.execute("ZADD", WF_DUE, "NX", *scored(entries, 0))
 
     async def _unmet(self, k: QueueKeys, jids: Sequence[str]) -> dict[str, list[str]]:
         """The dependencies each blocked job of `jids` with a list of them still waits for."""
@@ -137,7 +138,3 @@ class WorkflowAuditor(AuditPart):
 def _pair(entry: list[Any], queue: str) -> set[Pair]:
     """The pair a wf:due entry (JSON [outcome, queue, jid, dep, result]) settles in `queue`."""
     return {(entry[2], entry[3])} if entry[1] == queue else set()
-
-
-def _scored(entries: list[str]) -> list[Any]:
-    return [part for entry in entries for part in (0, entry)]

@@ -98,10 +98,11 @@ class WorkflowStore:
         if done:
             commands.append(("ZREM", WF_DUE, *done))
         if later:
-            commands.append(("ZADD", WF_DUE, "XX", *_scored(later, now + LATER)))
+            commands.append(("ZADD", WF_DUE, "XX", *scored(later, now + LATER)))
         await self.redis.execute_many(commands)
         return len(done)
 
 
-def _scored(entries: list[bytes], score: float) -> list[Any]:
+def scored(entries: Sequence[str | bytes], score: float) -> list[Any]:
+    """ZADD's arguments for `entries`, each with `score`."""
     return [part for entry in entries for part in (score, entry)]
