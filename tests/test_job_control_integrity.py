@@ -322,10 +322,14 @@ class Mix:
                 await self.replace(i, f"w-again-{n}")
 
 
-# seed 0 in every store mode; the long seeds (make chaos) on one Redis, within chaos's budget
+# seed 0 in every store mode; the long seeds (make chaos) on one Redis and on the rig
 MIXES = [
     *(pytest.param(mode, 0, id=f"{mode}-0") for mode in ("one", "split", "cluster")),
-    *(pytest.param("one", seed, id=f"one-chaos-{seed}", marks=CHAOS) for seed in range(1, 9)),
+    *(
+        pytest.param(mode, seed, id=f"{mode}-chaos-{seed}", marks=CHAOS)
+        for mode in ("one", "cluster")
+        for seed in range(1, 9)
+    ),
 ]
 
 

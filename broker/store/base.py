@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
+import trio
+
 from hopper_broker.store.address import ReplyError
 from hopper_broker.store.connection import Connection
 from hopper_broker.store.keys import JIDS, QueueKeys, queue_of_key, stand_in, touched
@@ -101,6 +103,13 @@ class Redis:
         self.split = split
         self.on_batch_due: Callable[[], None] = lambda: None  # a script made a callback due
 
+    def whole(self) -> trio.CancelScope:
+        """Keeps the steps of one split-mode move together: a caller cancelled meanwhile (its
+        connection closed, a loop stopping) waits for the last step, so that only a crash cuts
+        a move between its steps (what `hopper check --repair` mends). On one Redis a move is
+        one call and nothing is shielded."""
+        return trio.CancelScope(shield=self.split)
+
     async def execute(self, *args: Any) -> Any:
         """One command; an error reply raises ReplyError."""
         reply = await self.pipeline.execute(*args)
@@ -127,9 +136,10 @@ class Redis:
             return await self._call(script.function, keys, args)
         queue = queue_of_key(keys[0])
         local = [stand_in(queue, key) for key in keys] if queue is not None else list(keys)
-        reply, outbox = await self._call(script.function + SPLIT_SUFFIX, local, args)
-        if outbox:
-            await self.apply(outbox, "" if visit is None else json.dumps(visit), queue)
+        with self.whole():
+            reply, outbox = await self._call(script.function + SPLIT_SUFFIX, local, args)
+            if outbox:
+                await self.apply(outbox, "" if visit is None else json.dumps(visit), queue)
         return reply
 
     async def apply(self, outbox: list[bytes], visit: str, queue: str | None = None) -> None:

@@ -111,9 +111,12 @@ class JobStore:
         failed). A `graph` is stored all or nothing (9: refused with another job)."""
         claimed = "" if claim is None else f"{claim[0]} {claim[1]!r}"
         keys_, args = self._push_call(queue, entries, now, keep, claimed, limits, graph)
-        if self.redis.split:
+        if not self.redis.split:
+            return _push_results(await self.redis.run(PUSH, keys_, args))
+        with self.redis.whole():  # a claim is not left without its push
             args[8] = await self._claim(queue, entries, graph, now)
-        return _push_results(await self.redis.run(PUSH, keys_, args))
+            stored = await self.redis.run(PUSH, keys_, args)
+        return _push_results(stored)
 
     async def _claim(
         self, queue: str, entries: Sequence[PushEntry], graph: bool, now: float
@@ -371,15 +374,17 @@ class JobStore:
                 return None
             job = job_decoder.decode(payload)
             job.jid = f"{jid}-{queue}" + (f"-{attempt}" if attempt else "")
-            claimed = ""  # split mode: the new jid claimed first, on the global keys
-            if self.redis.split:
-                claimed = str(await self.redis.execute("HSETNX", JIDS, job.jid, queue))
-                if claimed == "0":
-                    continue
-            if await self.redis.run(RENAME, where, (queue, jid, job.jid, encode(job), claimed)):
-                return job.jid
-            if claimed == "1":  # given back
-                await self.redis.global_step("index_swap", JIDS, job.jid, queue, "")
+            with self.redis.whole():  # a claim is not left without its rename
+                claimed = ""  # split mode: the new jid claimed first, on the global keys
+                if self.redis.split:
+                    claimed = str(await self.redis.execute("HSETNX", JIDS, job.jid, queue))
+                    if claimed == "0":
+                        continue
+                args = (queue, jid, job.jid, encode(job), claimed)
+                if await self.redis.run(RENAME, where, args):
+                    return job.jid
+                if claimed == "1":  # given back
+                    await self.redis.global_step("index_swap", JIDS, job.jid, queue, "")
         return None
 
     async def queues_of(self, jids: Sequence[str]) -> list[str | None]:

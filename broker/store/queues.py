@@ -81,14 +81,12 @@ class QueueStore:
         """Delete up to `batch` waiting jobs: (deleted, left waiting). With none left the queue
         is no longer listed and its settings go."""
         k = self.jobs.keys(queue)
-        deleted, left = await self.redis.run(
-            DRAIN,
-            (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring, k.prioritized),
-            (queue, batch),
-        )
-        if self.redis.split and not left:  # unlisted after the script: did a job come since?
-            waiting = [("LLEN", k.queue), ("ZCARD", k.prioritized), ("ZCARD", k.blocked)]
-            await self._list_again(queue, [*waiting, ("HGET", k.meta, "laned")])
+        keys = (k.queue, k.jobs, JIDS, k.meta, QUEUES, k.progress, k.expiring, k.prioritized)
+        with self.redis.whole():
+            deleted, left = await self.redis.run(DRAIN, keys, (queue, batch))
+            if self.redis.split and not left:  # unlisted by the script: did a job come since?
+                waiting = [("LLEN", k.queue), ("ZCARD", k.prioritized), ("ZCARD", k.blocked)]
+                await self._list_again(queue, [*waiting, ("HGET", k.meta, "laned")])
         return int(deleted), int(left)
 
     async def _list_again(self, queue: str, sizes: list[tuple[Any, ...]]) -> None:
@@ -107,9 +105,10 @@ class QueueStore:
         notes = (k.final, k.finished, DUE["finished"], k.progress)
         finals = (*notes, k.holders, k.expiring, k.prioritized, k.blocked)
         visit = await self.redis.read_due([*dues, DUE["finished"]], queue)
-        left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch), visit)
-        if self.redis.split and not left:
-            await self._list_again(queue, [("HLEN", k.jobs), ("HGET", k.meta, "laned")])
+        with self.redis.whole():
+            left: int = await self.redis.run(FLUSH, (*keys, *dues, *finals), (queue, batch), visit)
+            if self.redis.split and not left:
+                await self._list_again(queue, [("HLEN", k.jobs), ("HGET", k.meta, "laned")])
         return left
 
     async def forget_counters(self) -> None:
