@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -40,6 +40,15 @@ collect_ignore = ["sample_app"]  # an application's own test suite, run by test_
 
 CLUSTER_GROUPS = 2  # pytest-xdist groups of the tests on the local Redis Cluster
 
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def on_rig(test: Test) -> Test:
+    """Run a test on one Redis and on the cluster rig (its brokers, broker processes and `rdb`
+    follow the mode): for one test of a module whose others do not touch the store."""
+    marked: Test = pytest.mark.usefixtures("store_mode")(pytest.mark.on_cluster(split=False)(test))
+    return marked
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With several pytest-xdist workers (`make test`), the tests on the local Redis Cluster run
@@ -56,16 +65,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(f"redis_cluster_{group}"))
 
 
+# the fixtures that follow the test's store mode (the brokers' ones ask for store_at)
+MODE_FOLLOWERS = {"store_at", "rdb"}
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module that asks for `store_mode` runs each test as on one Redis and in split mode;
     one marked `on_cluster` also on the cluster rig (the tests that do not depend on one
     Redis), and one marked `on_cluster(split=False)` on one Redis and the rig only (suites of
     the clients, whose store does the same in split mode on one Redis as on the rig). A test
-    may narrow its modes with its own indirect parametrisation."""
+    whose fixtures do not follow the mode (MODE_FOLLOWERS) runs once; a test may narrow its
+    modes with its own indirect parametrisation."""
     if "store_mode" not in metafunc.fixturenames or any(
         "store_mode" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize")
     ):
         return
+    if not MODE_FOLLOWERS.intersection(metafunc.fixturenames):
+        return  # nothing of the test follows the mode: one run says it all
     modes = ["one", "split"]
     marker = metafunc.definition.get_closest_marker("on_cluster")
     if marker:
@@ -347,6 +363,11 @@ def clean_env(**env: str) -> dict[str, str]:
     environment.pop("REDIS_URL", None)
     environment.update(env)
     return environment
+
+
+# what a broker killed between a split move's steps may leave, for `hopper check --repair`
+# (docs/cluster.md, "The global keys"; tests/test_split.py kills at each step)
+LEFT_BETWEEN_STEPS = {"history due entry missing", "index says live", "not due", "stale index"}
 
 
 def check_store(redis_url: str, *, repair: bool = False) -> list[str]:

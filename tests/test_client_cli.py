@@ -18,7 +18,11 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, Job
 from tests.conftest import StartBroker, eventually, live_jids
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("store_mode"),
+    pytest.mark.on_cluster(split=False),
+]
 DEFAULT = QueueKeys("default")
 
 JOBS_MODULE = """

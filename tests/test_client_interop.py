@@ -20,7 +20,11 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import Client, Job, Worker
 from tests.conftest import eventually, live_jids, live_jobs
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("store_mode"),
+    pytest.mark.on_cluster(split=False),
+]
 DEFAULT = QueueKeys("default")
 
 ARGS: list[list[Any]] = [

@@ -11,6 +11,8 @@ from hopper_broker.app import App
 from hopper_client import AsyncClient, AuthenticationError, Client, Worker
 from tests.conftest import StartBroker, test_config
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+
 
 @pytest.fixture
 async def guarded(start_broker: StartBroker) -> App:
@@ -44,8 +46,8 @@ async def test_url_from_the_environment(guarded: App, monkeypatch: pytest.Monkey
 
 
 @pytest.fixture
-async def tls_broker(redis_url: str, certificate: tuple[Path, Path], nursery: trio.Nursery) -> App:
-    config = test_config(redis_url, tls_cert=str(certificate[0]), tls_key=str(certificate[1]))
+async def tls_broker(store_url: str, certificate: tuple[Path, Path], nursery: trio.Nursery) -> App:
+    config = test_config(store_url, tls_cert=str(certificate[0]), tls_key=str(certificate[1]))
     app = App(config)
     await nursery.start(app.run)
     return app

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from hopper_client import Client
-from tests.conftest import BrokerProcess, clean_env
+from tests.conftest import BrokerProcess, clean_env, on_rig
 
 SAMPLE = Path(__file__).parent / "sample_app"
 PRODUCER = "from shop.tasks import send_welcome; print(send_welcome.push('ada@example.com'))"
@@ -25,6 +25,7 @@ def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
+@on_rig
 def test_a_producer_process_pushes_and_a_worker_process_runs_with_the_defaults(
     broker_process,  # type: ignore[no-untyped-def]
 ) -> None:

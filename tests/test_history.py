@@ -368,11 +368,15 @@ async def test_retention_by_count_over_many_queues_reads_what_it_deletes(
     for start in range(0, 20_000, 1000):  # 100 queues, their jobs ending in turn
         pushed = [job(f"wide-{i:05d}", queue=f"w{i % 100}") for i in range(start, start + 1000)]
         await w.call("PUSHB", pushed)
-    await w.send(b"".join(b"FETCH w%d\r\n" % (i % 100) for i in range(20_000)))
+    await w.send(b"".join(b"FETCH w%d\r\n" % q for q in range(100) for _ in range(200)))
     fetched = [json.loads(await w.reply())["jid"] for _ in range(20_000)]
+    fetched.sort(key=lambda jid: int(jid[5:]))  # acknowledged in turn: one queue after another
     await w.send(b"".join(b'ACK {"jid":"%s"}\r\n' % jid.encode() for jid in fetched))
     assert [await w.reply() for _ in fetched] == [b"OK"] * 20_000
-    scored = {jid: await _score(rdb, f"w{int(jid[5:]) % 100}", jid) for jid in fetched}
+    reads = rdb.pipeline(transaction=False)
+    for jid in fetched:
+        reads.zscore(f"hopper:q:{{w{int(jid[5:]) % 100}}}:ended:done", jid)
+    scored = dict(zip(fetched, map(float, reads.execute()), strict=True))
     oldest = set(sorted(scored, key=scored.__getitem__)[:1000])
     before = rdb.info("stats")["total_net_output_bytes"]
     assert await broker.manager.history.retain(broker.manager.clock()) == 1000

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import BrokerProcess, clean_env, free_port, wait_listening
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheels")]  # the wheels built once
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "docs" / "deploy" / "hopper.service"

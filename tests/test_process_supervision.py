@@ -17,7 +17,11 @@ from hopper_client.supervisor import Supervisor
 from tests.conftest import eventually
 from tests.supervised import ROOT, Supervisors, alive, url, workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("store_mode"),
+    pytest.mark.on_cluster(split=False),
+]
 
 
 @pytest.fixture

@@ -18,7 +18,11 @@ from hopper_client import AsyncClient
 from tests.conftest import StartBroker, eventually, live_jids
 from tests.supervised import Supervised, Supervisors, alive, stored, url, workers
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("store_mode"),
+    pytest.mark.on_cluster(split=False),
+]
 WINDOW = 0.005  # seconds: the stretches in which the burns' CPU time is compared with wall time
 AGAIN_AT_ONCE = {"backoff": {"kind": "fixed", "delay": 0}}  # a failed job is retried at once
 

@@ -14,13 +14,14 @@ import redis
 from chaos.load import Conn
 from hopper_broker.config import Config
 from hopper_broker.session import Session
-from tests.conftest import BrokerProcess, StartBroker, free_port
+from tests.conftest import BrokerProcess, StartBroker, free_port, on_rig
 from tests.wire import Wire, WireError, pwdhash
 
 SECRET = "pa55-Sekrit-xyzzy"
 ARG_SECRET = "card-4111111111111111"
 
 
+@on_rig
 async def test_password_handshake(start_broker: StartBroker) -> None:
     app = await start_broker(password=SECRET)
     good = await Wire.open(app.port, hello={"wid": "w1"}, password=SECRET)
@@ -44,6 +45,7 @@ def test_password_comparison_is_constant_time() -> None:
     assert "compare_digest" in Session.handshake.__code__.co_names
 
 
+@on_rig
 def test_no_password_or_job_args_in_logs_at_the_default_level(
     broker_process: Callable[..., BrokerProcess],
 ) -> None:
@@ -121,6 +123,7 @@ def outward_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+@on_rig
 async def test_listens_on_loopback_only_by_default(start_broker: StartBroker) -> None:
     assert Config().host == "127.0.0.1"
     app = await start_broker(bind=f"{Config().host}:0")

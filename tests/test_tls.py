@@ -12,6 +12,8 @@ from chaos.load import Conn, Lost
 from hopper_client import Client
 from tests.conftest import BrokerProcess
 
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+
 PASSWORD = "tls-and-a-password"
 
 
