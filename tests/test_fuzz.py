@@ -50,7 +50,7 @@ from hopper_client.schema.jobs import (
     parse_time,
     validate_new,
 )
-from tests.conftest import BrokerProcess, check_store
+from tests.conftest import BrokerProcess, check_store, on_rig
 from tests.wire import Wire, WireError, job
 
 EXAMPLES = 3000 if os.environ.get("HOPPER_CHAOS") else 150
@@ -190,8 +190,9 @@ def test_poison_failure_count() -> None:
     lifecycle(json.dumps(POISON).encode())
 
 
+@on_rig
 def test_a_poison_job_does_not_kill_the_broker(
-    broker_process: Callable[..., BrokerProcess], redis_url: str, rdb: redis.Redis
+    broker_process: Callable[..., BrokerProcess], store_url: str, rdb: redis.Redis
 ) -> None:
     broker = broker_process("--min-reservation", "1", "--reaper-interval", "0.05")
     assert broker.process is not None
@@ -205,7 +206,7 @@ def test_a_poison_job_does_not_kill_the_broker(
         "the reservation reaped",
     )
     assert broker.process.poll() is None, "the broker died"
-    check_store(redis_url)
+    check_store(store_url)
 
 
 @settings(max_examples=EXAMPLES)
