@@ -35,16 +35,19 @@ typecheck: install
 # timers: 3 keep 2 cores about 75 % busy, 4 nearly full), each with its own redis-server; then
 # the tests that measure rates against the wall clock (marker `timing`) run alone.
 # TEST_WORKERS=0: one process.
+# Bytecode is cached even where the environment says not to (PYTHONDONTWRITEBYTECODE): the
+# suites start hundreds of Python processes (brokers, `hopper` commands), and each would
+# compile the project's modules again.
 TEST_WORKERS ?= 4
 pytest: install
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not timing"
-	$(BIN)/pytest -q -m timing
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not timing"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m timing
 
 test: lint typecheck pytest
 
 # The reliability suite with its long fault, fuzz and load runs (< 15 min); fails on any loss.
 chaos: install
-	$(BIN)/python -m chaos
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m chaos
 
 # The dashboard's screenshots in docs/screenshots, taken by its browser test (docs/dashboard.md).
 screenshots: install

@@ -46,7 +46,7 @@ Test = TypeVar("Test", bound=Callable[..., Any])
 def on_rig(test: Test) -> Test:
     """Run a test on one Redis and on the cluster rig (its brokers, broker processes and `rdb`
     follow the mode): for one test of a module whose others do not touch the store."""
-    marked: Test = pytest.mark.usefixtures("store_mode")(pytest.mark.on_cluster(split=False)(test))
+    marked: Test = pytest.mark.usefixtures("store_mode")(pytest.mark.on_cluster(test))
     return marked
 
 
@@ -70,12 +70,12 @@ MODE_FOLLOWERS = {"store_at", "rdb"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A module that asks for `store_mode` runs each test as on one Redis and in split mode;
-    one marked `on_cluster` also on the cluster rig (the tests that do not depend on one
-    Redis), and one marked `on_cluster(split=False)` on one Redis and the rig only (suites of
-    the clients, whose store does the same in split mode on one Redis as on the rig). A test
-    whose fixtures do not follow the mode (MODE_FOLLOWERS) runs once; a test may narrow its
-    modes with its own indirect parametrisation."""
+    """A module that asks for `store_mode` runs each test as on one Redis and in split mode
+    (the global keys written in a second step, as on a Redis Cluster); one marked
+    `on_cluster` (the tests that do not depend on one Redis) on one Redis and on the cluster
+    rig instead, where the store runs split too (`on_cluster(split=True)`: in all three). A
+    test whose fixtures do not follow the mode (MODE_FOLLOWERS) runs once; a test may narrow
+    its modes with its own indirect parametrisation."""
     if "store_mode" not in metafunc.fixturenames or any(
         "store_mode" in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize")
     ):
@@ -85,7 +85,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     modes = ["one", "split"]
     marker = metafunc.definition.get_closest_marker("on_cluster")
     if marker:
-        modes = [*modes[: 1 + marker.kwargs.get("split", True)], "cluster"]
+        modes = [*modes[: 1 + marker.kwargs.get("split", False)], "cluster"]
     metafunc.parametrize("store_mode", modes, indirect=True)
 
 

@@ -12,7 +12,7 @@ from hopper_client import Client
 from tests.admin_cli import hopper, one_line_error
 from tests.conftest import BrokerProcess, free_port
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 COMMANDS = ("info", "queues", "workers", "quiet", "terminate", "pause", "resume", "drain",
             "jobs", "job", "retry", "kill", "delete")  # fmt: skip

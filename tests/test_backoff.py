@@ -14,7 +14,7 @@ from hopper_broker.policy import Backoff
 from hopper_client.schema.jobs import parse_time
 from tests.wire import Wire, WireError, job
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from hopper_broker.app import App
 from hopper_broker.store.keys import QueueKeys
 from hopper_client import Client, Job, ServerError, make_job
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 UNICODE = 'héllo wörld ✓ 🚀 日本語 \u0000 \n "quoted" \\ back'
 NESTED = {"a": [1, 2.5, None, True, {"b": ["c", {"d": []}]}], "e": {}, "ü": -(2**63)}

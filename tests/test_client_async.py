@@ -12,7 +12,7 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, ServerError, make_job
 from tests.conftest import live_jobs
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 NESTED = {"ü": ["✓", {"deep": [1, 2.5, None, True]}], "big": "y" * 200_000}
 

@@ -27,7 +27,7 @@ from hopper_client import (
 )
 from tests.conftest import eventually
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 def url(broker: App) -> str:

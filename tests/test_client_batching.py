@@ -15,7 +15,7 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, Job, Worker, current_job, make_job
 from tests.conftest import StartBroker, eventually, live_jobs
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 DEFAULT = QueueKeys("default")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")

@@ -21,7 +21,7 @@ from tests.conftest import StartBroker, eventually, live_jids
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("store_mode"),
-    pytest.mark.on_cluster(split=False),
+    pytest.mark.on_cluster,
 ]
 DEFAULT = QueueKeys("default")
 

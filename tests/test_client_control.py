@@ -30,7 +30,7 @@ from hopper_client import (
 )
 from tests.conftest import StartBroker, eventually
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 WAIT = 10.0  # seconds: the bound of every wait in these tests
 

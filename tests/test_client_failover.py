@@ -12,7 +12,7 @@ from hopper_client import AsyncClient, Client, ConnectionLost
 from hopper_client.url import parse_urls
 from tests.conftest import StartBroker, eventually, free_port
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 def refused(port: int) -> bool:

@@ -16,7 +16,7 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, Client, ConnectionLost, Worker, make_job
 from tests.conftest import BrokerProcess, eventually, live_jobs
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 DEFAULT = QueueKeys("default")
 

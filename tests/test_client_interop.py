@@ -23,7 +23,7 @@ from tests.conftest import eventually, live_jids, live_jobs
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("store_mode"),
-    pytest.mark.on_cluster(split=False),
+    pytest.mark.on_cluster,
 ]
 DEFAULT = QueueKeys("default")
 

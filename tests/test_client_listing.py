@@ -8,7 +8,7 @@ import trio
 from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, JobPage, ServerError
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 def url(broker: App) -> str:

@@ -18,7 +18,7 @@ from hopper_client import (
     current_job,
 )
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 def url(broker: App) -> str:

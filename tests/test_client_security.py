@@ -11,7 +11,7 @@ from hopper_broker.app import App
 from hopper_client import AsyncClient, AuthenticationError, Client, Worker
 from tests.conftest import StartBroker, test_config
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 @pytest.fixture

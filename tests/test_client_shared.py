@@ -17,7 +17,7 @@ from hopper_client.schema.errors import JID_IN_USE
 from tests.conftest import BrokerProcess
 from tests.test_client_faults import Proxy, proxy, via  # noqa: F401  (the proxy fixture)
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 THREADS = 20
 PUSHES = 50  # per thread

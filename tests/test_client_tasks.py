@@ -17,7 +17,7 @@ from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, Tasks, current_job
 from hopper_client.cli import load
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 SAMPLE = Path(__file__).parent / "sample_app"
 DEAD_URL = "tcp://127.0.0.1:1"  # nothing listens: a push that reached the network would fail

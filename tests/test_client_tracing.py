@@ -17,7 +17,7 @@ from hopper_client import Tasks, current_job
 from hopper_client.testing import WorkerRun
 from tests.conftest import BrokerProcess, clean_env
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 _EXPORTER = InMemorySpanExporter()
 

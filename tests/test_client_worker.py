@@ -17,7 +17,7 @@ from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, Client, Job, Worker, current_job
 from tests.conftest import eventually, live_jobs
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 DEFAULT = QueueKeys("default")
 

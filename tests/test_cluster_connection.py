@@ -35,6 +35,20 @@ async def cluster(redis_cluster: ClusterRig, nursery: trio.Nursery) -> ClusterPi
     return pipeline
 
 
+async def test_a_call_after_the_pipeline_stopped_is_refused_as_unavailable(
+    redis_cluster: ClusterRig,
+) -> None:
+    """A broker's connection says its last words (a worker leaving) after the store's
+    pipeline stopped: refused like a call no node answers, not a crash."""
+    pipeline = ClusterPipeline(ClusterAddress(redis_cluster.url), lambda: TIMEOUT)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pipeline.run)
+        await pipeline.execute("SET", "last-words", "1")
+        nursery.cancel_scope.cancel()
+    with pytest.raises(RedisUnavailable):
+        await pipeline.execute("GET", "last-words")
+
+
 def keys_by_master(rig: ClusterRig, count: int = 1) -> dict[int, list[str]]:
     """`count` keys owned by each master (by port), found by CLUSTER SLOTS."""
     owners = {slot: port for a, b, port in rig.wait_ok() for slot in range(a, b + 1)}

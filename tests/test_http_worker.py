@@ -22,7 +22,7 @@ from hopper_client.http.config import Callback, ConfigError, Route
 from hopper_client.http.deliver import retry_after
 from tests.conftest import StartBroker, eventually
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 WAIT = 10.0  # seconds: the bound of every wait here
 SECRET = "callback-secret"

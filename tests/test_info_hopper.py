@@ -10,7 +10,7 @@ from hopper_client.schema.jobs import parse_time
 from tests.conftest import eventually
 from tests.wire import Wire, WireError, job
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 
 async def info(wire: Wire) -> dict[str, Any]:

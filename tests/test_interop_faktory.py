@@ -16,7 +16,7 @@ from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess
 from tests.wire import SyncWire
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 WORKER = textwrap.dedent(
     """

@@ -20,7 +20,7 @@ from tests.supervised import ROOT, Supervisors, alive, url, workers
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("store_mode"),
-    pytest.mark.on_cluster(split=False),
+    pytest.mark.on_cluster,
 ]
 
 

@@ -21,7 +21,7 @@ from tests.supervised import Supervised, Supervisors, alive, stored, url, worker
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("store_mode"),
-    pytest.mark.on_cluster(split=False),
+    pytest.mark.on_cluster,
 ]
 WINDOW = 0.005  # seconds: the stretches in which the burns' CPU time is compared with wall time
 AGAIN_AT_ONCE = {"backoff": {"kind": "fixed", "delay": 0}}  # a failed job is retried at once

@@ -20,7 +20,7 @@ from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess, StartBroker, eventually
 from tests.wire import SyncWire, Wire, WireError, job
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 K = QueueKeys("default")
 SLOW = 3600.0  # an interval that never comes round during a test

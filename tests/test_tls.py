@@ -12,7 +12,7 @@ from chaos.load import Conn, Lost
 from hopper_client import Client
 from tests.conftest import BrokerProcess
 
-pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster(split=False)]
+pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
 
 PASSWORD = "tls-and-a-password"
 

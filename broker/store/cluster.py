@@ -85,23 +85,27 @@ class ClusterPipeline:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a connection to every master until cancelled; reports started once the slot
-        map and the command table are read (retrying until a node answers)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            attempt = 0
-            while True:
-                try:
-                    await self._refresh(self._generation)
-                    self._commands = CommandKeys(await self._ask_any("COMMAND"))
-                    break
-                except RedisUnavailable as exc:
-                    self.last_error = exc
-                    delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
-                    log.warning("%s; retrying in %.2fs", exc, delay)
-                    attempt += 1
-                    await trio.sleep(delay)
-            task_status.started()
-            await trio.sleep_forever()
+        map and the command table are read (retrying until a node answers). Once stopped,
+        a call fails as when no node answers (a connection's last words at shutdown)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                attempt = 0
+                while True:
+                    try:
+                        await self._refresh(self._generation)
+                        self._commands = CommandKeys(await self._ask_any("COMMAND"))
+                        break
+                    except RedisUnavailable as exc:
+                        self.last_error = exc
+                        delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                        log.warning("%s; retrying in %.2fs", exc, delay)
+                        attempt += 1
+                        await trio.sleep(delay)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     @property
     def connections(self) -> int:
