@@ -38,19 +38,20 @@ async def every(
     next piece of work comes due), sooner when that comes before then."""
     while True:
         started = time.perf_counter()
-        pause = interval(manager.settings())
+        earliest = None
         try:
             moved = await step(manager.clock())
             if soonest is not None:
                 earliest = await soonest()
-                if earliest is not None:
-                    pause = min(pause, max(earliest - manager.clock(), MIN_PAUSE))
         except BrokerError as exc:
             log.warning("%s loop: %s", name, exc)
         except Exception:  # a bug must not stop the broker: log it and try again next period
             log.exception("%s loop failed", name)
         else:
             manager.stats.record_task(name, moved, time.perf_counter() - started)
+        pause = interval(manager.settings())  # read after the step: a reload meanwhile counts
+        if earliest is not None:
+            pause = min(pause, max(earliest - manager.clock(), MIN_PAUSE))
         with trio.move_on_after(pause):
             await manager.settings.reloaded()  # a new interval takes effect at once
 

@@ -49,6 +49,42 @@ async def test_a_call_after_the_pipeline_stopped_is_refused_as_unavailable(
         await pipeline.execute("GET", "last-words")
 
 
+async def test_calls_while_the_pipeline_stops_are_refused_as_unavailable(
+    redis_cluster: ClusterRig,
+) -> None:
+    """Connections keep calling while the pipeline stops: between its node connections
+    ending and the pipeline's own end, a failed call must not start a map reload (the
+    nursery no longer takes tasks), but be refused as unavailable."""
+    for _ in range(10):
+        await stop_while_called(ClusterPipeline(ClusterAddress(redis_cluster.url), lambda: TIMEOUT))
+
+
+async def stop_while_called(pipeline: ClusterPipeline, callers: int = 20) -> None:
+    """Start `pipeline`, stop it while `callers` tasks call it without a pause."""
+    stopped = trio.Event()
+    busy = trio.Event()
+    answered = 0
+
+    async def caller(key: str) -> None:
+        nonlocal answered
+        while not stopped.is_set():
+            with contextlib.suppress(RedisUnavailable):
+                await pipeline.execute("GET", key)
+                answered += 1
+                if answered >= 100:
+                    busy.set()
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as calling:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pipeline.run)
+            for n in range(callers):
+                calling.start_soon(caller, f"key:{n}")
+            await busy.wait()
+            nursery.cancel_scope.cancel()
+        stopped.set()
+
+
 def keys_by_master(rig: ClusterRig, count: int = 1) -> dict[int, list[str]]:
     """`count` keys owned by each master (by port), found by CLUSTER SLOTS."""
     owners = {slot: port for a, b, port in rig.wait_ok() for slot in range(a, b + 1)}

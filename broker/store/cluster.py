@@ -87,25 +87,29 @@ class ClusterPipeline:
         """Keep a connection to every master until cancelled; reports started once the slot
         map and the command table are read (retrying until a node answers). Once stopped,
         a call fails as when no node answers (a connection's last words at shutdown)."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                attempt = 0
-                while True:
-                    try:
-                        await self._refresh(self._generation)
-                        self._commands = CommandKeys(await self._ask_any("COMMAND"))
-                        break
-                    except RedisUnavailable as exc:
-                        self.last_error = exc
-                        delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
-                        log.warning("%s; retrying in %.2fs", exc, delay)
-                        attempt += 1
-                        await trio.sleep(delay)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._connect()
                 task_status.started()
                 await trio.sleep_forever()
-        finally:
-            self._nursery = None
+            finally:  # before the nursery closes: its children may still be finishing
+                self._nursery = None
+
+    async def _connect(self) -> None:
+        """Read the slot map and the command table, retrying until a node answers."""
+        attempt = 0
+        while True:
+            try:
+                await self._refresh(self._generation)
+                self._commands = CommandKeys(await self._ask_any("COMMAND"))
+                return
+            except RedisUnavailable as exc:
+                self.last_error = exc
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                log.warning("%s; retrying in %.2fs", exc, delay)
+                attempt += 1
+                await trio.sleep(delay)
 
     @property
     def connections(self) -> int:
