@@ -7,6 +7,7 @@ best of N tries of each measurement, for a box where other work disturbs single 
 
 import argparse
 import json
+import os
 import resource
 import signal
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 from bench import chart, docs, history, idle, report, scale, workloads
 from bench.machine import describe
 from bench.results import Result
-from bench.servers import ROOT
+from bench.servers import ROOT, reference_version
 from bench.systems import SYSTEMS, System
 
 WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections", "idle", "history")
@@ -56,9 +57,15 @@ class Bench:
     """Runs the plan, one run at a time, printing progress to stderr."""
 
     def __init__(
-        self, size: Size, systems: list[System], workloads: list[str], repeat: int = 1
+        self,
+        size: Size,
+        systems: list[System],
+        workloads: list[str],
+        repeat: int = 1,
+        reference: str = "",
     ) -> None:
         self.size = size
+        self.reference = reference  # a Faktory binary the raw loads also run on
         self.systems = systems
         self.workloads = workloads
         self.repeat = repeat
@@ -136,7 +143,9 @@ class Bench:
                 )
         if "raw" in self.workloads:
             for kind in report.REFERENCE:
-                self.attempt(Result("raw", "hopper", kind), scale.raw, kind, size.raw_jobs)
+                self.attempt(
+                    Result("raw", "hopper", kind), scale.raw, kind, size.raw_jobs, self.reference
+                )
         if "depth" in self.workloads:
             self.attempt(Result("depth", "hopper"), scale.depth, size.depth_jobs)
         if "connections" in self.workloads:
@@ -173,6 +182,12 @@ def main() -> None:
     cli.add_argument(
         "--repeat", type=int, default=1, help="run each measurement N times, keep the best"
     )
+    cli.add_argument(
+        "--reference",
+        default=os.environ.get("FAKTORY_BIN", ""),
+        help="a Faktory server binary: the raw loads also run on it, in the same run "
+        "(default: $FAKTORY_BIN; without one, the raw table shows the recorded figures)",
+    )
     args = cli.parse_args()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -181,7 +196,11 @@ def main() -> None:
     names = args.systems.split(",") if args.systems else [s.name for s in SYSTEMS]
     chosen = args.workloads.split(",") if args.workloads else list(WORKLOADS)
     size = QUICK if args.quick else FULL
-    bench = Bench(size, [s for s in SYSTEMS if s.name in names], chosen, args.repeat)
+    served = {"redis", "hopper", "reference"} if args.reference else {"redis", "hopper"}
+    systems = [s for s in SYSTEMS if s.name in names and s.backend in served]
+    if args.reference:
+        os.environ[workloads.REFERENCE_BIN] = args.reference
+    bench = Bench(size, systems, chosen, args.repeat, args.reference)
     started = datetime.now(UTC)
     bench.run()
     duration = time.monotonic() - bench.start
@@ -210,7 +229,10 @@ def main() -> None:
     tables = report.tables(results, size.concurrencies)
     if complete:
         chart.draw(results, size.concurrencies, ROOT / "docs" / "benchmarks.png")
-        docs.write(ROOT / "docs" / "benchmarks.md", tables, asdict(size), duration, started)
+        version = reference_version(args.reference) if args.reference else ""
+        docs.write(
+            ROOT / "docs" / "benchmarks.md", tables, asdict(size), duration, started, version
+        )
     print(tables)
     print(f"\nresults: {out.relative_to(ROOT)}; {duration:.0f} s")
     print(report.summary_line(figures))

@@ -54,7 +54,7 @@ def draw(results: Sequence[Result], concurrencies: Sequence[int], path: Path) ->
             ]
             for b in (1, 100)
         },
-        [not s.peer for s in systems],
+        [s.backend == "hopper" for s in systems],
         "Enqueue, one producer (jobs/s)",
     )
 
@@ -76,7 +76,7 @@ def draw(results: Sequence[Result], concurrencies: Sequence[int], path: Path) ->
             ]
             for c in concurrencies
         },
-        [not s.peer for s, _ in rows],
+        [s.backend == "hopper" for s, _ in rows],
         "End to end, one worker process (jobs/s)",
     )
 
@@ -85,7 +85,7 @@ def draw(results: Sequence[Result], concurrencies: Sequence[int], path: Path) ->
         latency,
         [r.label() for r in runs],
         {"p50": [r.p50_ms or 0 for r in runs], "p99": [r.p99_ms or 0 for r in runs]},
-        [not find(r.system).peer for r in runs],
+        [find(r.system).backend == "hopper" for r in runs],
         "Push → start latency at 1,000 jobs/s (ms, log scale)",
         "{:.2f}",
     )

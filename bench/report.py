@@ -7,9 +7,11 @@ from bench.results import Result
 from bench.systems import SYSTEMS, System
 from bench.workloads import THREADED, fed_by
 
-# The reference Faktory server (Go) on this machine, 10-connection raw client (issue 6).
-REFERENCE = {"PUSH": 41_000, "PUSHB": 30_000, "FETCH+ACK": 10_900, "mixed": 8_800}
-REFERENCE_CPU_US = {"mixed": 160}
+# The reference Faktory server (Go), shown when a run is not given one (--reference): Faktory
+# 1.8.0 built from source, under bench/rawload.py on this machine, 2026-12-02 (jobs/s; server
+# + its Redis CPU µs per job).
+REFERENCE = {"PUSH": 15_895, "PUSHB": 39_872, "FETCH+ACK": 3_881, "mixed": 2_909}
+REFERENCE_CPU_US = {"PUSH": 76.4, "PUSHB": 38.5, "FETCH+ACK": 353.7, "mixed": 453.5}
 # Issue 16's bar for a client that waits for each reply, from 10 threads: BullMQ's add and its
 # Worker drain 9,000-10,000 jobs/s that way on this machine.
 THREADED_BAR = 10_000
@@ -78,6 +80,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+SERVED_BY = {"redis": "", "hopper": " → Hopper", "reference": " → reference (Go)"}
+
+
 def name(system: System) -> str:
     return f"{system.name} {system.version}"
 
@@ -88,7 +93,7 @@ def name(system: System) -> str:
 def enqueue_table(results: Sequence[Result]) -> str:
     rows = [
         [
-            name(s) + ("" if s.peer else " → Hopper"),
+            name(s) + SERVED_BY[s.backend],
             jobs_cell(one(results, "enqueue", system=s.name, mode="", batch=1)),
             jobs_cell(one(results, "enqueue", system=s.name, mode="pipeline"))
             if s.pipeline
@@ -128,23 +133,27 @@ def status(result: Result) -> str:
 
 def raw_table(results: Sequence[Result]) -> str:
     rows = []
-    for kind, reference in REFERENCE.items():
+    for kind, recorded in REFERENCE.items():
         r = one(results, "raw", mode=kind)
-        cpu = r.extra.get("server_cpu_us_per_job") if r else None
-        ratio = f"{r.jobs_per_s / reference:.2f}" if r and r.jobs_per_s else "–"
+        extra = r.extra if r else {}
+        theirs = extra.get("reference_jobs_per_s")
+        source = "this run" if theirs else "recorded"
+        theirs = theirs or recorded
+        their_cpu = extra.get("reference_cpu_us_per_job") or REFERENCE_CPU_US.get(kind)
+        ratio = f"{r.jobs_per_s / theirs:.2f}" if r and r.jobs_per_s else "–"
         rows.append(
             [
                 kind,
                 jobs_cell(r),
-                number(cpu),
-                number(r.extra.get("load_cpu_us_per_job") if r else None),
-                f"{reference:,}",
-                number(REFERENCE_CPU_US.get(kind), 0),
+                number(extra.get("server_cpu_us_per_job")),
+                number(extra.get("load_cpu_us_per_job")),
+                f"{theirs:,.0f} ({source})",
+                number(their_cpu),
                 ratio,
             ]
         )
     header = ["raw protocol, 10 connections", "Hopper jobs/s", "Hopper server CPU µs/job"]
-    reference = ["reference (Go) jobs/s", "reference CPU µs/job", "Hopper ÷ reference"]
+    reference = ["reference (Go) jobs/s", "reference server CPU µs/job", "Hopper ÷ reference"]
     return table([*header, "load loop CPU µs/job", *reference], rows)
 
 
@@ -339,6 +348,22 @@ def threaded_table(results: Sequence[Result], concurrencies: Sequence[int]) -> s
     return table(["shape", "worker c", "jobs/s", "bar (BullMQ here)"], rows)
 
 
+def faktory_py_table(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
+    """The PyPI faktory client's Worker (threads) end to end on Hopper and on the reference
+    server, same run (the reference rows need --reference)."""
+    rows = []
+    for c in concurrencies:
+        ours = one(results, "end_to_end", system="faktory-py", mode="threads", concurrency=c)
+        theirs = one(results, "end_to_end", system="faktory-py-ref", mode="threads", concurrency=c)
+        if ours is None and theirs is None:
+            continue
+        ratio = "–"
+        if ours and theirs and ours.jobs_per_s and theirs.jobs_per_s:
+            ratio = f"{ours.jobs_per_s / theirs.jobs_per_s:.2f}"
+        rows.append([str(c), jobs_cell(ours), jobs_cell(theirs), ratio])
+    return table(["worker c", "on Hopper", "on the reference (Go)", "Hopper ÷ reference"], rows)
+
+
 def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
     """Every table, with its heading, as Markdown."""
     sections = [
@@ -351,6 +376,10 @@ def tables(results: Sequence[Result], concurrencies: Sequence[int]) -> str:
         ("3. Push → start latency, single pushes at 1,000 jobs/s", latency_table(results)),
         ("4-6. Hopper at scale", scale_table(results)),
         ("Raw protocol, against the reference Faktory server", raw_table(results)),
+        (
+            "The PyPI faktory client's Worker, end to end, on Hopper and on the reference",
+            faktory_py_table(results, concurrencies),
+        ),
         ("One reply at a time, from 10 threads", threaded_table(results, concurrencies)),
     ]
     return "\n\n".join(f"### {title}\n\n{body}" for title, body in sections)

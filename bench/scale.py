@@ -5,37 +5,52 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from bench import rawload
 from bench.rawload import Conn
 from bench.results import Result, latency_ms, rate
-from bench.servers import HopperServer, hopper_server, rss_mb, scratch_dir
+from bench.servers import HopperServer, hopper_server, reference_server, rss_mb, scratch_dir
 
 CONNECTIONS = 10  # as the minimal client the reference figures were measured with
-SAMPLES = 1000  # timed commands per latency figure
 BATCH = 100
+SHAPES = {  # pushers, fetchers, batch
+    "PUSH": (CONNECTIONS, 0, 1),
+    "PUSHB": (CONNECTIONS, 0, BATCH),
+    "FETCH+ACK": (0, CONNECTIONS, 1),
+    "mixed": (CONNECTIONS // 2, CONNECTIONS // 2, 1),
+}
+WARM_UP = 2000  # jobs pushed, fetched and acknowledged by a fresh server before it is measured
+SAMPLES = 1000  # timed commands per latency figure
 
 
-def raw(kind: str, jobs: int) -> Result:
-    """PUSH, PUSHB, FETCH+ACK (of a pre-filled queue) or both at once ("mixed")."""
-    half = CONNECTIONS // 2
-    shapes = {  # pushers, fetchers, batch
-        "PUSH": (CONNECTIONS, 0, 1),
-        "PUSHB": (CONNECTIONS, 0, BATCH),
-        "FETCH+ACK": (0, CONNECTIONS, 1),
-        "mixed": (half, half, 1),
-    }
-    pushers, fetchers, batch = shapes[kind]
+def raw(kind: str, jobs: int, reference: str = "") -> Result:
+    """PUSH, PUSHB, FETCH+ACK (of a pre-filled queue) or both at once ("mixed"); with
+    `reference` (the path of a Faktory binary), the same load on it right after, its figures
+    in `extra` (reference_jobs_per_s, reference_cpu_us_per_job)."""
     with scratch_dir() as root, hopper_server(root) as hopper:
-        pids = [hopper.pid, hopper.redis.pid]
-        if kind == "FETCH+ACK":
-            rawload.run(hopper.port, jobs, half, 0, BATCH, [])
-        figures = rawload.run(hopper.port, jobs, pushers, fetchers, batch, pids)
+        figures = raw_load(kind, jobs, hopper.port, [hopper.pid, hopper.redis.pid])
+    _, _, batch = SHAPES[kind]
     result = Result("raw", "hopper", kind, CONNECTIONS, batch, figures["jobs"], figures["seconds"])
     result.jobs_per_s = figures["jobs_per_s"]
     result.extra["server_cpu_us_per_job"] = figures["server_cpu_us_per_job"]
     result.extra["load_cpu_us_per_job"] = figures["load_cpu_us_per_job"]
+    if reference:
+        with scratch_dir() as root, reference_server(root, reference) as go:
+            theirs = raw_load(kind, jobs, go.port, [go.pid, go.redis_pid])
+        result.extra["reference_jobs_per_s"] = theirs["jobs_per_s"]
+        result.extra["reference_cpu_us_per_job"] = theirs["server_cpu_us_per_job"]
     return result
+
+
+def raw_load(kind: str, jobs: int, port: int, pids: list[int]) -> dict[str, Any]:
+    """One raw load of shape `kind` on the server at `port` (server processes `pids`), after a
+    warm-up; rawload's figures."""
+    pushers, fetchers, batch = SHAPES[kind]
+    rawload.run(port, WARM_UP, *SHAPES["mixed"], [])
+    if kind == "FETCH+ACK":  # the jobs first, then the fetchers measured alone
+        rawload.run(port, jobs, CONNECTIONS // 2, 0, BATCH, [])
+    return rawload.run(port, jobs, pushers, fetchers, batch, pids)
 
 
 def timed(command: Callable[[], object], samples: int = SAMPLES) -> list[float]:

@@ -176,6 +176,45 @@ def hopper_server(workdir: Path, flags: Sequence[str] = ()) -> Iterator[HopperSe
         stop(process, STOP_TIMEOUT + 5)
 
 
+@dataclass
+class ReferenceServer:
+    """The reference Faktory server (Go) with the redis-server it starts itself."""
+
+    port: int
+    pid: int
+    redis_pid: int
+
+
+@contextmanager
+def reference_server(workdir: Path, binary: str) -> Iterator[ReferenceServer]:
+    """The Faktory binary `binary` on a free loopback port, its data in `workdir` (it starts
+    its own redis-server there, on a unix socket), stopped on leaving the block."""
+    port, web, log = free_port(), free_port(), workdir / "faktory.log"
+    (workdir / "conf").mkdir()
+    argv = [binary, "-b", f"127.0.0.1:{port}", "-w", f"127.0.0.1:{web}", "-e", "development"]
+    argv += ["-d", str(workdir / "data"), "-c", str(workdir / "conf"), "-l", "warn"]
+    with running(argv, log) as process:
+        wait_until(functools.partial(hopper_answers, port), process, log)
+        yield ReferenceServer(port, process.pid, child_pids(process.pid)[0])
+
+
+def reference_version(binary: str) -> str:
+    """What the reference binary says it is ("Faktory 1.8.0")."""
+    done = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes `pid` started (from /proc), oldest first."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append((int(fields[19]), int(stat.parent.name)))
+    return [child for _, child in sorted(found)]
+
+
 @contextmanager
 def scratch_dir(root: Path | None = None) -> Iterator[Path]:
     """A temporary directory for one server's data, removed afterwards."""

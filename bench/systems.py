@@ -45,7 +45,7 @@ class System:
     name: str
     package: str  # PyPI distribution, for its version
     module: str
-    backend: Literal["redis", "hopper"]
+    backend: Literal["redis", "hopper", "reference"]  # reference: the Go Faktory (--reference)
     batch: bool  # has a documented API that enqueues many jobs in one call
     modes: tuple[Mode, ...]
     fast: str  # the mode the latency probe uses
@@ -105,6 +105,16 @@ SYSTEMS = (
             Mode("processes", "{py} -m bench.hopper_faktory processes", jobs_scale=0.5),
             Mode("threads", "{py} -m bench.hopper_faktory threads"),
         ),
+        fast="threads",
+        peer=False,
+    ),
+    System(  # the same client and worker against the reference server, when one is given
+        "faktory-py-ref",
+        "faktory",
+        "bench.hopper_faktory",
+        "reference",
+        batch=False,
+        modes=(Mode("threads", "{py} -m bench.hopper_faktory threads"),),
         fast="threads",
         peer=False,
     ),
