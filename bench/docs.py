@@ -394,24 +394,24 @@ issue's gathering on that host, alternating (one thread, 4,000 pushes, three pai
 
 Until 2026-12-02 the reference column held figures taken on an earlier host with another load
 generator (41,000 PUSH/s, 8,800 mixed jobs/s, 160 µs per job). Since then the reference runs in
-the same run, under the same load generator (`--reference`, above). Three alternating rounds
-of 20,000 jobs after a 2,000-job warm-up, each server fresh (`bench.ab`'s shapes, Hopper with
+the same run, under the same load generator (`--reference`, above). Three to five alternating
+rounds of 20,000 jobs after a 2,000-job warm-up, each server fresh (`bench.ab`'s shapes, Hopper with
 `--processes 1` on a bare redis-server, Faktory 1.8.0 on its own), 2026-12-02, load average
 1.0-2.3; CPU is the server's and its Redis's, µs per job:
 
 | shape | reference jobs/s | reference CPU | Hopper jobs/s | Hopper CPU | Hopper ÷ reference |
 |---|---|---|---|---|---|
-| PUSH, 10 connections | 15,032-18,809 | 70-84 | 4,759-6,532 | 161-209 | 0.32-0.35 |
-| FETCH+ACK, 10 connections | 4,223-4,956 | 293-336 | 1,920-2,485 | 466-577 | 0.45-0.50 |
-| mixed, 5 + 5 | 3,031-3,363 | 422-454 | 1,230-1,473 | 817-940 | 0.40-0.49 |
+| PUSH, 10 connections | 15,032-18,809 | 70-84 | 4,759-7,182 | 149-210 | 0.32-0.44 |
+| FETCH+ACK, 10 connections | 4,223-4,956 | 293-336 | 1,920-2,485 | 466-577 | 0.43-0.50 |
+| mixed, 5 + 5 | 3,031-3,363 | 422-455 | 1,230-1,473 | 817-941 | 0.39-0.49 |
 
 With `--processes 2` Hopper did no better on this 2-core machine (mixed 1,294 and 1,287 jobs/s
 beside 1,382 and 1,306 for one process, at 25 % more CPU per job), as
 [processes.md](processes.md) found with the older load generator.
 
 What the comparison says:
-- **Per job, Hopper's Redis works 2.5 times as hard** as the reference's (mixed: 277-326 µs
-  against 105-117; PUSH 35-47 against 15-17). The reference keeps a job as a list entry and a
+- **Per job, Hopper's Redis works 2.5 times as hard** as the reference's (mixed: 277-327 µs
+  against 105-117; PUSH 34-47 against 15-18). The reference keeps a job as a list entry and a
   few keys; Hopper's scripts also write the jid index, the due index, the holder and held
   sets, the counters and the history archive, each move one atomic script. That is the price
   of the storage model's guarantees and of the features on it (job control, history, lanes).
@@ -424,7 +424,7 @@ What the comparison says:
   of the same day, 36 µs per job against 38.5.
 - The bar issue 16 set (mixed ≥ 1.5 times the reference, ≤ 80 µs per job) was written against
   the earlier figures; on this machine, against the reference measured beside it, Hopper is at
-  0.4-0.5 of its rate and twice its CPU per job.
+  0.3-0.5 of its rate and twice its CPU per job.
 """
 
 
