@@ -422,6 +422,17 @@ What the comparison says:
   both cores.
 - **Batched, Hopper is ahead**: PUSHB 43,800 jobs/s against 39,872 (1.10) in the full-raw run
   of the same day, 36 µs per job against 38.5.
+- **One connection alone is where Hopper is furthest behind.** The PyPI `faktory` worker
+  fetches and acknowledges one job at a time on one connection, so its rate is one over two
+  round trips: in the full run above it drained 383-410 jobs/s from Hopper against 837-902
+  from the reference, and at 1,000 pushes/s it fell behind on Hopper (p50 2.5 s) but not on
+  the reference (3.6 ms). The same serial FETCH+ACK loop alone, through faktory-py's own
+  connection (3,000 jobs queued first, two alternating rounds): 1,474 and 1,258 jobs/s on the
+  reference, 628 and 604 on Hopper. Alone, a job cost Hopper's broker 692 µs and its Redis
+  365 µs of CPU (py-spy: trio's `epoll_wait` and the reply's `send` take 41 % of the broker's
+  samples): each command pays a whole sleep and wake-up of both processes, which nothing else
+  shares. This is the shape issue 16 is about, and the one the reactor prototype (one
+  wake-up serving every ready connection) does not help: it has one connection.
 - The bar issue 16 set (mixed ≥ 1.5 times the reference, ≤ 80 µs per job) was written against
   the earlier figures; on this machine, against the reference measured beside it, Hopper is at
   0.3-0.5 of its rate and twice its CPU per job.
