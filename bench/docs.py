@@ -381,13 +381,13 @@ Where the time goes now (profiles taken with the mixed load running):
   extra step), then trim the ACK's archive.
 
 The full run of 2026-12-01 20:44 (29.6 minutes; the run at the top of this page replaced it) ran
-on another host than the runs before it: the machine line says Intel Xeon where the earlier runs' said AMD
-EPYC, and every system ran 2-3 times slower on it (huey's single enqueue 10,462 → 2,940 jobs/s,
-dramatiq's 7,325 → 3,295; Hopper's raw PUSH 10,609 → 8,957, FETCH+ACK 6,067 → 3,430, mixed 3,653
-→ 1,997), with more jitter (huey's p99 at 1,000 jobs/s 0.43 → 50 ms). Figures quoted from
-earlier runs elsewhere on this page are from the faster host; compare within one run.
-Hopper's single confirmed `Client.push` (657 jobs/s) was checked against the code before this
-issue's gathering on that host, alternating (one thread, 4,000 pushes, three pairs): 797 /
+on another host than the runs before it: its machine line said Intel Xeon where the earlier
+runs' said AMD EPYC, and every system ran 2-3 times slower on it (huey's single enqueue 10,462 →
+2,940 jobs/s, dramatiq's 7,325 → 3,295; Hopper's raw PUSH 10,609 → 8,957, FETCH+ACK 6,067 →
+3,430, mixed 3,653 → 1,997), with more jitter (huey's p99 at 1,000 jobs/s 0.43 → 50 ms). Figures
+quoted from earlier runs elsewhere on this page are from the faster host; compare within one
+run. Hopper's single confirmed `Client.push` (657 jobs/s) was checked against the code before
+this issue's gathering on that host, alternating (one thread, 4,000 pushes, three pairs): 797 /
 1,455 / 1,283 before, 1,227 / 1,168 / 1,063 after, the same within its noise.
 
 ### Against the reference server, same run (issue 16)
