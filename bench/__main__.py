@@ -21,7 +21,7 @@ from typing import Any
 from bench import chart, docs, history, idle, report, scale, workloads
 from bench.machine import describe
 from bench.results import Result
-from bench.servers import ROOT, reference_version
+from bench.servers import REFERENCE_BIN, ROOT, reference_binary, reference_version
 from bench.systems import SYSTEMS, System
 
 WORKLOADS = ("enqueue", "end_to_end", "latency", "raw", "depth", "connections", "idle", "history")
@@ -57,15 +57,9 @@ class Bench:
     """Runs the plan, one run at a time, printing progress to stderr."""
 
     def __init__(
-        self,
-        size: Size,
-        systems: list[System],
-        workloads: list[str],
-        repeat: int = 1,
-        reference: str = "",
+        self, size: Size, systems: list[System], workloads: list[str], repeat: int = 1
     ) -> None:
         self.size = size
-        self.reference = reference  # a Faktory binary the raw loads also run on
         self.systems = systems
         self.workloads = workloads
         self.repeat = repeat
@@ -143,9 +137,7 @@ class Bench:
                 )
         if "raw" in self.workloads:
             for kind in report.REFERENCE:
-                self.attempt(
-                    Result("raw", "hopper", kind), scale.raw, kind, size.raw_jobs, self.reference
-                )
+                self.attempt(Result("raw", "hopper", kind), scale.raw, kind, size.raw_jobs)
         if "depth" in self.workloads:
             self.attempt(Result("depth", "hopper"), scale.depth, size.depth_jobs)
         if "connections" in self.workloads:
@@ -184,7 +176,7 @@ def main() -> None:
     )
     cli.add_argument(
         "--reference",
-        default=os.environ.get("FAKTORY_BIN", ""),
+        default=reference_binary(),
         help="a Faktory server binary: the raw loads also run on it, in the same run "
         "(default: $FAKTORY_BIN; without one, the raw table shows the recorded figures)",
     )
@@ -198,9 +190,8 @@ def main() -> None:
     size = QUICK if args.quick else FULL
     served = {"redis", "hopper", "reference"} if args.reference else {"redis", "hopper"}
     systems = [s for s in SYSTEMS if s.name in names and s.backend in served]
-    if args.reference:
-        os.environ[workloads.REFERENCE_BIN] = args.reference
-    bench = Bench(size, systems, chosen, args.repeat, args.reference)
+    os.environ[REFERENCE_BIN] = args.reference  # where the workloads look for it
+    bench = Bench(size, systems, chosen, args.repeat)
     started = datetime.now(UTC)
     bench.run()
     duration = time.monotonic() - bench.start

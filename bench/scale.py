@@ -10,7 +10,14 @@ from typing import Any
 from bench import rawload
 from bench.rawload import Conn
 from bench.results import Result, latency_ms, rate
-from bench.servers import HopperServer, hopper_server, reference_server, rss_mb, scratch_dir
+from bench.servers import (
+    HopperServer,
+    hopper_server,
+    reference_binary,
+    reference_server,
+    rss_mb,
+    scratch_dir,
+)
 
 CONNECTIONS = 10  # as the minimal client the reference figures were measured with
 BATCH = 100
@@ -24,10 +31,10 @@ WARM_UP = 2000  # jobs pushed, fetched and acknowledged by a fresh server before
 SAMPLES = 1000  # timed commands per latency figure
 
 
-def raw(kind: str, jobs: int, reference: str = "") -> Result:
-    """PUSH, PUSHB, FETCH+ACK (of a pre-filled queue) or both at once ("mixed"); with
-    `reference` (the path of a Faktory binary), the same load on it right after, its figures
-    in `extra` (reference_jobs_per_s, reference_cpu_us_per_job)."""
+def raw(kind: str, jobs: int) -> Result:
+    """PUSH, PUSHB, FETCH+ACK (of a pre-filled queue) or both at once ("mixed"); with a
+    reference server (reference_binary()), the same load on it right after, its figures in
+    `extra` (reference_jobs_per_s, reference_cpu_us_per_job)."""
     with scratch_dir() as root, hopper_server(root) as hopper:
         figures = raw_load(kind, jobs, hopper.port, [hopper.pid, hopper.redis.pid])
     _, _, batch = SHAPES[kind]
@@ -35,7 +42,7 @@ def raw(kind: str, jobs: int, reference: str = "") -> Result:
     result.jobs_per_s = figures["jobs_per_s"]
     result.extra["server_cpu_us_per_job"] = figures["server_cpu_us_per_job"]
     result.extra["load_cpu_us_per_job"] = figures["load_cpu_us_per_job"]
-    if reference:
+    if reference := reference_binary():
         with scratch_dir() as root, reference_server(root, reference) as go:
             theirs = raw_load(kind, jobs, go.port, [go.pid, go.redis_pid])
         result.extra["reference_jobs_per_s"] = theirs["jobs_per_s"]

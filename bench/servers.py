@@ -28,6 +28,7 @@ HOPPER = ROOT / ".venv" / "bin" / "hopper"  # the broker as `make run` installs 
 START_TIMEOUT = 15.0  # seconds for a server to accept connections
 STOP_TIMEOUT = 10.0  # seconds for a process group to exit after SIGTERM
 START_ATTEMPTS = 3  # tries to start a broker
+REFERENCE_BIN = "FAKTORY_BIN"  # the environment variable naming the reference server's binary
 
 
 def spawn(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> Popen:
@@ -196,6 +197,11 @@ def reference_server(workdir: Path, binary: str) -> Iterator[ReferenceServer]:
     with running(argv, log) as process:
         wait_until(functools.partial(hopper_answers, port), process, log)
         yield ReferenceServer(port, process.pid, child_pids(process.pid)[0])
+
+
+def reference_binary() -> str:
+    """The reference Faktory server's binary this run uses, "" for none."""
+    return os.environ.get(REFERENCE_BIN, "")
 
 
 def reference_version(binary: str) -> str:

@@ -8,7 +8,7 @@ HOPPER_URL and FAKTORY_URL (Hopper) and BENCH_PROBE in its environment.
 """
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +75,19 @@ DRAMATIQ = "{py} -m dramatiq bench.peers.dramatiq --processes 1 --threads {c}"
 DRAMATIQ_2 = "{py} -m dramatiq bench.peers.dramatiq --processes 2 --threads {half}"
 RQ = "{bin}/rq worker -u {redis} --logging_level WARNING"
 ARQ = "{bin}/arq bench.peers.arq.WorkerSettings --custom-log-dict bench.peers.arq.LOGGING"
+FAKTORY_PY = System(  # the PyPI faktory client and its Worker, against Hopper
+    "faktory-py",
+    "faktory",
+    "bench.hopper_faktory",
+    "hopper",
+    batch=False,
+    modes=(
+        Mode("processes", "{py} -m bench.hopper_faktory processes", jobs_scale=0.5),
+        Mode("threads", "{py} -m bench.hopper_faktory threads"),
+    ),
+    fast="threads",
+    peer=False,
+)
 
 SYSTEMS = (
     System(
@@ -95,29 +108,9 @@ SYSTEMS = (
         threaded=True,
         peer=False,
     ),
-    System(
-        "faktory-py",
-        "faktory",
-        "bench.hopper_faktory",
-        "hopper",
-        batch=False,
-        modes=(
-            Mode("processes", "{py} -m bench.hopper_faktory processes", jobs_scale=0.5),
-            Mode("threads", "{py} -m bench.hopper_faktory threads"),
-        ),
-        fast="threads",
-        peer=False,
-    ),
-    System(  # the same client and worker against the reference server, when one is given
-        "faktory-py-ref",
-        "faktory",
-        "bench.hopper_faktory",
-        "reference",
-        batch=False,
-        modes=(Mode("threads", "{py} -m bench.hopper_faktory threads"),),
-        fast="threads",
-        peer=False,
-    ),
+    FAKTORY_PY,
+    # the same client and worker against the reference server, when one is given
+    replace(FAKTORY_PY, name="faktory-py-ref", backend="reference", modes=FAKTORY_PY.modes[1:]),
     System(
         "huey",
         "huey",

@@ -5,7 +5,6 @@ worker process started with the system's own CLI, and producers in their own pro
 """
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from bench.servers import (
     START_TIMEOUT,
     hopper_server,
     redis_server,
+    reference_binary,
     reference_server,
     running,
     scratch_dir,
@@ -30,7 +30,6 @@ from bench.systems import LATENCY_CONCURRENCY, Mode, System
 BATCH = 100  # jobs per batch call
 THREADS = 10  # producer threads in the "10 threads" shape, each waiting for its replies
 THREADED = f"{THREADS} threads"
-REFERENCE_BIN = "FAKTORY_BIN"  # the environment variable naming the reference server's binary
 WORKER_STOP = 1.0  # seconds from SIGTERM to SIGKILL for a worker (its server goes next)
 
 
@@ -54,7 +53,7 @@ def stage(system: System) -> Iterator[Stage]:
                 yield Stage(root, hopper.redis.url, env)
         elif system.backend == "reference":
             (root / "faktory").mkdir()
-            with reference_server(root / "faktory", os.environ[REFERENCE_BIN]) as go:
+            with reference_server(root / "faktory", reference_binary()) as go:
                 yield Stage(root, "", env | {"FAKTORY_URL": f"tcp://127.0.0.1:{go.port}"})
         else:
             with redis_server(root / "redis") as redis:
