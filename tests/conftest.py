@@ -387,6 +387,13 @@ def check_store(redis_url: str, *, repair: bool = False) -> list[str]:
     return sorted(problem["kind"] for problem in problems)
 
 
+async def check_store_aside(redis_url: str) -> None:
+    """check_store from a worker thread, so that a broker running in the test's own trio loop
+    goes on meanwhile: a split move whose first step the test saw (a state read by JOB STATE)
+    makes its second before `hopper check` reads, instead of waiting, frozen, for the check."""
+    await trio.to_thread.run_sync(check_store, redis_url)
+
+
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, made with the openssl command line."""

@@ -21,7 +21,7 @@ from hopper_broker.store.audit import Auditor
 from hopper_broker.store.keys import WF_DUE, QueueKeys
 from hopper_broker.store.keys import worker as worker_key
 from hopper_client.schema.jobs import format_time
-from tests.conftest import BrokerProcess, StartBroker, check_store, eventually
+from tests.conftest import BrokerProcess, StartBroker, check_store_aside, eventually
 from tests.wire import Wire, WireError, job
 
 pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
@@ -69,7 +69,7 @@ async def test_a_dependency_killed_by_mutate_settles_its_dependants(
     await w.call("MUTATE", kill)
     assert await state(w, "jobs-dep-1") == "dead"
     await settled(w, "jobs-next-1", "default", policy)
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, store_url: str) -> None:
@@ -86,7 +86,7 @@ async def test_a_batch_job_killed_by_mutate_counts_as_failed(broker: App, store_
     callback = await eventually(lambda: w.call("FETCH", "cbs"), 5)
     assert json.loads(callback)["jid"] == "complete-cb-1"
     await w.call("ACK", {"jid": "complete-cb-1"})
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, store_url: str) -> None:
@@ -103,7 +103,7 @@ async def test_a_flush_stopped_midway_leaves_no_stray_wait(broker: App, store_ur
     await w.call("JOB", "CANCEL jobs-root-1")
     await eventually(lambda: _is(w, kept, "cancelled"), 5)
     assert await state(w, gone) == "unknown"
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 @pytest.mark.parametrize("policy", ["fail", "run"])
@@ -117,7 +117,7 @@ async def test_a_dependency_flushed_away_settles_its_dependants(
     await w.call("PUSH", {**after("jobs-late-2", ["jobs-root-2"], policy), "queue": "second"})
     assert await broker.manager.store.queues.flush("first", 1000) == 0  # FLUSH's step for it
     await settled(w, "jobs-late-2", "second", policy)
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
@@ -148,7 +148,7 @@ async def test_a_dependant_pushed_during_a_flush_is_not_left_blocked(
         break
     else:
         pytest.fail("no push landed while FLUSH was at queue b")
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def _alive(w: Wire) -> bool:
@@ -175,7 +175,7 @@ async def test_a_silent_worker_s_connection_on_another_broker_loses_its_jobs(
     await survivors[0].call("PUSH", job("jobs-held-1"))
     assert json.loads(await survivors[0].call("FETCH", "default"))["jid"] == "jobs-held-1"
     await eventually(lambda: _is(survivors[0], "jobs-held-1", "retrying"), 5)
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
@@ -209,7 +209,7 @@ async def test_a_job_cancelled_while_fetch_middleware_runs_is_not_handed_back(
         await admin.call("JOB", "CANCEL jobs-halted-1")
         go.set()
     assert await state(admin, "jobs-halted-1") == "cancelled"
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
@@ -221,7 +221,7 @@ async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     await w.call("PUSH", job("jobs-dep-5", queue="other"))
     await w.call("PUSH", after("jobs-wait-5", ["jobs-dep-5"]))
     await w.call("PUSH", after("jobs-fine-5", ["jobs-dep-5"], "run"))
-    check_store(store_url)  # a blocked job that a live dependency names is in order
+    await check_store_aside(store_url)  # a blocked job that a live dependency names is in order
     rdb.hset(QueueKeys("other").dependants, "jobs-dep-5", '["default","jobs-fine-5"]')
     found = await Auditor(broker.manager.store).run()
     assert [(p.kind, p.queue, p.jid) for p in found.problems] == [
@@ -231,7 +231,7 @@ async def test_hopper_check_sees_a_blocked_job_no_end_will_come_to(
     assert repaired.clean and len(repaired.problems) == 1
     await eventually(lambda: _is(w, "jobs-wait-5", "cancelled"), 5)
     assert await state(w, "jobs-fine-5") == "blocked"  # its dependency still runs
-    check_store(store_url)
+    await check_store_aside(store_url)
 
 
 GONE = (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, ConnectionResetError)
@@ -362,4 +362,4 @@ async def test_a_random_mix_of_job_control_strands_nothing(
     for bid in mix.bids:
         found = json.loads(await admin.call("BATCH", f"STATUS {bid}"))
         assert found["complete_st"] != "", found
-    check_store(store_url)
+    await check_store_aside(store_url)
