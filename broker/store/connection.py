@@ -1,8 +1,10 @@
 """A small trio-native Redis client on hiredis's packer and parser.
 
-`Pipeline` is one auto-pipelining connection: every caller's commands are queued, a writer
-task sends whatever has accumulated in one write, and a reader task hands the replies back in
-order. Concurrent callers therefore share round trips without knowing about each other. If the
+`Pipeline` is one auto-pipelining connection: every caller's commands are queued and sent in
+one write when trio's scheduler has run every task that was ready (a trio instrument's
+`before_io_wait`, so no task wakes for it; a writer task only finishes what the kernel would not
+take at once, and serves TLS connections), and a reader task hands the replies back in order.
+Concurrent callers therefore share round trips without knowing about each other. If the
 connection drops, every waiting caller gets `RedisUnavailable` and the connection is re-opened
 in the background; nothing is ever re-sent silently, because a command already written may or
 may not have run (the store only sends idempotent scripts and reconciles in reapers).
@@ -18,6 +20,7 @@ found within twice the timeout, before a command needs it.
 
 import contextlib
 import logging
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
@@ -28,6 +31,7 @@ import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
+from hopper_broker.sockets import RawStream
 from hopper_broker.store.address import READ_SIZE, Address, ReplyError, read_reply, unread
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,22 @@ class _Waiter:
         """The caller was cancelled: its replies will still come, and are dropped."""
         self.task = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _PassEnd(trio.abc.Instrument):
+    """Sends a pipeline's queued commands when a pass of trio's scheduler ends."""
+
+    def __init__(self, pipeline: "Pipeline") -> None:
+        self.pipeline = pipeline
+        self.token = trio.lowlevel.current_trio_token()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self.pipeline._out:
+            return
+        if timeout > 0:  # every task has run and the loop is about to sleep: send from here
+            self.pipeline._flush(self.token)
+        else:  # tasks are ready to run: the writer runs with them, and sends what they queue too
+            self.pipeline._writer_lot.unpark()
 
 
 class Connection(Protocol):
@@ -103,6 +123,8 @@ class Pipeline:
         self.timeout = timeout
         self._stream: trio.abc.Stream | None = None
         self._out: list[bytes] = []
+        self._socket: socket.socket | None = None  # a plain connection's socket, sent on directly
+        self._writing = False  # the writer task holds bytes the kernel has not taken yet
         self.last_error: Exception | None = None  # why the last attempt to connect failed
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -179,7 +201,25 @@ class Pipeline:
             self._heard = trio.current_time()
         self._out.extend(packed)
         self._waiters.append(waiter)
-        self._writer_lot.unpark()
+        if self._socket is None:
+            self._writer_lot.unpark()
+
+    def _flush(self, token: trio.lowlevel.TrioToken) -> None:
+        """Send what the tasks of the scheduler pass just ended queued, in one write; what
+        the kernel does not take at once (or a failure) is left to the writer task."""
+        if self._writing or self._socket is None:
+            return  # the writer task sends the rest once its own write is done
+        data = b"".join(self._out)
+        self._out.clear()
+        try:
+            sent = self._socket.send(data)
+        except (OSError, ValueError):  # full, broken or closed: the writer finds out which
+            sent = 0
+        if sent < len(data):
+            self._out.append(data[sent:])
+            # The loop timed its wait before this hook ran: a task merely rescheduled here
+            # would wait with it, so the writer is woken through the loop's wake-up channel.
+            token.run_sync_soon(self._writer_lot.unpark)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection open until cancelled; reports started after the first connect."""
@@ -204,12 +244,20 @@ class Pipeline:
                 started = True
             self._heard = trio.current_time()
             self._lost = ""
+            self._writing = False
+            pass_end = _PassEnd(self)
+            if isinstance(self._stream, RawStream):
+                self._socket = self._stream.socket
+                trio.lowlevel.add_instrument(pass_end)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, nursery.cancel_scope)
                     nursery.start_soon(self._read_loop, nursery.cancel_scope)
                     nursery.start_soon(self._watch, nursery.cancel_scope)
             finally:
+                if self._socket is not None:
+                    self._socket = None
+                    trio.lowlevel.remove_instrument(pass_end)
                 stream, self._stream = self._stream, None
                 lost = self._lost or f"connection to {self.address.display} lost"
                 self._fail_all(RedisUnavailable(lost))
@@ -234,7 +282,9 @@ class Pipeline:
                     continue
                 data = b"".join(self._out)
                 self._out.clear()
+                self._writing = True
                 await self._stream.send_all(data)
+                self._writing = False
         except CONNECTION_ERRORS as exc:
             log.warning("redis write failed: %s", exc)
             scope.cancel()
