@@ -1,10 +1,12 @@
 """A small trio-native Redis client on hiredis's packer and parser.
 
-`Pipeline` is one auto-pipelining connection: every caller's commands are queued and sent in
-one write when trio's scheduler has run every task that was ready (a trio instrument's
-`before_io_wait`, so no task wakes for it; a writer task only finishes what the kernel would not
-take at once, and serves TLS connections), and a reader task hands the replies back in order.
-Concurrent callers therefore share round trips without knowing about each other. If the
+`Pipeline` is one auto-pipelining connection: every caller's commands are queued, sent together
+in one write, and a reader task hands the replies back in order. Concurrent callers therefore
+share round trips without knowing about each other. While an earlier write awaits its reply (a
+busy broker), a writer task sends what accumulated when it gets its turn, one pass of trio's
+scheduler later, so the commands of the tasks woken meanwhile join the write. A command with
+nothing else in flight (a lone client) is sent when the pass that queued it ends (a trio
+instrument's `before_io_wait`), without waking the writer or waiting for another pass. If the
 connection drops, every waiting caller gets `RedisUnavailable` and the connection is re-opened
 in the background; nothing is ever re-sent silently, because a command already written may or
 may not have run (the store only sends idempotent scripts and reconciles in reapers).
@@ -65,19 +67,16 @@ class _Waiter:
 
 
 class _PassEnd(trio.abc.Instrument):
-    """Sends a pipeline's queued commands when a pass of trio's scheduler ends."""
+    """Sends a pipeline's queued commands, unless its writer has them, when a pass of trio's
+    scheduler ends."""
 
     def __init__(self, pipeline: "Pipeline") -> None:
         self.pipeline = pipeline
         self.token = trio.lowlevel.current_trio_token()
 
     def before_io_wait(self, timeout: float) -> None:
-        if not self.pipeline._out:
-            return
-        if timeout > 0:  # every task has run and the loop is about to sleep: send from here
+        if self.pipeline._out and not self.pipeline._writer_busy:
             self.pipeline._flush(self.token)
-        else:  # tasks are ready to run: the writer runs with them, and sends what they queue too
-            self.pipeline._writer_lot.unpark()
 
 
 class Connection(Protocol):
@@ -124,7 +123,8 @@ class Pipeline:
         self._stream: trio.abc.Stream | None = None
         self._out: list[bytes] = []
         self._socket: socket.socket | None = None  # a plain connection's socket, sent on directly
-        self._writing = False  # the writer task holds bytes the kernel has not taken yet
+        self._unsent = 0  # callers whose commands are in _out
+        self._writer_busy = False  # the writer task is woken or writing: _out is its to send
         self.last_error: Exception | None = None  # why the last attempt to connect failed
         self._waiters: deque[_Waiter] = deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -199,24 +199,28 @@ class Pipeline:
     def _send(self, packed: list[bytes], waiter: _Waiter) -> None:
         if not self._waiters:
             self._heard = trio.current_time()
+        owed = len(self._waiters) > self._unsent  # an earlier write awaits its reply
         self._out.extend(packed)
         self._waiters.append(waiter)
-        if self._socket is None:
+        self._unsent += 1
+        if (owed or self._socket is None) and not self._writer_busy:
+            self._writer_busy = True
             self._writer_lot.unpark()
 
     def _flush(self, token: trio.lowlevel.TrioToken) -> None:
         """Send what the tasks of the scheduler pass just ended queued, in one write; what
         the kernel does not take at once (or a failure) is left to the writer task."""
-        if self._writing or self._socket is None:
-            return  # the writer task sends the rest once its own write is done
+        assert self._socket is not None
         data = b"".join(self._out)
         self._out.clear()
+        self._unsent = 0
         try:
             sent = self._socket.send(data)
         except (OSError, ValueError):  # full, broken or closed: the writer finds out which
             sent = 0
         if sent < len(data):
             self._out.append(data[sent:])
+            self._writer_busy = True
             # The loop timed its wait before this hook ran: a task merely rescheduled here
             # would wait with it, so the writer is woken through the loop's wake-up channel.
             token.run_sync_soon(self._writer_lot.unpark)
@@ -244,7 +248,7 @@ class Pipeline:
                 started = True
             self._heard = trio.current_time()
             self._lost = ""
-            self._writing = False
+            self._unsent, self._writer_busy = 0, False
             pass_end = _PassEnd(self)
             if isinstance(self._stream, RawStream):
                 self._socket = self._stream.socket
@@ -267,6 +271,7 @@ class Pipeline:
 
     def _fail_all(self, error: Exception) -> None:
         self._out.clear()
+        self._unsent = 0
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if waiter.task is not None:
@@ -278,13 +283,13 @@ class Pipeline:
         try:
             while True:
                 if not self._out:
+                    self._writer_busy = False
                     await self._writer_lot.park()
                     continue
                 data = b"".join(self._out)
                 self._out.clear()
-                self._writing = True
+                self._unsent = 0
                 await self._stream.send_all(data)
-                self._writing = False
         except CONNECTION_ERRORS as exc:
             log.warning("redis write failed: %s", exc)
             scope.cancel()
