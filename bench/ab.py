@@ -5,9 +5,11 @@ round, each side in turn on fresh servers (a redis-server started as the embedde
 `python -m hopper_broker run --processes 1` with that side's `broker/` and `client/` first on
 the path); a warm-up load, then the measured one. Workloads: `push` (10 pushers), `mixed` (5
 pushers, 5 fetchers), `fetch` (10 pushers first, then 10 fetchers measured alone), `lone` (1
-pusher, 1 fetcher). Prints one JSON line per run (broker and Redis CPU µs per job from
-/proc/<pid>/stat, jobs/s, the load average before it), then per side the median of its ratios
-to the first side's run of the same round: the box's speed drifts, ratios within a round do not.
+pusher, 1 fetcher), `serial` (the jobs pushed first, then the PyPI `faktory` client's own
+connection fetching and acknowledging one job at a time, as its Worker does). Prints one JSON
+line per run (broker and Redis CPU µs per job from /proc/<pid>/stat, jobs/s, the load average
+before it), then per side the median of its ratios to the first side's run of the same round:
+the box's speed drifts, ratios within a round do not.
 """
 
 import argparse
@@ -23,10 +25,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from faktory._proto import Connection
+
 from bench import rawload
 from bench.servers import cpu_seconds, free_port, hopper_answers, redis_server, running, wait_until
 
-WORKLOADS = {"push": (10, 0), "mixed": (5, 5), "fetch": (10, 10), "lone": (1, 1)}
+WORKLOADS = {"push": (10, 0), "mixed": (5, 5), "fetch": (10, 10), "lone": (1, 1), "serial": (1, 1)}
 WARM_UP = 2000  # jobs before each measured run
 PACKAGES = {"hopper_broker": "broker", "hopper_client": "client"}
 
@@ -59,12 +63,15 @@ def measure(path: Path, workload: str, jobs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp, broker(path, Path(tmp)) as ids:
         port, pid, redis_pid = ids
         rawload.run(port, WARM_UP, pushers, fetchers, 1, [])
-        if workload == "fetch":  # the jobs first, then the fetchers measured alone
+        if workload in ("fetch", "serial"):  # the jobs first, then the fetchers measured alone
             rawload.run(port, jobs, pushers, 0, 1, [])
             pushers = 0
         load = Path("/proc/loadavg").read_text().split()[0]
         before = cpu_seconds([pid]), cpu_seconds([redis_pid])
-        result = rawload.run(port, jobs, pushers, fetchers, 1, [])
+        if workload == "serial":
+            result = serial_fetch_ack(port, jobs)
+        else:
+            result = rawload.run(port, jobs, pushers, fetchers, 1, [])
         after = cpu_seconds([pid]), cpu_seconds([redis_pid])
     done: int = result["jobs"]
     return {
@@ -75,6 +82,23 @@ def measure(path: Path, workload: str, jobs: int) -> dict[str, Any]:
         "load": load,
         "at": time.strftime("%H:%M:%S"),
     }
+
+
+def serial_fetch_ack(port: int, jobs: int) -> dict[str, Any]:
+    """FETCH, then ACK, one job at a time on the PyPI faktory client's connection."""
+    connection = Connection(f"tcp://127.0.0.1:{port}", worker_id=f"ab-serial-{port}")
+    connection.connect(worker_id=True)
+    began = time.perf_counter()
+    for _ in range(jobs):
+        job = connection.fetch([rawload.DEFAULT[0].decode()])
+        if not job:
+            raise RuntimeError("the queue ran dry")
+        connection.reply("ACK", {"jid": job["jid"]})
+        if (reply := next(connection.get_message())) != "OK":
+            raise RuntimeError(f"ACK answered {reply}")
+    seconds = time.perf_counter() - began
+    connection.disconnect()
+    return {"jobs": jobs, "jobs_per_s": round(jobs / seconds)}
 
 
 def main() -> None:

@@ -436,6 +436,59 @@ What the comparison says:
 - The bar issue 16 set (mixed ≥ 1.5 times the reference, ≤ 80 µs per job) was written against
   the earlier figures; on this machine, against the reference measured beside it, Hopper is at
   0.3-0.5 of its rate and twice its CPU per job.
+
+### A lone command sent when the scheduler pass ends (issue 16)
+
+Until 2026-12-02 every Redis command a connection task queued woke the shared writer task, which
+ran one pass of trio's scheduler later (after another `epoll_wait`), joined what had accumulated
+and sent it. Now (store/connection.py) a command with nothing else in flight on the Redis
+connection is sent by a trio instrument's `before_io_wait`, when the pass that queued it ends: no
+task step and no extra pass for it. While earlier writes still await their replies (a busy
+broker), the writer is woken as before, so the commands of the tasks woken meanwhile join its
+write. What the kernel does not take at once (a large write) is finished by the writer, woken
+through the loop's wake-up channel: a task merely rescheduled from the hook would sleep through
+the wait the loop had already timed (tests/test_pipeline.py holds both).
+
+Measured with `python -m bench.ab --side base=<checkout of 6f2ebc5> --side new=. --workload W`
+(20,000 jobs after a 2,000-job warm-up, each side on fresh servers, `--processes 1`), 2026-12-02,
+load average 0.7-1.6; median of the per-round ratios to the base run. An A/A side (the base code
+run third in each round) shows what the order alone does: 3-4 % more CPU and 3-5 % fewer jobs/s
+for whoever runs later in a round.
+
+| workload | rounds | jobs/s | broker CPU per job | Redis CPU per job | A/A: jobs/s, broker, Redis |
+|---|---|---|---|---|---|
+| lone: 1 pusher + 1 fetcher | 3 | × 1.475 | × 0.77 | × 0.79 | |
+| PUSH, 10 connections | 6 | × 0.965 | × 1.05 | × 1.07 | × 0.955, × 1.04, × 1.03 |
+| FETCH+ACK, 10 connections | 3 | × 1.04 | × 0.98 | × 1.00 | × 0.97, × 1.04, × 1.03 |
+| mixed, 5 + 5 | 4 | × 1.045 | × 0.99 | × 1.00 | × 0.97, × 1.03, × 1.01 |
+| serial: PyPI faktory's connection | 8 | × 1.12 | × 0.88 | × 0.92 | |
+
+The lone pair gains most (another series of 3 rounds: × 1.14): each of its commands used to pay
+a scheduler pass and a writer step of its own. The loaded shapes are where they were, within the
+order effect. The serial loop (FETCH, then ACK, one job at a time on the PyPI `faktory` client's
+connection; another series of 4 rounds: × 0.90, the A/A side × 1.02) is unchanged within its
+noise: the same code did 357-972 jobs/s from one round to the next, and its CPU per job moved
+inversely with its rate (550-1,380 µs of the broker's, 320-750 of Redis's), the mark of a loop
+whose cost is the sleeps and wake-ups of its three processes (client, broker, Redis: four
+wake-ups per command) rather than the work.
+
+Tried and dropped:
+- Sending from the hook at the end of every pass, whether or not earlier writes await replies:
+  the lone pair gained as much (× 1.13-1.41 in three series), but PUSH from 10 connections lost
+  5-7 % of its rate and FETCH+ACK cost Redis 13 % more (smaller writes: each pass's commands went
+  alone instead of joining the next pass's).
+- Sending from the hook only when the loop was about to sleep, else waking the writer: mixed
+  × 0.96 and PUSH × 0.94-0.99 against the same A/A drift, lone × 1.41.
+- Busy-polling the Redis socket from the hook after a lone send (up to 100 or 300 µs, the way
+  Go's scheduler spins before it parks a thread), so the reply would be found without a sleep
+  and a wake-up: the lone pair × 1.04 at 23 % more broker CPU; the serial loop unchanged (828-985
+  against 795-1,036 jobs/s) at 300 µs more of the broker's CPU per job. The reply takes longer
+  than the spin: Redis has to wake up too.
+
+Where the lone pair's broker time goes now (py-spy at 500 samples a second): trio's `epoll_wait`
+35 % of the samples, the `send` of the replies to the clients 14 % and of the commands to Redis
+8 %, Hopper's commands, manager and store 10 %: the kernel's share of a command (its sleep, its
+wake-up and its two loopback sends) is most of what it costs when nothing else shares them.
 """
 
 

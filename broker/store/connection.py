@@ -75,8 +75,7 @@ class _PassEnd(trio.abc.Instrument):
         self.token = trio.lowlevel.current_trio_token()
 
     def before_io_wait(self, timeout: float) -> None:
-        if self.pipeline._out and not self.pipeline._writer_busy:
-            self.pipeline._flush(self.token)
+        self.pipeline.pass_ended(self.token)
 
 
 class Connection(Protocol):
@@ -207,10 +206,12 @@ class Pipeline:
             self._writer_busy = True
             self._writer_lot.unpark()
 
-    def _flush(self, token: trio.lowlevel.TrioToken) -> None:
-        """Send what the tasks of the scheduler pass just ended queued, in one write; what
-        the kernel does not take at once (or a failure) is left to the writer task."""
-        assert self._socket is not None
+    def pass_ended(self, token: trio.lowlevel.TrioToken) -> None:
+        """Send what the tasks of the scheduler pass just ended queued, in one write, unless
+        the writer task has it; what the kernel does not take at once (or a failure) is left
+        to the writer task."""
+        if not self._out or self._writer_busy or self._socket is None:
+            return
         data = b"".join(self._out)
         self._out.clear()
         self._unsent = 0
