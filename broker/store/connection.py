@@ -122,7 +122,6 @@ class Pipeline:
         self._stream: trio.abc.Stream | None = None
         self._out: list[bytes] = []
         self._socket: socket.socket | None = None  # a plain connection's socket, sent on directly
-        self._unsent = 0  # callers whose commands are in _out
         self._writer_busy = False  # the writer task is woken or writing: _out is its to send
         self.last_error: Exception | None = None  # why the last attempt to connect failed
         self._waiters: deque[_Waiter] = deque()
@@ -198,10 +197,11 @@ class Pipeline:
     def _send(self, packed: list[bytes], waiter: _Waiter) -> None:
         if not self._waiters:
             self._heard = trio.current_time()
-        owed = len(self._waiters) > self._unsent  # an earlier write awaits its reply
+        # Outside the writer's turn, every command sent so far is out of _out: with _out empty,
+        # a caller already waiting means an earlier write awaits its reply.
+        owed = bool(self._waiters) and not self._out
         self._out.extend(packed)
         self._waiters.append(waiter)
-        self._unsent += 1
         if (owed or self._socket is None) and not self._writer_busy:
             self._writer_busy = True
             self._writer_lot.unpark()
@@ -214,7 +214,6 @@ class Pipeline:
             return
         data = b"".join(self._out)
         self._out.clear()
-        self._unsent = 0
         try:
             sent = self._socket.send(data)
         except (OSError, ValueError):  # full, broken or closed: the writer finds out which
@@ -249,7 +248,7 @@ class Pipeline:
                 started = True
             self._heard = trio.current_time()
             self._lost = ""
-            self._unsent, self._writer_busy = 0, False
+            self._writer_busy = False
             pass_end = _PassEnd(self)
             if isinstance(self._stream, RawStream):
                 self._socket = self._stream.socket
@@ -272,7 +271,6 @@ class Pipeline:
 
     def _fail_all(self, error: Exception) -> None:
         self._out.clear()
-        self._unsent = 0
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if waiter.task is not None:
@@ -289,7 +287,6 @@ class Pipeline:
                     continue
                 data = b"".join(self._out)
                 self._out.clear()
-                self._unsent = 0
                 await self._stream.send_all(data)
         except CONNECTION_ERRORS as exc:
             log.warning("redis write failed: %s", exc)
