@@ -24,7 +24,7 @@ from hopper_broker.policy import (
     settle_priority,
     unique_of,
 )
-from hopper_broker.store.jobs import PushEntry
+from hopper_broker.store.pushes import PushEntry
 from hopper_broker.store.redis import Store
 from hopper_broker.workflows import after_of, graph_order, refusal
 from hopper_client.schema.errors import JID_IN_USE, BrokerError, CommandError
@@ -150,7 +150,8 @@ class Intake:
         """One push script call for jobs of one queue; refusals noted in `outcomes`."""
         entries = [entry for _, entry in chunk]
         limits = await self.limits(queue)
-        stored = await self.store.jobs.push(queue, entries, now, self.kept(), claim, limits, graph)
+        keep = self.kept()
+        stored = await self.store.pushes.push(queue, entries, now, keep, claim, limits, graph)
         self._settle(queue, chunk, stored, outcomes)
 
     async def _store_graph(
@@ -173,7 +174,7 @@ class Intake:
             (queue, [entry for _, entry in items], await self.limits(queue))
             for queue, items in by_queue.items()
         ]
-        stored = iter(await self.store.jobs.push_graph(segments, now, self.kept()))
+        stored = iter(await self.store.pushes.push_graph(segments, now, self.kept()))
         for queue, items in by_queue.items():
             self._settle(queue, items, [next(stored) for _ in items], outcomes)
 

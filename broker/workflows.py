@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from hopper_broker.config import Settings
-from hopper_broker.store.jobs import SPLIT_GRAPH
+from hopper_broker.store.pushes import SPLIT_GRAPH
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import BrokerError, CommandError
 from hopper_client.schema.jobs import Job, JobState

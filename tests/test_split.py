@@ -21,8 +21,8 @@ from hopper_broker.store.base import Redis, Script, Visit
 from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.cluster_map import ClusterAddress
 from hopper_broker.store.connection import Pipeline
-from hopper_broker.store.jobs import CLAIM, TALLY_SWEEP
 from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.pushes import CLAIM, TALLY_SWEEP
 from hopper_broker.store.redis import Store
 from hopper_broker.store.slots import key_slot
 from hopper_client.schema.errors import BrokerError

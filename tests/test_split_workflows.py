@@ -13,8 +13,8 @@ from hopper_broker.manager import Manager
 from hopper_broker.store import keys
 from hopper_broker.store.audit import Auditor
 from hopper_broker.store.base import Redis
-from hopper_broker.store.jobs import TALLY_SWEEP
 from hopper_broker.store.keys import QueueKeys
+from hopper_broker.store.pushes import TALLY_SWEEP
 from hopper_broker.store.workflows import LATER
 from tests.test_manager import NOW, new
 from tests.test_split import DiesAfterScripts, split_manager

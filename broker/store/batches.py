@@ -10,7 +10,6 @@ from typing import Any
 
 from hopper_broker.store import keys
 from hopper_broker.store.base import Redis, Script, text
-from hopper_broker.store.jobs import TALLY_SWEEP
 from hopper_broker.store.keys import (
     BATCH_PREFIX,
     BATCHES_DUE,
@@ -19,6 +18,7 @@ from hopper_broker.store.keys import (
     WF_DUE,
     QueueKeys,
 )
+from hopper_broker.store.pushes import TALLY_SWEEP
 
 NEW = Script("batch_new")
 COMMIT = Script("batch_commit")

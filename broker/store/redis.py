@@ -10,6 +10,7 @@ from hopper_broker.store.history import HistoryStore
 from hopper_broker.store.jobs import JobStore
 from hopper_broker.store.keys import CRON, JIDS, SCHEMA_KEY, SPLIT_MARK
 from hopper_broker.store.listing import ListingStore
+from hopper_broker.store.pushes import PushStore
 from hopper_broker.store.queues import QueueStore
 from hopper_broker.store.sets import SetStore
 from hopper_broker.store.tracking import TrackingStore
@@ -23,7 +24,8 @@ class Store:
     def __init__(self, pipeline: Connection, split: bool = False) -> None:
         self.redis = Redis(pipeline, split)
         self.workflows = WorkflowStore(self.redis)
-        self.jobs = JobStore(self.redis, self.workflows)
+        self.jobs = JobStore(self.redis)
+        self.pushes = PushStore(self.redis, self.jobs, self.workflows)
         self.sets = SetStore(self.redis, self.jobs)
         self.queues = QueueStore(self.redis, self.jobs)
         self.tracking = TrackingStore(self.redis, self.jobs)

@@ -19,7 +19,7 @@
 local FINAL_STATES = {'done', 'dead', 'discarded', 'cancelled', 'expired', 'replaced'}  -- keys.py
 
 -- A payload's jobtype: the first "jobtype" key is the job's own (scalar fields come before
--- custom and args, see broker/jobs.py; in an entry, the entry's own comes first); one with
+-- custom and args, see client/schema/jobs.py; in an entry, the entry's own comes first); one with
 -- escapes is decoded.
 local function jobtype_of(payload)
   if not payload then return '' end
