@@ -358,6 +358,14 @@ Tried and dropped: gathering the looks of lone FETCHes (the fetch script taking 
 job, the k-th job found for the k-th worker). On the FETCH+ACK load it halved the script calls
 per job (1.30 → 0.73) but not Redis's time in them (1.90 → 1.83 s per 20,000 jobs: a script's
 cost is per job, not per call) and cost the broker 3 % more than gathering the ACKs alone.
+Tried again on 2026-12-02, the script splitting its jobs among the FETCHes it served (each
+worker's throttle kept) and called through the same gathering: on the FETCH+ACK load (5
+rounds, `bench.ab` against the same code without it) 2.7 FETCHes per call, Redis × 0.89, the
+broker × 1.02, jobs/s × 1.00; on the mixed load (8 rounds; the A/A side × 1.01) 1.3 FETCHes per
+call, jobs/s × 0.95, the broker × 1.06, Redis × 0.99: where followers are few the leader's extra
+step costs more than they save. Leading only while recent leaders brought one follower or more
+on average (instead of until 4 in a row brought none) did worse for all three gatherings:
+mixed × 0.93 jobs/s, Redis × 1.12 (ACKs stopped gathering). Both dropped again.
 
 Where the time goes now (profiles taken with the mixed load running):
 - **The broker** (py-spy, 500 samples a second): the loopback `send` of each reply 17-23 % of
