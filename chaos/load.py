@@ -16,8 +16,6 @@ its first planned_failures(jid) attempts (counted by the broker: failure.retry_c
 
 import argparse
 import json
-import socket
-import ssl
 import threading
 import time
 import zlib
@@ -25,80 +23,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TextIO
 
-import hiredis
+from chaos.conn import Conn, Hang, Lost
+from tests.wire import WireError
 
-from tests.wire import WireError, pwdhash
-
-CALL_TIMEOUT = 10.0  # seconds; a reply slower than this is a hang
 RETRY_DELAY = 0.05  # seconds between attempts while the broker or Redis is away
 GIVE_UP = 180.0  # seconds one push or ACK keeps trying before the run is declared broken
 BEAT_INTERVAL = 5.0  # seconds between a worker's heartbeats
 LIFETIME = 900.0  # seconds a worker process lives at most (it is normally killed or stopped)
-
-
-class Lost(Exception):
-    """The connection failed: refused, reset or closed."""
-
-
-class Hang(Lost):
-    """A reply took longer than CALL_TIMEOUT."""
-
-
-class Conn:
-    """One blocking protocol connection (over TLS with a client context), handshake done."""
-
-    def __init__(
-        self,
-        port: int,
-        hello: dict[str, Any],
-        password: str = "",
-        tls: ssl.SSLContext | None = None,
-    ) -> None:
-        try:
-            self.sock = socket.create_connection(("127.0.0.1", port), timeout=CALL_TIMEOUT)
-            if tls is not None:
-                self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
-        except OSError as exc:  # ssl.SSLError included
-            raise Lost(str(exc)) from exc
-        self.reader = hiredis.Reader()
-        try:
-            challenge = json.loads(self.reply()[3:])
-            payload = {"v": 2, **hello}
-            if "s" in challenge:
-                payload["pwdhash"] = pwdhash(password, challenge["s"], challenge["i"])
-            self.call("HELLO", payload)
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def reply(self) -> Any:
-        try:
-            while (reply := self.reader.gets()) is False:
-                data = self.sock.recv(65536)
-                if not data:
-                    raise Lost("connection closed")
-                self.reader.feed(data)
-        except TimeoutError as exc:
-            raise Hang(f"no reply in {CALL_TIMEOUT}s") from exc
-        except OSError as exc:
-            raise Lost(str(exc)) from exc
-        if isinstance(reply, hiredis.ReplyError):
-            raise WireError(str(reply))
-        return reply
-
-    def call(self, verb: str, arg: Any = None) -> Any:
-        line = verb.encode()
-        if arg is not None:
-            text = arg if isinstance(arg, str) else json.dumps(arg, separators=(",", ":"))
-            line += b" " + text.encode()
-        try:
-            self.sock.sendall(line + b"\r\n")
-        except OSError as exc:
-            raise Lost(str(exc)) from exc
-        return self.reply()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Ledger:

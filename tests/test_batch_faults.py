@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import redis
 
+from chaos.conn import Conn
 from chaos.figures import record
-from chaos.load import Conn, planned_failures, wait_for
+from chaos.load import planned_failures, wait_for
 from chaos.marks import CHAOS
 from hopper_broker.store.keys import BATCHES_DUE, QueueKeys
 from tests.conftest import BrokerProcess, check_store, live_jobs

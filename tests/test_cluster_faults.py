@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from chaos.conn import Lost
 from chaos.figures import record
-from chaos.load import GIVE_UP, RETRY_DELAY, Client, Ledger, Lost, Producer, Worker, job, wait_for
+from chaos.load import GIVE_UP, RETRY_DELAY, Client, Ledger, Producer, Worker, job, wait_for
 from chaos.marks import CHAOS
 from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys

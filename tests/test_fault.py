@@ -22,8 +22,9 @@ import pytest
 import redis
 import trio
 
+from chaos.conn import Conn
 from chaos.figures import record
-from chaos.load import RETRY_BACKOFF, Conn, Ledger, Producer, Worker, read_log, wait_for
+from chaos.load import RETRY_BACKOFF, Ledger, Producer, Worker, read_log, wait_for
 from chaos.marks import CHAOS
 from hopper_broker.app import relay
 from hopper_broker.doorbell import Doorbell

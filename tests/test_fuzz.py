@@ -22,8 +22,9 @@ import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from chaos.conn import Conn
 from chaos.figures import record
-from chaos.load import Conn, wait_for
+from chaos.load import wait_for
 from chaos.marks import CHAOS
 from hopper_broker import retry
 from hopper_broker.config import DEAD_TTL

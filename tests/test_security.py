@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from chaos.load import Conn
+from chaos.conn import Conn
 from hopper_broker.config import Config
 from hopper_broker.session import Session
 from tests.conftest import BrokerProcess, StartBroker, free_port, on_rig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.load import Conn, Lost
+from chaos.conn import Conn, Lost
 from hopper_client import Client
 from tests.conftest import BrokerProcess
 
