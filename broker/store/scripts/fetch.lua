@@ -20,8 +20,8 @@
 -- it (holders, its held set); a worker no longer registered (forgotten by a broker while this
 -- connection, on another, stayed open) enters holding, so its jobs are failed worker_ttl later
 -- unless it says HELLO again (worker_join.lua). The stored payload has `reserve_for` right
--- after `enqueued_at` (see client/schema/jobs.py), so no JSON is decoded here. A queued jid without a record (never
--- written by Hopper itself) is dropped. Each kind of read or write is
+-- after `enqueued_at` (see client/schema/jobs.py), so no JSON is decoded here. A queued jid
+-- without a record (never written by Hopper itself) is dropped. Each kind of read or write is
 -- one call per batch. A job whose expiry (custom.expires_at, in the expiring zset) has passed
 -- is not handed out: it ends expired (kept like a done one, counted in stats). Events: fetched,
 -- expired.

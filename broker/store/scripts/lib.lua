@@ -3,8 +3,8 @@
 -- store/base.py). They are defined once, when Redis loads the library.
 
 -- The payload with `enqueued_at` set to `text` as its first field. A stored payload keeps
--- `enqueued_at` first whenever it has one (client/schema/jobs.py orders Job's fields so), so the old
--- value, if any, is the prefix replaced here; no JSON is decoded.
+-- `enqueued_at` first whenever it has one (client/schema/jobs.py orders Job's fields so), so
+-- the old value, if any, is the prefix replaced here; no JSON is decoded.
 local function stamp(payload, text)
   local rest = string.match(payload, '^{"enqueued_at":"[^"]*",(.*)$') or string.sub(payload, 2)
   return '{"enqueued_at":"' .. text .. '",' .. rest

@@ -8,8 +8,9 @@ local PRIORITY_STEP = 1099511627776  -- 2^40 arrivals per priority
 local HIGH = 5 * PRIORITY_STEP  -- scores below this are priorities 6-9
 
 -- A stored payload's priority (nil: the default) and group (nil: none). They follow
--- `enqueued_at` and `reserve_for` in the payload (see client/schema/jobs.py), so only its first bytes
--- are read; a group holds no quote, backslash or control character (broker/policy.py).
+-- `enqueued_at` and `reserve_for` in the payload (see client/schema/jobs.py), so only its
+-- first bytes are read; a group holds no quote, backslash or control character
+-- (broker/policy.py).
 local function head_of(payload)
   local _, e = string.find(payload, '^{"enqueued_at":"[^"]*",')
   local pos = (e or 1) + 1
