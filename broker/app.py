@@ -11,6 +11,7 @@ from hopper_broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.errors import StartError
 from hopper_broker.events import EventHub
+from hopper_broker.loop_idle import LoopIdle
 from hopper_broker.manager import Manager
 from hopper_broker.middleware import Chains
 from hopper_broker.reapers import run_reapers
@@ -69,6 +70,7 @@ class App:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
             config = self.settings()
+            LoopIdle.current().budget = lambda: self.settings().busy_poll_us / 1e6
             with self._starting:
                 redis = await self._reach_redis(root)
                 split = config.redis_split or isinstance(redis, ClusterPipeline)

@@ -45,6 +45,10 @@ PROCESSES = 0
 # broker sends (short scripts, batched scans), yet short enough that clients get an error
 # instead of a hang their own timeouts would hit first.
 REDIS_TIMEOUT = 10.0
+# µs the loop waits on the CPU for a socket's bytes before it sleeps, while its waits are short
+# (loop_idle.py): a sleep and wake-up cost more than the Redis call a command waits for.
+BUSY_POLL_US = 200
+MAX_BUSY_POLL_US = 10_000
 
 DEFAULT_RESERVATION = 1800  # seconds a fetched job is reserved when it does not say
 MIN_RESERVATION = 60  # reference floor; tests lower it to see expiry quickly
@@ -163,6 +167,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     fetch_timeout: float = FETCH_TIMEOUT
     shutdown_grace: float = SHUTDOWN_GRACE
     redis_timeout: float = REDIS_TIMEOUT
+    busy_poll_us: int = BUSY_POLL_US
 
     default_reservation: int = DEFAULT_RESERVATION
     min_reservation: int = MIN_RESERVATION
@@ -254,6 +259,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("appendfsync must be always, everysec or no")
         if self.redis_timeout <= 0:
             raise ValueError("redis_timeout must be positive")
+        if not 0 <= self.busy_poll_us <= MAX_BUSY_POLL_US:
+            raise ValueError(f"busy_poll_us must be between 0 and {MAX_BUSY_POLL_US:,}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.redis_url and not self.redis_url.startswith(REDIS_SCHEMES + CLUSTER_SCHEMES):

@@ -63,6 +63,8 @@ HELP = {
     "shutdown_grace": "seconds running commands get to finish on SIGTERM",
     "redis_timeout": "seconds Redis may stay silent while it owes a reply before its "
     "connection counts as dead",
+    "busy_poll_us": "microseconds the broker waits on the CPU for bytes before it sleeps, "
+    "while its waits are short (0: never)",
     "default_reservation": "seconds a fetched job is reserved when it gives no reserve_for",
     "min_reservation": "seconds a reservation lasts at least",
     "max_reservation": "seconds a reservation lasts at most",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from hopper_broker.errors import StartError
+from hopper_broker.loop_idle import LoopIdle
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,16 @@ _BROKEN = (OSError, ValueError)  # ValueError: the socket was closed under us
 
 
 class RawStream(trio.abc.Stream):
-    """A trio Stream over a connected non-blocking socket."""
+    """A trio Stream over a connected non-blocking socket; its bytes end the loop's busy poll
+    (loop_idle.py)."""
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket = sock
+        self._idle = LoopIdle.current()
+        self._idle.watch(sock)
 
     @classmethod
     def from_trio(cls, stream: trio.SocketStream) -> "RawStream":
@@ -70,6 +74,7 @@ class RawStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         if self.socket.fileno() != -1:
+            self._idle.unwatch(self.socket)
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
         await trio.lowlevel.checkpoint()

@@ -56,6 +56,15 @@ def test_redis_timeout_sources() -> None:
         load_config(args("--redis-timeout", "0"), {})
 
 
+def test_busy_poll_sources() -> None:
+    assert load_config(args(), {}).busy_poll_us == 200
+    assert load_config(args(), {"HOPPER_BUSY_POLL_US": "0"}).busy_poll_us == 0
+    assert load_config(args("--busy-poll-us", "50"), {}).busy_poll_us == 50
+    for wrong in ("-1", "10001"):
+        with pytest.raises(ValueError, match="busy_poll_us must be between 0 and 10,000"):
+            load_config(args("--busy-poll-us", wrong), {})
+
+
 def test_open_bind_needs_password_or_consent() -> None:
     with pytest.raises(ValueError, match="without a password"):
         load_config(args("--bind", "0.0.0.0:7419"), {})

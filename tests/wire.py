@@ -15,7 +15,7 @@ class WireError(Exception):
 class Wire:
     """One raw connection to a broker."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.reader = hiredis.Reader()
 
@@ -42,7 +42,7 @@ class Wire:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise EOFError("connection closed")
-            self.reader.feed(data)
+            self.reader.feed(bytes(data))
         if isinstance(reply, hiredis.ReplyError):
             raise WireError(str(reply))
         return reply

@@ -5,11 +5,12 @@ in one write, and a reader task hands the replies back in order. Concurrent call
 share round trips without knowing about each other. While an earlier write awaits its reply (a
 busy broker), a writer task sends what accumulated when it gets its turn, one pass of trio's
 scheduler later, so the commands of the tasks woken meanwhile join the write. A command with
-nothing else in flight (a lone client) is sent when the pass that queued it ends (a trio
-instrument's `before_io_wait`), without waking the writer or waiting for another pass. If the
-connection drops, every waiting caller gets `RedisUnavailable` and the connection is re-opened
-in the background; nothing is ever re-sent silently, because a command already written may or
-may not have run (the store only sends idempotent scripts and reconciles in reapers).
+nothing else in flight (a lone client) is sent when the pass that queued it ends (a hook of
+loop_idle.py, run before the loop sleeps), without waking the writer or waiting for another
+pass. If the connection drops, every waiting caller gets `RedisUnavailable` and the connection
+is re-opened in the background; nothing is ever re-sent silently, because a command already
+written may or may not have run (the store only sends idempotent scripts and reconciles in
+reapers).
 
 A connection can also go silent without closing (a NAT or proxy that stops forwarding, a host
 gone without a reset). Each connection therefore has a deadline, `redis_timeout`: Redis silent
@@ -33,6 +34,7 @@ import trio
 
 from hopper_broker.config import REDIS_TIMEOUT
 from hopper_broker.errors import RedisUnavailable
+from hopper_broker.loop_idle import LoopIdle
 from hopper_broker.sockets import RawStream
 from hopper_broker.store.address import READ_SIZE, Address, ReplyError, read_reply, unread
 
@@ -64,18 +66,6 @@ class _Waiter:
         """The caller was cancelled: its replies will still come, and are dropped."""
         self.task = None
         return trio.lowlevel.Abort.SUCCEEDED
-
-
-class _PassEnd(trio.abc.Instrument):
-    """Sends a pipeline's queued commands, unless its writer has them, when a pass of trio's
-    scheduler ends."""
-
-    def __init__(self, pipeline: "Pipeline") -> None:
-        self.pipeline = pipeline
-        self.token = trio.lowlevel.current_trio_token()
-
-    def before_io_wait(self, timeout: float) -> None:
-        self.pipeline.pass_ended(self.token)
 
 
 class Connection(Protocol):
@@ -115,6 +105,7 @@ class Pipeline:
     """
 
     connections = 0  # connections made so far (a reconnect is a new one)
+    _token: trio.lowlevel.TrioToken  # the loop's (run() sets it), to wake the writer from a hook
 
     def __init__(self, address: Address, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT):
         self.address = address
@@ -206,12 +197,12 @@ class Pipeline:
             self._writer_busy = True
             self._writer_lot.unpark()
 
-    def pass_ended(self, token: trio.lowlevel.TrioToken) -> None:
+    def pass_ended(self) -> bool:
         """Send what the tasks of the scheduler pass just ended queued, in one write, unless
         the writer task has it; what the kernel does not take at once (or a failure) is left
-        to the writer task."""
+        to the writer task (then True: the loop has work)."""
         if not self._out or self._writer_busy or self._socket is None:
-            return
+            return False
         data = b"".join(self._out)
         self._out.clear()
         try:
@@ -223,7 +214,9 @@ class Pipeline:
             self._writer_busy = True
             # The loop timed its wait before this hook ran: a task merely rescheduled here
             # would wait with it, so the writer is woken through the loop's wake-up channel.
-            token.run_sync_soon(self._writer_lot.unpark)
+            self._token.run_sync_soon(self._writer_lot.unpark)
+            return True
+        return False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the connection open until cancelled; reports started after the first connect."""
@@ -249,10 +242,11 @@ class Pipeline:
             self._heard = trio.current_time()
             self._lost = ""
             self._writer_busy = False
-            pass_end = _PassEnd(self)
+            idle = LoopIdle.current()
+            self._token = trio.lowlevel.current_trio_token()
             if isinstance(self._stream, RawStream):
                 self._socket = self._stream.socket
-                trio.lowlevel.add_instrument(pass_end)
+                idle.add_hook(self.pass_ended)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_loop, nursery.cancel_scope)
@@ -261,7 +255,7 @@ class Pipeline:
             finally:
                 if self._socket is not None:
                     self._socket = None
-                    trio.lowlevel.remove_instrument(pass_end)
+                    idle.remove_hook(self.pass_ended)
                 stream, self._stream = self._stream, None
                 lost = self._lost or f"connection to {self.address.display} lost"
                 self._fail_all(RedisUnavailable(lost))
