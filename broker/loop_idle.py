@@ -59,9 +59,11 @@ class LoopIdle(trio.abc.Instrument):
         self._hooks.remove(hook)
 
     def watch(self, sock: socket.socket) -> None:
-        """Let bytes arriving on `sock` end a spin."""
+        """Let bytes arriving on `sock` end a spin (if epoll refuses it, a spin waits for
+        them at most the budget: never a reason to refuse a connection)."""
         if self._ready is not None:
-            self._ready.register(sock, select.EPOLLIN)
+            with contextlib.suppress(OSError, ValueError):
+                self._ready.register(sock, select.EPOLLIN)
 
     def unwatch(self, sock: socket.socket) -> None:
         """Stop watching `sock` (before it is closed; a closed one has left the set)."""
