@@ -168,7 +168,10 @@ class BatchProducer(threading.Thread):
 
     def batch(self, n: int) -> None:
         callback = f"{self.prefix}-cb-{n:05d}"
-        spec = {"success": {"jid": callback, "jobtype": "cb", "args": [], "queue": CALLBACKS}}
+        # reserve_for as every job here: a callback whose FETCH reply the failover lost runs
+        # again when its reservation ends (the default, 30 minutes, outlasts the test)
+        success = {"jid": callback, "jobtype": "cb", "args": [], "queue": CALLBACKS}
+        spec = {"success": {**success, "reserve_for": 2}}
         bid = self.answered("BATCH", "NEW " + json.dumps(spec)).decode()
         jids = [f"{self.prefix}-{n:05d}-{i}" for i in range(BATCH_SIZE)]
         for i, jid in enumerate(jids):
@@ -196,6 +199,20 @@ class BatchProducer(threading.Thread):
                 pass
             time.sleep(RETRY_DELAY)
         raise RuntimeError(f"{verb} did not get through in {GIVE_UP}s")
+
+
+def unrun_callbacks(
+    port: int, ledger: Ledger, committed: dict[str, str], workers: list[Worker]
+) -> str:
+    """What a failure to run every callback leaves to look at: each unrun callback's batch,
+    state and runs, and the workers that gave up."""
+    client = Client(port, ledger, {})
+    lines = [f"worker of {w.queue} gave up: {w.failure!r}" for w in workers if w.failure]
+    for bid, jid in committed.items():
+        if jid not in ledger.done:
+            state = client.call("JOB", f"STATE {jid}")
+            lines.append(f"{bid} callback {jid}: runs {ledger.runs[jid]}, state {state!r}")
+    return "\n".join(lines)
 
 
 def stop(threads: Sequence[Producer | Worker | BatchProducer]) -> None:
@@ -237,7 +254,10 @@ def test_batches_and_workflows_complete_across_a_master_kill(
     stop(producers)
     committed = {bid: cb for p in producers for bid, cb in p.committed.items()}
     wait_for(lambda: not ledger.missing(), 120, "every pushed job run")
-    wait_for(lambda: set(committed.values()) <= set(ledger.done), 120, "every callback run")
+    try:
+        wait_for(lambda: set(committed.values()) <= set(ledger.done), 120, "every callback run")
+    except TimeoutError as exc:
+        raise AssertionError(unrun_callbacks(brokers[0].port, ledger, committed, workers)) from exc
     stop(workers)
     statuses = [json.loads(Client(brokers[0].port, ledger, {}).call("BATCH", f"STATUS {bid}"))
                 for bid in committed]  # fmt: skip
