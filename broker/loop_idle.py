@@ -2,20 +2,20 @@
 
 First the pass-end hooks run: each Redis pipeline sends the commands the pass just queued
 (store/connection.py). Then, while the loop's waits are short, it waits on the CPU for a
-moment (`busy_poll` µs) before it sleeps: a reply that comes meanwhile is taken without a
+moment (`busy_poll_us`) before it sleeps: a reply that comes meanwhile is taken without a
 sleep and a wake-up. On this machine a sleeping process costs the one that wakes it more than
 a Redis script call (the send that wakes it takes 10-15 µs of the sender's CPU) and wakes
 tens of µs later, so a lone client's command, which waits on Redis and then on the client,
 pays both twice; the Go reference server's threads spin before they sleep for the same reason
 (docs/benchmarks.md, "Waiting on the CPU before sleeping").
 
-The sockets looked at are those of `RawStream`s (sockets.py: client connections and Redis
-connections; not TLS ones), in an epoll set of their own, level-triggered, so that the spin
-ends at the first byte that comes. The spin is adaptive: it runs only when the last wait ended
-within the budget, so a broker that waits long (idle, or a trickle of commands) sleeps at once
-and spends nothing on it. Other wake-ups (a thread's `run_sync_soon`, a signal, sockets that are
-not `RawStream`s) do not end a spin: they wait at most the budget. Where there is no epoll (not
-Linux), there is no spin.
+The sockets looked at are those of `RawStream`s (sockets.py: every Redis connection, TLS or not,
+and the plain client connections; not TLS client ones), in an epoll set of their own,
+level-triggered, so that the spin ends at the first byte that comes. The spin is adaptive: it
+runs only when the last wait ended within the budget, so a broker that waits long (idle, or a
+trickle of commands) sleeps at once and spends nothing on it. Other wake-ups (a thread's
+`run_sync_soon`, a signal, sockets that are not `RawStream`s) do not end a spin: they wait at
+most the budget. Where there is no epoll (not Linux), there is no spin.
 """
 
 import contextlib

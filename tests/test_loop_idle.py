@@ -7,7 +7,8 @@ when it should would fail the test instead of slowing it.
 """
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import msgspec
 import pytest
@@ -26,13 +27,21 @@ LOOPS = ("scheduler", "reaper", "dead_purge", "worker_reaper", "history")
 DEADLINE = 10.0  # seconds a test has; a missed event spins until this deadline and fails it
 
 
+@contextmanager
+def spinning_forever() -> Iterator[LoopIdle]:
+    """The loop's spin budget FOREVER, then back to what it was (a broker's, if one runs)."""
+    idle = LoopIdle.current()
+    budget, idle.budget = idle.budget, lambda: FOREVER
+    try:
+        yield idle
+    finally:
+        idle.budget = budget
+
+
 @pytest.fixture
 async def spin_forever() -> AsyncIterator[LoopIdle]:
-    idle = LoopIdle.current()
-    budget = idle.budget
-    idle.budget = lambda: FOREVER
-    yield idle
-    idle.budget = budget
+    with spinning_forever() as idle:
+        yield idle
 
 
 async def test_a_redis_reply_ends_the_spin(spin_forever: LoopIdle, redis_url: str) -> None:
@@ -52,13 +61,9 @@ async def quiet_broker(start_broker: StartBroker) -> App:
 
 
 async def test_client_bytes_end_the_spin(quiet_broker: App) -> None:
-    idle = LoopIdle.current()
-    budget, idle.budget = idle.budget, lambda: FOREVER  # the broker has set its own
-    try:
-        with trio.fail_after(DEADLINE):
-            await a_client_round(quiet_broker.port)
-    finally:
-        idle.budget = budget
+    # not the fixture: fixtures start at once, and the broker sets its budget as it starts
+    with spinning_forever(), trio.fail_after(DEADLINE):
+        await a_client_round(quiet_broker.port)
 
 
 async def a_client_round(port: int) -> None:

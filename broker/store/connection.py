@@ -105,7 +105,6 @@ class Pipeline:
     """
 
     connections = 0  # connections made so far (a reconnect is a new one)
-    _token: trio.lowlevel.TrioToken  # the loop's (run() sets it), to wake the writer from a hook
 
     def __init__(self, address: Address, timeout: Callable[[], float] = lambda: REDIS_TIMEOUT):
         self.address = address
@@ -214,7 +213,7 @@ class Pipeline:
             self._writer_busy = True
             # The loop timed its wait before this hook ran: a task merely rescheduled here
             # would wait with it, so the writer is woken through the loop's wake-up channel.
-            self._token.run_sync_soon(self._writer_lot.unpark)
+            trio.lowlevel.current_trio_token().run_sync_soon(self._writer_lot.unpark)
             return True
         return False
 
@@ -243,7 +242,6 @@ class Pipeline:
             self._lost = ""
             self._writer_busy = False
             idle = LoopIdle.current()
-            self._token = trio.lowlevel.current_trio_token()
             if isinstance(self._stream, RawStream):
                 self._socket = self._stream.socket
                 idle.add_hook(self.pass_ended)
