@@ -4,9 +4,11 @@ several brokers racing, duplicate ACKs and the expiry of uncommitted batches; as
 in split mode and on the cluster rig."""
 
 import json
+import logging
 import re
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -287,6 +289,34 @@ async def test_two_brokers_race_on_the_last_acks(
             "2",
         )
     assert rdb.zcard(BATCHES_DUE) == 0
+    check_store(store_url)
+
+
+async def test_a_callback_another_broker_pushed_is_refused_quietly(
+    start_broker: StartBroker,
+    rdb: redis.Redis,
+    store_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two brokers may read the same due callback before either pushes it; the second finds
+    it pushed (not its jid in use, though the first push made that jid live): no warning, and
+    the due entry goes."""
+    brokers = [await start_broker(), await start_broker()]
+    w = await Wire.open(brokers[0].port, hello={"wid": "w1"})
+    bid = await new(w, success=CALLBACKS["success"])
+    await w.call("PUSH", member("late-0001", bid))
+    await w.call("BATCH", f"COMMIT {bid}")
+    await run(w)  # its ACK pushes the success callback
+    assert rdb.llen(QueueKeys("cbs").queue) == 1
+    entry = f"success {bid}"
+    rdb.zadd(BATCHES_DUE, {entry: 0})  # as the second broker read it, before that push
+    with caplog.at_level(logging.WARNING, logger="hopper_broker.batches"):
+        assert await brokers[1].manager.batches.fire(time.time()) == 0
+    assert "refused" not in caplog.text
+    await eventually(lambda: rdb.zscore(BATCHES_DUE, entry) is None)
+    assert rdb.llen(QueueKeys("cbs").queue) == 1
+    await run(w, "cbs")
+    assert (await states(w, bid))[1] == "2"
     check_store(store_url)
 
 

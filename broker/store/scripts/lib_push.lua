@@ -25,7 +25,8 @@
 -- Returns one result per job: 1 stored, 0 refused because its jid names a live job (in any
 -- queue, or earlier in this call), 2 refused as not unique; a refused job changes nothing.
 -- 6 refused because its batch does not exist (expired, purged). A callback whose batch may not
--- push it now (already pushed, or no longer ready: reopened) gets 3; either way its entry
+-- push it now (already pushed, or no longer ready: reopened) gets 3, before its jid is looked
+-- at (a push of it by another broker made that jid live); either way its entry
 -- '<kind> <bid>' leaves the batches' due zset, and a callback pushed moves its state to 1.
 -- With a claim already made for that tick or a later one: every result is 3, and while the
 -- queue or the broker drains every result is 5: nothing changes. A queue with a max_size takes
@@ -203,6 +204,10 @@ local function push_queue(KEYS, ARGV, graph)
     local jid, at, unique, batch, after = arg(i, 1), arg(i, 3), arg(i, 4), arg(i, 6), arg(i, 7)
     local owner = owners[i]
     if taken[jid] then return 0 end
+    -- a callback already pushed (by another broker that read it due too) is refused as such,
+    -- not by its jid, which that push made live
+    local joined = batch ~= '' and batch_join(batch, i) or 1
+    if joined == 3 then return 3 end
     -- split mode: another push of the jid may have claimed and stored it since this claim
     if split and live_here(KEYS[1], KEYS[7], jid) then return 0 end
     -- a live job's entry refuses the jid; one naming this queue for a job the queue does not
@@ -212,7 +217,7 @@ local function push_queue(KEYS, ARGV, graph)
     if room and at == '' and room <= 0 and not (unique ~= '' and replaces_waiting(unique)) then
       return 4
     end
-    if batch ~= '' and batch_join(batch, i) ~= 1 then return batch_join(batch, i) end
+    if joined ~= 1 then return joined end
     if after ~= '' then
       local code, dep = wf_check(KEYS[4], queue, after, graph and graph.here or taken, ending)
       if code ~= 1 then return code, dep end
