@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from hopper_broker.config import Settings
+from hopper_broker.errors import Unreplicated
 from hopper_broker.policy import backoff_of, unique_of
 from hopper_broker.store.batches import KINDS
 from hopper_broker.store.redis import Store
@@ -213,8 +214,9 @@ class Batches:
         return found
 
     async def fire(self, now: float) -> int:
-        """Push the callbacks marked due; returns how many this broker pushed. One that is
-        refused for another reason than its claim (jid in use, queue full) stays due."""
+        """Push the callbacks marked due; returns how many this broker pushed (one stored
+        but not yet on its replicas included). One that is refused for another reason than
+        its claim (jid in use, queue full) stays due."""
         self.due = False
         pushed = 0
         for kind, bid in await self.store.batches.due(MAX_FIRES):
@@ -226,6 +228,9 @@ class Batches:
             outcome = (await self.push([job], now, None, (bid, kind)))[0]
             if outcome is None:
                 pushed += 1
+            elif isinstance(outcome, Unreplicated):
+                pushed += 1
+                log.warning("batch %s: %s callback %s", bid, kind, outcome.message)
             elif outcome.code != "CLAIMED" and not outcome.message.startswith("No such batch"):
                 log.warning("batch %s: %s callback refused: %s", bid, kind, outcome.render())
         return pushed

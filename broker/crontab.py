@@ -21,6 +21,7 @@ import msgspec
 
 from hopper_broker.config import Settings
 from hopper_broker.cron import CronEntry, Periodic, compile_all
+from hopper_broker.errors import Unreplicated
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import BrokerError
 from hopper_client.schema.jobs import Job, format_time
@@ -105,6 +106,9 @@ class Crontab:
             tick = p.schedule.next_after(tick, p.zone)
             if outcome is None:
                 pushed += 1
+            elif isinstance(outcome, Unreplicated):
+                pushed += 1
+                log.warning("cron %s: job %s %s", p.id, job.jid, outcome.message)
             elif outcome.code == "CLAIMED":  # another broker is ahead: read its claim next
                 break
             elif outcome.code == "NOTUNIQUE":

@@ -1,5 +1,6 @@
 """The broker's own errors: middleware's Halt and Discard, broken framing, Redis out of reach,
-and a start that cannot happen. The coded errors clients see are in hopper_client.schema.errors."""
+a push not yet on its replicas, and a start that cannot happen. The coded errors clients see
+are in hopper_client.schema.errors."""
 
 from hopper_client.schema.errors import BrokerError
 
@@ -28,6 +29,17 @@ class RedisUnavailable(BrokerError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"redis unavailable: {message}")
+
+
+class Unreplicated(BrokerError):
+    """A job stored, but not on the Redis replicas push_replicas asks for within its timeout:
+    the client is told so (`-ERR`: it may be lost if the master fails now); it stays stored."""
+
+    def __init__(self, acked: int, wanted: int, timeout: float) -> None:
+        super().__init__(
+            f"stored, but copied to {acked} of {wanted} Redis replicas within {timeout:g} s: "
+            "lost if the Redis master fails now"
+        )
 
 
 class StartError(Exception):

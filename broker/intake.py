@@ -15,6 +15,7 @@ import trio
 from hopper_broker.batches import member_of, no_such_batch
 from hopper_broker.config import Settings
 from hopper_broker.doorbell import Doorbell
+from hopper_broker.errors import Unreplicated
 from hopper_broker.middleware import Chains, Context
 from hopper_broker.policy import (
     NOT_UNIQUE,
@@ -132,10 +133,7 @@ class Intake:
             return
         acked = await self.store.replicated(wanted, config.push_replicas_timeout, since, queues)
         if acked < wanted:
-            unsafe = BrokerError(
-                f"stored, but copied to {acked} of {wanted} Redis replicas within "
-                f"{config.push_replicas_timeout:g} s: lost if the Redis master fails now"
-            )
+            unsafe = Unreplicated(acked, wanted, config.push_replicas_timeout)
             outcomes[:] = [outcome or unsafe for outcome in outcomes]
 
     async def _store(

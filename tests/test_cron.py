@@ -2,6 +2,7 @@
 restarts, the missed-tick policy, SIGHUP and CRON LIST."""
 
 import json
+import logging
 import re
 import signal
 import time
@@ -278,6 +279,20 @@ async def test_missed_ticks_get_one_catch_up_job(
     catch_up, *rest = ticks(rdb)
     assert now - LATE - 1 <= catch_up <= now - LATE + 1  # the most recent missed tick
     assert rest == list(range(catch_up + 1, catch_up + 1 + len(rest)))  # then each tick
+
+
+async def test_a_tick_not_yet_on_its_replica_is_logged_as_stored(
+    start_broker: StartBroker, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tick's job stored, but not on the replicas push_replicas asks for, counts as pushed
+    (not pushed again, not said to be skipped), and the log says so."""
+    with caplog.at_level(logging.WARNING, logger="hopper_broker.crontab"):
+        await start_broker(cron=(EVERY_SECOND,), push_replicas=1, push_replicas_timeout=0.05)
+        await eventually(lambda: len(ticks(rdb)) >= 2, timeout=6)
+    assert "stored, but copied to 0 of 1 Redis replicas" in caplog.text
+    assert "skipped" not in caplog.text
+    found = ticks(rdb)
+    assert found == list(range(found[0], found[0] + len(found)))  # each tick once
 
 
 @IN_EVERY_MODE

@@ -3,6 +3,7 @@
 stored (a master that fails over later can lose only what was answered with that error)."""
 
 import json
+import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,8 @@ import redis
 import trio
 
 from hopper_broker.app import App
-from tests.conftest import eventually, free_port, test_config
+from hopper_broker.store.keys import BATCHES_DUE, QueueKeys
+from tests.conftest import StartBroker, eventually, free_port, test_config
 from tests.wire import Wire, WireError, job
 
 
@@ -80,3 +82,24 @@ async def test_a_push_waits_for_its_replica_and_says_when_it_is_gone(
     assert state["state"] == "queued"  # stored all the same
     refused = json.loads(await w.call("PUSHB", [job("unsafe-2"), job("replicated-1")]))
     assert "copied to 0 of 1" in refused["unsafe-2"] and "in use" in refused["replicated-1"]
+
+
+async def test_a_callback_not_yet_on_its_replica_is_logged_as_pushed(
+    start_broker: StartBroker, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch callback that the batches push stored, but not on the replicas push_replicas
+    asks for, is pushed (it runs; it is not pushed again), and the log says so."""
+    broker = await start_broker(push_replicas=1, push_replicas_timeout=0.05)  # no replica
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    callback = job("unsafe-callback", "Done", queue="cbs")
+    bid = (await w.call("BATCH", "NEW " + json.dumps({"success": callback}))).decode()
+    with pytest.raises(WireError, match="copied to 0 of 1"):
+        await w.call("PUSH", job("unsafe-member", custom={"bid": bid}))
+    await w.call("BATCH", f"COMMIT {bid}")
+    fetched = json.loads(await w.call("FETCH", "default"))
+    with caplog.at_level(logging.WARNING, logger="hopper_broker.batches"):
+        assert await w.call("ACK", {"jid": fetched["jid"]}) == b"OK"
+    assert f"batch {bid}: success callback stored, but copied to 0 of 1" in caplog.text
+    assert "refused" not in caplog.text
+    assert rdb.lrange(QueueKeys("cbs").queue, 0, -1) == ["unsafe-callback"]
+    assert rdb.zcard(BATCHES_DUE) == 0
