@@ -37,6 +37,7 @@ class LoopIdle(trio.abc.Instrument):
         self._hooks: list[Callable[[], bool]] = []
         self._ready = select.epoll() if hasattr(select, "epoll") else None
         self._waiting_since = 0.0
+        self._budget = 0.0  # the budget as read for the pass that ended last
         self._short = True  # the last wait ended within the budget
 
     @classmethod
@@ -75,13 +76,14 @@ class LoopIdle(trio.abc.Instrument):
         busy = False
         for hook in self._hooks:
             busy = hook() or busy
+        budget = self._budget = self.budget()
         now = self._waiting_since = time.perf_counter()
         if busy or timeout <= 0 or not self._short or self._ready is None:
             return
-        end = now + min(self.budget(), timeout)
+        end = now + min(budget, timeout)
         poll = self._ready.poll
         while not poll(0) and time.perf_counter() < end:
             pass
 
     def after_io_wait(self, timeout: float) -> None:
-        self._short = time.perf_counter() - self._waiting_since <= self.budget()
+        self._short = time.perf_counter() - self._waiting_since <= self._budget
