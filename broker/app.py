@@ -109,7 +109,7 @@ class App:
                 lambda: self.settings().redis_timeout,
             )
             await manager.admin.apply(config.queue_rules())
-            root.start_soon(self._apply_queue_settings, manager)
+            root.start_soon(self._apply_queue_settings, manager, config)
             root.start_soon(run_reapers, manager, server.close_worker)
             if config.dashboard_bind != DASHBOARD_OFF:
                 self.dashboard = Dashboard(manager, server, self.settings)
@@ -129,12 +129,15 @@ class App:
                 server.begin_shutdown()
             root.cancel_scope.cancel()
 
-    async def _apply_queue_settings(self, manager: Manager) -> None:
-        """At each reload, write the file's `[queues.<name>]` settings to the queues."""
+    async def _apply_queue_settings(self, manager: Manager, applied: Config) -> None:
+        """After each reload, write the file's `[queues.<name>]` settings to the queues (again
+        at once if another reload came while they were being written)."""
         while True:
-            await self.settings.reloaded()
+            if self.settings() is applied:
+                await self.settings.reloaded()
+            applied = self.settings()
             try:
-                await manager.admin.apply(self.settings().queue_rules())
+                await manager.admin.apply(applied.queue_rules())
             except BrokerError as exc:
                 log.warning("queue settings not applied: %s", exc)
 

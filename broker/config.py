@@ -6,6 +6,7 @@ then these defaults; the first that says something wins (see __main__.py).
 """
 
 import ipaddress
+import math
 import os
 
 import msgspec
@@ -229,19 +230,18 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     def check(self) -> None:
         """Raise ValueError for settings that cannot work (alone or together)."""
-        try:
-            host, port = split_bind(self.bind)
-        except ValueError:
-            raise ValueError(f"bind: not host:port: {self.bind!r}") from None
-        if not 0 <= port <= MAX_PORT:
-            raise ValueError(f"bind: port {port} is not from 0 to {MAX_PORT}")
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number")
+        host, _ = checked_bind("bind", self.bind)
         if not self.password and not self.allow_open_bind and not is_loopback(host):
             raise ValueError(
                 f"refusing to listen on {host} without a password; set a password or "
                 "allow_open_bind (--allow-open-bind) to accept connections from anywhere"
             )
         if self.dashboard_bind != DASHBOARD_OFF:
-            web_host, _ = split_bind(self.dashboard_bind)
+            web_host, _ = checked_bind("dashboard_bind", self.dashboard_bind)
             if not self.web_password and not self.allow_open_bind and not is_loopback(web_host):
                 raise ValueError(
                     f"refusing to serve the dashboard on {web_host} without a password; set "
@@ -292,8 +292,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError(
                     f"retention.{state}: not a final state (one of {', '.join(DEFAULT_RETENTION)})"
                 )
-            if rule.ttl < 0 or rule.max < 0:
-                raise ValueError(f"retention.{state}: ttl and max must not be negative")
+            if not 0 <= rule.ttl < math.inf or rule.max < 0:
+                raise ValueError(
+                    f"retention.{state}: ttl must be a finite number of seconds and max a "
+                    "count, neither negative"
+                )
         compile_all(self.cron)
         check_queue_rules(self.queue_rules())
 
@@ -321,6 +324,17 @@ def split_bind(bind: str) -> tuple[str, int]:
         host, port = bind, str(DEFAULT_PORT)
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+def checked_bind(setting: str, bind: str) -> tuple[str, int]:
+    """split_bind, raising ValueError naming `setting` for an address that cannot work."""
+    try:
+        host, port = split_bind(bind)
+    except ValueError:
+        raise ValueError(f"{setting}: not host:port: {bind!r}") from None
+    if not 0 <= port <= MAX_PORT:
+        raise ValueError(f"{setting}: port {port} is not from 0 to {MAX_PORT}")
+    return host, port
 
 
 def is_loopback(host: str) -> bool:

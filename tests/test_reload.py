@@ -1,6 +1,7 @@
 """A reload (SIGHUP) reaches every component: each reloadable setting takes effect without a
 restart, and the settings only a restart can change say so."""
 
+import json
 import signal
 import socket
 import time
@@ -16,6 +17,7 @@ import trio
 from chaos.load import wait_for
 from hopper_broker.app import App
 from hopper_broker.config import RESTART_ONLY
+from hopper_broker.policy import QueueRules
 from hopper_broker.store.keys import QueueKeys
 from tests.conftest import BrokerProcess, StartBroker, eventually
 from tests.wire import SyncWire, Wire, WireError, job
@@ -147,6 +149,32 @@ async def test_password(start_broker: StartBroker) -> None:
     assert await (await Wire.open(app.port, hello={}, password="new")).call("INFO")
     with pytest.raises(WireError, match="Invalid password"):
         await Wire.open(app.port, hello={}, password="old")
+
+
+async def test_a_number_that_is_not_finite_is_refused(broker: App) -> None:
+    for name in ("dead_purge_interval", "handshake_timeout", "redis_timeout"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            reload(broker, **{name: float("nan")})
+    assert broker.settings().dead_purge_interval > 0
+
+
+@pytest.mark.parametrize("store_mode", ["one"], indirect=True)
+async def test_a_reload_while_queue_settings_are_written_is_applied(
+    broker: App, rdb: redis.Redis
+) -> None:
+    """Two reloads: the queue ends with the second's `[queues.<name>]`, though it came while
+    the first one's were still being written (Redis held writes for a while)."""
+    rdb.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+    reload(broker, queues={"rq": QueueRules(max_size=5)})
+    await trio.sleep(0.2)  # room for the first write to start (else the test proves nothing)
+    reload(broker, queues={"rq": QueueRules(max_size=7)})
+    wire = await Wire.open(broker.port, hello={})
+
+    async def applied() -> bool:
+        queues = json.loads(await wire.call("INFO"))["hopper"]["queues"]
+        return bool(queues.get("rq", {}).get("max_size") == "7")
+
+    await eventually(applied)
 
 
 async def test_restart_only_settings_keep_their_values(broker: App) -> None:

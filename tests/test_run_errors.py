@@ -109,10 +109,26 @@ def test_every_setting_has_help_with_its_unit() -> None:
             assert "bytes" in HELP[name], name
 
 
+def test_numbers_that_are_not_finite(tmp_path: Path) -> None:
+    done = hopper("run", "--handshake-timeout", "nan")
+    assert one_line_error(done, 2, "handshake_timeout must be a finite number").endswith(
+        "(from --handshake-timeout)"
+    )
+    one_line_error(hopper("run", HOPPER_IDLE_TIMEOUT="inf"), 2, "idle_timeout must be a finite")
+    toml = tmp_path / "hopper.toml"
+    toml.write_text("[retention.dead]\nttl = nan\nmax = 10\n")
+    one_line_error(hopper("run", "--config", str(toml)), 2, "retention.dead: ttl must be a finite")
+
+
 def test_bad_bind_and_tls_files(tmp_path: Path) -> None:
     line = one_line_error(hopper("run", "--bind", "127.0.0.1:abc"), 2, "bind: not host:port")
     assert line.endswith("(from --bind)")
     one_line_error(hopper("run", "--bind", "127.0.0.1:70000"), 2, "port 70000 is not from 0")
+    done = hopper("run", "--dashboard-bind", "127.0.0.1:abc")
+    line = one_line_error(done, 2, "dashboard_bind: not host:port")
+    assert line.endswith("(from --dashboard-bind)")
+    done = hopper("run", "--dashboard-bind", "127.0.0.1:70000")
+    one_line_error(done, 2, "dashboard_bind: port 70000 is not from 0")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     for cert in (str(junk), str(tmp_path / "missing.pem")):
