@@ -25,7 +25,7 @@ import msgspec
 
 from hopper_broker.config import Settings
 from hopper_broker.errors import Unreplicated
-from hopper_broker.policy import backoff_of, unique_of
+from hopper_broker.policy import due_at, settle_rules
 from hopper_broker.store.batches import KINDS
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import BrokerError, CommandError
@@ -109,11 +109,11 @@ def _callback(value: dict[str, Any] | None, kind: str, now: float) -> bytes:
     try:
         validate_new(job, now)
         check_queue_name(job.queue)
-        unique_of(job, 0.0)
-        backoff_of(job)
+        payload = encode(job)  # as given: pushed when it fires, its rules are settled then
+        settle_rules(job, now, due_at(job, now))
     except BrokerError as exc:
         raise CommandError(f"{kind} callback: {exc.message}") from None
-    return encode(job)
+    return payload
 
 
 def _created_at(now: float) -> str:
@@ -224,8 +224,19 @@ class Batches:
             if record is None or not record.get(kind):
                 await self.store.batches.drop_due(kind, bid)
                 continue
-            job = self.callback_job(record[kind], bid, _str(record.get("parent")))
-            outcome = (await self.push([job], now, None, (bid, kind)))[0]
+            try:
+                job = self.callback_job(record[kind], bid, _str(record.get("parent")))
+            except msgspec.DecodeError as exc:  # never pushable: said once, no longer due
+                log.error("batch %s: %s callback cannot be read, dropped: %s", bid, kind, exc)
+                await self.store.batches.drop_due(kind, bid)
+                continue
+            try:
+                outcome = (await self.push([job], now, None, (bid, kind)))[0]
+            except BrokerError:
+                raise  # Redis out of reach: the next pass tries them all again
+            except Exception:  # a bug in one callback must not hold back every other batch
+                log.exception("batch %s: %s callback failed", bid, kind)
+                continue
             if outcome is None:
                 pushed += 1
             elif isinstance(outcome, Unreplicated):

@@ -17,14 +17,7 @@ from hopper_broker.config import Settings
 from hopper_broker.doorbell import Doorbell
 from hopper_broker.errors import Unreplicated
 from hopper_broker.middleware import Chains, Context
-from hopper_broker.policy import (
-    NOT_UNIQUE,
-    backoff_of,
-    expiry_of,
-    settle_group,
-    settle_priority,
-    unique_of,
-)
+from hopper_broker.policy import NOT_UNIQUE, due_at, settle_rules
 from hopper_broker.store.pushes import PushEntry
 from hopper_broker.store.redis import Store
 from hopper_broker.workflows import after_of, graph_order, refusal
@@ -34,7 +27,6 @@ from hopper_client.schema.jobs import (
     check_queue_name,
     encode,
     format_time,
-    parse_time,
     validate_new,
 )
 
@@ -231,23 +223,12 @@ class Intake:
         """
         validate_new(job, now)
         check_queue_name(job.queue)
-        at = ""
-        if job.at:
-            try:
-                when = parse_time(job.at)
-            except ValueError as exc:
-                raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
-            if when > now:
-                at = repr(when)
+        at = due_at(job, now)
         job.enqueued_at = "" if at else format_time(now)
         if self.chains.push:  # middleware may change the job: its rules are read after it
             await self.chains.push.run(Context(job, now))
             check_queue_name(job.queue)
-        settle_priority(job)
-        settle_group(job)
-        unique = unique_of(job, float(at) - now if at else 0.0)
-        backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
-        expires = expiry_of(job, now)
+        unique, expires = settle_rules(job, now, at)
         batch = callback or member_of(job)
         after = after_of(job)
         return job.jid, encode(job), at, unique, expires, batch, after

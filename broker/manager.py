@@ -15,6 +15,8 @@ import random
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 
+import msgspec
+
 from hopper_broker import retry
 from hopper_broker.admin import Admin
 from hopper_broker.batches import Batches
@@ -147,6 +149,8 @@ class Manager:
         for i, ack in enumerate(acks):
             if len(ack.result) > limit:
                 outcomes[i] = CommandError(f"result too large (max {limit} bytes)")
+            elif ack.result:
+                outcomes[i] = _unreadable(ack.result)
         queues = [ack.queue for ack in acks]
         unknown = [i for i, queue in enumerate(queues) if queue is None]
         if unknown:
@@ -295,3 +299,13 @@ class Manager:
             errtype,
             expires,
         )
+
+
+def _unreadable(result: bytes) -> CommandError | None:
+    """The error for a result no reader could decode (valid JSON text, but a number out of
+    range), else None."""
+    try:
+        msgspec.json.decode(result)
+    except msgspec.DecodeError as exc:
+        return CommandError(f"invalid result: {exc}")
+    return None

@@ -20,6 +20,7 @@ UNIQUE_MODES = ("success", "start", "ttl", "replace")
 DEFAULT_PRIORITY = 5  # a job without a priority has this one
 MAX_UNIQUE_KEY = 1000  # characters of an explicit unique_key
 MAX_UNIQUE_FOR = 10 * 365 * 86_400  # seconds a unique lock may be asked for
+MAX_EXPIRES_IN = 10 * 365 * 86_400  # seconds `custom.expires_in` may give: a time Python can write
 NOT_UNIQUE = BrokerError("Job not unique", "NOTUNIQUE")  # Faktory Enterprise's reply
 BACKOFF_KINDS = ("fixed", "linear", "exponential", "list")
 MAX_BACKOFF = 180 * 86_400  # seconds: no retry is scheduled further out
@@ -119,6 +120,29 @@ def _backoff_problem(policy: Backoff) -> str:
     return ""
 
 
+def due_at(job: Job, now: float) -> str:
+    """The score a pushed job waits for in the scheduled set, from its `at` ('': due now).
+    Raises CommandError for an `at` that cannot be read."""
+    if not job.at:
+        return ""
+    try:
+        when = parse_time(job.at)
+    except ValueError as exc:
+        raise CommandError(f"invalid timestamp for 'at': \"{job.at}\": {exc}") from None
+    return repr(when) if when > now else ""
+
+
+def settle_rules(job: Job, now: float, at: str) -> tuple[Unique | None, float | None]:
+    """Check the rules a pushed job asks for and settle them in it: its priority, group,
+    retry policy, unique lock and expiry (`at`: its due_at). Returns (the unique lock, when
+    it expires); raises CommandError for a rule that cannot work."""
+    settle_priority(job)
+    settle_group(job)
+    backoff_of(job)  # a malformed retry policy is refused now, not at the first failure
+    unique = unique_of(job, float(at) - now if at else 0.0)
+    return unique, expiry_of(job, now)
+
+
 def settle_priority(job: Job) -> None:
     """Check a job's priority (top-level `priority`, or `custom.priority` for clients that
     cannot send other fields) and store it where the scripts read it: 1-9, the default 5
@@ -160,8 +184,10 @@ def expiry_of(job: Job, now: float) -> float | None:
             raise CommandError(f"custom.expires_at: {exc}") from None
     if seconds is None:
         return None
-    if not _positive(seconds):
-        raise CommandError("custom.expires_in must be a number of seconds above 0")
+    if not _positive(seconds) or seconds > MAX_EXPIRES_IN:
+        raise CommandError(
+            f"custom.expires_in must be a number of seconds above 0, at most {MAX_EXPIRES_IN}"
+        )
     expires = now + float(seconds)
     custom["expires_at"] = format_time(expires)
     return expires

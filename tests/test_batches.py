@@ -16,7 +16,7 @@ import redis
 import trio
 
 from hopper_broker.app import App
-from hopper_broker.store.keys import BATCHES_DUE, BATCHES_EXPIRY, QueueKeys
+from hopper_broker.store.keys import BATCHES_DUE, BATCHES_EXPIRY, QueueKeys, batch
 from tests.conftest import StartBroker, check_store, clean_env, eventually
 from tests.wire import Wire, WireError, job
 
@@ -89,6 +89,13 @@ async def test_shapes_and_errors(broker: App, store_url: str) -> None:
         ('NEW {"bid":"b-x","success":{"jobtype":"S","args":[]}}', "ERR BATCH NEW: bid must"),
         (f'NEW {{"parent_bid":"{ghost}","complete":{{"jobtype":"C"}}}}', "ERR No such batch b-"),
         ('NEW {"success":{"jid":"x","jobtype":"S","args":[]}}', "ERR success callback: jobs must"),
+        ('NEW {"success":{"jobtype":"S","priority":12}}', "ERR success callback: priority must"),
+        ('NEW {"complete":{"jobtype":"C","at":"soon"}}', "ERR complete callback: invalid time"),
+        ('NEW {"success":{"jobtype":"S","custom":{"group":5}}}', "ERR success callback: group"),
+        (
+            'NEW {"success":{"jobtype":"S","custom":{"expires_in":1e308}}}',
+            "ERR success callback: custom.expires_in must be",
+        ),
         (f"STATUS {ghost}", f"ERR No such batch {ghost}"),
         (f"OPEN {ghost}", f"ERR No such batch {ghost}"),
         (f"COMMIT {ghost}", f"ERR No such batch {ghost}"),
@@ -380,3 +387,25 @@ async def test_hopper_check_finds_and_mends_batches(
     assert mended.returncode == 0, mended.stdout
     check_store(store_url)
     assert (await status(w, bid))["total"] == 0
+
+
+async def test_a_callback_that_cannot_be_read_holds_back_no_other_batch(
+    broker: App, rdb: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored callback that cannot be read (written by hand here: BATCH NEW checks them) is
+    logged and dropped; the other batches' callbacks are pushed, the ACK that completes them
+    answers."""
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    broken = await new(w, success=job("broken-cb", queue="cbs"))
+    rdb.hset(batch(broken), "success", "not a job")
+    assert await w.call("BATCH", f"COMMIT {broken}") == b"OK"  # empty: due at once
+    bid = await new(w, success=job("working-cb", queue="cbs"))
+    await w.call("PUSH", member("member-01", bid))
+    await w.call("BATCH", f"COMMIT {bid}")
+    await run(w)
+    await eventually(lambda: rdb.llen(QueueKeys("cbs").queue) == 1)
+    assert json.loads(await w.call("FETCH", "cbs"))["jid"] == "working-cb"
+    assert any(
+        f"batch {broken}: success callback cannot be read" in r.message for r in caplog.records
+    )
+    assert rdb.zcard(BATCHES_DUE) == 0

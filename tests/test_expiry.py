@@ -58,12 +58,16 @@ async def test_a_retried_job_expires_before_its_next_run(broker: App, store_url:
         ({"expires_at": 5}, "custom.expires_at: not an RFC3339 timestamp"),
         ({"expires_in": "60"}, "custom.expires_in must be a number of seconds above 0"),
         ({"expires_in": -1}, "custom.expires_in must be a number of seconds above 0"),
+        ({"expires_in": 1e308}, "custom.expires_in must be a number of seconds above 0, at most"),
     ],
 )
 async def test_bad_expiry_is_refused(broker: App, custom: dict[str, Any], error: str) -> None:
     w = await Wire.open(broker.port, hello={})
     with pytest.raises(WireError, match=error):
         await w.call("PUSH", job("expiring1", custom=custom))
+    refused = json.loads(await w.call("PUSHB", [job("expiring2"), job("expiring3", custom=custom)]))
+    assert list(refused) == ["expiring3"] and error in refused["expiring3"]
+    assert json.loads(await w.call("JOB", "STATE expiring2"))["state"] == "queued"
 
 
 async def test_no_expiry_is_left_behind_for_a_jid_used_again(broker: App, rdb: Any) -> None:

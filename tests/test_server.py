@@ -125,6 +125,7 @@ async def test_ack_from_another_connection(broker: App) -> None:
         ("JOB", "WAIT x soon", "ERR JOB WAIT: not a number of seconds: soon"),
         ("JOB", 'LOG {"jid":"nope-nope","line":"x"}', "ERR unknown job nope-nope"),
         ("ACK", '{"jid":"j-000001","result":' + '"' + "x" * 70_000 + '"}', "ERR result too large"),
+        ("ACK", '{"jid":"j-000001","result":{"n":1e400}}', "ERR invalid result: Number out of"),
         ("push", "{}", "ERR unknown command push"),
         ("HELLO", "{}", "ERR unknown command HELLO"),
     ],
