@@ -9,17 +9,17 @@ import trio
 from hopper_broker.clock import RedisClock
 from hopper_broker.config import DASHBOARD_OFF, REDIS_TIMEOUT, Config, Settings
 from hopper_broker.doorbell import Doorbell
-from hopper_broker.errors import StartError
 from hopper_broker.events import EventHub
 from hopper_broker.loop_idle import LoopIdle
 from hopper_broker.manager import Manager
 from hopper_broker.middleware import Chains
+from hopper_broker.reach import reach
 from hopper_broker.reapers import run_reapers
 from hopper_broker.redis_server import EmbeddedRedis
 from hopper_broker.server import Server
 from hopper_broker.stats import Stats
 from hopper_broker.store.address import Address
-from hopper_broker.store.cluster import ClusterPipeline, connection_for
+from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.connection import CONNECTION_ERRORS, Pipeline, Subscriber
 from hopper_broker.store.keys import FINISHED_CHANNEL, PUSHED_CHANNEL
 from hopper_broker.store.migrate import migrate
@@ -151,15 +151,7 @@ class App:
                 config.data_dir, config.redis_server, config.appendfsync, timeout
             )
             self.redis_url = await root.start(embedded.run)
-        redis = connection_for(self.redis_url, lambda: self.settings().redis_timeout)
-        with trio.move_on_after(timeout) as deadline:
-            await root.start(redis.run)
-        if deadline.cancelled_caught:
-            raise StartError(
-                f"cannot reach redis at {redis.address.display} within {timeout:g}s: "
-                f"{redis.last_error or 'no answer'}"
-            )
-        return redis
+        return await reach(self.redis_url, root, lambda: self.settings().redis_timeout, timeout)
 
 
 async def relay(

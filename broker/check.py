@@ -13,10 +13,11 @@ import trio
 
 from hopper_broker.config import Config
 from hopper_broker.errors import StartError
+from hopper_broker.reach import reach
 from hopper_broker.redis_server import EmbeddedRedis, answers_ping
 from hopper_broker.store.audit import Auditor
 from hopper_broker.store.audit_part import Report
-from hopper_broker.store.cluster import ClusterPipeline, connection_for
+from hopper_broker.store.cluster import ClusterPipeline
 from hopper_broker.store.redis import Store
 
 
@@ -24,8 +25,9 @@ async def check(config: Config, *, repair: bool, as_json: bool) -> int:
     """Run the audit; print the report; return the exit status."""
     async with trio.open_nursery() as nursery:
         url = config.redis_url or await _embedded_url(config, nursery)
-        connection = connection_for(url, lambda: config.redis_timeout)
-        await nursery.start(connection.run)
+        connection = await reach(
+            url, nursery, lambda: config.redis_timeout, config.redis_start_timeout
+        )
         store = Store(connection)
         store.redis.split = isinstance(connection, ClusterPipeline) or await store.written_split()
         report = await Auditor(store, repair=repair).run()
@@ -35,7 +37,9 @@ async def check(config: Config, *, repair: bool, as_json: bool) -> int:
 
 
 async def _embedded_url(config: Config, nursery: trio.Nursery) -> str:
-    embedded = EmbeddedRedis(config.data_dir, config.redis_server, config.appendfsync)
+    embedded = EmbeddedRedis(
+        config.data_dir, config.redis_server, config.appendfsync, config.redis_start_timeout
+    )
     if await answers_ping(embedded.url):
         return embedded.url
     if not Path(config.data_dir).is_dir():

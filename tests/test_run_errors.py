@@ -136,6 +136,16 @@ def test_bad_bind_and_tls_files(tmp_path: Path) -> None:
         one_line_error(done, 1, f"cannot load tls_cert {cert}")
 
 
+def test_check_gives_up_on_a_redis_that_does_not_answer() -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{closed.getsockname()[1]}"
+        done = hopper("check", "--redis-url", url, HOPPER_REDIS_START_TIMEOUT="1")
+    last = done.stderr.strip().splitlines()[-1]  # after the warnings of each attempt
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith(f"hopper: cannot reach redis at {url} within 1s: "), last
+
+
 def test_check_without_a_data_directory(tmp_path: Path) -> None:
     done = hopper("check", "--data-dir", str(tmp_path / "none"))
     one_line_error(done, 1, f"no data directory {tmp_path / 'none'}")
