@@ -77,6 +77,27 @@ def listed_twice(r: redis.Redis) -> None:
     r.sadd(keys.QUEUES, "a")
 
 
+def in_lane(r: redis.Redis, lane: str, jid: str, score: float) -> None:
+    """As enter_lane() in lib_lanes.lua writes it."""
+    r.zadd(A.lane(lane), {jid: score})
+    if r.zscore(A.lanes, lane) is None:
+        r.zadd(A.lanes, {lane: r.hincrby(A.meta, "turn", 1)})
+    r.hset(A.meta, "lanes", 1)
+    r.hincrby(A.meta, "laned", 1)
+    r.sadd(keys.QUEUES, "a")
+
+
+def in_two_lanes(r: redis.Redis) -> None:
+    r.hset(A.jobs, "jid-0001", encode(Job(jid="jid-0001", jobtype="x", queue="a", group="g1")))
+    r.hset(keys.JIDS, "jid-0001", "a")
+    in_lane(r, "g:g1", "jid-0001", 1)
+    in_lane(r, "t:x", "jid-0001", 2)
+
+
+def laned_without_record(r: redis.Redis) -> None:
+    in_lane(r, "g:g1", "jid-0001", 1)
+
+
 def no_index(r: redis.Redis) -> None:
     record(r, A, "jid-0001", index=False)
     r.lpush(A.queue, "jid-0001")
@@ -176,6 +197,8 @@ def worker_without_heartbeat(r: redis.Redis) -> None:
         (retry_without_record, [("no record", "a", "jid-0001")]),
         (two_places, [("two places", "a", "jid-0001")]),
         (listed_twice, [("two places", "a", "jid-0001")]),
+        (in_two_lanes, [("two places", "a", "jid-0001")]),
+        (laned_without_record, [("no record", "a", "jid-0001")]),
         (no_index, [("no index", "a", "jid-0001")]),
         (stale_index, [("stale index", "a", "jid-0001")]),
         (index_elsewhere, [("index elsewhere", "a", "jid-0001")]),
@@ -220,6 +243,21 @@ async def test_two_places_keep_the_most_advanced(store: Store, rdb: redis.Redis)
     await Auditor(store, repair=True, settle=0).run()
     assert rdb.llen(A.queue) == 0 and rdb.zcard(A.retries) == 0
     assert rdb.zscore(A.working, "jid-0001") == 9  # a worker holds it
+
+
+async def test_a_reservation_without_record_gives_its_lane_slot_back(
+    broker: App, store: Store, rdb: redis.Redis
+) -> None:
+    w = await Wire.open(broker.port, hello={"wid": "w1"})
+    await w.call("QUEUE", "SET a group_concurrency=1")
+    await w.call("PUSH", job("jid-0001", queue="a", group="g1"))
+    assert json.loads(await w.call("FETCH", "a"))["jid"] == "jid-0001"
+    rdb.hdel(A.jobs, "jid-0001")  # the damage: a reservation without its record
+    repaired = await Auditor(store, repair=True, settle=0).run()
+    assert ("no record", "a", "jid-0001") in kinds(repaired) and repaired.clean
+    assert (await Auditor(store, settle=0).run()).problems == []
+    await w.call("PUSH", job("jid-0002", queue="a", group="g1"))
+    assert json.loads(await w.call("FETCH", "a"))["jid"] == "jid-0002"  # the group's one slot
 
 
 async def test_jid_in_two_queues_gets_a_new_jid(store: Store, rdb: redis.Redis) -> None:

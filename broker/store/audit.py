@@ -221,6 +221,7 @@ class Auditor:
                 k.prioritized,
                 k.meta,
                 k.blocked,
+                k.holders,
             ),
             (queue, jid, self._look(again), PUSHED_CHANNEL, await self.redis.read_first(reads)),
         )

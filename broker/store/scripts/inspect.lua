@@ -6,11 +6,12 @@
 --       14 due:finished, 15 prioritized zset, 16 meta hash (a waiting job of a priority other
 --       than 5 waits in the prioritized zset, one of a group or of a held back jobtype in its
 --       lane: either counts as being in the queue), 17 blocked zset (jobs waiting for their
---       dependencies, lib_workflows.lua: a place too)
+--       dependencies, lib_workflows.lua: a place too), 18 holders hash
 -- ARGV: 1 queue name, 2 jid, 3 '1' to repair, 4 pushed channel, 5 split mode: the reads of the
 --       jid's index entry and of the queue's entries in KEYS 9-12 and 14 (read_global), else ''
 -- Returns the problems seen, each {kind, detail}:
---   'no record'    places hold the jid but there is no record: the entries are dropped
+--   'no record'    places hold the jid but there is no record: the entries are dropped (a
+--                  reservation's lane slots given back)
 --   'no place'     a record in no list or set: the job is enqueued again (it may run twice,
 --                  never zero times)
 --   'two places'   the jid is in several places (or listed twice): it keeps the most advanced
@@ -30,13 +31,17 @@ local function problem(kind, detail) problems[#problems + 1] = {kind, detail or 
 local listed = redis.call('LPOS', KEYS[2], jid, 'COUNT', 0)
 local ranked = redis.call('ZSCORE', KEYS[15], jid)
 if ranked then listed[#listed + 1] = -1 end
-local lane = nil  -- the lane it waits in, if any
+local l = lanes_of(KEYS[16])
+local lanes = {}  -- the lanes it waits in: its own (by its record), or without one any lane
 local payload = redis.call('HGET', KEYS[1], jid)
-if payload and redis.call('HGET', KEYS[16], 'lanes') then
-  local l = lanes_of(KEYS[16])
-  for _, id in ipairs(lane_ids(payload)) do
-    if not lane and redis.call('ZSCORE', l.lane .. id, jid) then
-      lane = id
+if redis.call('HGET', KEYS[16], 'lanes') then
+  local ids = payload and lane_ids(payload) or redis.call('ZRANGE', l.ring, 0, -1)
+  if not payload then
+    for _, id in ipairs(redis.call('ZRANGE', l.resting, 0, -1)) do ids[#ids + 1] = id end
+  end
+  for _, id in ipairs(ids) do
+    if redis.call('ZSCORE', l.lane .. id, jid) then
+      lanes[#lanes + 1] = id
       ranked = true
       listed[#listed + 1] = -2
     end
@@ -59,6 +64,11 @@ if redis.call('HEXISTS', KEYS[1], jid) == 0 then
     problem('no record', held[1][1])
     if fix then
       redis.call('LREM', KEYS[2], 0, jid)
+      for _, id in ipairs(lanes) do exit_lane(l, id, jid) end
+      if held[1][1] == 'working' then  -- its holder goes, its lanes' slots come back
+        redis.call('HDEL', KEYS[18], jid)
+        unlease(KEYS[16], {jid})
+      end
       for _, i in ipairs({3, 4, 5, 6, 13, 15, 17}) do redis.call('ZREM', KEYS[i], jid) end
     end
   end
@@ -83,9 +93,10 @@ elseif #held > 1 or #listed > 1 then
   problem('two places', table.concat(names, ','))
   if fix then
     local keep = held[1]
-    if keep[1] == 'queue' and lane then  -- it keeps its place in its lane
+    if keep[1] == 'queue' and #lanes > 0 then  -- it keeps its place in its first lane
       redis.call('LREM', KEYS[2], 0, jid)
       redis.call('ZREM', KEYS[15], jid)
+      for i = 2, #lanes do exit_lane(l, lanes[i], jid) end
     elseif keep[1] == 'queue' and ranked then  -- it keeps its place among its priority
       redis.call('LREM', KEYS[2], 0, jid)
     elseif keep[1] == 'queue' then
@@ -93,7 +104,7 @@ elseif #held > 1 or #listed > 1 then
     else
       redis.call('LREM', KEYS[2], 0, jid)
       redis.call('ZREM', KEYS[15], jid)
-      if lane then exit_lane(lanes_of(KEYS[16]), lane, jid) end
+      for _, id in ipairs(lanes) do exit_lane(l, id, jid) end
     end
     for i = 2, #held do
       if held[i][1] ~= 'queue' then redis.call('ZREM', KEYS[held[i][2]], jid) end
