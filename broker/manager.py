@@ -37,7 +37,13 @@ from hopper_broker.sweeps import Sweeps
 from hopper_broker.tracking import Tracking
 from hopper_broker.workers import Workers
 from hopper_broker.workflows import Workflows
-from hopper_client.schema.errors import JOB_NOT_FOUND, BrokerError, CommandError
+from hopper_client.schema.errors import (
+    INVALID_RESULT,
+    JOB_NOT_FOUND,
+    RESULT_TOO_LARGE,
+    BrokerError,
+    CommandError,
+)
 from hopper_client.schema.jobs import (
     FailPayload,
     Job,
@@ -148,7 +154,7 @@ class Manager:
         limit = self.settings().max_result_bytes
         for i, ack in enumerate(acks):
             if len(ack.result) > limit:
-                outcomes[i] = CommandError(f"result too large (max {limit} bytes)")
+                outcomes[i] = CommandError(RESULT_TOO_LARGE.format(limit))
             elif ack.result:
                 outcomes[i] = _unreadable(ack.result)
         queues = [ack.queue for ack in acks]
@@ -307,5 +313,5 @@ def _unreadable(result: bytes) -> CommandError | None:
     try:
         msgspec.json.decode(result)
     except msgspec.DecodeError as exc:
-        return CommandError(f"invalid result: {exc}")
+        return CommandError(INVALID_RESULT.format(exc))
     return None

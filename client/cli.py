@@ -9,16 +9,19 @@ errors (bad arguments, a module that cannot be imported or holds no Worker).
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 
 from hopper_client.errors import ClientError
+from hopper_client.schema.jobs import QUEUE_NAME
 from hopper_client.supervisor import Supervisor
 from hopper_client.tasks import Tasks
 from hopper_client.url import parse_urls
 from hopper_client.worker import Worker
 
 log = logging.getLogger("hopper_client.cli")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class UsageError(Exception):
@@ -35,11 +38,13 @@ def parser() -> argparse.ArgumentParser:
         "target", help="module[:name] of a Worker or a Tasks registry, e.g. myapp.jobs:worker"
     )
     cli.add_argument("-q", "--queues", help="comma-separated queues, highest priority first")
-    cli.add_argument("-c", "--concurrency", type=int, help="jobs run at the same time")
-    cli.add_argument("--prefetch", type=int, help="jobs fetched ahead while jobs run short")
+    cli.add_argument("-c", "--concurrency", type=positive, help="jobs run at the same time")
+    cli.add_argument(
+        "--prefetch", type=not_negative, help="jobs fetched ahead while jobs run short"
+    )
     cli.add_argument("--url", help="broker URL (default: $HOPPER_URL, $FAKTORY_URL, localhost)")
-    cli.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
-    cli.add_argument("--log-level", default="INFO", help="default: INFO")
+    cli.add_argument("--grace", type=seconds, help="seconds running jobs get at shutdown")
+    cli.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     cli.add_argument("--processes", type=positive, help="run N worker processes (supervised)")
     cli.add_argument("--max-jobs", type=positive, help="replace a worker process after N jobs")
     cli.add_argument("--max-memory", type=positive, help="replace a worker process above N MiB")
@@ -48,12 +53,32 @@ def parser() -> argparse.ArgumentParser:
 
 def positive(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
+    return _whole(text, 1)
+
+
+def not_negative(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    return _whole(text, 0)
+
+
+def _whole(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least {least}: {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
 
 
@@ -65,8 +90,8 @@ def load(target: str) -> Worker:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    except Exception as exc:  # not found, or its code failed (SyntaxError, an error it raised)
+        raise UsageError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
     if name:
         found = getattr(module, name, None)
         if not isinstance(found, Worker | Tasks):
@@ -86,8 +111,10 @@ def load(target: str) -> Worker:
 def configure(args: argparse.Namespace) -> Worker:
     """The Worker named on the command line, with the flags applied; UsageError if unusable."""
     worker = load(args.target)
-    if args.queues:
+    if args.queues is not None:
         worker.queues = tuple(q for q in args.queues.split(",") if q)
+        if not worker.queues or not all(QUEUE_NAME.fullmatch(q) for q in worker.queues):
+            raise UsageError(f"--queues: not a list of queue names: {args.queues!r}")
     if args.concurrency:
         worker.concurrency = args.concurrency
     if args.prefetch is not None:
@@ -106,7 +133,7 @@ def configure(args: argparse.Namespace) -> Worker:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         worker = configure(args)

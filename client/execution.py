@@ -17,6 +17,9 @@ from hopper_client.threads import ThreadPool
 
 ANY_JOBTYPE = "*"  # registered for it, a function runs the jobs no other function is for
 MAX_BACKTRACE = 50  # lines of traceback sent with FAIL (the broker keeps 50)
+MAX_MESSAGE = 1000  # characters of a failure's message sent (the broker keeps 1,000)
+# Characters of each backtrace line sent: a FAIL stays far below the broker's line limit.
+MAX_BACKTRACE_LINE = 1024
 
 Next = Callable[[], Awaitable[None]]
 Middleware = Callable[[Job, Next], Awaitable[None]]
@@ -127,8 +130,23 @@ def describe(error: BaseException) -> tuple[str, str, list[str]]:
     while skip < len(frames) - 1 and frames[skip].filename.startswith(_machinery()):
         skip += 1
     report.stack = traceback.StackSummary.from_list(frames[skip:])
-    lines = "".join(report.format()).splitlines()
-    return type(error).__name__, str(error) or repr(error), lines[-MAX_BACKTRACE:]
+    lines = "".join(report.format()).splitlines()[-MAX_BACKTRACE:]
+    backtrace = [_cut(line, MAX_BACKTRACE_LINE) for line in lines]
+    return type(error).__name__, message_of(error), backtrace
+
+
+def message_of(error: BaseException) -> str:
+    """The exception's text (its repr when empty), even when either of them raises; cut to
+    MAX_MESSAGE characters."""
+    try:
+        text = str(error) or repr(error)
+    except Exception:
+        text = f"<{type(error).__name__} that cannot be shown>"
+    return _cut(text, MAX_MESSAGE)
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 @functools.cache

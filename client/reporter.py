@@ -20,23 +20,32 @@ from hopper_client.commands import Call
 from hopper_client.control import Fatal, Snooze
 from hopper_client.errors import ClientError, ConnectionLost, ServerError
 from hopper_client.execution import describe
-from hopper_client.schema.errors import JOB_NOT_FOUND
+from hopper_client.schema.errors import INVALID_RESULT, JOB_NOT_FOUND, RESULT_TOO_LARGE
 from hopper_client.wire import Reply
 
 log = logging.getLogger("hopper_client.worker")
 
 REFUSED_FOR = 30.0  # seconds to keep reporting a job while the broker answers with errors
+# The broker's refusals of an ACK's result (the job is then ACKed without it)
+RESULT_REFUSED = (RESULT_TOO_LARGE.partition("(")[0], INVALID_RESULT.partition(":")[0])
 
 
 class Report:
     """The ACK, FAIL or SNOOZE of one job, until the broker has taken it."""
 
-    __slots__ = ("call", "jid", "refused", "resent", "then")
+    __slots__ = ("bare", "call", "jid", "refused", "resent", "then")
 
-    def __init__(self, jid: str, call: Call[None], then: Call[None] | None = None) -> None:
+    def __init__(
+        self,
+        jid: str,
+        call: Call[None],
+        then: Call[None] | None = None,
+        bare: Call[None] | None = None,
+    ) -> None:
         self.jid = jid
         self.call = call
         self.then = then  # sent once the broker has taken `call` (MUTATE kill after a FAIL)
+        self.bare = bare  # an ACK without its result, if the broker refuses the result
         self.resent = False  # written again on a new connection
         self.refused: Backoff | None = None
 
@@ -60,7 +69,7 @@ class Reporter:
         """ACK the job (with what its function returned, unless None), FAIL it with the
         error, SNOOZE it when the error is Snooze, FAIL then kill it (to the dead set) when it
         is Fatal. A result that is not JSON is left out (logged)."""
-        then = None
+        then = bare = None
         if isinstance(error, Snooze):
             call = commands.snooze(jid, error.seconds)
         elif error is not None:
@@ -73,7 +82,9 @@ class Reporter:
             except (TypeError, ValueError) as exc:
                 log.warning("worker %s: result of %s not sent: %s", self.client.wid, jid, exc)
                 call = commands.ack(jid)
-        self._add(Report(jid, call, then), wake=not self.held)
+            else:
+                bare = None if result is None else commands.ack(jid)
+        self._add(Report(jid, call, then, bare), wake=not self.held)
         self.unsettled += 1
 
     def take(self) -> list[Report]:
@@ -86,6 +97,11 @@ class Reporter:
         try:
             report.call.parse(reply, report.resent)
         except ServerError as exc:
+            if report.bare is not None and exc.message.startswith(RESULT_REFUSED):
+                wid, jid = self.client.wid, report.jid
+                log.warning("worker %s: result of %s not kept: %s", wid, jid, exc)
+                self._add(Report(report.jid, report.bare), wake=True)  # the ACK, bare
+                return
             log.warning(
                 "worker %s: broker refused report of %s: %s", self.client.wid, report.jid, exc
             )

@@ -10,8 +10,10 @@ one write, instead of ten connections each waiting for its own round trip. Every
 returns only once the broker has answered it.
 
 The reading thread stops when its own reply has come and wakes the thread whose reply is owed
-next to take over. A connection that breaks (or stays silent past the client's timeout) fails
-every command waiting on it with ConnectionLost, and is not used again.
+next to take over (a thread interrupted while it waits leaves its reply to be read and
+dropped; one interrupted while it writes breaks the connection). A connection that breaks (or
+stays silent past the client's timeout) fails every command waiting on it with
+ConnectionLost, and is not used again.
 """
 
 import threading
@@ -32,12 +34,13 @@ class _Owed:
     """A command written whose reply is owed: the reply once read, or the error that ended
     it; `wake()` tells its caller."""
 
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("abandoned", "done", "error", "reply")
 
     def __init__(self) -> None:
         self.done = False
         self.reply: Reply = None
         self.error: ConnectionLost | None = None
+        self.abandoned = False  # its caller stopped waiting (interrupted): its reply is dropped
 
     def settle(self, reply: Reply, error: ConnectionLost | None = None) -> None:
         self.reply, self.error, self.done = reply, error, True
@@ -81,6 +84,10 @@ class _InOrder(Generic[W, C]):
             return False
         self._owed.popleft().settle(reply)
         return True
+
+    def _next_reader(self) -> W | None:
+        """The first command owed whose caller still waits: it reads next."""
+        return next((waiter for waiter in self._owed if not waiter.abandoned), None)
 
     def _break(self, error: ConnectionLost) -> None:
         """Fail every command owed and close the connection."""
@@ -130,25 +137,40 @@ class SharedConnection(_InOrder[_Waiter, Connection]):
             with self._lock:
                 data = self._take_unsent()
             if data:
-                try:
-                    self._conn.send(data)
-                except ConnectionLost as exc:
-                    with self._lock:
-                        self._break(exc)
-        while not waiter.done:
-            if self._reading.acquire(blocking=False):
-                try:
-                    self._read_until(waiter)
-                finally:
-                    self._reading.release()
-                    self._pass_turn()
-                break
-            waiter.gate.acquire()
+                self._send(data)
+        try:
+            while not waiter.done:
+                if self._reading.acquire(blocking=False):
+                    try:
+                        self._read_until(waiter)
+                    finally:
+                        self._reading.release()
+                        self._pass_turn()
+                    break
+                waiter.gate.acquire()
+                with self._lock:
+                    waiter.open = False
+        except BaseException:  # interrupted (KeyboardInterrupt): the others read on
             with self._lock:
-                waiter.open = False
+                waiter.abandoned = True
+            self._pass_turn()
+            raise
         if waiter.error is not None:
             raise waiter.error
         return waiter.reply
+
+    def _send(self, data: bytes) -> None:
+        """Write lines; a write cut short breaks the connection (a line may be half sent),
+        so that the commands owed are sent again on a new one."""
+        try:
+            self._conn.send(data)
+        except ConnectionLost as exc:
+            with self._lock:
+                self._break(exc)
+        except BaseException:
+            with self._lock:
+                self._break(ConnectionLost("a push was interrupted while it was being sent"))
+            raise
 
     def _read_until(self, waiter: _Waiter) -> None:
         """Read replies and hand each to its owner until `waiter` has its own."""
@@ -164,10 +186,10 @@ class SharedConnection(_InOrder[_Waiter, Connection]):
                     return
 
     def _pass_turn(self) -> None:
-        """Wake the thread whose reply is owed next: it reads from here on."""
+        """Wake the first thread still waiting for a reply: it reads from here on."""
         with self._lock:
-            if self._owed:
-                self._owed[0].wake()
+            if (waiter := self._next_reader()) is not None:
+                waiter.wake()
 
     def close(self) -> None:
         """Close the connection (saying END when no reply is owed); commands still owed fail
@@ -186,12 +208,11 @@ class _TaskWaiter(_Owed):
     """A task's command: the event the task waits on (a new one each time it waits: trio's
     events cannot be cleared)."""
 
-    __slots__ = ("abandoned", "event")
+    __slots__ = ("event",)
 
     def __init__(self) -> None:
         super().__init__()
         self.event: Event | None = None
-        self.abandoned = False  # its task stopped waiting (cancelled): its reply is dropped
 
     def wake(self) -> None:
         if self.event is not None:
@@ -260,12 +281,8 @@ class AsyncSharedConnection(_InOrder[_TaskWaiter, "AsyncConnection"]):
 
     def _pass_turn(self) -> None:
         """Wake the first task still waiting for a reply: it reads from here on."""
-        if self._reading:
-            return
-        for waiter in self._owed:
-            if not waiter.abandoned:
-                waiter.wake()
-                return
+        if not self._reading and (waiter := self._next_reader()) is not None:
+            waiter.wake()
 
     def close(self) -> None:
         """Close the connection; commands still owed fail with ConnectionLost."""

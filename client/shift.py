@@ -20,7 +20,7 @@ from hopper_client.bridge import AsyncioThread
 from hopper_client.commands import WorkerState
 from hopper_client.control import DeadlineExceeded, Hold, JobCancelled, Snooze, deadline
 from hopper_client.errors import AuthenticationError, ClientError
-from hopper_client.execution import Interrupted, Runner, rss_kb
+from hopper_client.execution import Interrupted, Runner, message_of, rss_kb
 from hopper_client.fetcher import Fetcher
 from hopper_client.reporter import Reporter
 from hopper_client.schema.jobs import Job
@@ -160,7 +160,9 @@ class Shift:
         try:
             with hold.scope:
                 returned = await self._runner.run(job, hold)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, ... fail the job alone
+            if not _a_failure(exc):
+                raise
             error = exc
         finally:
             del self._jobs[job.jid]
@@ -273,6 +275,14 @@ async def _pause(seconds: float, until: trio.Event) -> None:
         await until.wait()
 
 
+def _a_failure(raised: BaseException) -> bool:
+    """Whether what a job raised is its failure: anything but trio's cancellation (of the
+    worker's scopes, alone or in a group), which must go on up."""
+    if isinstance(raised, BaseExceptionGroup):
+        return raised.split(trio.Cancelled)[1] is not None
+    return not isinstance(raised, trio.Cancelled)
+
+
 def _log_outcome(job: Job, duration: float, error: BaseException | None, dropped: bool) -> None:
     """One line per job, with `extra` fields for structured logging."""
     quiet = error is None or dropped or isinstance(error, Snooze)
@@ -293,7 +303,7 @@ def _log_outcome(job: Job, duration: float, error: BaseException | None, dropped
         "duration": duration,
         "outcome": outcome,
     }
-    if quiet:
+    if quiet or error is None:
         log.info("job %s %s %s in %.3f s", job.jobtype, job.jid, outcome, duration, extra=fields)
     else:
         log.warning(
@@ -302,7 +312,7 @@ def _log_outcome(job: Job, duration: float, error: BaseException | None, dropped
             job.jid,
             duration,
             type(error).__name__,
-            error,
+            message_of(error),
             exc_info=error,
             extra=fields,
         )

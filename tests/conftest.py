@@ -419,7 +419,7 @@ def broker_process(store_at: tuple[str, bool]) -> Iterator[Callable[..., BrokerP
     store = ["--redis-url", store_at[0]] + ["--redis-split"] * store_at[1]
 
     def make(*args: str, embedded: bool = False, **env: str) -> BrokerProcess:
-        base = ["--processes", "1"] + ([] if embedded else store)
+        base = ["--processes", "1", "--dashboard-bind", "off"] + ([] if embedded else store)
         broker = BrokerProcess(
             [*base, "--scheduler-interval", "0.1", "--reaper-interval", "0.1", *args],
             clean_env(**env),

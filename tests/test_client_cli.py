@@ -130,12 +130,28 @@ async def test_tstp_quiets_and_the_broker_hears_it(
 
 
 @pytest.mark.parametrize(
-    "target", ["missing_module", "jobs:nothing", "jobs:MARKS"], ids=["import", "name", "type"]
+    "args",
+    [
+        ["missing_module"],
+        ["jobs:nothing"],
+        ["jobs:MARKS"],
+        [":worker"],
+        ["broken"],
+        ["raises"],
+        ["jobs", "--log-level", "verbose"],
+        ["jobs", "--queues", ","],
+        ["jobs", "--queues", "a b"],
+        ["jobs", "--concurrency", "-2"],
+        ["jobs", "--grace", "nan"],
+    ],
+    ids=lambda args: " ".join(args),
 )
 async def test_usage_errors_exit_2(
-    module_dir: Path, processes: list[WorkerProcess], target: str
+    module_dir: Path, processes: list[WorkerProcess], args: list[str]
 ) -> None:
-    worker = WorkerProcess(module_dir, target)
+    (module_dir / "broken.py").write_text("def oops(:\n")
+    (module_dir / "raises.py").write_text("raise RuntimeError('no settings')\n")
+    worker = WorkerProcess(module_dir, *args, env={"HOPPER_URL": "tcp://127.0.0.1:1"})
     processes.append(worker)
     await eventually(worker.exited)
     assert worker.process.returncode == 2

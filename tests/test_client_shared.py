@@ -3,9 +3,12 @@ connection shared by them (client/shared.py), each push answered to its own call
 tasks leaving it working, and pushes resent after it breaks landing once."""
 
 import asyncio
+import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
@@ -15,6 +18,7 @@ from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, ServerError
 from hopper_client.schema.errors import JID_IN_USE
 from tests.conftest import BrokerProcess
+from tests.gate_proxy import GateProxy
 from tests.test_client_faults import Proxy, proxy, via  # noqa: F401  (the proxy fixture)
 
 pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
@@ -183,3 +187,124 @@ def test_threads_pushing_through_a_broker_killed_and_restarted_land_each_job_onc
         pushing.result(60)  # every push answered (its error raised here)
     client.close()
     assert rdb.llen("hopper:q:{default}:queue") == THREADS * PUSHES * 2  # each once
+
+
+class Interrupt(Exception):
+    """What a signal handler raises in the main thread (KeyboardInterrupt, an alarm timeout)."""
+
+
+def until(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_thread_interrupted_while_it_waits_leaves_the_others_their_replies(
+    broker_process: Callable[..., Any],
+) -> None:
+    """Three threads push on the shared connection: T1 reads the replies, the main thread and
+    T2 wait for theirs. A signal handler that raises (Ctrl-C) ends the main thread's push.
+    Once the broker's replies come, T1 and T2 each return their own."""
+    broker = broker_process()
+    gate = GateProxy(broker.port)
+    client = Client(gate.url, timeout=3, retry_for=1)
+    results: dict[str, Any] = {}
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupt)
+    try:
+        client.push("warm", jid="warm-up-0000")  # opens the shared connection
+        seen = gate.pushes
+        gate.hold_replies()
+
+        def push(name: str) -> None:
+            try:
+                results[name] = client.push("work", jid=f"shared-{name}")
+            except BaseException as exc:
+                results[name] = exc
+
+        t1 = threading.Thread(target=push, args=("t1",), daemon=True)
+        t1.start()
+        gate.wait_pushes(seen + 1)
+        until(lambda: client._shared is not None and client._shared._reading.locked())
+        t2 = threading.Thread(target=push, args=("t2",), daemon=True)
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+
+        def interrupt_main() -> None:
+            gate.wait_pushes(seen + 2)  # the main thread's PUSH was written: it now waits
+            t2.start()
+            gate.wait_pushes(seen + 3)
+            time.sleep(0.1)  # T2 reaches its gate
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        threading.Thread(target=interrupt_main, daemon=True).start()
+        with pytest.raises(Interrupt):
+            client.push("work", jid="shared-main")
+        gate.release_replies()
+        t1.join(10)
+        assert results.get("t1") == "shared-t1"
+        t2.join(10)  # 3 times the client's timeout
+        stranded = t2.is_alive()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        client.close()  # fails whatever is still owed: frees a stranded thread
+        gate.close()
+    assert not stranded, f"T2's push never returned though its reply came ({results})"
+    assert results.get("t2") == "shared-t2"
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise Interrupt(f"signal {signum}")
+
+
+def test_a_thread_interrupted_while_it_writes_breaks_the_connection(
+    broker_process: Callable[..., Any],
+) -> None:
+    """The main thread's push of a large job is interrupted (a signal handler that raises)
+    while its line is half written; T2 and T3 push meanwhile. The connection is dropped (a
+    half line would join T2's), so each of their pushes returns with its job stored, or
+    raises: none is reported pushed and lost."""
+    broker = broker_process()
+    gate = GateProxy(broker.port)
+    client = Client(gate.url, timeout=3, retry_for=5)
+    results: dict[str, Any] = {}
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupt)
+    try:
+        client.push("warm", jid="warm-up-0001")  # opens the shared connection
+        shared = client._shared
+        assert shared is not None
+        gate.hold_requests()  # the broker stops reading: a large line is written in part
+
+        def push(name: str) -> None:
+            try:
+                results[name] = client.push("work", jid=f"shared-{name}")
+            except BaseException as exc:
+                results[name] = exc
+
+        main = threading.main_thread().ident
+        assert main == threading.get_ident()
+        others = [threading.Thread(target=push, args=(n,), daemon=True) for n in ("t2", "t3")]
+
+        def interrupt_main() -> None:
+            until(lambda: shared._writing.locked())  # the main thread is writing its line
+            time.sleep(0.3)  # its sendall fills the socket buffers and blocks
+            for thread in others:
+                thread.start()
+            until(lambda: len(shared._unsent) == 2)  # T2's and T3's lines wait to be written
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        threading.Thread(target=interrupt_main, daemon=True).start()
+        with pytest.raises(Interrupt):
+            client.push("big", ["x" * 12_000_000], jid="shared-big")
+        gate.release_requests()
+        for thread in others:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in others), results
+        stored = {name: client.state(f"shared-{name}").state != "unknown" for name in ("t2", "t3")}
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        client.close()
+        gate.close()
+    # each push either returned its jid with its job stored, or raised
+    wrong = [n for n in ("t2", "t3") if results[n] == f"shared-{n}" and not stored[n]]
+    assert not wrong, f"reported pushed, never stored: {wrong} (results {results})"

@@ -15,6 +15,7 @@ from hopper_broker.app import App
 from hopper_broker.store import keys
 from hopper_broker.store.keys import QueueKeys
 from hopper_client import AsyncClient, Client, Job, Worker, current_job
+from hopper_client.execution import MAX_BACKTRACE_LINE, MAX_MESSAGE
 from tests.conftest import eventually, live_jobs
 
 pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
@@ -96,6 +97,75 @@ async def test_failure_lands_in_retries_with_the_backtrace(
     other = stored(rdb, unknown).failure
     assert other is not None and other.errtype == "UnknownJobtype"
     worker.terminate()
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this exception cannot be shown")
+
+
+class Abort(BaseException):
+    """A BaseException of a library (as gevent's GreenletExit)."""
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["thread", "task"])
+async def test_whatever_a_job_raises_fails_that_job_alone(
+    broker: App, producer: AsyncClient, rdb: redis.Redis, nursery: trio.Nursery, is_async: bool
+) -> None:
+    """An exception that cannot be shown, SystemExit, KeyboardInterrupt (a job's own: signals
+    reach the worker's main thread) or another BaseException, a message of 17 MB: each FAILs
+    its job, which is then retried, and the worker goes on."""
+    raised: dict[str, BaseException] = {
+        "unprintable": Unprintable(),
+        "exit": SystemExit(3),
+        "interrupt": KeyboardInterrupt(),
+        "abort": Abort("stop"),
+        "huge": ValueError("x" * 17_000_000),
+    }
+    worker = make_worker(broker)
+    logging.getLogger("hopper_client.worker").setLevel(logging.ERROR)  # no 17 MB log lines
+
+    async def raise_in_task(kind: str) -> None:
+        raise raised[kind]
+
+    def raise_in_thread(kind: str) -> None:
+        raise raised[kind]
+
+    worker.register("raise", raise_in_task if is_async else raise_in_thread)
+    worker.register("fine", lambda: None)
+    await nursery.start(worker.arun)
+    jids = {kind: await producer.push("raise", [kind], retry=3) for kind in raised}
+    await eventually(lambda: all(rdb.zscore(DEFAULT.retries, jid) for jid in jids.values()))
+    failures = {kind: stored(rdb, jid).failure for kind, jid in jids.items()}
+    assert {k: f.errtype for k, f in failures.items() if f} == {
+        k: type(e).__name__ for k, e in raised.items()
+    }
+    assert failures["unprintable"].message == "<Unprintable that cannot be shown>"  # type: ignore[union-attr]
+    assert len(failures["huge"].message) == MAX_MESSAGE  # type: ignore[union-attr]
+    assert all(len(line) <= MAX_BACKTRACE_LINE for line in failures["huge"].backtrace)  # type: ignore[union-attr]
+    fine = await producer.push("fine")
+    assert await eventually(lambda: _done(producer, fine))
+    worker.terminate()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["thread", "task"])
+async def test_a_result_the_broker_refuses_is_left_out_and_the_job_acked(
+    broker: App, producer: AsyncClient, rdb: redis.Redis, nursery: trio.Nursery, is_async: bool
+) -> None:
+    worker = make_worker(broker)
+
+    async def big_in_task() -> str:
+        return "x" * 100_000  # above max_result_bytes (64 KiB)
+
+    worker.register("big", big_in_task if is_async else lambda: "x" * 100_000)
+    await nursery.start(worker.arun)
+    jid = await producer.push("big")
+    assert await eventually(lambda: _done(producer, jid))
+    worker.terminate()
+
+
+async def _done(client: AsyncClient, jid: str) -> bool:
+    return (await client.state(jid)).state == "done"
 
 
 async def test_middleware_wraps_every_job_in_order(

@@ -4,6 +4,8 @@
 SHUTTING_DOWN = "shutdown in progress"
 JID_IN_USE = "jid {} is already in use"
 JOB_NOT_FOUND = "Job not found {}"
+RESULT_TOO_LARGE = "result too large (max {} bytes)"  # an ACK's result: the job stays reserved
+INVALID_RESULT = "invalid result: {}"
 
 
 class BrokerError(Exception):
