@@ -12,26 +12,24 @@ asked for: its cost grows with the number of such queues (documented in protocol
 
 import heapq
 import math
-import re
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
-import trio
 
+from hopper_broker.concurrently import each
 from hopper_broker.config import Settings
 from hopper_broker.store.keys import FINAL_STATES
 from hopper_broker.store.redis import Store
 from hopper_client.schema.errors import CommandError
 from hopper_client.schema.jobs import QUEUE_NAME, format_time, parse_time
+from hopper_client.schema.pages import SCORE
 
-T = TypeVar("T")
 PAGE_SIZE = 50  # entries of a page when the query does not say
 MAX_PAGE = 1000  # entries of a page at most
 RETAIN_STEP = 1000  # archived jobs one purge call deletes at most
 RETAIN_CALLS = 1000  # purge steps of one state in one pass at most (the next pass goes on)
 RETAIN_QUEUES = 100  # queues one step of retention by count deletes from at most
-SCORE = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")  # a cursor's score (Redis's %.17g)
 
 
 class HistoryQuery(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -121,7 +119,7 @@ class History:
             )
             picked.extend((s, jid.encode(), raw, queue) for page in pages for jid, s, raw in page)
 
-        await _each(queues, read)  # every queue's read in one round trip
+        await each(queues, read)  # every queue's read in one round trip
         newest = heapq.nlargest(query.count, picked, key=lambda e: (e[0], e[1]))
         jobs = await self._entries([(e[3], e[1].decode()) for e in newest])
         if len(newest) < query.count:  # every source had fewer: nothing more
@@ -182,7 +180,7 @@ class History:
         async def first(queue: str) -> None:
             firsts[queue] = await self.store.history.first_scores(queue, state, share)
 
-        await _each(queues, first)
+        await each(queues, first)
         scores = sorted(s for found in firsts.values() for s in found)
         if not scores:
             return 0.0
@@ -193,7 +191,7 @@ class History:
             scores.extend(await self.store.history.first_scores(queue, state, step, share, bound))
 
         if more:
-            await _each(more, rest)
+            await each(more, rest)
             scores.sort()
         return scores[min(step, len(scores)) - 1]
 
@@ -222,7 +220,7 @@ class History:
                 if entry is not None:  # purged between the two reads
                     read[queue, jid] = entry
 
-        await _each(list(by_queue.items()), lambda pair: entries(*pair))
+        await each(list(by_queue.items()), lambda pair: entries(*pair))
         return [self._entry(q, j, read[q, j]) for q, j in chosen if (q, j) in read]
 
     def _entry(self, queue: str, jid: str, raw: bytes) -> HistoryEntry:
@@ -246,13 +244,6 @@ class History:
             failure=job.failure,
             result=entry.result,
         )
-
-
-async def _each(items: Sequence[T], call: Callable[[T], Awaitable[None]]) -> None:
-    """`call(item)` for every item at once: on the pipelined connection, one round trip."""
-    async with trio.open_nursery() as nursery:
-        for item in items:
-            nursery.start_soon(call, item)
 
 
 def _states(state: str | list[str] | None) -> list[str]:

@@ -7,8 +7,8 @@ exactly the entries it is given as read.
 """
 
 import msgspec
-import trio
 
+from hopper_broker.concurrently import each
 from hopper_broker.config import Settings
 from hopper_broker.store.jobs import Entry
 from hopper_broker.store.listing import WorkerRecord
@@ -24,7 +24,7 @@ from hopper_client.schema.pages import (
     sort_key,
 )
 
-INFO_WORKERS = 1000  # workers INFO lists at most (by wid); `total` says how many there are
+INFO_WORKERS = 1000  # workers INFO lists at most (those that beat last); `total`: how many
 INFO_HELD = 100  # jobs INFO lists per worker at most; `more` says it holds others
 
 
@@ -95,9 +95,7 @@ class Listing:
         async def read_queue(queue: str) -> None:
             read[queue] = await self.store.listing.page(queue, query.target, desc, after, window)
 
-        async with trio.open_nursery() as nursery:  # the reads share one round trip
-            for queue in queues:
-                nursery.start_soon(read_queue, queue)
+        await each(queues, read_queue)  # the reads share one round trip
         seen: list[Seen] = []
         bound = None  # every queue's set is read up to here (None: to its end)
         for queue, entries in read.items():

@@ -3,6 +3,7 @@ documented metric is there with the values the workload implies; as on one Redis
 mode and on the cluster rig."""
 
 import re
+import types
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hopper_broker.app import App
+from hopper_broker.stats import Stats
+from hopper_broker.web import metrics as web_metrics
 from tests.conftest import StartBroker
 from tests.wire import Wire, job
 
@@ -101,3 +104,12 @@ async def test_metrics_count_jobs_this_process_did_not_hand_out(start_broker: St
     assert got[("hopper_broker_processed_total", ())] == 1
     for wire in (producer, worker):
         await wire.aclose()
+
+
+def test_each_counter_counts_at_most_max_series_pairs_apart() -> None:
+    metrics = web_metrics.Metrics(types.SimpleNamespace(stats=Stats()))  # type: ignore[arg-type]
+    pairs = 1500  # all ACKs: hopper_jobs_processed only
+    metrics.finished([(f"jid-{i:08d}", f"q{i}") for i in range(pairs)], True)
+    processed = next(m for m in metrics.collect() if m.name == "hopper_jobs_processed").samples
+    apart = {s.labels["queue"] for s in processed if s.name.endswith("_total")}
+    assert len(apart) == web_metrics.MAX_SERIES and "other" in apart  # docs/dashboard.md

@@ -46,10 +46,11 @@ class ListingStore:
         return [(text(flat[i]), flat[i + 1], flat[i + 2] or None) for i in range(0, len(flat), 3)]
 
     async def workers(self, limit: int, held_limit: int) -> tuple[int, list[WorkerRecord]]:
-        """(how many workers are registered, the first `limit` of them by wid with up to about
-        `held_limit` of the jobs each holds: those whose reservation is theirs now)."""
+        """(how many workers are registered, the `limit` that beat most recently in wid order,
+        with up to about `held_limit` of the jobs each holds: those whose reservation is theirs
+        now)."""
         total, wids = await self.redis.execute_many(
-            [("ZCARD", WORKERS), ("ZRANGE", WORKERS, 0, limit - 1, "WITHSCORES")]
+            [("ZCARD", WORKERS), ("ZRANGE", WORKERS, 0, limit - 1, "REV", "WITHSCORES")]
         )
         names = [text(w) for w in wids[::2]]
         commands: list[tuple[Any, ...]] = [("HGETALL", keys.worker(w)) for w in names]
@@ -73,7 +74,7 @@ class ListingStore:
                     more=int(cursor) != 0 or len(members) > held_limit,
                 )
             )
-        return int(total), records
+        return int(total), sorted(records, key=lambda record: record.wid)
 
     async def _held(
         self, wid: str, pairs: list[tuple[str, str, str]]

@@ -5,7 +5,6 @@ loopback bind only, see config.check) the dashboard is open, but forms still car
 """
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -21,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.types import ASGIApp
 
-from hopper_broker.config import Config
+from hopper_broker.config import Config, is_loopback, split_bind
 
 SID_COOKIE = "hopper_sid"
 AUTH_COOKIE = "hopper_auth"
@@ -66,8 +65,9 @@ class Guard:
         """A changed password (reload) ends every login."""
         return hashlib.sha256(self.password().encode()).hexdigest()
 
-    def allowed(self, request: Request, sid: str | None) -> bool:
-        """No password, a valid login for this session, or the password as Basic credentials."""
+    async def allowed(self, request: Request, sid: str | None) -> bool:
+        """No password, a valid login for this session, or the password as Basic credentials
+        (wrong ones wait as a wrong login does)."""
         password = self.password()
         if not password:
             return True
@@ -80,9 +80,9 @@ class Guard:
         if scheme.lower() == "basic":
             try:
                 _, _, given = base64.b64decode(encoded).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return False
-            return hmac.compare_digest(given.encode(), password.encode())
+            except ValueError:  # not base64 (of ASCII), not UTF-8
+                given = ""
+            return await self.check_password(given)
         return False
 
     async def check_password(self, given: str) -> bool:
@@ -90,6 +90,18 @@ class Guard:
             return True
         await trio.sleep(LOGIN_DELAY)
         return False
+
+    def trusted_host(self, request: Request) -> bool:
+        """Whether the request may name this dashboard as it does: any name with a password
+        (a login cookie goes only to the name it was set for) or on a bind open to the
+        network (allow_open_bind); an open loopback dashboard answers only to loopback names,
+        so that a site whose name is made to point at 127.0.0.1 (DNS rebinding) cannot use
+        it."""
+        config = self.config()
+        if self.password() or not is_loopback(split_bind(config.dashboard_bind)[0]):
+            return True
+        host = urlsplit(f"//{request.headers.get('host', '')}").hostname or ""
+        return host == "localhost" or is_loopback(host)
 
     async def form(self, request: Request) -> FormData:
         """The form of a state-changing request, once its origin and CSRF token check out;
@@ -121,7 +133,9 @@ class GuardMiddleware(BaseHTTPMiddleware):
         request.state.sid = sid
         request.state.csrf = guard.csrf(sid)
         path = request.url.path
-        if path.startswith(OPEN_PATHS) or guard.allowed(request, sid):
+        if not guard.trusted_host(request):
+            response = Response("not a name of this dashboard\n", 421)
+        elif path.startswith(OPEN_PATHS) or await guard.allowed(request, sid):
             response = await call_next(request)
         elif request.method == "GET" and path != "/metrics":
             response = RedirectResponse(f"/login?next={path}", status_code=303)

@@ -3,7 +3,7 @@ broker-wide figures read through the manager at each scrape (docs/dashboard.md s
 which, and how to add up several brokers)."""
 
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 
 import msgspec
@@ -58,6 +58,7 @@ class Metrics(Collector):
         self._seconds = dict.fromkeys(self._latency, 0.0)
         self._kinds: OrderedDict[str, tuple[str, str]] = OrderedDict()  # jid -> its labels
         self._jobs: dict[tuple[bool, str, str], int] = {}  # (ACKed?, queue, jobtype) -> count
+        self._series: Counter[bool] = Counter()  # keys of `_jobs` for ACKs, for FAILs
 
     # -- commands.Observer ------------------------------------------------------------------
 
@@ -80,8 +81,11 @@ class Metrics(Collector):
     def finished(self, jobs: Sequence[tuple[str, str | None]], ok: bool) -> None:
         for jid, queue in jobs:
             key = (ok, *(self._kinds.pop(jid, None) or (queue or UNKNOWN, UNKNOWN)))
-            if key not in self._jobs and len(self._jobs) >= 2 * MAX_SERIES:
-                key = (ok, "other", "other")
+            if key not in self._jobs:
+                if self._series[ok] >= MAX_SERIES - 1:  # room kept for `other`
+                    key = (ok, "other", "other")
+                if key not in self._jobs:
+                    self._series[ok] += 1
             self._jobs[key] = self._jobs.get(key, 0) + 1
 
     # -- scrapes ------------------------------------------------------------------------------

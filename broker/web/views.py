@@ -5,6 +5,7 @@ part."""
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from starlette.requests import Request
@@ -107,7 +108,12 @@ def _pretty(document: bytes) -> str:
 async def find_job(request: Request) -> Response:
     """The header's jid box."""
     jid = request.query_params.get("jid", "").strip()
-    return RedirectResponse(f"/jobs/{jid}" if jid else "/", status_code=303)
+    return RedirectResponse(job_url(jid) if jid else "/", status_code=303)
+
+
+def job_url(jid: str) -> str:
+    """The address of a job's page: a jid is any text (`/`, `%`, `?` included)."""
+    return "/jobs/" + quote(jid, safe="")
 
 
 async def cron(request: Request) -> Response:
@@ -162,11 +168,12 @@ def ago(when: str) -> str:
 
 
 templates.env.filters["ago"] = ago
+templates.env.filters["job_url"] = job_url
 
 
 def routes() -> list[Route]:
     ready = [Route(p, view) for p, view in (("/", overview), ("/queues", queues))]
     ready += [Route("/workers", workers), Route("/cron", cron)]
     ready += [Route("/batches", batches), Route("/limits", limits)]
-    ready += [Route("/jobs/{jid}", job), Route("/find", find_job)]
+    ready += [Route("/jobs/{jid:path}", job), Route("/find", find_job)]
     return [*ready, Route("/login", login_page)]

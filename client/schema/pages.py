@@ -7,10 +7,14 @@ put is listed exactly once, one that moves (requeued, retried, killed) is listed
 when the walk passed it, or not at all.
 """
 
+import re
+
 import msgspec
 
 from hopper_client.schema.errors import CommandError
 from hopper_client.schema.jobs import Job, check_queue_name, job_decoder
+
+SCORE = re.compile(r"-?[0-9]+(\.[0-9]+)?(e[+-]?[0-9]+)?")  # a cursor's score (Redis's %.17g)
 
 TARGETS = ("retries", "scheduled", "dead", "working")
 DESCENDING = frozenset({"dead"})  # newest first by default; the others soonest first
@@ -85,11 +89,7 @@ class Page(msgspec.Struct, frozen=True):
 def parse_cursor(cursor: str) -> tuple[bytes, str]:
     """(score as Redis wrote it, jid) of a cursor."""
     score, sep, jid = cursor.partition(":")
-    try:
-        float(score)
-    except ValueError:
-        sep = ""
-    if not sep or not jid:
+    if not sep or not jid or not SCORE.fullmatch(score):
         raise CommandError(f"JOB LIST: not a cursor: {cursor}")
     return score.encode(), jid
 
