@@ -7,8 +7,11 @@ it was read (same jid, same score).
 
 from collections import defaultdict
 
+import msgspec
+
 from hopper_broker.config import Settings
 from hopper_broker.doorbell import Doorbell
+from hopper_broker.fetching import stored_expiry
 from hopper_broker.glob import Glob
 from hopper_broker.store.jobs import Entry
 from hopper_broker.store.redis import Store
@@ -86,9 +89,24 @@ class Mutator:
             return await self.store.sets.move(
                 queue, target, "dead", score, entries, now, config.history_mode
             )
-        moved = await self.store.sets.requeue(queue, target, format_time(now), entries)
+        stamp, expiries = format_time(now), _expiries(entries)
+        moved = await self.store.sets.requeue(queue, target, stamp, entries, expiries)
         self.doorbell.ring(queue, moved)
         return moved
+
+
+def _expiries(entries: list[Entry]) -> dict[str, float]:
+    """When each requeued job that has an expiry expires (a dead one kept no expiry entry)."""
+    found = {}
+    for jid, _, payload in entries:
+        if payload and b'"expires_at"' in payload:
+            try:
+                when = stored_expiry(job_decoder.decode(payload))
+            except msgspec.DecodeError:
+                continue
+            if when is not None:
+                found[jid] = when
+    return found
 
 
 def _matches_all(flt: MutateFilter | None) -> bool:

@@ -6,10 +6,11 @@ import time
 from typing import Any
 
 import pytest
+import trio
 
 from hopper_broker.app import App
 from hopper_client.schema.jobs import parse_time
-from tests.conftest import check_store, eventually
+from tests.conftest import check_store, check_store_aside, eventually
 from tests.wire import Wire, WireError, job
 
 pytestmark = [pytest.mark.usefixtures("store_mode"), pytest.mark.on_cluster]
@@ -79,3 +80,22 @@ async def test_no_expiry_is_left_behind_for_a_jid_used_again(broker: App, rdb: A
     assert rdb.zcard("hopper:q:{default}:expiring") == 0
     await w.call("PUSH", job("reused-01"))  # a new job, without an expiry
     assert json.loads(await w.call("FETCH", "default"))["jid"] == "reused-01"
+
+
+async def test_a_dead_job_requeued_after_its_expiry_is_not_handed_out(
+    broker: App, store_url: str
+) -> None:
+    """A job that died keeps no expiry entry (it does not expire in the dead set); requeued by
+    MUTATE after its time, it ends `expired` at the FETCH that takes it, as any other."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("e-expiring-1", retry=-1, custom={"expires_in": 1}))
+    got = json.loads(await w.call("FETCH", "default"))
+    await w.call("FAIL", {"jid": got["jid"], "message": "boom"})
+    assert (await state(w, "e-expiring-1"))["state"] == "dead"
+    await trio.sleep(1.2)  # its expires_at passes while it is dead
+    requeue = {"cmd": "requeue", "target": "dead", "filter": {"jids": ["e-expiring-1"]}}
+    await w.call("MUTATE", requeue)
+    handed = await w.call("FETCH", "default")
+    assert handed is None, json.loads(handed)["jid"]
+    assert (await state(w, "e-expiring-1"))["state"] == "expired"
+    await check_store_aside(store_url)

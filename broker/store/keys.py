@@ -54,7 +54,7 @@ Per queue (hash tag `{q}`):
   hopper:q:{q}:blocked      zset   jid -> when it may run (0: at once): jobs waiting for their
                                    dependencies (custom.after), in no other place
   hopper:q:{q}:waits        hash   jid -> `<unmet> <policy> <results>` of a blocked job
-  hopper:q:{q}:unmet        hash   split mode: jid -> JSON [dep, ...], the dependencies a
+  hopper:q:{q}:unmet        hash   jid -> JSON [dep, ...], the dependencies a
                                    blocked job still waits for (each end counted once)
   hopper:q:{q}:dependants   hash   jid -> JSON [queue, jid, ...] of the jobs waiting for it
                                    (these four named in lib_workflows.lua too)

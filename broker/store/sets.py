@@ -7,6 +7,8 @@ them.
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
+
 from hopper_broker.store.base import Redis, Script, Visit, text
 from hopper_broker.store.jobs import Entry, JobStore
 from hopper_broker.store.keys import DUE, FINISHED_MARK, JIDS, PUSHED_CHANNEL, QUEUES
@@ -50,20 +52,47 @@ class SetStore:
         moved, selected = await self._enqueue(queue, zset, stamp, ("due", now, limit))
         return int(moved), int(selected)
 
-    async def requeue(self, queue: str, zset: str, stamp: str, entries: Sequence[Entry]) -> int:
-        """Move the given entries (if still as read) onto the queue; returns how many moved."""
+    async def requeue(
+        self,
+        queue: str,
+        zset: str,
+        stamp: str,
+        entries: Sequence[Entry],
+        expiries: dict[str, float],
+    ) -> int:
+        """Move the given entries (if still as read) onto the queue, each of `expiries`
+        expiring then; returns how many moved."""
         if not entries:
             return 0
-        moved, _ = await self._enqueue(queue, zset, stamp, ("jids", *_pairs(entries)))
+        selection = ("jids", *_pairs(entries))
+        moved, _ = await self._enqueue(queue, zset, stamp, selection, expiries)
         return int(moved)
 
-    async def _enqueue(self, queue: str, zset: str, stamp: str, selection: tuple[Any, ...]) -> Any:
+    async def _enqueue(
+        self,
+        queue: str,
+        zset: str,
+        stamp: str,
+        selection: tuple[Any, ...],
+        expiries: dict[str, float] | None = None,
+    ) -> Any:
         k = self.keys(queue)
         visit = await self._visit(queue, zset, selection)
+        told = msgspec.json.encode(expiries).decode() if expiries else ""
         return await self.redis.run(
             ENQUEUE,
-            (k.jobs, k.zset(zset), k.queue, DUE[zset], QUEUES, JIDS, k.meta, k.prioritized),
-            (PUSHED_CHANNEL, queue, stamp, *selection),
+            (
+                k.jobs,
+                k.zset(zset),
+                k.queue,
+                DUE[zset],
+                QUEUES,
+                JIDS,
+                k.meta,
+                k.prioritized,
+                k.expiring,
+            ),
+            (PUSHED_CHANNEL, queue, stamp, told, *selection),
             visit,
         )
 
@@ -147,9 +176,13 @@ class SetStore:
         return int(next_cursor), entries
 
     async def scores(self, queue: str, zset: str, jids: Sequence[str]) -> list[Entry]:
-        """The entries of `jids` that are in the set (payloads not read: None)."""
-        found = await self.redis.execute("ZMSCORE", self.keys(queue).zset(zset), *jids)
-        return [(j, s, None) for j, s in zip(jids, found, strict=True) if s is not None]
+        """The entries of `jids` that are in the set, with their payloads."""
+        k = self.keys(queue)
+        found, payloads = await self.redis.execute_many(
+            [("ZMSCORE", k.zset(zset), *jids), ("HMGET", k.jobs, *jids)]
+        )
+        entries = zip(jids, found, payloads, strict=True)
+        return [(j, s, p) for j, s, p in entries if s is not None]
 
 
 def _pairs(entries: Iterable[Entry]) -> list[Any]:

@@ -1,15 +1,17 @@
 -- enqueue: move jobs from a sorted set (scheduled, retries; MUTATE requeue) onto their queue,
 -- stamping `enqueued_at`, atomically per job.
 -- KEYS: 1 jobs hash, 2 source zset, 3 queue list, 4 due index of the source, 5 queues set,
---       6 jid index, 7 meta hash, 8 prioritized zset
--- ARGV: 1 pushed channel, 2 queue name, 3 enqueued_at text, then the entries (see pick() in
---       lib.lua): 'due' <now> <limit> | 'jids' <jid> <score> ...
+--       6 jid index, 7 meta hash, 8 prioritized zset, 9 expiring zset
+-- ARGV: 1 pushed channel, 2 queue name, 3 enqueued_at text, 4 the expiries of the jobs given
+--       ('' or JSON {jid: unix seconds}: a job requeued from dead, which kept none, expires
+--       again), then the entries (see pick() in lib.lua): 'due' <now> <limit> | 'jids' <jid>
+--       <score> ...
 -- Returns {moved, selected}: selected < limit means nothing more is due.
 -- Guarantees: a job moves only if this call took it out of the source set, at the score the
 -- caller read for 'jids', so concurrent loops and MUTATEs on several brokers move each job once.
 -- An entry without a record is dropped. With 'due' the queue's due index entry is made exact.
 local queue = ARGV[2]
-local chosen = pick(KEYS[2], ARGV, 4)
+local chosen = pick(KEYS[2], ARGV, 5)
 local moved = {}
 if #chosen > 0 then
   redis.call('ZREM', KEYS[2], unpack(chosen))
@@ -30,6 +32,13 @@ if #chosen > 0 then
     if line_up(KEYS[3], KEYS[8], KEYS[7], moved, kept) then
       redis.call('PUBLISH', ARGV[1], queue)
     end
+    local expiries = ARGV[4] ~= '' and cjson.decode(ARGV[4]) or {}
+    for _, jid in ipairs(moved) do
+      if expiries[jid] then
+        redis.call('ZADD', KEYS[9], expiries[jid], jid)
+        redis.call('HSET', KEYS[7], 'expiring', 1)
+      end
+    end
     global('SADD', KEYS[5], queue)
     if listening() then
       local at, events = clock(), {}
@@ -40,5 +49,5 @@ if #chosen > 0 then
     end
   end
 end
-if ARGV[4] == 'due' then refresh_due(KEYS[4], KEYS[2], queue) end
+if ARGV[5] == 'due' then refresh_due(KEYS[4], KEYS[2], queue) end
 return {#moved, #chosen}

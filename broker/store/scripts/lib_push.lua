@@ -93,13 +93,16 @@ local function push_queue(KEYS, ARGV, graph)
     return note ~= false and string.find(note, '"state":"done"', 1, true) == nil
   end
 
-  -- A waiting job taken over by a replace push: it leaves its place and ends replaced.
+  -- A waiting job taken over by a replace push: it leaves its place (scheduled, in line, or
+  -- blocked by its dependencies) and ends replaced.
   local function replace(holder)
     local payload = redis.call('HGET', KEYS[1], holder)
-    if redis.call('ZREM', KEYS[3], holder) == 0
+    local base = wf_base(KEYS[1])
+    if redis.call('ZREM', KEYS[3], holder) + redis.call('ZREM', base .. 'blocked', holder) == 0
       and leave_line(KEYS[2], KEYS[17], KEYS[16], holder, payload) == 1 and room then
       room = room + 1
     end
+    wf_forget(base, {holder})
     redis.call('ZREM', KEYS[18], holder)
     local k = {jobs = KEYS[1], final = KEYS[8], finished = KEYS[7], due = KEYS[13],
       index = KEYS[4], progress = KEYS[9]}
@@ -309,7 +312,7 @@ local function push_queue(KEYS, ARGV, graph)
   if #blocked > 0 then
     redis.call('ZADD', base .. 'blocked', unpack(blocked))
     redis.call('HSET', base .. 'waits', unpack(waits))
-    if split then redis.call('HSET', base .. 'unmet', unpack(unmet_deps)) end
+    redis.call('HSET', base .. 'unmet', unpack(unmet_deps))
     global('SADD', KEYS[6], queue)  -- listed: FLUSH finds it
   end
   if #index == 0 then return results end

@@ -7,8 +7,10 @@
 --   <q>waits       hash  jid -> '<unmet> <policy> <results>' of a blocked job; results are raw
 --                        JSON members '"<dep jid>":<result>,...' of the dependencies that succeeded
 --   <q>dependants  hash  jid of a live job -> JSON [queue, jid, ...] of the jobs waiting for it
---   <q>unmet       hash  split mode: jid of a blocked job -> JSON [dep, ...], the dependencies
---                        whose end it still waits for (each end is counted once)
+--   <q>unmet       hash  jid of a blocked job -> JSON [dep, ...], the dependencies whose end it
+--                        still waits for: each end is counted once, and only by a job waiting
+--                        for it (a name left in `dependants` by an earlier job of that jid,
+--                        cancelled or replaced, counts for nothing)
 --   <g>wf:due      zset  JSON [outcome, queue, jid, dep, result] -> when: the end of a dependency
 --                        to settle in its dependant's queue (workflow.lua takes it: once)
 -- Split mode (docs/cluster.md, "Workflows"): a push registers its dependant with the
@@ -37,9 +39,9 @@ local function wf_forget(base, jids)
   redis.call('HDEL', base .. 'unmet', unpack(jids))
 end
 
--- Split mode: the blocked job `jid` no longer waits for `dep`; false when it did not (an end
--- settled before, or a registration left by a push that was refused). A job blocked before the
--- store went split has no list: each end counts, as on one Redis.
+-- The blocked job `jid` no longer waits for `dep`; false when it did not (an end settled
+-- before, a name left by an earlier job of that jid, or a registration left by a push that
+-- was refused). A job blocked by an older version has no list: each end counts.
 local function wf_unwait(base, jid, dep)
   local list = redis.call('HGET', base .. 'unmet', jid)
   if not list then return true end
@@ -76,11 +78,11 @@ local function wf_release(base, index, jid, results, now)
 end
 
 -- Settle one dependency's end (outcome 'ok' or 'end', its result) for dependant `jid` of the
--- queue `base`: '' no such dependant (gone; split mode: or not waiting for that end), 'waiting',
+-- queue `base`: '' no such dependant (gone, or not waiting for that end), 'waiting',
 -- 'released', or 'fail' (its policy says it fails: the caller ends it).
 local function wf_settle(base, index, jid, dep, outcome, result, now)
   local w = redis.call('HGET', base .. 'waits', jid)
-  if not w or split and not wf_unwait(base, jid, dep) then return '' end
+  if not w or not wf_unwait(base, jid, dep) then return '' end
   local n, policy, got = string.match(w, '^(%d+) (%a+) ?(.*)$')
   if outcome ~= 'ok' and policy == 'fail' then return 'fail' end
   if outcome == 'ok' then
@@ -210,10 +212,13 @@ local function wf_join(base, index, jid, spec, here)
     elseif not redis.call('ZSCORE', at .. 'dead', dep) then
       unmet[#unmet + 1] = dep
       local list = redis.call('HGET', at .. 'dependants', dep)
-      local names = list and cjson.decode(list) or {}
-      names[#names + 1] = queue
-      names[#names + 1] = jid
-      redis.call('HSET', at .. 'dependants', dep, cjson.encode(names))
+      local names, named = list and cjson.decode(list) or {}, false
+      for j = 1, #names, 2 do named = named or names[j] == queue and names[j + 1] == jid end
+      if not named then  -- else left by an earlier job of this jid: it names this one now
+        names[#names + 1] = queue
+        names[#names + 1] = jid
+        redis.call('HSET', at .. 'dependants', dep, cjson.encode(names))
+      end
     end
   end
   return #unmet, table.concat(got, ','), a[1], unmet
