@@ -7,6 +7,7 @@ that a DST change skips never fires; one that repeats fires once, at its first o
 
 import hashlib
 import math
+import time
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from hopper_broker.policy import backoff_of, unique_of
+from hopper_broker.policy import due_at, settle_rules
 from hopper_client.schema.errors import BrokerError
 from hopper_client.schema.jobs import Job, check_queue_name, validate_new
 
@@ -247,6 +248,8 @@ def compile_entry(entry: CronEntry, where: str) -> Periodic:
         zone = ZoneInfo(entry.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"{where}.timezone: unknown time zone {entry.timezone!r}") from None
+    if schedule.next_after(time.time(), zone) is None:  # its days fall in skipped local times
+        raise ValueError(f"{where}.schedule: {entry.schedule!r} never fires in {entry.timezone}")
     if not entry.job.type:
         raise ValueError(f"{where}.job.type must not be empty")
     canonical = [" ".join(entry.schedule.split()), entry.timezone, entry.job]
@@ -256,8 +259,7 @@ def compile_entry(entry: CronEntry, where: str) -> Periodic:
     try:
         check_queue_name(job.queue)
         validate_new(job, 0.0)
-        unique_of(job, 0.0)
-        backoff_of(job)
+        settle_rules(job, 0.0, due_at(job, 0.0))  # what its push will check
     except BrokerError as exc:
         raise ValueError(f"{where}.job: {exc.message}") from None
     return periodic

@@ -56,12 +56,14 @@ class Crontab:
         self._source: tuple[CronEntry, ...] = ()
         self._entries: list[Periodic] = []
         self._since: dict[str, float] = {}  # entry id -> when this broker first had it
+        self._added: set[str] = set()  # entries a reload added: no catch-up before `_since`
+        self._started = False  # entries were read once (at start): later ones come by reload
         self._handled: dict[str, float] = {}  # entry id -> the last tick this broker pushed
         self._next: dict[str, float] = {}  # entry id -> its next tick (-inf: read its claim)
 
     def entries(self, now: float) -> list[Periodic]:
         """The entries in force (recompiled after a reload); one seen for the first time
-        starts its history at `now`."""
+        starts its history at `now`, and one a reload added (again) its next tick after."""
         cron = self.settings().cron
         if cron is not self._source:
             self._entries = compile_all(cron)
@@ -69,10 +71,14 @@ class Crontab:
             for table in (self._since, self._handled, self._next):
                 for gone in set(table) - ids:
                     del table[gone]
+            self._added &= ids
             for p in self._entries:
+                if self._started and p.id not in self._since:
+                    self._added.add(p.id)
                 self._since.setdefault(p.id, now)
                 self._next.setdefault(p.id, -math.inf)
             self._source = cron
+        self._started = True
         return self._entries
 
     async def next_tick(self) -> float | None:
@@ -91,7 +97,11 @@ class Crontab:
         return pushed
 
     async def _run(self, p: Periodic, claim: float | None, now: float) -> int:
-        cursor = max(self._since[p.id] if claim is None else claim, self._handled.get(p.id, 0.0))
+        since = self._since[p.id]
+        cursor = since if claim is None else claim  # a claim: the ticks other brokers took
+        if p.id in self._added:  # a tick missed while the entry was not in force is not owed
+            cursor = max(cursor, since)
+        cursor = max(cursor, self._handled.get(p.id, 0.0))
         tick = p.schedule.next_after(cursor, p.zone)
         if tick is not None and tick < now - LATE:
             log.info("cron %s: ticks missed since %s, one caught up", p.id, format_time(tick))

@@ -205,6 +205,14 @@ def test_enterprise_format_is_read(tmp_path: Path) -> None:
             "cron[1].job: custom.unique_for must be a number of seconds above 0",
         ),
         ('schedule = "*/5 * * * *"\n[cron.job]\ntype = "FiveJob"', "cron[1] repeats cron[0]"),
+        (  # 02:30 on the second Sunday of March: the hour New York skips that day
+            'schedule = "0 30 2 8-14 3 */7"\ntimezone = "America/New_York"',
+            "cron[1].schedule: '0 30 2 8-14 3 */7' never fires in America/New_York",
+        ),
+        (
+            'schedule = "* * * * *"\n[cron.job]\ntype = "T"\n[cron.job.custom]\npriority = 12',
+            "cron[1].job: priority must be a whole number from 1 to 9",
+        ),
     ],
 )
 def test_bad_entries_are_refused_naming_the_setting(
@@ -354,6 +362,23 @@ async def test_cron_list_and_reload(start_broker: StartBroker, rdb: redis.Redis)
     assert listed["next_at"].endswith(":30:00Z")  # 09:30 in New York: 13:30 or 14:30 UTC
     with pytest.raises(Exception, match="CRON needs LIST"):
         await wire.call("CRON", "NEXT")
+
+
+@IN_EVERY_MODE
+@ON_CLUSTER
+async def test_an_entry_added_back_by_a_reload_starts_with_its_next_tick(
+    start_broker: StartBroker, rdb: redis.Redis, store_mode: str
+) -> None:
+    """Ticks missed while an entry was out of the file are not owed when a reload adds it back
+    (its claim, from before it was removed a year ago, is still in Redis)."""
+    broker: App = await start_broker(cron=())
+    assert json.loads(await (await Wire.open(broker.port, hello={})).call("CRON", "LIST")) == []
+    entry_id = compile_entry(EVERY_SECOND, "cron[0]").id
+    rdb.hset(claims_key(store_mode), entry_id, float(int(redis_now(rdb)) - 365 * 86_400))
+    added = redis_now(rdb)
+    broker.reload(msgspec.structs.replace(broker.settings(), cron=(EVERY_SECOND,)))
+    await eventually(lambda: len(ticks(rdb)) >= 2, timeout=6)
+    assert min(ticks(rdb)) > added - 1  # its next tick: no catch-up of the missed ones
 
 
 # -- several brokers, restarts, SIGHUP -----------------------------------------------------------

@@ -9,6 +9,7 @@ settled, or given up), 405/400 for anything else, 413 for a body over MAX_BODY.
 import hmac
 import logging
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 import h11
@@ -109,8 +110,10 @@ class Callbacks:
             return 405
         if not hmac.compare_digest(_header(request.headers, b"authorization"), self._expected):
             return 401
-        jid, status = match.groups()
-        outcome = self.waiting.pop(jid, None)
+        key, status = match.groups()
+        outcome = self.waiting.pop(
+            urllib.parse.unquote(key), None
+        )  # the jid, as deliver.py quoted it
         if outcome is None:
             return 404
         outcome.status, outcome.body = status, body

@@ -9,8 +9,9 @@ import argparse
 import logging
 import sys
 
+from hopper_client.cli import LOG_LEVELS, positive, seconds
 from hopper_client.errors import ClientError
-from hopper_client.http.config import ConfigError, load
+from hopper_client.http.config import ConfigError, plan, read
 from hopper_client.http.worker import HttpWorker
 from hopper_client.url import parse_urls
 
@@ -24,27 +25,27 @@ def parser() -> argparse.ArgumentParser:
     )
     cli.add_argument("config", help="the TOML file: routes by jobtype, auth, timeouts")
     cli.add_argument("-q", "--queues", help="comma-separated queues (overrides the file)")
-    cli.add_argument("-c", "--concurrency", type=int, help="requests at once (overrides)")
+    cli.add_argument("-c", "--concurrency", type=positive, help="requests at once (overrides)")
     cli.add_argument("--url", help="broker URL (overrides; default: $HOPPER_URL, localhost)")
-    cli.add_argument("--grace", type=float, help="seconds running jobs get at shutdown")
-    cli.add_argument("--log-level", default="INFO", help="default: INFO")
+    cli.add_argument("--grace", type=seconds, help="seconds running jobs get at shutdown")
+    cli.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     return cli
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        plan = load(args.config)
-        config = plan.config
-        if args.queues:
+        config = read(args.config)
+        if args.queues is not None:
             config.queues = [q for q in args.queues.split(",") if q]
-        if args.concurrency:
+        if args.concurrency is not None:
             config.concurrency = args.concurrency
         if args.url:
             config.url = args.url
+        checked = plan(config)
         parse_urls(config.url, None)
     except (ConfigError, ValueError) as exc:
         print(f"hopper-http-worker: {exc}", file=sys.stderr)
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {} if args.grace is None else {"grace": args.grace}
     code = 0
     try:
-        HttpWorker(plan, **options).run()
+        HttpWorker(checked, **options).run()
     except* ClientError as refused:
         log.error("worker stopped: %s", refused.exceptions[0])
         code = 1

@@ -18,15 +18,21 @@ auth = { bearer_env = "MAILER_TOKEN" }
 """
 
 import base64
+import math
 import os
+import re
 import tomllib
 from typing import NamedTuple
 
 import msgspec
 import trio
 
+from hopper_client.schema.jobs import QUEUE_NAME
+
 DEFAULT_TIMEOUT = 30.0  # seconds a request may take, all of it
 MAX_ERROR_BODY = 900  # characters of an answer kept in the error (the broker keeps 1,000)
+MAX_PORT = 65535
+HEADER_VALUE = re.compile(r"[\x20-\x7e]*")  # printable ASCII: what a header value may hold
 
 
 class ConfigError(Exception):
@@ -57,6 +63,14 @@ class Auth(msgspec.Struct, forbid_unknown_fields=True):
         return "Basic " + base64.b64encode(pair).decode()
 
 
+def _header_value(value: str, where: str) -> str:
+    """A value that can go in a header line; a stray newline (a secret read from a file) or
+    another control character is refused naming the setting, never showing the value."""
+    if not HEADER_VALUE.fullmatch(value):
+        raise ConfigError(f"{where}: holds a control or non-ASCII character (a newline?)")
+    return value
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True):
     """Where the jobs of a jobtype are POSTed."""
 
@@ -77,6 +91,15 @@ class Callback(msgspec.Struct, forbid_unknown_fields=True):
     secret_env: str | None = None
     wait: float = 3600.0  # seconds to wait for a callback before failing the job
     extend: float = 60.0  # seconds between extensions of the job's reservation while waiting
+
+    def address(self) -> tuple[str, int]:
+        """`listen` as (host, port); ConfigError when it is not host:port."""
+        host, _, port = self.listen.rpartition(":")
+        if not port.isascii() or not port.isdigit() or int(port) > MAX_PORT:
+            raise ConfigError(
+                f"callback.listen: not host:port (port 0 to {MAX_PORT}): {self.listen!r}"
+            )
+        return host.strip("[]"), int(port)
 
 
 class HttpConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -117,22 +140,28 @@ class Plan(NamedTuple):
 
 def load(path: str) -> Plan:
     """Read and check the file, taking secrets from the environment now."""
+    return plan(read(path))
+
+
+def read(path: str) -> HttpConfig:
+    """The file as it is, unchecked (`plan` checks it)."""
     try:
         with open(path, "rb") as file:
             raw = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
     try:
-        config = msgspec.convert(raw, HttpConfig)
+        return msgspec.convert(raw, HttpConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return plan(config)
 
 
 def plan(config: HttpConfig) -> Plan:
     """Check a configuration and resolve its credentials."""
-    if not config.queues or config.concurrency < 1 or config.timeout <= 0:
-        raise ConfigError("needs queues, a concurrency of 1 or more and a timeout above 0")
+    if not config.queues or not all(QUEUE_NAME.fullmatch(q) for q in config.queues):
+        raise ConfigError(f"queues: not a list of queue names: {config.queues!r}")
+    if config.concurrency < 1 or not _seconds(config.timeout):
+        raise ConfigError("needs a concurrency of 1 or more and a timeout above 0")
     routes = config.routes.items()
     targets = {name: _target(route, config, f"routes.{name}") for name, route in routes}
     default = None if config.default is None else _target(config.default, config, "default")
@@ -142,8 +171,10 @@ def plan(config: HttpConfig) -> Plan:
         secret = _secret(config.callback.secret, config.callback.secret_env, "callback.secret")
         if not secret:
             raise ConfigError("callback: needs secret or secret_env")
-        if config.callback.wait <= 0 or config.callback.extend <= 0:
+        _header_value(secret, "callback.secret")
+        if not (_seconds(config.callback.wait) and _seconds(config.callback.extend)):
             raise ConfigError("callback: wait and extend must be above 0")
+        config.callback.address()
     elif accepted:
         raise ConfigError("a route with accepted = true needs a [callback] section")
     return Plan(config, targets, default, secret)
@@ -153,15 +184,21 @@ def _target(route: Route, config: HttpConfig, where: str) -> Target:
     if not route.url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: not an http(s) URL: {route.url!r}")
     timeout = config.timeout if route.timeout is None else route.timeout
-    if timeout <= 0:
+    if not _seconds(timeout):
         raise ConfigError(f"{where}.timeout: must be above 0")
-    headers = dict(route.headers)
+    headers = {k: _header_value(v, f"{where}.headers.{k}") for k, v in route.headers.items()}
     if route.auth is not None:
-        headers["Authorization"] = route.auth.header(f"{where}.auth")
+        auth = f"{where}.auth"
+        headers["Authorization"] = _header_value(route.auth.header(auth), auth)
     if route.concurrency is not None and route.concurrency < 1:
         raise ConfigError(f"{where}.concurrency: must be 1 or more")
     limiter = None if route.concurrency is None else trio.CapacityLimiter(route.concurrency)
     return Target(route.url, timeout, headers, route.accepted, limiter)
+
+
+def _seconds(value: float) -> bool:
+    """Whether `value` is a finite number of seconds above 0."""
+    return 0 < value < math.inf
 
 
 def _secret(value: str | None, env: str | None, where: str) -> str | None:

@@ -52,8 +52,8 @@ class HttpWorker:
         settings = self.plan.config.callback
         listeners: list[trio.SocketListener] = []
         if self.callbacks is not None and settings is not None:
-            host, _, port = settings.listen.rpartition(":")
-            listeners = await self.callbacks.listen(host, int(port))  # OSError: taken
+            host, port = settings.address()
+            listeners = await self.callbacks.listen(host, port)  # OSError: taken
             self.callback_url = (
                 settings.url or f"http://{host or '127.0.0.1'}:{self.callbacks.port}"
             )
