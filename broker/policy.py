@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from hopper_client.schema.errors import BrokerError, CommandError
-from hopper_client.schema.jobs import QUEUE_NAME, Job, encode, format_time, parse_time
+from hopper_client.schema.jobs import QUEUE_NAME, Job, format_time, parse_time
 
 UNIQUE_MODES = ("success", "start", "ttl", "replace")
 DEFAULT_PRIORITY = 5  # a job without a priority has this one
@@ -59,7 +59,7 @@ def unique_of(job: Job, delay: float) -> Unique | None:
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY):
         raise CommandError(f"custom.unique_key must be a string of 1 to {MAX_UNIQUE_KEY} chars")
     identity: Any = ["key", key] if key is not None else ["job", job.jobtype, job.args]
-    digest = hashlib.sha256(encode(identity)).hexdigest()
+    digest = hashlib.sha256(msgspec.json.encode(identity, order="sorted")).hexdigest()
     ttl = min(seconds + max(delay, 0.0), 2 * MAX_UNIQUE_FOR)  # a job scheduled far ahead
     return Unique(digest, math.ceil(ttl * 1000), mode)
 

@@ -37,6 +37,9 @@ async def test_unique_until_success_as_faktory_enterprise(broker: App, store_url
     assert await w.call("PUSH", unique("first-001", 1)) == b"OK"
     assert await refused(w, unique("second-01", 1)) == NOT_UNIQUE
     assert await w.call("PUSH", unique("other-arg", 2)) == b"OK"  # other args
+    assert await w.call("PUSH", unique("an-object", {"user": 7, "plan": "pro"})) == b"OK"
+    same = unique("same-value", {"plan": "pro", "user": 7})  # the same JSON value
+    assert await refused(w, same) == NOT_UNIQUE
     assert await w.call("PUSH", {**unique("other-que", 1), "queue": "q2"}) == b"OK"
     assert await w.call("PUSH", job("bypass-01", "report", args=[1])) == b"OK"  # no unique_for
     reply = json.loads(await w.call("PUSHB", [unique("bulk-0001", 1), unique("bulk-0002", 3)]))
