@@ -54,8 +54,12 @@ class ReplyReader:
         self._reader.feed(data)
 
     def next_reply(self) -> Reply | Literal[False]:
-        """The next whole reply, or False until more bytes arrive."""
-        reply = self._reader.gets()
+        """The next whole reply, or False until more bytes arrive; ConnectionLost for bytes
+        that are not a reply (the address is some other service's)."""
+        try:
+            reply = self._reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise ConnectionLost(f"not a Faktory server's reply: {exc}") from None
         if reply is False or reply is None or isinstance(reply, bytes):
             return reply
         if isinstance(reply, hiredis.ReplyError):

@@ -3,8 +3,12 @@ drain`): the installed console script against a real broker process."""
 
 import json
 import re
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +192,88 @@ def test_help_everywhere() -> None:
         assert "--url" in done.stdout and "--json" in done.stdout
     listed = hopper("--help").stdout
     assert all(re.search(rf"^    {command}\b", listed, re.MULTILINE) for command in COMMANDS)
+
+
+def test_admin_commands_take_the_url_list_every_client_takes(
+    broker_process: Callable[..., BrokerProcess],
+) -> None:
+    """docs/operations.md: without --url the commands read HOPPER_URL "as every client"; the
+    client takes a comma-separated list of brokers sharing one Redis (docs/client.md)."""
+    first, second = broker_process(), broker_process()
+    listed = f"{first.url},{second.url}"
+    done = hopper("info", HOPPER_URL=listed)
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "jobs: 0 waiting" in done.stdout
+
+
+def test_an_untrusted_tls_certificate_is_one_line_not_a_traceback(
+    broker_process: Callable[..., BrokerProcess], certificate: tuple[Path, Path]
+) -> None:
+    """A tcp+tls:// broker whose certificate the system does not trust (self-signed, wrong
+    CA, wrong host name): 'Every error is one line on stderr (never a traceback)', status 3
+    (the broker cannot be reached)."""
+    cert, key = certificate
+    broker = broker_process("--tls-cert", str(cert), "--tls-key", str(key))
+    done = hopper("info", "--url", f"tcp+tls://127.0.0.1:{broker.port}")
+    one_line_error(done, 3, "certificate")
+
+
+@pytest.fixture
+def banner_server() -> Iterator[int]:
+    """A TCP service that greets first with a non-Faktory banner (as sshd or an SMTP server
+    does); its port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_url_pointing_at_another_service_is_one_line_not_a_traceback(
+    banner_server: int,
+) -> None:
+    """A mistyped port reaching some other service: one line, status 3, no traceback."""
+    done = hopper("info", "--url", f"tcp://127.0.0.1:{banner_server}", "--timeout", "3")
+    one_line_error(done, 3, "127.0.0.1")
+
+
+def test_terminate_all_says_which_workers_it_could_not_reach(
+    broker_process: Callable[..., BrokerProcess],
+) -> None:
+    """`hopper terminate --all` with more workers than INFO lists (1,000, those that beat
+    last): those are told, and the command says how many were not (status 1), not "done"."""
+    broker = broker_process()
+    count = 1005
+    workers: list[tuple[socket.socket, object]] = []
+    try:
+        for n in range(count):
+            sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"+HI")
+            sock.sendall(b"HELLO " + json.dumps({"v": 2, "wid": f"w{n:05d}"}).encode() + b"\r\n")
+            assert reader.readline() == b"+OK\r\n"
+            workers.append((sock, reader))
+        done = hopper("terminate", "--all", "--json", HOPPER_URL=broker.url)
+        assert done.returncode == 1, done.stderr
+        assert len(json.loads(done.stdout)["states"]) == 1000
+        assert "5 more workers not told (INFO lists 1000): name them" in done.stderr
+    finally:
+        for sock, _ in workers:
+            sock.close()

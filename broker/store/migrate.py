@@ -16,12 +16,15 @@ migrates while the others wait for it.
 """
 
 import logging
+import os
 import secrets
+import socket
 from typing import Any
 
 import msgspec
 import trio
 
+from hopper_broker.errors import StartError
 from hopper_broker.store import keys
 from hopper_broker.store.base import Script, text
 from hopper_broker.store.keys import (
@@ -36,24 +39,27 @@ from hopper_broker.store.keys import (
     STATS,
 )
 from hopper_broker.store.redis import Store
-from hopper_client.schema.errors import BrokerError
 from hopper_client.schema.jobs import encode, job_decoder
 
 log = logging.getLogger(__name__)
 
 MIGRATE = Script("migrate")
+LEASE_RENEW = Script("lease_renew")
+LEASE_END = Script("lease_end")
 
 OLD_QUEUES = f"{keys.PREFIX}:queues"
 OLD_INDEX = f"{keys.PREFIX}:index"
 OLD_WORKERS = f"{keys.PREFIX}:{{workers}}"
 OLD_QUEUE_KEYS = ("jobs", "queue", "working", "scheduled", "retries", "dead", "paused", "stats")
 UNLINK_BATCH = 1000  # keys per UNLINK
-LOCK_SECONDS = 600  # a migrating broker that died frees the lock after this long
+LOCK_SECONDS = 30  # a migrating broker that died frees the lock after this long (renewed)
 WAIT_STEP = 0.5  # seconds between looks while another broker migrates
+HOST = socket.gethostname()
 
 
-class SchemaError(BrokerError):
-    """Redis holds data this broker cannot use (written by a newer Hopper)."""
+class SchemaError(StartError):
+    """Redis holds data this broker cannot use (written by a newer Hopper), or cannot run it:
+    the broker does not start (one line, exit status 1)."""
 
 
 MIN_REDIS = (7, 0)  # Redis functions (FUNCTION LOAD, FCALL)
@@ -68,7 +74,7 @@ async def migrate(store: Store) -> None:
             f"Redis {'.'.join(map(str, version))} is too old: Hopper needs Redis "
             f"{'.'.join(map(str, MIN_REDIS))} or later (its job moves are a function library)"
         )
-    token = secrets.token_hex(8)
+    token = f"{HOST} {os.getpid()} {secrets.token_hex(8)}"  # who holds the lock
     while True:
         schema = await store.schema()
         if schema == SCHEMA:
@@ -81,15 +87,53 @@ async def migrate(store: Store) -> None:
             )
         if await store.redis.execute("SET", MIGRATING, token, "NX", "EX", LOCK_SECONDS):
             break
+        holder = await store.redis.execute("GET", MIGRATING)
+        if holder is not None and _gone(text(holder)):
+            log.warning("the broker that was migrating (%s) is gone: taking over", text(holder))
+            await store.redis.run(LEASE_END, (MIGRATING,), (text(holder),))
+            continue
         log.info("another broker is migrating the storage schema; waiting")
         await trio.sleep(WAIT_STEP)
+    lease = Lease(store, token)
     try:
-        await _migrate(store)
+        await _migrate(store, lease)
         await store.redis.execute("SET", SCHEMA_KEY, SCHEMA)
     finally:
         with trio.CancelScope(shield=True):
-            await store.redis.execute("DEL", MIGRATING)
+            await store.redis.run(LEASE_END, (MIGRATING,), (token,))
     await _agree_on_split(store)
+
+
+def _gone(holder: str) -> bool:
+    """Whether the lock's holder is a process of this machine that no longer runs (a broker
+    killed mid-way: the next one need not wait for its lock to expire)."""
+    host, _, rest = holder.partition(" ")
+    pid = rest.partition(" ")[0]
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # some other user's process
+        return False
+    return False
+
+
+class Lease:
+    """The migration lock of this broker: LOCK_SECONDS long, renewed as the work goes on, so
+    that one left by a broker killed mid-way keeps the next from starting only that long."""
+
+    def __init__(self, store: Store, token: str) -> None:
+        self.store = store
+        self.token = token
+        self.renewed = trio.current_time()
+
+    async def renew(self) -> None:
+        """Renew the lock if a third of its time went by since."""
+        if trio.current_time() - self.renewed > LOCK_SECONDS / 3:
+            await self.store.redis.run(LEASE_RENEW, (MIGRATING,), (self.token, LOCK_SECONDS * 1000))
+            self.renewed = trio.current_time()
 
 
 async def _agree_on_split(store: Store) -> None:
@@ -107,15 +151,16 @@ async def _agree_on_split(store: Store) -> None:
         )
 
 
-async def _migrate(store: Store) -> None:
+async def _migrate(store: Store, lease: Lease) -> None:
     names = await _old_queues(store)
     old = await store.redis.execute_many([("EXISTS", OLD_QUEUES), ("EXISTS", OLD_INDEX)])
     if not names and not any(old):  # (one key per command: they may be on two cluster nodes)
         return  # a new, empty store (or schema 2 data without its schema key)
     log.warning("migrating %d queues from storage schema 1 to schema %d", len(names), SCHEMA)
     for name in names:
+        await lease.renew()
         taken = await _migrate_queue(store, name)
-        rewritten = await _rewrite_payloads(store, name)
+        rewritten = await _rewrite_payloads(store, name, lease)
         for jid in taken:
             await _rename(store, name, jid)
         log.warning(
@@ -151,11 +196,12 @@ async def _migrate_queue(store: Store, name: str) -> list[str]:
     return [text(jid) for jid in taken]
 
 
-async def _rewrite_payloads(store: Store, name: str) -> int:
+async def _rewrite_payloads(store: Store, name: str, lease: Lease) -> int:
     """Re-encode every payload of the queue in the current field order; returns how many."""
     jobs_key = store.jobs.keys(name).jobs
     count = 0
     async for flat in store.redis.steps("HSCAN", jobs_key):
+        await lease.renew()
         updates: list[Any] = []
         for jid, payload in zip(flat[::2], flat[1::2], strict=True):
             rewritten = _reencode(payload)

@@ -7,13 +7,13 @@ refused the password. Errors are one line on stderr, `hopper: <what>`.
 """
 
 import argparse
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from hopper_client.client import Client
 from hopper_client.errors import AuthenticationError, ConnectionLost, ServerError
-from hopper_client.url import Endpoint, parse_url
 
 OK, NOT_FOUND, USAGE, UNREACHABLE = 0, 1, 2, 3
 TIMEOUT = 10.0  # seconds to wait for a reply (--timeout)
@@ -61,23 +61,24 @@ def run(args: argparse.Namespace) -> int:
     """Run the parsed admin command; returns its exit status."""
     handler: Handler = args.handler
     try:
-        endpoint = parse_url(args.url)
+        client = Client(
+            args.url,
+            timeout=args.timeout,
+            connect_timeout=min(args.timeout, CONNECT_TIMEOUT),
+            retry_for=0,
+        )
     except ValueError as exc:
         return fail(USAGE, str(exc))
-    client = Client(
-        args.url,
-        timeout=args.timeout,
-        connect_timeout=min(args.timeout, CONNECT_TIMEOUT),
-        retry_for=0,
-    )
     try:
         return handler(client, args)
     except UsageError as exc:
         return fail(USAGE, str(exc))
     except AuthenticationError as exc:
-        return fail(UNREACHABLE, f"the broker at {_where(endpoint)} refused: {exc.message}")
+        return fail(UNREACHABLE, f"the broker at {_where(client)} refused: {exc.message}")
     except ConnectionLost as exc:
-        return fail(UNREACHABLE, f"cannot reach the broker at {_where(endpoint)}: {_reason(exc)}")
+        return fail(UNREACHABLE, f"cannot reach the broker at {_where(client)}: {_reason(exc)}")
+    except ssl.SSLError as exc:  # its certificate not trusted, or TLS spoken wrong
+        return fail(UNREACHABLE, f"cannot reach the broker at {_where(client)}: {exc}")
     except ServerError as exc:
         return fail(NOT_FOUND, f"the broker refused: {exc.message}")
     finally:
@@ -89,7 +90,9 @@ def fail(status: int, message: str) -> int:
     return status
 
 
-def _where(endpoint: Endpoint) -> str:
+def _where(client: Client) -> str:
+    """The broker the client tried last."""
+    endpoint = client.endpoint
     return f"{'tcp+tls' if endpoint.tls else 'tcp'}://{endpoint.host}:{endpoint.port}"
 
 

@@ -80,7 +80,11 @@ def _listed(client: Client) -> dict[str, Any]:
 def run_signal(client: Client, args: argparse.Namespace) -> int:
     if bool(args.wids) == args.all:
         raise UsageError("give worker ids or --all")
-    wids = args.wids or [w["wid"] for w in _listed(client)["listed"]]
+    wids, unlisted = args.wids, 0
+    if args.all:
+        everyone = _listed(client)
+        wids = [w["wid"] for w in everyone["listed"]]
+        unlisted = everyone["total"] - len(wids)
     done, missing = {}, []
     for wid in wids:
         try:
@@ -96,4 +100,6 @@ def run_signal(client: Client, args: argparse.Namespace) -> int:
             print(f"{wid}: {state}")
     for wid in missing:
         fail(NOT_FOUND, f"no worker {wid}")
-    return NOT_FOUND if missing or not done else OK
+    if unlisted > 0:  # INFO lists the workers that beat last, up to its bound
+        fail(NOT_FOUND, f"{unlisted} more workers not told (INFO lists {len(wids)}): name them")
+    return NOT_FOUND if missing or unlisted > 0 or not done else OK
