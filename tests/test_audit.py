@@ -272,6 +272,12 @@ async def test_an_old_or_missing_schema_is_reported(store: Store, rdb: redis.Red
     rdb.delete(keys.SCHEMA_KEY)
     report = await Auditor(store, repair=True, settle=0).run()
     assert [p.kind for p in report.problems] == ["schema"] and not report.clean
+    assert "migrates the store" in report.problems[0].detail
+    rdb.set(keys.SCHEMA_KEY, keys.SCHEMA + 1)
+    report = await Auditor(store, settle=0).run()
+    assert report.problems[0].detail.endswith(
+        "written by a newer Hopper: check it with that version"
+    )
 
 
 async def test_a_store_at_work_is_never_reported_broken(broker: App, store: Store) -> None:

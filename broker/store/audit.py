@@ -72,7 +72,10 @@ class Auditor:
         schema = await self.store.schema()
         if schema != SCHEMA:
             found = "no schema mark" if schema is None else f"schema {schema}"
-            detail = f"{found}; a broker of this version migrates the store when it starts"
+            if schema is not None and schema > SCHEMA:
+                detail = f"{found}, written by a newer Hopper: check it with that version"
+            else:
+                detail = f"{found}; a broker of this version migrates the store when it starts"
             self.report.problems.append(Problem("schema", detail=detail))
             return self.report
         queues = await self._queue_names()
