@@ -12,6 +12,7 @@ import difflib
 import logging
 import os
 import shutil
+import signal
 import sys
 from typing import NoReturn
 
@@ -93,6 +94,8 @@ def _flags(top: argparse.ArgumentParser, command: str) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    if args.command == "run":  # a reload while starting must not end the process (its default)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() or the supervisor hears it
     if args.command in admin.COMMANDS:
         sys.exit(admin.run(args))
     try:

@@ -171,13 +171,15 @@ class Supervisor:
         return child
 
     async def _forward(self, signals: AsyncIterator[int]) -> None:
-        """Pass each signal to every child; SIGTERM and SIGINT also stop the supervisor."""
+        """Pass each signal to every child; SIGTERM and SIGINT also stop the supervisor. A
+        SIGHUP goes to the children that serve: one still starting reads the settings anew
+        anyway, and has no handler for it yet (it would end it)."""
         async for signum in signals:
             if signum != signal.SIGHUP:
                 self._stopping.set()
                 self._starting.cancel()
             for child in list(self.children.values()):
-                if child.process.returncode is None:
+                if child.process.returncode is None and (child.served or signum != signal.SIGHUP):
                     child.process.send_signal(signum)
 
 

@@ -34,10 +34,24 @@ SHUTDOWN_REPLY = protocol.error(f"ERR {SHUTTING_DOWN}")
 class Connection:
     """What the server tracks of an open client connection."""
 
-    __slots__ = ("busy", "last_active", "line_started", "scope", "send_started", "sock", "wid")
+    __slots__ = (
+        "busy",
+        "last_active",
+        "line_started",
+        "read_scope",
+        "scope",
+        "send_started",
+        "sock",
+        "stopped",
+        "tls",
+        "wid",
+    )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tls: bool = False) -> None:
         self.sock = sock
+        self.tls = tls  # a TLS stream cannot be half-closed under it: its reads are cancelled
+        self.stopped = False  # TLS: stop_reading() was called
+        self.read_scope: trio.CancelScope | None = None  # TLS: around the read under way
         self.scope = trio.CancelScope()  # the whole connection
         self.busy = True  # False only while waiting for the next command
         self.last_active = trio.current_time()
@@ -50,8 +64,21 @@ class Connection:
 
         A command already received still runs and gets its reply; nothing is cancelled.
         """
+        if self.tls:
+            self.stopped = True
+            if self.read_scope is not None:
+                self.read_scope.cancel()
+            return
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
+
+
+async def _receive_tls(stream: trio.abc.Stream, conn: Connection) -> bytes | bytearray:
+    """The next bytes of a TLS connection, or b'' (as end-of-file) once stop_reading() asks."""
+    if not conn.stopped:
+        with trio.CancelScope() as conn.read_scope:
+            return await stream.receive_some(READ_SIZE)
+    return b""
 
 
 class Server:
@@ -73,6 +100,7 @@ class Server:
         self.connections: set[Connection] = set()
         self.closing = False
         self._accepting = trio.CancelScope()
+        self._listeners: list[socket.socket] = []
         self._hashing = trio.CapacityLimiter(1)  # password checks: one thread, the loop free
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -81,7 +109,7 @@ class Server:
         Reports the bound port once listening.
         """
         config = self.config()
-        listeners = listen(config.host, config.port, reuse_port=config.reuse_port)
+        listeners = self._listeners = listen(config.host, config.port, reuse_port=config.reuse_port)
         try:
             async with trio.open_nursery() as connections:
                 task_status.started(listeners[0].getsockname()[1])
@@ -112,7 +140,7 @@ class Server:
 
     async def _handle(self, sock: socket.socket) -> None:
         stream = self._stream(sock)
-        conn = Connection(sock)
+        conn = Connection(sock, tls=self.ssl_context is not None)
         session = Session(self.config().password)
         reader = LineReader(MAX_HELLO_BYTES)
         joined = False
@@ -199,8 +227,8 @@ class Server:
                 self.stats.commands += len(batch)
             if batch:
                 conn.line_started = None
-                if self.closing:
-                    await _send(stream, conn, b"".join([*replies, SHUTDOWN_REPLY]))
+                if self.closing:  # one refusal for each command not run
+                    await _send(stream, conn, b"".join([*replies, SHUTDOWN_REPLY * len(batch)]))
                     return
                 more, done, ended = await self.commands.run(session, batch)
                 replies += more
@@ -223,7 +251,10 @@ class Server:
             if reader.pending and conn.line_started is None:
                 conn.line_started = trio.current_time()
             conn.busy = False
-            data = await stream.receive_some(READ_SIZE)
+            if conn.tls:
+                data = await _receive_tls(stream, conn)
+            else:
+                data = await stream.receive_some(READ_SIZE)
             conn.busy = True
             if not data:  # closed by the client, idle too long, stalled, or shutting down
                 limit = self.config().line_timeout
@@ -255,6 +286,9 @@ class Server:
         """Answer every further command with an error, and close connections between commands."""
         self.closing = True
         self._accepting.cancel()
+        for listener in self._listeners:  # new clients go to brokers still serving, or refused
+            trio.lowlevel.notify_closing(listener)
+            listener.close()
         self.manager.close()
         for conn in self.connections:
             conn.stop_reading()

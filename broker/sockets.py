@@ -131,7 +131,10 @@ async def accept_forever(
 ) -> None:
     """Accept connections on `listener` and run `handle(sock)` for each in `nursery`."""
     while True:
-        await trio.lowlevel.wait_readable(listener)
+        try:
+            await trio.lowlevel.wait_readable(listener)
+        except trio.ClosedResourceError:
+            return  # closed: the server is shutting down
         try:
             sock, _ = listener.accept()
         except BlockingIOError:
