@@ -135,6 +135,8 @@ async def accept_forever(
             await trio.lowlevel.wait_readable(listener)
         except trio.ClosedResourceError:
             return  # closed: the server is shutting down
+        if listener.fileno() == -1:  # closed after it became readable, before this task ran
+            return
         try:
             sock, _ = listener.accept()
         except BlockingIOError:
