@@ -73,8 +73,10 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RD)
 
 
-async def _receive_tls(stream: trio.abc.Stream, conn: Connection) -> bytes | bytearray:
-    """The next bytes of a TLS connection, or b'' (as end-of-file) once stop_reading() asks."""
+async def _receive(stream: trio.abc.Stream, conn: Connection) -> bytes | bytearray:
+    """The next bytes of a connection, or b'' (as end-of-file) once stop_reading() asks."""
+    if not conn.tls:
+        return await stream.receive_some(READ_SIZE)
     if not conn.stopped:
         with trio.CancelScope() as conn.read_scope:
             return await stream.receive_some(READ_SIZE)
@@ -252,8 +254,8 @@ class Server:
                 conn.line_started = trio.current_time()
             conn.busy = False
             if conn.tls:
-                data = await _receive_tls(stream, conn)
-            else:
+                data = await _receive(stream, conn)
+            else:  # the plain path, without a call of its own
                 data = await stream.receive_some(READ_SIZE)
             conn.busy = True
             if not data:  # closed by the client, idle too long, stalled, or shutting down
@@ -275,7 +277,7 @@ class Server:
             async with self.events.subscribe(arg) as subscription:
                 await _send(stream, conn, protocol.OK)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_input, stream, nursery.cancel_scope)
+                    nursery.start_soon(_cancel_on_input, stream, conn, nursery.cancel_scope)
                     while True:
                         lines = await subscription.take()
                         await _send(stream, conn, b"".join(map(protocol.bulk, lines)))
@@ -324,10 +326,12 @@ async def _send(stream: trio.abc.Stream, conn: Connection, data: bytes) -> None:
     conn.send_started = None
 
 
-async def _cancel_on_input(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+async def _cancel_on_input(
+    stream: trio.abc.Stream, conn: Connection, scope: trio.CancelScope
+) -> None:
     """Cancel `scope` once the client sends anything or closes (or shutdown stops reading)."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        await stream.receive_some(READ_SIZE)
+        await _receive(stream, conn)
     scope.cancel()
 
 

@@ -195,3 +195,19 @@ def test_a_reload_while_the_supervisor_starts_its_children_is_harmless(
         if hopper.poll() is None:
             hopper.terminate()
             hopper.wait(20)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_an_events_subscriber_does_not_hold_shutdown(
+    start_broker: StartBroker, certificate: tuple[Path, Path], tls: bool
+) -> None:
+    cert, key = certificate
+    extra = {"tls_cert": str(cert), "tls_key": str(key)} if tls else {}
+    app = await start_broker(shutdown_grace=8, **extra)
+    w = await (_tls_wire(app.port, cert) if tls else Wire.open(app.port, hello={}))
+    assert await w.call("EVENTS", "") == b"OK"
+    await eventually(lambda: app.server.connections)
+    began = trio.current_time()
+    app.stop()
+    await eventually(lambda: not app.server.connections, 15)
+    assert trio.current_time() - began < 2  # not the grace period

@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 import pytest
+import redis
 
 from hopper_broker.app import App
+from hopper_broker.store.audit import Auditor
+from hopper_broker.store.keys import QueueKeys
 from tests.conftest import check_store_aside, eventually
 from tests.wire import Wire, job
 
@@ -107,3 +110,25 @@ async def test_a_job_is_not_cancelled_by_the_end_of_a_job_it_does_not_wait_for(
     assert json.loads(released)["jid"] == "e-reused-1"
     await w.call("ACK", {"jid": "e-reused-1"})
     await check_store_aside(store_url)
+
+
+async def test_repair_settles_a_stranded_job_whose_met_dependency_comes_first(
+    broker: App, rdb: redis.Redis
+) -> None:
+    """`hopper check --repair` marks as ended the dependencies a stranded job still waits for
+    (its `unmet` list), not the ones it already had (the first of its `after`)."""
+    w = await Wire.open(broker.port, hello={})
+    await w.call("PUSH", job("jobs-met-9", queue="first"))
+    fetched = json.loads(await w.call("FETCH", "first"))
+    await w.call("ACK", {"jid": fetched["jid"]})
+    await w.call("PUSH", job("jobs-dep-9", queue="other"))
+    await w.call("PUSH", after("jobs-wait-9", ["jobs-met-9", "jobs-dep-9"]))
+    rdb.hdel(QueueKeys("other").dependants, "jobs-dep-9")  # its end will never come
+    found = await Auditor(broker.manager.store).run()
+    assert [(p.kind, p.jid) for p in found.problems] == [("blocked for good", "jobs-wait-9")]
+    await Auditor(broker.manager.store, repair=True).run()
+
+    async def cancelled() -> bool:
+        return (await state(w, "jobs-wait-9"))["state"] == "cancelled"  # policy fail
+
+    await eventually(cancelled, 5)

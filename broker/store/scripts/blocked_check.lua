@@ -41,9 +41,13 @@ for i = 3, #ARGV do
   local payload = redis.call('HGET', KEYS[1], jid)
   if w and payload and redis.call('ZSCORE', base .. 'blocked', jid) then
     local unmet = tonumber(string.match(w, '^(%d+)')) or 0
-    local ok, job = pcall(cjson.decode, payload)
-    local after = ok and type(job) == 'table' and type(job.custom) == 'table'
-      and job.custom.after
+    local after = redis.call('HGET', base .. 'unmet', jid)  -- the ends it waits for, if listed
+    if after then
+      after = cjson.decode(after)
+    else  -- a job blocked by an older version: its dependencies, met ones included
+      local ok, job = pcall(cjson.decode, payload)
+      after = ok and type(job) == 'table' and type(job.custom) == 'table' and job.custom.after
+    end
     local coming, silent, seen = 0, {}, {}
     for _, dep in ipairs(type(after) == 'table' and after or {}) do
       if type(dep) == 'string' and not seen[dep] then
