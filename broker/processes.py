@@ -47,6 +47,7 @@ class Child:
         self.link = link
         self.started = trio.current_time()
         self.served = False
+        self.reload = False  # a SIGHUP came while it started: passed on once it serves
 
     async def ready(self) -> bool:
         """Wait until the child serves (True) or exits before it does (False)."""
@@ -125,6 +126,8 @@ class Supervisor:
             if child is None:
                 child = await self._spawn(slot)
             served = await child.ready()
+            if served and child.reload:  # it may have read the settings before the change
+                child.process.send_signal(signal.SIGHUP)
             status = await child.process.wait()
             child.link.close()
             del self.children[slot]
@@ -172,14 +175,15 @@ class Supervisor:
 
     async def _forward(self, signals: AsyncIterator[int]) -> None:
         """Pass each signal to every child; SIGTERM and SIGINT also stop the supervisor. A
-        SIGHUP goes to the children that serve: one still starting reads the settings anew
-        anyway, and has no handler for it yet (it would end it)."""
+        child still starting gets a SIGHUP once it serves (it ignores one before)."""
         async for signum in signals:
             if signum != signal.SIGHUP:
                 self._stopping.set()
                 self._starting.cancel()
             for child in list(self.children.values()):
-                if child.process.returncode is None and (child.served or signum != signal.SIGHUP):
+                if signum == signal.SIGHUP and not child.served:
+                    child.reload = True
+                elif child.process.returncode is None:
                     child.process.send_signal(signum)
 
 

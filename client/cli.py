@@ -21,7 +21,7 @@ from hopper_client.url import parse_urls
 from hopper_client.worker import Worker
 
 log = logging.getLogger("hopper_client.cli")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")  # logging's
 
 
 class UsageError(Exception):

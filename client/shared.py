@@ -181,6 +181,10 @@ class SharedConnection(_InOrder[_Waiter, Connection]):
                 with self._lock:
                     self._break(exc)
                 return
+            except BaseException:  # interrupted, perhaps with a reply half read: not used again
+                with self._lock:
+                    self._break(ConnectionLost("a read of replies was interrupted"))
+                raise
             with self._lock:
                 if not self._answer(reply):
                     return

@@ -2,8 +2,8 @@
 migrated when a broker starts on it: every job keeps its place, nothing is lost, once."""
 
 import json
+import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from hopper_broker.store.migrate import HOST, _gone
 from tests.conftest import BrokerProcess, check_store, clean_env, free_port
 from tests.wire import SyncWire
 
@@ -138,7 +139,7 @@ def test_a_migration_cut_short_finishes_at_the_next_start(
     db = own_redis(data)  # the killed broker's redis-server, on the v1 store's AOF
     dead_pid = subprocess.Popen(["true"])
     dead_pid.wait()
-    holder = f"{socket.gethostname()} {dead_pid.pid} 0123456789abcdef"
+    holder = f"{HOST} {dead_pid.pid} 0123456789abcdef"  # this machine and pid namespace
     db.set("hopper:g:{g}:migrating", holder, ex=30, nx=True)  # what the killed broker left
     db.shutdown()  # the next broker stops a leftover redis-server gently (AOF flushed)
     for _ in range(500):
@@ -155,3 +156,13 @@ def test_a_migration_cut_short_finishes_at_the_next_start(
         if broker.process is not None and broker.process.poll() is None:
             broker.kill()
         broker.stop_embedded_redis()
+
+
+def test_a_lock_holder_is_gone_only_if_its_pid_is_free_in_this_namespace() -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    assert _gone(f"{HOST} {ended.pid} token")
+    assert not _gone(f"{HOST} {os.getpid()} token")  # alive
+    other = HOST.rsplit("/", 1)[0] + "/another-pid-namespace"  # a container on this host
+    assert not _gone(f"{other} {ended.pid} token")
+    assert not _gone("elsewhere/1 1 token")

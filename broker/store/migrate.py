@@ -54,7 +54,17 @@ OLD_QUEUE_KEYS = ("jobs", "queue", "working", "scheduled", "retries", "dead", "p
 UNLINK_BATCH = 1000  # keys per UNLINK
 LOCK_SECONDS = 30  # a migrating broker that died frees the lock after this long (renewed)
 WAIT_STEP = 0.5  # seconds between looks while another broker migrates
-HOST = socket.gethostname()
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return "?"
+
+
+# This machine and process-id namespace: where a lock holder's pid can be looked up.
+HOST = f"{socket.gethostname()}/{_pid_namespace()}"
 
 
 class SchemaError(StartError):
@@ -74,7 +84,7 @@ async def migrate(store: Store) -> None:
             f"Redis {'.'.join(map(str, version))} is too old: Hopper needs Redis "
             f"{'.'.join(map(str, MIN_REDIS))} or later (its job moves are a function library)"
         )
-    token = f"{HOST} {os.getpid()} {secrets.token_hex(8)}"  # who holds the lock
+    token = f"{HOST} {os.getpid()} {secrets.token_hex(8)}"  # who holds the lock (see _gone)
     while True:
         schema = await store.schema()
         if schema == SCHEMA:
@@ -105,11 +115,11 @@ async def migrate(store: Store) -> None:
 
 
 def _gone(holder: str) -> bool:
-    """Whether the lock's holder is a process of this machine that no longer runs (a broker
-    killed mid-way: the next one need not wait for its lock to expire)."""
+    """Whether the lock's holder is a process of this machine and pid namespace that no longer
+    runs (a broker killed mid-way: the next one need not wait for its lock to expire)."""
     host, _, rest = holder.partition(" ")
     pid = rest.partition(" ")[0]
-    if host != HOST or not pid.isdigit():
+    if host != HOST or "?" in host or not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -130,9 +140,14 @@ class Lease:
         self.renewed = trio.current_time()
 
     async def renew(self) -> None:
-        """Renew the lock if a third of its time went by since."""
+        """Renew the lock if a third of its time went by since; StartError if it was lost (the
+        broker stalled past it: another may be migrating now)."""
         if trio.current_time() - self.renewed > LOCK_SECONDS / 3:
-            await self.store.redis.run(LEASE_RENEW, (MIGRATING,), (self.token, LOCK_SECONDS * 1000))
+            kept = await self.store.redis.run(
+                LEASE_RENEW, (MIGRATING,), (self.token, LOCK_SECONDS * 1000)
+            )
+            if not kept:
+                raise StartError("lost the migration lock (stalled too long); start again")
             self.renewed = trio.current_time()
 
 
@@ -152,7 +167,7 @@ async def _agree_on_split(store: Store) -> None:
 
 
 async def _migrate(store: Store, lease: Lease) -> None:
-    names = await _old_queues(store)
+    names = await _old_queues(store, lease)
     old = await store.redis.execute_many([("EXISTS", OLD_QUEUES), ("EXISTS", OLD_INDEX)])
     if not names and not any(old):  # (one key per command: they may be on two cluster nodes)
         return  # a new, empty store (or schema 2 data without its schema key)
@@ -162,6 +177,7 @@ async def _migrate(store: Store, lease: Lease) -> None:
         taken = await _migrate_queue(store, name)
         rewritten = await _rewrite_payloads(store, name, lease)
         for jid in taken:
+            await lease.renew()
             await _rename(store, name, jid)
         log.warning(
             "migrated queue %s: %d jobs%s",
@@ -169,15 +185,16 @@ async def _migrate(store: Store, lease: Lease) -> None:
             rewritten,
             f", {len(taken)} given new jids" if taken else "",
         )
-    await _drop_old_globals(store)
+    await _drop_old_globals(store, lease)
 
 
-async def _old_queues(store: Store) -> list[str]:
+async def _old_queues(store: Store, lease: Lease) -> list[str]:
     """The queues schema 1 knew or holds keys of (the worker registry's tag excluded unless
     a queue of that name exists)."""
     names = {text(n) for n in await store.redis.execute("SMEMBERS", OLD_QUEUES)}
     suffixes = {f":{s}".encode() for s in OLD_QUEUE_KEYS}
     async for key in store.redis.keys(f"{keys.PREFIX}:{{*}}:*"):
+        await lease.renew()
         tag_end = key.find(b"}:")
         name = key[len(keys.PREFIX) + 2 : tag_end].decode()
         if key[tag_end + 1 :] in suffixes and name != "workers":
@@ -232,9 +249,10 @@ async def _rename(store: Store, name: str, jid: str) -> None:
         )
 
 
-async def _drop_old_globals(store: Store) -> None:
+async def _drop_old_globals(store: Store, lease: Lease) -> None:
     doomed = [OLD_QUEUES, OLD_INDEX, OLD_WORKERS]
     async for key in store.redis.keys(f"{OLD_WORKERS}:*"):
+        await lease.renew()
         doomed.append(key.decode())
     for start in range(0, len(doomed), UNLINK_BATCH):
         await store.redis.execute("UNLINK", *doomed[start : start + UNLINK_BATCH])
