@@ -56,9 +56,10 @@ class Crontab:
         self._source: tuple[CronEntry, ...] = ()
         self._entries: list[Periodic] = []
         self._since: dict[str, float] = {}  # entry id -> when this broker first had it
-        self._added: set[str] = set()  # entries a reload added: no catch-up before `_since`
         self._started = False  # entries were read once (at start): later ones come by reload
-        self._handled: dict[str, float] = {}  # entry id -> the last tick this broker pushed
+        # entry id -> the last tick this broker pushed (for an entry a reload added, when it
+        # was added: a tick missed while it was not in force is not owed)
+        self._handled: dict[str, float] = {}
         self._next: dict[str, float] = {}  # entry id -> its next tick (-inf: read its claim)
 
     def entries(self, now: float) -> list[Periodic]:
@@ -71,10 +72,9 @@ class Crontab:
             for table in (self._since, self._handled, self._next):
                 for gone in set(table) - ids:
                     del table[gone]
-            self._added &= ids
             for p in self._entries:
                 if self._started and p.id not in self._since:
-                    self._added.add(p.id)
+                    self._handled[p.id] = now
                 self._since.setdefault(p.id, now)
                 self._next.setdefault(p.id, -math.inf)
             self._source = cron
@@ -97,11 +97,7 @@ class Crontab:
         return pushed
 
     async def _run(self, p: Periodic, claim: float | None, now: float) -> int:
-        since = self._since[p.id]
-        cursor = since if claim is None else claim  # a claim: the ticks other brokers took
-        if p.id in self._added:  # a tick missed while the entry was not in force is not owed
-            cursor = max(cursor, since)
-        cursor = max(cursor, self._handled.get(p.id, 0.0))
+        cursor = max(self._since[p.id] if claim is None else claim, self._handled.get(p.id, 0.0))
         tick = p.schedule.next_after(cursor, p.zone)
         if tick is not None and tick < now - LATE:
             log.info("cron %s: ticks missed since %s, one caught up", p.id, format_time(tick))

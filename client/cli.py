@@ -9,10 +9,10 @@ errors (bad arguments, a module that cannot be imported or holds no Worker).
 import argparse
 import importlib
 import logging
-import math
 import os
 import sys
 
+from hopper_client.arguments import LOG_LEVELS, not_negative, positive, seconds
 from hopper_client.errors import ClientError
 from hopper_client.schema.jobs import QUEUE_NAME
 from hopper_client.supervisor import Supervisor
@@ -21,7 +21,6 @@ from hopper_client.url import parse_urls
 from hopper_client.worker import Worker
 
 log = logging.getLogger("hopper_client.cli")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")  # logging's
 
 
 class UsageError(Exception):
@@ -49,37 +48,6 @@ def parser() -> argparse.ArgumentParser:
     cli.add_argument("--max-jobs", type=positive, help="replace a worker process after N jobs")
     cli.add_argument("--max-memory", type=positive, help="replace a worker process above N MiB")
     return cli
-
-
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    return _whole(text, 1)
-
-
-def not_negative(text: str) -> int:
-    """An argparse type: a whole number of at least 0."""
-    return _whole(text, 0)
-
-
-def _whole(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = least - 1
-    if value < least:
-        raise argparse.ArgumentTypeError(f"not a whole number of at least {least}: {text!r}")
-    return value
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds, not negative."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
-    return value
 
 
 def load(target: str) -> Worker:

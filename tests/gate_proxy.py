@@ -4,7 +4,8 @@ thread blocks in a sync client call (a signal interrupts it there)."""
 import contextlib
 import socket
 import threading
-import time
+
+from chaos.load import wait_for
 
 
 class GateProxy:
@@ -85,7 +86,4 @@ class GateProxy:
             sink.shutdown(socket.SHUT_WR)
 
     def wait_pushes(self, count: int, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while self.pushes < count:
-            assert time.monotonic() < deadline, f"{self.pushes} PUSH lines seen, not {count}"
-            time.sleep(0.005)
+        wait_for(lambda: self.pushes >= count, timeout, f"{count} PUSH lines")

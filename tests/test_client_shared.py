@@ -6,14 +6,16 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import redis
 import trio
 
+from chaos.load import wait_for
 from hopper_broker.app import App
 from hopper_client import AsyncClient, Client, ServerError
 from hopper_client.schema.errors import JID_IN_USE
@@ -193,118 +195,115 @@ class Interrupt(Exception):
     """What a signal handler raises in the main thread (KeyboardInterrupt, an alarm timeout)."""
 
 
-def until(check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-def test_a_thread_interrupted_while_it_waits_leaves_the_others_their_replies(
-    broker_process: Callable[..., Any],
-) -> None:
-    """Three threads push on the shared connection: T1 reads the replies, the main thread and
-    T2 wait for theirs. A signal handler that raises (Ctrl-C) ends the main thread's push.
-    Once the broker's replies come, T1 and T2 each return their own."""
-    broker = broker_process()
-    gate = GateProxy(broker.port)
-    client = Client(gate.url, timeout=3, retry_for=1)
-    results: dict[str, Any] = {}
-    previous = signal.signal(signal.SIGUSR1, _raise_interrupt)
-    try:
-        client.push("warm", jid="warm-up-0000")  # opens the shared connection
-        seen = gate.pushes
-        gate.hold_replies()
-
-        def push(name: str) -> None:
-            try:
-                results[name] = client.push("work", jid=f"shared-{name}")
-            except BaseException as exc:
-                results[name] = exc
-
-        t1 = threading.Thread(target=push, args=("t1",), daemon=True)
-        t1.start()
-        gate.wait_pushes(seen + 1)
-        until(lambda: client._shared is not None and client._shared._reading.locked())
-        t2 = threading.Thread(target=push, args=("t2",), daemon=True)
-        main = threading.main_thread().ident
-        assert main == threading.get_ident()
-
-        def interrupt_main() -> None:
-            gate.wait_pushes(seen + 2)  # the main thread's PUSH was written: it now waits
-            t2.start()
-            gate.wait_pushes(seen + 3)
-            time.sleep(0.1)  # T2 reaches its gate
-            signal.pthread_kill(main, signal.SIGUSR1)
-
-        threading.Thread(target=interrupt_main, daemon=True).start()
-        with pytest.raises(Interrupt):
-            client.push("work", jid="shared-main")
-        gate.release_replies()
-        t1.join(10)
-        assert results.get("t1") == "shared-t1"
-        t2.join(10)  # 3 times the client's timeout
-        stranded = t2.is_alive()
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-        client.close()  # fails whatever is still owed: frees a stranded thread
-        gate.close()
-    assert not stranded, f"T2's push never returned though its reply came ({results})"
-    assert results.get("t2") == "shared-t2"
-
-
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise Interrupt(f"signal {signum}")
 
 
+class Pushers:
+    """A Client through a GateProxy, whose pushes from threads `push(name)` records in
+    `results` (the jid, or what it raised); `interrupt_main()` makes the main thread's call
+    raise Interrupt, as a signal handler (Ctrl-C) would."""
+
+    def __init__(self, port: int, retry_for: float) -> None:
+        self.gate = GateProxy(port)
+        self.client = Client(self.gate.url, timeout=3, retry_for=retry_for)
+        self.results: dict[str, Any] = {}
+        self.main = threading.main_thread().ident
+        assert self.main == threading.get_ident()
+
+    def push(self, name: str) -> None:
+        try:
+            self.results[name] = self.client.push("work", jid=f"shared-{name}")
+        except BaseException as exc:
+            self.results[name] = exc
+
+    def thread(self, name: str) -> threading.Thread:
+        return threading.Thread(target=self.push, args=(name,), daemon=True)
+
+    def interrupt_main(self) -> None:
+        assert self.main is not None
+        signal.pthread_kill(self.main, signal.SIGUSR1)
+
+
+@contextmanager
+def pushers(port: int, retry_for: float) -> Iterator[Pushers]:
+    """Pushers whose connection is open, the interrupting signal handler in place meanwhile;
+    closing the client at the end fails whatever is still owed (frees a stranded thread)."""
+    previous = signal.signal(signal.SIGUSR1, _raise_interrupt)
+    harness = Pushers(port, retry_for)
+    try:
+        harness.client.push("warm", jid="warm-up-0000")  # opens the shared connection
+        yield harness
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        harness.client.close()
+        harness.gate.close()
+
+
+def test_a_thread_interrupted_while_it_waits_leaves_the_others_their_replies(
+    broker_process: Callable[..., BrokerProcess],
+) -> None:
+    """Three threads push on the shared connection: T1 reads the replies, the main thread and
+    T2 wait for theirs. A signal handler that raises (Ctrl-C) ends the main thread's push.
+    Once the broker's replies come, T1 and T2 each return their own."""
+    with pushers(broker_process().port, retry_for=1) as p:
+        shared = p.client._shared
+        assert shared is not None
+        seen = p.gate.pushes
+        p.gate.hold_replies()
+        t1, t2 = p.thread("t1"), p.thread("t2")
+        t1.start()
+        p.gate.wait_pushes(seen + 1)
+        wait_for(lambda: shared._reading.locked(), 10, "T1 reading")
+
+        def interrupt_main() -> None:
+            p.gate.wait_pushes(seen + 2)  # the main thread's PUSH was written: it now waits
+            t2.start()
+            p.gate.wait_pushes(seen + 3)
+            time.sleep(0.1)  # T2 reaches its gate
+            p.interrupt_main()
+
+        threading.Thread(target=interrupt_main, daemon=True).start()
+        with pytest.raises(Interrupt):
+            p.client.push("work", jid="shared-main")
+        p.gate.release_replies()
+        t1.join(10)
+        assert p.results.get("t1") == "shared-t1"
+        t2.join(10)  # 3 times the client's timeout
+        stranded = t2.is_alive()
+    assert not stranded, f"T2's push never returned though its reply came ({p.results})"
+    assert p.results.get("t2") == "shared-t2"
+
+
 def test_a_thread_interrupted_while_it_writes_breaks_the_connection(
-    broker_process: Callable[..., Any],
+    broker_process: Callable[..., BrokerProcess],
 ) -> None:
     """The main thread's push of a large job is interrupted (a signal handler that raises)
     while its line is half written; T2 and T3 push meanwhile. The connection is dropped (a
     half line would join T2's), so each of their pushes returns with its job stored, or
     raises: none is reported pushed and lost."""
-    broker = broker_process()
-    gate = GateProxy(broker.port)
-    client = Client(gate.url, timeout=3, retry_for=5)
-    results: dict[str, Any] = {}
-    previous = signal.signal(signal.SIGUSR1, _raise_interrupt)
-    try:
-        client.push("warm", jid="warm-up-0001")  # opens the shared connection
-        shared = client._shared
+    with pushers(broker_process().port, retry_for=5) as p:
+        shared = p.client._shared
         assert shared is not None
-        gate.hold_requests()  # the broker stops reading: a large line is written in part
-
-        def push(name: str) -> None:
-            try:
-                results[name] = client.push("work", jid=f"shared-{name}")
-            except BaseException as exc:
-                results[name] = exc
-
-        main = threading.main_thread().ident
-        assert main == threading.get_ident()
-        others = [threading.Thread(target=push, args=(n,), daemon=True) for n in ("t2", "t3")]
+        p.gate.hold_requests()  # the broker stops reading: a large line is written in part
+        others = [p.thread(name) for name in ("t2", "t3")]
 
         def interrupt_main() -> None:
-            until(lambda: shared._writing.locked())  # the main thread is writing its line
+            wait_for(lambda: shared._writing.locked(), 10, "the main thread writing its line")
             time.sleep(0.3)  # its sendall fills the socket buffers and blocks
             for thread in others:
                 thread.start()
-            until(lambda: len(shared._unsent) == 2)  # T2's and T3's lines wait to be written
-            signal.pthread_kill(main, signal.SIGUSR1)
+            wait_for(lambda: len(shared._unsent) == 2, 10, "T2's and T3's lines waiting")
+            p.interrupt_main()
 
         threading.Thread(target=interrupt_main, daemon=True).start()
         with pytest.raises(Interrupt):
-            client.push("big", ["x" * 12_000_000], jid="shared-big")
-        gate.release_requests()
+            p.client.push("big", ["x" * 12_000_000], jid="shared-big")
+        p.gate.release_requests()
         for thread in others:
             thread.join(30)
-        assert not any(thread.is_alive() for thread in others), results
-        stored = {name: client.state(f"shared-{name}").state != "unknown" for name in ("t2", "t3")}
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-        client.close()
-        gate.close()
+        assert not any(thread.is_alive() for thread in others), p.results
+        stored = {n: p.client.state(f"shared-{n}").state != "unknown" for n in ("t2", "t3")}
     # each push either returned its jid with its job stored, or raised
-    wrong = [n for n in ("t2", "t3") if results[n] == f"shared-{n}" and not stored[n]]
-    assert not wrong, f"reported pushed, never stored: {wrong} (results {results})"
+    wrong = [n for n in ("t2", "t3") if p.results[n] == f"shared-{n}" and not stored[n]]
+    assert not wrong, f"reported pushed, never stored: {wrong} (results {p.results})"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hopper_broker.app import App
 from tests.conftest import StartBroker, clean_env, eventually
 from tests.wire import Wire, WireError, job
 
@@ -27,6 +28,21 @@ async def _stall(port: int) -> trio.SocketStream:
     stream = trio.SocketStream(sock)
     await stream.send_all(b'HELLO {"v":2}\r\n')
     return stream
+
+
+async def _stop_held_by(app: App, stuck: trio.SocketStream, nursery: trio.Nursery) -> None:
+    """Stop `app` while `stuck` (from _stall) floods it with commands whose replies it does not
+    read (in `nursery`), so that the broker is blocked sending to it: its grace period runs."""
+
+    async def flood() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for _ in range(400):
+                await stuck.send_all(b"ACK " + b"x" * 60_000 + b"\r\n")
+
+    nursery.start_soon(flood)
+    await eventually(lambda: any(c.send_started for c in app.server.connections))
+    app.stop()
+    await eventually(lambda: app.server.closing)
 
 
 async def test_pipelined_commands_at_shutdown_each_get_a_reply(start_broker: StartBroker) -> None:
@@ -60,17 +76,7 @@ async def test_a_client_connecting_during_shutdown_is_not_left_hanging(
     app = await start_broker(line_timeout=60, shutdown_grace=5)
     stuck = await _stall(app.port)
     async with trio.open_nursery() as nursery:
-
-        async def flood() -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                for _ in range(400):
-                    await stuck.send_all(b"ACK " + b"x" * 60_000 + b"\r\n")
-
-        nursery.start_soon(flood)
-        # the broker is blocked sending replies this client does not read
-        await eventually(lambda: any(c.send_started for c in app.server.connections))
-        app.stop()
-        await eventually(lambda: app.server.closing)
+        await _stop_held_by(app, stuck, nursery)
         outcome = "hang"
         with trio.move_on_after(2):
             try:
@@ -130,16 +136,7 @@ async def test_brokers_sharing_a_port_one_stopping_the_other_gets_every_new_clie
         await candidate.aclose()
     assert stuck is not None
     async with trio.open_nursery() as nursery:
-
-        async def flood() -> None:
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                for _ in range(400):
-                    await stuck.send_all(b"ACK " + b"x" * 60_000 + b"\r\n")
-
-        nursery.start_soon(flood)
-        await eventually(lambda: any(c.send_started for c in stopping.server.connections))
-        stopping.stop()
-        await eventually(lambda: stopping.server.closing)
+        await _stop_held_by(stopping, stuck, nursery)
         greeted = hanging = 0
         for _ in range(20):
             with trio.move_on_after(0.5) as waited:
@@ -152,9 +149,9 @@ async def test_brokers_sharing_a_port_one_stopping_the_other_gets_every_new_clie
     assert (greeted, hanging) == (20, 0)
 
 
-async def _lands_on(app: object, stream: trio.SocketStream) -> bool:
+async def _lands_on(app: App, stream: trio.SocketStream) -> bool:
     """Whether this fresh connection was accepted by `app` (its server counts it)."""
-    server = app.server  # type: ignore[attr-defined]
+    server = app.server
     port = stream.socket.getsockname()[1]
     with trio.move_on_after(2):
         while True:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from hopper_client.arguments import seconds_above_zero
 from hopper_client.client import Client
 from hopper_client.errors import AuthenticationError, ConnectionLost, ServerError
 
@@ -37,24 +38,13 @@ def common_options() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout",
-        type=seconds,
+        type=seconds_above_zero,
         default=TIMEOUT,
         metavar="SECONDS",
         help=f"seconds to wait for the broker's reply (default: {TIMEOUT:g})",
     )
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     return common
-
-
-def seconds(text: str) -> float:
-    """An argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"not a number of seconds above 0: {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

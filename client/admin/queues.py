@@ -2,8 +2,9 @@
 
 import argparse
 
-from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, fail, seconds
+from hopper_client.admin.cli import NOT_FOUND, OK, Subcommands, fail
 from hopper_client.admin.output import emit_json
+from hopper_client.arguments import seconds_above_zero
 from hopper_client.client import Client
 
 NAMES = ("pause", "resume", "drain")
@@ -21,7 +22,7 @@ def register(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     pause.add_argument(
         "--for",
         dest="seconds",
-        type=seconds,
+        type=seconds_above_zero,
         metavar="SECONDS",
         help="resume by themselves after this many seconds (default: until resumed)",
     )

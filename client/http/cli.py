@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from hopper_client.cli import LOG_LEVELS, positive, seconds
+from hopper_client.arguments import LOG_LEVELS, positive, seconds
 from hopper_client.errors import ClientError
 from hopper_client.http.config import ConfigError, plan, read
 from hopper_client.http.worker import HttpWorker
