@@ -206,7 +206,8 @@ class ClusterPipeline:
 
     def _owner(self, slot: int) -> str:
         name = self.map.owners[slot] if slot >= 0 else next(iter(self.map.masters), "")
-        if not name:
+        if not name:  # the map was read mid-failover: read it again, or the hole stays
+            self._refresh_soon(self._generation)
             raise RedisUnavailable(f"no master of {self.address.display} owns slot {slot}")
         return name
 
